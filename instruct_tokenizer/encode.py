@@ -1,0 +1,226 @@
+"""Aligned score/performance -> bar-synchronous score and performance token streams.
+
+Performance features (units in the names):
+- per onset group: ``Tempo`` = local beat period (s per quarter) that carries the *decoded* grid from the
+  previous group to this group's mean performed onset (error feedback: each step is quantised against
+  the already-decoded position, so quantisation error never accumulates);
+  three ``Sus`` and one ``Soft`` slot: pedal changes (toggles of CC >= 64) in ms after the group's grid time;
+- per score note: ``Vel`` (or ``Vel_Del`` for a deletion), ``Time`` = onset minus the decoded grid (ms),
+  ``Art`` = log2(played key-down duration / (notated duration x decoded beat period)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import vocab as V
+from .match import MatchFile
+from .score import ScoreNotes, Timeline, score_timeline, score_tokens, sort_order
+
+ORIGIN_S = 1.0  # decoded time of the first onset group's grid
+GRACE_NOMINAL_Q = 0.125  # nominal notated duration of a grace note, for articulation
+MIN_NOMINAL_Q = 1.0 / 24
+SUS_SLOTS, SOFT_SLOTS = 3, 1  # pedal changes per onset group (3 sustain: up-down-up in one gap)
+
+
+@dataclass
+class Encoded:
+    """One performance as token streams plus what the encoder learnt on the way."""
+
+    score: List[str]
+    perf: List[str]
+    bar_of_note: np.ndarray  # per score note (token order): bar index
+    shift_s: float  # performed times were shifted by -shift_s (decoded = actual - shift_s)
+    stats: Dict[str, float] = field(default_factory=dict)
+    order: Optional[np.ndarray] = None  # score note order (index into the MatchFile rows)
+
+
+# ----------------------------------------------------------------------------------------- bars
+def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]]]:
+    """Bar index per score note (bars keyed by (measure, repeat pass), in performance order), actual
+    bar lengths (quarters) and time signatures per bar."""
+    start_q = mf.onset_q - mf.pos_q
+    keys = list(zip(mf.measure.tolist(), mf.repeat_pass.tolist()))
+    starts: Dict[Tuple[int, int], List[float]] = {}
+    for k, s in zip(keys, start_q):
+        starts.setdefault(k, []).append(s)
+    bar_start = {k: float(np.median(v)) for k, v in starts.items()}
+    ordered = sorted(bar_start, key=lambda k: (round(bar_start[k] * V.GRID), k[1], k[0]))
+    index = {k: i for i, k in enumerate(ordered)}
+    bar = np.array([index[k] for k in keys], np.int64)
+    begin = np.array([bar_start[k] for k in ordered])
+    ts = [_ts_at(mf.time_sigs, k[0]) for k in ordered]
+    lengths = np.diff(begin, append=begin[-1] + ts[-1][0] * 4.0 / ts[-1][1]) if len(begin) else begin
+    nominal = np.array([t[0] * 4.0 / t[1] for t in ts])
+    lengths = np.where(lengths > 0, lengths, nominal)
+    return bar, lengths, ts
+
+
+def _ts_at(time_sigs, measure: int) -> Tuple[int, int]:
+    ts = (time_sigs[0][1], time_sigs[0][2]) if time_sigs else (4, 4)
+    for m, num, den in time_sigs:
+        if m <= measure:
+            ts = (num, den)
+    return ts
+
+
+def match_score_notes(mf: MatchFile) -> Tuple[ScoreNotes, np.ndarray]:
+    """ScoreNotes in token order and the order (indices into the match rows)."""
+    bar, lengths, ts = match_bars(mf)
+    pos_q = np.clip(mf.pos_q, 0, None)
+    order = sort_order(bar, pos_q, mf.pitch)
+    notes = ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=mf.dur_q[order], grace=mf.grace[order],
+                       pitch=mf.pitch[order], staff=mf.staff[order], bar_len_q=lengths, bar_ts=ts)
+    return notes, order
+
+
+# ----------------------------------------------------------------------------------------- pedal
+def pedal_changes(events: Sequence[Tuple[float, int]]) -> List[float]:
+    """Times (s) at which the binarised pedal (CC >= 64) toggles, starting from 'up'."""
+    changes, down = [], False
+    for t, value in sorted(events, key=lambda e: e[0]):
+        now = value >= 64
+        if now != down:
+            changes.append(t)
+            down = now
+    return changes
+
+
+def _keep_parity(times: List[float], slots: int) -> List[float]:
+    """At most ``slots`` changes with the same parity (net pedal state) as ``times``."""
+    if len(times) <= slots:
+        return times
+    keep = slots if (slots - len(times)) % 2 == 0 else slots - 1
+    return times[:keep - 1] + [times[-1]] if keep > 0 else []
+
+
+def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[List[str]]:
+    """Per onset group, ``slots`` pedal tokens: offsets (ms) of the changes after the group's grid time."""
+    per_group: List[List[float]] = [[] for _ in range(len(grid_s))]
+    for t in changes:
+        g = max(int(np.searchsorted(grid_s, t, side="right")) - 1, 0)
+        per_group[g].append(max(t - grid_s[g], 0.0))
+    out = []
+    kind = V.SUS if slots == SUS_SLOTS else V.SOFT
+    for offsets in per_group:
+        kept = _keep_parity(offsets, slots)
+        toks = [V.tok(kind, V.quantise_pedal(o)) for o in kept]
+        out.append(toks + [V.tok(kind, V.NONE)] * (slots - len(toks)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- encode
+def _group_reference(tl: Timeline, onset_s: np.ndarray, played: np.ndarray, grace: np.ndarray) -> np.ndarray:
+    """Per onset group: mean performed onset of its played non-grace notes (else of any played), or nan."""
+    ref = np.full(tl.n_groups, np.nan)
+    for g in range(tl.n_groups):
+        idx = np.nonzero(tl.note_group == g)[0]
+        main = idx[played[idx] & ~grace[idx]]
+        use = main if len(main) else idx[played[idx]]
+        if len(use):
+            ref[g] = float(np.mean(onset_s[use]))
+    return ref
+
+
+def encode_grid(tl: Timeline, ref_s: np.ndarray) -> Tuple[List[int], np.ndarray]:
+    """Tempo bins and decoded grid times (s) per group, with error feedback."""
+    n = tl.n_groups
+    bins, grid = [], np.zeros(n)
+    period = 0.5
+    known = np.nonzero(~np.isnan(ref_s))[0]
+    if len(known) >= 2:
+        span_q = tl.group_q[known[-1]] - tl.group_q[known[0]]
+        if span_q > 0:
+            period = (ref_s[known[-1]] - ref_s[known[0]]) / span_q
+    for g in range(n):
+        if g == 0:
+            grid[0] = ORIGIN_S
+            nxt = known[known > 0]
+            if len(nxt) and not np.isnan(ref_s[0]):
+                dq = tl.group_q[nxt[0]] - tl.group_q[0]
+                if dq > 0:
+                    period = (ref_s[nxt[0]] - ref_s[0]) / dq
+            b = V.quantise_tempo(period)
+        else:
+            dq = max(tl.group_q[g] - tl.group_q[g - 1], 1.0 / V.GRID)
+            if not np.isnan(ref_s[g]):
+                period = (ref_s[g] - grid[g - 1]) / dq
+            b = V.quantise_tempo(period)
+            grid[g] = grid[g - 1] + dq * V.tempo_value(b)
+            period = V.tempo_value(b) if np.isnan(ref_s[g]) else period
+        bins.append(b)
+    return bins, grid
+
+
+def nominal_q(dur_q: float) -> float:
+    """The notated duration used for articulation (quarters): grace notes count as an eighth of a quarter."""
+    return GRACE_NOMINAL_Q if dur_q <= 0 else max(dur_q, MIN_NOMINAL_Q)
+
+
+def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustain: List[float],
+                soft: List[float]) -> Tuple[List[str], Dict[str, float]]:
+    """Performance tokens for a timeline and per-note performance arrays (token order, times shifted)."""
+    ref = _group_reference(tl, onset_s, played, grace)
+    bins, grid = encode_grid(tl, ref)
+    sus = pedal_slots(sustain, grid, SUS_SLOTS)
+    sft = pedal_slots(soft, grid, SOFT_SLOTS)
+    notes_of_group: List[List[int]] = [[] for _ in range(tl.n_groups)]
+    for i, g in enumerate(tl.note_group):
+        notes_of_group[g].append(i)
+    out: List[str] = []
+    bar = -1
+    arts, logp = [], []
+    for g in range(tl.n_groups):
+        while bar < tl.group_bar[g]:
+            out.append(V.BAR_TOKEN)
+            bar += 1
+        period = V.tempo_value(bins[g])
+        logp.append(math.log(period))
+        out.append(V.tok(V.TEMPO, bins[g]))
+        out += sus[g] + sft[g]
+        for i in notes_of_group[g]:
+            if not played[i]:
+                out += [V.tok(V.VEL, V.DELETED), V.tok(V.TIME, 0), V.tok(V.ART, V.fmt_art(0.0))]
+                continue
+            dev = V.quantise_time(onset_s[i] - grid[g])
+            dur = max(offset_s[i] - onset_s[i], 1e-3)
+            art = V.quantise_art(math.log2(dur / (nominal_q(tl.note_dur_q[i]) * period)))
+            arts.append(art)
+            out += [V.tok(V.VEL, V.quantise_vel(velocity[i])), V.tok(V.TIME, dev), V.tok(V.ART, V.fmt_art(art))]
+    while bar < tl.n_bars - 1:
+        out.append(V.BAR_TOKEN)
+        bar += 1
+    vel = velocity[played]
+    stats = {
+        "mean_log_period": float(np.mean(logp)) if logp else 0.0,
+        "rubato": float(np.std(np.diff(logp))) if len(logp) > 2 else 0.0,
+        "mean_velocity": float(np.mean(vel)) if len(vel) else 0.0,
+        "std_velocity": float(np.std(vel)) if len(vel) else 0.0,
+        "mean_art": float(np.mean(arts)) if arts else 0.0,
+    }
+    return out, stats
+
+
+def encode_match(mf: MatchFile, prefix: Sequence[str] = ()) -> Encoded:
+    """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S."""
+    notes, order = match_score_notes(mf)
+    score = score_tokens(notes, prefix)
+    tl = score_timeline(score)
+    onset = mf.onset_s[order]
+    played = mf.played[order]
+    grace = notes.grace
+    ref = _group_reference(tl, onset, played, grace)
+    first = np.nonzero(~np.isnan(ref))[0]
+    if not len(first):
+        raise ValueError("no performed notes")
+    # shift so that the first known group lands on its decoded grid; earlier groups extrapolate
+    shift = float(ref[first[0]] - ORIGIN_S) if first[0] == 0 else float(np.nanmin(onset) - ORIGIN_S)
+    onset = onset - shift
+    offset = mf.offset_s[order] - shift
+    sus = [t - shift for t in pedal_changes(mf.sustain)]
+    soft = [t - shift for t in pedal_changes(mf.soft)]
+    perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft)
+    return Encoded(score=score, perf=perf, bar_of_note=notes.bar, shift_s=shift, stats=stats, order=order)

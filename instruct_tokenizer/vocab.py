@@ -1,0 +1,203 @@
+"""The one home of token names: every token is ``Type_Value``, built by :func:`tok`, parsed by :func:`parse`.
+
+Units: score time in quarter notes (``GRID`` steps per quarter); performance time in seconds; tempo
+as the beat period in seconds per quarter note; velocity in MIDI units.
+All quantisers live here too, so that encode and decode cannot disagree on a bin.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------- types
+BAR = "Bar"
+TIME_SIG = "TimeSig"
+BAR_LEN = "BarLen"
+POS = "Pos"
+PITCH = "Pitch"
+DUR = "Dur"
+STAFF = "Staff"
+TEMPO = "Tempo"
+VEL = "Vel"
+TIME = "Time"
+ART = "Art"
+SUS = "Sus"
+SOFT = "Soft"
+# instruct prefix (score side)
+I_TEMPO, I_DYN, I_RANGE, I_RUBATO, I_ARTIC = "ITempo", "IDyn", "IRange", "IRubato", "IArtic"
+COMPOSER, PERFORMER = "Composer", "Performer"
+
+NONE = "None"
+DELETED = "Del"
+
+
+def tok(type_: str, value) -> str:
+    """Build a token string ``Type_Value``."""
+    return f"{type_}_{value}"
+
+
+def parse(token: str) -> Tuple[str, str]:
+    """Parse ``Type_Value`` into (type, value); raises ValueError on a malformed token."""
+    type_, sep, value = token.partition("_")
+    if not sep or not type_ or not value:
+        raise ValueError(f"malformed token {token!r} (expected Type_Value)")
+    return type_, value
+
+
+BAR_TOKEN = tok(BAR, NONE)
+
+# ----------------------------------------------------------------------------------------- score grid
+GRID = 24  # positions per quarter note: divisible by 2, 3, 4, 6, 8, 12, 24 (tuplets up to 32nd triplets)
+MAX_POS = 16 * GRID - 1  # a bar up to 16 quarters
+MAX_BAR_LEN = 32 * GRID  # an actual bar length (pickup, or a bar spanning skipped empty bars)
+DUR_FINE_MAX = 4 * GRID  # durations in 1/24 quarter steps up to 4 quarters ...
+DUR_COARSE_STEP = GRID // 2  # ... then in eighth-note steps
+DUR_MAX = 16 * GRID
+STAFFS = (1, 2)
+TIME_SIGS = [f"{n}/{d}" for d in (2, 4, 8, 16) for n in range(1, 19)]
+
+
+def quantise_pos(pos_quarters: float) -> int:
+    return int(min(max(round(pos_quarters * GRID), 0), MAX_POS))
+
+
+def duration_values() -> List[int]:
+    fine = list(range(0, DUR_FINE_MAX + 1))
+    coarse = list(range(DUR_FINE_MAX + DUR_COARSE_STEP, DUR_MAX + 1, DUR_COARSE_STEP))
+    return fine + coarse
+
+
+_DUR_VALUES = np.array(duration_values())
+
+
+def quantise_dur(dur_quarters: float, grace: bool) -> int:
+    """Notated duration in grid steps; 0 means a grace note; a real note is at least one step."""
+    if grace:
+        return 0
+    steps = max(dur_quarters * GRID, 1.0)
+    return int(_DUR_VALUES[1:][np.argmin(np.abs(_DUR_VALUES[1:] - steps))])
+
+
+# ----------------------------------------------------------------------------------------- performance bins
+TEMPO_MIN_S, TEMPO_MAX_S, TEMPO_BINS = 0.08, 8.0, 160  # beat period (s per quarter), log-spaced
+_TEMPO_CENTERS = np.exp(np.linspace(math.log(TEMPO_MIN_S), math.log(TEMPO_MAX_S), TEMPO_BINS))
+
+VEL_STEP = 2  # velocity bins of 2 MIDI units: 64 bins, decoded to the bin's centre (error <= 1)
+VEL_BINS = 128 // VEL_STEP
+
+
+def _time_bin_edges() -> np.ndarray:
+    """Timing deviation bin centres in ms: 1 ms to +-40, 4 ms to +-160, 16 ms to +-800, 50 ms to +-2000."""
+    pos = list(range(0, 41)) + list(range(44, 161, 4)) + list(range(176, 801, 16)) + list(range(850, 2001, 50))
+    return np.array(sorted(set([-p for p in pos] + pos)), dtype=np.float64)
+
+
+_TIME_CENTERS_MS = _time_bin_edges()
+
+ART_MIN, ART_MAX, ART_STEP = -7.0, 4.0, 0.04  # log2(played / notated-at-local-tempo)
+_ART_CENTERS = np.round(np.arange(ART_MIN, ART_MAX + 1e-9, ART_STEP), 2)
+
+
+def _pedal_centers_ms() -> np.ndarray:
+    """Pedal change offset after its onset group, in ms: 4 ms steps to 400, 10 to 1500, 25 to 6000."""
+    return np.array(list(range(0, 400, 4)) + list(range(400, 1500, 10)) + list(range(1500, 6001, 25)),
+                    dtype=np.float64)
+
+
+_PEDAL_CENTERS_MS = _pedal_centers_ms()
+
+
+def _nearest(centers: np.ndarray, x: float) -> int:
+    i = int(np.searchsorted(centers, x))
+    if i <= 0:
+        return 0
+    if i >= len(centers):
+        return len(centers) - 1
+    return i - 1 if x - centers[i - 1] <= centers[i] - x else i
+
+
+def quantise_tempo(beat_period_s: float) -> int:
+    x = math.log(min(max(beat_period_s, TEMPO_MIN_S), TEMPO_MAX_S))
+    return _nearest(np.log(_TEMPO_CENTERS), x)
+
+
+def tempo_value(bin_: int) -> float:
+    """Beat period in seconds per quarter note of a tempo bin."""
+    return float(_TEMPO_CENTERS[bin_])
+
+
+def quantise_vel(velocity: float) -> int:
+    return int(min(max(int(velocity) // VEL_STEP, 0), VEL_BINS - 1))
+
+
+def vel_value(bin_: int) -> int:
+    return int(min(max(bin_ * VEL_STEP + VEL_STEP // 2, 1), 127))
+
+
+def quantise_time(dev_s: float) -> int:
+    """Timing deviation (s) -> bin value in ms (the token value itself is the bin centre in ms)."""
+    return int(_TIME_CENTERS_MS[_nearest(_TIME_CENTERS_MS, dev_s * 1000.0)])
+
+
+def quantise_art(log2_ratio: float) -> float:
+    x = min(max(log2_ratio, ART_MIN), ART_MAX)
+    return float(_ART_CENTERS[_nearest(_ART_CENTERS, x)])
+
+
+def quantise_pedal(offset_s: float) -> int:
+    return int(_PEDAL_CENTERS_MS[_nearest(_PEDAL_CENTERS_MS, max(offset_s, 0.0) * 1000.0)])
+
+
+def fmt_art(x: float) -> str:
+    return f"{x:.2f}"
+
+
+# ----------------------------------------------------------------------------------------- instruct
+INSTRUCT_LEVELS = {
+    I_TEMPO: ("slow", "mid", "fast"),
+    I_DYN: ("soft", "mid", "loud"),
+    I_RANGE: ("narrow", "mid", "wide"),
+    I_RUBATO: ("low", "mid", "high"),
+    I_ARTIC: ("staccato", "mid", "legato"),
+}
+INSTRUCT_TYPES = tuple(INSTRUCT_LEVELS)
+# --style keys of instruct-render -> token types
+STYLE_KEYS = {"tempo": I_TEMPO, "dynamics": I_DYN, "range": I_RANGE, "rubato": I_RUBATO,
+              "articulation": I_ARTIC}
+UNKNOWN_META = "unknown"
+
+
+def meta_value(name: str) -> str:
+    """A composer/performer name as a token value (no spaces, no underscores)."""
+    clean = "".join(c if c.isalnum() else "-" for c in name.strip()).strip("-")
+    return clean or UNKNOWN_META
+
+
+# ----------------------------------------------------------------------------------------- vocabularies
+def score_vocabulary() -> List[str]:
+    """Every token the score stream can hold (meta names are added from data at build time)."""
+    toks = [BAR_TOKEN]
+    toks += [tok(TIME_SIG, ts) for ts in TIME_SIGS]
+    toks += [tok(BAR_LEN, n) for n in range(1, MAX_BAR_LEN + 1)]
+    toks += [tok(POS, p) for p in range(MAX_POS + 1)]
+    toks += [tok(PITCH, p) for p in range(128)]
+    toks += [tok(DUR, d) for d in duration_values()]
+    toks += [tok(STAFF, s) for s in STAFFS]
+    for type_, levels in INSTRUCT_LEVELS.items():
+        toks += [tok(type_, lv) for lv in levels]
+    toks += [tok(COMPOSER, UNKNOWN_META), tok(PERFORMER, UNKNOWN_META)]
+    return toks
+
+
+def perf_vocabulary() -> List[str]:
+    """Every token the performance stream can hold."""
+    toks = [BAR_TOKEN]
+    toks += [tok(TEMPO, b) for b in range(TEMPO_BINS)]
+    toks += [tok(VEL, b) for b in range(VEL_BINS)] + [tok(VEL, DELETED)]
+    toks += [tok(TIME, int(ms)) for ms in _TIME_CENTERS_MS]
+    toks += [tok(ART, fmt_art(a)) for a in _ART_CENTERS]
+    toks += [tok(SUS, NONE)] + [tok(SUS, int(ms)) for ms in _PEDAL_CENTERS_MS]
+    toks += [tok(SOFT, NONE)] + [tok(SOFT, int(ms)) for ms in _PEDAL_CENTERS_MS]
+    return toks

@@ -1,0 +1,260 @@
+"""``instruct-render``: a score (MusicXML or score MIDI) -> an expressive performance MIDI, in one command.
+
+The path: score file -> score tokens (``instruct_tokenizer``) -> bar-bounded segments no longer than the
+model was trained on -> grammar-constrained generation with fairseq's own ``SequenceGenerator`` (the
+previous segment's last bars are forced as the decoder prefix, so segments join without seams) ->
+stitched whole-piece performance tokens -> MIDI with sustain (CC64) and soft (CC67) pedal.
+A piece that fits the model's context is rendered in a single pass.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from museformer.constants import BAR_TOKEN
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
+logger = logging.getLogger("instruct_render")
+
+
+class RenderError(Exception):
+    """A user-facing error: the message names the file and the reason."""
+
+
+# --------------------------------------------------------------------------------------- segments
+def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """Split a token stream into (prefix before the first bar, list of bars, each starting with Bar)."""
+    prefix: List[str] = []
+    bars: List[List[str]] = []
+    for tok in tokens:
+        if tok == BAR_TOKEN:
+            bars.append([tok])
+        elif bars:
+            bars[-1].append(tok)
+        else:
+            prefix.append(tok)
+    return prefix, bars
+
+
+def plan_segments(bar_lengths: Sequence[int], budget: int, overlap: int) -> List[Tuple[int, int]]:
+    """Half-open bar ranges [start, end) of at most ``budget`` tokens each (a single bar longer than the
+    budget forms its own segment); consecutive segments share ``overlap`` bars."""
+    segments: List[Tuple[int, int]] = []
+    start, n = 0, len(bar_lengths)
+    while start < n:
+        end, used = start, 0
+        while end < n and (end == start or used + bar_lengths[end] <= budget):
+            used += bar_lengths[end]
+            end += 1
+        segments.append((start, end))
+        if end >= n:
+            break
+        start = max(end - overlap, start + 1)
+    return segments
+
+
+# --------------------------------------------------------------------------------------- model
+@dataclass
+class Sampling:
+    """Decoding settings: beam search when ``temperature`` is None and ``topp`` is None, else sampling."""
+
+    beam: int = 1
+    temperature: Optional[float] = None
+    topp: Optional[float] = None
+    seed: int = 0
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature is not None or self.topp is not None
+
+
+def _dictionary_dir(state: dict, data_dir: Optional[str]) -> str:
+    """A directory with dict.score.txt / dict.perf.txt: the embedded one of a released model, else args.data."""
+    if "dictionary" in state:
+        tmp = tempfile.mkdtemp(prefix="instruct-render-dict-")
+        for lang in ("score", "perf"):
+            Path(tmp, f"dict.{lang}.txt").write_text(state["dictionary"])
+        return tmp
+    if data_dir and Path(data_dir, "dict.score.txt").exists():
+        return data_dir
+    raise RenderError(f"{data_dir}: no dict.score.txt; pass --data DIR (the fairseq-preprocess output)")
+
+
+class Renderer:
+    """A loaded model + task + generator settings; renders token streams."""
+
+    def __init__(self, models, task, args):
+        self.models, self.task, self.args = models, task, args
+        self.src_dict, self.tgt_dict = task.source_dictionary, task.target_dictionary
+        self.max_positions = min(int(getattr(args, "max_source_positions", 1024)),
+                                 int(getattr(args, "max_target_positions", 1024)))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, data: Optional[str] = None,
+                        attention_impl: Optional[str] = None) -> "Renderer":
+        from fairseq import checkpoint_utils, tasks, utils
+
+        import museformer  # noqa: F401  (registers the task and architectures)
+
+        if not Path(path).is_file():
+            raise RenderError(f"{path}: checkpoint not found")
+        try:
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        except (RuntimeError, OSError, KeyError, EOFError) as e:
+            raise RenderError(f"{path}: cannot load checkpoint: {str(e).splitlines()[0]}") from None
+        args = state["args"]
+        args.data = _dictionary_dir(state, data or getattr(args, "data", None))
+        if attention_impl:
+            args.attention_impl = attention_impl
+        utils.import_user_module(argparse.Namespace(user_dir=str(Path(__file__).parent)))
+        task = tasks.setup_task(args)
+        model = task.build_model(args)
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
+        model.load_state_dict(weights, strict=True, args=args)
+        model.eval()
+        return cls([model], task, args)
+
+    def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
+        ids = [dictionary.index(t) for t in tokens]
+        unknown = sorted({t for t, i in zip(tokens, ids) if i == dictionary.unk()})
+        if unknown:
+            raise RenderError(f"{what}: tokens unknown to the model's dictionary: {' '.join(unknown[:8])}")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def generate(self, score_tokens: Sequence[str], forced_perf: Sequence[str], sampling: Sampling
+                 ) -> List[str]:
+        """Performance tokens for one segment; ``forced_perf`` is forced as the decoder's first tokens."""
+        src = torch.cat([self.encode(score_tokens, self.src_dict, "score"),
+                         torch.tensor([self.src_dict.eos()])])
+        sample = {"id": torch.tensor([0]),
+                  "net_input": {"src_tokens": src.unsqueeze(0),  # (1, S)
+                                "src_lengths": torch.tensor([src.numel()])}}
+        prefix = None
+        if forced_perf:
+            prefix = self.encode(forced_perf, self.tgt_dict, "overlap").unsqueeze(0)  # (1, P)
+        gen_args = argparse.Namespace(
+            beam=1 if sampling.sampling else sampling.beam, sampling=sampling.sampling,
+            sampling_topk=-1, sampling_topp=sampling.topp if sampling.topp is not None else -1.0,
+            temperature=sampling.temperature if sampling.temperature is not None else 1.0,
+            max_len_a=0, max_len_b=200, min_len=1, unnormalized=False, lenpen=1, unkpen=0,
+            match_source_len=False, no_repeat_ngram_size=0, diverse_beam_groups=-1,
+            diverse_beam_strength=0.5, diversity_rate=-1.0, constraints=None, prefix_size=0,
+            iter_decode_max_iter=10, print_alignment=False, retain_iter_history=False,
+        )
+        generator = self.task.build_generator(self.models, gen_args)
+        with torch.no_grad():
+            hypos = self.task.inference_step(generator, self.models, sample, prefix_tokens=prefix)
+        ids = hypos[0][0]["tokens"].tolist()
+        return [self.tgt_dict[i] for i in ids if i != self.tgt_dict.eos()]
+
+    def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
+                      budget: Optional[int] = None, progress: bool = True) -> List[str]:
+        """Whole-piece performance tokens: one pass when the piece fits, else stitched segments."""
+        torch.manual_seed(sampling.seed)
+        prefix, bars = split_bars(score_tokens)
+        budget = budget or self.max_positions - 2
+        lengths = [len(b) for b in bars]
+        if len(prefix) + sum(lengths) + 1 <= self.max_positions:
+            segments = [(0, len(bars))]
+        else:
+            segments = plan_segments(lengths, budget - len(prefix), overlap_bars)
+        perf_bars: List[List[str]] = []
+        for start, end in tqdm(segments, desc="render", unit="segment", disable=not progress):
+            seg_score = prefix + [t for b in bars[start:end] for t in b]
+            forced = [t for b in perf_bars[start:] for t in b]  # overlap bars already rendered
+            out = self.generate(seg_score, forced, sampling)
+            _, out_bars = split_bars(out)
+            if len(out_bars) != end - start:
+                raise RenderError(f"segment bars {start}-{end}: model produced {len(out_bars)} bars")
+            perf_bars = perf_bars[:start] + out_bars
+        return [t for b in perf_bars for t in b]
+
+
+# --------------------------------------------------------------------------------------- CLI
+def parse_style(text: Optional[str]) -> Dict[str, str]:
+    """``tempo=fast,dynamics=loud`` -> {"tempo": "fast", "dynamics": "loud"}."""
+    if not text:
+        return {}
+    style = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise RenderError(f"--style: expected key=value pairs, got {item!r}")
+        style[key.strip()] = value.strip()
+    return style
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="instruct-render", description=__doc__.splitlines()[0])
+    p.add_argument("score", help="MusicXML (.musicxml/.xml/.mxl) or score MIDI (.mid) file")
+    p.add_argument("-o", "--output", required=True, help="output performance MIDI path")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model file (.pt)")
+    p.add_argument("--data", default=None, help="fairseq data dir with dict.*.txt (for training checkpoints)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (enables sampling)")
+    p.add_argument("--topp", type=float, default=None, help="nucleus sampling p (enables sampling)")
+    p.add_argument("--beam", type=int, default=1, help="beam size when not sampling")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--n", type=int, default=1, help="number of different renderings (seeds seed..seed+n-1)")
+    p.add_argument("--style", default=None,
+                   help="instruct tokens, e.g. tempo=fast,dynamics=loud,rubato=high,articulation=legato")
+    p.add_argument("--composer", default=None, help="composer meta token (if the model was trained with it)")
+    p.add_argument("--performer", default=None, help="performer meta token (if the model was trained with it)")
+    p.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
+    p.add_argument("--overlap-bars", type=int, default=2, help="bars of forced context between segments")
+    p.add_argument("--attention-impl", default=None, choices=["dense", "bar", "flex"],
+                   help="override the checkpoint's attention backend")
+    return p
+
+
+def output_paths(output: str, n: int) -> List[Path]:
+    out = Path(output)
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(n)]
+
+
+def render_file(args: argparse.Namespace) -> List[Path]:
+    from instruct_tokenizer import encode
+    from instruct_tokenizer.decode import tokens_to_midi
+
+    renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl)
+    score_tokens = encode.score_file_to_tokens(
+        args.score, style=parse_style(args.style), composer=args.composer, performer=args.performer,
+        unfold_repeats=not args.no_repeats)
+    written = []
+    for k, path in enumerate(output_paths(args.output, args.n)):
+        sampling = Sampling(beam=args.beam, temperature=args.temperature, topp=args.topp,
+                            seed=args.seed + k)
+        perf_tokens = renderer.render_tokens(score_tokens, sampling, overlap_bars=args.overlap_bars)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tokens_to_midi(score_tokens, perf_tokens, str(tmp))
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        for path in render_file(args):
+            print(f"wrote {path}")
+    except RenderError as e:
+        print(f"instruct-render: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

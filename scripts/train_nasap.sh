@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Training recipe on (n)ASAP minus the Pianist Transformer test pieces:
+#   tokenize -> fairseq-preprocess -> fairseq-train museformer_s2p (tensorboard, best checkpoint by
+#   validation loss) -> release the best checkpoint as one fp16 file.
+#
+# Usage: scripts/train_nasap.sh [cpu|gpu]        (env: NASAP=path to unpacked (n)ASAP, OUT=work dir)
+#   cpu: museformer_s2p_tiny, --attention-impl bar, 2 cores, about 2 hours (--stop-time-hours 2)
+#   gpu: museformer_s2p (full size), --fp16, --attention-impl flex, one GPU
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${1:-cpu}
+NASAP=${NASAP:-../shared/datasets/nasap}
+OUT=${OUT:-outputs/nasap}
+HOURS=${HOURS:-2}
+BIN=.venv/bin
+[ -d "$NASAP" ] || { echo "train_nasap: error: $NASAP: (n)ASAP not found (../shared/datasets/unpack makes it)" >&2; exit 1; }
+mkdir -p "$OUT"
+
+MAX_TOKENS_EXAMPLE=${MAX_TOKENS_EXAMPLE:-1024}
+$BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,0 \
+  --test-pieces ../shared/benchmarks/pianist_transformer_testset/pieces.csv \
+  --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 \
+  --augment-transpose -3,3 --augment-tempo 0.9,1.1 --instruct --xml-markings --drop-markings 0.3
+
+rm -rf "$OUT/bin"
+$BIN/fairseq-preprocess --source-lang score --target-lang perf \
+  --trainpref "$OUT/tok/train" --validpref "$OUT/tok/valid" --testpref "$OUT/tok/test" \
+  --srcdict "$OUT/tok/dict.txt" --tgtdict "$OUT/tok/dict.txt" --destdir "$OUT/bin" --workers 2
+
+COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_cross_entropy
+  --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
+  --lr-scheduler inverse_sqrt --warmup-updates 500 --dropout 0.1
+  --max-source-positions 2048 --max-target-positions 2048
+  --save-dir "$OUT/ckpt" --tensorboard-logdir "$OUT/tb" --keep-last-epochs 1
+  --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed 1)
+if [ "$PROFILE" = gpu ]; then
+  $BIN/fairseq-train "$OUT/bin" "${COMMON[@]}" --arch museformer_s2p --attention-impl flex --fp16 \
+    --lr 5e-4 --max-tokens 16384 --update-freq 2 --max-epoch 200 --stop-time-hours "$HOURS"
+else
+  OMP_NUM_THREADS=2 $BIN/fairseq-train "$OUT/bin" "${COMMON[@]}" --arch museformer_s2p_tiny \
+    --attention-impl bar --cpu --lr 1e-3 --max-tokens 4096 --max-epoch 200 --stop-time-hours "$HOURS" \
+    --num-workers 0
+fi
+$BIN/python scripts/release_checkpoint.py "$OUT/ckpt/checkpoint_best.pt" "$OUT/instruct-museformer.pt" --data "$OUT/bin"
+echo "best checkpoint: $OUT/ckpt/checkpoint_best.pt; release candidate: $OUT/instruct-museformer.pt"
