@@ -1,0 +1,363 @@
+"""``instruct-tokenize build``: a corpus of match files -> {split}.score/.perf, dict.txt, manifest.jsonl.
+
+Hygiene: duplicates (checksum of the aligned notes, not of the file bytes), a minimum matched share,
+a plausible note density, and unreadable files are each skipped with a one-line reason. Splits are
+by piece (composer, title), deterministic by seed; ``--test-pieces`` pins pieces to ``test``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from . import vocab as V
+from .encode import Encoded, encode_match
+from .match import MatchFile, MatchParseError, load_match
+
+SPLITS = ("train", "valid", "test")
+MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
+DENSITY_RANGE = (0.3, 40.0)  # performed notes per second
+
+
+class EncodeError(Exception):
+    """A readable match file whose performance cannot be encoded (the message says why)."""
+
+
+@dataclass
+class Source:
+    """One performance file and who/what it is."""
+
+    path: str
+    composer: str
+    title: str
+    performer: str
+
+    @property
+    def piece(self) -> Tuple[str, str]:
+        return (self.composer, self.title)
+
+
+@dataclass
+class Item:
+    source: Source
+    augment: str
+    score: List[str]
+    perf: List[str]
+    stats: Dict[str, float]
+
+
+@dataclass
+class BuildConfig:
+    split: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    max_tokens: int = 1024
+    overlap_bars: int = 2
+    workers: int = 1
+    test_pieces: Optional[str] = None
+    instruct: bool = True
+    meta: Tuple[str, ...] = ()
+    transpose: Tuple[int, ...] = ()
+    tempo_scale: Tuple[float, ...] = ()
+    progress: bool = True
+
+
+@dataclass
+class Report:
+    built: Dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    insertions: int = 0
+    deletions: int = 0
+    notes: int = 0
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append((path, reason))
+        print(f"skipped {path}: {reason}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- sources
+def _metadata(root: Path) -> Dict[str, Tuple[str, str]]:
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        return {}
+    out = {}
+    with meta.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("match_file"):
+                out[str((root / row["match_file"]).resolve())] = (row["composer"], row["title"])
+    return out
+
+
+def _fallback_piece(path: Path) -> Tuple[str, str, str]:
+    """Vienna 4x22 style names: ``Chopin_op10_no3_p01.match`` -> (Chopin, Chopin_op10_no3, p01)."""
+    stem = path.stem
+    base, sep, perf = stem.rpartition("_")
+    if not sep:
+        base, perf = stem, stem
+    return base.split("_")[0], base, perf
+
+
+def find_sources(srcs: Sequence[str]) -> List[Source]:
+    """All match files under the given files/directories, with composer/title/performer."""
+    out: List[Source] = []
+    for src in srcs:
+        root = Path(src)
+        files = sorted(root.rglob("*.match")) if root.is_dir() else [root]
+        meta = _metadata(root) if root.is_dir() else {}
+        for f in files:
+            composer, title, performer = _fallback_piece(f)
+            if str(f.resolve()) in meta:
+                composer, title = meta[str(f.resolve())]
+                performer = f.stem
+            out.append(Source(str(f), composer, title, performer))
+    return out
+
+
+def read_piece_list(path: str) -> set:
+    with open(path, newline="") as f:
+        return {(r["composer"], r["title"]) for r in csv.DictReader(f)}
+
+
+# ----------------------------------------------------------------------------------------- per file
+def checksum(mf: MatchFile) -> str:
+    """Content checksum of the aligned notes (score onset, pitch, performed onset ms, velocity)."""
+    h = hashlib.sha1()
+    rows = np.stack([np.round(mf.onset_q * 96), mf.pitch, np.nan_to_num(np.round(mf.onset_s * 1000), nan=-1),
+                     mf.velocity]).astype(np.int64)
+    h.update(rows.tobytes())
+    return h.hexdigest()
+
+
+def hygiene(mf: MatchFile) -> Optional[str]:
+    """A reason to skip this performance, or None."""
+    share = mf.n_played / max(mf.n_notes + mf.n_insertions, 1)
+    if share < MIN_MATCHED_SHARE:
+        return f"matched share {share:.2f} below {MIN_MATCHED_SHARE}"
+    played = mf.played
+    span = float(np.nanmax(mf.offset_s[played]) - np.nanmin(mf.onset_s[played])) if played.any() else 0.0
+    density = mf.n_played / span if span > 0 else float("inf")
+    if not DENSITY_RANGE[0] <= density <= DENSITY_RANGE[1]:
+        return f"note density {density:.1f} notes/s outside {DENSITY_RANGE}"
+    return None
+
+
+def augmentations(mf: MatchFile, cfg: BuildConfig) -> Iterable[Tuple[str, MatchFile]]:
+    """The original, then transposed (MIDI range kept) and tempo-scaled copies."""
+    yield "", mf
+    for k in cfg.transpose:
+        if k == 0 or mf.pitch.min() + k < 21 or mf.pitch.max() + k > 108:
+            continue
+        yield f"transpose{k:+d}", dataclasses.replace(mf, pitch=mf.pitch + k, perf_pitch=mf.perf_pitch + k)
+    for s in cfg.tempo_scale:
+        if s == 1.0:
+            continue
+        yield f"tempo{s:g}", dataclasses.replace(
+            mf, onset_s=mf.onset_s * s, offset_s=mf.offset_s * s,
+            sustain=[(t * s, v) for t, v in mf.sustain], soft=[(t * s, v) for t, v in mf.soft])
+
+
+def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
+    """Worker: read, check and encode one file (and its augmentations). Never raises for bad input."""
+    source, cfg, augment = job
+    try:
+        mf = load_match(source.path)
+    except MatchParseError as e:
+        return {"source": source, "error": str(e)}
+    reason = hygiene(mf)
+    if reason:
+        return {"source": source, "error": reason}
+    items = []
+    for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
+        try:
+            enc: Encoded = encode_match(variant)
+        except (ValueError, IndexError) as e:
+            return {"source": source, "error": f"cannot encode: {e}"}
+        items.append(Item(source, name, enc.score, enc.perf, enc.stats))
+    return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
+            "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes}
+
+
+# ----------------------------------------------------------------------------------------- split
+def assign_splits(pieces: Sequence[Tuple[str, str]], cfg: BuildConfig) -> Dict[Tuple[str, str], str]:
+    """Piece -> split, deterministic by seed; pinned test pieces go to test and only there."""
+    pinned = read_piece_list(cfg.test_pieces) if cfg.test_pieces else set()
+    free = sorted(set(pieces) - pinned)
+    random.Random(cfg.seed).shuffle(free)
+    total = sum(cfg.split)
+    n_train = int(round(len(free) * cfg.split[0] / total))
+    n_valid = int(round(len(free) * cfg.split[1] / total))
+    if len(free) >= 2 and cfg.split[1] > 0 and n_valid == 0:
+        n_valid, n_train = 1, min(n_train, len(free) - 1)
+    out = {p: "train" for p in free[:n_train]}
+    out.update({p: "valid" for p in free[n_train:n_train + n_valid]})
+    out.update({p: "test" for p in free[n_train + n_valid:]})
+    out.update({p: "test" for p in pinned if p in set(pieces)})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- instruct
+def _level(value: float, lo: float, hi: float, levels: Tuple[str, str, str]) -> str:
+    return levels[0] if value < lo else levels[2] if value > hi else levels[1]
+
+
+def instruct_values(items: List[Item]) -> Dict[int, Dict[str, str]]:
+    """Per item: instruct levels from corpus tertiles. Tempo is relative to the piece's median tempo
+    where the piece has several performances (else absolute)."""
+    by_piece: Dict[Tuple[str, str], List[float]] = defaultdict(list)
+    for it in items:
+        by_piece[it.source.piece].append(it.stats["mean_log_period"])
+    rel_tempo = []
+    for it in items:
+        periods = by_piece[it.source.piece]
+        base = float(np.median(periods)) if len(periods) > 1 else 0.0
+        rel_tempo.append(-(it.stats["mean_log_period"] - base))  # higher = faster
+    features = {
+        V.I_TEMPO: np.array(rel_tempo),
+        V.I_DYN: np.array([it.stats["mean_velocity"] for it in items]),
+        V.I_RANGE: np.array([it.stats["std_velocity"] for it in items]),
+        V.I_RUBATO: np.array([it.stats["rubato"] for it in items]),
+        V.I_ARTIC: np.array([it.stats["mean_art"] for it in items]),
+    }
+    out: Dict[int, Dict[str, str]] = {i: {} for i in range(len(items))}
+    for type_, values in features.items():
+        lo, hi = np.quantile(values, [1 / 3, 2 / 3]) if len(values) else (0, 0)
+        for i, v in enumerate(values):
+            out[i][type_] = _level(float(v), float(lo), float(hi), V.INSTRUCT_LEVELS[type_])
+    return out
+
+
+def prefix_tokens(levels: Dict[str, str], meta: Dict[str, str]) -> List[str]:
+    """The score-side prefix: instruct levels (fixed order), then optional meta tokens."""
+    out = [V.tok(t, levels[t]) for t in V.INSTRUCT_TYPES if t in levels]
+    for type_, value in meta.items():
+        out.append(V.tok(type_, V.meta_value(value)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- segments
+def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """(tokens before the first bar, bars each starting with the Bar token)."""
+    prefix: List[str] = []
+    bars: List[List[str]] = []
+    for t in tokens:
+        if t == V.BAR_TOKEN:
+            bars.append([t])
+        elif bars:
+            bars[-1].append(t)
+        else:
+            prefix.append(t)
+    return prefix, bars
+
+
+def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budget: int,
+                   overlap: int) -> List[Tuple[int, int]]:
+    """Half-open bar ranges whose score and performance parts each fit ``budget`` tokens (a single
+    longer bar forms its own segment); consecutive segments share ``overlap`` bars."""
+    n = len(score_bars)
+    cost = [max(len(s), len(p)) for s, p in zip(score_bars, perf_bars)]
+    out, start = [], 0
+    while start < n:
+        end, used = start, 0
+        while end < n and (end == start or used + cost[end] <= budget):
+            used += cost[end]
+            end += 1
+        out.append((start, end))
+        if end >= n:
+            break
+        start = max(end - overlap, start + 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- build
+def build(srcs: Sequence[str], out_dir: str, cfg: BuildConfig) -> Report:
+    report = Report()
+    sources = find_sources(srcs)
+    splits = assign_splits([s.piece for s in sources], cfg)
+    jobs = [(s, cfg, splits.get(s.piece) == "train") for s in sources]
+    results = _run(jobs, cfg)
+    seen: Dict[str, str] = {}
+    items: List[Item] = []
+    for res in results:
+        src = res["source"]
+        if "error" in res:
+            report.skip(src.path, res["error"])
+            continue
+        if res["checksum"] in seen:
+            report.skip(src.path, f"duplicate of {seen[res['checksum']]}")
+            continue
+        seen[res["checksum"]] = src.path
+        report.insertions += res["insertions"]
+        report.deletions += res["deletions"]
+        report.notes += res["notes"]
+        items.extend(res["items"])
+    levels = instruct_values(items) if cfg.instruct else {i: {} for i in range(len(items))}
+    _write(out_dir, items, levels, splits, cfg, report)
+    return report
+
+
+def _run(jobs, cfg: BuildConfig) -> List[dict]:
+    bar = dict(total=len(jobs), desc="tokenize", unit="file", disable=not cfg.progress)
+    if cfg.workers <= 1:
+        return [process(j) for j in tqdm(jobs, **bar)]
+    with Pool(cfg.workers) as pool:
+        return list(tqdm(pool.imap(process, jobs, chunksize=4), **bar))
+
+
+def _write(out_dir: str, items: List[Item], levels, splits, cfg: BuildConfig, report: Report) -> None:
+    """Write every output into a temporary directory, then move them in (no partial outputs)."""
+    lines: Dict[str, List[Tuple[str, str]]] = {s: [] for s in SPLITS}
+    manifest: List[dict] = []
+    counts: Counter = Counter()
+    for i, it in enumerate(items):
+        split = splits[it.source.piece]
+        meta = {V.COMPOSER: it.source.composer} if "composer" in cfg.meta else {}
+        if "performer" in cfg.meta:
+            meta[V.PERFORMER] = it.source.performer
+        prefix = prefix_tokens(levels[i], meta)
+        _, score_bars = split_bars(it.score)
+        _, perf_bars = split_bars(it.perf)
+        for start, end in segment_ranges(score_bars, perf_bars, cfg.max_tokens - len(prefix) - 1,
+                                         cfg.overlap_bars):
+            score = prefix + [t for b in score_bars[start:end] for t in b]
+            perf = [t for b in perf_bars[start:end] for t in b]
+            counts.update(score)
+            counts.update(perf)
+            lines[split].append((" ".join(score), " ".join(perf)))
+            manifest.append({"split": split, "line": len(lines[split]) - 1, "source": it.source.path,
+                             "composer": it.source.composer, "title": it.source.title,
+                             "performer": it.source.performer, "augment": it.augment,
+                             "bar_start": start, "bar_end": end, "n_bars": len(score_bars),
+                             "prefix": prefix})
+        report.built[split] += 1
+    if not manifest:
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
+    try:
+        for split in SPLITS:
+            (tmp / f"{split}.score").write_text("".join(s + "\n" for s, _ in lines[split]))
+            (tmp / f"{split}.perf").write_text("".join(p + "\n" for _, p in lines[split]))
+        vocab = list(dict.fromkeys(V.score_vocabulary() + V.perf_vocabulary() + sorted(counts)))
+        (tmp / "dict.txt").write_text("".join(f"{t} {counts.get(t, 0)}\n" for t in vocab))
+        (tmp / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+        (tmp / "skipped.txt").write_text("".join(f"{p}: {r}\n" for p, r in report.skipped))
+        summary = {"built": report.built, "skipped": len(report.skipped), "notes": report.notes,
+                   "insertions_dropped": report.insertions, "deletions": report.deletions,
+                   "lines": {s: len(lines[s]) for s in SPLITS}, "config": dataclasses.asdict(cfg)}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for f in tmp.iterdir():
+            os.replace(f, Path(out_dir) / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""``instruct-tokenize``: build a corpus, tokenize a score, decode tokens to MIDI."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .build import BuildConfig, build
+
+
+def _floats(text: str) -> tuple:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _transpose_range(text: str) -> tuple:
+    """``-3,3`` -> every shift from -3 to 3 except 0."""
+    lo, hi = _ints(text)
+    return tuple(k for k in range(lo, hi + 1) if k != 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="instruct-tokenize", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="match files -> {split}.score/.perf, dict.txt, manifest.jsonl")
+    b.add_argument("src", nargs="+", help="match files or directories (searched recursively)")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--split", type=_floats, default=(0.8, 0.1, 0.1), help="train,valid,test shares of pieces")
+    b.add_argument("--seed", type=int, default=0, help="split seed")
+    b.add_argument("--max-tokens", type=int, default=1024, help="max tokens per example (score or perf)")
+    b.add_argument("--overlap-bars", type=int, default=2, help="bars shared by consecutive segments")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    b.add_argument("--test-pieces", default=None, help="CSV with composer,title columns pinned to test")
+    b.add_argument("--instruct", dest="instruct", action="store_true", default=True,
+                   help="add instruct prefix tokens (default)")
+    b.add_argument("--no-instruct", dest="instruct", action="store_false", help="no instruct prefix")
+    b.add_argument("--meta", default="", help="meta tokens to add: composer,performer")
+    b.add_argument("--augment-transpose", type=_transpose_range, default=(),
+                   help="train-set transpositions LO,HI in semitones, e.g. -3,3")
+    b.add_argument("--augment-tempo", type=_floats, default=(), help="train-set tempo scales, e.g. 0.9,1.1")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("score", help="a score (MusicXML or score MIDI) -> score tokens")
+    s.add_argument("score", help="MusicXML or MIDI file")
+    s.add_argument("-o", "--output", default=None, help="output token file (default: stdout)")
+    s.add_argument("--style", default=None, help="instruct levels, e.g. tempo=fast,dynamics=loud")
+    s.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
+
+    d = sub.add_parser("decode", help="score + performance tokens -> performance MIDI")
+    d.add_argument("--score-tokens", required=True, help="file with score tokens (first line used)")
+    d.add_argument("--perf-tokens", required=True, help="file with performance tokens (first line used)")
+    d.add_argument("-o", "--output", required=True, help="output MIDI path")
+    return p
+
+
+def _first_line(path: str) -> List[str]:
+    with open(path) as f:
+        return f.readline().split()
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    cfg = BuildConfig(split=a.split, seed=a.seed, max_tokens=a.max_tokens, overlap_bars=a.overlap_bars,
+                      workers=a.workers, test_pieces=a.test_pieces, instruct=a.instruct,
+                      meta=tuple(m for m in a.meta.split(",") if m), transpose=a.augment_transpose,
+                      tempo_scale=a.augment_tempo, progress=not a.no_progress)
+    report = build(a.src, a.out, cfg)
+    total = sum(report.built.values())
+    print(f"built {total} performances ({report.built}), skipped {len(report.skipped)}, "
+          f"insertions dropped {report.insertions}, deletions {report.deletions} -> {a.out}")
+    return 0 if total else 1
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from .encode import score_file_to_tokens
+    from .scorefile import ScoreReadError
+
+    style = dict(kv.split("=", 1) for kv in a.style.split(",")) if a.style else {}
+    try:
+        tokens = score_file_to_tokens(a.score, style=style, unfold_repeats=not a.no_repeats)
+    except ScoreReadError as e:
+        print(f"instruct-tokenize: error: {a.score}: {e}", file=sys.stderr)
+        return 1
+    text = " ".join(tokens) + "\n"
+    if a.output:
+        Path(a.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_decode(a: argparse.Namespace) -> int:
+    from .decode import DecodeError, tokens_to_midi
+
+    try:
+        tokens_to_midi(_first_line(a.score_tokens), _first_line(a.perf_tokens), a.output)
+    except (DecodeError, ValueError, OSError) as e:
+        print(f"instruct-tokenize: error: {a.perf_tokens}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {a.output}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    return {"build": cmd_build, "score": cmd_score, "decode": cmd_decode}[a.command](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
