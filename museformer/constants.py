@@ -1,0 +1,3 @@
+"""Token strings the plugin looks up in the fairseq dictionary (never by index)."""
+BAR_TOKEN = "Bar_None"
+EOS_TYPE = "</s>"

@@ -1,0 +1,449 @@
+"""Encoder-decoder Museformer: FC-attention over bars, for score -> performance translation.
+
+Every layer sees the content tokens followed by ``S`` summary positions per bar (learned embeddings).
+Bar index of a token = number of ``Bar_None`` tokens up to and including it (prefix tokens and the
+decoder's start token are bar 0). Embeddings: token (scaled) + sinusoidal position + bar + position in bar.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from torch import Tensor, nn
+
+from . import pattern
+from .backends import dense_attend, get_backend
+from .barplan import build_bar_plan
+from .constants import BAR_TOKEN, EOS_TYPE
+from .layers import DecoderLayer, EncoderLayer
+
+MAX_IN_BAR = 512
+
+
+def sinusoid(positions: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of integer positions (...,) -> (..., dim)."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, device=positions.device, dtype=torch.float32)
+                     * (-math.log(10000.0) / max(half - 1, 1)))
+    ang = positions.float().unsqueeze(-1) * freq  # (..., half)
+    emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+def bar_indices(tokens: Tensor, bar_idx: int) -> Tensor:
+    """(B, T) token ids -> (B, T) bar index: count of bar tokens up to and including each position."""
+    return tokens.eq(bar_idx).long().cumsum(dim=1)
+
+
+def in_bar_index(tokens: Tensor, bar_idx: int, valid: Tensor) -> Tensor:
+    """(B, T) -> offset of each token from the start of its bar (the bar token is 0)."""
+    t = tokens.shape[1]
+    ar = torch.arange(t, device=tokens.device).expand_as(tokens)
+    start = torch.where(tokens.eq(bar_idx) | ~valid, ar, torch.full_like(ar, -1)).cummax(dim=1).values
+    return (ar - start).clamp(0, MAX_IN_BAR - 1)
+
+
+class Layout:
+    """Per-position metadata of one stream laid out as [content (T); summaries (NB * S)]."""
+
+    def __init__(self, bar: Tensor, valid: Tensor, n_summary: int):
+        b, t = bar.shape
+        nb = int(bar.max().item()) + 1 if bar.numel() else 1
+        self.t, self.nb, self.s = t, nb, n_summary
+        sum_bar = torch.arange(nb, device=bar.device).repeat_interleave(n_summary).expand(b, -1)
+        last_bar = torch.where(valid, bar, torch.zeros_like(bar)).max(dim=1).values  # (B,)
+        sum_valid = sum_bar <= last_bar.unsqueeze(1)
+        self.bar = torch.cat([bar, sum_bar], dim=1)  # (B, L)
+        self.is_sum = torch.cat([torch.zeros_like(valid), torch.ones_like(sum_valid)], dim=1)
+        self.valid = torch.cat([valid, sum_valid], dim=1)
+        self.pos = torch.arange(t + nb * n_summary, device=bar.device).expand(b, -1)
+        self.sum_bar = sum_bar
+
+    def select(self, order: Tensor) -> "Layout":
+        new = Layout.__new__(Layout)
+        new.t, new.nb, new.s = self.t, self.nb, self.s
+        for name in ("bar", "is_sum", "valid", "pos", "sum_bar"):
+            setattr(new, name, getattr(self, name).index_select(0, order))
+        return new
+
+
+def self_mask(layout: Layout, kind: str, args) -> Tensor:
+    """Dense boolean mask (B, L, L) of a stream's self-attention, padding applied."""
+    lb, ls, lp = layout.bar, layout.is_sum, layout.pos
+    if kind == "decoder":
+        m = pattern.decoder_mask(lb, ls, lp, lb, ls, lp, args.fine_bars_list)
+    else:
+        m = pattern.encoder_mask(lb, ls, lp, lb, ls, lp, args.encoder_fine_window)
+    eye = lp.unsqueeze(-1) == lp.unsqueeze(-2)
+    return (m & layout.valid.unsqueeze(1)) | eye
+
+
+def cross_mask(q: Layout, k: Layout, args) -> Tensor:
+    m = pattern.cross_mask(q.bar, k.bar, k.is_sum, args.cross_window)
+    return m & k.valid.unsqueeze(1)
+
+
+class Embedder(nn.Module):
+    """Token (x sqrt(C)) + sinusoidal position + bar + in-bar position; summary embeddings per slot."""
+
+    def __init__(self, tokens: nn.Embedding, dim: int, max_bars: int, n_summary: int, dropout: float):
+        super().__init__()
+        self.tokens = tokens
+        self.bar = nn.Embedding(max_bars, dim)
+        self.in_bar = nn.Embedding(MAX_IN_BAR, dim)
+        self.summary = nn.Embedding(n_summary, dim)
+        self.scale, self.dim, self.max_bars, self.dropout = math.sqrt(dim), dim, max_bars, dropout
+        nn.init.normal_(self.bar.weight, std=dim ** -0.5)
+        nn.init.normal_(self.in_bar.weight, std=dim ** -0.5)
+        nn.init.normal_(self.summary.weight, std=dim ** -0.5)
+
+    def content(self, tokens: Tensor, positions: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
+        x = self.scale * self.tokens(tokens) + sinusoid(positions, self.dim).to(self.bar.weight.dtype)
+        x = x + self.bar(bar.clamp(max=self.max_bars - 1)) + self.in_bar(in_bar)
+        return F.dropout(x, self.dropout, self.training)
+
+    def summaries(self, sum_bar: Tensor) -> Tensor:
+        """(B, NS) bar of each summary position -> (B, NS, C)."""
+        n_summary = self.summary.num_embeddings
+        slot = torch.arange(sum_bar.shape[1], device=sum_bar.device) % n_summary
+        return self.summary(slot).unsqueeze(0) + self.bar(sum_bar.clamp(max=self.max_bars - 1))
+
+
+class MuseformerEncoder(FairseqEncoder):
+    """Bidirectional FC-attention over the score."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        self.args = args
+        self.bar_idx = dictionary.index(BAR_TOKEN)
+        dim = args.encoder_embed_dim
+        self.embed = Embedder(embed_tokens, dim, args.max_bars, args.summary_tokens, args.dropout)
+        self.layers = nn.ModuleList([
+            EncoderLayer(dim, args.encoder_attention_heads, args.encoder_ffn_embed_dim, args.dropout,
+                         args.attention_dropout, args.activation_dropout)
+            for _ in range(args.encoder_layers)])
+        self.ln = nn.LayerNorm(dim)
+        self.attend = get_backend(args.attention_impl)
+        self.grammar = None  # set by the task for constrained generation
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs) -> Dict:
+        valid = src_tokens.ne(self.dictionary.pad())
+        bar = bar_indices(src_tokens, self.bar_idx)  # (B, T)
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding aware
+        layout = Layout(bar, valid, self.args.summary_tokens)
+        x = torch.cat([self.embed.content(src_tokens, positions, bar, in_bar_index(src_tokens, self.bar_idx, valid)),
+                       self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
+        plan = self.plan(layout)
+        for layer in self.layers:
+            x = layer(x, self.attend, plan)
+        out = {"enc": self.ln(x), "layout": layout}
+        if self.grammar is not None:
+            out["slots"] = self.grammar.slot_ids(src_tokens, valid)
+        return out
+
+    def plan(self, layout: Layout):
+        if self.args.attention_impl == "dense":
+            return self_mask(layout, "encoder", self.args)
+        return build_bar_plan(layout, "encoder", self.args)
+
+    def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
+        out = {"enc": encoder_out["enc"].index_select(0, new_order),
+               "layout": encoder_out["layout"].select(new_order)}
+        if "slots" in encoder_out:
+            out["slots"] = encoder_out["slots"].index_select(0, new_order)
+        return out
+
+    def max_positions(self) -> int:
+        return self.args.max_source_positions
+
+
+class MuseformerDecoder(FairseqIncrementalDecoder):
+    """Causal FC-attention over the performance, bar-aligned cross FC-attention to the score."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        self.args = args
+        self.bar_idx = dictionary.index(BAR_TOKEN)
+        dim = args.decoder_embed_dim
+        self.embed = Embedder(embed_tokens, dim, args.max_bars, args.summary_tokens, args.dropout)
+        self.layers = nn.ModuleList([
+            DecoderLayer(dim, args.decoder_attention_heads, args.decoder_ffn_embed_dim, args.dropout,
+                         args.attention_dropout, args.activation_dropout)
+            for _ in range(args.decoder_layers)])
+        self.ln = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, len(dictionary), bias=False)
+        if args.share_decoder_input_output_embed:
+            self.out.weight = embed_tokens.weight
+        else:
+            nn.init.normal_(self.out.weight, std=dim ** -0.5)
+        self.attend = get_backend(args.attention_impl)
+
+    # ------------------------------------------------------------------ teacher forcing
+    def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict] = None,
+                incremental_state: Optional[Dict] = None, features_only: bool = False, **kwargs):
+        if incremental_state is not None:
+            return self.forward_incremental(prev_output_tokens, encoder_out, incremental_state)
+        valid = prev_output_tokens.ne(self.dictionary.pad())
+        bar = bar_indices(prev_output_tokens, self.bar_idx)  # (B, T)
+        t = prev_output_tokens.shape[1]
+        positions = torch.arange(t, device=bar.device).expand_as(bar)
+        layout = Layout(bar, valid, self.args.summary_tokens)
+        x = torch.cat([self.embed.content(prev_output_tokens, positions, bar,
+                                          in_bar_index(prev_output_tokens, self.bar_idx, valid)),
+                       self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
+        enc_layout = encoder_out["layout"]
+        if self.args.attention_impl == "dense":
+            self_plan = self_mask(layout, "decoder", self.args)
+            cross_plan = cross_mask(layout, enc_layout, self.args)
+        else:
+            self_plan = build_bar_plan(layout, "decoder", self.args)
+            cross_plan = build_bar_plan(layout, "cross", self.args, enc_layout)
+        for layer in self.layers:
+            x = layer(x, encoder_out["enc"], self.attend, self_plan, cross_plan)
+        x = self.ln(x[:, :t])  # content positions only: (B, T, C)
+        return (x if features_only else self.out(x)), {"attn": [None], "inner_states": None}
+
+    # ------------------------------------------------------------------ incremental decoding
+    def forward_incremental(self, prev_output_tokens: Tensor, encoder_out: Dict, incremental_state: Dict):
+        """One generation step: embeds the newest token (and, when it opens a bar, the summary of the
+        bar just closed), attends against the per-layer caches, returns logits for the newest token."""
+        state = self.get_incremental_state(incremental_state, "fc") or self.init_state(prev_output_tokens)
+        tok = prev_output_tokens[:, -1:]  # (B, 1)
+        b = tok.shape[0]
+        step = prev_output_tokens.shape[1] - 1
+        is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
+        new_bar = state["bar"] + is_bar.long()  # (B,)
+        in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
+        pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)
+        x_tok = self.embed.content(tok, pos, new_bar.unsqueeze(1), in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1))
+        rows = [x_tok]
+        q_bar, q_sum, q_pos = [new_bar.unsqueeze(1)], [torch.zeros_like(tok, dtype=torch.bool)], [pos]
+        closes = is_bar & (step > 0)  # (B,) rows whose previous bar just closed
+        n_s = self.args.summary_tokens
+        q_ok = [torch.ones_like(tok, dtype=torch.bool)]
+        closing = bool(closes.any())
+        if closing:  # summaries of the bar that just closed, computed now, through every layer
+            sum_bar = state["bar"].unsqueeze(1).expand(b, n_s)  # (B, S)
+            sum_pos = state["next_sum_pos"] + torch.arange(n_s, device=tok.device).expand(b, -1)
+            rows.insert(0, self.embed.summaries(sum_bar))
+            q_bar.insert(0, sum_bar)
+            q_sum.insert(0, torch.ones_like(sum_bar, dtype=torch.bool))
+            q_pos.insert(0, sum_pos)
+            q_ok.insert(0, closes.unsqueeze(1).expand(b, n_s))  # rows not closing: an unused dummy
+        x = torch.cat(rows, dim=1)  # (B, n_new, C)
+        qb, qs, qp = torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1)
+        qv = torch.cat(q_ok, 1)
+        kb = torch.cat([state["k_bar"], qb], 1)
+        ks = torch.cat([state["k_sum"], qs], 1)
+        kp = torch.cat([state["k_pos"], qp], 1)
+        kv = torch.cat([state["k_ok"], qv], 1)
+        m = pattern.decoder_mask(qb, qs, qp, kb, ks, kp, self.args.fine_bars_list)  # (B, n_new, L)
+        m = (m & kv.unsqueeze(1)) | (qp.unsqueeze(-1) == kp.unsqueeze(-2))
+        enc_layout = encoder_out["layout"]
+        cm = pattern.cross_mask(qb, enc_layout.bar, enc_layout.is_sum, self.args.cross_window)
+        cm = cm & enc_layout.valid.unsqueeze(1)
+        caches = state["caches"]
+        for layer, cache in zip(self.layers, caches):
+            x = layer.forward_step(x, encoder_out["enc"], cache, m, cm, dense_attend)
+        logits = self.out(self.ln(x[:, -1:]))  # (B, 1, V)
+        state.update(bar=new_bar, in_bar=in_bar, k_bar=kb, k_sum=ks, k_pos=kp, k_ok=kv)
+        if closing:
+            state["next_sum_pos"] = state["next_sum_pos"] + n_s
+        self.set_incremental_state(incremental_state, "fc", state)
+        if "slots" in encoder_out:
+            logits = self.constrain(logits, encoder_out["slots"], step)
+        return logits, {"attn": [None], "inner_states": None}
+
+    def init_state(self, prev_output_tokens: Tensor) -> Dict:
+        b = prev_output_tokens.shape[0]
+        dev = prev_output_tokens.device
+        empty_l = torch.zeros(b, 0, dtype=torch.long, device=dev)
+        return {"bar": torch.zeros(b, dtype=torch.long, device=dev),
+                "in_bar": torch.full((b,), -1, dtype=torch.long, device=dev),
+                "k_bar": empty_l, "k_sum": empty_l.bool(), "k_pos": empty_l, "k_ok": empty_l.bool(),
+                "next_sum_pos": torch.full((b, 1), 1 << 40, dtype=torch.long, device=dev),
+                "caches": [{} for _ in self.layers]}
+
+    def constrain(self, logits: Tensor, slots: Tensor, step: int) -> Tensor:
+        """Allow only tokens of the grammar's type at this step (EOS after the last slot)."""
+        col = slots[:, min(step, slots.shape[1] - 1)]  # (B,)
+        allowed = self.type_table.to(logits.device)[col]  # (B, V)
+        return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+
+    def reorder_incremental_state(self, incremental_state: Dict, new_order: Tensor) -> None:
+        state = self.get_incremental_state(incremental_state, "fc")
+        if state is None:
+            return
+        for key, value in list(state.items()):
+            if torch.is_tensor(value):
+                state[key] = value.index_select(0, new_order)
+        for cache in state["caches"]:
+            for key, value in list(cache.items()):
+                if value is not None:
+                    cache[key] = value.index_select(0, new_order)
+        self.set_incremental_state(incremental_state, "fc", state)
+
+    def max_positions(self) -> int:
+        return self.args.max_target_positions
+
+
+class Grammar:
+    """Turns source token ids into per-step allowed token *type* ids for constrained generation."""
+
+    def __init__(self, src_dict, tgt_dict, target_slots, token_type):
+        self.src_dict, self.target_slots = src_dict, target_slots
+        types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
+        names = sorted(set(types) | {EOS_TYPE})
+        self.type_id = {n: i for i, n in enumerate(names)}
+        table = torch.zeros(len(names), len(tgt_dict), dtype=torch.bool)
+        for i, t in enumerate(types):
+            table[self.type_id[t], i] = True
+        table[self.type_id[EOS_TYPE]] = False
+        table[self.type_id[EOS_TYPE], tgt_dict.eos()] = True
+        for special in (tgt_dict.bos(), tgt_dict.pad(), tgt_dict.unk()):
+            table[:, special] = False
+        table[self.type_id[EOS_TYPE], tgt_dict.eos()] = True
+        self.table = table
+
+    def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
+        """(B, T) source ids -> (B, max_slots + 1) type ids; EOS after each row's last slot."""
+        rows = []
+        for ids, ok in zip(src_tokens.tolist(), valid.tolist()):
+            toks = [self.src_dict[i] for i, k in zip(ids, ok) if k and i != self.src_dict.eos()]
+            rows.append([self.type_id[s] for s in self.target_slots(toks)])
+        width = max(len(r) for r in rows) + 1
+        eos = self.type_id[EOS_TYPE]
+        return torch.tensor([r + [eos] * (width - len(r)) for r in rows], dtype=torch.long,
+                            device=src_tokens.device)
+
+
+@register_model("museformer_s2p")
+class MuseformerS2PModel(FairseqEncoderDecoderModel):
+    """Score -> performance encoder-decoder with fine/coarse bar attention."""
+
+    @staticmethod
+    def add_args(parser):
+        # fmt: off
+        parser.add_argument("--encoder-layers", type=int, metavar="N", help="number of encoder layers")
+        parser.add_argument("--decoder-layers", type=int, metavar="N", help="number of decoder layers")
+        parser.add_argument("--encoder-embed-dim", type=int, metavar="N", help="encoder width")
+        parser.add_argument("--decoder-embed-dim", type=int, metavar="N", help="decoder width")
+        parser.add_argument("--encoder-ffn-embed-dim", type=int, metavar="N", help="encoder FFN width")
+        parser.add_argument("--decoder-ffn-embed-dim", type=int, metavar="N", help="decoder FFN width")
+        parser.add_argument("--encoder-attention-heads", type=int, metavar="N", help="encoder heads")
+        parser.add_argument("--decoder-attention-heads", type=int, metavar="N", help="decoder heads")
+        parser.add_argument("--dropout", type=float, metavar="D", help="dropout probability")
+        parser.add_argument("--attention-dropout", type=float, metavar="D", help="dropout on attention weights")
+        parser.add_argument("--activation-dropout", type=float, metavar="D", help="dropout after the FFN activation")
+        parser.add_argument("--fine-bars", type=str, metavar="LIST",
+                            help="decoder fine-grained bar offsets, e.g. 0,1,2,4,8,12,16,24,32 (must include 0)")
+        parser.add_argument("--encoder-fine-window", type=int, metavar="N",
+                            help="encoder: attend finely to bars within +-N, coarsely (summaries) beyond")
+        parser.add_argument("--cross-window", type=int, metavar="N",
+                            help="cross-attention: decoder bar b reads encoder bars b-N..b+N finely")
+        parser.add_argument("--summary-tokens", type=int, metavar="N", help="summary positions per bar")
+        parser.add_argument("--max-bars", type=int, metavar="N", help="size of the bar embedding table")
+        parser.add_argument("--attention-impl", choices=["dense", "bar", "flex"],
+                            help="attention backend: dense (reference), bar (gathered blocks), flex (GPU)")
+        parser.add_argument("--share-all-embeddings", action="store_true",
+                            help="share encoder/decoder input and output embeddings (needs a joined dictionary)")
+        parser.add_argument("--share-decoder-input-output-embed", action="store_true",
+                            help="share decoder input and output embeddings")
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        args.fine_bars_list = cls.parse_fine_bars(args.fine_bars)
+        cls.check_args(args, task)
+        encoder_embed = cls.build_embedding(task.source_dictionary, args.encoder_embed_dim)
+        if args.share_all_embeddings:
+            decoder_embed = encoder_embed
+            args.share_decoder_input_output_embed = True
+        else:
+            decoder_embed = cls.build_embedding(task.target_dictionary, args.decoder_embed_dim)
+        encoder = MuseformerEncoder(args, task.source_dictionary, encoder_embed)
+        decoder = MuseformerDecoder(args, task.target_dictionary, decoder_embed)
+        return cls(encoder, decoder)
+
+    @staticmethod
+    def parse_fine_bars(text: str) -> List[int]:
+        try:
+            bars = sorted({int(x) for x in str(text).split(",") if x.strip()})
+        except ValueError:
+            raise ValueError(f"--fine-bars: expected comma-separated integers, got {text!r}") from None
+        return bars
+
+    @staticmethod
+    def check_args(args, task) -> None:
+        if 0 not in args.fine_bars_list or min(args.fine_bars_list) < 0:
+            raise ValueError("--fine-bars must include 0 (a bar's own tokens) and no negative offsets")
+        if args.encoder_embed_dim != args.decoder_embed_dim:
+            raise ValueError("--encoder-embed-dim and --decoder-embed-dim must be equal (cross-attention)")
+        if args.share_all_embeddings and task.source_dictionary != task.target_dictionary:
+            raise ValueError("--share-all-embeddings needs the same --srcdict and --tgtdict")
+        if args.summary_tokens < 1:
+            raise ValueError("--summary-tokens must be >= 1")
+        if args.encoder_fine_window < 0 or args.cross_window < 0:
+            raise ValueError("--encoder-fine-window and --cross-window must be >= 0")
+        for d in (task.source_dictionary, task.target_dictionary):
+            if d.index(BAR_TOKEN) == d.unk():
+                raise ValueError(f"the dictionary has no {BAR_TOKEN!r} token: not a bar-structured corpus")
+
+    @classmethod
+    def build_embedding(cls, dictionary, dim: int) -> nn.Embedding:
+        emb = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
+        nn.init.normal_(emb.weight, mean=0, std=dim ** -0.5)
+        nn.init.constant_(emb.weight[dictionary.pad()], 0)
+        return emb
+
+    def enable_grammar(self, grammar: Grammar) -> None:
+        """Constrain generation: the encoder emits per-step slot types, the decoder masks logits."""
+        self.encoder.grammar = grammar
+        self.decoder.type_table = grammar.table
+
+
+@register_model_architecture("museformer_s2p", "museformer_s2p")
+def base_architecture(args):
+    args.encoder_layers = getattr(args, "encoder_layers", 6)
+    args.decoder_layers = getattr(args, "decoder_layers", 6)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 512)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", args.encoder_embed_dim)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 2048)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", args.encoder_ffn_embed_dim)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 8)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 8)
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.attention_dropout = getattr(args, "attention_dropout", 0.0)
+    args.activation_dropout = getattr(args, "activation_dropout", 0.0)
+    args.fine_bars = getattr(args, "fine_bars", "0,1,2,4,8,12,16,24,32")
+    args.encoder_fine_window = getattr(args, "encoder_fine_window", 2)
+    args.cross_window = getattr(args, "cross_window", 2)
+    args.summary_tokens = getattr(args, "summary_tokens", 1)
+    args.max_bars = getattr(args, "max_bars", 2048)
+    args.attention_impl = getattr(args, "attention_impl", "dense")
+    args.share_all_embeddings = getattr(args, "share_all_embeddings", False)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
+    args.max_source_positions = getattr(args, "max_source_positions", 100000)
+    args.max_target_positions = getattr(args, "max_target_positions", 100000)
+
+
+@register_model_architecture("museformer_s2p", "museformer_s2p_tiny")
+def museformer_s2p_tiny(args):
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 128)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 512)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.dropout = getattr(args, "dropout", 0.1)
+    base_architecture(args)

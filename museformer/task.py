@@ -1,0 +1,55 @@
+"""Task ``museformer_s2p``: translation of bar-synchronous score tokens into performance tokens.
+
+It reads ``fairseq-preprocess --source-lang score --target-lang perf`` output like fairseq's
+``translation`` task, checks that the dictionaries hold the bar token (looked up by string), and at
+generation time constrains every step to the token type the performance grammar expects, sizing the
+maximum length from the source (no ``--max-len-*`` flag needed).
+"""
+from __future__ import annotations
+
+import importlib
+
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationTask
+
+from .constants import BAR_TOKEN
+from .model import Grammar
+
+UNLIMITED_LEN = 10 ** 7  # the grammar ends every hypothesis exactly; fairseq's cap is the model's max
+
+
+@register_task("museformer_s2p")
+class MuseformerS2PTask(TranslationTask):
+    """Score -> performance translation with bar-aware models and grammar-constrained generation."""
+
+    @staticmethod
+    def add_args(parser):
+        TranslationTask.add_args(parser)
+        # fmt: off
+        parser.add_argument("--grammar", default="instruct_tokenizer.grammar", metavar="MODULE",
+                            help="module exporting target_slots(score_tokens) and token_type(token) "
+                                 "for constrained generation")
+        parser.add_argument("--unconstrained", action="store_true",
+                            help="generate without the performance grammar (for ablations)")
+        # fmt: on
+
+    @classmethod
+    def setup_task(cls, args, **kwargs):
+        task = super().setup_task(args, **kwargs)
+        for name, d in (("source", task.src_dict), ("target", task.tgt_dict)):
+            if d.index(BAR_TOKEN) == d.unk():
+                raise ValueError(f"{args.data}: the {name} dictionary has no {BAR_TOKEN!r} token")
+        return task
+
+    def load_grammar(self) -> Grammar:
+        module = importlib.import_module(getattr(self.args, "grammar", "instruct_tokenizer.grammar"))
+        return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
+        if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):
+            grammar = self.load_grammar()
+            for model in models:
+                model.enable_grammar(grammar)
+        args.max_len_a = 0
+        args.max_len_b = UNLIMITED_LEN
+        return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs)
