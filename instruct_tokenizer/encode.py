@@ -47,7 +47,7 @@ def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, i
     starts: Dict[Tuple[int, int], List[float]] = {}
     for k, s in zip(keys, start_q):
         starts.setdefault(k, []).append(s)
-    bar_start = {k: float(np.median(v)) for k, v in starts.items()}
+    bar_start = {k: _median(v) for k, v in starts.items()}
     ordered = sorted(bar_start, key=lambda k: (round(bar_start[k] * V.GRID), k[1], k[0]))
     index = {k: i for i, k in enumerate(ordered)}
     bar = np.array([index[k] for k in keys], np.int64)
@@ -57,6 +57,12 @@ def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, i
     nominal = np.array([t[0] * 4.0 / t[1] for t in ts])
     lengths = np.where(lengths > 0, lengths, nominal)
     return bar, lengths, ts
+
+
+def _median(values: List[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
 def _ts_at(time_sigs, measure: int) -> Tuple[int, int]:
@@ -115,14 +121,15 @@ def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[Li
 # ----------------------------------------------------------------------------------------- encode
 def _group_reference(tl: Timeline, onset_s: np.ndarray, played: np.ndarray, grace: np.ndarray) -> np.ndarray:
     """Per onset group: mean performed onset of its played non-grace notes (else of any played), or nan."""
-    ref = np.full(tl.n_groups, np.nan)
-    for g in range(tl.n_groups):
-        idx = np.nonzero(tl.note_group == g)[0]
-        main = idx[played[idx] & ~grace[idx]]
-        use = main if len(main) else idx[played[idx]]
-        if len(use):
-            ref[g] = float(np.mean(onset_s[use]))
-    return ref
+    g = tl.note_group
+    n = tl.n_groups
+    main = played & ~grace
+    sum_main = np.bincount(g[main], weights=onset_s[main], minlength=n)
+    cnt_main = np.bincount(g[main], minlength=n)
+    sum_any = np.bincount(g[played], weights=onset_s[played], minlength=n)
+    cnt_any = np.bincount(g[played], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt_main > 0, sum_main / cnt_main, np.where(cnt_any > 0, sum_any / cnt_any, np.nan))
 
 
 def encode_grid(tl: Timeline, ref_s: np.ndarray) -> Tuple[List[int], np.ndarray]:
@@ -170,26 +177,29 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
     notes_of_group: List[List[int]] = [[] for _ in range(tl.n_groups)]
     for i, g in enumerate(tl.note_group):
         notes_of_group[g].append(i)
+    periods = np.array([V.tempo_value(b) for b in bins])
+    g_of = tl.note_group
+    nominal = np.where(tl.note_dur_q <= 0, GRACE_NOMINAL_Q, np.maximum(tl.note_dur_q, MIN_NOMINAL_Q))
+    dur = np.maximum(np.nan_to_num(offset_s - onset_s, nan=1.0), 1e-3)
+    with np.errstate(invalid="ignore"):
+        art = V.art_values(np.log2(dur / (nominal * periods[g_of])))
+    dev = np.where(played, np.nan_to_num(onset_s) - grid[g_of], 0.0)
+    vel_t = V.vel_tokens(np.where(played, velocity, 0))
+    time_t = V.time_tokens(dev)
+    art_t = V.art_tokens(np.where(played, art, 0.0))
+    deleted = [V.tok(V.VEL, V.DELETED), V.tok(V.TIME, 0), V.tok(V.ART, V.fmt_art(0.0))]
     out: List[str] = []
     bar = -1
-    arts, logp = [], []
     for g in range(tl.n_groups):
         while bar < tl.group_bar[g]:
             out.append(V.BAR_TOKEN)
             bar += 1
-        period = V.tempo_value(bins[g])
-        logp.append(math.log(period))
         out.append(V.tok(V.TEMPO, bins[g]))
         out += sus[g] + sft[g]
         for i in notes_of_group[g]:
-            if not played[i]:
-                out += [V.tok(V.VEL, V.DELETED), V.tok(V.TIME, 0), V.tok(V.ART, V.fmt_art(0.0))]
-                continue
-            dev = V.quantise_time(onset_s[i] - grid[g])
-            dur = max(offset_s[i] - onset_s[i], 1e-3)
-            art = V.quantise_art(math.log2(dur / (nominal_q(tl.note_dur_q[i]) * period)))
-            arts.append(art)
-            out += [V.tok(V.VEL, V.quantise_vel(velocity[i])), V.tok(V.TIME, dev), V.tok(V.ART, V.fmt_art(art))]
+            out += [vel_t[i], time_t[i], art_t[i]] if played[i] else deleted
+    logp = list(np.log(periods))
+    arts = art[played]
     while bar < tl.n_bars - 1:
         out.append(V.BAR_TOKEN)
         bar += 1
@@ -199,7 +209,7 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
         "rubato": float(np.std(np.diff(logp))) if len(logp) > 2 else 0.0,
         "mean_velocity": float(np.mean(vel)) if len(vel) else 0.0,
         "std_velocity": float(np.std(vel)) if len(vel) else 0.0,
-        "mean_art": float(np.mean(arts)) if arts else 0.0,
+        "mean_art": float(np.mean(arts)) if len(arts) else 0.0,
     }
     return out, stats
 

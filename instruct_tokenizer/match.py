@@ -72,14 +72,15 @@ class MatchFile:
         return int(self.played.sum())
 
 
-_FRAC_CACHE: Dict[str, Fraction] = {}
+_FRAC_CACHE: Dict[str, float] = {}
 
 
-def _frac(text: str) -> Fraction:
+def _frac(text: str) -> float:
+    """A match number ("3/16", "-1/28", "0.5") as a float, memoised (a file repeats few values)."""
     value = _FRAC_CACHE.get(text)
     if value is None:
         try:
-            value = Fraction(text.strip())
+            value = float(Fraction(text.strip()))
         except (ValueError, ZeroDivisionError):
             raise MatchParseError(f"bad number {text!r}") from None
         _FRAC_CACHE[text] = value
@@ -219,9 +220,9 @@ def _assemble(path, version, info, time_sigs, rows, n_ins, sustain, soft) -> Mat
         if den is None:
             den = den_cache[meas] = _den_at(time_sigs, meas)
         measure[i] = meas
-        pos_q[i] = float((Fraction(beat - 1, den) + offset) * 4)
+        pos_q[i] = ((beat - 1) / den + offset) * 4.0
         onset_q[i] = onset_b * 4.0 / den
-        dur_q[i] = float(dur * 4)
+        dur_q[i] = dur * 4.0
         pitch[i], staff[i] = p, st
         if perf is not None:
             played[i] = True

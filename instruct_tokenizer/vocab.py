@@ -118,6 +118,34 @@ def _nearest(centers: np.ndarray, x: float) -> int:
     return i - 1 if x - centers[i - 1] <= centers[i] - x else i
 
 
+def nearest_index(centers: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`_nearest`: index of the nearest centre for every x (ties go down)."""
+    x = np.asarray(x, dtype=np.float64)
+    i = np.clip(np.searchsorted(centers, x), 1, len(centers) - 1)
+    lower = centers[i - 1]
+    upper = centers[i]
+    return np.where(x - lower <= upper - x, i - 1, i)
+
+
+def time_tokens(dev_s: np.ndarray) -> List[str]:
+    """Timing deviations (s) -> Time tokens (value: bin centre in ms)."""
+    return [_TIME_TOKENS[i] for i in nearest_index(_TIME_CENTERS_MS, np.asarray(dev_s) * 1000.0)]
+
+
+def art_values(log2_ratio: np.ndarray) -> np.ndarray:
+    idx = nearest_index(_ART_CENTERS, np.clip(log2_ratio, ART_MIN, ART_MAX))
+    return _ART_CENTERS[idx]
+
+
+def art_tokens(values: np.ndarray) -> List[str]:
+    return [tok(ART, fmt_art(a)) for a in values]
+
+
+def vel_tokens(velocity: np.ndarray) -> List[str]:
+    bins = np.clip(np.asarray(velocity, dtype=np.int64) // VEL_STEP, 0, VEL_BINS - 1)
+    return [_VEL_TOKENS[b] for b in bins]
+
+
 def quantise_tempo(beat_period_s: float) -> int:
     x = math.log(min(max(beat_period_s, TEMPO_MIN_S), TEMPO_MAX_S))
     return _nearest(np.log(_TEMPO_CENTERS), x)
@@ -152,6 +180,10 @@ def quantise_pedal(offset_s: float) -> int:
 
 def fmt_art(x: float) -> str:
     return f"{x:.2f}"
+
+
+_TIME_TOKENS = [tok(TIME, int(ms)) for ms in _TIME_CENTERS_MS]
+_VEL_TOKENS = [tok(VEL, b) for b in range(VEL_BINS)]
 
 
 # ----------------------------------------------------------------------------------------- instruct

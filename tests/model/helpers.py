@@ -1,0 +1,81 @@
+"""A tiny model on a synthetic bar-structured dictionary, built without any data files."""
+import argparse
+
+import torch
+from fairseq.data import Dictionary
+
+from museformer.model import MuseformerS2PModel, museformer_s2p_tiny
+
+SRC_TYPES = ["P"]
+TGT_TYPES = ["V"]
+
+
+def make_dict():
+    d = Dictionary()
+    d.add_symbol("Bar_None")
+    for i in range(8):
+        d.add_symbol(f"P_{i}")
+        d.add_symbol(f"V_{i}")
+    return d
+
+
+class FakeTask:
+    def __init__(self, d):
+        self.source_dictionary = self.target_dictionary = d
+
+
+def make_args(impl="dense", **kw):
+    args = argparse.Namespace(attention_impl=impl, encoder_layers=2, decoder_layers=2, encoder_embed_dim=32,
+                              encoder_ffn_embed_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
+                              dropout=0.0, fine_bars="0,1,2,4", encoder_fine_window=1, cross_window=1,
+                              share_all_embeddings=True, **kw)
+    museformer_s2p_tiny(args)
+    return args
+
+
+def make_model(impl="dense", seed=0, **kw):
+    torch.manual_seed(seed)
+    d = make_dict()
+    model = MuseformerS2PModel.build_model(make_args(impl, **kw), FakeTask(d))
+    model.eval()
+    return model, d
+
+
+def random_pair(d, n_bars, rng, max_notes=4):
+    """Source: Bar then P_x per note; target: Bar then V_x per note (same bars)."""
+    src, tgt = [], []
+    for _ in range(n_bars):
+        n = int(rng.integers(1, max_notes + 1))
+        src.append("Bar_None")
+        tgt.append("Bar_None")
+        for _ in range(n):
+            src.append(f"P_{rng.integers(0, 8)}")
+            tgt.append(f"V_{rng.integers(0, 8)}")
+    return src, tgt
+
+
+def synthetic_target_slots(score_tokens):
+    return ["Bar" if t == "Bar_None" else "V" for t in score_tokens if t == "Bar_None" or t.startswith("P_")]
+
+
+def token_type(tok):
+    return tok.partition("_")[0]
+
+
+def encode(d, toks):
+    return torch.tensor([d.index(t) for t in toks] + [d.eos()])
+
+
+def batch(d, pairs):
+    """Left-padded sources, right-padded prev_output_tokens (EOS first), like fairseq's collater."""
+    srcs = [encode(d, s) for s, _ in pairs]
+    tgts = [encode(d, t) for _, t in pairs]
+    s_len = max(len(s) for s in srcs)
+    t_len = max(len(t) for t in tgts)
+    src = torch.full((len(pairs), s_len), d.pad())
+    prev = torch.full((len(pairs), t_len), d.pad())
+    for i, (s, t) in enumerate(zip(srcs, tgts)):
+        src[i, s_len - len(s):] = s
+        prev[i, 0] = d.eos()
+        prev[i, 1:len(t)] = t[:-1]
+    return src, torch.tensor([len(s) for s in srcs]), prev
