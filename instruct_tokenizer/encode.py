@@ -234,3 +234,36 @@ def encode_match(mf: MatchFile, prefix: Sequence[str] = ()) -> Encoded:
     soft = [t - shift for t in pedal_changes(mf.soft)]
     perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft)
     return Encoded(score=score, perf=perf, bar_of_note=notes.bar, shift_s=shift, stats=stats, order=order)
+
+
+# ----------------------------------------------------------------------------------------- rendering
+def style_prefix(style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
+                 performer: Optional[str] = None) -> List[str]:
+    """Instruct prefix for rendering: every level "mid" unless set, e.g. {"dynamics": "loud"}.
+    Raises ValueError naming a bad key or level."""
+    levels = {t: "mid" for t in V.INSTRUCT_TYPES}
+    for key, value in (style or {}).items():
+        type_ = V.STYLE_KEYS.get(key)
+        if type_ is None:
+            raise ValueError(f"unknown style key {key!r} (one of {', '.join(V.STYLE_KEYS)})")
+        if value not in V.INSTRUCT_LEVELS[type_]:
+            raise ValueError(f"style {key}={value!r}: one of {', '.join(V.INSTRUCT_LEVELS[type_])}")
+        levels[type_] = value
+    out = [V.tok(t, levels[t]) for t in V.INSTRUCT_TYPES]
+    if composer:
+        out.append(V.tok(V.COMPOSER, V.meta_value(composer)))
+    if performer:
+        out.append(V.tok(V.PERFORMER, V.meta_value(performer)))
+    return out
+
+
+def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
+                         performer: Optional[str] = None, unfold_repeats: bool = True) -> List[str]:
+    """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError)."""
+    from .scorefile import ScoreReadError, load_score
+
+    try:
+        prefix = style_prefix(style, composer, performer)
+    except ValueError as e:
+        raise ScoreReadError(str(e)) from None
+    return score_tokens(load_score(path, unfold_repeats), prefix)

@@ -268,7 +268,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         dev = prev_output_tokens.device
         empty_l = torch.zeros(b, 0, dtype=torch.long, device=dev)
         return {"bar": torch.zeros(b, dtype=torch.long, device=dev),
-                "in_bar": torch.full((b,), -1, dtype=torch.long, device=dev),
+                "in_bar": torch.zeros(b, dtype=torch.long, device=dev),  # the start token is 1 past "bar -1"
                 "k_bar": empty_l, "k_sum": empty_l.bool(), "k_pos": empty_l, "k_ok": empty_l.bool(),
                 "next_sum_pos": torch.full((b, 1), 1 << 40, dtype=torch.long, device=dev),
                 "caches": [{} for _ in self.layers]}

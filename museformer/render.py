@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from instruct_tokenizer.grammar import target_slots
 from museformer.constants import BAR_TOKEN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ class Renderer:
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None,
                         attention_impl: Optional[str] = None) -> "Renderer":
-        from fairseq import checkpoint_utils, tasks, utils
+        from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
 
@@ -116,7 +117,6 @@ class Renderer:
         args.data = _dictionary_dir(state, data or getattr(args, "data", None))
         if attention_impl:
             args.attention_impl = attention_impl
-        utils.import_user_module(argparse.Namespace(user_dir=str(Path(__file__).parent)))
         task = tasks.setup_task(args)
         model = task.build_model(args)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
@@ -163,7 +163,7 @@ class Renderer:
         torch.manual_seed(sampling.seed)
         prefix, bars = split_bars(score_tokens)
         budget = budget or self.max_positions - 2
-        lengths = [len(b) for b in bars]
+        lengths = [max(len(b), len(target_slots(b))) for b in bars]  # the longer of score and perf
         if len(prefix) + sum(lengths) + 1 <= self.max_positions:
             segments = [(0, len(bars))]
         else:

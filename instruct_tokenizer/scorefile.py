@@ -1,0 +1,129 @@
+"""Score files for rendering: score MIDI (miditoolkit) and MusicXML (partitura) -> :class:`ScoreNotes`.
+
+MusicXML is parsed by partitura, whose reader uses lxml with ``resolve_entities=False`` (no external
+entities, no expansion bombs); repeats are unfolded as a performer plays them unless
+``unfold_repeats=False``. Score MIDI carries no staff: the first two instrument tracks are staff 1/2 when
+present, else notes at or above middle C are staff 1. Score time in quarter notes.
+"""
+from __future__ import annotations
+
+import bisect
+import warnings
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+
+from .score import ScoreNotes, sort_order
+
+MIDI_SUFFIXES = {".mid", ".midi"}
+XML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
+MAX_XML_BYTES = 50 * 1024 * 1024
+
+
+class ScoreReadError(Exception):
+    """A score file that cannot be read; the message says why (the caller adds the file name)."""
+
+
+def _bars_from_time_sigs(starts_q: List[Tuple[float, Tuple[int, int]]], end_q: float):
+    """Bar start times (quarters) and time signatures from (time, ts) changes, up to end_q."""
+    bar_starts, bar_ts = [], []
+    t, i = 0.0, 0
+    ts = starts_q[0][1] if starts_q else (4, 4)
+    while t <= end_q or not bar_starts:
+        while i < len(starts_q) and starts_q[i][0] <= t + 1e-9:
+            ts = starts_q[i][1]
+            i += 1
+        bar_starts.append(t)
+        bar_ts.append(ts)
+        t += ts[0] * 4.0 / ts[1]
+        if len(bar_starts) > 100000:
+            raise ScoreReadError("absurd length (more than 100000 bars)")
+    return bar_starts, bar_ts
+
+
+def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts) -> ScoreNotes:
+    starts = np.array(bar_starts)
+    bar = np.clip(np.searchsorted(starts, onset_q + 1e-6, side="right") - 1, 0, len(starts) - 1)
+    pos_q = onset_q - starts[bar]
+    lengths = np.diff(starts, append=starts[-1] + bar_ts[-1][0] * 4.0 / bar_ts[-1][1])
+    order = sort_order(bar, pos_q, pitch)
+    return ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=dur_q[order], grace=grace[order],
+                      pitch=pitch[order], staff=staff[order], bar_len_q=lengths, bar_ts=bar_ts)
+
+
+def load_score_midi(path: str) -> ScoreNotes:
+    import miditoolkit
+
+    try:
+        midi = miditoolkit.MidiFile(str(path))
+    except Exception as e:  # mido raises many types for junk input
+        raise ScoreReadError(f"not a readable MIDI file ({type(e).__name__}: {e})") from None
+    tracks = [inst for inst in midi.instruments if inst.notes and not inst.is_drum]
+    if not tracks:
+        raise ScoreReadError("MIDI file has no notes")
+    tpq = float(midi.ticks_per_beat)
+    rows = []
+    for k, inst in enumerate(tracks):
+        for n in inst.notes:
+            rows.append((n.start / tpq, max(n.end - n.start, 0) / tpq, n.pitch, k))
+    arr = np.array(rows)
+    onset_q, dur_q, pitch = arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int64)
+    if len(tracks) >= 2:
+        staff = np.minimum(arr[:, 3].astype(np.int64) + 1, 2)
+    else:
+        staff = np.where(pitch >= 60, 1, 2)
+    ts_changes = [(ts.time / tpq, (ts.numerator, ts.denominator)) for ts in midi.time_signature_changes]
+    ts_changes.sort(key=lambda x: x[0])
+    bar_starts, bar_ts = _bars_from_time_sigs(ts_changes, float(onset_q.max()))
+    return _assemble(onset_q, dur_q, pitch, staff, np.zeros(len(pitch), bool), bar_starts, bar_ts)
+
+
+def load_musicxml(path: str, unfold_repeats: bool = True) -> ScoreNotes:
+    import partitura as pt
+
+    if Path(path).stat().st_size > MAX_XML_BYTES:
+        raise ScoreReadError(f"file larger than {MAX_XML_BYTES // 2**20} MiB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # partitura warns about every dangling slur
+            score = pt.load_musicxml(str(path))
+            parts = list(score.parts)
+            part = pt.score.merge_parts(parts) if len(parts) > 1 else parts[0]
+            if unfold_repeats:
+                part = pt.score.unfold_part_maximal(part)
+            na = part.note_array(include_staff=True, include_grace_notes=True)
+        measures = list(part.iter_all(pt.score.Measure))
+        m_starts = [float(q) for q in part.quarter_map([m.start.t for m in measures])] if measures else [0.0]
+        ts_objs = list(part.iter_all(pt.score.TimeSignature))
+    except ScoreReadError:
+        raise
+    except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
+        raise ScoreReadError(f"cannot parse MusicXML ({type(e).__name__}: {str(e)[:120]})") from None
+    if len(na) == 0:
+        raise ScoreReadError("empty score (no notes)")
+    ts_changes = sorted((float(part.quarter_map(t.start.t)), (int(t.beats), int(t.beat_type))) for t in ts_objs)
+    bar_ts = []
+    for s in m_starts:
+        i = bisect.bisect_right([c[0] for c in ts_changes], s + 1e-9) - 1
+        bar_ts.append(ts_changes[i][1] if i >= 0 else (ts_changes[0][1] if ts_changes else (4, 4)))
+    grace = na["is_grace"].astype(bool) if "is_grace" in na.dtype.names else np.zeros(len(na), bool)
+    dur_q = np.where(grace, 0.0, na["duration_quarter"].astype(float))
+    staff = na["staff"].astype(np.int64) if "staff" in na.dtype.names else np.where(na["pitch"] >= 60, 1, 2)
+    return _assemble(na["onset_quarter"].astype(float), dur_q, na["pitch"].astype(np.int64),
+                     np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts)
+
+
+def load_score(path: str, unfold_repeats: bool = True) -> ScoreNotes:
+    """MusicXML or score MIDI by suffix. Raises ScoreReadError with a one-line reason."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScoreReadError("file not found")
+    if p.stat().st_size == 0:
+        raise ScoreReadError("empty file")
+    suffix = p.suffix.lower()
+    if suffix in MIDI_SUFFIXES:
+        return load_score_midi(path)
+    if suffix in XML_SUFFIXES:
+        return load_musicxml(path, unfold_repeats)
+    raise ScoreReadError(f"unknown score format {suffix!r} (MusicXML or MIDI)")
