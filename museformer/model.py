@@ -21,7 +21,7 @@ from fairseq.models import (
 from torch import Tensor, nn
 
 from . import pattern
-from .backends import dense_attend, get_backend
+from .backends import get_backend, step_attend
 from .barplan import build_bar_plan
 from .constants import BAR_TOKEN, EOS_TYPE
 from .layers import DecoderLayer, EncoderLayer
@@ -253,7 +253,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         cm = cm & enc_layout.valid.unsqueeze(1)
         caches = state["caches"]
         for layer, cache in zip(self.layers, caches):
-            x = layer.forward_step(x, encoder_out["enc"], cache, m, cm, dense_attend)
+            x = layer.forward_step(x, encoder_out["enc"], cache, m, cm, step_attend)
         logits = self.out(self.ln(x[:, -1:]))  # (B, 1, V)
         state.update(bar=new_bar, in_bar=in_bar, k_bar=kb, k_sum=ks, k_pos=kp, k_ok=kv)
         if closing:
@@ -283,6 +283,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         state = self.get_incremental_state(incremental_state, "fc")
         if state is None:
             return
+        if new_order.numel() == state["bar"].numel() and torch.equal(
+                new_order, torch.arange(new_order.numel(), device=new_order.device)):
+            return  # identity (greedy/sampling): nothing to move
         for key, value in list(state.items()):
             if torch.is_tensor(value):
                 state[key] = value.index_select(0, new_order)

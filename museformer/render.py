@@ -65,6 +65,19 @@ def plan_segments(bar_lengths: Sequence[int], budget: int, overlap: int) -> List
 
 
 # --------------------------------------------------------------------------------------- model
+class _threads:
+    """Temporarily set torch's intra-op thread count."""
+
+    def __init__(self, n: int):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
 @dataclass
 class Sampling:
     """Decoding settings: beam search when ``temperature`` is None and ``topp`` is None, else sampling."""
@@ -94,8 +107,9 @@ def _dictionary_dir(state: dict, data_dir: Optional[str]) -> str:
 class Renderer:
     """A loaded model + task + generator settings; renders token streams."""
 
-    def __init__(self, models, task, args):
+    def __init__(self, models, task, args, threads: int = 1):
         self.models, self.task, self.args = models, task, args
+        self.threads = threads  # step-by-step decoding is latency-bound: one thread is fastest
         self.src_dict, self.tgt_dict = task.source_dictionary, task.target_dictionary
         self.max_positions = min(int(getattr(args, "max_source_positions", 1024)),
                                  int(getattr(args, "max_target_positions", 1024)))
@@ -131,17 +145,26 @@ class Renderer:
             raise RenderError(f"{what}: tokens unknown to the model's dictionary: {' '.join(unknown[:8])}")
         return torch.tensor(ids, dtype=torch.long)
 
-    def generate(self, score_tokens: Sequence[str], forced_perf: Sequence[str], sampling: Sampling
-                 ) -> List[str]:
-        """Performance tokens for one segment; ``forced_perf`` is forced as the decoder's first tokens."""
-        src = torch.cat([self.encode(score_tokens, self.src_dict, "score"),
-                         torch.tensor([self.src_dict.eos()])])
-        sample = {"id": torch.tensor([0]),
-                  "net_input": {"src_tokens": src.unsqueeze(0),  # (1, S)
-                                "src_lengths": torch.tensor([src.numel()])}}
+    def generate_batch(self, scores: Sequence[Sequence[str]], forced: Sequence[Sequence[str]],
+                       sampling: Sampling) -> List[List[str]]:
+        """Performance tokens for a batch of segments; ``forced[i]`` is forced as the decoder's first
+        tokens of segment i (fairseq's prefix tokens; shorter prefixes are padded and not forced)."""
+        pad = self.src_dict.pad()
+        srcs = [torch.cat([self.encode(s, self.src_dict, "score"), torch.tensor([self.src_dict.eos()])])
+                for s in scores]
+        width = max(len(x) for x in srcs)
+        src = torch.full((len(srcs), width), pad, dtype=torch.long)  # (B, S), left-padded like fairseq
+        for i, x in enumerate(srcs):
+            src[i, width - len(x):] = x
+        sample = {"id": torch.arange(len(srcs)),
+                  "net_input": {"src_tokens": src, "src_lengths": torch.tensor([len(x) for x in srcs])}}
         prefix = None
-        if forced_perf:
-            prefix = self.encode(forced_perf, self.tgt_dict, "overlap").unsqueeze(0)  # (1, P)
+        if any(forced):
+            p_width = max(len(f) for f in forced)
+            prefix = torch.full((len(srcs), p_width), self.tgt_dict.pad(), dtype=torch.long)  # (B, P)
+            for i, f in enumerate(forced):
+                if f:
+                    prefix[i, : len(f)] = self.encode(f, self.tgt_dict, "overlap")
         gen_args = argparse.Namespace(
             beam=1 if sampling.sampling else sampling.beam, sampling=sampling.sampling,
             sampling_topk=-1, sampling_topp=sampling.topp if sampling.topp is not None else -1.0,
@@ -152,32 +175,57 @@ class Renderer:
             iter_decode_max_iter=10, print_alignment=False, retain_iter_history=False,
         )
         generator = self.task.build_generator(self.models, gen_args)
-        with torch.no_grad():
+        with torch.no_grad(), _threads(self.threads):
             hypos = self.task.inference_step(generator, self.models, sample, prefix_tokens=prefix)
-        ids = hypos[0][0]["tokens"].tolist()
-        return [self.tgt_dict[i] for i in ids if i != self.tgt_dict.eos()]
+        eos = self.tgt_dict.eos()
+        return [[self.tgt_dict[i] for i in h[0]["tokens"].tolist() if i != eos] for h in hypos]
 
-    def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
-                      budget: Optional[int] = None, progress: bool = True) -> List[str]:
-        """Whole-piece performance tokens: one pass when the piece fits, else stitched segments."""
-        torch.manual_seed(sampling.seed)
+    def generate(self, score_tokens: Sequence[str], forced_perf: Sequence[str], sampling: Sampling) -> List[str]:
+        return self.generate_batch([score_tokens], [forced_perf], sampling)[0]
+
+    def plan(self, score_tokens: Sequence[str], overlap_bars: int, budget: Optional[int] = None):
+        """(prefix, bars, segments): one segment when the piece fits the model's context."""
         prefix, bars = split_bars(score_tokens)
         budget = budget or self.max_positions - 2
         lengths = [max(len(b), len(target_slots(b))) for b in bars]  # the longer of score and perf
         if len(prefix) + sum(lengths) + 1 <= self.max_positions:
-            segments = [(0, len(bars))]
-        else:
-            segments = plan_segments(lengths, budget - len(prefix), overlap_bars)
-        perf_bars: List[List[str]] = []
-        for start, end in tqdm(segments, desc="render", unit="segment", disable=not progress):
-            seg_score = prefix + [t for b in bars[start:end] for t in b]
-            forced = [t for b in perf_bars[start:] for t in b]  # overlap bars already rendered
-            out = self.generate(seg_score, forced, sampling)
-            _, out_bars = split_bars(out)
-            if len(out_bars) != end - start:
-                raise RenderError(f"segment bars {start}-{end}: model produced {len(out_bars)} bars")
-            perf_bars = perf_bars[:start] + out_bars
-        return [t for b in perf_bars for t in b]
+            return prefix, bars, [(0, len(bars))]
+        return prefix, bars, plan_segments(lengths, budget - len(prefix), overlap_bars)
+
+    def render_many(self, pieces: Sequence[Sequence[str]], sampling: Sampling, overlap_bars: int = 2,
+                    batch_size: int = 16, progress: bool = True) -> List[List[str]]:
+        """Whole-piece performance tokens for several pieces. Round r generates segment r of every
+        piece in batches; each segment is forced to start with the previous segment's overlap bars."""
+        torch.manual_seed(sampling.seed)
+        plans = [self.plan(p, overlap_bars) for p in pieces]
+        done: List[List[List[str]]] = [[] for _ in pieces]
+        jobs = sum(len(p[2]) for p in plans)
+        bar = tqdm(total=jobs, desc="render", unit="segment", disable=not progress)
+        for r in range(max(len(p[2]) for p in plans)):
+            todo = [i for i, p in enumerate(plans) if r < len(p[2])]
+            for k in range(0, len(todo), batch_size):
+                chunk = todo[k:k + batch_size]
+                scores, forced = [], []
+                for i in chunk:
+                    prefix, bars, segs = plans[i]
+                    start, end = segs[r]
+                    scores.append(prefix + [t for b in bars[start:end] for t in b])
+                    forced.append([t for b in done[i][start:] for t in b])
+                outs = self.generate_batch(scores, forced, sampling)
+                for i, out in zip(chunk, outs):
+                    start, end = plans[i][2][r]
+                    _, out_bars = split_bars(out)
+                    if len(out_bars) != end - start:
+                        raise RenderError(f"segment bars {start}-{end}: model produced {len(out_bars)} bars")
+                    done[i] = done[i][:start] + out_bars
+                bar.update(len(chunk))
+        bar.close()
+        return [[t for b in d for t in b] for d in done]
+
+    def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
+                      progress: bool = True) -> List[str]:
+        """Whole-piece performance tokens: one pass when the piece fits, else stitched segments."""
+        return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
 
 
 # --------------------------------------------------------------------------------------- CLI
