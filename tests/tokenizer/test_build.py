@@ -1,0 +1,75 @@
+"""Corpus build: piece-level splits, instruct prefix, fairseq-preprocess on the output unchanged."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import BIN, SHARED, VIENNA
+from instruct_tokenizer.build import BuildConfig, Source, assign_splits, find_sources
+from instruct_tokenizer.encode import style_prefix
+
+NASAP = SHARED / "datasets" / "nasap"
+PIECES_CSV = SHARED / "benchmarks" / "pianist_transformer_testset" / "pieces.csv"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    proc = subprocess.run([str(BIN / "instruct-tokenize"), "build", str(VIENNA / "match"), "--out", str(out),
+                           "--split", "0.5,0.25,0.25", "--workers", "2", "--no-progress", "--max-tokens", "600"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_outputs_line_aligned_and_bar_synchronous(built):
+    for split in ("train", "valid", "test"):
+        score = (built / f"{split}.score").read_text().splitlines()
+        perf = (built / f"{split}.perf").read_text().splitlines()
+        assert len(score) == len(perf) > 0
+        for s, p in zip(score, perf):
+            assert s.split().count("Bar_None") == p.split().count("Bar_None")
+            assert p.split()[0] == "Bar_None", "segments start on a bar"
+            assert max(len(s.split()), len(p.split())) <= 600 or s.split().count("Bar_None") == 1
+
+
+def test_no_piece_crosses_splits(built):
+    rows = [json.loads(x) for x in (built / "manifest.jsonl").read_text().splitlines()]
+    split_of = {}
+    for r in rows:
+        split_of.setdefault((r["composer"], r["title"]), set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values()), split_of
+
+
+@pytest.mark.skipif(not NASAP.exists(), reason="(n)ASAP not unpacked (../shared/datasets/unpack)")
+def test_pinned_test_pieces_on_nasap_metadata():
+    sources = find_sources([str(NASAP)])
+    cfg = BuildConfig(seed=3, test_pieces=str(PIECES_CSV))
+    splits = assign_splits([s.piece for s in sources], cfg)
+    import csv
+
+    pinned = {(r["composer"], r["title"]) for r in csv.DictReader(open(PIECES_CSV))}
+    in_test = [s for s in sources if s.piece in pinned]
+    assert len(in_test) == 104
+    assert all(splits[s.piece] == "test" for s in in_test)
+    assert {splits[p] for p in splits if p not in pinned} <= {"train", "valid", "test"}
+    again = assign_splits([s.piece for s in sources], cfg)
+    assert again == splits, "deterministic by seed"
+
+
+def test_changing_one_style_changes_only_its_prefix_token():
+    base = style_prefix({})
+    loud = style_prefix({"dynamics": "loud"})
+    diff = [(a, b) for a, b in zip(base, loud) if a != b]
+    assert diff == [("IDyn_mid", "IDyn_loud")]
+
+
+def test_fairseq_preprocess_runs_on_build_output(built, tmp_path):
+    proc = subprocess.run([str(BIN / "fairseq-preprocess"), "--source-lang", "score", "--target-lang", "perf",
+                           "--trainpref", str(built / "train"), "--validpref", str(built / "valid"),
+                           "--testpref", str(built / "test"), "--srcdict", str(built / "dict.txt"),
+                           "--tgtdict", str(built / "dict.txt"), "--destdir", str(tmp_path / "bin"),
+                           "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "bin" / "train.score-perf.perf.bin").exists()
+    assert "0.0% replaced by <unk>" in proc.stdout + proc.stderr
