@@ -25,10 +25,12 @@ class FakeTask:
 
 
 def make_args(impl="dense", **kw):
-    args = argparse.Namespace(attention_impl=impl, encoder_layers=2, decoder_layers=2, encoder_embed_dim=32,
-                              encoder_ffn_embed_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
-                              dropout=0.0, fine_bars="0,1,2,4", encoder_fine_window=1, cross_window=1,
-                              share_all_embeddings=True, **kw)
+    values = dict(attention_impl=impl, encoder_layers=2, decoder_layers=2, encoder_embed_dim=32,
+                  encoder_ffn_embed_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
+                  dropout=0.0, fine_bars="0,1,2,4", encoder_fine_window=1, cross_window=1,
+                  share_all_embeddings=True)
+    values.update(kw)
+    args = argparse.Namespace(**values)
     museformer_s2p_tiny(args)
     return args
 

@@ -1,0 +1,104 @@
+"""fairseq-train / fairseq-generate with --user-dir museformer on the tokenizer's output of data/."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import BIN, REPO, VIENNA
+from instruct_tokenizer.grammar import target_slots, token_type
+
+TRAIN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--arch", "museformer_s2p_tiny",
+         "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--share-all-embeddings",
+         "--attention-impl", "dense", "--optimizer", "adam", "--lr", "0.003", "--max-tokens", "4096", "--cpu",
+         "--num-workers", "0", "--no-progress-bar", "--log-format", "simple", "--log-interval", "1", "--seed", "1",
+         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.05"]
+
+
+def run(cmd, cwd, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd[0]}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    run([BIN / "instruct-tokenize", "build", VIENNA / "match", "--out", "tok", "--split", "0.5,0.25,0.25",
+         "--workers", "2", "--no-progress", "--max-tokens", "400"], root)
+    run([BIN / "fairseq-preprocess", "--source-lang", "score", "--target-lang", "perf", "--trainpref", "tok/train",
+         "--validpref", "tok/valid", "--testpref", "tok/test", "--srcdict", "tok/dict.txt", "--tgtdict",
+         "tok/dict.txt", "--destdir", "bin", "--workers", "1"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    log = run([BIN / "fairseq-train", "bin", *TRAIN, "--max-epoch", "3", "--save-dir", "ckpt",
+               "--tensorboard-logdir", "tb"], corpus)
+    return corpus, log
+
+
+def losses(log):
+    return [float(x) for x in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", log)]
+
+
+@pytest.mark.slow
+def test_loss_falls_and_tensorboard_logs(trained):
+    root, log = trained
+    ls = losses(log)
+    assert len(ls) == 3 and ls[-1] < ls[0], ls
+    assert list((root / "tb").rglob("events.out.tfevents*"))
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_last(trained):
+    root, _ = trained
+    log = run([BIN / "fairseq-train", "bin", *TRAIN, "--max-epoch", "4", "--save-dir", "ckpt"], root)
+    assert "loaded checkpoint ckpt/checkpoint_last.pt (epoch 4 @" in log, "resumes after epoch 3"
+    assert len(losses(log)) == 1, "only the 4th epoch runs after resuming"
+
+
+def _valid_rate(root, gen_log):
+    src = (root / "tok" / "test.score").read_text().splitlines()
+    hyps = {}
+    for line in gen_log.splitlines():
+        if line.startswith("H-"):
+            k, _, toks = line.split("\t")
+            hyps[int(k[2:])] = toks.split()
+    ok = 0
+    for i, s in enumerate(src):
+        slots = target_slots(s.split())
+        h = hyps.get(i, [])
+        ok += len(h) == len(slots) and all(token_type(t) == x for t, x in zip(h, slots))
+    return ok, len(src)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [["--beam", "2"], ["--sampling", "--beam", "1", "--sampling-topp", "0.9", "--temperature", "1.2"]],
+                         ids=["beam", "sampling"])
+def test_generate_is_always_valid(trained, mode):
+    root, _ = trained
+    log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",
+               "--path", "ckpt/checkpoint_best.pt", "--gen-subset", "test", "--cpu", "--batch-size", "8", *mode], root)
+    ok, n = _valid_rate(root, log)
+    assert n > 0 and ok == n, f"{ok}/{n} valid"
+
+
+@pytest.mark.slow
+def test_untrained_model_generates_valid_output(corpus):
+    run([BIN / "fairseq-train", "bin", *TRAIN, "--max-update", "1", "--save-dir", "ckpt0", "--lr", "1e-9"], corpus)
+    log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",
+               "--path", "ckpt0/checkpoint_last.pt", "--gen-subset", "test", "--cpu", "--batch-size", "8",
+               "--beam", "1"], corpus)
+    ok, n = _valid_rate(corpus, log)
+    assert ok == n > 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_this_architecture(corpus):
+    run([BIN / "torchrun", "--nproc_per_node", "2", "--master_port", "29541", BIN / "fairseq-train", "bin", *TRAIN,
+         "--max-epoch", "1", "--save-dir", "ckpt_ddp", "--distributed-backend", "gloo", "--ddp-backend", "no_c10d"],
+        corpus)
+    assert (corpus / "ckpt_ddp" / "checkpoint_last.pt").exists()
