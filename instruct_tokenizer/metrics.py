@@ -142,10 +142,40 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+    if len(a) < 3 or a.std() < 1e-9 or b.std() < 1e-9:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 
 
 def fmt(x: Optional[float]) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+# ----------------------------------------------------------------------------------------- per note
+PER_NOTE = ("velocity", "log_tempo", "timing", "articulation")
+
+
+def per_note_features(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Per score note (token order): velocity, log beat period (s/quarter) of its onset group, timing
+    deviation from the decoded grid (ms), articulation log2(played / notated-at-local-tempo).
+    Deleted notes are NaN."""
+    from .decode import decode_performance
+    from .encode import nominal_q
+
+    perf = decode_performance(score_tokens, perf_tokens)
+    tl = perf.timeline
+    period = perf.group_period_s[tl.note_group]
+    nominal = np.array([nominal_q(d) for d in tl.note_dur_q])
+    nan = np.where(perf.played, 1.0, np.nan)
+    dur = np.maximum(perf.offset_s - perf.onset_s, 1e-3)
+    return {
+        "velocity": perf.velocity * nan,
+        "log_tempo": np.log(period) * nan,
+        "timing": (perf.onset_s - perf.group_grid_s[tl.note_group]) * 1000.0 * nan,
+        "articulation": np.log2(dur / (nominal * period)) * nan,
+        "score_q": tl.group_q[tl.note_group],
+    }
+
+
+def per_note_r(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str, float]:
+    return {f"{k}_r": pearson(a[k], b[k]) for k in PER_NOTE}

@@ -96,13 +96,24 @@ def midi_files(path: str) -> List[Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="instruct-eval", description=__doc__.splitlines()[0])
-    ap.add_argument("pred", help="directory (or file) of rendered MIDI")
-    ap.add_argument("ref", help="directory of human performance MIDI")
+    ap.add_argument("pred", nargs="?", help="directory (or file) of rendered MIDI")
+    ap.add_argument("ref", nargs="?", help="directory of human performance MIDI")
+    ap.add_argument("--tokens", default=None, metavar="DIR",
+                    help="evaluate on a split of this instruct-tokenize build instead (needs --checkpoint)")
+    ap.add_argument("--split", default="test", help="split of --tokens to evaluate")
+    ap.add_argument("--checkpoint", default=None, help="model checkpoint for --tokens")
+    ap.add_argument("--data", default=None, help="fairseq data dir (dictionaries) for --checkpoint")
+    ap.add_argument("--max-pieces", type=int, default=None, help="evaluate at most this many pieces")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--name", default="model", help="row name of PRED")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
                     help="more rows, e.g. deadpan=score_midis/ (repeatable)")
     ap.add_argument("--out", default="outputs/eval", help="output directory")
     a = ap.parse_args(argv)
+    if a.tokens:
+        return eval_tokens(a)
+    if not (a.pred and a.ref):
+        ap.error("PRED and REF are required (or --tokens DIR --checkpoint CKPT)")
     sets = {a.name: a.pred}
     for item in a.baseline:
         name, sep, path = item.partition("=")
@@ -122,6 +133,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = evaluate_sets(rows, human)
     print(write_outputs(results, Path(a.out), title="Distribution metrics vs human"))
     print(f"wrote {a.out}/results.md, results.json, histograms.png")
+    return 0
+
+
+def eval_tokens(a: argparse.Namespace) -> int:
+    from museformer.eval_split import evaluate_split, markdown
+    from museformer.render import Renderer, RenderError, Sampling
+
+    try:
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+    except RenderError as e:
+        print(f"instruct-eval: error: {e}", file=sys.stderr)
+        return 1
+    results = evaluate_split(a.tokens, renderer, a.out, a.split, Sampling(seed=a.seed), a.max_pieces)
+    out = Path(a.out)
+    table = markdown(results)
+    (out / "results.md").write_text(f"# {a.split} split of {a.tokens}\n\n" + table)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table)
+    print(f"wrote {out}/results.md, results.json, curves-*.png, midi/")
     return 0
 
 

@@ -80,16 +80,19 @@ class _threads:
 
 @dataclass
 class Sampling:
-    """Decoding settings: beam search when ``temperature`` is None and ``topp`` is None, else sampling."""
+    """Decoding settings: nucleus sampling by default (a performance is one draw from the model, and
+    sampling keeps the human spread that greedy decoding collapses); beam search when beam > 1 or
+    ``greedy``."""
 
     beam: int = 1
-    temperature: Optional[float] = None
-    topp: Optional[float] = None
+    temperature: float = 1.0
+    topp: float = 0.95
     seed: int = 0
+    greedy: bool = False
 
     @property
     def sampling(self) -> bool:
-        return self.temperature is not None or self.topp is not None
+        return self.beam <= 1 and not self.greedy
 
 
 def _dictionary_dir(state: dict, data_dir: Optional[str]) -> str:
@@ -167,8 +170,8 @@ class Renderer:
                     prefix[i, : len(f)] = self.encode(f, self.tgt_dict, "overlap")
         gen_args = argparse.Namespace(
             beam=1 if sampling.sampling else sampling.beam, sampling=sampling.sampling,
-            sampling_topk=-1, sampling_topp=sampling.topp if sampling.topp is not None else -1.0,
-            temperature=sampling.temperature if sampling.temperature is not None else 1.0,
+            sampling_topk=-1, sampling_topp=sampling.topp if sampling.sampling else -1.0,
+            temperature=sampling.temperature if sampling.sampling else 1.0,
             max_len_a=0, max_len_b=200, min_len=1, unnormalized=False, lenpen=1, unkpen=0,
             match_source_len=False, no_repeat_ngram_size=0, diverse_beam_groups=-1,
             diverse_beam_strength=0.5, diversity_rate=-1.0, constraints=None, prefix_size=0,
@@ -248,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output performance MIDI path")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model file (.pt)")
     p.add_argument("--data", default=None, help="fairseq data dir with dict.*.txt (for training checkpoints)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (enables sampling)")
-    p.add_argument("--topp", type=float, default=None, help="nucleus sampling p (enables sampling)")
-    p.add_argument("--beam", type=int, default=1, help="beam size when not sampling")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--topp", type=float, default=0.95, help="nucleus sampling p (default 0.95)")
+    p.add_argument("--beam", type=int, default=1, help="beam search with this beam size (> 1) instead of sampling")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--n", type=int, default=1, help="number of different renderings (seeds seed..seed+n-1)")
     p.add_argument("--style", default=None,
@@ -282,7 +286,7 @@ def render_file(args: argparse.Namespace) -> List[Path]:
     written = []
     for k, path in enumerate(output_paths(args.output, args.n)):
         sampling = Sampling(beam=args.beam, temperature=args.temperature, topp=args.topp,
-                            seed=args.seed + k)
+                            seed=args.seed + k, greedy=args.greedy)
         perf_tokens = renderer.render_tokens(score_tokens, sampling, overlap_bars=args.overlap_bars)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
@@ -295,11 +299,16 @@ def render_file(args: argparse.Namespace) -> List[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from instruct_tokenizer.scorefile import ScoreReadError
+
     try:
         for path in render_file(args):
             print(f"wrote {path}")
     except RenderError as e:
         print(f"instruct-render: error: {e}", file=sys.stderr)
+        return 1
+    except ScoreReadError as e:
+        print(f"instruct-render: error: {args.score}: {e}", file=sys.stderr)
         return 1
     return 0
 

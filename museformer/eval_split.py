@@ -1,0 +1,162 @@
+"""Evaluate a model on a tokenized split (e.g. ``test``) against its human performances and baselines.
+
+Rows: the model; ``deadpan`` (notated durations at 120 BPM, velocity 64, no pedal); ``training mean``
+(every feature at its training-set mean/median); ``human`` (another performance of the same piece: the
+realistic ceiling). Per-note Pearson r is computed note by note through the score (every row renders
+the same score tokens as the human performance it is compared with); distribution metrics pool all
+notes (docs/evaluation.md). Writes results.md, results.json, histograms.png and per-piece curve plots.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.decode import decode_performance, performance_to_midi
+from instruct_tokenizer.encode import encode_match, style_prefix
+from instruct_tokenizer.grammar import target_slots
+from instruct_tokenizer.match import load_match
+from instruct_tokenizer.metrics import PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms
+from instruct_tokenizer.metrics import midi_features
+
+
+def constant_perf(score_tokens: Sequence[str], tempo_bin: int, vel: int, art: float) -> List[str]:
+    """A performance with one tempo, one velocity, timing 0, one articulation and no pedal."""
+    fill = {V.BAR: V.BAR_TOKEN, V.TEMPO: V.tok(V.TEMPO, tempo_bin), V.SUS: V.tok(V.SUS, V.NONE),
+            V.SOFT: V.tok(V.SOFT, V.NONE), V.VEL: V.vel_tokens(np.array([vel]))[0], V.TIME: V.tok(V.TIME, 0),
+            V.ART: V.tok(V.ART, V.fmt_art(V.quantise_art(art)))}
+    return [fill[s] for s in target_slots(score_tokens)]
+
+
+def training_means(tok_dir: Path) -> Dict[str, float]:
+    """Median tempo bin, mean velocity and median articulation over train.perf."""
+    tempo, vel, art = Counter(), [], []
+    with open(tok_dir / "train.perf") as f:
+        for line in f:
+            for t in line.split():
+                type_, value = t.partition("_")[::2]
+                if type_ == V.TEMPO:
+                    tempo[int(value)] += 1
+                elif type_ == V.VEL and value != V.DELETED:
+                    vel.append(V.vel_value(int(value)))
+                elif type_ == V.ART:
+                    art.append(float(value))
+    bins = sorted(tempo.elements())
+    return {"tempo_bin": bins[len(bins) // 2], "velocity": float(np.mean(vel)), "art": float(np.median(art))}
+
+
+def test_performances(tok_dir: Path, split: str) -> List[dict]:
+    rows = [json.loads(x) for x in (tok_dir / "manifest.jsonl").read_text().splitlines()]
+    seen, out = set(), []
+    for r in rows:
+        if r["split"] == split and not r["augment"] and r["source"] not in seen:
+            seen.add(r["source"])
+            out.append(r)
+    return out
+
+
+def plot_curves(path: Path, title: str, curves: Dict[str, Dict[str, np.ndarray]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+    for name, f in curves.items():
+        q = f["score_q"]
+        ax1.plot(q, 60.0 / np.exp(f["log_tempo"]), label=name, lw=1)
+        ax2.plot(q, f["velocity"], ".", ms=2, label=name)
+    ax1.set_ylabel("tempo (quarter BPM)")
+    ax2.set_ylabel("velocity")
+    ax2.set_xlabel("score position (quarters)")
+    ax1.set_title(title)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sampling=None,
+                   max_pieces: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    from museformer.render import Sampling
+
+    tok, out = Path(tok_dir), Path(out_dir)
+    (out / "midi").mkdir(parents=True, exist_ok=True)
+    perfs = test_performances(tok, split)
+    if max_pieces:
+        keep = sorted({(p["composer"], p["title"]) for p in perfs})[:max_pieces]
+        perfs = [p for p in perfs if (p["composer"], p["title"]) in keep]
+    means = training_means(tok)
+    human = []
+    for p in perfs:
+        enc = encode_match(load_match(p["source"]))
+        human.append((p, enc.score, enc.perf))
+    scores = [style_prefix({}) + s for _, s, _ in human]
+    rendered = renderer.render_many(scores, sampling or Sampling())
+    rows = {"model": rendered,
+            "deadpan": [constant_perf(s, V.quantise_tempo(0.5), 64, 0.0) for s in scores],
+            "training mean": [constant_perf(s, means["tempo_bin"], int(means["velocity"]), means["art"])
+                              for s in scores]}
+    human_feats = [per_note_features(s, pf) for _, s, pf in human]
+    human_midi = [performance_to_midi(decode_performance(s, pf)) for _, s, pf in human]
+    results: Dict[str, Dict[str, float]] = {}
+    ref_hist = pooled_histograms([_features_of(m, out / "midi" / f"human-{i}.mid") for i, m in enumerate(human_midi)])
+    for name, perf_rows in rows.items():
+        rs = defaultdict(list)
+        feats = []
+        for i, ((p, s, _), pf) in enumerate(zip(human, perf_rows)):
+            mine = per_note_features(s, pf)
+            for k, v in per_note_r(mine, human_feats[i]).items():
+                rs[k].append(v)
+            midi = performance_to_midi(decode_performance(s, pf))
+            feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
+        results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: _nanmean(v) for k, v in rs.items()}}
+    results["human"] = _human_ceiling(human, human_feats, out)
+    for i, (p, s, _) in enumerate(human[:: max(1, len(human) // 4)]):
+        j = human.index((p, s, _))
+        plot_curves(out / f"curves-{j}.png", f"{p['composer']} {p['title']} ({p['performer']})",
+                    {"human": human_feats[j], "model": per_note_features(s, rows["model"][j]),
+                     "deadpan": per_note_features(s, rows["deadpan"][j])})
+    return results
+
+
+def _features_of(midi, path: Path):
+    midi.dump(str(path))
+    return midi_features(str(path))
+
+
+def _nanmean(values) -> float:
+    v = np.array([x for x in values if np.isfinite(x)])
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def _human_ceiling(human, human_feats, out: Path) -> Dict[str, float]:
+    """Per-note r between performances of the same piece with identical score tokens; distribution
+    metrics of odd-indexed against even-indexed performances of each piece."""
+    by_piece = defaultdict(list)
+    for i, (p, s, _) in enumerate(human):
+        by_piece[(p["composer"], p["title"])].append(i)
+    rs = defaultdict(list)
+    even, odd = [], []
+    for idx in by_piece.values():
+        for a, b in zip(idx, idx[1:]):
+            if human[a][1] == human[b][1]:
+                for k, v in per_note_r(human_feats[a], human_feats[b]).items():
+                    rs[k].append(v)
+        for n, i in enumerate(idx):
+            (even if n % 2 == 0 else odd).append(midi_features(str(out / "midi" / f"human-{i}.mid")))
+    res = compare(pooled_histograms(odd), pooled_histograms(even)) if odd and even else {}
+    return {**res, **{k: _nanmean(v) for k, v in rs.items()}}
+
+
+def markdown(results: Dict[str, Dict[str, float]]) -> str:
+    cols = [f"{k}_r" for k in PER_NOTE] + ["velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"]
+    lines = ["| row | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,35 @@
+"""A shortened `make demo`: tokenize -> preprocess -> train -> render -> evaluate, through the real CLIs."""
+import json
+import os
+import subprocess
+
+import miditoolkit
+import pytest
+
+from conftest import BIN, REPO
+
+
+@pytest.mark.slow
+def test_short_demo(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "demo"), TRAIN_MINUTES="0.25", PATH=f"{BIN}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "demo"
+    midi = miditoolkit.MidiFile(str(out / "render.mid"))
+    notes = midi.instruments[0].notes
+    assert len(notes) > 100 and any(c.number == 64 for c in midi.instruments[0].control_changes)
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert {"model", "deadpan", "training mean", "human"} <= set(results)
+    assert results["human"]["overall_js"] < results["deadpan"]["overall_js"]
+    assert list((out / "eval").glob("curves-*.png"))
+
+
+def test_render_bad_score_is_one_line(tmp_path):
+    bad = tmp_path / "junk.mid"
+    bad.write_bytes(b"not midi at all")
+    proc = subprocess.run([str(BIN / "instruct-render"), str(bad), "-o", str(tmp_path / "o.mid"),
+                           "--checkpoint", str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "o.mid").exists()
