@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Side-by-side quality benchmark on Pianist Transformer's own test set (23 ASAP pieces).
+
+In one run: renders ``score/{i}.mid`` (and, where the (n)ASAP copy has it, the same piece's
+``xml_score.musicxml``) with our checkpoint, then computes Pianist Transformer's distribution metrics for
+ours, ``pianist_transformer/``, deadpan (``score/`` as is) and human even-k vs odd-k, all against
+``human/``. Writes results.md, results.json, histograms.png (human vs ours vs Pianist Transformer) and
+curves.png, and prints the render real-time factor (render seconds / music seconds).
+
+    python scripts/bench_quality.py [--checkpoint CKPT] [--out outputs/bench_quality]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from instruct_tokenizer.decode import tokens_to_midi  # noqa: E402
+from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
+from instruct_tokenizer.metrics import midi_features  # noqa: E402
+from museformer.evaluate import evaluate_sets, read_set, write_outputs  # noqa: E402
+
+BENCH = REPO.parent / "shared" / "benchmarks" / "pianist_transformer_testset"
+NASAP = REPO.parent / "shared" / "datasets" / "nasap"
+
+
+def render_dir(renderer, scores: dict, out: Path, sampling, batch: int) -> float:
+    """Render {index: score tokens} into out/{index}.mid; returns render seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    keys = sorted(scores)
+    perfs = renderer.render_many([scores[k] for k in keys], sampling, batch_size=batch)
+    seconds = time.time() - t0
+    for k, perf in zip(keys, perfs):
+        tokens_to_midi(scores[k], perf, str(out / f"{k}.mid"))
+    return seconds
+
+
+def music_seconds(paths) -> float:
+    return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths)))
+
+
+def plot_curves(path: Path, files: dict) -> None:
+    """Velocity and local tempo (notes per second, 2 s windows) over normalised time for one piece."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+    for name, p in files.items():
+        f = midi_features(str(p))
+        order = np.argsort(f.onset_ms)
+        on = f.onset_ms[order] / 1000.0
+        x = on / on.max()
+        a1.plot(x, np.convolve(f.velocity[order], np.ones(15) / 15, mode="same"), label=name, lw=1)
+        rate = [np.sum((on > t - 1) & (on <= t + 1)) / 2.0 for t in on]
+        a2.plot(x, rate, label=name, lw=1)
+    a1.set_ylabel("velocity (15-note mean)")
+    a2.set_ylabel("notes per second")
+    a2.set_xlabel("normalised time")
+    a1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    from museformer.render import Renderer, Sampling
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "instruct-museformer.pt"))
+    ap.add_argument("--data", default=None, help="fairseq data dir with dictionaries (training checkpoints)")
+    ap.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=24, help="segments generated together")
+    ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
+    a = ap.parse_args()
+    out = Path(a.out)
+    pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
+    renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+    sampling = Sampling(seed=a.seed)
+
+    scores = {int(p["index"]): score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid")) for p in pieces}
+    secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
+    ours = sorted((out / "ours_midi").glob("*.mid"))
+    rtf = secs / music_seconds(ours)
+    print(f"rendered 23 score MIDIs in {secs:.0f} s: real-time factor {rtf:.2f} (render s / music s)")
+    rows = {"ours (score MIDI)": read_set(ours)}
+    if not a.no_xml:
+        xml = {int(p["index"]): NASAP / p["asap_folder"] / "xml_score.musicxml" for p in pieces}
+        xml_scores = {}
+        for k, path in xml.items():
+            if path.exists():
+                try:
+                    xml_scores[k] = score_file_to_tokens(str(path))
+                except Exception as e:  # noqa: BLE001 - a score partitura cannot read is skipped, named
+                    print(f"skipped {path}: {e}")
+        if xml_scores:
+            render_dir(renderer, xml_scores, out / "ours_xml", sampling, a.batch)
+            rows[f"ours (MusicXML, {len(xml_scores)} pieces)"] = read_set(sorted((out / "ours_xml").glob("*.mid")))
+    human_paths = sorted((BENCH / "human").glob("*.mid"))
+    rows["Pianist Transformer"] = read_set(sorted((BENCH / "pianist_transformer").glob("*.mid")))
+    rows["deadpan (score MIDI)"] = read_set(sorted((BENCH / "score").glob("*.mid")))
+    human = read_set(human_paths)
+    results = evaluate_sets(rows, human)
+    k = [int(re.match(r"\d+-(\d+)", p.name).group(1)) for p in human_paths]
+    even = [f for f, kk in zip(human, k) if kk % 2 == 0]
+    odd = [f for f, kk in zip(human, k) if kk % 2 == 1]
+    ceiling = evaluate_sets({"human odd k": odd}, even)["human odd k"]
+    results["human odd k vs even k"] = ceiling
+    table = write_outputs(results, out, title="Pianist Transformer test set: distribution metrics vs human")
+    summary = json.loads((out / "results.json").read_text())
+    summary["render"] = {"seconds": secs, "real_time_factor": rtf, "checkpoint": a.checkpoint}
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_curves(out / "curves.png", {"human": BENCH / "human" / "0-0.mid", "ours": out / "ours_midi" / "0.mid",
+                                     "Pianist Transformer": BENCH / "pianist_transformer" / "0.mid"})
+    print(table)
+    print(f"wrote {out}/results.md, results.json, histograms.png, curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
