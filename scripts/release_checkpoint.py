@@ -15,11 +15,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 MAX_BYTES = 30 * 1000 * 1000
 
 
 def release(src: str, dst: str, data_dir: str = None) -> int:
     from fairseq import checkpoint_utils
+
+    import museformer  # noqa: F401  (registers the task, needed to upgrade the state)
 
     state = checkpoint_utils.load_checkpoint_to_cpu(src)
     args = state["args"]
@@ -38,7 +42,7 @@ def release(src: str, dst: str, data_dir: str = None) -> int:
                                "optimizer_name": last["optimizer_name"],
                                "lr_scheduler_state": {"best": last["lr_scheduler_state"].get("best")},
                                "num_updates": last["num_updates"]}],
-        "extra_state": {"val_loss": state.get("extra_state", {}).get("val_loss")},
+        "extra_state": {k: v for k, v in state["extra_state"].items() if k in ("epoch", "train_iterator", "val_loss", "best")},
         "dictionary": dict_path.read_text(),
     }
     tmp = dst + ".part"
