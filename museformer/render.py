@@ -132,6 +132,10 @@ class Renderer:
             raise RenderError(f"{path}: cannot load checkpoint: {str(e).splitlines()[0]}") from None
         args = state["args"]
         args.data = _dictionary_dir(state, data or getattr(args, "data", None))
+        trained_positions = min(int(getattr(args, "max_source_positions", 1024)),
+                                int(getattr(args, "max_target_positions", 1024)))
+        # positions are sinusoidal: a bar longer than the training segments may exceed them at render time
+        args.max_source_positions = args.max_target_positions = 10 ** 6
         if attention_impl:
             args.attention_impl = attention_impl
         task = tasks.setup_task(args)
@@ -139,7 +143,9 @@ class Renderer:
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
         model.load_state_dict(weights, strict=True, args=args)
         model.eval()
-        return cls([model], task, args)
+        renderer = cls([model], task, args)
+        renderer.max_positions = trained_positions  # segments are planned at the trained size
+        return renderer
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
         ids = [dictionary.index(t) for t in tokens]
