@@ -24,8 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from . import vocab as V
-from .encode import Encoded, encode_match
+from .encode import Encoded, encode_match, segment_ranges, split_bars
 from .match import MatchFile, MatchParseError, load_match
+from .musicxml import MusicXMLError, find_score_xml, load_markings
 
 SPLITS = ("train", "valid", "test")
 MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
@@ -72,6 +73,8 @@ class BuildConfig:
     transpose: Tuple[int, ...] = ()
     tempo_scale: Tuple[float, ...] = ()
     progress: bool = True
+    xml_markings: bool = False  # add MusicXML markings to the score stream where the XML is found
+    cache_dir: Optional[str] = None  # parsed-XML cache (default musicxml.default_cache_dir())
 
 
 @dataclass
@@ -81,10 +84,15 @@ class Report:
     insertions: int = 0
     deletions: int = 0
     notes: int = 0
+    warnings: List[Tuple[str, str]] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append((path, reason))
         print(f"skipped {path}: {reason}", flush=True)
+
+    def warn(self, path: str, reason: str) -> None:
+        self.warnings.append((path, reason))
+        print(f"warning {path}: {reason}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -178,15 +186,27 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     reason = hygiene(mf)
     if reason:
         return {"source": source, "error": reason}
+    marks, warning = _markings(source, cfg) if cfg.xml_markings else (None, None)
     items = []
     for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
         try:
-            enc: Encoded = encode_match(variant)
+            enc: Encoded = encode_match(variant, marks=marks)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
         items.append(Item(source, name, enc.score, enc.perf, enc.stats))
     return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
-            "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes}
+            "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
+
+
+def _markings(source: Source, cfg: BuildConfig) -> Tuple[Optional[dict], Optional[str]]:
+    """MusicXML markings for a match file, or (None, reason): the file is then built without them."""
+    xml = find_score_xml(source.path)
+    if xml is None:
+        return None, "no MusicXML beside it: built without markings"
+    try:
+        return load_markings(str(xml), cfg.cache_dir), None
+    except MusicXMLError as e:
+        return None, f"{xml}: {e}: built without markings"
 
 
 # ----------------------------------------------------------------------------------------- split
@@ -247,39 +267,6 @@ def prefix_tokens(levels: Dict[str, str], meta: Dict[str, str]) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------------- segments
-def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
-    """(tokens before the first bar, bars each starting with the Bar token)."""
-    prefix: List[str] = []
-    bars: List[List[str]] = []
-    for t in tokens:
-        if t == V.BAR_TOKEN:
-            bars.append([t])
-        elif bars:
-            bars[-1].append(t)
-        else:
-            prefix.append(t)
-    return prefix, bars
-
-
-def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budget: int,
-                   overlap: int) -> List[Tuple[int, int]]:
-    """Half-open bar ranges whose score and performance parts each fit ``budget`` tokens (a single
-    longer bar forms its own segment); consecutive segments share ``overlap`` bars."""
-    n = len(score_bars)
-    cost = [max(len(s), len(p)) for s, p in zip(score_bars, perf_bars)]
-    out, start = [], 0
-    while start < n:
-        end, used = start, 0
-        while end < n and (end == start or used + cost[end] <= budget):
-            used += cost[end]
-            end += 1
-        out.append((start, end))
-        if end >= n:
-            break
-        start = max(end - overlap, start + 1)
-    return out
-
-
 # ----------------------------------------------------------------------------------------- build
 def build(srcs: Sequence[str], out_dir: str, cfg: BuildConfig) -> Report:
     report = Report()
@@ -298,6 +285,8 @@ def build(srcs: Sequence[str], out_dir: str, cfg: BuildConfig) -> Report:
             report.skip(src.path, f"duplicate of {seen[res['checksum']]}")
             continue
         seen[res["checksum"]] = src.path
+        if res.get("warning"):
+            report.warn(src.path, res["warning"])
         report.insertions += res["insertions"]
         report.deletions += res["deletions"]
         report.notes += res["notes"]
@@ -349,11 +338,13 @@ def _write(out_dir: str, items: List[Item], levels, splits, cfg: BuildConfig, re
         for split in SPLITS:
             (tmp / f"{split}.score").write_text("".join(s + "\n" for s, _ in lines[split]))
             (tmp / f"{split}.perf").write_text("".join(p + "\n" for _, p in lines[split]))
-        vocab = list(dict.fromkeys(V.score_vocabulary() + V.perf_vocabulary() + sorted(counts)))
+        vocab = list(dict.fromkeys(V.dictionary_tokens() + sorted(counts)))
         (tmp / "dict.txt").write_text("".join(f"{t} {counts.get(t, 0)}\n" for t in vocab))
         (tmp / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
         (tmp / "skipped.txt").write_text("".join(f"{p}: {r}\n" for p, r in report.skipped))
-        summary = {"built": report.built, "skipped": len(report.skipped), "notes": report.notes,
+        (tmp / "warnings.txt").write_text("".join(f"{p}: {r}\n" for p, r in report.warnings))
+        summary = {"built": report.built, "skipped": len(report.skipped), "warnings": len(report.warnings),
+                   "notes": report.notes,
                    "insertions_dropped": report.insertions, "deletions": report.deletions,
                    "lines": {s: len(lines[s]) for s in SPLITS}, "config": dataclasses.asdict(cfg)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

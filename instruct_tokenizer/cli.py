@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--augment-transpose", type=_transpose_range, default=(),
                    help="train-set transpositions LO,HI in semitones, e.g. -3,3")
     b.add_argument("--augment-tempo", type=_floats, default=(), help="train-set tempo scales, e.g. 0.9,1.1")
+    b.add_argument("--xml-markings", action="store_true",
+                   help="add MusicXML markings (dynamics, wedges, tempo words, articulations, slurs) to the "
+                        "score stream; the XML is found beside the match file (cached, see --cache-dir)")
+    b.add_argument("--cache-dir", default=None, help="parsed MusicXML cache (default ~/.cache/instruct_tokenizer)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("score", help="a score (MusicXML or score MIDI) -> score tokens")
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, help="output token file (default: stdout)")
     s.add_argument("--style", default=None, help="instruct levels, e.g. tempo=fast,dynamics=loud")
     s.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
+    s.add_argument("--markings", action="store_true", help="add MusicXML markings (for --xml-markings corpora)")
+    s.add_argument("--no-instruct", action="store_true", help="no instruct prefix (for --no-instruct corpora)")
 
     d = sub.add_parser("decode", help="score + performance tokens -> performance MIDI")
     d.add_argument("--score-tokens", required=True, help="file with score tokens (first line used)")
@@ -68,7 +74,8 @@ def cmd_build(a: argparse.Namespace) -> int:
     cfg = BuildConfig(split=a.split, seed=a.seed, max_tokens=a.max_tokens, overlap_bars=a.overlap_bars,
                       workers=a.workers, test_pieces=a.test_pieces, instruct=a.instruct,
                       meta=tuple(m for m in a.meta.split(",") if m), transpose=a.augment_transpose,
-                      tempo_scale=a.augment_tempo, progress=not a.no_progress)
+                      tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
+                      cache_dir=a.cache_dir)
     report = build(a.src, a.out, cfg)
     total = sum(report.built.values())
     print(f"built {total} performances ({report.built}), skipped {len(report.skipped)}, "
@@ -76,14 +83,22 @@ def cmd_build(a: argparse.Namespace) -> int:
     return 0 if total else 1
 
 
+def _key_value(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--style wants key=level pairs, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def cmd_score(a: argparse.Namespace) -> int:
     from .encode import score_file_to_tokens
     from .scorefile import ScoreReadError
 
-    style = dict(kv.split("=", 1) for kv in a.style.split(",")) if a.style else {}
     try:
-        tokens = score_file_to_tokens(a.score, style=style, unfold_repeats=not a.no_repeats)
-    except ScoreReadError as e:
+        style = dict(_key_value(kv) for kv in a.style.split(",")) if a.style else {}
+        tokens = score_file_to_tokens(a.score, style=style, unfold_repeats=not a.no_repeats,
+                                      markings=a.markings, instruct=not a.no_instruct)
+    except (ScoreReadError, ValueError) as e:
         print(f"instruct-tokenize: error: {a.score}: {e}", file=sys.stderr)
         return 1
     text = " ".join(tokens) + "\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -96,6 +96,16 @@ def decode_performance(score_tokens: Sequence[str], perf_tokens: Sequence[str]) 
     return Performance(pitch=tl.note_pitch, onset_s=onset, offset_s=offset, velocity=velocity, played=played,
                        group_grid_s=grid, group_period_s=periods, timeline=tl,
                        sustain=_toggles(sus_changes), soft=_toggles(soft_changes))
+
+
+def performed_notes(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Per played note, for evaluation: ``onset_s``, ``offset_s`` (key release, s), ``pitch``,
+    ``velocity`` (MIDI) and ``note_index`` (index of the score note in score-token order).
+    Deleted notes are left out. Raises DecodeError when the tokens do not fit the score."""
+    perf = decode_performance(score_tokens, perf_tokens)
+    idx = np.nonzero(perf.played)[0]
+    return {"onset_s": perf.onset_s[idx], "offset_s": perf.offset_s[idx], "pitch": perf.pitch[idx],
+            "velocity": perf.velocity[idx], "note_index": idx}
 
 
 def _toggles(times: List[float]) -> List[Tuple[float, bool]]:

@@ -73,47 +73,75 @@ def _ts_at(time_sigs, measure: int) -> Tuple[int, int]:
     return ts
 
 
-def match_score_notes(mf: MatchFile) -> Tuple[ScoreNotes, np.ndarray]:
-    """ScoreNotes in token order and the order (indices into the match rows)."""
+def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None) -> Tuple[ScoreNotes, np.ndarray]:
+    """ScoreNotes in token order and the order (indices into the match rows). ``marks``: MusicXML
+    markings by XML note id (:func:`musicxml.load_markings`), looked up by snote anchor."""
     bar, lengths, ts = match_bars(mf)
     pos_q = np.clip(mf.pos_q, 0, None)
     order = sort_order(bar, pos_q, mf.pitch)
+    note_marks = None
+    if marks is not None:
+        from .musicxml import marks_for_anchor
+
+        note_marks = [marks_for_anchor(marks, mf.anchor[i]) for i in order]
     notes = ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=mf.dur_q[order], grace=mf.grace[order],
-                       pitch=mf.pitch[order], staff=mf.staff[order], bar_len_q=lengths, bar_ts=ts)
+                       pitch=mf.pitch[order], staff=mf.staff[order], bar_len_q=lengths, bar_ts=ts,
+                       marks=note_marks)
     return notes, order
 
 
 # ----------------------------------------------------------------------------------------- pedal
+PEDAL_CANCEL_S = 0.001  # a press and release closer than this (s) is a no-op and is left out
+
+
 def pedal_changes(events: Sequence[Tuple[float, int]]) -> List[float]:
-    """Times (s) at which the binarised pedal (CC >= 64) toggles, starting from 'up'."""
-    changes, down = [], False
+    """Times (s) at which the binarised pedal (CC >= 64) toggles, starting from 'up'. Two toggles less
+    than ``PEDAL_CANCEL_S`` apart (a CC ramp through 64 within one tick) cancel each other."""
+    changes: List[float] = []
+    down = False
     for t, value in sorted(events, key=lambda e: e[0]):
         now = value >= 64
         if now != down:
-            changes.append(t)
+            if changes and t - changes[-1] < PEDAL_CANCEL_S:
+                changes.pop()
+            else:
+                changes.append(t)
             down = now
     return changes
 
 
-def _keep_parity(times: List[float], slots: int) -> List[float]:
-    """At most ``slots`` changes with the same parity (net pedal state) as ``times``."""
-    if len(times) <= slots:
-        return times
-    keep = slots if (slots - len(times)) % 2 == 0 else slots - 1
-    return times[:keep - 1] + [times[-1]] if keep > 0 else []
+def assign_pedal(changes: List[float], grid_s: np.ndarray, slots: int) -> List[List[float]]:
+    """Per onset group, the offsets (s) of the pedal changes it carries (at most ``slots``).
+
+    A change goes to the last group whose grid time is at or before it; when that group is full, to
+    the nearest earlier group with a free slot whose offset still fits the largest pedal bin. The
+    decoder sorts all change times, so a change may sit in any such group. A change that fits
+    nowhere is dropped together with the next one, so the pedal state after them stays right."""
+    per_group: List[List[float]] = [[] for _ in range(len(grid_s))]
+    if not len(grid_s):
+        return per_group
+    max_s = V.PEDAL_MAX_MS / 1000.0
+    drop_next = False
+    for t in sorted(changes):
+        if drop_next:
+            drop_next = False
+            continue
+        g = max(int(np.searchsorted(grid_s, t, side="right")) - 1, 0)
+        while g >= 0 and t - grid_s[g] <= max_s and len(per_group[g]) >= slots:
+            g -= 1
+        if g >= 0 and t - grid_s[g] <= max_s:
+            per_group[g].append(max(t - grid_s[g], 0.0))
+        else:
+            drop_next = True
+    return per_group
 
 
 def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[List[str]]:
     """Per onset group, ``slots`` pedal tokens: offsets (ms) of the changes after the group's grid time."""
-    per_group: List[List[float]] = [[] for _ in range(len(grid_s))]
-    for t in changes:
-        g = max(int(np.searchsorted(grid_s, t, side="right")) - 1, 0)
-        per_group[g].append(max(t - grid_s[g], 0.0))
-    out = []
     kind = V.SUS if slots == SUS_SLOTS else V.SOFT
-    for offsets in per_group:
-        kept = _keep_parity(offsets, slots)
-        toks = [V.tok(kind, V.quantise_pedal(o)) for o in kept]
+    out = []
+    for offsets in assign_pedal(changes, grid_s, slots):
+        toks = [V.tok(kind, V.quantise_pedal(o)) for o in sorted(offsets)]
         out.append(toks + [V.tok(kind, V.NONE)] * (slots - len(toks)))
     return out
 
@@ -214,9 +242,10 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
     return out, stats
 
 
-def encode_match(mf: MatchFile, prefix: Sequence[str] = ()) -> Encoded:
-    """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S."""
-    notes, order = match_score_notes(mf)
+def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None) -> Encoded:
+    """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S.
+    ``marks`` (optional): MusicXML markings by note id, added to the score stream."""
+    notes, order = match_score_notes(mf, marks)
     score = score_tokens(notes, prefix)
     tl = score_timeline(score)
     onset = mf.onset_s[order]
@@ -258,12 +287,96 @@ def style_prefix(style: Optional[Dict[str, str]] = None, composer: Optional[str]
 
 
 def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
-                         performer: Optional[str] = None, unfold_repeats: bool = True) -> List[str]:
-    """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError)."""
+                         performer: Optional[str] = None, unfold_repeats: bool = True,
+                         markings: bool = False, instruct: bool = True) -> List[str]:
+    """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError).
+    ``markings``: add MusicXML markings (as for a corpus built with ``--xml-markings``; score MIDI has
+    none); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``)."""
     from .scorefile import ScoreReadError, load_score
 
     try:
-        prefix = style_prefix(style, composer, performer)
+        prefix = style_prefix(style, composer, performer) if instruct else []
     except ValueError as e:
         raise ScoreReadError(str(e)) from None
-    return score_tokens(load_score(path, unfold_repeats), prefix)
+    return score_tokens(load_score(path, unfold_repeats, markings=markings), prefix)
+
+
+# ----------------------------------------------------------------------------------------- segments
+@dataclass
+class Segment:
+    """Bars [bar_start, bar_end) of a piece: score tokens (with the prefix) and performance tokens."""
+
+    bar_start: int
+    bar_end: int
+    score: List[str]
+    perf: List[str]
+
+
+def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """(tokens before the first bar, bars each starting with the Bar token)."""
+    prefix: List[str] = []
+    bars: List[List[str]] = []
+    for t in tokens:
+        if t == V.BAR_TOKEN:
+            bars.append([t])
+        elif bars:
+            bars[-1].append(t)
+        else:
+            prefix.append(t)
+    return prefix, bars
+
+
+def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budget: int,
+                   overlap: int) -> List[Tuple[int, int]]:
+    """Half-open bar ranges whose score and performance parts each fit ``budget`` tokens (a single
+    longer bar forms its own segment); consecutive segments share ``overlap`` bars."""
+    n = len(score_bars)
+    cost = [max(len(s), len(p)) for s, p in zip(score_bars, perf_bars)]
+    out, start = [], 0
+    while start < n:
+        end, used = start, 0
+        while end < n and (end == start or used + cost[end] <= budget):
+            used += cost[end]
+            end += 1
+        out.append((start, end))
+        if end >= n:
+            break
+        start = max(end - overlap, start + 1)
+    return out
+
+
+def segment(score: Sequence[str], perf: Sequence[str], max_tokens: int, overlap_bars: int = 2) -> List[Segment]:
+    """Split aligned streams into bar-bounded segments of at most ``max_tokens`` tokens per stream
+    (the score prefix is repeated in front of every segment and counts, and one token is kept for EOS)
+    with ``overlap_bars`` bars shared by consecutive segments. ``perf`` may be empty (rendering)."""
+    prefix, score_bars = split_bars(score)
+    _, perf_bars = split_bars(perf)
+    if perf and len(perf_bars) != len(score_bars):
+        raise ValueError(f"score has {len(score_bars)} bars, performance {len(perf_bars)}")
+    if not perf:
+        perf_bars = [[] for _ in score_bars]
+    out = []
+    for a, b in segment_ranges(score_bars, perf_bars, max_tokens - len(prefix) - 1, overlap_bars):
+        out.append(Segment(a, b, list(prefix) + [t for bar in score_bars[a:b] for t in bar],
+                           [t for bar in perf_bars[a:b] for t in bar]))
+    return out
+
+
+def stitch(segments: Sequence[Tuple[int, int, Sequence[str]]]) -> List[str]:
+    """Bar ranges (bar_start, bar_end, perf tokens of those bars) -> one performance stream.
+
+    Where two segments overlap, the earlier one's bars are kept up to the middle of the overlap and
+    the later one's after it. The result starts with ``Bar_None``; raises ValueError on a gap."""
+    chosen: Dict[int, List[str]] = {}
+    prev_end = 0
+    for a, b, perf in sorted(segments, key=lambda s: s[0]):
+        _, bars = split_bars(perf)
+        if len(bars) != b - a:
+            raise ValueError(f"segment {a}-{b} holds {len(bars)} bars")
+        if a > prev_end:
+            raise ValueError(f"no segment covers bars {prev_end}-{a}")
+        keep_from = a + (prev_end - a + 1) // 2 if prev_end > a else a
+        for k in range(keep_from, b):
+            chosen[k] = bars[k - a]
+        prev_end = max(prev_end, b)
+    return [t for k in range(prev_end) for t in chosen[k]]

@@ -15,16 +15,28 @@ from .match import MatchFile
 PEDAL_TOL_S = 0.020
 
 
+def _pedal_nearest(true_t: np.ndarray, decoded_t: np.ndarray) -> np.ndarray:
+    """Per true pedal change, the distance (s) to the nearest decoded change (inf when none)."""
+    if len(true_t) == 0:
+        return np.zeros(0)
+    if len(decoded_t) == 0:
+        return np.full(len(true_t), np.inf)
+    d = np.sort(decoded_t)
+    if len(d) == 1:
+        return np.abs(true_t - d[0])
+    i = np.clip(np.searchsorted(d, true_t), 1, len(d) - 1)
+    return np.minimum(np.abs(d[i - 1] - true_t), np.abs(d[i] - true_t))
+
+
 def _pedal_share(true_t: np.ndarray, decoded_t: np.ndarray) -> float:
     """Share of true pedal changes with a decoded change within 20 ms."""
-    if len(true_t) == 0:
-        return 1.0
-    if len(decoded_t) == 0:
-        return 0.0
-    d = np.sort(decoded_t)
-    i = np.clip(np.searchsorted(d, true_t), 1, len(d) - 1)
-    nearest = np.minimum(np.abs(d[i - 1] - true_t), np.abs(d[i] - true_t))
-    return float(np.mean(nearest <= PEDAL_TOL_S + 1e-9))
+    near = _pedal_nearest(true_t, decoded_t)
+    return float(np.mean(near <= PEDAL_TOL_S + 1e-9)) if len(near) else 1.0
+
+
+def _max_ms(true_t: np.ndarray, decoded_t: np.ndarray) -> float:
+    near = _pedal_nearest(true_t, decoded_t)
+    return float(np.max(near) * 1000.0) if len(near) else 0.0
 
 
 def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
@@ -40,6 +52,8 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
     ratio = np.abs(dur_dec / np.maximum(dur_true, 1e-3) - 1.0)
     sus_true = np.array(pedal_changes(mf.sustain)) - enc.shift_s
     sus_dec = np.array([t for t, _ in perf.sustain])
+    soft_true = np.array(pedal_changes(mf.soft)) - enc.shift_s
+    soft_dec = np.array([t for t, _ in perf.soft])
     return {
         "notes": float(len(err)),
         "onset_median_ms": float(np.median(err)),
@@ -50,4 +64,8 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
         "duration_ratio_median": float(np.median(ratio)),
         "pedal_changes": float(len(sus_true)),
         "pedal_within_20ms": _pedal_share(sus_true, sus_dec),
+        "pedal_max_err_ms": _max_ms(sus_true, sus_dec),
+        "soft_changes": float(len(soft_true)),
+        "soft_within_20ms": _pedal_share(soft_true, soft_dec),
+        "soft_max_err_ms": _max_ms(soft_true, soft_dec),
     }

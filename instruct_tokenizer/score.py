@@ -26,6 +26,8 @@ class ScoreNotes:
     staff: np.ndarray  # int 1/2
     bar_len_q: np.ndarray  # per bar: actual length in quarters (distance to the next bar's start)
     bar_ts: List[Tuple[int, int]]  # per bar: time signature (numerator, denominator)
+    # per note (token order), optional MusicXML markings: (group tokens, note tokens), see musicxml.py
+    marks: Optional[List[Tuple[Tuple[str, ...], Tuple[str, ...]]]] = None
 
     def __len__(self) -> int:
         return len(self.pitch)
@@ -60,16 +62,29 @@ def score_tokens(notes: ScoreNotes, prefix: Sequence[str] = ()) -> List[str]:
         nominal = int(round(nominal_bar_len_q(current_ts or (4, 4)) * V.GRID))
         if length != nominal:
             out.append(V.tok(V.BAR_LEN, min(max(length, 1), V.MAX_BAR_LEN)))
-        last_pos = None
+        groups: Dict[int, List[int]] = {}
         for i in idx_by_bar.get(b, []):
-            pos = V.quantise_pos(notes.pos_q[i])
-            if pos != last_pos:
-                out.append(V.tok(V.POS, pos))
-                last_pos = pos
-            out.append(V.tok(V.PITCH, int(notes.pitch[i])))
-            out.append(V.tok(V.DUR, V.quantise_dur(notes.dur_q[i], bool(notes.grace[i]))))
-            out.append(V.tok(V.STAFF, int(notes.staff[i]) if notes.staff[i] in V.STAFFS else 1))
+            groups.setdefault(V.quantise_pos(notes.pos_q[i]), []).append(i)
+        for pos, members in groups.items():
+            out.append(V.tok(V.POS, pos))
+            if notes.marks is not None:
+                out += _group_marks(notes.marks, members)
+            for i in members:
+                out.append(V.tok(V.PITCH, int(notes.pitch[i])))
+                out.append(V.tok(V.DUR, V.quantise_dur(notes.dur_q[i], bool(notes.grace[i]))))
+                out.append(V.tok(V.STAFF, int(notes.staff[i]) if notes.staff[i] in V.STAFFS else 1))
+                if notes.marks is not None:
+                    out += list(notes.marks[i][1])
     return out
+
+
+def _group_marks(marks, members: List[int]) -> List[str]:
+    """Union of the group markings of a group's notes, in canonical (vocabulary) order."""
+    found = {t for i in members for t in marks[i][0]}
+    return sorted(found, key=lambda t: V.MARKING_RANK.get(t, len(V.MARKING_RANK)))
+
+
+_MARKING_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES)
 
 
 @dataclass
@@ -131,6 +146,8 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
             n_dur.append(int(value) / V.GRID)
         elif type_ == V.STAFF:
             n_staff.append(int(value))
+        elif type_ in _MARKING_TYPES:
+            continue  # markings carry no time
         else:
             raise ValueError(f"unexpected score token {t!r}")
     if not (len(n_pitch) == len(n_dur) == len(n_staff)):

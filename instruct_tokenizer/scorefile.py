@@ -42,14 +42,15 @@ def _bars_from_time_sigs(starts_q: List[Tuple[float, Tuple[int, int]]], end_q: f
     return bar_starts, bar_ts
 
 
-def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts) -> ScoreNotes:
+def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts, marks=None) -> ScoreNotes:
     starts = np.array(bar_starts)
     bar = np.clip(np.searchsorted(starts, onset_q + 1e-6, side="right") - 1, 0, len(starts) - 1)
     pos_q = onset_q - starts[bar]
     lengths = np.diff(starts, append=starts[-1] + bar_ts[-1][0] * 4.0 / bar_ts[-1][1])
     order = sort_order(bar, pos_q, pitch)
     return ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=dur_q[order], grace=grace[order],
-                      pitch=pitch[order], staff=staff[order], bar_len_q=lengths, bar_ts=bar_ts)
+                      pitch=pitch[order], staff=staff[order], bar_len_q=lengths, bar_ts=bar_ts,
+                      marks=[marks[i] for i in order] if marks is not None else None)
 
 
 def load_score_midi(path: str) -> ScoreNotes:
@@ -79,7 +80,8 @@ def load_score_midi(path: str) -> ScoreNotes:
     return _assemble(onset_q, dur_q, pitch, staff, np.zeros(len(pitch), bool), bar_starts, bar_ts)
 
 
-def load_musicxml(path: str, unfold_repeats: bool = True) -> ScoreNotes:
+def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
+    """MusicXML -> ScoreNotes; ``markings`` adds the notes' MusicXML markings (cached on disk)."""
     import partitura as pt
 
     if Path(path).stat().st_size > MAX_XML_BYTES:
@@ -110,11 +112,20 @@ def load_musicxml(path: str, unfold_repeats: bool = True) -> ScoreNotes:
     grace = na["is_grace"].astype(bool) if "is_grace" in na.dtype.names else np.zeros(len(na), bool)
     dur_q = np.where(grace, 0.0, na["duration_quarter"].astype(float))
     staff = na["staff"].astype(np.int64) if "staff" in na.dtype.names else np.where(na["pitch"] >= 60, 1, 2)
+    marks = None
+    if markings:
+        from .musicxml import MusicXMLError, load_markings, marks_for_anchor
+
+        try:
+            by_id = load_markings(path)
+        except MusicXMLError as e:
+            raise ScoreReadError(str(e)) from None
+        marks = [marks_for_anchor(by_id, str(i)) for i in na["id"]]
     return _assemble(na["onset_quarter"].astype(float), dur_q, na["pitch"].astype(np.int64),
-                     np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts)
+                     np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts, marks)
 
 
-def load_score(path: str, unfold_repeats: bool = True) -> ScoreNotes:
+def load_score(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
     """MusicXML or score MIDI by suffix. Raises ScoreReadError with a one-line reason."""
     p = Path(path)
     if not p.is_file():
@@ -125,5 +136,5 @@ def load_score(path: str, unfold_repeats: bool = True) -> ScoreNotes:
     if suffix in MIDI_SUFFIXES:
         return load_score_midi(path)
     if suffix in XML_SUFFIXES:
-        return load_musicxml(path, unfold_repeats)
+        return load_musicxml(path, unfold_repeats, markings)
     raise ScoreReadError(f"unknown score format {suffix!r} (MusicXML or MIDI)")

@@ -28,6 +28,8 @@ SOFT = "Soft"
 # instruct prefix (score side)
 I_TEMPO, I_DYN, I_RANGE, I_RUBATO, I_ARTIC = "ITempo", "IDyn", "IRange", "IRubato", "IArtic"
 COMPOSER, PERFORMER = "Composer", "Performer"
+# score markings from MusicXML (``--xml-markings``): group markings after Pos, note markings after Staff
+DYN, WEDGE, TEMPO_WORD, MARK, SLUR = "Dyn", "Wedge", "TempoWord", "Mark", "Slur"
 
 NONE = "None"
 DELETED = "Del"
@@ -107,6 +109,7 @@ def _pedal_centers_ms() -> np.ndarray:
 
 
 _PEDAL_CENTERS_MS = _pedal_centers_ms()
+PEDAL_MAX_MS = float(_PEDAL_CENTERS_MS[-1])
 
 
 def _nearest(centers: np.ndarray, x: float) -> int:
@@ -207,6 +210,43 @@ def meta_value(name: str) -> str:
     return clean or UNKNOWN_META
 
 
+# ----------------------------------------------------------------------------------------- markings
+DYN_VALUES = ("pppp", "ppp", "pp", "p", "mp", "mf", "f", "ff", "fff", "ffff")
+GROUP_MARKINGS = {
+    DYN: DYN_VALUES + ("sf", "fp", "other"),
+    WEDGE: ("cresc", "dim", "end"),
+    TEMPO_WORD: ("slow", "moderate", "fast", "rit", "accel", "atempo", "other"),
+}
+NOTE_MARKINGS = {
+    MARK: ("staccato", "staccatissimo", "tenuto", "accent", "marcato", "fermata"),
+    SLUR: ("start", "end"),
+}
+GROUP_MARKING_TYPES = tuple(GROUP_MARKINGS)
+NOTE_MARKING_TYPES = tuple(NOTE_MARKINGS)
+# partitura articulation names -> Mark values
+MARK_ALIASES = {"staccato": "staccato", "staccatissimo": "staccatissimo", "spiccato": "staccatissimo",
+                "tenuto": "tenuto", "detached-legato": "tenuto", "accent": "accent",
+                "strong-accent": "marcato"}
+# constant tempo words -> TempoWord values (first match wins)
+TEMPO_WORD_CLASSES = (
+    ("slow", ("grave", "largo", "larghetto", "lento", "adagio")),
+    ("moderate", ("andant", "moderato", "allegretto", "comodo")),
+    ("fast", ("allegro", "vivace", "vivo", "presto", "prestissimo")),
+)
+
+
+def marking_tokens() -> List[str]:
+    """Every marking token, group types then note types (this order is the canonical order)."""
+    out = []
+    for table in (GROUP_MARKINGS, NOTE_MARKINGS):
+        for type_, values in table.items():
+            out += [tok(type_, v) for v in values]
+    return out
+
+
+MARKING_RANK = {t: i for i, t in enumerate(marking_tokens())}
+
+
 # ----------------------------------------------------------------------------------------- vocabularies
 def score_vocabulary() -> List[str]:
     """Every token the score stream can hold (meta names are added from data at build time)."""
@@ -220,7 +260,16 @@ def score_vocabulary() -> List[str]:
     for type_, levels in INSTRUCT_LEVELS.items():
         toks += [tok(type_, lv) for lv in levels]
     toks += [tok(COMPOSER, UNKNOWN_META), tok(PERFORMER, UNKNOWN_META)]
+    toks += marking_tokens()
     return toks
+
+
+def dictionary_tokens() -> List[str]:
+    """Both vocabularies in dict.txt order. Marking tokens come after the performance tokens, so the
+    indices of every token of a corpus built without markings are unchanged by their addition."""
+    marks = set(marking_tokens())
+    base = [t for t in score_vocabulary() if t not in marks]
+    return list(dict.fromkeys(base + perf_vocabulary() + marking_tokens()))
 
 
 def perf_vocabulary() -> List[str]:

@@ -45,6 +45,23 @@ def render_dir(renderer, scores: dict, out: Path, sampling, batch: int) -> float
     return seconds
 
 
+def opening(tokens, max_tokens: int):
+    """The prefix and the first bars whose score and performance lengths stay within max_tokens."""
+    from instruct_tokenizer.grammar import target_slots
+    from museformer.render import split_bars
+
+    if max_tokens <= 0:
+        return tokens
+    prefix, bars = split_bars(tokens)
+    kept, used = [], 0
+    for b in bars:
+        used += max(len(b), len(target_slots(b)))
+        if kept and used > max_tokens:
+            break
+        kept.append(b)
+    return prefix + [t for b in kept for t in b]
+
+
 def music_seconds(paths) -> float:
     return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths)))
 
@@ -84,13 +101,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
+    ap.add_argument("--max-tokens-per-piece", type=int, default=0,
+                    help="render only the opening bars of each piece up to this many tokens (0: whole pieces)")
     a = ap.parse_args()
     out = Path(a.out)
     pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
     renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+    renderer.threads = 2
     sampling = Sampling(seed=a.seed)
 
-    scores = {int(p["index"]): score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid")) for p in pieces}
+    scores = {int(p["index"]): opening(score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
+                                       a.max_tokens_per_piece) for p in pieces}
     secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
     ours = sorted((out / "ours_midi").glob("*.mid"))
     rtf = secs / music_seconds(ours)
@@ -102,7 +123,7 @@ def main() -> int:
         for k, path in xml.items():
             if path.exists():
                 try:
-                    xml_scores[k] = score_file_to_tokens(str(path))
+                    xml_scores[k] = opening(score_file_to_tokens(str(path)), a.max_tokens_per_piece)
                 except Exception as e:  # noqa: BLE001 - a score partitura cannot read is skipped, named
                     print(f"skipped {path}: {e}")
         if xml_scores:

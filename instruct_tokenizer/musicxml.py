@@ -1,0 +1,216 @@
+"""Score markings from MusicXML (via partitura), keyed by XML note id, cached on disk.
+
+partitura parses MusicXML with lxml and ``resolve_entities=False``: no external entity is read and no
+entity expansion happens, so hostile files (XXE, billion laughs) fail or parse inertly. Nothing here
+parses XML by other means.
+
+A marking becomes a score token (built in :mod:`vocab`) attached to the notes it applies to:
+- *group* markings (one per onset group, emitted right after ``Pos``): dynamics (``Dyn``), the start and
+  end of crescendo/diminuendo (``Wedge``), tempo words (``TempoWord``). A direction is attached to the
+  notes at the first note onset at or after the direction's start;
+- *note* markings (emitted after the note's ``Staff``): articulations and fermata (``Mark``), slur
+  start/end (``Slur``).
+Repeat passes share the markings of their XML note: match anchor ``n6-2`` uses XML note ``n6``.
+Time in partitura divisions (only compared, never converted).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import vocab as V
+
+CACHE_VERSION = "markings-1"
+MAX_XML_BYTES = 50 * 1024 * 1024
+Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
+
+
+class MusicXMLError(Exception):
+    """A MusicXML file whose markings cannot be read; the message says why (caller adds the file)."""
+
+
+def default_cache_dir() -> Path:
+    """``$INSTRUCT_TOKENIZER_CACHE`` or ``~/.cache/instruct_tokenizer``."""
+    env = os.environ.get("INSTRUCT_TOKENIZER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "instruct_tokenizer"
+
+
+# ----------------------------------------------------------------------------------------- classify
+def dynamic_value(text: str) -> str:
+    """A loudness direction text -> a ``Dyn`` value (``other`` when unknown)."""
+    t = (text or "").strip().lower().replace(".", "")
+    return t if t in V.DYN_VALUES else "other"
+
+
+def impulsive_value(text: str) -> str:
+    t = (text or "").strip().lower()
+    return "fp" if t == "fp" else "sf"
+
+
+def tempo_word_value(text: str) -> str:
+    """A constant tempo text (e.g. ``Allegro``) -> ``slow``/``moderate``/``fast``/``other``."""
+    t = (text or "").lower()
+    for value, words in V.TEMPO_WORD_CLASSES:
+        if any(w in t for w in words):
+            return value
+    return "other"
+
+
+def _direction_tokens(d, pt) -> List[Tuple[int, str]]:
+    """(start time in divs, token) pairs for one partitura direction."""
+    s = pt.score
+    start = d.start.t
+    end = d.end.t if d.end is not None else None
+    if isinstance(d, s.ConstantLoudnessDirection):
+        return [(start, V.tok(V.DYN, dynamic_value(d.text)))]
+    if isinstance(d, s.ImpulsiveLoudnessDirection):
+        return [(start, V.tok(V.DYN, impulsive_value(d.text)))]
+    if isinstance(d, (s.IncreasingLoudnessDirection, s.DecreasingLoudnessDirection)):
+        kind = "cresc" if isinstance(d, s.IncreasingLoudnessDirection) else "dim"
+        out = [(start, V.tok(V.WEDGE, kind))]
+        if end is not None and end > start:
+            out.append((end, V.tok(V.WEDGE, "end")))
+        return out
+    if isinstance(d, s.ResetTempoDirection):
+        return [(start, V.tok(V.TEMPO_WORD, "atempo"))]
+    if isinstance(d, s.DecreasingTempoDirection):
+        return [(start, V.tok(V.TEMPO_WORD, "rit"))]
+    if isinstance(d, s.IncreasingTempoDirection):
+        return [(start, V.tok(V.TEMPO_WORD, "accel"))]
+    if isinstance(d, s.ConstantTempoDirection):
+        return [(start, V.tok(V.TEMPO_WORD, tempo_word_value(d.text)))]
+    return []
+
+
+def _note_tokens(note) -> List[str]:
+    out = []
+    for a in getattr(note, "articulations", None) or []:
+        value = V.MARK_ALIASES.get(a)
+        if value:
+            out.append(V.tok(V.MARK, value))
+    if getattr(note, "fermata", None) is not None:
+        out.append(V.tok(V.MARK, "fermata"))
+    if getattr(note, "slur_starts", None):
+        out.append(V.tok(V.SLUR, "start"))
+    if getattr(note, "slur_stops", None):
+        out.append(V.tok(V.SLUR, "end"))
+    return out
+
+
+def canonical(tokens) -> Tuple[str, ...]:
+    """Distinct marking tokens in vocabulary order (so equal sets give equal token strings)."""
+    rank = V.MARKING_RANK
+    return tuple(sorted(set(tokens), key=lambda t: rank.get(t, len(rank))))
+
+
+# ----------------------------------------------------------------------------------------- parse
+def parse_markings(path: str) -> Dict[str, Marks]:
+    """Markings per XML note id, read by partitura (entities unresolved). Raises MusicXMLError."""
+    import partitura as pt
+
+    p = Path(path)
+    if not p.is_file():
+        raise MusicXMLError("file not found")
+    size = p.stat().st_size
+    if size == 0:
+        raise MusicXMLError("empty file")
+    if size > MAX_XML_BYTES:
+        raise MusicXMLError(f"file larger than {MAX_XML_BYTES // 2**20} MiB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts = list(pt.load_musicxml(str(p)).parts)
+            return _markings_of_parts(parts, pt)
+    except MusicXMLError:
+        raise
+    except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
+        raise MusicXMLError(f"cannot parse MusicXML ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
+    out: Dict[str, Marks] = {}
+    for part in parts:
+        notes = [n for n in part.iter_all(pt.score.GenericNote, include_subclasses=True)
+                 if isinstance(n, pt.score.Note)]
+        if not notes:
+            continue
+        onsets = sorted({n.start.t for n in notes})
+        group: Dict[int, List[str]] = {}
+        for d in part.iter_all(pt.score.Direction, include_subclasses=True):
+            for t, token in _direction_tokens(d, pt):
+                at = _first_at_or_after(onsets, t)
+                if at is not None:
+                    group.setdefault(at, []).append(token)
+        for n in notes:
+            out[str(n.id)] = (canonical(group.get(n.start.t, ())), canonical(_note_tokens(n)))
+    if not out:
+        raise MusicXMLError("empty score (no notes)")
+    return out
+
+
+def _first_at_or_after(sorted_times: List[int], t: int) -> Optional[int]:
+    import bisect
+
+    i = bisect.bisect_left(sorted_times, t)
+    return sorted_times[i] if i < len(sorted_times) else None
+
+
+# ----------------------------------------------------------------------------------------- cache
+def load_markings(path: str, cache_dir: Optional[str] = None) -> Dict[str, Marks]:
+    """:func:`parse_markings` through an on-disk JSON cache keyed by the file's content hash."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise MusicXMLError(f"cannot read: {e.strerror}") from None
+    key = hashlib.sha1(CACHE_VERSION.encode() + data).hexdigest()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    entry = cache / "markings" / f"{key}.json"
+    if entry.is_file():
+        try:
+            raw = json.loads(entry.read_text())
+            return {k: (tuple(g), tuple(n)) for k, (g, n) in raw.items()}
+        except (ValueError, OSError):
+            pass  # a broken cache entry is rebuilt
+    marks = parse_markings(path)
+    _write_atomic(entry, json.dumps({k: [list(g), list(n)] for k, (g, n) in marks.items()}))
+    return marks
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # caching is an optimisation only
+
+
+def marks_for_anchor(marks: Dict[str, Marks], anchor: str) -> Marks:
+    """Markings of a match anchor: the id itself, else without its repeat suffix (``n6-2`` -> ``n6``)."""
+    got = marks.get(anchor)
+    if got is None:
+        base, sep, suffix = anchor.rpartition("-")
+        if sep and suffix.isdigit():
+            got = marks.get(base)
+    return got if got is not None else ((), ())
+
+
+def find_score_xml(match_path: str) -> Optional[Path]:
+    """The MusicXML of a match file: (n)ASAP ``xml_score.musicxml`` beside it, or Vienna 4x22
+    ``../musicxml/<piece>.musicxml`` (piece = the file stem without ``_pNN``)."""
+    p = Path(match_path)
+    beside = p.parent / "xml_score.musicxml"
+    if beside.is_file():
+        return beside
+    piece = p.stem.rpartition("_")[0] or p.stem
+    for cand in (p.parent.parent / "musicxml" / f"{piece}.musicxml", p.parent / f"{piece}.musicxml"):
+        if cand.is_file():
+            return cand
+    return None
