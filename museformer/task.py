@@ -15,7 +15,10 @@ from fairseq.tasks.translation import TranslationTask
 from .constants import BAR_TOKEN
 from .model import Grammar
 
-UNLIMITED_LEN = 10 ** 7  # the grammar ends every hypothesis exactly; fairseq's cap is the model's max
+# The grammar ends every hypothesis exactly; fairseq only needs a bound to size its buffers. Per onset
+# group the score has >= 4 tokens (Pos Pitch Dur Staff) and the performance 8 (Tempo, 3 Sus, Soft, Vel
+# Time Art), bars map 1:1, so a performance is at most 2x its score (+ EOS).
+MAX_LEN_A, MAX_LEN_B = 2, 16
 
 
 @register_task("museformer_s2p")
@@ -50,6 +53,6 @@ class MuseformerS2PTask(TranslationTask):
             grammar = self.load_grammar()
             for model in models:
                 model.enable_grammar(grammar)
-        args.max_len_a = 0
-        args.max_len_b = UNLIMITED_LEN
+        args.max_len_a = MAX_LEN_A
+        args.max_len_b = MAX_LEN_B
         return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs)
