@@ -92,6 +92,21 @@ def cross_mask(q: Layout, k: Layout, args) -> Tensor:
     return m & k.valid.unsqueeze(1)
 
 
+def make_plan(layout: Layout, kind: str, args, enc_layout: Optional[Layout] = None):
+    """What the chosen backend needs for one attention kind ("encoder", "decoder", "cross"): a dense
+    boolean mask, a gathered-block plan, or a FlexAttention BlockMask; all encode the same pattern."""
+    impl = args.attention_impl
+    if impl == "dense":
+        return cross_mask(layout, enc_layout, args) if kind == "cross" else self_mask(layout, kind, args)
+    if impl == "bar":
+        return build_bar_plan(layout, kind, args, enc_layout)
+    if impl == "flex":
+        from .flex_backend import build_flex_plan  # only when asked for
+
+        return build_flex_plan(layout, kind, args, enc_layout)
+    raise ValueError(f"--attention-impl: unknown backend {impl!r} (dense, bar, flex)")
+
+
 class Embedder(nn.Module):
     """Token (x sqrt(C)) + sinusoidal position + bar + in-bar position; summary embeddings per slot."""
 
@@ -151,9 +166,7 @@ class MuseformerEncoder(FairseqEncoder):
         return out
 
     def plan(self, layout: Layout):
-        if self.args.attention_impl == "dense":
-            return self_mask(layout, "encoder", self.args)
-        return build_bar_plan(layout, "encoder", self.args)
+        return make_plan(layout, "encoder", self.args)
 
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
@@ -201,12 +214,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                                           in_bar_index(prev_output_tokens, self.bar_idx, valid)),
                        self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
         enc_layout = encoder_out["layout"]
-        if self.args.attention_impl == "dense":
-            self_plan = self_mask(layout, "decoder", self.args)
-            cross_plan = cross_mask(layout, enc_layout, self.args)
-        else:
-            self_plan = build_bar_plan(layout, "decoder", self.args)
-            cross_plan = build_bar_plan(layout, "cross", self.args, enc_layout)
+        self_plan = make_plan(layout, "decoder", self.args)
+        cross_plan = make_plan(layout, "cross", self.args, enc_layout)
         for layer in self.layers:
             x = layer(x, encoder_out["enc"], self.attend, self_plan, cross_plan)
         x = self.ln(x[:, :t])  # content positions only: (B, T, C)

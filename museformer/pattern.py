@@ -38,13 +38,44 @@ import torch
 from torch import Tensor
 
 
-def fine_offsets_tensor(fine_bars: Sequence[int], device=None) -> Tensor:
-    return torch.tensor(sorted(set(int(b) for b in fine_bars)), dtype=torch.long, device=device)
+def _member(d: Tensor, values: Sequence[int]) -> Tensor:
+    """Elementwise ``d in values`` (an OR of comparisons: works under vmap / FlexAttention mask_mods)."""
+    out = d == int(values[0]) if len(values) else torch.zeros_like(d, dtype=torch.bool)
+    for v in list(values)[1:]:
+        out = out | (d == int(v))
+    return out
 
 
-def _in_set(d: Tensor, values: Tensor) -> Tensor:
-    return (d.unsqueeze(-1) == values).any(-1)
+# ---- pointwise rules: arguments broadcast against each other (tensors of any shape, even 0-d) ----
 
+def decoder_rule(qb: Tensor, qs: Tensor, qp: Tensor, kb: Tensor, ks: Tensor, kp: Tensor,
+                 fine_bars: Sequence[int]) -> Tensor:
+    """True where a decoder query (bar qb, is-summary qs, order qp) may attend a key (kb, ks, kp)."""
+    d = qb - kb
+    is_fine = _member(d, fine_bars)
+    con2con = ~qs & ~ks & (kp <= qp) & is_fine
+    con2sum = ~qs & ks & (d > 0) & ~is_fine
+    sum2con = qs & ~ks & (d == 0)
+    sum2sum = qs & ks & (qp == kp)
+    return con2con | con2sum | sum2con | sum2sum
+
+
+def encoder_rule(qb: Tensor, qs: Tensor, qp: Tensor, kb: Tensor, ks: Tensor, kp: Tensor, window: int) -> Tensor:
+    """True where an encoder query may attend a key (bidirectional, fine window of ``window`` bars)."""
+    d = (qb - kb).abs()
+    con2con = ~qs & ~ks & (d <= window)
+    con2sum = ~qs & ks & (d > window)
+    sum2con = qs & ~ks & (d == 0)
+    sum2sum = qs & ks & (qp == kp)
+    return con2con | con2sum | sum2con | sum2sum
+
+
+def cross_rule(qb: Tensor, kb: Tensor, ks: Tensor, window: int) -> Tensor:
+    """True where a decoder query of bar qb may attend an encoder key (bar kb, is-summary ks)."""
+    return (~ks & ((qb - kb).abs() <= window)) | ks
+
+
+# ---- masks: (..., Lq) queries x (..., Lk) keys -> (..., Lq, Lk) ----
 
 def decoder_mask(q_bar: Tensor, q_sum: Tensor, q_pos: Tensor, k_bar: Tensor, k_sum: Tensor, k_pos: Tensor,
                  fine_bars: Sequence[int]) -> Tensor:
@@ -53,35 +84,20 @@ def decoder_mask(q_bar: Tensor, q_sum: Tensor, q_pos: Tensor, k_bar: Tensor, k_s
     ``pos`` orders content positions for causality; a summary query must carry a pos unique to it
     (e.g. its index in the sequence) so that ``q_pos == k_pos`` identifies itself.
     """
-    fine = fine_offsets_tensor(fine_bars, q_bar.device)
-    d = q_bar.unsqueeze(-1) - k_bar.unsqueeze(-2)  # (..., Lq, Lk)
-    qs, ks = q_sum.unsqueeze(-1), k_sum.unsqueeze(-2)
-    same = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
-    causal = k_pos.unsqueeze(-2) <= q_pos.unsqueeze(-1)
-    is_fine = _in_set(d, fine)
-    con2con = ~qs & ~ks & causal & is_fine
-    con2sum = ~qs & ks & (d > 0) & ~is_fine
-    sum2con = qs & ~ks & (d == 0)
-    sum2sum = qs & ks & same
-    return con2con | con2sum | sum2con | sum2sum
+    q = [x.unsqueeze(-1) for x in (q_bar, q_sum, q_pos)]  # (..., Lq, 1)
+    k = [x.unsqueeze(-2) for x in (k_bar, k_sum, k_pos)]  # (..., 1, Lk)
+    return decoder_rule(*q, *k, fine_bars)
 
 
 def encoder_mask(q_bar: Tensor, q_sum: Tensor, q_pos: Tensor, k_bar: Tensor, k_sum: Tensor, k_pos: Tensor,
                  window: int) -> Tensor:
     """Boolean mask (..., Lq, Lk) of bidirectional FC-attention with a fine window of ``window`` bars."""
-    d = (q_bar.unsqueeze(-1) - k_bar.unsqueeze(-2)).abs()  # (..., Lq, Lk)
-    qs, ks = q_sum.unsqueeze(-1), k_sum.unsqueeze(-2)
-    same = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
-    con2con = ~qs & ~ks & (d <= window)
-    con2sum = ~qs & ks & (d > window)
-    sum2con = qs & ~ks & (d == 0)
-    sum2sum = qs & ks & same
-    return con2con | con2sum | sum2con | sum2sum
+    q = [x.unsqueeze(-1) for x in (q_bar, q_sum, q_pos)]  # (..., Lq, 1)
+    k = [x.unsqueeze(-2) for x in (k_bar, k_sum, k_pos)]  # (..., 1, Lk)
+    return encoder_rule(*q, *k, window)
 
 
 def cross_mask(q_bar: Tensor, k_bar: Tensor, k_sum: Tensor, window: int) -> Tensor:
     """Boolean mask (..., Lq, Lk): decoder bar b reads encoder content of bars b-C..b+C, and every
     encoder summary."""
-    d = (q_bar.unsqueeze(-1) - k_bar.unsqueeze(-2)).abs()  # (..., Lq, Lk)
-    ks = k_sum.unsqueeze(-2)
-    return (~ks & (d <= window)) | ks
+    return cross_rule(q_bar.unsqueeze(-1), k_bar.unsqueeze(-2), k_sum.unsqueeze(-2), window)

@@ -1,23 +1,36 @@
-"""Distribution metrics: unit behaviour, and reproduction of the Pianist Transformer benchmark README."""
-import re
+"""Distribution metrics: unit behaviour on hand-made MIDI, the instruct-eval CLI, and reproduction of the
+Pianist Transformer benchmark README's table (docs/evaluation.md)."""
+import importlib.util
+import json
+from pathlib import Path
 
 import miditoolkit
 import numpy as np
 import pytest
 
-from conftest import SHARED
-from instruct_tokenizer.metrics import compare, midi_features, pearson, pooled_histograms
+from instruct_tokenizer.metrics import (MidiReadError, TrainingStats, aligned_pearson, compare, deadpan_midi,
+                                        distribution_metrics, fmt, midi_features, normalise_notes, pearson,
+                                        pooled_histograms, training_mean_midi)
 
-BENCH = SHARED / "benchmarks" / "pianist_transformer_testset"
-# the README's table: method -> (velocity, duration, IOI, pedal, overall) JS distance
-README_ROWS = {"pianist_transformer": (0.128, 0.200, 0.154, 0.142, 0.156),
-               "deadpan": (0.765, 0.682, 0.780, 0.465, 0.673),
-               "human even/odd": (0.029, 0.033, 0.022, 0.036, 0.030)}
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO.parent / "shared" / "benchmarks" / "pianist_transformer_testset"
 
 
-def write_midi(path, notes, pedal=()):
-    m = miditoolkit.MidiFile(ticks_per_beat=500)
-    m.tempo_changes = [miditoolkit.TempoChange(120.0, 0)]
+def _load(name, path):  # load a module from its file (museformer/__init__ imports torch and fairseq)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+EVAL = _load("instruct_eval", REPO / "museformer" / "evaluate.py")
+BQ = _load("bench_quality", REPO / "scripts" / "bench_quality.py")
+README_ROWS = BQ.README_ROWS
+
+
+def write_midi(path, notes, pedal=(), tpb=500, tempos=((120.0, 0),)):
+    m = miditoolkit.MidiFile(ticks_per_beat=tpb)
+    m.tempo_changes = [miditoolkit.TempoChange(b, t) for b, t in tempos]
     inst = miditoolkit.Instrument(0)
     inst.notes = [miditoolkit.Note(v, p, s, e) for v, p, s, e in notes]
     inst.control_changes = [miditoolkit.ControlChange(64, v, t) for t, v in pedal]
@@ -27,56 +40,115 @@ def write_midi(path, notes, pedal=()):
 
 
 def test_identical_sets_score_zero(tmp_path):
-    f = midi_features(str(write_midi(tmp_path / "a.mid", [(80, 60, 0, 400), (60, 64, 500, 700)])))
+    f = midi_features(write_midi(tmp_path / "a.mid", [(80, 60, 0, 400), (60, 64, 500, 700)]))
     r = compare(pooled_histograms([f]), pooled_histograms([f]))
     assert r["overall_js"] < 1e-6 and abs(r["overall_inter"] - 1) < 1e-6
 
 
+def test_disjoint_sets_score_one(tmp_path):
+    a = midi_features(write_midi(tmp_path / "a.mid", [(20, 60, 0, 10), (20, 62, 150, 160)]))
+    b = midi_features(write_midi(tmp_path / "b.mid", [(120, 60, 0, 400), (120, 62, 20, 420)], pedal=[(0, 127)]))
+    r = distribution_metrics([a], [b])
+    for f in ("velocity", "duration", "ioi", "pedal"):
+        assert r[f"{f}_js"] > 0.999 and r[f"{f}_inter"] < 1e-6
+
+
 def test_features_in_ms_and_pedal_pattern(tmp_path):
     # 120 BPM at 500 ticks/beat: 1 tick = 1 ms. Pedal down from 600 ms: for the note at 0 with the next
-    # onset at 1000 ms, samples at 0, 250, 500, 750 ms -> only the last is down -> pattern 0b0001.
-    f = midi_features(str(write_midi(tmp_path / "a.mid", [(80, 60, 0, 300), (70, 62, 1000, 1100)],
-                                     pedal=[(600, 127)])))
+    # onset at 1000 ms, samples at 0, 250, 500, 750 ms -> only the last is down -> 0b0001. The last
+    # note's gap is 4990 ms: samples at 1000, 2247.5, 3495, 4742.5 ms, pedal up at 3000 -> 0b1100.
+    f = midi_features(write_midi(tmp_path / "a.mid", [(80, 60, 0, 300), (70, 62, 1000, 1100)],
+                                 pedal=[(600, 127), (3000, 0)]))
     assert list(f.onset_ms) == [0, 1000] and list(f.duration_ms) == [300, 100]
-    assert list(f.pedal_pattern) == [0b0001, 0b1111]
+    assert list(f.pedal_pattern) == [0b0001, 0b1100]
     assert list(f.values("ioi")) == [1000]
+
+
+def test_chord_gives_zero_ioi_and_pedal_at_onset_only(tmp_path):
+    # two notes at the same onset: IOI 0; the first note's gap is 0, so all four samples are at its onset
+    f = midi_features(write_midi(tmp_path / "a.mid", [(80, 60, 0, 300), (70, 64, 0, 300), (70, 67, 400, 500)],
+                                 pedal=[(0, 100), (200, 0)]))
+    assert list(f.values("ioi")) == [0, 400]
+    assert list(f.pedal_pattern) == [0b1111, 0b1100, 0b0000]
+
+
+def test_tempo_map_is_followed(tmp_path):
+    # 480 ticks/beat; 60 BPM for the first beat (1 s), then 240 BPM: tick 960 = 1 s + 0.25 s
+    f = midi_features(write_midi(tmp_path / "a.mid", [(80, 60, 0, 480), (80, 62, 960, 1200)], tpb=480,
+                                 tempos=((60.0, 0), (240.0, 480))))
+    assert list(f.onset_ms) == [0, 1250] and list(f.duration_ms) == [1000, 125]
+
+
+def test_normalisation_cuts_same_pitch_overlaps():
+    # same pitch: 0-500 overlaps 300-400 -> cut to 0-300; 300-400 and a duplicate at 300 -> the first dropped
+    s, e, p, v = normalise_notes([0, 300, 300, 100], [500, 400, 450, 100], [60, 60, 60, 62], [1, 2, 3, 4])
+    assert list(zip(s, e, p, v)) == [(0, 300, 60, 1), (100, 101, 62, 4), (300, 450, 60, 3)]
 
 
 def test_pearson_is_nan_without_variance():
     assert np.isnan(pearson([1, 1, 1, 1], [1, 2, 3, 4]))
+    assert fmt(pearson([64] * 5, [1, 2, 3, 4, 5])) == "n/a"
     assert pearson([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
+    assert aligned_pearson({0: 1.0, 1: 2.0, 2: 3.0, 7: 9.0}, {0: 3.0, 1: 2.0, 2: 1.0}) == pytest.approx(-1.0)
+
+
+def test_baselines(tmp_path):
+    score = write_midi(tmp_path / "s.mid", [(50, 60, 0, 500), (90, 62, 500, 1000)], pedal=[(0, 127)])
+    d = midi_features(deadpan_midi(score, tmp_path / "d.mid", velocity=64))
+    assert list(d.velocity) == [64, 64] and list(d.pedal_pattern) == [0, 0] and list(d.onset_ms) == [0, 500]
+    t = midi_features(training_mean_midi(score, tmp_path / "t.mid", TrainingStats(70.4, 1.2, 0.5, False)))
+    assert list(t.velocity) == [70, 70] and list(t.onset_ms) == [0, 600] and list(t.duration_ms) == [300, 300]
+
+
+def test_bad_file_is_named(tmp_path):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not a midi file")
+    with pytest.raises(MidiReadError):
+        midi_features(bad)
+
+
+def test_instruct_eval_cli(tmp_path, capsys):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir(), ref.mkdir()
+    write_midi(pred / "0.mid", [(80, 60, 0, 400), (60, 64, 500, 700)])
+    write_midi(ref / "0-0.mid", [(80, 60, 0, 400), (60, 64, 500, 700)])
+    write_midi(ref / "0-1.mid", [(70, 60, 0, 300), (60, 64, 450, 700)], pedal=[(0, 127)])
+    out = tmp_path / "out"
+    for pairing in ("pooled", "per-reference"):
+        assert EVAL.main([str(pred), str(ref), "--out", str(out), "--pairing", pairing]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["rows"]["model"]["files"] == (1 if pairing == "pooled" else 2)
+        assert (out / "histograms.png").stat().st_size > 0 and "| model" in (out / "results.md").read_text()
+    (ref / "junk.mid").write_bytes(b"MThd junk")
+    assert EVAL.main([str(pred), str(ref), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "junk.mid" in err[0] and "Traceback" not in err[0]
+    assert EVAL.main([str(pred), str(tmp_path / "nowhere"), "--out", str(out)]) == 1
 
 
 @pytest.fixture(scope="module")
-def bench():
-    if not BENCH.exists():
-        pytest.skip("shared benchmark not present")
-    human = {p.name: midi_features(str(p)) for p in sorted((BENCH / "human").glob("*.mid"))}
-    return {
-        "human": human,
-        "pianist_transformer": [midi_features(str(p)) for p in sorted((BENCH / "pianist_transformer").glob("*.mid"))],
-        "deadpan": [midi_features(str(p)) for p in sorted((BENCH / "score").glob("*.mid"))],
-    }
+def bench_results():
+    if not (BENCH / "human").is_dir():
+        pytest.skip(f"shared benchmark not present at {BENCH}")
+    return BQ.benchmark(BENCH)
 
 
-def _row(r):
-    return tuple(r[k] for k in ("velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"))
+@pytest.mark.parametrize("row", ["Pianist Transformer", "deadpan (score/ as is)"])
+def test_reproduces_readme_rows(bench_results, row):
+    m = bench_results[row]["metrics"]
+    ours = [m[k] for k in ("velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js", "overall_inter")]
+    assert np.allclose(ours, README_ROWS[row], atol=0.01), (ours, README_ROWS[row])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["pianist_transformer", "deadpan"])
-def test_reproduces_readme_rows(bench, method):
-    ref = pooled_histograms(bench["human"].values())
-    ours = _row(compare(pooled_histograms(bench[method]), ref))
-    assert np.allclose(ours, README_ROWS[method], atol=0.01), (ours, README_ROWS[method])
+def test_human_ceiling_is_far_below_methods(bench_results):
+    m = bench_results["human, even k vs odd k"]["metrics"]
+    assert m["overall_js"] < 0.04 and m["overall_inter"] > 0.96
+    assert m["overall_js"] < bench_results["Pianist Transformer"]["metrics"]["overall_js"] / 4
 
 
-@pytest.mark.slow
-def test_human_even_odd_row(bench):
-    """Even k against odd k pools to 0.018 here against the README's 0.030: the README's exact pairing
-    is not stated; we hold the ceiling to be below 0.04 and far below every method."""
-    k = lambda n: int(re.match(r"\d+-(\d+)", n).group(1))  # noqa: E731
-    even = [f for n, f in bench["human"].items() if k(n) % 2 == 0]
-    odd = [f for n, f in bench["human"].items() if k(n) % 2 == 1]
-    ours = _row(compare(pooled_histograms(even), pooled_histograms(odd)))
-    assert ours[-1] < 0.04
+@pytest.mark.xfail(strict=True, reason="pooled even-k vs odd-k gives 0.018 overall, the README 0.030; the README "
+                                      "does not state its split and no split tried reproduces it (docs/evaluation.md)")
+def test_reproduces_readme_human_row(bench_results):
+    m = bench_results["human, even k vs odd k"]["metrics"]
+    ours = [m[k] for k in ("velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js", "overall_inter")]
+    assert np.allclose(ours, README_ROWS["human, even k vs odd k"], atol=0.01)

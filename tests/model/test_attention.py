@@ -147,3 +147,19 @@ def test_half_precision_forward_backward(pairs, dtype):
 def test_bad_flag_combinations_name_the_flag():
     with pytest.raises(ValueError, match="--fine-bars"):
         make_model("dense", fine_bars="1,2")
+
+
+def test_flex_forward_agrees_with_dense(pairs):
+    pytest.importorskip("torch.nn.attention.flex_attention", reason="this torch has no FlexAttention")
+    from museformer import flex_backend
+
+    flex_backend.COMPILE = False  # eager reference kernel: same function, no minute-long compile in tests
+    try:
+        a, b, d = _models("dense", "flex")
+        src, lens, prev = batch(d, pairs)
+        valid = prev.ne(d.pad())
+        with torch.no_grad():
+            oa, ob = a(src, lens, prev)[0], b(src, lens, prev)[0]
+        assert (oa - ob)[valid].abs().max() < 1e-4
+    finally:
+        flex_backend.COMPILE = True
