@@ -33,6 +33,29 @@ BENCH = REPO.parent / "shared" / "benchmarks" / "pianist_transformer_testset"
 NASAP = REPO.parent / "shared" / "datasets" / "nasap"
 
 
+# The benchmark README's table: row -> (velocity, duration, IOI, pedal JS, overall JS, overall intersection)
+README_ROWS = {
+    "Pianist Transformer": (0.128, 0.200, 0.154, 0.142, 0.156, 0.853),
+    "deadpan (score/ as is)": (0.765, 0.682, 0.780, 0.465, 0.673, 0.307),
+    "human, even k vs odd k": (0.029, 0.033, 0.022, 0.036, 0.030, 0.974),
+}
+
+
+def benchmark(bench: Path = BENCH) -> dict:
+    """The reference rows, measured in one run: Pianist Transformer and deadpan against all human
+    files, and human even k against odd k."""
+    human_paths = sorted((bench / "human").glob("*.mid"))
+    human = read_set(human_paths)
+    rows = {"Pianist Transformer": read_set(sorted((bench / "pianist_transformer").glob("*.mid"))),
+            "deadpan (score/ as is)": read_set(sorted((bench / "score").glob("*.mid")))}
+    results = evaluate_sets(rows, human)
+    k = [int(re.match(r"\d+-(\d+)", p.name).group(1)) for p in human_paths]
+    even = [f for f, kk in zip(human, k) if kk % 2 == 0]
+    odd = [f for f, kk in zip(human, k) if kk % 2 == 1]
+    results["human, even k vs odd k"] = evaluate_sets({"odd": odd}, even)["odd"]
+    return results
+
+
 def render_dir(renderer, scores: dict, out: Path, sampling, batch: int) -> float:
     """Render {index: score tokens} into out/{index}.mid; returns render seconds."""
     out.mkdir(parents=True, exist_ok=True)

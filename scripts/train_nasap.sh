@@ -20,7 +20,7 @@ MAX_TOKENS_EXAMPLE=${MAX_TOKENS_EXAMPLE:-1024}
 $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,0 \
   --test-pieces ../shared/benchmarks/pianist_transformer_testset/pieces.csv \
   --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 \
-  --augment-transpose -3,3 --augment-tempo 0.9,1.1 --instruct --xml-markings --drop-markings 0.3
+  --augment-transpose -3,3 --augment-tempo 0.9,1.1 --instruct
 
 rm -rf "$OUT/bin"
 $BIN/fairseq-preprocess --source-lang score --target-lang perf \
