@@ -30,7 +30,9 @@ fairseq-train "$OUT/bin" --user-dir museformer --task museformer_s2p --arch muse
   --num-workers 0 --max-epoch 1000 --stop-time-hours "$HOURS" --save-dir "$OUT/ckpt" \
   --tensorboard-logdir "$OUT/tb" --no-epoch-checkpoints --log-format simple --log-interval 10 --seed 1 \
   > "$OUT/train.log" 2>&1
-grep -E "\| valid \|" "$OUT/train.log" | tail -2 | sed 's/.*| valid |/  valid |/'
+grep -E "\| valid \|" "$OUT/train.log" | tail -2 | sed 's/.*| valid |/  valid |/' || true
+CKPT="$OUT/ckpt/checkpoint_best.pt"
+[ -f "$CKPT" ] || CKPT="$OUT/ckpt/checkpoint_last.pt"  # a very short run may stop before validating
 
 TEST_XML=$(python3 - "$OUT/tok/manifest.jsonl" <<'PY'
 import json, sys
@@ -40,10 +42,10 @@ print(f"data/vienna4x22/musicxml/{title}.musicxml")
 PY
 )
 echo "== 4/5 instruct-render the held-out score $TEST_XML"
-instruct-render "$TEST_XML" --checkpoint "$OUT/ckpt/checkpoint_best.pt" --data "$OUT/bin" -o "$OUT/render.mid"
+instruct-render "$TEST_XML" --checkpoint "$CKPT" --data "$OUT/bin" -o "$OUT/render.mid"
 
 echo "== 5/5 instruct-eval on the held-out piece (its human performances, deadpan, training mean)"
-instruct-eval --tokens "$OUT/tok" --checkpoint "$OUT/ckpt/checkpoint_best.pt" --data "$OUT/bin" --out "$OUT/eval"
+instruct-eval --tokens "$OUT/tok" --checkpoint "$CKPT" --data "$OUT/bin" --out "$OUT/eval"
 
 echo
 echo "demo done in ${SECONDS}s"

@@ -11,7 +11,7 @@ from conftest import BIN, REPO
 
 @pytest.mark.slow
 def test_short_demo(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "demo"), TRAIN_MINUTES="0.25", PATH=f"{BIN}:{os.environ['PATH']}")
+    env = dict(os.environ, OUT=str(tmp_path / "demo"), TRAIN_MINUTES="0.5", PATH=f"{BIN}:{os.environ['PATH']}")
     proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
                           timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
