@@ -37,7 +37,7 @@ def _attention_fn():
     if not COMPILE:
         return flex_attention
     if _compiled is None:
-        _compiled = torch.compile(flex_attention, dynamic=False)
+        _compiled = torch.compile(flex_attention)  # shapes vary per batch: automatic dynamic shapes
     return _compiled
 
 
@@ -68,7 +68,7 @@ def build_flex_plan(layout, kind: str, args, enc_layout: Optional[object] = None
             return pattern.cross_rule(qb[bi, qi], kb[bi, ki], ks[bi, ki], cross_w) & kv[bi, ki]
     else:
         raise ValueError(kind)
-    bm = create_block_mask(mask_mod, b, None, lq, lk, device=qb.device)
+    bm = create_block_mask(mask_mod, b, None, lq, lk, device=qb.device, _compile=COMPILE)
     return FlexPlan(bm)
 
 

@@ -13,6 +13,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def append_kv(cache: dict, k_new: Tensor, v_new: Tensor):
+    """Append (B, H, n, D) keys/values to the cache's preallocated buffers (capacity doubles when full,
+    so a step costs no O(L) copy) and return views (B, H, L, D) of everything cached so far."""
+    n = k_new.shape[2]
+    used = cache.get("len", 0)
+    buf_k = cache.get("k")
+    if buf_k is None or used + n > buf_k.shape[2]:
+        cap = max(64, 2 * (used + n))
+        b, h, _, d = k_new.shape
+        new_k, new_v = k_new.new_zeros(b, h, cap, d), v_new.new_zeros(b, h, cap, d)  # (B, H, cap, D)
+        if buf_k is not None:
+            new_k[:, :, :used], new_v[:, :, :used] = buf_k[:, :, :used], cache["v"][:, :, :used]
+        cache["k"], cache["v"] = new_k, new_v
+    cache["k"][:, :, used:used + n] = k_new
+    cache["v"][:, :, used:used + n] = v_new
+    cache["len"] = used + n
+    return cache["k"][:, :, : used + n], cache["v"][:, :, : used + n]
+
+
 class FCAttention(nn.Module):
     """Multi-head attention whose pattern comes from a boolean mask (B, Lq, Lk) or a backend plan."""
 
@@ -98,10 +117,9 @@ class DecoderLayer(nn.Module):
         h = self.ln1(x)
         att = self.self_attn
         k_new, v_new = att.heads(h, att.k_proj), att.heads(h, att.v_proj)  # (B, H, n, D)
-        cache["k"] = k_new if cache.get("k") is None else torch.cat([cache["k"], k_new], dim=2)
-        cache["v"] = v_new if cache.get("v") is None else torch.cat([cache["v"], v_new], dim=2)
+        k_all, v_all = append_kv(cache, k_new, v_new)  # (B, H, L, D) views of a growing buffer
         q = att.heads(h, att.q_proj)  # (B, H, n, D)
-        x = x + att.merge(attend_dense(q, cache["k"], cache["v"], self_mask, 0.0))
+        x = x + att.merge(attend_dense(q, k_all, v_all, self_mask, 0.0))
         cross = self.cross_attn
         if cache.get("ek") is None:  # encoder keys/values: computed once per generation
             cache["ek"], cache["ev"] = cross.heads(enc, cross.k_proj), cross.heads(enc, cross.v_proj)

@@ -300,7 +300,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 state[key] = value.index_select(0, new_order)
         for cache in state["caches"]:
             for key, value in list(cache.items()):
-                if value is not None:
+                if torch.is_tensor(value):
                     cache[key] = value.index_select(0, new_order)
         self.set_incremental_state(incremental_state, "fc", state)
 
@@ -407,6 +407,10 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
             raise ValueError("--summary-tokens must be >= 1")
         if args.encoder_fine_window < 0 or args.cross_window < 0:
             raise ValueError("--encoder-fine-window and --cross-window must be >= 0")
+        if args.attention_impl not in ("dense", "bar", "flex"):
+            raise ValueError(f"--attention-impl must be dense, bar or flex, not {args.attention_impl!r}")
+        if args.attention_impl == "flex" and args.attention_dropout > 0:
+            raise ValueError("--attention-impl flex has no attention dropout: use --attention-dropout 0")
         for d in (task.source_dictionary, task.target_dictionary):
             if d.index(BAR_TOKEN) == d.unk():
                 raise ValueError(f"the dictionary has no {BAR_TOKEN!r} token: not a bar-structured corpus")
