@@ -111,6 +111,8 @@ def main():
     ap.add_argument("--sizes", default="1024,8192", help="tokens per example (source and target)")
     ap.add_argument("--impl", default="bar", help="museformer --attention-impl")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--transformer-max", type=int, default=16384,
+                    help="largest size for the transformer baseline (its full attention is quadratic in memory)")
     ap.add_argument("--latency-at", default="1024,8192", help="positions for per-token latency ('' skips)")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -123,6 +125,9 @@ def main():
     print("|---|---|---|---|")
     for n in [int(x) for x in a.sizes.split(",") if x]:
         r_mf = train_rate(mf, d, n, a.reps)
+        if n > a.transformer_max:
+            print(f"| {n} | {r_mf:.0f} | not run (> --transformer-max) | |", flush=True)
+            continue
         try:
             r_tf = train_rate(tf, d, n, a.reps)
         except RuntimeError as e:
