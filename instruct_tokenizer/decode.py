@@ -16,6 +16,7 @@ from .score import Timeline, score_timeline
 
 TICKS_PER_BEAT = 480
 MIDI_TEMPO_BPM = 120.0  # MIDI files are written at 120 BPM: 1 tick = 1/960 s
+VEL_DITHER_SEED = 0  # fixed: decoding the same tokens always gives the same velocities
 
 
 class DecodeError(ValueError):
@@ -53,6 +54,9 @@ def decode_performance(score_tokens: Sequence[str], perf_tokens: Sequence[str]) 
     n = tl.n_notes
     onset, offset = np.zeros(n), np.zeros(n)
     velocity, played = np.zeros(n, np.int64), np.zeros(n, bool)
+    # A Vel bin holds VEL_STEP MIDI velocities; always decoding the same one would leave every other
+    # velocity unused (a comb-shaped histogram). Pick one per note, uniformly and reproducibly.
+    vel_offset = np.random.default_rng(VEL_DITHER_SEED).integers(0, V.VEL_STEP, n)
     grid, periods = np.zeros(tl.n_groups), np.zeros(tl.n_groups)
     sus_changes: List[float] = []
     soft_changes: List[float] = []
@@ -85,7 +89,7 @@ def decode_performance(score_tokens: Sequence[str], perf_tokens: Sequence[str]) 
             if vel == V.DELETED:
                 continue
             played[i] = True
-            velocity[i] = V.vel_value(int(vel))
+            velocity[i] = V.vel_value(int(vel), int(vel_offset[i]))
             onset[i] = grid[g] + dev_ms / 1000.0
             offset[i] = onset[i] + (2.0 ** art) * nominal_q(tl.note_dur_q[i]) * period
     while bar < tl.n_bars - 1:

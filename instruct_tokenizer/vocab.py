@@ -86,7 +86,7 @@ def quantise_dur(dur_quarters: float, grace: bool) -> int:
 TEMPO_MIN_S, TEMPO_MAX_S, TEMPO_BINS = 0.08, 8.0, 160  # beat period (s per quarter), log-spaced
 _TEMPO_CENTERS = np.exp(np.linspace(math.log(TEMPO_MIN_S), math.log(TEMPO_MAX_S), TEMPO_BINS))
 
-VEL_STEP = 2  # velocity bins of 2 MIDI units: 64 bins, decoded to the bin's centre (error <= 1)
+VEL_STEP = 2  # velocity bins of 2 MIDI units: 64 bins; decoded to one of the bin's values (error <= 1)
 VEL_BINS = 128 // VEL_STEP
 
 
@@ -163,8 +163,9 @@ def quantise_vel(velocity: float) -> int:
     return int(min(max(int(velocity) // VEL_STEP, 0), VEL_BINS - 1))
 
 
-def vel_value(bin_: int) -> int:
-    return int(min(max(bin_ * VEL_STEP + VEL_STEP // 2, 1), 127))
+def vel_value(bin_: int, offset: int = VEL_STEP // 2) -> int:
+    """MIDI velocity of a bin: its lowest value plus ``offset`` (0 .. VEL_STEP-1), kept in 1..127."""
+    return int(min(max(bin_ * VEL_STEP + offset, 1), 127))
 
 
 def quantise_time(dev_s: float) -> int:
