@@ -19,6 +19,11 @@ def test_short_demo(tmp_path):
     midi = miditoolkit.MidiFile(str(out / "render.mid"))
     notes = midi.instruments[0].notes
     assert len(notes) > 100 and any(c.number == 64 for c in midi.instruments[0].control_changes)
+    manifest = [json.loads(x) for x in (out / "tok" / "manifest.jsonl").read_text().splitlines()]
+    test_perfs = {r["source"] for r in manifest if r["split"] == "test"}
+    generated = sorted((out / "generate").glob("*.mid"))  # fairseq-generate -> scripts/generate_to_midi.py
+    assert len(generated) == len(test_perfs) and all(miditoolkit.MidiFile(str(g)).instruments[0].notes
+                                                     for g in generated)
     results = json.loads((out / "eval" / "results.json").read_text())
     assert {"model", "deadpan", "training mean", "human"} <= set(results)
     assert results["human"]["overall_js"] < results["deadpan"]["overall_js"]
