@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from instruct_tokenizer.encode import split_bars
 from instruct_tokenizer.grammar import target_slots
-from museformer.constants import BAR_TOKEN
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
@@ -33,20 +33,6 @@ class RenderError(Exception):
 
 
 # --------------------------------------------------------------------------------------- segments
-def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
-    """Split a token stream into (prefix before the first bar, list of bars, each starting with Bar)."""
-    prefix: List[str] = []
-    bars: List[List[str]] = []
-    for tok in tokens:
-        if tok == BAR_TOKEN:
-            bars.append([tok])
-        elif bars:
-            bars[-1].append(tok)
-        else:
-            prefix.append(tok)
-    return prefix, bars
-
-
 def plan_segments(bar_lengths: Sequence[int], budget: int, overlap: int) -> List[Tuple[int, int]]:
     """Half-open bar ranges [start, end) of at most ``budget`` tokens each (a single bar longer than the
     budget forms its own segment); consecutive segments share ``overlap`` bars."""

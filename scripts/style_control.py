@@ -13,7 +13,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
 from instruct_tokenizer.metrics import per_note_features  # noqa: E402
-from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling, split_bars  # noqa: E402
+from instruct_tokenizer.encode import split_bars  # noqa: E402
+from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling  # noqa: E402
 
 PAIRS = [("dynamics", "soft", "loud"), ("tempo", "slow", "fast"), ("articulation", "staccato", "legato")]
 
