@@ -16,6 +16,7 @@ perf_vocabulary = V.perf_vocabulary
 
 GROUP_SLOTS = [V.TEMPO] + [V.SUS] * SUS_SLOTS + [V.SOFT] * SOFT_SLOTS
 NOTE_SLOTS = [V.VEL, V.TIME, V.ART]
+DELETION = V.tok(V.VEL, V.DELETED)  # "this score note was not played": forbidden at render time by default
 
 
 def token_type(token: str) -> str:

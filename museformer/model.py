@@ -311,7 +311,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 class Grammar:
     """Turns source token ids into per-step allowed token *type* ids for constrained generation."""
 
-    def __init__(self, src_dict, tgt_dict, target_slots, token_type):
+    def __init__(self, src_dict, tgt_dict, target_slots, token_type, forbidden: Sequence[str] = ()):
+        """``forbidden``: target token strings never to generate (e.g. the deletion token)."""
         self.src_dict, self.target_slots = src_dict, target_slots
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
@@ -324,6 +325,9 @@ class Grammar:
         for special in (tgt_dict.bos(), tgt_dict.pad(), tgt_dict.unk()):
             table[:, special] = False
         table[self.type_id[EOS_TYPE], tgt_dict.eos()] = True
+        for token in forbidden:
+            if tgt_dict.index(token) != tgt_dict.unk():
+                table[:, tgt_dict.index(token)] = False
         self.table = table
 
     def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:

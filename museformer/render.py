@@ -104,8 +104,10 @@ class Renderer:
                                  int(getattr(args, "max_target_positions", 1024)))
 
     @classmethod
-    def from_checkpoint(cls, path: str, data: Optional[str] = None,
-                        attention_impl: Optional[str] = None) -> "Renderer":
+    def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
+                        allow_deletions: bool = False) -> "Renderer":
+        """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
+        performances in its training data do; by default every score note is played."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -124,6 +126,7 @@ class Renderer:
         args.max_source_positions = args.max_target_positions = 10 ** 6
         if attention_impl:
             args.attention_impl = attention_impl
+        args.no_deletions = not allow_deletions
         task = tasks.setup_task(args)
         model = task.build_model(args)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
@@ -254,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composer", default=None, help="composer meta token (if the model was trained with it)")
     p.add_argument("--performer", default=None, help="performer meta token (if the model was trained with it)")
     p.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
+    p.add_argument("--allow-deletions", action="store_true",
+                   help="let the model leave score notes unplayed (Vel_Del); by default every note is played")
     p.add_argument("--overlap-bars", type=int, default=2, help="bars of forced context between segments")
     p.add_argument("--attention-impl", default=None, choices=["dense", "bar", "flex"],
                    help="override the checkpoint's attention backend")
@@ -271,7 +276,8 @@ def render_file(args: argparse.Namespace) -> List[Path]:
     from instruct_tokenizer import encode
     from instruct_tokenizer.decode import tokens_to_midi
 
-    renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl)
+    renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
+                                        allow_deletions=args.allow_deletions)
     score_tokens = encode.score_file_to_tokens(
         args.score, style=parse_style(args.style), composer=args.composer, performer=args.performer,
         unfold_repeats=not args.no_repeats)

@@ -34,6 +34,9 @@ class MuseformerS2PTask(TranslationTask):
                                  "for constrained generation")
         parser.add_argument("--unconstrained", action="store_true",
                             help="generate without the performance grammar (for ablations)")
+        parser.add_argument("--no-deletions", action="store_true",
+                            help="never generate the grammar module's DELETION token (every score note is "
+                                 "played; instruct-render's default)")
         # fmt: on
 
     @classmethod
@@ -46,7 +49,9 @@ class MuseformerS2PTask(TranslationTask):
 
     def load_grammar(self) -> Grammar:
         module = importlib.import_module(getattr(self.args, "grammar", "instruct_tokenizer.grammar"))
-        return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type)
+        deletion = getattr(module, "DELETION", None)
+        forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
+        return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

@@ -22,3 +22,18 @@ def test_released_checkpoint_renders_valid_tokens():
     toks = prefix + [t for b in bars[:3] for t in b]
     perf = r.render_tokens(toks, Sampling(seed=1), progress=False)
     assert [token_type(t) for t in perf] == target_slots(toks)
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
+def test_rendering_plays_every_score_note_unless_deletions_allowed():
+    from instruct_tokenizer.grammar import DELETION
+
+    toks = score_file_to_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
+    prefix, bars = split_bars(toks)
+    toks = prefix + [t for b in bars[:4] for t in b]
+    strict = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    assert not strict.task.load_grammar().table[:, strict.tgt_dict.index(DELETION)].any()
+    loose = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), allow_deletions=True)
+    assert loose.task.load_grammar().table[:, loose.tgt_dict.index(DELETION)].any()
+    for seed in range(3):
+        assert DELETION not in strict.render_tokens(toks, Sampling(seed=seed, temperature=2.0), progress=False)
