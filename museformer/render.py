@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -127,7 +128,11 @@ class Renderer:
         if attention_impl:
             args.attention_impl = attention_impl
         args.no_deletions = not allow_deletions
-        task = tasks.setup_task(args)
+        try:
+            task = tasks.setup_task(args)
+        finally:
+            if "dictionary" in state:  # the embedded dictionary's temporary copy is read now
+                shutil.rmtree(args.data, ignore_errors=True)
         model = task.build_model(args)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
         model.load_state_dict(weights, strict=True, args=args)
