@@ -10,7 +10,9 @@ Performance features (units in the names):
 """
 from __future__ import annotations
 
+import bisect
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,16 +45,23 @@ def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, i
     """Bar index per score note (bars keyed by (measure, repeat pass), in performance order), actual
     bar lengths (quarters) and time signatures per bar."""
     start_q = mf.onset_q - mf.pos_q
-    keys = list(zip(mf.measure.tolist(), mf.repeat_pass.tolist()))
-    starts: Dict[Tuple[int, int], List[float]] = {}
-    for k, s in zip(keys, start_q):
-        starts.setdefault(k, []).append(s)
-    bar_start = {k: _median(v) for k, v in starts.items()}
-    ordered = sorted(bar_start, key=lambda k: (round(bar_start[k] * V.GRID), k[1], k[0]))
-    index = {k: i for i, k in enumerate(ordered)}
-    bar = np.array([index[k] for k in keys], np.int64)
-    begin = np.array([bar_start[k] for k in ordered])
-    ts = [_ts_at(mf.time_sigs, k[0]) for k in ordered]
+    keys2 = np.stack([mf.measure, mf.repeat_pass], axis=1)
+    uniq, inv = np.unique(keys2, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    # median start per key: sort by (key, start), take the middle one (or the mean of the middle two)
+    o = np.lexsort((start_q, inv))
+    counts = np.bincount(inv, minlength=len(uniq))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    s = start_q[o]
+    lo = s[first + (counts - 1) // 2]
+    hi = s[first + counts // 2]
+    med = np.where(counts % 2 == 1, hi, 0.5 * (lo + hi))
+    ordered_idx = np.lexsort((uniq[:, 0], uniq[:, 1], np.round(med * V.GRID)))
+    rank = np.empty(len(uniq), np.int64)
+    rank[ordered_idx] = np.arange(len(uniq))
+    bar = rank[inv]
+    begin = med[ordered_idx]
+    ts = [_ts_at(mf.time_sigs, int(m)) for m in uniq[ordered_idx, 0]]
     lengths = np.diff(begin, append=begin[-1] + ts[-1][0] * 4.0 / ts[-1][1]) if len(begin) else begin
     nominal = np.array([t[0] * 4.0 / t[1] for t in ts])
     lengths = np.where(lengths > 0, lengths, nominal)
@@ -97,16 +106,19 @@ PEDAL_CANCEL_S = 0.001  # a press and release closer than this (s) is a no-op an
 def pedal_changes(events: Sequence[Tuple[float, int]]) -> List[float]:
     """Times (s) at which the binarised pedal (CC >= 64) toggles, starting from 'up'. Two toggles less
     than ``PEDAL_CANCEL_S`` apart (a CC ramp through 64 within one tick) cancel each other."""
+    if not len(events):
+        return []
+    t_all = np.fromiter((e[0] for e in events), np.float64, len(events))
+    down_all = np.fromiter((e[1] >= 64 for e in events), bool, len(events))
+    o = np.argsort(t_all, kind="stable")
+    down = down_all[o]
+    toggle = down != np.concatenate([[False], down[:-1]])  # the state after an event is that event's
     changes: List[float] = []
-    down = False
-    for t, value in sorted(events, key=lambda e: e[0]):
-        now = value >= 64
-        if now != down:
-            if changes and t - changes[-1] < PEDAL_CANCEL_S:
-                changes.pop()
-            else:
-                changes.append(t)
-            down = now
+    for t in t_all[o][toggle].tolist():
+        if changes and t - changes[-1] < PEDAL_CANCEL_S:
+            changes.pop()
+        else:
+            changes.append(t)
     return changes
 
 
@@ -136,11 +148,18 @@ def assign_pedal(changes: List[float], grid_s: np.ndarray, slots: int) -> List[L
     return per_group
 
 
+_PEDAL_NONE = {SUS_SLOTS: [V.tok(V.SUS, V.NONE)] * SUS_SLOTS, SOFT_SLOTS: [V.tok(V.SOFT, V.NONE)] * SOFT_SLOTS}
+
+
 def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[List[str]]:
     """Per onset group, ``slots`` pedal tokens: offsets (ms) of the changes after the group's grid time."""
     kind = V.SUS if slots == SUS_SLOTS else V.SOFT
+    none = _PEDAL_NONE[slots] if slots in _PEDAL_NONE else [V.tok(kind, V.NONE)] * slots
     out = []
     for offsets in assign_pedal(changes, grid_s, slots):
+        if not offsets:
+            out.append(none)
+            continue
         toks = [V.tok(kind, V.quantise_pedal(o)) for o in sorted(offsets)]
         out.append(toks + [V.tok(kind, V.NONE)] * (slots - len(toks)))
     return out
@@ -160,34 +179,111 @@ def _group_reference(tl: Timeline, onset_s: np.ndarray, played: np.ndarray, grac
         return np.where(cnt_main > 0, sum_main / cnt_main, np.where(cnt_any > 0, sum_any / cnt_any, np.nan))
 
 
+def _longest_nondecreasing(x: np.ndarray) -> np.ndarray:
+    """Indices of a longest non-decreasing subsequence of ``x`` (patience sorting, O(n log n))."""
+    tails: List[float] = []  # smallest tail value of a run of each length
+    tail_idx: List[int] = []
+    prev = np.full(len(x), -1, np.int64)
+    for i, v in enumerate(x.tolist()):
+        k = bisect.bisect_right(tails, v)
+        if k == len(tails):
+            tails.append(v)
+            tail_idx.append(i)
+        else:
+            tails[k] = v
+            tail_idx[k] = i
+        prev[i] = tail_idx[k - 1] if k else -1
+    out = []
+    i = tail_idx[-1] if tail_idx else -1
+    while i >= 0:
+        out.append(i)
+        i = prev[i]
+    return np.array(out[::-1], np.int64)
+
+
+def grid_targets(tl: Timeline, ref_s: np.ndarray) -> np.ndarray:
+    """Per onset group, the time (s) the decoded grid should land on.
+
+    A group's mean performed onset, where the groups' onsets keep the score order (a longest
+    non-decreasing run): a group played out of order (alignment errors, a misplaced ornament) would
+    drag the grid with it, and the grid can run back only as fast as the shortest beat period allows.
+    Groups off that run or without played notes are interpolated in score time between their
+    neighbours (before the first known group: extrapolated at the first known period; after the last:
+    nan, the grid keeps its tempo)."""
+    n = tl.n_groups
+    out = np.full(n, np.nan)
+    known = np.nonzero(~np.isnan(ref_s))[0]
+    if not len(known):
+        return out
+    good = known[_longest_nondecreasing(ref_s[known])]
+    qe = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(tl.group_q), 1.0 / V.GRID))])
+    lo, hi = int(good[0]), int(good[-1])
+    out[lo:hi + 1] = np.interp(qe[lo:hi + 1], qe[good], ref_s[good])
+    if lo > 0:
+        p0 = 0.5
+        if len(good) > 1:
+            p0 = (ref_s[good[1]] - ref_s[good[0]]) / (qe[good[1]] - qe[good[0]])
+        p0 = min(max(p0, V.TEMPO_MIN_S), V.TEMPO_MAX_S)
+        out[:lo] = ref_s[lo] - (qe[lo] - qe[:lo]) * p0
+    return out
+
+
+_LOG_TEMPO = [float(x) for x in np.log(V._TEMPO_CENTERS)]
+_TEMPO_VALUES = [V.tempo_value(b) for b in range(V.TEMPO_BINS)]
+
+
+def _quantise_tempo(period: float) -> int:
+    """:func:`vocab.quantise_tempo` on Python floats (same bins, bisect instead of numpy)."""
+    x = math.log(min(max(period, V.TEMPO_MIN_S), V.TEMPO_MAX_S))
+    c = _LOG_TEMPO
+    if x != x:
+        return len(c) - 1  # as numpy's searchsorted places nan
+    i = bisect_left(c, x)
+    if i <= 0:
+        return 0
+    if i >= len(c):
+        return len(c) - 1
+    return i - 1 if x - c[i - 1] <= c[i] - x else i
+
+
 def encode_grid(tl: Timeline, ref_s: np.ndarray) -> Tuple[List[int], np.ndarray]:
     """Tempo bins and decoded grid times (s) per group, with error feedback."""
     n = tl.n_groups
-    bins, grid = [], np.zeros(n)
+    bins: List[int] = []
+    grid = [0.0] * n
     period = 0.5
     known = np.nonzero(~np.isnan(ref_s))[0]
+    q = tl.group_q.tolist()
+    ref = np.asarray(ref_s, dtype=np.float64).tolist()
     if len(known) >= 2:
-        span_q = tl.group_q[known[-1]] - tl.group_q[known[0]]
+        span_q = q[known[-1]] - q[known[0]]
         if span_q > 0:
-            period = (ref_s[known[-1]] - ref_s[known[0]]) / span_q
+            period = (ref[known[-1]] - ref[known[0]]) / span_q
+    min_dq = 1.0 / V.GRID
+    tv = _TEMPO_VALUES
+    isnan = math.isnan
     for g in range(n):
         if g == 0:
             grid[0] = ORIGIN_S
             nxt = known[known > 0]
-            if len(nxt) and not np.isnan(ref_s[0]):
-                dq = tl.group_q[nxt[0]] - tl.group_q[0]
+            if len(nxt) and not isnan(ref[0]):
+                dq = q[nxt[0]] - q[0]
                 if dq > 0:
-                    period = (ref_s[nxt[0]] - ref_s[0]) / dq
-            b = V.quantise_tempo(period)
+                    period = (ref[nxt[0]] - ref[0]) / dq
+            b = _quantise_tempo(period)
         else:
-            dq = max(tl.group_q[g] - tl.group_q[g - 1], 1.0 / V.GRID)
-            if not np.isnan(ref_s[g]):
-                period = (ref_s[g] - grid[g - 1]) / dq
-            b = V.quantise_tempo(period)
-            grid[g] = grid[g - 1] + dq * V.tempo_value(b)
-            period = V.tempo_value(b) if np.isnan(ref_s[g]) else period
+            dq = max(q[g] - q[g - 1], min_dq)
+            r = ref[g]
+            if r == r:
+                period = (r - grid[g - 1]) / dq
+                b = _quantise_tempo(period)
+                grid[g] = grid[g - 1] + dq * tv[b]
+            else:
+                b = _quantise_tempo(period)
+                grid[g] = grid[g - 1] + dq * tv[b]
+                period = tv[b]
         bins.append(b)
-    return bins, grid
+    return bins, np.array(grid)
 
 
 def nominal_q(dur_q: float) -> float:
@@ -195,37 +291,50 @@ def nominal_q(dur_q: float) -> float:
     return GRACE_NOMINAL_Q if dur_q <= 0 else max(dur_q, MIN_NOMINAL_Q)
 
 
+_ART_TOKENS = [V.tok(V.ART, V.fmt_art(a)) for a in V._ART_CENTERS]
+_TEMPO_TOKENS = [V.tok(V.TEMPO, b) for b in range(V.TEMPO_BINS)]
+
+
 def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustain: List[float],
                 soft: List[float]) -> Tuple[List[str], Dict[str, float]]:
     """Performance tokens for a timeline and per-note performance arrays (token order, times shifted)."""
-    ref = _group_reference(tl, onset_s, played, grace)
+    ref = grid_targets(tl, _group_reference(tl, onset_s, played, grace))
     bins, grid = encode_grid(tl, ref)
     sus = pedal_slots(sustain, grid, SUS_SLOTS)
     sft = pedal_slots(soft, grid, SOFT_SLOTS)
-    notes_of_group: List[List[int]] = [[] for _ in range(tl.n_groups)]
-    for i, g in enumerate(tl.note_group):
-        notes_of_group[g].append(i)
-    periods = np.array([V.tempo_value(b) for b in bins])
+    periods = np.array([_TEMPO_VALUES[b] for b in bins])
     g_of = tl.note_group
     nominal = np.where(tl.note_dur_q <= 0, GRACE_NOMINAL_Q, np.maximum(tl.note_dur_q, MIN_NOMINAL_Q))
     dur = np.maximum(np.nan_to_num(offset_s - onset_s, nan=1.0), 1e-3)
     with np.errstate(invalid="ignore"):
-        art = V.art_values(np.log2(dur / (nominal * periods[g_of])))
+        art_idx = V.nearest_index(V._ART_CENTERS, np.clip(np.log2(dur / (nominal * periods[g_of])),
+                                                          V.ART_MIN, V.ART_MAX))
+    art = V._ART_CENTERS[art_idx]
     dev = np.where(played, np.nan_to_num(onset_s) - grid[g_of], 0.0)
-    vel_t = V.vel_tokens(np.where(played, velocity, 0))
-    time_t = V.time_tokens(dev)
-    art_t = V.art_tokens(np.where(played, art, 0.0))
+    n = tl.n_notes
+    flat: List[str] = [""] * (3 * n)
+    flat[0::3] = V.vel_tokens(np.where(played, velocity, 0))
+    flat[1::3] = V.time_tokens(dev)
+    flat[2::3] = [_ART_TOKENS[i] for i in art_idx.tolist()]
     deleted = [V.tok(V.VEL, V.DELETED), V.tok(V.TIME, 0), V.tok(V.ART, V.fmt_art(0.0))]
+    for i in np.nonzero(~np.asarray(played, bool))[0].tolist():
+        flat[3 * i:3 * i + 3] = deleted
+    g_start = np.searchsorted(g_of, np.arange(tl.n_groups + 1)) * 3 if n else np.zeros(tl.n_groups + 1, int)
+    if n and np.any(np.diff(g_of) < 0):
+        raise ValueError("notes out of onset-group order")
+    g_start = g_start.tolist()
+    tempo_t = [_TEMPO_TOKENS[b] for b in bins]
+    group_bar = tl.group_bar.tolist()
     out: List[str] = []
     bar = -1
     for g in range(tl.n_groups):
-        while bar < tl.group_bar[g]:
+        while bar < group_bar[g]:
             out.append(V.BAR_TOKEN)
             bar += 1
-        out.append(V.tok(V.TEMPO, bins[g]))
-        out += sus[g] + sft[g]
-        for i in notes_of_group[g]:
-            out += [vel_t[i], time_t[i], art_t[i]] if played[i] else deleted
+        out.append(tempo_t[g])
+        out += sus[g]
+        out += sft[g]
+        out += flat[g_start[g]:g_start[g + 1]]
     logp = list(np.log(periods))
     arts = art[played]
     while bar < tl.n_bars - 1:
@@ -251,12 +360,11 @@ def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict
     onset = mf.onset_s[order]
     played = mf.played[order]
     grace = notes.grace
-    ref = _group_reference(tl, onset, played, grace)
-    first = np.nonzero(~np.isnan(ref))[0]
-    if not len(first):
+    target = grid_targets(tl, _group_reference(tl, onset, played, grace))
+    if not len(target) or np.isnan(target[0]):
         raise ValueError("no performed notes")
-    # shift so that the first known group lands on its decoded grid; earlier groups extrapolate
-    shift = float(ref[first[0]] - ORIGIN_S) if first[0] == 0 else float(np.nanmin(onset) - ORIGIN_S)
+    # shift so that the first group's grid target (extrapolated when it was not played) is ORIGIN_S
+    shift = float(target[0] - ORIGIN_S)
     onset = onset - shift
     offset = mf.offset_s[order] - shift
     sus = [t - shift for t in pedal_changes(mf.sustain)]

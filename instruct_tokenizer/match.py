@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -35,6 +35,8 @@ _PEDAL = re.compile(r"(sustain|soft)\((-?\d+),(\d+)\)\.?\s*$")
 _INFO = re.compile(r"info\((\w+),(.*)\)\.?\s*$")
 _TS_SCOREPROP = re.compile(r"scoreprop\(timeSignature,(\d+)/(\d+),(-?\d+):")
 _TS_META = re.compile(r"meta\(timeSignature,(\d+)/(\d+),(-?\d+),")
+# OnsetInBeats of a time signature change: last field of scoreprop(...) (1.0.0) / meta(...) (5.0)
+_TS_BEATS = re.compile(r"(?:scoreprop|meta)\(timeSignature,[^,]*,(-?\d+)(?::[^,]*,[^,]*)?,([-+.\deE]+)\)")
 
 
 @dataclass
@@ -117,11 +119,48 @@ def _den_at(time_sigs: List[Tuple[int, int, int]], measure: int) -> int:
     return den
 
 
+def _header_line(line: str, info: Dict[str, str], time_sigs: List[Tuple[int, int, int]],
+                 ts_beats: Optional[List[Tuple[int, float, int]]] = None) -> None:
+    """An ``info(...)``, ``scoreprop(...)`` or ``meta(...)`` line (stripped) into ``info``/``time_sigs``."""
+    if line.startswith("info("):
+        m = _INFO.match(line)
+        if not m:
+            raise MatchParseError("bad info line")
+        key, value = m.group(1), m.group(2)
+        info[key] = value
+        if key == "timeSignature":
+            ts = re.match(r"\[?(\d+)/(\d+)", value)
+            if ts and not time_sigs:
+                time_sigs.append((-(10**9), int(ts.group(1)), int(ts.group(2))))
+        return
+    m = _TS_SCOREPROP.match(line) or _TS_META.match(line)
+    if m:
+        time_sigs.append((int(m.group(3)), int(m.group(1)), int(m.group(2))))
+        b = _TS_BEATS.match(line)
+        if b and ts_beats is not None:
+            try:
+                ts_beats.append((int(b.group(1)), float(b.group(2)), int(m.group(2))))
+            except ValueError:
+                raise MatchParseError("bad time signature onset") from None
+    elif not (line.startswith("scoreprop(") or line.startswith("meta(")):
+        raise MatchParseError("unknown line type")
+
+
+def parse_text(text: str, path: str = "<match>") -> MatchFile:
+    """Parse a whole match file's text: the fast whole-text path, or :func:`parse_lines` when a line
+    is not plain (then its error names the line)."""
+    try:
+        return _parse_fast(text, path)
+    except (_Fallback, MatchParseError):
+        return parse_lines(text.splitlines(), path)
+
+
 def parse_lines(lines: List[str], path: str = "<match>") -> MatchFile:
     """Parse the lines of a match file; raises MatchParseError naming the line on any bad line."""
     info: Dict[str, str] = {}
     time_sigs: List[Tuple[int, int, int]] = []
     rows: List[tuple] = []
+    ts_beats: List[Tuple[int, float, int]] = []  # (measure, OnsetInBeats, denominator) per change
     sustain: List[Tuple[int, int]] = []
     soft: List[Tuple[int, int]] = []
     n_ins = 0
@@ -142,22 +181,8 @@ def parse_lines(lines: List[str], path: str = "<match>") -> MatchFile:
                 if not line.startswith("insertion-note("):
                     raise MatchParseError("bad insertion line")
                 n_ins += 1
-            elif head == "info(":
-                m = _INFO.match(line)
-                if not m:
-                    raise MatchParseError("bad info line")
-                key, value = m.group(1), m.group(2)
-                info[key] = value
-                if key == "timeSignature":
-                    ts = re.match(r"\[?(\d+)/(\d+)", value)
-                    if ts and not time_sigs:
-                        time_sigs.append((-(10**9), int(ts.group(1)), int(ts.group(2))))
-            elif head == "score" or head == "meta(":
-                m = _TS_SCOREPROP.match(line) or _TS_META.match(line)
-                if m:
-                    time_sigs.append((int(m.group(3)), int(m.group(1)), int(m.group(2))))
-                elif not (line.startswith("scoreprop(") or line.startswith("meta(")):
-                    raise MatchParseError("unknown line type")
+            elif head == "info(" or head == "score" or head == "meta(":
+                _header_line(line, info, time_sigs, ts_beats)
             else:
                 raise MatchParseError("unknown line type")
         except MatchParseError as e:
@@ -167,7 +192,7 @@ def parse_lines(lines: List[str], path: str = "<match>") -> MatchFile:
         raise MatchParseError(f"unsupported or missing matchFileVersion {version!r}")
     if not rows:
         raise MatchParseError("no score notes (snote lines): empty score")
-    return _assemble(path, version, info, sorted(time_sigs), rows, n_ins, sustain, soft)
+    return _assemble(path, version, info, sorted(time_sigs), rows, n_ins, sustain, soft, ts_beats)
 
 
 def _parse_snote(line: str) -> tuple:
@@ -193,15 +218,27 @@ def _parse_snote(line: str) -> tuple:
     return base + (perf,)
 
 
-def _assemble(path, version, info, time_sigs, rows, n_ins, sustain, soft) -> MatchFile:
-    try:
-        units = float(info.get("midiClockUnits", 480))
-        rate = float(info.get("midiClockRate", 500000))
-    except ValueError:
-        raise MatchParseError("bad midiClockUnits/midiClockRate") from None
-    if units <= 0 or rate <= 0:
-        raise MatchParseError(f"absurd clock: midiClockUnits={units}, midiClockRate={rate}")
-    s_per_tick = rate / units / 1e6
+def beat_segments(ts_beats: List[Tuple[int, float, int]]) -> List[Tuple[int, float, float, int]]:
+    """(measure, OnsetInBeats, onset in quarters, denominator) at each time signature change.
+
+    ``OnsetInBeats`` counts beats of the time signature in force, so its unit changes with the
+    denominator (4/4 then 3/2: quarters, then halves); quarters accumulate segment by segment. With
+    one denominator throughout this is ``beats * 4 / den`` everywhere."""
+    out: List[Tuple[int, float, float, int]] = []
+    for measure, beats, den in ts_beats:
+        if den <= 0:
+            raise MatchParseError(f"bad time signature denominator {den}")
+        if out and out[-1][0] == measure:
+            out.pop()  # a later signature in the same measure replaces the earlier one
+        if out:
+            _, b0, q0, d0 = out[-1]
+            out.append((measure, beats, q0 + (beats - b0) * 4.0 / d0, den))
+        else:
+            out.append((measure, beats, beats * 4.0 / den, den))
+    return out
+
+
+def _assemble(path, version, info, time_sigs, rows, n_ins, sustain, soft, ts_beats=()) -> MatchFile:
     n = len(rows)
     measure = np.empty(n, np.int64)
     pos_q = np.empty(n)
@@ -227,16 +264,142 @@ def _assemble(path, version, info, time_sigs, rows, n_ins, sustain, soft) -> Mat
         if perf is not None:
             played[i] = True
             ppitch[i], onset_t[i], offset_t[i], vel[i] = perf
+    return _finish(path, version, info, time_sigs, [r[0] for r in rows], measure, pos_q, onset_q, dur_q, pitch,
+                   staff, played, onset_t, offset_t, vel, ppitch, n_ins, sustain, soft, ts_beats)
+
+
+def _finish(path, version, info, time_sigs, anchors, measure, pos_q, onset_q, dur_q, pitch, staff, played,
+            onset_t, offset_t, vel, ppitch, n_ins, sustain, soft, ts_beats=()) -> MatchFile:
+    try:
+        units = float(info.get("midiClockUnits", 480))
+        rate = float(info.get("midiClockRate", 500000))
+    except ValueError:
+        raise MatchParseError("bad midiClockUnits/midiClockRate") from None
+    if units <= 0 or rate <= 0:
+        raise MatchParseError(f"absurd clock: midiClockUnits={units}, midiClockRate={rate}")
+    s_per_tick = rate / units / 1e6
     grace = dur_q <= 0
     dur_q[grace] = 0.0
-    anchors = [r[0] for r in rows]
+    onset_q = _mixed_meter_onsets(onset_q, measure, ts_beats)
+    rp_cache: Dict[str, int] = {}
+    repeat_pass = np.fromiter((rp_cache[a] if a in rp_cache else rp_cache.setdefault(a, _repeat_pass(a))
+                               for a in anchors), np.int64, len(anchors))
     return MatchFile(
         path=path, version=version, info=info, time_sigs=time_sigs, anchor=anchors, measure=measure,
-        repeat_pass=np.array([_repeat_pass(a) for a in anchors], np.int64), pos_q=pos_q, onset_q=onset_q,
+        repeat_pass=repeat_pass, pos_q=pos_q, onset_q=onset_q,
         dur_q=dur_q, grace=grace, pitch=pitch, staff=staff, played=played, onset_s=onset_t * s_per_tick,
         offset_s=offset_t * s_per_tick, velocity=vel, perf_pitch=ppitch, n_insertions=n_ins,
-        sustain=[(t * s_per_tick, v) for t, v in sustain], soft=[(t * s_per_tick, v) for t, v in soft],
+        sustain=_scale_pedal(sustain, s_per_tick), soft=_scale_pedal(soft, s_per_tick),
     )
+
+
+def _mixed_meter_onsets(onset_q: np.ndarray, measure: np.ndarray, ts_beats) -> np.ndarray:
+    """Correct ``onset_q`` (computed as OnsetInBeats x 4 / den of the note's measure) where the
+    denominator changes: OnsetInBeats accumulates beats of each segment's own unit, so each segment is
+    offset by the quarters it gained or lost against ``beats * 4 / den``. Unchanged with one denominator."""
+    segments = beat_segments(sorted(ts_beats))
+    if len({d for _, _, _, d in segments}) <= 1:
+        return onset_q
+    seg_measure = np.array([m for m, _, _, _ in segments])
+    corr = np.array([q - b * 4.0 / d for _, b, q, d in segments])
+    k = np.searchsorted(seg_measure, measure, side="right") - 1
+    return onset_q + np.where(k >= 0, corr[np.clip(k, 0, None)], 0.0)
+
+
+def _scale_pedal(events: List[Tuple[int, int]], s_per_tick: float) -> List[Tuple[float, int]]:
+    return [(t * s_per_tick, v) for t, v in events]
+
+
+# ----------------------------------------------------------------------------------------- fast path
+# Whole-text regexes, one per line type, anchored to a whole line ("\n"-separated, CRLF normalised).
+# They are stricter than the per-line parser: when every line is claimed by exactly one of them, the
+# result equals the per-line parser's; otherwise (or on any error) the per-line parser runs and names
+# the bad line.
+_F_SNOTE = re.compile(
+    r"\nsnote\(([^,\n]+),\[([A-Ga-g]),([^\]\n]*)\],(-?\d+),(-?\d+):(\d+),([^,\n]+),([^,\n]+),([^,\n]+),"
+    r"([^,\n]+),\[([^\]\n]*)\]\)-(?:(deletion)[^\n]*"
+    r"|note\([^,\n]+,(\d+),(-?\d+),(-?\d+),(\d+),\d+,\d+\)\.?[ \t]*"
+    r"|note\([^,\n]+,\[([A-Ga-g]),([^\]\n]*)\],(-?\d+),(-?\d+),(-?\d+),-?\d+,(\d+)\)\.?[ \t]*)(?=\n)")
+_F_SUSTAIN = re.compile(r"\nsustain\((-?\d+),(\d+)\)\.?[ \t]*(?=\n)")
+_F_SOFT = re.compile(r"\nsoft\((-?\d+),(\d+)\)\.?[ \t]*(?=\n)")
+_F_INSERTION = re.compile(r"\ninsertion-note\(")
+_F_HEADER = re.compile(r"\n((?:info|scoreprop|meta)\([^\n]*)")
+_F_BLANK = re.compile(r"\n(?=[ \t]*(?:%|\n))")
+_F_ODD = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+class _Fallback(Exception):
+    pass
+
+
+def _parse_fast(text: str, path: str) -> MatchFile:
+    text = "\n" + text.replace("\r\n", "\n") + "\n"
+    if any(c in text for c in _F_ODD):
+        raise _Fallback
+    n_lines = text.count("\n") - 1  # every "\n" but the last starts a line
+    snotes = _F_SNOTE.findall(text)
+    sustain = _F_SUSTAIN.findall(text)
+    soft = _F_SOFT.findall(text)
+    n_ins = len(_F_INSERTION.findall(text))
+    headers = _F_HEADER.findall(text)
+    n_blank = len(_F_BLANK.findall(text))
+    if len(snotes) + len(sustain) + len(soft) + n_ins + len(headers) + n_blank != n_lines:
+        raise _Fallback
+    info: Dict[str, str] = {}
+    time_sigs: List[Tuple[int, int, int]] = []
+    ts_beats: List[Tuple[int, float, int]] = []
+    for line in headers:
+        _header_line(line.strip(), info, time_sigs, ts_beats)
+    version = info.get("matchFileVersion", "")
+    if version not in ("1.0.0", "5.0", "0.5.0") or not snotes:
+        raise _Fallback
+    cols = list(zip(*snotes))
+    n = len(snotes)
+    anchors = list(cols[0])
+    pcache: Dict[tuple, int] = {}
+    pitch = np.fromiter((pcache[k] if k in pcache else pcache.setdefault(k, _pitch(*k))
+                         for k in zip(cols[1], cols[2], cols[3])), np.int64, n)
+    measure = np.array(list(map(int, cols[4])), np.int64)
+    beat = np.array(list(map(int, cols[5])), np.int64)
+    offset = np.array([_frac(x) for x in cols[6]])
+    dur = np.array([_frac(x) for x in cols[7]])
+    onset_b = np.array(list(map(float, cols[8])))
+    scache: Dict[str, int] = {}
+    staff = np.fromiter((scache[a] if a in scache else scache.setdefault(a, _staff(a)) for a in cols[10]),
+                        np.int64, n)
+    deleted = np.array([d == "deletion" for d in cols[11]], bool)
+    v1 = np.array([p != "" for p in cols[12]], bool)
+    played = ~deleted
+    v5 = played & ~v1
+    ppitch = np.full(n, -1, np.int64)
+    onset_t = np.full(n, np.nan)
+    offset_t = np.full(n, np.nan)
+    vel = np.zeros(n, np.int64)
+    i1 = np.nonzero(v1)[0]
+    if len(i1):
+        ppitch[i1] = [int(cols[12][i]) for i in i1]
+        onset_t[i1] = [int(cols[13][i]) for i in i1]
+        offset_t[i1] = [int(cols[14][i]) for i in i1]
+        vel[i1] = [int(cols[15][i]) for i in i1]
+    i5 = np.nonzero(v5)[0]
+    if len(i5):
+        ppitch[i5] = [pcache[k] if k in pcache else pcache.setdefault(k, _pitch(*k))
+                      for k in ((cols[16][i], cols[17][i], cols[18][i]) for i in i5)]
+        onset_t[i5] = [int(cols[19][i]) for i in i5]
+        offset_t[i5] = [int(cols[20][i]) for i in i5]
+        vel[i5] = [int(cols[21][i]) for i in i5]
+    if np.any(offset_t[played] < onset_t[played]):
+        raise _Fallback
+    time_sigs = sorted(time_sigs)
+    den_cache: Dict[int, int] = {}
+    den = np.fromiter((den_cache[m] if m in den_cache else den_cache.setdefault(m, _den_at(time_sigs, m))
+                       for m in measure.tolist()), np.int64, n)
+    pos_q = ((beat - 1) / den + offset) * 4.0
+    onset_q = onset_b * 4.0 / den
+    dur_q = dur * 4.0
+    return _finish(path, version, info, time_sigs, anchors, measure, pos_q, onset_q, dur_q, pitch, staff,
+                   played, onset_t, offset_t, vel, ppitch, n_ins,
+                   [(int(t), int(v)) for t, v in sustain], [(int(t), int(v)) for t, v in soft], ts_beats)
 
 
 def load_match(path: str) -> MatchFile:
@@ -254,4 +417,4 @@ def load_match(path: str) -> MatchFile:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    return parse_lines(text.splitlines(), str(path))
+    return parse_text(text, str(path))

@@ -33,10 +33,32 @@ class ScoreNotes:
         return len(self.pitch)
 
 
+def quantise_pos_array(pos_q: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`vocab.quantise_pos` (numpy rounds half to even, as Python's round does)."""
+    pos = np.asarray(pos_q, dtype=np.float64)
+    return np.clip(np.round(pos * V.GRID), 0, V.MAX_POS).astype(np.int64)
+
+
+_DUR_STEPS = np.array(V.duration_values()[1:], dtype=np.float64)
+
+
+def quantise_dur_array(dur_q: np.ndarray, grace: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`vocab.quantise_dur` (nearest value, ties to the lower one)."""
+    steps = np.maximum(np.asarray(dur_q, dtype=np.float64) * V.GRID, 1.0)
+    out = _DUR_STEPS[V.nearest_index(_DUR_STEPS, steps)].astype(np.int64)
+    return np.where(np.asarray(grace, bool), 0, out)
+
+
 def sort_order(bar: np.ndarray, pos_q: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     """Token order: bar, then quantised position, then pitch (low to high)."""
-    pos_grid = np.array([V.quantise_pos(p) for p in pos_q])
+    pos_grid = quantise_pos_array(pos_q) if len(pos_q) else np.array([])
     return np.lexsort((pitch, pos_grid, bar))
+
+
+_PITCH_TOKENS = [V.tok(V.PITCH, p) for p in range(128)]
+_POS_TOKENS = [V.tok(V.POS, p) for p in range(V.MAX_POS + 1)]
+_DUR_TOKENS = {d: V.tok(V.DUR, d) for d in V.duration_values()}
+_STAFF_TOKENS = {s: V.tok(V.STAFF, s) for s in V.STAFFS}
 
 
 def nominal_bar_len_q(ts: Tuple[int, int]) -> float:
@@ -46,6 +68,9 @@ def nominal_bar_len_q(ts: Tuple[int, int]) -> float:
 def score_tokens(notes: ScoreNotes, prefix: Sequence[str] = ()) -> List[str]:
     """Score token stream: prefix, then per bar Bar [TimeSig] [BarLen]; per onset group Pos; per note
     Pitch Dur Staff."""
+    fast = _score_tokens_fast(notes, prefix)
+    if fast is not None:
+        return fast
     out = list(prefix)
     current_ts: Optional[Tuple[int, int]] = None
     n_bars = len(notes.bar_len_q)
@@ -75,6 +100,62 @@ def score_tokens(notes: ScoreNotes, prefix: Sequence[str] = ()) -> List[str]:
                 out.append(V.tok(V.STAFF, int(notes.staff[i]) if notes.staff[i] in V.STAFFS else 1))
                 if notes.marks is not None:
                     out += list(notes.marks[i][1])
+    return out
+
+
+def _bar_header(notes: ScoreNotes, b: int, current_ts):
+    """Bar [TimeSig] [BarLen] of bar ``b`` and the time signature in force after it."""
+    out = [V.BAR_TOKEN]
+    ts = notes.bar_ts[b]
+    if ts != current_ts and f"{ts[0]}/{ts[1]}" in V.TIME_SIGS:
+        out.append(V.tok(V.TIME_SIG, f"{ts[0]}/{ts[1]}"))
+        current_ts = ts
+    length = int(round(notes.bar_len_q[b] * V.GRID))
+    nominal = int(round(nominal_bar_len_q(current_ts or (4, 4)) * V.GRID))
+    if length != nominal:
+        out.append(V.tok(V.BAR_LEN, min(max(length, 1), V.MAX_BAR_LEN)))
+    return out, current_ts
+
+
+def _score_tokens_fast(notes: ScoreNotes, prefix: Sequence[str]) -> Optional[List[str]]:
+    """:func:`score_tokens` for notes in token order without markings (vectorised), else None."""
+    n = len(notes)
+    n_bars = len(notes.bar_len_q)
+    if notes.marks is not None or n == 0:
+        return None
+    bar = np.asarray(notes.bar, dtype=np.int64)
+    pos = quantise_pos_array(notes.pos_q)
+    pitch = np.asarray(notes.pitch, dtype=np.int64)
+    if bar[0] < 0 or bar[-1] >= n_bars or pitch.min() < 0 or pitch.max() > 127:
+        return None
+    d_bar = np.diff(bar)
+    if np.any(d_bar < 0) or np.any((d_bar == 0) & (np.diff(pos) < 0)):
+        return None  # not in token order: the general path keeps its grouping
+    dur = quantise_dur_array(notes.dur_q, notes.grace)
+    staff = np.where(np.isin(notes.staff, V.STAFFS), notes.staff, 1)
+    flat: List[str] = [""] * (3 * n)
+    flat[0::3] = [_PITCH_TOKENS[p] for p in pitch.tolist()]
+    flat[1::3] = [_DUR_TOKENS[d] for d in dur.tolist()]
+    flat[2::3] = [_STAFF_TOKENS[s] for s in staff.tolist()]
+    new_group = np.ones(n, bool)
+    new_group[1:] = (d_bar != 0) | (np.diff(pos) != 0)
+    g_start = np.nonzero(new_group)[0]
+    g_end = np.append(g_start[1:], n)
+    g_bar = bar[g_start].tolist()
+    g_pos = pos[g_start].tolist()
+    g_start3 = (3 * g_start).tolist()
+    g_end3 = (3 * g_end).tolist()
+    out = list(prefix)
+    current_ts: Optional[Tuple[int, int]] = None
+    g = 0
+    n_groups = len(g_bar)
+    for b in range(n_bars):
+        header, current_ts = _bar_header(notes, b, current_ts)
+        out += header
+        while g < n_groups and g_bar[g] == b:
+            out.append(_POS_TOKENS[g_pos[g]])
+            out += flat[g_start3[g]:g_end3[g]]
+            g += 1
     return out
 
 
@@ -109,6 +190,18 @@ class Timeline:
         return len(self.note_pitch)
 
 
+_PARSED: Dict[str, Tuple[str, str]] = {}
+
+
+def _parse_cached(t: str) -> Tuple[str, str]:
+    r = _PARSED.get(t)
+    if r is None:
+        r = V.parse(t)
+        if len(_PARSED) < 100000:
+            _PARSED[t] = r
+    return r
+
+
 def score_timeline(tokens: Sequence[str]) -> Timeline:
     """Parse score tokens into the timeline. Raises ValueError on a malformed stream."""
     prefix: List[str] = []
@@ -119,33 +212,34 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
     groups_q: List[float] = []
     groups_bar: List[int] = []
     n_group, n_pitch, n_dur, n_staff = [], [], [], []
+    PITCH, DUR, STAFF, POS, BAR = V.PITCH, V.DUR, V.STAFF, V.POS, V.BAR
     for t in tokens:
-        type_, value = V.parse(t)
-        if type_ == V.BAR:
+        type_, value = _parse_cached(t)
+        if bar < 0 and type_ != BAR:
+            prefix.append(t)
+        elif type_ == PITCH:
+            if not groups_q or groups_bar[-1] != bar:
+                raise ValueError("Pitch before any Pos in its bar")
+            n_group.append(len(groups_q) - 1)
+            n_pitch.append(int(value))
+        elif type_ == DUR:
+            n_dur.append(int(value) / V.GRID)
+        elif type_ == STAFF:
+            n_staff.append(int(value))
+        elif type_ == POS:
+            groups_q.append(bar_start + int(value) / V.GRID)
+            groups_bar.append(bar)
+        elif type_ == BAR:
             if bar >= 0:
                 bar_start += bar_len
             bar += 1
             bar_len = nominal_bar_len_q(ts)
-        elif bar < 0:
-            prefix.append(t)
         elif type_ == V.TIME_SIG:
             num, den = value.split("/")
             ts = (int(num), int(den))
             bar_len = nominal_bar_len_q(ts)
         elif type_ == V.BAR_LEN:
             bar_len = int(value) / V.GRID
-        elif type_ == V.POS:
-            groups_q.append(bar_start + int(value) / V.GRID)
-            groups_bar.append(bar)
-        elif type_ == V.PITCH:
-            if not groups_q or groups_bar[-1] != bar:
-                raise ValueError("Pitch before any Pos in its bar")
-            n_group.append(len(groups_q) - 1)
-            n_pitch.append(int(value))
-        elif type_ == V.DUR:
-            n_dur.append(int(value) / V.GRID)
-        elif type_ == V.STAFF:
-            n_staff.append(int(value))
         elif type_ in _MARKING_TYPES:
             continue  # markings carry no time
         else:
