@@ -1,0 +1,66 @@
+"""Roundtrip fidelity cases found on (n)ASAP: mixed meters, alignment outliers, runs of deletions."""
+import numpy as np
+
+from instruct_tokenizer.match import MatchFile, parse_lines
+from instruct_tokenizer.roundtrip import roundtrip_errors
+
+HEADER_V1 = ["info(matchFileVersion,1.0.0).", "info(midiClockUnits,480).", "info(midiClockRate,500000).",
+             "scoreprop(timeSignature,4/4,1:1,0,0.0000).", "scoreprop(timeSignature,3/2,3:1,0,8.0000)."]
+HEADER_V5 = ["info(matchFileVersion,5.0).", "info(midiClockUnits,480).", "info(midiClockRate,500000).",
+             "info(timeSignature,[4/4]).", "meta(timeSignature,4/4,1,0.0).", "meta(timeSignature,3/2,3,8.0)."]
+
+
+def _snote(i, measure, beat, onset_beats, v5=False):
+    tick = 480 * (i + 1)
+    perf = (f"note(n{i},[C,n],4,{tick},{tick + 240},{tick + 240},64)" if v5
+            else f"note(n{i},60,{tick},{tick + 240},64,0,0)")
+    return f"snote(s{i},[C,n],4,{measure}:{beat},0,1/4,{onset_beats},{onset_beats + 1},[staff1])-{perf}."
+
+
+def test_onset_in_beats_accumulates_per_meter():
+    """OnsetInBeats counts beats of the meter in force: after 4/4 -> 3/2 they are halves, so a note in
+    the second 3/2 bar (8 quarters + 3 halves) is at quarter 14, not 11 x 4 / 2 = 22."""
+    for header, v5 in ((HEADER_V1, False), (HEADER_V5, True)):
+        lines = header + [_snote(0, 1, 1, 0.0, v5), _snote(1, 2, 1, 4.0, v5), _snote(2, 3, 1, 8.0, v5),
+                          _snote(3, 4, 1, 11.0, v5), _snote(4, 4, 2, 12.0, v5)]
+        mf = parse_lines(lines)
+        assert np.allclose(mf.onset_q, [0, 4, 8, 14, 16]), mf.onset_q
+        assert np.allclose(mf.pos_q, [0, 0, 0, 0, 2])
+
+
+def _steady(n_groups=240, period=0.4):
+    onset_q = np.arange(n_groups) * 0.5
+    onset_s = 1.0 + onset_q * period + np.random.default_rng(0).normal(0, 0.005, n_groups)
+    n = n_groups
+    return dict(
+        path="<test>", version="1.0.0", info={}, time_sigs=[(1, 4, 4)], anchor=[f"n{i}" for i in range(n)],
+        measure=(onset_q // 4).astype(np.int64) + 1, repeat_pass=np.ones(n, np.int64), pos_q=onset_q % 4,
+        onset_q=onset_q, dur_q=np.full(n, 0.5), grace=np.zeros(n, bool), pitch=np.full(n, 60),
+        staff=np.ones(n, np.int64), played=np.ones(n, bool), onset_s=onset_s, offset_s=onset_s + 0.15,
+        velocity=np.full(n, 64), perf_pitch=np.full(n, 60))
+
+
+def test_out_of_order_outlier_does_not_derail_the_grid():
+    """One note aligned 15 s late (alignment garbage): only that note is off, the grid stays on the rest."""
+    kw = _steady()
+    kw["onset_s"] = kw["onset_s"].copy()
+    kw["onset_s"][100] += 15.0
+    kw["offset_s"] = kw["onset_s"] + 0.15
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["onset_p99_ms"] <= 20.0
+    assert err["onset_end_ms"] <= err["onset_start_ms"] + 2.0
+
+
+def test_run_of_deleted_groups_is_interpolated():
+    """A slow group, then many deleted groups: the grid crosses them at the surrounding tempo instead
+    of carrying the last (slow) period forward and overshooting the next played note."""
+    kw = _steady()
+    kw["onset_s"] = kw["onset_s"].copy()
+    kw["onset_s"][51:] += 3.0  # a long pause before group 51
+    kw["played"] = kw["played"].copy()
+    kw["played"][52:70] = False
+    kw["onset_s"][52:70] = np.nan
+    kw["offset_s"] = kw["onset_s"] + 0.15
+    kw["velocity"] = np.where(kw["played"], 64, 0)
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["onset_p99_ms"] <= 20.0
