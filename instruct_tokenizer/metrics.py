@@ -490,6 +490,7 @@ def per_note_features(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -
     """Per score note (token order): velocity, log beat period (s/quarter) of its onset group, timing
     deviation from the decoded grid (ms), articulation log2(played / notated-at-local-tempo).
     Deleted notes are NaN."""
+    from . import vocab as V
     from .decode import decode_performance
     from .encode import nominal_q
 
@@ -500,7 +501,9 @@ def per_note_features(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -
     nan = np.where(perf.played, 1.0, np.nan)
     dur = np.maximum(perf.offset_s - perf.onset_s, 1e-3)
     return {
-        "velocity": perf.velocity * nan,
+        # the Vel bin's lowest value: decoding dithers velocity inside a bin, which would give a constant
+        # velocity row (deadpan) a spurious variance and correlation
+        "velocity": (perf.velocity // V.VEL_STEP * V.VEL_STEP) * nan,
         "log_tempo": np.log(period) * nan,
         "timing": (perf.onset_s - perf.group_grid_s[tl.note_group]) * 1000.0 * nan,
         "articulation": np.log2(dur / (nominal * period)) * nan,

@@ -1,8 +1,11 @@
 """Evaluate a model on a tokenized split (e.g. ``test``) against its human performances and baselines.
 
-Rows: the model; ``deadpan`` (notated durations at 120 BPM, velocity 64, no pedal); ``training mean``
-(every feature at its training-set mean/median); ``human`` (another performance of the same piece: the
-realistic ceiling). Per-note Pearson r is computed note by note through the score (every row renders
+Rows: the model; ``deadpan`` (notated durations at 120 BPM, velocity 64, no pedal); ``markings``
+(velocity from the notated dynamics, tempo from the tempo words, for performances whose piece has a
+MusicXML: :mod:`instruct_tokenizer.markings_baseline`); ``training mean`` (every feature at its
+training-set mean/median); ``human`` (another performance of the same piece: the realistic ceiling).
+``per_piece`` keeps the first N performances of each piece and ``max_bars`` the first B bars of each
+(every row and the human reference alike), to bound the cost of the model rendering. Per-note Pearson r is computed note by note through the score (every row renders
 the same score tokens as the human performance it is compared with); distribution metrics pool all
 notes (docs/evaluation.md). Writes results.md, results.json, histograms.png and per-piece curve plots.
 """
@@ -18,7 +21,7 @@ import numpy as np
 
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import decode_performance, performance_to_midi
-from instruct_tokenizer.encode import encode_match, style_prefix
+from instruct_tokenizer.encode import encode_match, split_bars, style_prefix
 from instruct_tokenizer.grammar import target_slots
 from instruct_tokenizer.match import load_match
 from instruct_tokenizer.metrics import PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms
@@ -81,27 +84,84 @@ def plot_curves(path: Path, title: str, curves: Dict[str, Dict[str, np.ndarray]]
     plt.close(fig)
 
 
+def first_bars(tokens: Sequence[str], max_bars: Optional[int]) -> List[str]:
+    """The tokens before the first bar and the first ``max_bars`` bars (all when None or 0)."""
+    if not max_bars:
+        return list(tokens)
+    prefix, bars = split_bars(tokens)
+    return prefix + [t for b in bars[:max_bars] for t in b]
+
+
+def select_performances(perfs: List[dict], max_pieces: Optional[int] = None,
+                        per_piece: Optional[int] = None) -> List[dict]:
+    """The performances of the first ``max_pieces`` pieces (sorted by composer, title), at most
+    ``per_piece`` of each (in manifest order)."""
+    if max_pieces:
+        keep = set(sorted({(p["composer"], p["title"]) for p in perfs})[:max_pieces])
+        perfs = [p for p in perfs if (p["composer"], p["title"]) in keep]
+    if per_piece:
+        count: Counter = Counter()
+        out = []
+        for p in perfs:
+            key = (p["composer"], p["title"])
+            if count[key] < per_piece:
+                count[key] += 1
+                out.append(p)
+        perfs = out
+    return perfs
+
+
+def markings_rows(human, max_bars: Optional[int] = None, report=print) -> Dict[int, List[str]]:
+    """{performance index: markings performance tokens} for the performances whose piece has a MusicXML
+    (found beside the match file); a MusicXML that cannot be read is reported on one line and left out."""
+    from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
+    from instruct_tokenizer.musicxml import find_score_xml
+
+    out: Dict[int, List[str]] = {}
+    cache: Dict[str, object] = {}
+    for i, (p, s, _) in enumerate(human):
+        xml = find_score_xml(p["source"])
+        if xml is None or cache.get(str(xml)) == "bad":
+            continue
+        try:
+            _, perf = xml_markings_perf(str(xml), p["source"])
+        except MarkingsError as e:
+            report(f"markings: skipped {e}")
+            cache[str(xml)] = "bad"
+            continue
+        perf = first_bars(perf, max_bars)
+        if len(target_slots(s)) == len(perf):
+            out[i] = perf
+        else:
+            report(f"markings: skipped {xml}: its notes do not match {p['source']}")
+    return out
+
+
 def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sampling=None,
-                   max_pieces: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+                   max_pieces: Optional[int] = None, per_piece: Optional[int] = None,
+                   max_bars: Optional[int] = None, markings: bool = True,
+                   report=print) -> Dict[str, Dict[str, float]]:
     from museformer.render import Sampling
 
     tok, out = Path(tok_dir), Path(out_dir)
     (out / "midi").mkdir(parents=True, exist_ok=True)
-    perfs = test_performances(tok, split)
-    if max_pieces:
-        keep = sorted({(p["composer"], p["title"]) for p in perfs})[:max_pieces]
-        perfs = [p for p in perfs if (p["composer"], p["title"]) in keep]
+    perfs = select_performances(test_performances(tok, split), max_pieces, per_piece)
     means = training_means(tok)
     human = []
     for p in perfs:
         enc = encode_match(load_match(p["source"]))
-        human.append((p, enc.score, enc.perf))
+        human.append((p, first_bars(enc.score, max_bars), first_bars(enc.perf, max_bars)))
     scores = [style_prefix({}) + s for _, s, _ in human]
     rendered = renderer.render_many(scores, sampling or Sampling())
-    rows = {"model": rendered,
-            "deadpan": [constant_perf(s, V.quantise_tempo(0.5), 64, 0.0) for s in scores],
-            "training mean": [constant_perf(s, means["tempo_bin"], int(means["velocity"]), means["art"])
-                              for s in scores]}
+    rows: Dict[str, Dict[int, List[str]]] = {
+        "model": dict(enumerate(rendered)),
+        "deadpan": {i: constant_perf(s, V.quantise_tempo(0.5), 64, 0.0) for i, s in enumerate(scores)}}
+    if markings:
+        marked = markings_rows(human, max_bars, report)
+        if marked:
+            rows["markings"] = marked
+    rows["training mean"] = {i: constant_perf(s, means["tempo_bin"], int(means["velocity"]), means["art"])
+                             for i, s in enumerate(scores)}
     human_feats = [per_note_features(s, pf) for _, s, pf in human]
     human_midi = [performance_to_midi(decode_performance(s, pf)) for _, s, pf in human]
     results: Dict[str, Dict[str, float]] = {}
@@ -109,19 +169,22 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     for name, perf_rows in rows.items():
         rs = defaultdict(list)
         feats = []
-        for i, ((p, s, _), pf) in enumerate(zip(human, perf_rows)):
+        for i, pf in perf_rows.items():
+            p, s, _ = human[i]
             mine = per_note_features(s, pf)
             for k, v in per_note_r(mine, human_feats[i]).items():
                 rs[k].append(v)
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
-        results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: _nanmean(v) for k, v in rs.items()}}
+        results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: _nanmean(v) for k, v in rs.items()},
+                         "performances": len(perf_rows)}
     results["human"] = _human_ceiling(human, human_feats, out)
-    for i, (p, s, _) in enumerate(human[:: max(1, len(human) // 4)]):
-        j = human.index((p, s, _))
-        plot_curves(out / f"curves-{j}.png", f"{p['composer']} {p['title']} ({p['performer']})",
-                    {"human": human_feats[j], "model": per_note_features(s, rows["model"][j]),
-                     "deadpan": per_note_features(s, rows["deadpan"][j])})
+    for j in range(0, len(human), max(1, len(human) // 4)):
+        p, s, _ = human[j]
+        curves = {"human": human_feats[j]}
+        curves.update({name: per_note_features(s, rows[name][j]) for name in ("model", "markings", "deadpan")
+                       if name in rows and j in rows[name]})
+        plot_curves(out / f"curves-{j}.png", f"{p['composer']} {p['title']} ({p['performer']})", curves)
     return results
 
 
@@ -158,5 +221,6 @@ def markdown(results: Dict[str, Dict[str, float]]) -> str:
     cols = [f"{k}_r" for k in PER_NOTE] + ["velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"]
     lines = ["| row | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols) + " |")
+        n = f" ({r['performances']})" if "performances" in r else ""
+        lines.append(f"| {name}{n} | " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols) + " |")
     return "\n".join(lines) + "\n"

@@ -2,6 +2,8 @@
 
     instruct-eval PRED_DIR REF_DIR [--name NAME] [--baseline NAME=DIR ...] [--pairing pooled|per-reference]
                   [--out DIR] [--skip-bad]
+    instruct-eval --tokens TOK_DIR --checkpoint CKPT [--split test] [--max-pieces P] [--per-piece N]
+                  [--max-bars B] [--no-markings]
 
 Pianist Transformer's distribution metrics (velocity, key-release duration, IOI, sustain-pedal patterns;
 JS distance base 2 and intersection) of every ``*.mid`` under PRED_DIR, and of each baseline directory,
@@ -205,6 +207,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="model checkpoint for --tokens")
     ap.add_argument("--data", default=None, help="fairseq data dir (dictionaries) for --checkpoint")
     ap.add_argument("--max-pieces", type=int, default=None, help="evaluate at most this many pieces")
+    ap.add_argument("--per-piece", type=int, default=None, metavar="N",
+                    help="--tokens: evaluate only the first N performances of each piece")
+    ap.add_argument("--max-bars", type=int, default=None, metavar="B",
+                    help="--tokens: only the first B bars of each performance (every row and the human reference)")
+    ap.add_argument("--no-markings", action="store_true", help="--tokens: leave out the markings baseline row")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = ap.parse_args(argv)
     if a.tokens:
@@ -247,7 +254,13 @@ def eval_tokens(a: argparse.Namespace) -> int:
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
     except RenderError as e:
         return _error(str(e))
-    results = evaluate_split(a.tokens, renderer, a.out, a.split, Sampling(seed=a.seed), a.max_pieces)
+    for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):
+        if value is not None and value < 1:
+            return _error(f"{flag} must be at least 1")
+    if not (Path(a.tokens) / "manifest.jsonl").is_file():
+        return _error(f"{a.tokens}: no manifest.jsonl (not an instruct-tokenize build)")
+    results = evaluate_split(a.tokens, renderer, a.out, a.split, Sampling(seed=a.seed), a.max_pieces,
+                             per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings)
     out = Path(a.out)
     table = markdown(results)
     (out / "results.md").write_text(f"# {a.split} split of {a.tokens}\n\n" + table)

@@ -1,0 +1,74 @@
+"""instruct-eval --tokens: the markings row, --per-piece and --max-bars, on a small split of Vienna 4x22."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import BIN, REPO, VIENNA
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.encode import encode_match
+from instruct_tokenizer.match import load_match
+from museformer.eval_split import constant_perf, evaluate_split, first_bars, select_performances
+
+PIECES = ("Schubert_D783_no15", "Chopin_op10_no3")
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    rows = [{"split": "test", "source": str(VIENNA / "match" / f"{p}_p0{k}.match"), "composer": p.split("_")[0],
+             "title": p, "performer": f"p0{k}", "augment": ""} for p in PIECES for k in (1, 2)]
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    enc = encode_match(load_match(str(VIENNA / "match" / "Schubert_D783_no15_p03.match")))
+    (d / "train.perf").write_text(" ".join(enc.perf) + "\n")
+    return d
+
+
+class ConstantRenderer:
+    def render_many(self, scores, sampling, **kw):
+        return [constant_perf(s, V.quantise_tempo(0.6), 70, -0.2) for s in scores]
+
+
+def test_first_bars_and_selection():
+    toks = ["ITempo_mid", V.BAR_TOKEN, "Pos_0", V.BAR_TOKEN, "Pos_0", V.BAR_TOKEN]
+    assert first_bars(toks, 2) == toks[:5] and first_bars(toks, None) == toks
+    perfs = [{"composer": c, "title": t, "i": i} for i, (c, t) in enumerate([("a", "x"), ("a", "x"), ("b", "y")])]
+    assert [p["i"] for p in select_performances(perfs, per_piece=1)] == [0, 2]
+    assert [p["i"] for p in select_performances(perfs, max_pieces=1)] == [0, 1]
+
+
+def test_markings_row_per_piece_max_bars(tok_dir, tmp_path):
+    res = evaluate_split(str(tok_dir), ConstantRenderer(), str(tmp_path), per_piece=1, max_bars=8)
+    assert {"model", "deadpan", "markings", "training mean", "human"} <= set(res)
+    assert res["model"]["performances"] == 2 and res["markings"]["performances"] == 2
+    assert np.isfinite(res["markings"]["velocity_r"])  # tempo: constant within 8 bars here, so n/a
+    assert not np.isfinite(res["deadpan"]["velocity_r"])  # constant velocity: no correlation
+    assert res["markings"]["velocity_r"] > 0.0  # notated dynamics follow the human dynamics somewhat
+    # only the first 8 bars of the human performances are measured
+    import miditoolkit
+
+    for i, piece in enumerate(PIECES):
+        enc = encode_match(load_match(str(VIENNA / "match" / f"{piece}_p01.match")))
+        played8 = sum(t.startswith("Vel_") and t != "Vel_Del" for t in first_bars(enc.perf, 8))
+        notes = miditoolkit.MidiFile(str(tmp_path / "midi" / f"human-{i}.mid")).instruments[0].notes
+        assert len(notes) == played8 < sum(t.startswith("Vel_") and t != "Vel_Del" for t in enc.perf) // 2
+    assert list(tmp_path.glob("curves-*.png"))
+
+
+def test_cli_bad_limit_is_one_line(tok_dir, tmp_path):
+    proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok_dir), "--checkpoint",
+                           str(REPO / "checkpoints" / "instruct-museformer.pt"), "--per-piece", "0",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == "instruct-eval: error: --per-piece must be at least 1"
+
+
+def test_cli_tiny_model_run(tok_dir, tmp_path):
+    proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok_dir), "--checkpoint",
+                           str(REPO / "checkpoints" / "instruct-museformer.pt"), "--max-pieces", "1",
+                           "--per-piece", "1", "--max-bars", "3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180, env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["model"]["performances"] == 1 and "markings" in res
+    assert "| markings (1) |" in (tmp_path / "results.md").read_text()
