@@ -31,6 +31,10 @@ from .musicxml import MusicXMLError, find_score_xml, load_markings
 SPLITS = ("train", "valid", "test")
 MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
 DENSITY_RANGE = (0.3, 40.0)  # performed notes per second
+# alignment outliers (played notes more than the Time range off their chord or out of the score's
+# order, encoded as not played: encode.alignment_outliers) / played notes: above this the alignment
+# itself is broken (e.g. (n)ASAP Schubert D935/3 SunY08M: 14 %), and the file is skipped
+MAX_OUTLIER_SHARE = 0.05
 
 
 class EncodeError(Exception):
@@ -193,6 +197,13 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
             enc: Encoded = encode_match(variant, marks=marks)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
+        if not name:
+            outliers = int(enc.stats.get("outliers", 0))
+            share = outliers / max(mf.n_played, 1)
+            if share > MAX_OUTLIER_SHARE:
+                return {"source": source, "error": f"broken alignment: {outliers} of {mf.n_played} played notes "
+                        f"({share:.1%}) are alignment outliers (> 2 s off the score order), above "
+                        f"{MAX_OUTLIER_SHARE:.0%}"}
         items.append(Item(source, name, enc.score, enc.perf, enc.stats))
     return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}

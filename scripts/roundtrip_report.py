@@ -1,8 +1,15 @@
 #!/usr/bin/env python
 """Roundtrip fidelity on every match file: tokenize -> decode -> compare with the human notes.
 
-Prints one table per dataset (median over files of each figure, plus the worst file), e.g.
-    python scripts/roundtrip_report.py ../shared/datasets/vienna4x22/match ../shared/datasets/nasap
+Prints one table per dataset (median over files of each figure, plus the worst file), the files over
+the bounds, and with ``--diagnose`` the cause of every note and pedal change off by more than 20 ms:
+    python scripts/roundtrip_report.py ../shared/datasets/vienna4x22/match ../shared/datasets/nasap --diagnose
+
+Causes (notes): ``time_range`` the note is more than the Time range (2 s) from its group's grid;
+``grace``; ``tempo_limit`` its group's tempo bin is at the end of the range (0.08 or 8 s/quarter);
+``other``. Pedal changes: ``before_first_note`` (before the first group's grid: offsets are >= 0);
+``after_last_note`` (beyond the last group's grid + the largest pedal bin, 6 s); ``long_gap`` (more
+than 6 s after the last grid time before it); ``slots_full`` (the rest: more changes than slots).
 """
 import argparse
 import sys
@@ -16,6 +23,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer.match import MatchParseError, load_match  # noqa: E402
 from instruct_tokenizer.roundtrip import roundtrip_errors  # noqa: E402
 
+TOL_MS = 20.0
+
+
+def diagnose(mf) -> dict:
+    """Counts per cause of the notes and pedal changes that roundtrip off by more than 20 ms."""
+    from collections import Counter
+
+    from instruct_tokenizer import vocab as V
+    from instruct_tokenizer.decode import decode_performance
+    from instruct_tokenizer.encode import encode_match, pedal_changes
+
+    enc = encode_match(mf)
+    perf = decode_performance(enc.score, enc.perf)
+    o = enc.order
+    played = mf.played[o] & perf.played
+    true_on = mf.onset_s[o] - enc.shift_s
+    err = np.abs(perf.onset_s - true_on) * 1000.0
+    g = perf.timeline.note_group
+    grid = perf.group_grid_s
+    dev_ms = (true_on - grid[g]) * 1000.0
+    period = perf.group_period_s[g]
+    at_limit = (np.isclose(period, V.TEMPO_MIN_S) | np.isclose(period, V.TEMPO_MAX_S))
+    c = Counter()
+    c["notes_outliers_dropped"] = int((mf.played[o] & ~perf.played).sum())
+    for i in np.nonzero(played & (err > TOL_MS))[0]:
+        if abs(dev_ms[i]) > V._TIME_CENTERS_MS[-1]:
+            c["notes_time_range"] += 1
+        elif mf.grace[o][i]:
+            c["notes_grace"] += 1
+        elif at_limit[i]:
+            c["notes_tempo_limit"] += 1
+        else:
+            c["notes_other"] += 1
+    max_s = V.PEDAL_MAX_MS / 1000.0
+    for kind, events, dec in (("sus", mf.sustain, perf.sustain), ("soft", mf.soft, perf.soft)):
+        true_t = np.array(pedal_changes(events)) - enc.shift_s
+        dec_t = np.sort(np.array([t for t, _ in dec]))
+        for t in true_t:
+            near = np.min(np.abs(dec_t - t)) if len(dec_t) else np.inf
+            if near * 1000.0 <= TOL_MS + 1e-9:
+                continue
+            k = int(np.searchsorted(grid, t, side="right")) - 1
+            if k < 0:
+                c[f"{kind}_before_first_note"] += 1
+            elif k == len(grid) - 1 and t - grid[k] > max_s:
+                c[f"{kind}_after_last_note"] += 1
+            elif t - grid[k] > max_s:
+                c[f"{kind}_long_gap"] += 1
+            else:
+                c[f"{kind}_slots_full"] += 1
+    return dict(c)
+
 COLS = ["onset_median_ms", "onset_p99_ms", "onset_start_ms", "onset_end_ms", "velocity_max",
         "duration_ratio_median", "pedal_within_20ms", "pedal_max_err_ms", "soft_within_20ms", "soft_max_err_ms"]
 HIGHER_IS_BETTER = {"pedal_within_20ms", "soft_within_20ms"}
@@ -28,15 +87,28 @@ def one(path):
         return str(path), str(e)
 
 
+def one_diag(path):
+    try:
+        mf = load_match(str(path))
+        r = roundtrip_errors(mf)
+        r["causes"] = diagnose(mf)
+        return str(path), r
+    except (MatchParseError, ValueError) as e:
+        return str(path), str(e)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", nargs="+", help="directories of match files")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--diagnose", action="store_true", help="count the causes of errors over 20 ms")
+    ap.add_argument("--list", type=int, default=15, help="files over the bounds to list (worst first)")
     a = ap.parse_args()
     for src in a.src:
         files = sorted(Path(src).rglob("*.match"))
         with Pool(a.workers) as pool:
-            res = list(tqdm(pool.imap(one, files, chunksize=4), total=len(files), desc=Path(src).name))
+            res = list(tqdm(pool.imap(one_diag if a.diagnose else one, files, chunksize=4), total=len(files),
+                            desc=Path(src).name))
         ok = [r for _, r in res if isinstance(r, dict)]
         bad = [(p, r) for p, r in res if not isinstance(r, dict)]
         print(f"\n## {src}: {len(ok)} files ({sum(r['notes'] for r in ok):.0f} notes), {len(bad)} unreadable")
@@ -65,6 +137,24 @@ def main():
         on = np.array([r["onset_median_ms"] for r in ok])
         print(f"files with onset median > 3 ms: {int((on > 3).sum())}; onset p99 > 20 ms: "
               f"{int((np.array([r['onset_p99_ms'] for r in ok]) > 20).sum())}")
+        if ok and "outliers" in ok[0]:
+            n_out = np.array([r["outliers"] for r in ok])
+            print(f"alignment outliers encoded as not played: {int(n_out.sum())} notes in "
+                  f"{int((n_out > 0).sum())} files")
+        over = sorted(((p, r) for p, r in res if isinstance(r, dict) and r["onset_p99_ms"] > 20),
+                      key=lambda x: -x[1]["onset_p99_ms"])
+        for p, r in over[:a.list]:
+            print(f"  p99 {r['onset_p99_ms']:8.1f} ms  median {r['onset_median_ms']:.2f} ms  {p}")
+        if a.diagnose:
+            from collections import Counter
+
+            total, files_with = Counter(), Counter()
+            for r in ok:
+                total.update(r["causes"])
+                files_with.update({k: 1 for k, v in r["causes"].items() if v})
+            print("causes of errors over 20 ms (count, files):")
+            for k in sorted(total):
+                print(f"  {k}: {total[k]} ({files_with[k]} files)")
 
 
 if __name__ == "__main__":

@@ -73,3 +73,23 @@ def test_fairseq_preprocess_runs_on_build_output(built, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "bin" / "train.score-perf.perf.bin").exists()
     assert "0.0% replaced by <unk>" in proc.stdout + proc.stderr
+
+
+def test_broken_alignment_is_skipped_with_its_reason(monkeypatch):
+    """A performance whose alignment outliers exceed MAX_OUTLIER_SHARE is skipped, naming why; one at
+    the bound is kept."""
+    from instruct_tokenizer import build as B
+
+    real = B.encode_match
+    src = Source(str(sorted((VIENNA / "match").glob("*.match"))[0]), "c", "t", "p")
+    for share, skipped in ((1.0, True), (B.MAX_OUTLIER_SHARE, False)):
+        def fake(mf, *args, share=share, **kw):
+            enc = real(mf, *args, **kw)
+            enc.stats["outliers"] = int(share * mf.n_played)
+            return enc
+
+        monkeypatch.setattr(B, "encode_match", fake)
+        res = B.process((src, BuildConfig(progress=False), False))
+        assert ("error" in res) == skipped
+        if skipped:
+            assert res["error"].startswith("broken alignment:") and "alignment outliers" in res["error"]
