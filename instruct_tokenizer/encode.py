@@ -166,17 +166,41 @@ def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[Li
 
 
 # ----------------------------------------------------------------------------------------- encode
+REF_GATE_S = 1.0  # a group's reference onset averages the notes within this of the group's median
+OUTLIER_S = float(V._TIME_CENTERS_MS[-1]) / 1000.0  # farther than this from the grid target: outlier
+EARLY_PEDAL_S = 1.9  # the first grid may start this much before the first notes, for an earlier pedal change
+
+
 def _group_reference(tl: Timeline, onset_s: np.ndarray, played: np.ndarray, grace: np.ndarray) -> np.ndarray:
-    """Per onset group: mean performed onset of its played non-grace notes (else of any played), or nan."""
+    """Per onset group: mean performed onset of its played non-grace notes (else of any played notes)
+    within ``REF_GATE_S`` of their median, or nan. The gate keeps a note aligned seconds away from
+    its chord (an alignment error) from pulling the whole group off."""
     g = tl.note_group
     n = tl.n_groups
     main = played & ~grace
-    sum_main = np.bincount(g[main], weights=onset_s[main], minlength=n)
-    cnt_main = np.bincount(g[main], minlength=n)
-    sum_any = np.bincount(g[played], weights=onset_s[played], minlength=n)
-    cnt_any = np.bincount(g[played], minlength=n)
+    has_main = np.bincount(g[main], minlength=n) > 0
+    idx = np.nonzero(played & (~grace | ~has_main[g]))[0]
+    gi, on = g[idx], onset_s[idx]
+    o = np.lexsort((on, gi))
+    cnt = np.bincount(gi, minlength=n)
+    first = np.cumsum(cnt) - cnt
+    has = cnt > 0
+    med = np.full(n, np.nan)
+    on_sorted = on[o]
+    med[has] = 0.5 * (on_sorted[first[has] + (cnt[has] - 1) // 2] + on_sorted[first[has] + cnt[has] // 2])
+    keep = np.abs(on - med[gi]) <= REF_GATE_S
+    total = np.bincount(gi[keep], weights=on[keep], minlength=n)
+    count = np.bincount(gi[keep], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cnt_main > 0, sum_main / cnt_main, np.where(cnt_any > 0, sum_any / cnt_any, np.nan))
+        return np.where(count > 0, total / count, np.nan)
+
+
+def alignment_outliers(tl: Timeline, target_s: np.ndarray, onset_s: np.ndarray, played: np.ndarray) -> np.ndarray:
+    """Played notes more than ``OUTLIER_S`` (the ``Time`` range) from their group's grid target: notes
+    the alignment put seconds away from their chord or out of the score's order. ``Time`` cannot
+    represent them, so they are encoded as not played and counted (``stats['outliers']``)."""
+    with np.errstate(invalid="ignore"):
+        return played & (np.abs(np.nan_to_num(onset_s) - target_s[tl.note_group]) > OUTLIER_S)
 
 
 def _longest_nondecreasing(x: np.ndarray) -> np.ndarray:
@@ -225,7 +249,33 @@ def grid_targets(tl: Timeline, ref_s: np.ndarray) -> np.ndarray:
             p0 = (ref_s[good[1]] - ref_s[good[0]]) / (qe[good[1]] - qe[good[0]])
         p0 = min(max(p0, V.TEMPO_MIN_S), V.TEMPO_MAX_S)
         out[:lo] = ref_s[lo] - (qe[lo] - qe[:lo]) * p0
-    return out
+    return _meet_tempo_range(out, np.diff(qe))
+
+
+def _meet_tempo_range(target: np.ndarray, dq: np.ndarray) -> np.ndarray:
+    """Targets whose steps exceed the tempo range (a pause longer than 8 s per quarter of score gap, a
+    skip faster than 0.08 s per quarter) would leave the whole error on the group after the step, as
+    the grid falls behind (or runs ahead) there. Halve it: move each target halfway towards the
+    nearest sequence that the range can follow exactly (built backwards from the later targets), so
+    that the groups before the step share the error. Unchanged where every step is in range."""
+    t = target.tolist()
+    n = len(t)
+    lo_step = (dq * V.TEMPO_MIN_S).tolist()
+    hi_step = (dq * V.TEMPO_MAX_S).tolist()
+    feasible = list(t)
+    changed = False
+    for g in range(n - 1, 0, -1):
+        nxt = feasible[g]
+        if nxt != nxt:  # nan: no constraint from later groups
+            continue
+        cur = t[g - 1]
+        b = min(max(cur, nxt - hi_step[g - 1]), nxt - lo_step[g - 1])
+        if b != cur:
+            changed = True
+        feasible[g - 1] = b
+    if not changed:
+        return target
+    return 0.5 * (target + np.array(feasible))
 
 
 _LOG_TEMPO = [float(x) for x in np.log(V._TEMPO_CENTERS)]
@@ -299,6 +349,8 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
                 soft: List[float]) -> Tuple[List[str], Dict[str, float]]:
     """Performance tokens for a timeline and per-note performance arrays (token order, times shifted)."""
     ref = grid_targets(tl, _group_reference(tl, onset_s, played, grace))
+    outliers = alignment_outliers(tl, ref, onset_s, played) if tl.n_groups else np.zeros(len(played), bool)
+    played = played & ~outliers
     bins, grid = encode_grid(tl, ref)
     sus = pedal_slots(sustain, grid, SUS_SLOTS)
     sft = pedal_slots(soft, grid, SOFT_SLOTS)
@@ -347,8 +399,28 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
         "mean_velocity": float(np.mean(vel)) if len(vel) else 0.0,
         "std_velocity": float(np.std(vel)) if len(vel) else 0.0,
         "mean_art": float(np.mean(arts)) if len(arts) else 0.0,
+        "outliers": int(outliers.sum()),
     }
     return out, stats
+
+
+def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
+    """How far (s) before the first group's target its grid starts, so that a pedal change
+    ``needed_s`` before it gets an offset >= 0: 0 when that would push the first notes (deviations
+    ``first_dev_s`` from the target) out of the Time range. Within the pedal bins' fine range, the
+    start is chosen so that the first notes' Time quantises best (the first notes keep their precision)."""
+    dev = first_dev_s[np.abs(first_dev_s) <= OUTLIER_S]
+    room = min(EARLY_PEDAL_S, OUTLIER_S - 0.05 - max(float(dev.max()) if len(dev) else 0.0, 0.0))
+    if needed_s > room:
+        return 0.0
+    cand = needed_s + np.arange(0.0, 0.4, 0.001)
+    cand = cand[cand <= room]
+    if not len(dev):
+        return float(cand[0])
+    ms = (dev[:, None] + cand[None, :]) * 1000.0
+    q = V._TIME_CENTERS_MS[V.nearest_index(V._TIME_CENTERS_MS, ms)]
+    cost = np.abs(q - ms).sum(axis=0) + 1e-6 * np.arange(len(cand))  # ties: the earliest
+    return float(cand[int(np.argmin(cost))])
 
 
 def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None) -> Encoded:
@@ -363,12 +435,20 @@ def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict
     target = grid_targets(tl, _group_reference(tl, onset, played, grace))
     if not len(target) or np.isnan(target[0]):
         raise ValueError("no performed notes")
-    # shift so that the first group's grid target (extrapolated when it was not played) is ORIGIN_S
-    shift = float(target[0] - ORIGIN_S)
+    sus = pedal_changes(mf.sustain)
+    soft = pedal_changes(mf.soft)
+    # shift so that the first group's grid is ORIGIN_S: at its target (extrapolated when it was not
+    # played), or up to EARLY_PEDAL_S before it when a pedal change precedes the first notes (pedal
+    # offsets are >= 0; the first notes then carry a positive Time)
+    start = float(target[0])
+    early = [t for t in sus[:1] + soft[:1] if t < start]
+    if early:
+        start -= _early_start(start - min(early), onset[played & (tl.note_group == 0)] - start)
+    shift = start - ORIGIN_S
     onset = onset - shift
     offset = mf.offset_s[order] - shift
-    sus = [t - shift for t in pedal_changes(mf.sustain)]
-    soft = [t - shift for t in pedal_changes(mf.soft)]
+    sus = [t - shift for t in sus]
+    soft = [t - shift for t in soft]
     perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft)
     return Encoded(score=score, perf=perf, bar_of_note=notes.bar, shift_s=shift, stats=stats, order=order)
 

@@ -1,6 +1,9 @@
 """Roundtrip fidelity: encode a match performance, decode it, compare with the human notes.
 
 Times are compared after the encoder's global shift (decoded = performed - shift); units in names.
+Alignment outliers (played notes more than the ``Time`` range from their chord or out of the score's
+order, :func:`encode.alignment_outliers`) are encoded as not played: they are counted (``outliers``),
+not compared.
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
     enc = encode_match(mf)
     perf = decode_performance(enc.score, enc.perf)
     o = enc.order
-    played = mf.played[o]
+    played = mf.played[o] & perf.played
+    n_outliers = int((mf.played[o] & ~perf.played).sum())
     true_on = mf.onset_s[o][played] - enc.shift_s
     err = np.abs(perf.onset_s[played] - true_on) * 1000.0
     k = max(len(err) // 10, 1)
@@ -56,6 +60,7 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
     soft_dec = np.array([t for t, _ in perf.soft])
     return {
         "notes": float(len(err)),
+        "outliers": float(n_outliers),
         "onset_median_ms": float(np.median(err)),
         "onset_p99_ms": float(np.percentile(err, 99)),
         "onset_start_ms": float(np.mean(err[:k])),

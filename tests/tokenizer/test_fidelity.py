@@ -64,3 +64,30 @@ def test_run_of_deleted_groups_is_interpolated():
     kw["velocity"] = np.where(kw["played"], 64, 0)
     err = roundtrip_errors(MatchFile(**kw))
     assert err["onset_p99_ms"] <= 20.0
+
+
+def test_chord_note_aligned_seconds_away_is_an_outlier():
+    """A chord note aligned 8 s away neither pulls its chord's grid nor decodes 2 s off: it is counted as
+    an alignment outlier and encoded as not played."""
+    kw = _steady()
+    extra = {k: (np.concatenate([v, v[100:101]]) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    extra["anchor"] = kw["anchor"] + ["n_extra"]
+    extra["pitch"] = extra["pitch"].copy()
+    extra["pitch"][-1] = 64
+    extra["onset_s"] = extra["onset_s"].copy()
+    extra["onset_s"][-1] += 8.0
+    extra["offset_s"] = extra["onset_s"] + 0.15
+    err = roundtrip_errors(MatchFile(**extra))
+    assert err["outliers"] == 1
+    assert err["onset_p99_ms"] <= 3.0
+
+
+def test_pedal_change_before_the_first_note():
+    """Pedal offsets are >= 0 after their onset's grid: the first grid starts early enough to carry a
+    pedal pressed 1 s before the first note."""
+    kw = _steady()
+    kw["sustain"] = [(kw["onset_s"][0] - 1.0, 127), (kw["onset_s"][10], 0)]
+    kw["soft"] = [(kw["onset_s"][0] - 0.6, 127), (kw["onset_s"][20] + 0.05, 0)]
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["pedal_within_20ms"] == 1.0 and err["soft_within_20ms"] == 1.0
+    assert err["onset_p99_ms"] <= 20.0 and err["onset_median_ms"] <= 3.0
