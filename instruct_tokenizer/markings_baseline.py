@@ -25,6 +25,7 @@ output (so it is decoded, written to MIDI and measured exactly like one). Rules 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Sequence
 
@@ -255,8 +256,10 @@ class MarkingsError(Exception):
     """A MusicXML whose markings cannot be read; the message names the file and says why."""
 
 
+@functools.lru_cache(maxsize=64)
 def xml_qpm(path: str) -> Optional[float]:
-    """The first metronome mark (MusicXML ``<sound tempo>``, quarter notes per minute), or None."""
+    """The first metronome mark (MusicXML ``<sound tempo>``, quarter notes per minute), or None (cached
+    per path within a process)."""
     import warnings
 
     import partitura as pt
@@ -296,4 +299,4 @@ def xml_markings_perf(xml_path: str, match_path: Optional[str] = None, prefix: S
             score = list(prefix) + score_file_to_tokens(str(xml_path), markings=True, instruct=False)
     except (MusicXMLError, ScoreReadError) as e:
         raise MarkingsError(f"{xml_path}: {e}") from None
-    return score, markings_perf(score, xml_qpm(xml_path))
+    return score, markings_perf(score, xml_qpm(str(xml_path)))

@@ -7,7 +7,15 @@ ours, ``pianist_transformer/``, deadpan (``score/`` as is) and human even-k vs o
 ``human/``. Writes results.md, results.json, histograms.png (human vs ours vs Pianist Transformer) and
 curves.png, and prints the render real-time factor (render seconds / music seconds).
 
-    python scripts/bench_quality.py [--checkpoint CKPT] [--out outputs/bench_quality]
+Baseline rows beside them: ``training mean`` (the score MIDI's tokens with every group at the median
+training tempo bin, every note at the mean training velocity and the median training articulation, from
+``--tokens``' train.perf; no pedal) and ``markings`` (:mod:`instruct_tokenizer.markings_baseline` on the
+piece's (n)ASAP ``xml_score.musicxml``). Where (n)ASAP match files align a piece's performances, per-note
+velocity r and beat-tempo r of the markings baseline against each of them (the match file's score
+tokens with the XML's markings, so note i is the human's note i) are added, averaged over performances.
+``--baselines-only`` skips the model.
+
+    python scripts/bench_quality.py [--checkpoint CKPT] [--out outputs/bench_quality] [--baselines-only]
 """
 from __future__ import annotations
 
@@ -85,6 +93,74 @@ def opening(tokens, max_tokens: int):
     return prefix + [t for b in kept for t in b]
 
 
+def baseline_rows(pieces, out: Path, tok_dir: Path, report=print) -> dict:
+    """MIDI paths of the training-mean and markings baselines, written under out/."""
+    from museformer.eval_split import constant_perf, training_means
+    from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
+
+    rows = {}
+    if (tok_dir / "train.perf").is_file():
+        means = training_means(tok_dir)
+        report(f"training means from {tok_dir}: tempo bin {means['tempo_bin']}, velocity {means['velocity']:.1f}, "
+               f"articulation {means['art']:.2f}")
+        d = out / "training_mean_midi"
+        d.mkdir(parents=True, exist_ok=True)
+        for p in pieces:
+            score = score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid"), instruct=False)
+            tokens_to_midi(score, constant_perf(score, means["tempo_bin"], int(means["velocity"]), means["art"]),
+                           str(d / f"{p['index']}.mid"))
+        rows["training mean"] = sorted(d.glob("*.mid"))
+    else:
+        report(f"training mean: skipped, {tok_dir / 'train.perf'} not found")
+    d = out / "markings_midi"
+    d.mkdir(parents=True, exist_ok=True)
+    for p in pieces:
+        xml = NASAP / p["asap_folder"] / "xml_score.musicxml"
+        try:
+            score, perf = xml_markings_perf(str(xml))
+        except MarkingsError as e:
+            report(f"markings: skipped {e}")
+            continue
+        tokens_to_midi(score, perf, str(d / f"{p['index']}.mid"))
+    made = sorted(d.glob("*.mid"))
+    if made:
+        rows["markings"] = made
+    return rows
+
+
+def markings_per_note(pieces, report=print) -> dict:
+    """Per-note velocity r and beat-tempo r of the markings baseline against every (n)ASAP performance
+    of the benchmark pieces with a match file (mean over performances, and the number of them)."""
+    from instruct_tokenizer.encode import encode_match
+    from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
+    from instruct_tokenizer.match import load_match
+    from instruct_tokenizer.metrics import per_note_features, per_note_r
+
+    rs = {"velocity_r": [], "log_tempo_r": []}
+    for p in pieces:
+        folder = NASAP / p["asap_folder"]
+        xml = folder / "xml_score.musicxml"
+        for m in sorted(folder.glob("*.match")):
+            try:
+                enc = encode_match(load_match(str(m)))
+                _, perf = xml_markings_perf(str(xml), str(m))
+            except MarkingsError as e:
+                report(f"markings per note: skipped {e}")
+                break
+            except Exception as e:  # noqa: BLE001 - a match file the tokenizer rejects is named and skipped
+                report(f"markings per note: skipped {m}: {e}")
+                continue
+            r = per_note_r(per_note_features(enc.score, perf), per_note_features(enc.score, enc.perf))
+            for k in rs:
+                rs[k].append(r[k])
+    out = {}
+    for k, v in rs.items():
+        v = np.array([x for x in v if np.isfinite(x)])
+        out[k] = float(v.mean()) if len(v) else float("nan")
+    out["performances"] = len(rs["velocity_r"])
+    return out
+
+
 def music_seconds(paths) -> float:
     return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths)))
 
@@ -115,46 +191,54 @@ def plot_curves(path: Path, files: dict) -> None:
 
 
 def main() -> int:
-    from museformer.render import Renderer, Sampling
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "instruct-museformer.pt"))
     ap.add_argument("--data", default=None, help="fairseq data dir with dictionaries (training checkpoints)")
+    ap.add_argument("--tokens", default=str(REPO / "outputs" / "nasap" / "tok"),
+                    help="instruct-tokenize build whose train.perf gives the training-mean baseline")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="no model: Pianist Transformer, deadpan, training mean, markings and human only")
+    ap.add_argument("--no-per-note", action="store_true", help="skip the markings per-note r (match files)")
     ap.add_argument("--max-tokens-per-piece", type=int, default=0,
                     help="render only the opening bars of each piece up to this many tokens (0: whole pieces)")
     a = ap.parse_args()
     out = Path(a.out)
     pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
-    renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
-    renderer.threads = 2
-    sampling = Sampling(seed=a.seed)
+    rows, meta, secs = {}, {}, None
+    if not a.baselines_only:
+        from museformer.render import Renderer, Sampling
 
-    scores = {int(p["index"]): opening(score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
-                                       a.max_tokens_per_piece) for p in pieces}
-    secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
-    ours = sorted((out / "ours_midi").glob("*.mid"))
-    rtf = secs / music_seconds(ours)
-    print(f"rendered 23 score MIDIs in {secs:.0f} s: real-time factor {rtf:.2f} (render s / music s)")
-    rows = {"ours (score MIDI)": read_set(ours)}
-    if not a.no_xml:
-        xml = {int(p["index"]): NASAP / p["asap_folder"] / "xml_score.musicxml" for p in pieces}
-        xml_scores = {}
-        for k, path in xml.items():
-            if path.exists():
-                try:
-                    xml_scores[k] = opening(score_file_to_tokens(str(path)), a.max_tokens_per_piece)
-                except Exception as e:  # noqa: BLE001 - a score partitura cannot read is skipped, named
-                    print(f"skipped {path}: {e}")
-        if xml_scores:
-            render_dir(renderer, xml_scores, out / "ours_xml", sampling, a.batch)
-            rows[f"ours (MusicXML, {len(xml_scores)} pieces)"] = read_set(sorted((out / "ours_xml").glob("*.mid")))
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+        renderer.threads = 2
+        sampling = Sampling(seed=a.seed)
+        scores = {int(p["index"]): opening(score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
+                                           a.max_tokens_per_piece) for p in pieces}
+        secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
+        ours = sorted((out / "ours_midi").glob("*.mid"))
+        rtf = secs / music_seconds(ours)
+        print(f"rendered 23 score MIDIs in {secs:.0f} s: real-time factor {rtf:.2f} (render s / music s)")
+        meta["render"] = {"seconds": secs, "real_time_factor": rtf, "checkpoint": a.checkpoint}
+        rows["ours (score MIDI)"] = read_set(ours)
+        if not a.no_xml:
+            xml = {int(p["index"]): NASAP / p["asap_folder"] / "xml_score.musicxml" for p in pieces}
+            xml_scores = {}
+            for k, path in xml.items():
+                if path.exists():
+                    try:
+                        xml_scores[k] = opening(score_file_to_tokens(str(path)), a.max_tokens_per_piece)
+                    except Exception as e:  # noqa: BLE001 - a score partitura cannot read is skipped, named
+                        print(f"skipped {path}: {e}")
+            if xml_scores:
+                render_dir(renderer, xml_scores, out / "ours_xml", sampling, a.batch)
+                rows[f"ours (MusicXML, {len(xml_scores)} pieces)"] = read_set(sorted((out / "ours_xml").glob("*.mid")))
     human_paths = sorted((BENCH / "human").glob("*.mid"))
     rows["Pianist Transformer"] = read_set(sorted((BENCH / "pianist_transformer").glob("*.mid")))
     rows["deadpan (score MIDI)"] = read_set(sorted((BENCH / "score").glob("*.mid")))
+    rows.update({name: read_set(paths) for name, paths in baseline_rows(pieces, out, Path(a.tokens)).items()})
     human = read_set(human_paths)
     results = evaluate_sets(rows, human)
     k = [int(re.match(r"\d+-(\d+)", p.name).group(1)) for p in human_paths]
@@ -162,14 +246,23 @@ def main() -> int:
     odd = [f for f, kk in zip(human, k) if kk % 2 == 1]
     ceiling = evaluate_sets({"human odd k": odd}, even)["human odd k"]
     results["human odd k vs even k"] = ceiling
-    table = write_outputs(results, out, title="Pianist Transformer test set: distribution metrics vs human")
-    summary = json.loads((out / "results.json").read_text())
-    summary["render"] = {"seconds": secs, "real_time_factor": rtf, "checkpoint": a.checkpoint}
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_curves(out / "curves.png", {"human": BENCH / "human" / "0-0.mid", "ours": out / "ours_midi" / "0.mid",
-                                     "Pianist Transformer": BENCH / "pianist_transformer" / "0.mid"})
+    extra = None
+    if not a.no_per_note:
+        per_note = markings_per_note(pieces)
+        name = next((n for n in results if n.startswith("markings")), None)
+        if name:
+            extra = {name: {"velocity_r": per_note["velocity_r"], "log_tempo_r": per_note["log_tempo_r"]}}
+            meta["markings_per_note"] = per_note
+            print(f"markings per-note r over {per_note['performances']} (n)ASAP performances: velocity "
+                  f"{per_note['velocity_r']:.3f}, beat tempo {per_note['log_tempo_r']:.3f}")
+    plot_rows = [n for n in results if n.startswith(("ours", "markings", "training mean"))] + ["Pianist Transformer"]
+    table = write_outputs(results, out, extra=extra, plot_rows=plot_rows, meta=meta,
+                          title="Pianist Transformer test set: distribution metrics vs human")
+    if not a.baselines_only:
+        plot_curves(out / "curves.png", {"human": BENCH / "human" / "0-0.mid", "ours": out / "ours_midi" / "0.mid",
+                                         "Pianist Transformer": BENCH / "pianist_transformer" / "0.mid"})
     print(table)
-    print(f"wrote {out}/results.md, results.json, histograms.png, curves.png")
+    print(f"wrote {out}/results.md, results.json, histograms.png" + ("" if a.baselines_only else ", curves.png"))
     return 0
 
 

@@ -1,0 +1,35 @@
+"""scripts/bench_quality.py baselines: training mean and markings MIDI for a benchmark piece."""
+import csv
+
+import numpy as np
+import pytest
+
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.metrics import midi_features
+from test_metrics import BENCH, BQ
+
+
+@pytest.mark.skipif(not (BENCH / "pieces.csv").is_file() or not BQ.NASAP.is_dir(),
+                    reason="shared benchmark or (n)ASAP not present")
+def test_baseline_rows_one_piece(tmp_path):
+    pieces = [p for p in csv.DictReader(open(BENCH / "pieces.csv")) if p["asap_folder"] == "Mozart/Piano_Sonatas/12-2"]
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "train.perf").write_text(" ".join([V.BAR_TOKEN, "Tempo_50", "Vel_30", "Art_-0.40", "Tempo_70",
+                                              "Vel_34", "Art_-0.60"]) + "\n")
+    rows = BQ.baseline_rows(pieces, tmp_path / "out", tok, report=lambda m: None)
+    assert set(rows) == {"training mean", "markings"}
+    tm = midi_features(rows["training mean"][0])
+    assert set(tm.velocity // 2) == {32}  # mean of 61 and 69 = 65: bin 32, decoded 64 or 65
+    mk = midi_features(rows["markings"][0])
+    score = midi_features(BENCH / "score" / f"{pieces[0]['index']}.mid")
+    assert abs(len(mk.velocity) - len(score.velocity)) <= 0.02 * len(score.velocity)
+    assert len(np.unique(mk.velocity // 2)) >= 3  # p, mf/f, sf marked in the score
+
+
+def test_bad_xml_is_named(tmp_path, capsys):
+    pieces = [{"index": "0", "asap_folder": "no/such/folder"}]
+    rows = BQ.baseline_rows(pieces, tmp_path / "out", tmp_path / "no_tok")
+    assert rows == {}
+    out = capsys.readouterr().out
+    assert "xml_score.musicxml: file not found" in out and "train.perf not found" in out
