@@ -417,7 +417,7 @@ def fmt(x: Optional[float]) -> str:
 def deadpan_midi(score_path, out_path, velocity: Optional[int] = None) -> Path:
     """Deadpan baseline: the score MIDI at its notated tempo (its own tempo map), no pedal. With
     ``velocity``, every note gets that velocity; without it the file is kept as is (the Pianist Transformer
-    benchmark's deadpan row is ``score/`` as is: its score MIDIs already carry a constant velocity)."""
+    benchmark's deadpan row is ``score/`` as is: its score MIDIs carry their own velocities and some pedal)."""
     import miditoolkit
 
     midi = miditoolkit.MidiFile(str(score_path))
