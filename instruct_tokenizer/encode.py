@@ -296,8 +296,42 @@ def _quantise_tempo(period: float) -> int:
     return i - 1 if x - c[i - 1] <= c[i] - x else i
 
 
-def encode_grid(tl: Timeline, ref_s: np.ndarray) -> Tuple[List[int], np.ndarray]:
-    """Tempo bins and decoded grid times (s) per group, with error feedback."""
+_TIME_MS = V._TIME_CENTERS_MS.tolist()
+FINE_TIME_S = 0.040  # Time has 1 ms bins within this; a group with a note farther out picks its tempo bin
+
+
+def _time_error_ms(dev_ms: float) -> float:
+    """Quantisation error (ms) of a Time deviation (ms), as :func:`vocab.time_tokens` rounds it."""
+    c = _TIME_MS
+    i = bisect_left(c, dev_ms)
+    if i <= 0:
+        return abs(c[0] - dev_ms)
+    if i >= len(c):
+        return abs(c[-1] - dev_ms)
+    return min(dev_ms - c[i - 1], c[i] - dev_ms)
+
+
+def _far_offsets(tl: Timeline, target_s: np.ndarray, onset_s: np.ndarray, played: np.ndarray) -> Dict[int, List[float]]:
+    """Per onset group with a played note more than FINE_TIME_S from the group's target: the offsets (s)
+    of all its played notes from the target."""
+    g = tl.note_group[played]
+    off = (onset_s[played] - target_s[g])
+    far = np.unique(g[np.abs(off) > FINE_TIME_S])
+    if not len(far):
+        return {}
+    sel = np.isin(g, far)
+    out: Dict[int, List[float]] = {}
+    for gi, o in zip(g[sel].tolist(), off[sel].tolist()):
+        out.setdefault(gi, []).append(o)
+    return out
+
+
+def encode_grid(tl: Timeline, ref_s: np.ndarray,
+                far: Optional[Dict[int, List[float]]] = None) -> Tuple[List[int], np.ndarray]:
+    """Tempo bins and decoded grid times (s) per group, with error feedback: each bin is the one that
+    lands the decoded grid nearest the group's target. For a group in ``far`` (offsets of its notes from
+    the target, :func:`_far_offsets`: a note outside Time's 1 ms bins), the bin among the two nearest
+    on either side that quantises its notes' Time best (the next group's error feedback absorbs it)."""
     n = tl.n_groups
     bins: List[int] = []
     grid = [0.0] * n
@@ -327,6 +361,15 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray) -> Tuple[List[int], np.ndarray]
             if r == r:
                 period = (r - grid[g - 1]) / dq
                 b = _quantise_tempo(period)
+                offsets = far.get(g) if far else None
+                if offsets:
+                    best = None
+                    for c in range(max(b - 2, 0), min(b + 3, len(tv))):
+                        shift_ms = (r - (grid[g - 1] + dq * tv[c])) * 1000.0
+                        cost = sum(_time_error_ms(o * 1000.0 + shift_ms) for o in offsets) + 1e-6 * abs(c - b)
+                        if best is None or cost < best[0]:
+                            best = (cost, c)
+                    b = best[1]
                 grid[g] = grid[g - 1] + dq * tv[b]
             else:
                 b = _quantise_tempo(period)
@@ -351,7 +394,7 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
     ref = grid_targets(tl, _group_reference(tl, onset_s, played, grace))
     outliers = alignment_outliers(tl, ref, onset_s, played) if tl.n_groups else np.zeros(len(played), bool)
     played = played & ~outliers
-    bins, grid = encode_grid(tl, ref)
+    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played))
     sus = pedal_slots(sustain, grid, SUS_SLOTS)
     sft = pedal_slots(soft, grid, SOFT_SLOTS)
     periods = np.array([_TEMPO_VALUES[b] for b in bins])
@@ -502,16 +545,12 @@ class Segment:
 
 def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
     """(tokens before the first bar, bars each starting with the Bar token)."""
-    prefix: List[str] = []
-    bars: List[List[str]] = []
-    for t in tokens:
-        if t == V.BAR_TOKEN:
-            bars.append([t])
-        elif bars:
-            bars[-1].append(t)
-        else:
-            prefix.append(t)
-    return prefix, bars
+    bar = V.BAR_TOKEN
+    starts = [i for i, t in enumerate(tokens) if t == bar]
+    if not starts:
+        return list(tokens), []
+    ends = starts[1:] + [len(tokens)]
+    return list(tokens[:starts[0]]), [list(tokens[a:b]) for a, b in zip(starts, ends)]
 
 
 def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budget: int,
