@@ -177,6 +177,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
         results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: _nanmean(v) for k, v in rs.items()},
+                         **_defined(rs),
                          "performances": len(perf_rows)}
     results["human"] = _human_ceiling(human, human_feats, out)
     for j in range(0, len(human), max(1, len(human) // 4)):
@@ -214,7 +215,13 @@ def _human_ceiling(human, human_feats, out: Path) -> Dict[str, float]:
         for n, i in enumerate(idx):
             (even if n % 2 == 0 else odd).append(midi_features(str(out / "midi" / f"human-{i}.mid")))
     res = compare(pooled_histograms(odd), pooled_histograms(even)) if odd and even else {}
-    return {**res, **{k: _nanmean(v) for k, v in rs.items()}}
+    return {**res, **{k: _nanmean(v) for k, v in rs.items()}, **_defined(rs)}
+
+
+def _defined(rs) -> Dict[str, int]:
+    """How many performances (pairs for human) each mean per-note r averages: a row with no variance on
+    a performance (e.g. a constant tempo) has no r there and is left out of the mean."""
+    return {f"{k}_n": int(np.isfinite(np.array(v, dtype=float)).sum()) for k, v in rs.items()}
 
 
 def markdown(results: Dict[str, Dict[str, float]]) -> str:

@@ -157,6 +157,7 @@ def markings_per_note(pieces, report=print) -> dict:
     for k, v in rs.items():
         v = np.array([x for x in v if np.isfinite(x)])
         out[k] = float(v.mean()) if len(v) else float("nan")
+        out[f"{k}_n"] = int(len(v))  # performances where r is defined (no variance: n/a, left out)
     out["performances"] = len(rs["velocity_r"])
     return out
 
