@@ -57,11 +57,39 @@ class Source:
 
 @dataclass
 class Item:
+    """One encoded performance, already cut into segments by its worker: bars as joined token strings
+    (the score ones without the prefix), the segments' bar ranges, and the token counts of those
+    segments (bars counted once per segment holding them; the prefix is added when written)."""
+
     source: Source
     augment: str
-    score: List[str]
-    perf: List[str]
+    score_bars: List[str]
+    perf_bars: List[str]
+    ranges: List[Tuple[int, int]]
+    counts: Counter
     stats: Dict[str, float]
+
+
+def prefix_length(cfg: "BuildConfig") -> int:
+    """Tokens of the score prefix (:func:`prefix_tokens`): instruct levels, then meta tokens."""
+    return (len(V.INSTRUCT_TYPES) if cfg.instruct else 0) + sum(m in cfg.meta for m in ("composer", "performer"))
+
+
+def make_item(source: "Source", augment: str, enc: Encoded, cfg: "BuildConfig") -> Item:
+    _, score_bars = split_bars(enc.score)
+    _, perf_bars = split_bars(enc.perf)
+    ranges = segment_ranges(score_bars, perf_bars, cfg.max_tokens - prefix_length(cfg) - 1, cfg.overlap_bars)
+    mult = np.zeros(len(score_bars) + 1, np.int64)
+    for a, b in ranges:
+        mult[a] += 1
+        mult[b] -= 1
+    counts: Counter = Counter()
+    for b, m in enumerate(np.cumsum(mult)[:-1].tolist()):
+        for _ in range(m):
+            counts.update(score_bars[b])
+            counts.update(perf_bars[b])
+    return Item(source, augment, [" ".join(b) for b in score_bars], [" ".join(b) for b in perf_bars], ranges,
+                counts, enc.stats)
 
 
 @dataclass
@@ -204,7 +232,7 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
                 return {"source": source, "error": f"broken alignment: {outliers} of {mf.n_played} played notes "
                         f"({share:.1%}) are alignment outliers (> 2 s off the score order), above "
                         f"{MAX_OUTLIER_SHARE:.0%}"}
-        items.append(Item(source, name, enc.score, enc.perf, enc.stats))
+        items.append(make_item(source, name, enc, cfg))
     return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
 
@@ -326,20 +354,18 @@ def _write(out_dir: str, items: List[Item], levels, splits, cfg: BuildConfig, re
         if "performer" in cfg.meta:
             meta[V.PERFORMER] = it.source.performer
         prefix = prefix_tokens(levels[i], meta)
-        _, score_bars = split_bars(it.score)
-        _, perf_bars = split_bars(it.perf)
-        for start, end in segment_ranges(score_bars, perf_bars, cfg.max_tokens - len(prefix) - 1,
-                                         cfg.overlap_bars):
-            score = prefix + [t for b in score_bars[start:end] for t in b]
-            perf = [t for b in perf_bars[start:end] for t in b]
-            counts.update(score)
-            counts.update(perf)
-            lines[split].append((" ".join(score), " ".join(perf)))
+        if len(prefix) != prefix_length(cfg):
+            raise AssertionError(f"prefix {prefix} is not {prefix_length(cfg)} tokens long")
+        head = " ".join(prefix) + " " if prefix else ""
+        for start, end in it.ranges:
+            counts.update(prefix)
+            lines[split].append((head + " ".join(it.score_bars[start:end]), " ".join(it.perf_bars[start:end])))
             manifest.append({"split": split, "line": len(lines[split]) - 1, "source": it.source.path,
                              "composer": it.source.composer, "title": it.source.title,
                              "performer": it.source.performer, "augment": it.augment,
-                             "bar_start": start, "bar_end": end, "n_bars": len(score_bars),
+                             "bar_start": start, "bar_end": end, "n_bars": len(it.score_bars),
                              "prefix": prefix})
+        counts.update(it.counts)
         report.built[split] += 1
     if not manifest:
         return
