@@ -78,15 +78,8 @@ def score_tokens(notes: ScoreNotes, prefix: Sequence[str] = ()) -> List[str]:
     for i, b in enumerate(notes.bar):
         idx_by_bar.setdefault(int(b), []).append(i)
     for b in range(n_bars):
-        out.append(V.BAR_TOKEN)
-        ts = notes.bar_ts[b]
-        if ts != current_ts and f"{ts[0]}/{ts[1]}" in V.TIME_SIGS:
-            out.append(V.tok(V.TIME_SIG, f"{ts[0]}/{ts[1]}"))
-            current_ts = ts
-        length = int(round(notes.bar_len_q[b] * V.GRID))
-        nominal = int(round(nominal_bar_len_q(current_ts or (4, 4)) * V.GRID))
-        if length != nominal:
-            out.append(V.tok(V.BAR_LEN, min(max(length, 1), V.MAX_BAR_LEN)))
+        header, current_ts = _bar_header(notes, b, current_ts)
+        out += header
         groups: Dict[int, List[int]] = {}
         for i in idx_by_bar.get(b, []):
             groups.setdefault(V.quantise_pos(notes.pos_q[i]), []).append(i)

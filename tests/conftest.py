@@ -11,3 +11,20 @@ BIN = Path(sys.executable).parent
 
 # Console scripts of the venv that runs the tests (fairseq-*, instruct-*, torchrun).
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def run_cli(cmd, cwd, timeout=600) -> str:
+    """Run a console script on one thread; assert it succeeds (showing its output tails); stdout+stderr."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd[0]}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def train_losses(log: str) -> list:
+    """Per-epoch training losses from a fairseq-train log."""
+    import re
+
+    return [float(x) for x in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", log)]

@@ -5,19 +5,12 @@ Score: an optional prefix token, then per bar ``Bar_None`` + ``P_i`` per note; p
 ``Bar_None`` + ``V_j`` per note with j a function of the note and its neighbour (learnable). Generation
 uses ``--grammar museformer.synthetic_grammar``.
 """
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import BIN, REPO, run_cli as run, train_losses as losses
 from museformer.synthetic_grammar import target_slots, token_type
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TRAIN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--arch", "museformer_s2p_tiny",
          "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--share-all-embeddings",
          "--fine-bars", "0,1,2,4", "--attention-impl", "bar", "--optimizer", "adam", "--lr", "0.003",
@@ -25,13 +18,6 @@ TRAIN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--
          "--log-interval", "1", "--seed", "1", "--criterion", "cross_entropy", "--dropout", "0.0"]
 GEN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--grammar", "museformer.synthetic_grammar",
        "--gen-subset", "test", "--cpu", "--batch-size", "8"]
-
-
-def run(cmd, cwd, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd[0]}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 def make_pair(rng):
@@ -65,10 +51,6 @@ def trained(corpus):
     log = run([BIN / "fairseq-train", "bin", *TRAIN, "--max-epoch", "4", "--save-dir", "ckpt",
                "--tensorboard-logdir", "tb"], corpus)
     return corpus, log
-
-
-def losses(log):
-    return [float(x) for x in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", log)]
 
 
 @pytest.mark.slow

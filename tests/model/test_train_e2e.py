@@ -1,11 +1,8 @@
 """fairseq-train / fairseq-generate with --user-dir museformer on the tokenizer's output of data/."""
-import os
-import re
-import subprocess
 
 import pytest
 
-from conftest import BIN, REPO, VIENNA
+from conftest import BIN, REPO, VIENNA, run_cli as run, train_losses as losses
 from instruct_tokenizer.grammar import target_slots, token_type
 
 TRAIN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--arch", "museformer_s2p_tiny",
@@ -13,13 +10,6 @@ TRAIN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--
          "--attention-impl", "dense", "--optimizer", "adam", "--lr", "0.003", "--max-tokens", "4096", "--cpu",
          "--num-workers", "0", "--no-progress-bar", "--log-format", "simple", "--log-interval", "1", "--seed", "1",
          "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.05"]
-
-
-def run(cmd, cwd, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd[0]}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +28,6 @@ def trained(corpus):
     log = run([BIN / "fairseq-train", "bin", *TRAIN, "--max-epoch", "3", "--save-dir", "ckpt",
                "--tensorboard-logdir", "tb"], corpus)
     return corpus, log
-
-
-def losses(log):
-    return [float(x) for x in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+)", log)]
 
 
 @pytest.mark.slow
