@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import vocab as V
 from .encode import Encoded, encode_match, segment_ranges, split_bars
 from .match import MatchFile, MatchParseError, load_match
-from .musicxml import MusicXMLError, find_score_xml, load_markings
+from .musicxml import MusicXMLError, find_score_xml, load_xml_info
 
 SPLITS = ("train", "valid", "test")
 MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
@@ -107,6 +107,8 @@ class BuildConfig:
     progress: bool = True
     xml_markings: bool = False  # add MusicXML markings to the score stream where the XML is found
     cache_dir: Optional[str] = None  # parsed-XML cache (default musicxml.default_cache_dir())
+    markings_dropout: float = 0.0  # share of performances built without their markings (seeded by file)
+    notated_tempo: bool = False  # a QPM token (notated tempo from the MusicXML) in every bar header
 
 
 @dataclass
@@ -218,11 +220,13 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     reason = hygiene(mf)
     if reason:
         return {"source": source, "error": reason}
-    marks, warning = _markings(source, cfg) if cfg.xml_markings else (None, None)
+    info, warning = _xml_info(source, cfg) if (cfg.xml_markings or cfg.notated_tempo) else (None, None)
+    marks = info.marks if info is not None and cfg.xml_markings and not drops_markings(source, cfg) else None
+    qpm = (info.qpm if info is not None else {}) if cfg.notated_tempo else None
     items = []
     for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
         try:
-            enc: Encoded = encode_match(variant, marks=marks)
+            enc: Encoded = encode_match(variant, marks=marks, qpm=qpm)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
         if not name:
@@ -237,15 +241,26 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
 
 
-def _markings(source: Source, cfg: BuildConfig) -> Tuple[Optional[dict], Optional[str]]:
-    """MusicXML markings for a match file, or (None, reason): the file is then built without them."""
+def _xml_info(source: Source, cfg: BuildConfig):
+    """MusicXML markings and notated tempo for a match file, or (None, reason): the file is then built
+    without markings, and with the default notated tempo (``vocab.DEFAULT_QPM``)."""
     xml = find_score_xml(source.path)
     if xml is None:
-        return None, "no MusicXML beside it: built without markings"
+        return None, "no MusicXML beside it: built without markings (notated tempo: the default 120)"
     try:
-        return load_markings(str(xml), cfg.cache_dir), None
+        return load_xml_info(str(xml), cfg.cache_dir), None
     except MusicXMLError as e:
-        return None, f"{xml}: {e}: built without markings"
+        return None, f"{xml}: {e}: built without markings (notated tempo: the default 120)"
+
+
+def drops_markings(source: Source, cfg: BuildConfig) -> bool:
+    """Whether this performance is built without its markings (``--markings-dropout``): a draw seeded by
+    the build seed and the file path, so that a rebuild drops the same files. The model then also learns
+    to render scores without markings (score MIDI)."""
+    if cfg.markings_dropout <= 0:
+        return False
+    digest = hashlib.sha1(f"{cfg.seed}:{source.path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < cfg.markings_dropout
 
 
 # ----------------------------------------------------------------------------------------- split

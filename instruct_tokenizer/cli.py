@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--xml-markings", action="store_true",
                    help="add MusicXML markings (dynamics, wedges, tempo words, articulations, slurs) to the "
                         "score stream; the XML is found beside the match file (cached, see --cache-dir)")
+    b.add_argument("--markings-dropout", type=float, default=0.0,
+                   help="with --xml-markings: share of performances built without markings (seeded by file), "
+                        "so that the model also learns to render score MIDI, which has none")
+    b.add_argument("--notated-tempo", action="store_true",
+                   help="a QPM token (the score's notated tempo, from the MusicXML beside the match file; 120 "
+                        "when it states none) in every bar header")
     b.add_argument("--cache-dir", default=None, help="parsed MusicXML cache (default ~/.cache/instruct_tokenizer)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -57,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
     s.add_argument("--markings", action="store_true", help="add MusicXML markings (for --xml-markings corpora)")
     s.add_argument("--no-instruct", action="store_true", help="no instruct prefix (for --no-instruct corpora)")
+    s.add_argument("--notated-tempo", action="store_true", help="QPM bar tokens (for --notated-tempo corpora)")
 
     d = sub.add_parser("decode", help="score + performance tokens -> performance MIDI")
     d.add_argument("--score-tokens", required=True, help="file with score tokens (first line used)")
@@ -75,7 +82,8 @@ def cmd_build(a: argparse.Namespace) -> int:
                       workers=a.workers, test_pieces=a.test_pieces, instruct=a.instruct,
                       meta=tuple(m for m in a.meta.split(",") if m), transpose=a.augment_transpose,
                       tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
-                      cache_dir=a.cache_dir)
+                      cache_dir=a.cache_dir, markings_dropout=a.markings_dropout,
+                      notated_tempo=a.notated_tempo)
     report = build(a.src, a.out, cfg)
     total = sum(report.built.values())
     print(f"built {total} performances ({report.built}), skipped {len(report.skipped)}, "
@@ -97,7 +105,8 @@ def cmd_score(a: argparse.Namespace) -> int:
     try:
         style = dict(_key_value(kv) for kv in a.style.split(",")) if a.style else {}
         tokens = score_file_to_tokens(a.score, style=style, unfold_repeats=not a.no_repeats,
-                                      markings=a.markings, instruct=not a.no_instruct)
+                                      markings=a.markings, instruct=not a.no_instruct,
+                                      notated_tempo=a.notated_tempo)
     except (ScoreReadError, ValueError) as e:
         print(f"instruct-tokenize: error: {a.score}: {e}", file=sys.stderr)
         return 1

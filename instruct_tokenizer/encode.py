@@ -82,9 +82,11 @@ def _ts_at(time_sigs, measure: int) -> Tuple[int, int]:
     return ts
 
 
-def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None) -> Tuple[ScoreNotes, np.ndarray]:
+def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None,
+                      qpm: Optional[Dict[str, float]] = None) -> Tuple[ScoreNotes, np.ndarray]:
     """ScoreNotes in token order and the order (indices into the match rows). ``marks``: MusicXML
-    markings by XML note id (:func:`musicxml.load_markings`), looked up by snote anchor."""
+    markings by XML note id (:func:`musicxml.load_xml_info`), looked up by snote anchor; ``qpm``:
+    notated tempo (quarter notes per minute) by XML note id, giving each bar's ``QPM``."""
     bar, lengths, ts = match_bars(mf)
     pos_q = np.clip(mf.pos_q, 0, None)
     order = sort_order(bar, pos_q, mf.pitch)
@@ -96,7 +98,28 @@ def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None) -> Tuple[Scor
     notes = ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=mf.dur_q[order], grace=mf.grace[order],
                        pitch=mf.pitch[order], staff=mf.staff[order], bar_len_q=lengths, bar_ts=ts,
                        marks=note_marks)
+    if qpm is not None:
+        notes.bar_qpm = _bar_qpm_of_notes(notes.bar, [mf.anchor[i] for i in order], qpm, len(lengths))
     return notes, order
+
+
+def _bar_qpm_of_notes(note_bar: np.ndarray, anchors: List[str], qpm: Dict[str, float], n_bars: int) -> List[int]:
+    """Each bar's notated tempo: that of its first note (token order) with a known XML id; a bar with
+    none keeps the previous bar's (the first known one before it; ``vocab.DEFAULT_QPM`` when none)."""
+    from .musicxml import for_anchor
+
+    found: Dict[int, float] = {}
+    for b, anchor in zip(note_bar.tolist(), anchors):
+        if b not in found:
+            value = for_anchor(qpm, anchor)
+            if value is not None:
+                found[b] = value
+    current = found[min(found)] if found else V.DEFAULT_QPM
+    out = []
+    for b in range(n_bars):
+        current = found.get(b, current)
+        out.append(V.quantise_qpm(current))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- pedal
@@ -466,10 +489,12 @@ def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
     return float(cand[int(np.argmin(cost))])
 
 
-def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None) -> Encoded:
+def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None,
+                 qpm: Optional[Dict[str, float]] = None) -> Encoded:
     """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S.
-    ``marks`` (optional): MusicXML markings by note id, added to the score stream."""
-    notes, order = match_score_notes(mf, marks)
+    ``marks`` / ``qpm`` (optional): MusicXML markings / notated tempo by note id, added to the score
+    stream (:func:`match_score_notes`)."""
+    notes, order = match_score_notes(mf, marks, qpm)
     score = score_tokens(notes, prefix)
     tl = score_timeline(score)
     onset = mf.onset_s[order]
@@ -519,17 +544,23 @@ def style_prefix(style: Optional[Dict[str, str]] = None, composer: Optional[str]
 
 def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                          performer: Optional[str] = None, unfold_repeats: bool = True,
-                         markings: bool = False, instruct: bool = True) -> List[str]:
+                         markings: bool = False, instruct: bool = True,
+                         notated_tempo: bool = False) -> List[str]:
     """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError).
     ``markings``: add MusicXML markings (as for a corpus built with ``--xml-markings``; score MIDI has
-    none); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``)."""
+    none); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``); ``notated_tempo``:
+    a ``QPM`` token in every bar header (``--notated-tempo`` corpora; from MIDI set-tempo events or
+    MusicXML ``<sound tempo>``, 120 when the score states none)."""
     from .scorefile import ScoreReadError, load_score
 
     try:
         prefix = style_prefix(style, composer, performer) if instruct else []
     except ValueError as e:
         raise ScoreReadError(str(e)) from None
-    return score_tokens(load_score(path, unfold_repeats, markings=markings), prefix)
+    notes = load_score(path, unfold_repeats, markings=markings)
+    if not notated_tempo:
+        notes.bar_qpm = None
+    return score_tokens(notes, prefix)
 
 
 # ----------------------------------------------------------------------------------------- segments

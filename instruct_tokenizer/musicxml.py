@@ -11,23 +11,35 @@ A marking becomes a score token (built in :mod:`vocab`) attached to the notes it
 - *note* markings (emitted after the note's ``Staff``): articulations and fermata (``Mark``), slur
   start/end (``Slur``).
 Repeat passes share the markings of their XML note: match anchor ``n6-2`` uses XML note ``n6``.
+The same parse gives each note's notated tempo (``<sound tempo>``, quarter notes per minute, in force at
+the note; ``vocab.DEFAULT_QPM`` before any), for the ``QPM`` bar tokens of ``--notated-tempo`` corpora.
 Time in partitura divisions (only compared, never converted).
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-1"
+CACHE_VERSION = "markings-2"  # entries hold markings and notated tempo per note id
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
+
+
+@dataclass
+class XmlInfo:
+    """What the tokenizer reads from a score's MusicXML, by XML note id."""
+
+    marks: Dict[str, Marks]
+    qpm: Dict[str, float]  # notated tempo (quarter notes per minute) in force at each note
 
 
 class MusicXMLError(Exception):
@@ -111,6 +123,12 @@ def canonical(tokens) -> Tuple[str, ...]:
 # ----------------------------------------------------------------------------------------- parse
 def parse_markings(path: str) -> Dict[str, Marks]:
     """Markings per XML note id, read by partitura (entities unresolved). Raises MusicXMLError."""
+    return parse_xml_info(path).marks
+
+
+def parse_xml_info(path: str) -> XmlInfo:
+    """Markings and notated tempo per XML note id, read by partitura (entities unresolved).
+    Raises MusicXMLError."""
     import partitura as pt
 
     p = Path(path)
@@ -125,7 +143,7 @@ def parse_markings(path: str) -> Dict[str, Marks]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parts = list(pt.load_musicxml(str(p)).parts)
-            return _markings_of_parts(parts, pt)
+            return XmlInfo(_markings_of_parts(parts, pt), _qpm_of_parts(parts, pt))
     except MusicXMLError:
         raise
     except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
@@ -153,16 +171,32 @@ def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
     return out
 
 
-def _first_at_or_after(sorted_times: List[int], t: int) -> Optional[int]:
-    import bisect
+def _qpm_of_parts(parts, pt) -> Dict[str, float]:
+    from .scorefile import qpm_of_tempo
 
+    out: Dict[str, float] = {}
+    for part in parts:
+        changes = sorted((t.start.t, qpm_of_tempo(t.bpm, t.unit)) for t in part.iter_all(pt.score.Tempo))
+        times = [t for t, _ in changes]
+        for n in part.iter_all(pt.score.GenericNote, include_subclasses=True):
+            i = bisect.bisect_right(times, n.start.t) - 1
+            out[str(n.id)] = changes[i][1] if i >= 0 else V.DEFAULT_QPM
+    return out
+
+
+def _first_at_or_after(sorted_times: List[int], t: int) -> Optional[int]:
     i = bisect.bisect_left(sorted_times, t)
     return sorted_times[i] if i < len(sorted_times) else None
 
 
 # ----------------------------------------------------------------------------------------- cache
 def load_markings(path: str, cache_dir: Optional[str] = None) -> Dict[str, Marks]:
-    """:func:`parse_markings` through an on-disk JSON cache keyed by the file's content hash."""
+    """:func:`parse_markings` through the on-disk cache (:func:`load_xml_info`)."""
+    return load_xml_info(path, cache_dir).marks
+
+
+def load_xml_info(path: str, cache_dir: Optional[str] = None) -> XmlInfo:
+    """:func:`parse_xml_info` through an on-disk JSON cache keyed by the file's content hash."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -173,12 +207,14 @@ def load_markings(path: str, cache_dir: Optional[str] = None) -> Dict[str, Marks
     if entry.is_file():
         try:
             raw = json.loads(entry.read_text())
-            return {k: (tuple(g), tuple(n)) for k, (g, n) in raw.items()}
-        except (ValueError, OSError):
+            return XmlInfo({k: (tuple(g), tuple(n)) for k, (g, n) in raw["marks"].items()},
+                           {k: float(v) for k, v in raw["qpm"].items()})
+        except (ValueError, OSError, KeyError, TypeError):
             pass  # a broken cache entry is rebuilt
-    marks = parse_markings(path)
-    _write_atomic(entry, json.dumps({k: [list(g), list(n)] for k, (g, n) in marks.items()}))
-    return marks
+    info = parse_xml_info(path)
+    _write_atomic(entry, json.dumps({"marks": {k: [list(g), list(n)] for k, (g, n) in info.marks.items()},
+                                     "qpm": info.qpm}))
+    return info
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -192,13 +228,20 @@ def _write_atomic(path: Path, text: str) -> None:
         pass  # caching is an optimisation only
 
 
-def marks_for_anchor(marks: Dict[str, Marks], anchor: str) -> Marks:
-    """Markings of a match anchor: the id itself, else without its repeat suffix (``n6-2`` -> ``n6``)."""
-    got = marks.get(anchor)
+def for_anchor(by_id: Dict, anchor: str):
+    """The entry of a match anchor: the id itself, else without its repeat suffix (``n6-2`` -> ``n6``);
+    None when neither is there."""
+    got = by_id.get(anchor)
     if got is None:
         base, sep, suffix = anchor.rpartition("-")
         if sep and suffix.isdigit():
-            got = marks.get(base)
+            got = by_id.get(base)
+    return got
+
+
+def marks_for_anchor(marks: Dict[str, Marks], anchor: str) -> Marks:
+    """Markings of a match anchor (:func:`for_anchor`); none when the id is unknown."""
+    got = for_anchor(marks, anchor)
     return got if got is not None else ((), ())
 
 

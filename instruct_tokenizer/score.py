@@ -28,6 +28,8 @@ class ScoreNotes:
     bar_ts: List[Tuple[int, int]]  # per bar: time signature (numerator, denominator)
     # per note (token order), optional MusicXML markings: (group tokens, note tokens), see musicxml.py
     marks: Optional[List[Tuple[Tuple[str, ...], Tuple[str, ...]]]] = None
+    # per bar, optional notated tempo in quarter notes per minute (a ``QPM`` value), see vocab.quantise_qpm
+    bar_qpm: Optional[List[int]] = None
 
     def __len__(self) -> int:
         return len(self.pitch)
@@ -66,8 +68,8 @@ def nominal_bar_len_q(ts: Tuple[int, int]) -> float:
 
 
 def score_tokens(notes: ScoreNotes, prefix: Sequence[str] = ()) -> List[str]:
-    """Score token stream: prefix, then per bar Bar [TimeSig] [BarLen]; per onset group Pos; per note
-    Pitch Dur Staff."""
+    """Score token stream: prefix, then per bar Bar [TimeSig] [BarLen] [QPM]; per onset group Pos
+    [group markings]; per note Pitch Dur Staff [note markings]."""
     fast = _score_tokens_fast(notes, prefix)
     if fast is not None:
         return fast
@@ -97,7 +99,8 @@ def score_tokens(notes: ScoreNotes, prefix: Sequence[str] = ()) -> List[str]:
 
 
 def _bar_header(notes: ScoreNotes, b: int, current_ts):
-    """Bar [TimeSig] [BarLen] of bar ``b`` and the time signature in force after it."""
+    """Bar [TimeSig] [BarLen] [QPM] of bar ``b`` and the time signature in force after it. ``QPM`` is in
+    every bar header (when the notes carry a notated tempo), so that every segment starts with it."""
     out = [V.BAR_TOKEN]
     ts = notes.bar_ts[b]
     if ts != current_ts and f"{ts[0]}/{ts[1]}" in V.TIME_SIGS:
@@ -107,6 +110,8 @@ def _bar_header(notes: ScoreNotes, b: int, current_ts):
     nominal = int(round(nominal_bar_len_q(current_ts or (4, 4)) * V.GRID))
     if length != nominal:
         out.append(V.tok(V.BAR_LEN, min(max(length, 1), V.MAX_BAR_LEN)))
+    if notes.bar_qpm is not None:
+        out.append(V.tok(V.QPM, notes.bar_qpm[b]))
     return out, current_ts
 
 
@@ -158,7 +163,7 @@ def _group_marks(marks, members: List[int]) -> List[str]:
     return sorted(found, key=lambda t: V.MARKING_RANK.get(t, len(V.MARKING_RANK)))
 
 
-_MARKING_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES)
+_TIMELESS_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + (V.QPM,))
 
 
 @dataclass
@@ -233,8 +238,8 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
             bar_len = nominal_bar_len_q(ts)
         elif type_ == V.BAR_LEN:
             bar_len = int(value) / V.GRID
-        elif type_ in _MARKING_TYPES:
-            continue  # markings carry no time
+        elif type_ in _TIMELESS_TYPES:
+            continue  # markings and the notated tempo carry no score time
         else:
             raise ValueError(f"unexpected score token {t!r}")
     if not (len(n_pitch) == len(n_dur) == len(n_staff)):
@@ -243,3 +248,16 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
                     note_pitch=np.array(n_pitch, np.int64), note_dur_q=np.array(n_dur),
                     note_staff=np.array(n_staff, np.int64), group_q=np.array(groups_q),
                     group_bar=np.array(groups_bar, np.int64))
+
+
+def bar_qpm_from_changes(bar_starts_q: Sequence[float], changes: Sequence[Tuple[float, float]]) -> List[int]:
+    """Notated tempo in force at each bar start, as ``QPM`` values. ``changes``: (time in quarters,
+    quarter notes per minute), any order; before the first change (or with none) the tempo is
+    ``vocab.DEFAULT_QPM``. A change inside a bar applies from the next bar."""
+    ordered = sorted(changes)
+    times = [t for t, _ in ordered]
+    out = []
+    for start in bar_starts_q:
+        i = int(np.searchsorted(times, start + 1e-6, side="right")) - 1
+        out.append(V.quantise_qpm(ordered[i][1] if i >= 0 else V.DEFAULT_QPM))
+    return out

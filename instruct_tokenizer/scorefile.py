@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .score import ScoreNotes, sort_order
+from .score import ScoreNotes, bar_qpm_from_changes, sort_order
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 XML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
@@ -42,7 +42,8 @@ def _bars_from_time_sigs(starts_q: List[Tuple[float, Tuple[int, int]]], end_q: f
     return bar_starts, bar_ts
 
 
-def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts, marks=None) -> ScoreNotes:
+def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts, marks=None, tempo_changes=()) -> ScoreNotes:
+    """``tempo_changes``: (quarters, quarter notes per minute) of the notated tempo (see vocab.QPM)."""
     starts = np.array(bar_starts)
     bar = np.clip(np.searchsorted(starts, onset_q + 1e-6, side="right") - 1, 0, len(starts) - 1)
     pos_q = onset_q - starts[bar]
@@ -50,7 +51,8 @@ def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts, marks=Non
     order = sort_order(bar, pos_q, pitch)
     return ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=dur_q[order], grace=grace[order],
                       pitch=pitch[order], staff=staff[order], bar_len_q=lengths, bar_ts=bar_ts,
-                      marks=[marks[i] for i in order] if marks is not None else None)
+                      marks=[marks[i] for i in order] if marks is not None else None,
+                      bar_qpm=bar_qpm_from_changes(bar_starts, tempo_changes))
 
 
 def load_score_midi(path: str) -> ScoreNotes:
@@ -77,7 +79,9 @@ def load_score_midi(path: str) -> ScoreNotes:
     ts_changes = [(ts.time / tpq, (ts.numerator, ts.denominator)) for ts in midi.time_signature_changes]
     ts_changes.sort(key=lambda x: x[0])
     bar_starts, bar_ts = _bars_from_time_sigs(ts_changes, float(onset_q.max()))
-    return _assemble(onset_q, dur_q, pitch, staff, np.zeros(len(pitch), bool), bar_starts, bar_ts)
+    tempo_changes = [(t.time / tpq, float(t.tempo)) for t in midi.tempo_changes]  # MIDI tempo is per quarter
+    return _assemble(onset_q, dur_q, pitch, staff, np.zeros(len(pitch), bool), bar_starts, bar_ts,
+                     tempo_changes=tempo_changes)
 
 
 def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
@@ -98,6 +102,8 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
         measures = list(part.iter_all(pt.score.Measure))
         m_starts = [float(q) for q in part.quarter_map([m.start.t for m in measures])] if measures else [0.0]
         ts_objs = list(part.iter_all(pt.score.TimeSignature))
+        tempo_changes = [(float(part.quarter_map(t.start.t)), qpm_of_tempo(t.bpm, t.unit))
+                         for t in part.iter_all(pt.score.Tempo)]
     except ScoreReadError:
         raise
     except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
@@ -122,7 +128,22 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
             raise ScoreReadError(str(e)) from None
         marks = [marks_for_anchor(by_id, str(i)) for i in na["id"]]
     return _assemble(na["onset_quarter"].astype(float), dur_q, na["pitch"].astype(np.int64),
-                     np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts, marks)
+                     np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts, marks, tempo_changes)
+
+
+_UNIT_QUARTERS = {"w": 4.0, "h": 2.0, "q": 1.0, "e": 0.5, "s": 0.25, "whole": 4.0, "half": 2.0,
+                  "quarter": 1.0, "eighth": 0.5, "16th": 0.25}
+
+
+def qpm_of_tempo(bpm: float, unit) -> float:
+    """A partitura ``Tempo`` (beats per minute of ``unit``; MusicXML ``<sound tempo>`` has no unit and
+    is in quarter notes per minute) -> quarter notes per minute. Dotted units (``q.``) count 1.5x."""
+    if not unit:
+        return float(bpm)
+    base = str(unit).rstrip(".")
+    dots = len(str(unit)) - len(base)
+    quarters = _UNIT_QUARTERS.get(base, 1.0) * (2.0 - 0.5 ** dots)
+    return float(bpm) * quarters
 
 
 def load_score(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:

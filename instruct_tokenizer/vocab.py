@@ -30,6 +30,8 @@ I_TEMPO, I_DYN, I_RANGE, I_RUBATO, I_ARTIC = "ITempo", "IDyn", "IRange", "IRubat
 COMPOSER, PERFORMER = "Composer", "Performer"
 # score markings from MusicXML (``--xml-markings``): group markings after Pos, note markings after Staff
 DYN, WEDGE, TEMPO_WORD, MARK, SLUR = "Dyn", "Wedge", "TempoWord", "Mark", "Slur"
+# notated tempo (``--notated-tempo``): quarter notes per minute in force at the bar start, in every bar header
+QPM = "QPM"
 
 NONE = "None"
 DELETED = "Del"
@@ -59,6 +61,20 @@ DUR_COARSE_STEP = GRID // 2  # ... then in eighth-note steps
 DUR_MAX = 16 * GRID
 STAFFS = (1, 2)
 TIME_SIGS = [f"{n}/{d}" for d in (2, 4, 8, 16) for n in range(1, 19)]
+
+
+# notated tempo bins: 120 * 2**(k/12) quarter notes per minute (6 % steps), 21 to 381 qpm; 120 is the
+# value that score MIDI files and MusicXML exporters write when the score states no tempo
+DEFAULT_QPM = 120.0
+QPM_VALUES = [int(round(DEFAULT_QPM * 2 ** (k / 12))) for k in range(-30, 21)]
+_LOG_QPM = np.log(np.array(QPM_VALUES, dtype=np.float64))
+
+
+def quantise_qpm(qpm: float) -> int:
+    """A notated tempo (quarter notes per minute) -> the nearest ``QPM`` value (in log tempo)."""
+    if not (qpm > 0 and math.isfinite(qpm)):
+        qpm = DEFAULT_QPM
+    return QPM_VALUES[int(np.argmin(np.abs(_LOG_QPM - math.log(qpm))))]
 
 
 def quantise_pos(pos_quarters: float) -> int:
@@ -262,15 +278,21 @@ def score_vocabulary() -> List[str]:
         toks += [tok(type_, lv) for lv in levels]
     toks += [tok(COMPOSER, UNKNOWN_META), tok(PERFORMER, UNKNOWN_META)]
     toks += marking_tokens()
+    toks += qpm_tokens()
     return toks
 
 
+def qpm_tokens() -> List[str]:
+    return [tok(QPM, v) for v in QPM_VALUES]
+
+
 def dictionary_tokens() -> List[str]:
-    """Both vocabularies in dict.txt order. Marking tokens come after the performance tokens, so the
-    indices of every token of a corpus built without markings are unchanged by their addition."""
-    marks = set(marking_tokens())
-    base = [t for t in score_vocabulary() if t not in marks]
-    return list(dict.fromkeys(base + perf_vocabulary() + marking_tokens()))
+    """Both vocabularies in dict.txt order. Marking tokens, then notated-tempo tokens, come after the
+    performance tokens, so the indices of every token of a corpus built without them are unchanged by
+    their addition (older models keep working)."""
+    late = set(marking_tokens()) | set(qpm_tokens())
+    base = [t for t in score_vocabulary() if t not in late]
+    return list(dict.fromkeys(base + perf_vocabulary() + marking_tokens() + qpm_tokens()))
 
 
 def perf_vocabulary() -> List[str]:

@@ -283,9 +283,13 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 "caches": [{} for _ in self.layers]}
 
     def constrain(self, logits: Tensor, slots: Tensor, step: int) -> Tensor:
-        """Allow only tokens of the grammar's type at this step (EOS after the last slot)."""
+        """Allow only tokens of the grammar's type at this step (EOS after the last slot), and divide
+        the logits by that type's relative temperature (1 unless set, see Grammar)."""
         col = slots[:, min(step, slots.shape[1] - 1)]  # (B,)
         allowed = self.type_table.to(logits.device)[col]  # (B, V)
+        scale = getattr(self, "type_scale", None)
+        if scale is not None:
+            logits = logits * scale.to(logits.device, logits.dtype)[col].view(-1, 1, 1)  # (B, 1, V)
         return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
 
     def reorder_incremental_state(self, incremental_state: Dict, new_order: Tensor) -> None:
@@ -311,8 +315,11 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 class Grammar:
     """Turns source token ids into per-step allowed token *type* ids for constrained generation."""
 
-    def __init__(self, src_dict, tgt_dict, target_slots, token_type, forbidden: Sequence[str] = ()):
-        """``forbidden``: target token strings never to generate (e.g. the deletion token)."""
+    def __init__(self, src_dict, tgt_dict, target_slots, token_type, forbidden: Sequence[str] = (),
+                 type_temperature: Optional[Dict[str, float]] = None):
+        """``forbidden``: target token strings never to generate (e.g. the deletion token);
+        ``type_temperature``: {token type: temperature relative to the sampling temperature}, e.g.
+        {"Tempo": 0.7} samples tempo tokens more conservatively than the rest."""
         self.src_dict, self.target_slots = src_dict, target_slots
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
@@ -329,6 +336,16 @@ class Grammar:
             if tgt_dict.index(token) != tgt_dict.unk():
                 table[:, tgt_dict.index(token)] = False
         self.table = table
+        self.scale = None  # per type id: 1 / relative temperature
+        if type_temperature:
+            unknown = sorted(set(type_temperature) - set(names))
+            if unknown:
+                raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
+            if any(t <= 0 for t in type_temperature.values()):
+                raise ValueError("--type-temperature: temperatures must be > 0")
+            self.scale = torch.ones(len(names))
+            for name, t in type_temperature.items():
+                self.scale[self.type_id[name]] = 1.0 / t
 
     def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
         """(B, T) source ids -> (B, max_slots + 1) type ids; EOS after each row's last slot."""
@@ -430,6 +447,7 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         """Constrain generation: the encoder emits per-step slot types, the decoder masks logits."""
         self.encoder.grammar = grammar
         self.decoder.type_table = grammar.table
+        self.decoder.type_scale = grammar.scale
 
 
 @register_model_architecture("museformer_s2p", "museformer_s2p")

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars
 from instruct_tokenizer.grammar import target_slots
 
@@ -106,9 +107,10 @@ class Renderer:
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
-                        allow_deletions: bool = False) -> "Renderer":
+                        allow_deletions: bool = False, type_temperature: str = "") -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
-        performances in its training data do; by default every score note is played."""
+        performances in its training data do; by default every score note is played.
+        ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -128,11 +130,16 @@ class Renderer:
         if attention_impl:
             args.attention_impl = attention_impl
         args.no_deletions = not allow_deletions
+        args.type_temperature = type_temperature
         try:
             task = tasks.setup_task(args)
         finally:
             if "dictionary" in state:  # the embedded dictionary's temporary copy is read now
                 shutil.rmtree(args.data, ignore_errors=True)
+        try:
+            task.load_grammar()  # checks --type-temperature against the grammar's types
+        except ValueError as e:
+            raise RenderError(str(e)) from None
         model = task.build_model(args)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
         model.load_state_dict(weights, strict=True, args=args)
@@ -140,6 +147,30 @@ class Renderer:
         renderer = cls([model], task, args)
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
+
+    @property
+    def score_features(self) -> Dict[str, bool]:
+        """Which optional score tokens the model was trained with, read from its dictionary's training
+        counts: ``instruct`` (prefix), ``markings`` (MusicXML markings), ``notated_tempo`` (``QPM``)."""
+        d = self.src_dict
+
+        def seen(tokens: Sequence[str]) -> bool:
+            return any(d.count[d.indices[t]] > 0 for t in tokens if t in d.indices)
+
+        return {"instruct": seen([V.tok(t, lv) for t, lvs in V.INSTRUCT_LEVELS.items() for lv in lvs]),
+                "markings": seen(V.marking_tokens()),
+                "notated_tempo": seen(V.qpm_tokens())}
+
+    def score_tokens(self, path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
+                     performer: Optional[str] = None, unfold_repeats: bool = True) -> List[str]:
+        """A MusicXML or score MIDI file -> score tokens with the optional tokens this model was trained
+        with (:attr:`score_features`). Raises ScoreReadError."""
+        from instruct_tokenizer.encode import score_file_to_tokens
+
+        f = self.score_features
+        return score_file_to_tokens(path, style=style, composer=composer, performer=performer,
+                                    unfold_repeats=unfold_repeats, markings=f["markings"],
+                                    instruct=f["instruct"], notated_tempo=f["notated_tempo"])
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
         ids = [dictionary.index(t) for t in tokens]
@@ -253,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="fairseq data dir with dict.*.txt (for training checkpoints)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("--topp", type=float, default=0.95, help="nucleus sampling p (default 0.95)")
+    p.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
+                   help="per-type temperature relative to --temperature, e.g. Tempo=0.7 (steadier tempo)")
     p.add_argument("--beam", type=int, default=1, help="beam search with this beam size (> 1) instead of sampling")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -278,14 +311,13 @@ def output_paths(output: str, n: int) -> List[Path]:
 
 
 def render_file(args: argparse.Namespace) -> List[Path]:
-    from instruct_tokenizer import encode
     from instruct_tokenizer.decode import tokens_to_midi
 
     renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
-                                        allow_deletions=args.allow_deletions)
-    score_tokens = encode.score_file_to_tokens(
-        args.score, style=parse_style(args.style), composer=args.composer, performer=args.performer,
-        unfold_repeats=not args.no_repeats)
+                                        allow_deletions=args.allow_deletions,
+                                        type_temperature=args.type_temperature)
+    score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
+                                         performer=args.performer, unfold_repeats=not args.no_repeats)
     written = []
     for k, path in enumerate(output_paths(args.output, args.n)):
         sampling = Sampling(beam=args.beam, temperature=args.temperature, topp=args.topp,

@@ -8,6 +8,7 @@ maximum length from the source (no ``--max-len-*`` flag needed).
 from __future__ import annotations
 
 import importlib
+from typing import Dict
 
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationTask
@@ -19,6 +20,20 @@ from .model import Grammar
 # group the score has >= 4 tokens (Pos Pitch Dur Staff) and the performance 8 (Tempo, 3 Sus, Soft, Vel
 # Time Art), bars map 1:1, so a performance is at most 2x its score (+ EOS).
 MAX_LEN_A, MAX_LEN_B = 2, 16
+
+
+def parse_type_temperature(text: str) -> Dict[str, float]:
+    """``Tempo=0.7,Time=0.9`` -> {"Tempo": 0.7, "Time": 0.9}; raises ValueError naming the flag."""
+    out: Dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--type-temperature: expected TYPE=T pairs, got {item!r}") from None
+        if not sep or not name.strip():
+            raise ValueError(f"--type-temperature: expected TYPE=T pairs, got {item!r}")
+    return out
 
 
 @register_task("museformer_s2p")
@@ -37,6 +52,9 @@ class MuseformerS2PTask(TranslationTask):
         parser.add_argument("--no-deletions", action="store_true",
                             help="never generate the grammar module's DELETION token (every score note is "
                                  "played; instruct-render's default)")
+        parser.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
+                            help="per-type sampling temperature relative to --temperature, e.g. Tempo=0.7 "
+                                 "(steadier tempo); types are the grammar's token types")
         # fmt: on
 
     @classmethod
@@ -51,7 +69,8 @@ class MuseformerS2PTask(TranslationTask):
         module = importlib.import_module(getattr(self.args, "grammar", "instruct_tokenizer.grammar"))
         deletion = getattr(module, "DELETION", None)
         forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
-        return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden)
+        return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
+                       parse_type_temperature(getattr(self.args, "type_temperature", "")))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

@@ -200,6 +200,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
+    ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
     ap.add_argument("--baselines-only", action="store_true",
                     help="no model: Pianist Transformer, deadpan, training mean, markings and human only")
@@ -213,10 +214,10 @@ def main() -> int:
     if not a.baselines_only:
         from museformer.render import Renderer, Sampling
 
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
         renderer.threads = 2
         sampling = Sampling(seed=a.seed)
-        scores = {int(p["index"]): opening(score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
+        scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
                                            a.max_tokens_per_piece) for p in pieces}
         secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
         ours = sorted((out / "ours_midi").glob("*.mid"))
@@ -230,7 +231,7 @@ def main() -> int:
             for k, path in xml.items():
                 if path.exists():
                     try:
-                        xml_scores[k] = opening(score_file_to_tokens(str(path)), a.max_tokens_per_piece)
+                        xml_scores[k] = opening(renderer.score_tokens(str(path)), a.max_tokens_per_piece)
                     except Exception as e:  # noqa: BLE001 - a score partitura cannot read is skipped, named
                         print(f"skipped {path}: {e}")
             if xml_scores:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
 from instruct_tokenizer.metrics import per_note_features  # noqa: E402
 from instruct_tokenizer.encode import split_bars  # noqa: E402
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling  # noqa: E402
@@ -31,7 +30,7 @@ def main():
     print("|---|---|---|---|")
     for key, lo, hi in PAIRS:
         for level in (lo, hi):
-            toks = score_file_to_tokens(a.score, style={key: level})
+            toks = r.score_tokens(a.score, style={key: level})
             prefix, bars = split_bars(toks)
             toks = prefix + [t for b in bars[: a.bars] for t in b]
             vel, per, art = [], [], []

@@ -6,12 +6,18 @@
 # Usage: scripts/train_nasap.sh [cpu|gpu]        (env: NASAP=path to unpacked (n)ASAP, OUT=work dir)
 #   cpu: museformer_s2p_tiny, --attention-impl bar, 2 cores, about 2 hours (--stop-time-hours 2)
 #   gpu: museformer_s2p (full size), --fp16, --attention-impl flex, one GPU
+# The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
+# dropped for half of the performances so that the model also renders score MIDI (no markings) well.
+# AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-cpu}
 NASAP=${NASAP:-../shared/datasets/nasap}
 OUT=${OUT:-outputs/nasap}
 HOURS=${HOURS:-2}
+AUGMENT=${AUGMENT:-1}
+AUG_FLAGS=()
+[ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose -3,3 --augment-tempo 0.9,1.1)
 BIN=.venv/bin
 [ -d "$NASAP" ] || { echo "train_nasap: error: $NASAP: (n)ASAP not found (../shared/datasets/unpack makes it)" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -19,8 +25,8 @@ mkdir -p "$OUT"
 MAX_TOKENS_EXAMPLE=${MAX_TOKENS_EXAMPLE:-1024}
 $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,0 \
   --test-pieces ../shared/benchmarks/pianist_transformer_testset/pieces.csv \
-  --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 \
-  --augment-transpose -3,3 --augment-tempo 0.9,1.1 --instruct
+  --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 "${AUG_FLAGS[@]}" \
+  --instruct --notated-tempo --xml-markings --markings-dropout 0.5
 
 rm -rf "$OUT/bin"
 $BIN/fairseq-preprocess --source-lang score --target-lang perf \

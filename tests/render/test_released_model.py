@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from conftest import REPO, VIENNA
-from instruct_tokenizer.encode import score_file_to_tokens
 from instruct_tokenizer.grammar import target_slots, token_type
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling, split_bars
 
@@ -17,7 +16,7 @@ def test_released_checkpoint_renders_valid_tokens():
         state = torch.load(DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
-    toks = score_file_to_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"), style={"dynamics": "loud"})
+    toks = r.score_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"), style={"dynamics": "loud"})
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:3] for t in b]
     perf = r.render_tokens(toks, Sampling(seed=1), progress=False)
@@ -28,12 +27,51 @@ def test_released_checkpoint_renders_valid_tokens():
 def test_rendering_plays_every_score_note_unless_deletions_allowed():
     from instruct_tokenizer.grammar import DELETION
 
-    toks = score_file_to_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
+    strict = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    toks = strict.score_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:4] for t in b]
-    strict = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
     assert not strict.task.load_grammar().table[:, strict.tgt_dict.index(DELETION)].any()
     loose = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), allow_deletions=True)
     assert loose.task.load_grammar().table[:, loose.tgt_dict.index(DELETION)].any()
     for seed in range(3):
         assert DELETION not in strict.render_tokens(toks, Sampling(seed=seed, temperature=2.0), progress=False)
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
+def test_type_temperature_sharpens_only_its_type():
+    """Tempo=0.25 divides only the Tempo slots' logits by 0.25: tempo tokens vary less across seeds,
+    every other slot keeps its distribution's scale (checked on the logits multiplier)."""
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature="Tempo=0.25")
+    grammar = r.task.load_grammar()
+    tempo = grammar.type_id["Tempo"]
+    assert grammar.scale[tempo] == pytest.approx(4.0)
+    assert all(grammar.scale[i] == 1.0 for n, i in grammar.type_id.items() if n != "Tempo")
+    toks = r.score_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
+    prefix, bars = split_bars(toks)
+    toks = prefix + [t for b in bars[:3] for t in b]
+    plain = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+
+    def tempo_spread(renderer):
+        runs = [[t for t in renderer.render_tokens(toks, Sampling(seed=s, temperature=1.5), progress=False)
+                 if token_type(t) == "Tempo"] for s in range(4)]
+        return sum(len(set(col)) for col in zip(*runs))
+
+    assert tempo_spread(r) < tempo_spread(plain)
+
+
+@pytest.mark.parametrize("bad", ["Foo=0.5", "Tempo=0", "Tempo", "Tempo=x"])
+def test_bad_type_temperature_is_one_error_line(bad, tmp_path):
+    from museformer.render import main
+
+    out = tmp_path / "out.mid"
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"), "-o", str(out),
+                     "--type-temperature", bad])
+    assert code == 1 and not out.exists()
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and "--type-temperature" in lines[0], err.getvalue()

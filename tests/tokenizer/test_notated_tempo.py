@@ -1,0 +1,109 @@
+"""Notated tempo (``QPM`` bar tokens): from score MIDI set-tempo events and MusicXML ``<sound tempo>``,
+in every bar header, adding no score time and no performance slots; markings dropout; render-time
+detection of the score features a model was trained with."""
+from types import SimpleNamespace
+
+import miditoolkit
+import numpy as np
+import pytest
+
+from conftest import VIENNA
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.build import BuildConfig, Source, drops_markings
+from instruct_tokenizer.encode import encode_match, score_file_to_tokens, split_bars
+from instruct_tokenizer.grammar import target_slots, token_type
+from instruct_tokenizer.match import load_match
+from instruct_tokenizer.musicxml import load_xml_info
+from instruct_tokenizer.score import score_timeline
+
+MATCH = VIENNA / "match" / "Chopin_op10_no3_p01.match"
+XML = VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"
+
+
+def _score_midi(path, tempi):
+    """Eight 4/4 bars of quarter notes; ``tempi``: (bar, quarter notes per minute) set-tempo events."""
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    inst = miditoolkit.Instrument(program=0)
+    inst.notes = [miditoolkit.Note(velocity=64, pitch=60 + k % 12, start=480 * k, end=480 * (k + 1))
+                  for k in range(32)]
+    midi.instruments = [inst]
+    midi.time_signature_changes = [miditoolkit.TimeSignature(4, 4, 0)]
+    midi.tempo_changes = [miditoolkit.TempoChange(qpm, 4 * 480 * bar) for bar, qpm in tempi]
+    midi.dump(str(path))
+    return path
+
+
+def _bar_qpm(tokens):
+    _, bars = split_bars(tokens)
+    return [[t for t in bar if token_type(t) == V.QPM] for bar in bars]
+
+
+@pytest.mark.parametrize("qpm,expected", [(120, 120), (119.0, 120), (232, 227), (1000, 381), (5, 21),
+                                          (0, 120), (float("nan"), 120)])
+def test_quantise_qpm_nearest_in_log_tempo(qpm, expected):
+    assert V.quantise_qpm(qpm) == expected
+
+
+def test_score_midi_tempo_in_every_bar_header(tmp_path):
+    path = _score_midi(tmp_path / "score.mid", [(0, 90), (3, 150)])
+    with_qpm = score_file_to_tokens(str(path), notated_tempo=True)
+    plain = score_file_to_tokens(str(path))
+    assert _bar_qpm(with_qpm) == [["QPM_90"]] * 3 + [["QPM_151"]] * 5
+    assert [t for t in with_qpm if token_type(t) != V.QPM] == plain
+    assert target_slots(with_qpm) == target_slots(plain)  # no performance slots
+    a, b = score_timeline(with_qpm), score_timeline(plain)
+    np.testing.assert_array_equal(a.group_q, b.group_q)  # no score time
+
+
+def test_score_midi_without_tempo_is_default(tmp_path):
+    path = _score_midi(tmp_path / "score.mid", [])
+    assert {t for bar in _bar_qpm(score_file_to_tokens(str(path), notated_tempo=True)) for t in bar} == {"QPM_120"}
+
+
+def test_match_with_xml_tempo_changes_only_the_score_headers(tmp_path):
+    info = load_xml_info(str(XML), str(tmp_path))
+    mf = load_match(str(MATCH))
+    plain, with_qpm = encode_match(mf), encode_match(mf, qpm=info.qpm)
+    per_bar = _bar_qpm(with_qpm.score)
+    assert all(len(b) == 1 for b in per_bar)
+    assert {b[0] for b in per_bar} <= {V.tok(V.QPM, v) for v in V.QPM_VALUES}
+    assert [t for t in with_qpm.score if token_type(t) != V.QPM] == plain.score
+    assert with_qpm.perf == plain.perf
+
+
+def test_match_xml_and_musicxml_paths_agree_on_the_first_bar(tmp_path):
+    """The training path (match anchors -> XML note ids) and the rendering path (the XML itself) read
+    the same notated tempo."""
+    info = load_xml_info(str(XML), str(tmp_path))
+    train = _bar_qpm(encode_match(load_match(str(MATCH)), qpm=info.qpm).score)
+    render = _bar_qpm(score_file_to_tokens(str(XML), notated_tempo=True))
+    assert train[0] == render[0]
+
+
+def test_markings_dropout_is_seeded_by_file_and_keeps_its_share():
+    cfg = BuildConfig(markings_dropout=0.5, seed=3)
+    sources = [Source(path=f"/x/piece{k}/p{k}.match", composer="c", title=f"t{k}", performer="p")
+               for k in range(2000)]
+    drops = [drops_markings(s, cfg) for s in sources]
+    assert drops == [drops_markings(s, cfg) for s in sources]  # a rebuild drops the same files
+    assert 0.45 < np.mean(drops) < 0.55
+    assert not any(drops_markings(s, BuildConfig(markings_dropout=0.0)) for s in sources)
+
+
+def _renderer_with_counts(counts):
+    from fairseq.data import Dictionary
+
+    from museformer.render import Renderer
+
+    d = Dictionary()
+    for t in V.dictionary_tokens():
+        d.add_symbol(t, n=counts.get(V.parse(t)[0], 0))
+    task = SimpleNamespace(source_dictionary=d, target_dictionary=d)
+    return Renderer([], task, SimpleNamespace())
+
+
+def test_renderer_reads_score_features_from_dictionary_counts():
+    old = _renderer_with_counts({"ITempo": 5})
+    assert old.score_features == {"instruct": True, "markings": False, "notated_tempo": False}
+    new = _renderer_with_counts({"ITempo": 5, "QPM": 7, "Dyn": 2})
+    assert new.score_features == {"instruct": True, "markings": True, "notated_tempo": True}
