@@ -211,7 +211,8 @@ def augmentations(mf: MatchFile, cfg: BuildConfig) -> Iterable[Tuple[str, MatchF
 
 
 def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
-    """Worker: read, check and encode one file (and its augmentations). Never raises for bad input."""
+    """Worker: read, check and encode one file (and, in the training split, its augmentations and
+    markings dropout). Never raises for bad input."""
     source, cfg, augment = job
     try:
         mf = load_match(source.path)
@@ -221,7 +222,8 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     if reason:
         return {"source": source, "error": reason}
     info, warning = _xml_info(source, cfg) if (cfg.xml_markings or cfg.notated_tempo) else (None, None)
-    marks = info.marks if info is not None and cfg.xml_markings and not drops_markings(source, cfg) else None
+    drop = augment and drops_markings(source, cfg)  # training performances only: evaluation keeps them
+    marks = info.marks if info is not None and cfg.xml_markings and not drop else None
     qpm = (info.qpm if info is not None else {}) if cfg.notated_tempo else None
     items = []
     for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
@@ -254,8 +256,9 @@ def _xml_info(source: Source, cfg: BuildConfig):
 
 
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:
-    """Whether this performance is built without its markings (``--markings-dropout``): a draw seeded by
-    the build seed and the file path, so that a rebuild drops the same files. The model then also learns
+    """Whether this training performance is built without its markings (``--markings-dropout``; valid
+    and test keep theirs): a draw seeded by the build seed and the file path, so that a rebuild drops
+    the same files. The model then also learns
     to render scores without markings (score MIDI)."""
     if cfg.markings_dropout <= 0:
         return False

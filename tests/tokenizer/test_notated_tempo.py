@@ -107,3 +107,17 @@ def test_renderer_reads_score_features_from_dictionary_counts():
     assert old.score_features == {"instruct": True, "markings": False, "notated_tempo": False}
     new = _renderer_with_counts({"ITempo": 5, "QPM": 7, "Dyn": 2})
     assert new.score_features == {"instruct": True, "markings": True, "notated_tempo": True}
+
+
+def test_build_drops_markings_in_train_only_and_writes_qpm(tmp_path):
+    from instruct_tokenizer.build import build
+
+    cfg = BuildConfig(split=(0.7, 0.3, 0.0), seed=0, xml_markings=True, markings_dropout=1.0,
+                      notated_tempo=True, progress=False, cache_dir=str(tmp_path / "cache"))
+    build([str(VIENNA / "match")], str(tmp_path / "tok"), cfg)
+    marking_types = set(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES)
+    for split, has_marks in (("train", False), ("valid", True)):
+        lines = (tmp_path / "tok" / f"{split}.score").read_text().splitlines()
+        assert lines
+        assert all(" QPM_" in line for line in lines)
+        assert any(token_type(t) in marking_types for line in lines for t in line.split()) == has_marks
