@@ -200,6 +200,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
+    ap.add_argument("--topp", type=float, default=1.0, help="nucleus sampling p (instruct-render's default 1.0)")
     ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
     ap.add_argument("--baselines-only", action="store_true",
@@ -216,7 +217,7 @@ def main() -> int:
 
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
         renderer.threads = 2
-        sampling = Sampling(seed=a.seed)
+        sampling = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
                                            a.max_tokens_per_piece) for p in pieces}
         secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)

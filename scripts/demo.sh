@@ -37,7 +37,7 @@ CKPT="$OUT/ckpt/checkpoint_best.pt"
 
 echo "== 4/6 fairseq-generate the test split (constrained sampling) -> $OUT/generate/*.mid"
 fairseq-generate "$OUT/bin" --user-dir museformer --task museformer_s2p --path "$CKPT" --gen-subset test \
-  --cpu --sampling --sampling-topp 0.95 --beam 1 --seed 1 --batch-size 8 > "$OUT/generate.txt" 2> "$OUT/generate.log"
+  --cpu --sampling --beam 1 --seed 1 --batch-size 8 > "$OUT/generate.txt" 2> "$OUT/generate.log"
 python scripts/generate_to_midi.py "$OUT/generate.txt" "$OUT/tok" --split test --out "$OUT/generate"
 
 TEST_XML=$(python3 - "$OUT/tok/manifest.jsonl" <<'PY'
