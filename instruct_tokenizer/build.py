@@ -258,8 +258,7 @@ def _xml_info(source: Source, cfg: BuildConfig):
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:
     """Whether this training performance is built without its markings (``--markings-dropout``; valid
     and test keep theirs): a draw seeded by the build seed and the file path, so that a rebuild drops
-    the same files. The model then also learns
-    to render scores without markings (score MIDI)."""
+    the same files. The model then also learns to render scores without markings (score MIDI)."""
     if cfg.markings_dropout <= 0:
         return False
     digest = hashlib.sha1(f"{cfg.seed}:{source.path}".encode()).digest()

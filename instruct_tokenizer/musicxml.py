@@ -171,9 +171,22 @@ def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
     return out
 
 
-def _qpm_of_parts(parts, pt) -> Dict[str, float]:
-    from .scorefile import qpm_of_tempo
+_UNIT_QUARTERS = {"w": 4.0, "h": 2.0, "q": 1.0, "e": 0.5, "s": 0.25, "whole": 4.0, "half": 2.0,
+                  "quarter": 1.0, "eighth": 0.5, "16th": 0.25}
 
+
+def qpm_of_tempo(bpm: float, unit) -> float:
+    """A partitura ``Tempo`` (beats per minute of ``unit``; MusicXML ``<sound tempo>`` has no unit and
+    is in quarter notes per minute) -> quarter notes per minute. Dotted units (``q.``) count 1.5x."""
+    if not unit:
+        return float(bpm)
+    base = str(unit).rstrip(".")
+    dots = len(str(unit)) - len(base)
+    quarters = _UNIT_QUARTERS.get(base, 1.0) * (2.0 - 0.5 ** dots)
+    return float(bpm) * quarters
+
+
+def _qpm_of_parts(parts, pt) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for part in parts:
         changes = sorted((t.start.t, qpm_of_tempo(t.bpm, t.unit)) for t in part.iter_all(pt.score.Tempo))

@@ -14,6 +14,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .musicxml import qpm_of_tempo
 from .score import ScoreNotes, bar_qpm_from_changes, sort_order
 
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -129,21 +130,6 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
         marks = [marks_for_anchor(by_id, str(i)) for i in na["id"]]
     return _assemble(na["onset_quarter"].astype(float), dur_q, na["pitch"].astype(np.int64),
                      np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts, marks, tempo_changes)
-
-
-_UNIT_QUARTERS = {"w": 4.0, "h": 2.0, "q": 1.0, "e": 0.5, "s": 0.25, "whole": 4.0, "half": 2.0,
-                  "quarter": 1.0, "eighth": 0.5, "16th": 0.25}
-
-
-def qpm_of_tempo(bpm: float, unit) -> float:
-    """A partitura ``Tempo`` (beats per minute of ``unit``; MusicXML ``<sound tempo>`` has no unit and
-    is in quarter notes per minute) -> quarter notes per minute. Dotted units (``q.``) count 1.5x."""
-    if not unit:
-        return float(bpm)
-    base = str(unit).rstrip(".")
-    dots = len(str(unit)) - len(base)
-    quarters = _UNIT_QUARTERS.get(base, 1.0) * (2.0 - 0.5 ** dots)
-    return float(bpm) * quarters
 
 
 def load_score(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
