@@ -111,6 +111,30 @@ def select_performances(perfs: List[dict], max_pieces: Optional[int] = None,
     return perfs
 
 
+def xml_score_info(source: str, features: Dict[str, bool], report=print):
+    """(marks, qpm) for a match file, as ``instruct-tokenize build`` adds them to the score tokens of a
+    model trained with MusicXML markings / notated tempo (``features``: ``Renderer.score_features``);
+    (None, None) for a model trained without them. No readable MusicXML beside the match file: no
+    markings and the default notated tempo, as in the build (reported on one line)."""
+    from instruct_tokenizer.musicxml import MusicXMLError, find_score_xml, load_xml_info
+
+    want_marks, want_qpm = features.get("markings", False), features.get("notated_tempo", False)
+    if not (want_marks or want_qpm):
+        return None, None
+    xml = find_score_xml(source)
+    info = None
+    if xml is None:
+        report(f"{source}: no MusicXML beside it: scored without markings (notated tempo: the default)")
+    else:
+        try:
+            info = load_xml_info(str(xml))
+        except MusicXMLError as e:
+            report(f"{xml}: {e}: scored without markings (notated tempo: the default)")
+    marks = info.marks if (info is not None and want_marks) else None
+    qpm = (info.qpm if info is not None else {}) if want_qpm else None
+    return marks, qpm
+
+
 def markings_rows(human, max_bars: Optional[int] = None, report=print) -> Dict[int, List[str]]:
     """{performance index: markings performance tokens} for the performances whose piece has a MusicXML
     (found beside the match file); a MusicXML that cannot be read is reported on one line and left out."""
@@ -147,11 +171,16 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     (out / "midi").mkdir(parents=True, exist_ok=True)
     perfs = select_performances(test_performances(tok, split), max_pieces, per_piece)
     means = training_means(tok)
+    # the score tokens the model was trained on: markings and notated tempo from the MusicXML when it
+    # was trained with them, the instruct prefix (every level "mid") when it was trained with one
+    features = getattr(renderer, "score_features", {"instruct": True})
     human = []
     for p in perfs:
-        enc = encode_match(load_match(p["source"]))
+        marks, qpm = xml_score_info(p["source"], features, report)
+        enc = encode_match(load_match(p["source"]), marks=marks, qpm=qpm)
         human.append((p, first_bars(enc.score, max_bars), first_bars(enc.perf, max_bars)))
-    scores = [style_prefix({}) + s for _, s, _ in human]
+    prefix = style_prefix({}) if features.get("instruct", True) else []
+    scores = [prefix + s for _, s, _ in human]
     rendered = renderer.render_many(scores, sampling or Sampling())
     rows: Dict[str, Dict[int, List[str]]] = {
         "model": dict(enumerate(rendered)),

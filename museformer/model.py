@@ -149,6 +149,35 @@ class MuseformerEncoder(FairseqEncoder):
         self.ln = nn.LayerNorm(dim)
         self.attend = get_backend(args.attention_impl)
         self.grammar = None  # set by the task for constrained generation
+        self.style = self.build_style(dim) if getattr(args, "style_embed", False) else None
+
+    @staticmethod
+    def build_style(dim: int) -> nn.Linear:
+        """The style projection, zero at start: a model begins exactly as it would without it."""
+        proj = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(proj.weight)
+        return proj
+
+    def style_vector(self, src_tokens: Tensor, bar: Tensor, valid: Tensor) -> Optional[Tensor]:
+        """(B, 1, C) style vector: the projected mean (scaled) embedding of the prefix, i.e. the tokens
+        before the first bar (instruct levels, composer, performer); zero for a source without one.
+        None without ``--style-embed``. Added to every encoder and decoder position, so that the
+        instruct levels reach every bar, where the bar attention would show them to bar 0 only."""
+        if self.style is None:
+            return None
+        prefix = (valid & bar.eq(0)).unsqueeze(-1)  # (B, T, 1)
+        emb = self.embed.scale * self.embed.tokens(src_tokens)  # (B, T, C)
+        n = prefix.sum(dim=1, keepdim=True).clamp(min=1).to(emb.dtype)  # (B, 1, 1)
+        mean = (emb * prefix.to(emb.dtype)).sum(dim=1, keepdim=True) / n  # (B, 1, C)
+        return self.style(mean)
+
+    def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
+        """Warm start of a ``--style-embed`` model from a checkpoint trained without it: the missing
+        projection starts at zero (the checkpoint's function is unchanged)."""
+        key = f"{name}.style.weight" if name else "style.weight"
+        if self.style is not None and key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.style.weight)
+        return state_dict
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs) -> Dict:
         valid = src_tokens.ne(self.dictionary.pad())
@@ -157,10 +186,15 @@ class MuseformerEncoder(FairseqEncoder):
         layout = Layout(bar, valid, self.args.summary_tokens)
         x = torch.cat([self.embed.content(src_tokens, positions, bar, in_bar_index(src_tokens, self.bar_idx, valid)),
                        self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
+        style = self.style_vector(src_tokens, bar, valid)  # (B, 1, C) or None
+        if style is not None:
+            x = x + style
         plan = self.plan(layout)
         for layer in self.layers:
             x = layer(x, self.attend, plan)
         out = {"enc": self.ln(x), "layout": layout}
+        if style is not None:
+            out["style"] = style
         if self.grammar is not None:
             out["slots"] = self.grammar.slot_ids(src_tokens, valid)
         return out
@@ -171,8 +205,9 @@ class MuseformerEncoder(FairseqEncoder):
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
-        if "slots" in encoder_out:
-            out["slots"] = encoder_out["slots"].index_select(0, new_order)
+        for key in ("slots", "style"):
+            if key in encoder_out:
+                out[key] = encoder_out[key].index_select(0, new_order)
         return out
 
     def max_positions(self) -> int:
@@ -213,6 +248,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         x = torch.cat([self.embed.content(prev_output_tokens, positions, bar,
                                           in_bar_index(prev_output_tokens, self.bar_idx, valid)),
                        self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
+        if "style" in encoder_out:
+            x = x + encoder_out["style"]  # (B, 1, C) onto every position
         enc_layout = encoder_out["layout"]
         self_plan = make_plan(layout, "decoder", self.args)
         cross_plan = make_plan(layout, "cross", self.args, enc_layout)
@@ -249,6 +286,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             q_pos.insert(0, sum_pos)
             q_ok.insert(0, closes.unsqueeze(1).expand(b, n_s))  # rows not closing: an unused dummy
         x = torch.cat(rows, dim=1)  # (B, n_new, C)
+        if "style" in encoder_out:
+            x = x + encoder_out["style"]  # (B, 1, C), as in teacher forcing
         qb, qs, qp = torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1)
         qv = torch.cat(q_ok, 1)
         kb = torch.cat([state["k_bar"], qb], 1)
@@ -391,6 +430,9 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
                             help="share encoder/decoder input and output embeddings (needs a joined dictionary)")
         parser.add_argument("--share-decoder-input-output-embed", action="store_true",
                             help="share decoder input and output embeddings")
+        parser.add_argument("--style-embed", action="store_true",
+                            help="add a projection of the source prefix (instruct levels, composer, performer) "
+                                 "to every encoder and decoder position, so that every bar sees the style")
         # fmt: on
 
     @classmethod
@@ -471,6 +513,7 @@ def base_architecture(args):
     args.attention_impl = getattr(args, "attention_impl", "dense")
     args.share_all_embeddings = getattr(args, "share_all_embeddings", False)
     args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
+    args.style_embed = getattr(args, "style_embed", False)
     args.max_source_positions = getattr(args, "max_source_positions", 100000)
     args.max_target_positions = getattr(args, "max_target_positions", 100000)
 

@@ -12,6 +12,9 @@
 # The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
 # dropped for half of the performances so that the model also renders score MIDI (no markings) well.
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
+# --style-embed carries the instruct prefix to every position (without it the model ignored the prefix).
+# INIT=CKPT warm-starts from a checkpoint's weights (optimizer, schedule and data order start afresh; a
+# checkpoint trained without --style-embed gets a zero style projection); LR and WARMUP set the schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-cpu}
@@ -19,7 +22,10 @@ NASAP=${NASAP:-../shared/datasets/nasap}
 OUT=${OUT:-outputs/nasap}
 HOURS=${HOURS:-2}
 AUGMENT=${AUGMENT:-1}
+INIT=${INIT:-}
 AUG_FLAGS=()
+WARM=()
+[ -n "$INIT" ] && WARM=(--restore-file "$INIT" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters)
 [ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose -3,3 --augment-tempo 0.9,1.1)
 BIN=.venv/bin
 [ -d "$NASAP" ] || { echo "train_nasap: error: $NASAP: (n)ASAP not found (../shared/datasets/unpack makes it)" >&2; exit 1; }
@@ -38,16 +44,16 @@ $BIN/fairseq-preprocess --source-lang score --target-lang perf \
 
 COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_cross_entropy
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
-  --lr-scheduler inverse_sqrt --warmup-updates 500 --dropout 0.1 --share-all-embeddings
+  --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-500}" --dropout 0.1 --share-all-embeddings --style-embed
   --max-source-positions 2048 --max-target-positions 2048
   --save-dir "$OUT/ckpt" --tensorboard-logdir "$OUT/tb" --keep-last-epochs 1
-  --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed 1)
+  --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed "${SEED:-1}" "${WARM[@]}")
 if [ "$PROFILE" = gpu ]; then
   $BIN/fairseq-train "$OUT/bin" "${COMMON[@]}" --arch museformer_s2p --attention-impl flex --fp16 \
-    --lr 5e-4 --max-tokens 16384 --update-freq 2 --max-epoch 200 --stop-time-hours "$HOURS"
+    --lr "${LR:-5e-4}" --max-tokens 16384 --update-freq 2 --max-epoch 200 --stop-time-hours "$HOURS"
 else
   OMP_NUM_THREADS=2 $BIN/fairseq-train "$OUT/bin" "${COMMON[@]}" --arch museformer_s2p_tiny \
-    --attention-impl dense --save-interval-updates 1000 --keep-interval-updates 6 --cpu --lr 1e-3 \
+    --attention-impl dense --save-interval-updates 1000 --keep-interval-updates 6 --cpu --lr "${LR:-1e-3}" \
     --max-tokens 4096 --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 0
 fi
 $BIN/python scripts/release_checkpoint.py "$OUT/ckpt/checkpoint_best.pt" "$OUT/instruct-museformer.pt" --data "$OUT/bin"

@@ -56,6 +56,30 @@ def test_markings_row_per_piece_max_bars(tok_dir, tmp_path):
     assert list(tmp_path.glob("curves-*.png"))
 
 
+class RecordingRenderer(ConstantRenderer):
+    """Trained with markings and notated tempo but no instruct prefix; keeps the scores it was given."""
+    score_features = {"instruct": False, "markings": True, "notated_tempo": True}
+
+    def render_many(self, scores, sampling, **kw):
+        self.scores = [list(s) for s in scores]
+        return super().render_many(scores, sampling, **kw)
+
+
+def test_model_gets_the_score_tokens_it_was_trained_on(tok_dir, tmp_path):
+    """The model row renders the score as the build tokenized it for this model: markings and QPM from
+    the MusicXML, no prefix for a model trained without one (and the human reference is unchanged)."""
+    r = RecordingRenderer()
+    res = evaluate_split(str(tok_dir), r, str(tmp_path), per_piece=1, max_bars=8, markings=False)
+    assert res["model"]["performances"] == 2
+    for s in r.scores:
+        types = {V.parse(t)[0] for t in s}
+        assert V.QPM in types and types & set(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES)
+        assert not types & set(V.INSTRUCT_TYPES) and s[0] == V.BAR_TOKEN
+    plain = ConstantRenderer()  # no score_features: the plain score with the instruct prefix
+    res_plain = evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8, markings=False)
+    assert res_plain["human"] == res["human"]
+
+
 def test_cli_bad_limit_is_one_line(tok_dir, tmp_path):
     proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok_dir), "--checkpoint",
                            str(REPO / "checkpoints" / "instruct-museformer.pt"), "--per-piece", "0",

@@ -16,6 +16,8 @@ def make_dict():
     for i in range(8):
         d.add_symbol(f"P_{i}")
         d.add_symbol(f"V_{i}")
+    for i in range(3):
+        d.add_symbol(f"S_{i}")  # prefix (style) tokens, before the first bar
     return d
 
 
