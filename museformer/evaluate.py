@@ -213,6 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="--tokens: only the first B bars of each performance (every row and the human reference)")
     ap.add_argument("--no-markings", action="store_true", help="--tokens: leave out the markings baseline row")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")
     a = ap.parse_args(argv)
     if a.tokens:
         return eval_tokens(a)
@@ -257,9 +259,12 @@ def eval_tokens(a: argparse.Namespace) -> int:
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):
         if value is not None and value < 1:
             return _error(f"{flag} must be at least 1")
+    if not a.temperature > 0:
+        return _error("--temperature must be > 0")
     if not (Path(a.tokens) / "manifest.jsonl").is_file():
         return _error(f"{a.tokens}: no manifest.jsonl (not an instruct-tokenize build)")
-    results = evaluate_split(a.tokens, renderer, a.out, a.split, Sampling(seed=a.seed), a.max_pieces,
+    results = evaluate_split(a.tokens, renderer, a.out, a.split,
+                             Sampling(seed=a.seed, temperature=a.temperature), a.max_pieces,
                              per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings)
     out = Path(a.out)
     table = markdown(results)
