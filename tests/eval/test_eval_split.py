@@ -82,11 +82,14 @@ def test_model_gets_the_score_tokens_it_was_trained_on(tok_dir, tmp_path):
         assert (tmp_path / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
 
 
-def test_cli_bad_limit_is_one_line(tok_dir, tmp_path):
+@pytest.mark.parametrize("flag,value,message", [("--per-piece", "0", "--per-piece must be at least 1"),
+                                                ("--temperature", "0", "--temperature must be > 0")],
+                         ids=lambda p: str(p))
+def test_cli_bad_limit_is_one_line(tok_dir, tmp_path, flag, value, message):
     proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok_dir), "--checkpoint",
-                           str(REPO / "checkpoints" / "instruct-museformer.pt"), "--per-piece", "0",
+                           str(REPO / "checkpoints" / "instruct-museformer.pt"), flag, value,
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and proc.stderr.strip() == "instruct-eval: error: --per-piece must be at least 1"
+    assert proc.returncode == 1 and proc.stderr.strip() == f"instruct-eval: error: {message}"
 
 
 def test_cli_tiny_model_run(tok_dir, tmp_path):
