@@ -128,37 +128,65 @@ def baseline_rows(pieces, out: Path, tok_dir: Path, report=print) -> dict:
     return rows
 
 
-def markings_per_note(pieces, report=print) -> dict:
-    """Per-note velocity r and beat-tempo r of the markings baseline against every (n)ASAP performance
-    of the benchmark pieces with a match file (mean over performances, and the number of them)."""
+def per_note_inputs(pieces, features, max_bars: int, report=print) -> list:
+    """(match path, XML path, score tokens, human performance tokens) for every (n)ASAP performance of the
+    benchmark pieces with a match file, cut to the first ``max_bars`` bars; the score carries the
+    markings and notated tempo a model with ``features`` (``Renderer.score_features``) was trained on."""
     from instruct_tokenizer.encode import encode_match
-    from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
     from instruct_tokenizer.match import load_match
-    from instruct_tokenizer.metrics import per_note_features, per_note_r
+    from museformer.eval_split import first_bars, xml_score_info
 
-    rs = {"velocity_r": [], "log_tempo_r": []}
+    out = []
     for p in pieces:
         folder = NASAP / p["asap_folder"]
-        xml = folder / "xml_score.musicxml"
         for m in sorted(folder.glob("*.match")):
             try:
-                enc = encode_match(load_match(str(m)))
-                _, perf = xml_markings_perf(str(xml), str(m))
-            except MarkingsError as e:
-                report(f"markings per note: skipped {e}")
-                break
+                marks, qpm = xml_score_info(str(m), features, report)
+                enc = encode_match(load_match(str(m)), marks=marks, qpm=qpm)
             except Exception as e:  # noqa: BLE001 - a match file the tokenizer rejects is named and skipped
-                report(f"markings per note: skipped {m}: {e}")
+                report(f"per note: skipped {m}: {e}")
                 continue
-            r = per_note_r(per_note_features(enc.score, perf), per_note_features(enc.score, enc.perf))
+            out.append((m, folder / "xml_score.musicxml", first_bars(enc.score, max_bars),
+                        first_bars(enc.perf, max_bars)))
+    return out
+
+
+def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=print) -> dict:
+    """Per-note velocity r and beat-tempo r against each human performance (``per_note_inputs``), for
+    the markings baseline and, with a renderer, ours (rendered from the same score tokens, instruct
+    levels "mid"): {row: {velocity_r, log_tempo_r, their counts, performances}}."""
+    from instruct_tokenizer.encode import style_prefix
+    from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
+    from instruct_tokenizer.metrics import per_note_features, per_note_r
+    from museformer.eval_split import first_bars
+
+    rows = {"markings": {}}
+    bad_xml = set()
+    for i, (m, xml, score, _) in enumerate(inputs):
+        if xml in bad_xml:
+            continue
+        try:
+            rows["markings"][i] = first_bars(xml_markings_perf(str(xml), str(m))[1], max_bars)
+        except MarkingsError as e:
+            report(f"markings per note: skipped {e}")
+            bad_xml.add(xml)
+    if renderer is not None:
+        prefix = style_prefix({}) if renderer.score_features["instruct"] else []
+        rendered = renderer.render_many([prefix + score for _, _, score, _ in inputs], sampling, batch_size=24)
+        rows["ours"] = dict(enumerate(rendered))
+    out = {}
+    for name, perfs in rows.items():
+        rs = {"velocity_r": [], "log_tempo_r": []}
+        for i, perf in perfs.items():
+            _, _, score, human = inputs[i]
+            r = per_note_r(per_note_features(score, perf), per_note_features(score, human))
             for k in rs:
                 rs[k].append(r[k])
-    out = {}
-    for k, v in rs.items():
-        v = np.array([x for x in v if np.isfinite(x)])
-        out[k] = float(v.mean()) if len(v) else float("nan")
-        out[f"{k}_n"] = int(len(v))  # performances where r is defined (no variance: n/a, left out)
-    out["performances"] = len(rs["velocity_r"])
+        out[name] = {"performances": len(perfs)}
+        for k, v in rs.items():
+            v = np.array([x for x in v if np.isfinite(x)])
+            out[name][k] = float(v.mean()) if len(v) else float("nan")
+            out[name][f"{k}_n"] = int(len(v))  # performances where r is defined (no variance: n/a, left out)
     return out
 
 
@@ -205,19 +233,21 @@ def main() -> int:
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
     ap.add_argument("--baselines-only", action="store_true",
                     help="no model: Pianist Transformer, deadpan, training mean, markings and human only")
-    ap.add_argument("--no-per-note", action="store_true", help="skip the markings per-note r (match files)")
+    ap.add_argument("--no-per-note", action="store_true", help="skip the per-note r (ours and markings, match files)")
+    ap.add_argument("--per-note-bars", type=int, default=16,
+                    help="per-note r on the first B bars of every (n)ASAP performance of the 23 pieces")
     ap.add_argument("--max-tokens-per-piece", type=int, default=0,
                     help="render only the opening bars of each piece up to this many tokens (0: whole pieces)")
     a = ap.parse_args()
     out = Path(a.out)
     pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
-    rows, meta, secs = {}, {}, None
+    rows, meta, secs, sampling_or_none = {}, {}, None, None
     if not a.baselines_only:
         from museformer.render import Renderer, Sampling
 
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
         renderer.threads = 2
-        sampling = Sampling(seed=a.seed, topp=a.topp)
+        sampling = sampling_or_none = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
                                            a.max_tokens_per_piece) for p in pieces}
         secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
@@ -251,13 +281,18 @@ def main() -> int:
     results["human odd k vs even k"] = ceiling
     extra = None
     if not a.no_per_note:
-        per_note = markings_per_note(pieces)
-        name = next((n for n in results if n.startswith("markings")), None)
-        if name:
-            extra = {name: {"velocity_r": per_note["velocity_r"], "log_tempo_r": per_note["log_tempo_r"]}}
-            meta["markings_per_note"] = per_note
-            print(f"markings per-note r over {per_note['performances']} (n)ASAP performances: velocity "
-                  f"{per_note['velocity_r']:.3f}, beat tempo {per_note['log_tempo_r']:.3f}")
+        features = renderer.score_features if not a.baselines_only else {}
+        inputs = per_note_inputs(pieces, features, a.per_note_bars)
+        per_note = per_note_table(inputs, a.per_note_bars, None if a.baselines_only else renderer, sampling_or_none)
+        meta["per_note"] = {"bars": a.per_note_bars, **per_note}
+        extra = {}
+        for row, prefix in (("markings", "markings"), ("ours", "ours (MusicXML")):
+            name = next((n for n in results if n.startswith(prefix)), None)
+            if name and row in per_note:
+                extra[name] = {"velocity_r": per_note[row]["velocity_r"], "log_tempo_r": per_note[row]["log_tempo_r"]}
+                print(f"{row} per-note r over {per_note[row]['performances']} (n)ASAP performances, first "
+                      f"{a.per_note_bars} bars: velocity {per_note[row]['velocity_r']:.3f}, beat tempo "
+                      f"{per_note[row]['log_tempo_r']:.3f}")
     plot_rows = [n for n in results if n.startswith(("ours", "markings", "training mean"))] + ["Pianist Transformer"]
     table = write_outputs(results, out, extra=extra, plot_rows=plot_rows, meta=meta,
                           title="Pianist Transformer test set: distribution metrics vs human")

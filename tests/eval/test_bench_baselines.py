@@ -33,3 +33,30 @@ def test_bad_xml_is_named(tmp_path, capsys):
     assert rows == {}
     out = capsys.readouterr().out
     assert "xml_score.musicxml: file not found" in out and "train.perf not found" in out
+
+
+class OracleRenderer:
+    """Plays back the human performance of the score it is given: per-note r must come out as 1."""
+    score_features = {"instruct": True, "markings": True, "notated_tempo": True}
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+    def render_many(self, scores, sampling, batch_size=1):
+        n = len(V.INSTRUCT_TYPES)
+        assert [s[n:] for s in scores] == [score for _, _, score, _ in self.inputs]  # in order, after ...
+        assert all(t.endswith("_mid") for s in scores for t in s[:n])  # ... the instruct prefix, all "mid"
+        return [perf for _, _, _, perf in self.inputs]
+
+
+@pytest.mark.skipif(not (BENCH / "pieces.csv").is_file() or not BQ.NASAP.is_dir(),
+                    reason="shared benchmark or (n)ASAP not present")
+def test_per_note_table_ours_and_markings_on_the_same_bars():
+    pieces = [p for p in csv.DictReader(open(BENCH / "pieces.csv")) if p["asap_folder"] == "Mozart/Piano_Sonatas/12-2"]
+    inputs = BQ.per_note_inputs(pieces, OracleRenderer.score_features, max_bars=8, report=lambda m: None)
+    assert inputs and all(sum(t == V.BAR_TOKEN for t in score) == 8 for _, _, score, _ in inputs)
+    assert any(V.parse(t)[0] == V.QPM for t in inputs[0][2])  # the score the model was trained on
+    table = BQ.per_note_table(inputs, 8, OracleRenderer(inputs), sampling=None, report=lambda m: None)
+    assert table["ours"]["performances"] == table["markings"]["performances"] == len(inputs)
+    assert table["ours"]["velocity_r"] == pytest.approx(1.0)
+    assert -1.0 < table["markings"]["velocity_r"] < 0.99
