@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import vocab as V
 from .encode import Encoded, encode_match, segment_ranges, split_bars
 from .match import MatchFile, MatchParseError, load_match
-from .musicxml import MusicXMLError, find_score_xml, load_xml_info
+from .musicxml import xml_info_of_match
 
 SPLITS = ("train", "valid", "test")
 MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
@@ -221,7 +221,10 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     reason = hygiene(mf)
     if reason:
         return {"source": source, "error": reason}
-    info, warning = _xml_info(source, cfg) if (cfg.xml_markings or cfg.notated_tempo) else (None, None)
+    wants_xml = cfg.xml_markings or cfg.notated_tempo
+    info, warning = xml_info_of_match(source.path, cfg.cache_dir) if wants_xml else (None, None)
+    if warning:
+        warning += ": built without markings (notated tempo: the default 120)"
     drop = augment and drops_markings(source, cfg)  # training performances only: evaluation keeps them
     marks = info.marks if info is not None and cfg.xml_markings and not drop else None
     qpm = (info.qpm if info is not None else {}) if cfg.notated_tempo else None
@@ -241,18 +244,6 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
         items.append(make_item(source, name, enc, cfg))
     return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
-
-
-def _xml_info(source: Source, cfg: BuildConfig):
-    """MusicXML markings and notated tempo for a match file, or (None, reason): the file is then built
-    without markings, and with the default notated tempo (``vocab.DEFAULT_QPM``)."""
-    xml = find_score_xml(source.path)
-    if xml is None:
-        return None, "no MusicXML beside it: built without markings (notated tempo: the default 120)"
-    try:
-        return load_xml_info(str(xml), cfg.cache_dir), None
-    except MusicXMLError as e:
-        return None, f"{xml}: {e}: built without markings (notated tempo: the default 120)"
 
 
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:

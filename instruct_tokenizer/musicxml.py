@@ -270,3 +270,16 @@ def find_score_xml(match_path: str) -> Optional[Path]:
         if cand.is_file():
             return cand
     return None
+
+
+def xml_info_of_match(match_path: str, cache_dir: Optional[str] = None) -> Tuple[Optional[XmlInfo], Optional[str]]:
+    """(markings and notated tempo of a match file's MusicXML, None), or (None, reason) when there is no
+    readable MusicXML (:func:`find_score_xml`, :func:`load_xml_info`); the caller then goes on without
+    markings and with the default notated tempo (``vocab.DEFAULT_QPM``)."""
+    xml = find_score_xml(match_path)
+    if xml is None:
+        return None, "no MusicXML beside it"
+    try:
+        return load_xml_info(str(xml), cache_dir), None
+    except MusicXMLError as e:
+        return None, f"{xml}: {e}"

@@ -116,20 +116,14 @@ def xml_score_info(source: str, features: Dict[str, bool], report=print):
     model trained with MusicXML markings / notated tempo (``features``: ``Renderer.score_features``);
     (None, None) for a model trained without them. No readable MusicXML beside the match file: no
     markings and the default notated tempo, as in the build (reported on one line)."""
-    from instruct_tokenizer.musicxml import MusicXMLError, find_score_xml, load_xml_info
+    from instruct_tokenizer.musicxml import xml_info_of_match
 
     want_marks, want_qpm = features.get("markings", False), features.get("notated_tempo", False)
     if not (want_marks or want_qpm):
         return None, None
-    xml = find_score_xml(source)
-    info = None
-    if xml is None:
-        report(f"{source}: no MusicXML beside it: scored without markings (notated tempo: the default)")
-    else:
-        try:
-            info = load_xml_info(str(xml))
-        except MusicXMLError as e:
-            report(f"{xml}: {e}: scored without markings (notated tempo: the default)")
+    info, reason = xml_info_of_match(source)
+    if reason:
+        report(f"{source}: {reason}: scored without markings (notated tempo: the default)")
     marks = info.marks if (info is not None and want_marks) else None
     qpm = (info.qpm if info is not None else {}) if want_qpm else None
     return marks, qpm
@@ -205,8 +199,8 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
                 rs[k].append(v)
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
-        results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: _nanmean(v) for k, v in rs.items()},
-                         **_defined(rs),
+        results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: nanmean(v) for k, v in rs.items()},
+                         **defined_counts(rs),
                          "performances": len(perf_rows)}
     results["human"] = _human_ceiling(human, human_feats, out)
     for j in range(0, len(human), max(1, len(human) // 4)):
@@ -223,7 +217,7 @@ def _features_of(midi, path: Path):
     return midi_features(str(path))
 
 
-def _nanmean(values) -> float:
+def nanmean(values) -> float:
     v = np.array([x for x in values if np.isfinite(x)])
     return float(v.mean()) if len(v) else float("nan")
 
@@ -244,10 +238,10 @@ def _human_ceiling(human, human_feats, out: Path) -> Dict[str, float]:
         for n, i in enumerate(idx):
             (even if n % 2 == 0 else odd).append(midi_features(str(out / "midi" / f"human-{i}.mid")))
     res = compare(pooled_histograms(odd), pooled_histograms(even)) if odd and even else {}
-    return {**res, **{k: _nanmean(v) for k, v in rs.items()}, **_defined(rs)}
+    return {**res, **{k: nanmean(v) for k, v in rs.items()}, **defined_counts(rs)}
 
 
-def _defined(rs) -> Dict[str, int]:
+def defined_counts(rs) -> Dict[str, int]:
     """How many performances (pairs for human) each mean per-note r averages: a row with no variance on
     a performance (e.g. a constant tempo) has no r there and is left out of the mean."""
     return {f"{k}_n": int(np.isfinite(np.array(v, dtype=float)).sum()) for k, v in rs.items()}

@@ -158,7 +158,7 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
     from instruct_tokenizer.encode import style_prefix
     from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
     from instruct_tokenizer.metrics import per_note_features, per_note_r
-    from museformer.eval_split import first_bars
+    from museformer.eval_split import defined_counts, first_bars, nanmean
 
     rows = {"markings": {}}
     bad_xml = set()
@@ -182,11 +182,8 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
             r = per_note_r(per_note_features(score, perf), per_note_features(score, human))
             for k in rs:
                 rs[k].append(r[k])
-        out[name] = {"performances": len(perfs)}
-        for k, v in rs.items():
-            v = np.array([x for x in v if np.isfinite(x)])
-            out[name][k] = float(v.mean()) if len(v) else float("nan")
-            out[name][f"{k}_n"] = int(len(v))  # performances where r is defined (no variance: n/a, left out)
+        # mean over the performances where r is defined (no variance: n/a, left out), and their count
+        out[name] = {"performances": len(perfs), **{k: nanmean(v) for k, v in rs.items()}, **defined_counts(rs)}
     return out
 
 
@@ -241,13 +238,14 @@ def main() -> int:
     a = ap.parse_args()
     out = Path(a.out)
     pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
-    rows, meta, secs, sampling_or_none = {}, {}, None, None
+    rows, meta, secs = {}, {}, None
+    renderer = sampling = None
     if not a.baselines_only:
         from museformer.render import Renderer, Sampling
 
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
         renderer.threads = 2
-        sampling = sampling_or_none = Sampling(seed=a.seed, topp=a.topp)
+        sampling = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
                                            a.max_tokens_per_piece) for p in pieces}
         secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
@@ -281,9 +279,9 @@ def main() -> int:
     results["human odd k vs even k"] = ceiling
     extra = None
     if not a.no_per_note:
-        features = renderer.score_features if not a.baselines_only else {}
+        features = renderer.score_features if renderer is not None else {}
         inputs = per_note_inputs(pieces, features, a.per_note_bars)
-        per_note = per_note_table(inputs, a.per_note_bars, None if a.baselines_only else renderer, sampling_or_none)
+        per_note = per_note_table(inputs, a.per_note_bars, renderer, sampling)
         meta["per_note"] = {"bars": a.per_note_bars, **per_note}
         extra = {}
         for row, prefix in (("markings", "markings"), ("ours", "ours (MusicXML")):

@@ -15,6 +15,7 @@
 # --style-embed carries the instruct prefix to every position (without it the model ignored the prefix).
 # INIT=CKPT warm-starts from a checkpoint's weights (optimizer, schedule and data order start afresh; a
 # checkpoint trained without --style-embed gets a zero style projection); LR and WARMUP set the schedule.
+# HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-cpu}

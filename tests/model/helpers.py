@@ -83,3 +83,12 @@ def batch(d, pairs):
         prev[i, 0] = d.eos()
         prev[i, 1:len(t)] = t[:-1]
     return src, torch.tensor([len(s) for s in srcs]), prev
+
+
+def incremental_logits(model, src, lens, prev):
+    """(B, T, V) logits of step-by-step incremental decoding along ``prev`` (one step per position)."""
+    enc = model.encoder(src, lens)
+    state, steps = {}, []
+    for t in range(1, prev.shape[1] + 1):
+        steps.append(model.decoder(prev[:, :t], enc, incremental_state=state)[0][:, -1])
+    return torch.stack(steps, 1)

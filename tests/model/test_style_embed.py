@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import batch, make_dict, make_model, random_pair
+from helpers import batch, incremental_logits, make_dict, make_model, random_pair
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,7 @@ def test_incremental_decoding_equals_teacher_forcing(pairs):
     model, d = _styled()
     src, lens, prev = batch(d, pairs)
     forced = model(src, lens, prev)[0]
-    enc = model.encoder(src, lens)
-    state, steps = {}, []
-    for t in range(1, prev.shape[1] + 1):
-        steps.append(model.decoder(prev[:, :t], enc, incremental_state=state)[0][:, -1])
-    inc = torch.stack(steps, 1)
+    inc = incremental_logits(model, src, lens, prev)
     valid = prev.ne(d.pad())
     assert (inc - forced)[valid].abs().max() < 1e-4
 
