@@ -6,6 +6,7 @@ decoder's start token are bar 0). Embeddings: token (scaled) + sinusoidal positi
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -133,6 +134,41 @@ class Embedder(nn.Module):
         return self.summary(slot).unsqueeze(0) + self.bar(sum_bar.clamp(max=self.max_bars - 1))
 
 
+def zero_linear(dim: int) -> nn.Linear:
+    """A (C -> C) projection without bias that starts at zero, so that a model with an added input
+    path begins (and warm-starts) exactly as it would without it."""
+    proj = nn.Linear(dim, dim, bias=False)
+    nn.init.zeros_(proj.weight)
+    return proj
+
+
+class SlotAnchors:
+    """Which source token each performance slot belongs to, for ``--align-source``.
+
+    The performance grammar expands every score token on its own (``Bar`` -> 1 slot, ``Pos`` -> the
+    onset group's slots, ``Pitch`` -> the note's slots, anything else -> none), so the slot count of
+    each dictionary entry is ``len(target_slots([token]))`` and the anchor of slot ``s`` is the first
+    source position whose cumulative slot count exceeds ``s``. Example (one bar, one group, 2 notes)::
+
+        source  Bar  Pos  Pitch Dur  Pitch Dur  </s>
+        slots    1    5     3    0     3    0     0
+        anchor  0 | 1 1 1 1 1 | 2 2 2 | 4 4 4 | 6 (EOS step: the source EOS)
+    """
+
+    def __init__(self, src_dict, target_slots):
+        counts = [len(target_slots([src_dict[i]])) for i in range(len(src_dict))]
+        self.counts = torch.tensor(counts, dtype=torch.long)  # (V,)
+
+    def __call__(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
+        """(B, T) source ids (any padding side) -> (B, S + 1) padded source position of each slot's
+        score token, the last column (and any beyond a row's slots) pointing at the row's last position."""
+        n = self.counts.to(src_tokens.device)[src_tokens] * valid.long()  # (B, T)
+        cum = n.cumsum(dim=1)  # (B, T)
+        width = int(cum[:, -1].max().item()) + 1 if cum.numel() else 1
+        slots = torch.arange(width, device=src_tokens.device).expand(cum.shape[0], -1).contiguous()  # (B, S + 1)
+        return torch.searchsorted(cum, slots, right=True).clamp(max=src_tokens.shape[1] - 1)
+
+
 class MuseformerEncoder(FairseqEncoder):
     """Bidirectional FC-attention over the score."""
 
@@ -150,13 +186,12 @@ class MuseformerEncoder(FairseqEncoder):
         self.attend = get_backend(args.attention_impl)
         self.grammar = None  # set by the task for constrained generation
         self.style = self.build_style(dim) if getattr(args, "style_embed", False) else None
+        self.anchors: Optional[SlotAnchors] = None  # set by build_model with --align-source
 
     @staticmethod
     def build_style(dim: int) -> nn.Linear:
         """The style projection, zero at start: a model begins exactly as it would without it."""
-        proj = nn.Linear(dim, dim, bias=False)
-        nn.init.zeros_(proj.weight)
-        return proj
+        return zero_linear(dim)
 
     def style_vector(self, src_tokens: Tensor, bar: Tensor, valid: Tensor) -> Optional[Tensor]:
         """(B, 1, C) style vector: the projected mean (scaled) embedding of the prefix, i.e. the tokens
@@ -197,6 +232,8 @@ class MuseformerEncoder(FairseqEncoder):
             out["style"] = style
         if self.grammar is not None:
             out["slots"] = self.grammar.slot_ids(src_tokens, valid)
+        if self.anchors is not None:
+            out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out
 
     def plan(self, layout: Layout):
@@ -205,7 +242,7 @@ class MuseformerEncoder(FairseqEncoder):
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
-        for key in ("slots", "style"):
+        for key in ("slots", "style", "anchors"):
             if key in encoder_out:
                 out[key] = encoder_out[key].index_select(0, new_order)
         return out
@@ -234,6 +271,30 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         else:
             nn.init.normal_(self.out.weight, std=dim ** -0.5)
         self.attend = get_backend(args.attention_impl)
+        self.align = zero_linear(dim) if getattr(args, "align_source", False) else None
+
+    def aligned_source(self, encoder_out: Dict, steps: Tensor) -> Optional[Tensor]:
+        """(B, n, C) projection of the encoder output at the score token of each step's slot (the
+        note's ``Pitch`` for its velocity/timing/articulation, the group's ``Pos`` for its tempo and
+        pedal, the ``Bar``), so that the decoder knows exactly which score note it is rendering; the
+        bar cross-attention alone has to find it among the bar's notes. ``steps``: (n,) decoder
+        positions (position t predicts target token t). None without ``--align-source``."""
+        if self.align is None:
+            return None
+        anchors = encoder_out["anchors"]  # (B, S + 1)
+        cols = steps.clamp(max=anchors.shape[1] - 1)
+        index = anchors[:, cols]  # (B, n)
+        enc = encoder_out["enc"]  # (B, L, C)
+        picked = enc.gather(1, index.unsqueeze(-1).expand(-1, -1, enc.shape[-1]))  # (B, n, C)
+        return self.align(picked)
+
+    def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
+        """Warm start of an ``--align-source`` model from a checkpoint trained without it: the missing
+        projection starts at zero (the checkpoint's function is unchanged)."""
+        key = f"{name}.align.weight" if name else "align.weight"
+        if self.align is not None and key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.align.weight)
+        return state_dict
 
     # ------------------------------------------------------------------ teacher forcing
     def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict] = None,
@@ -245,9 +306,12 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         t = prev_output_tokens.shape[1]
         positions = torch.arange(t, device=bar.device).expand_as(bar)
         layout = Layout(bar, valid, self.args.summary_tokens)
-        x = torch.cat([self.embed.content(prev_output_tokens, positions, bar,
-                                          in_bar_index(prev_output_tokens, self.bar_idx, valid)),
-                       self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
+        content = self.embed.content(prev_output_tokens, positions, bar,
+                                     in_bar_index(prev_output_tokens, self.bar_idx, valid))  # (B, T, C)
+        aligned = self.aligned_source(encoder_out, positions[0])  # (B, T, C) or None
+        if aligned is not None:
+            content = content + aligned
+        x = torch.cat([content, self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
         if "style" in encoder_out:
             x = x + encoder_out["style"]  # (B, 1, C) onto every position
         enc_layout = encoder_out["layout"]
@@ -271,6 +335,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
         pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)
         x_tok = self.embed.content(tok, pos, new_bar.unsqueeze(1), in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1))
+        aligned = self.aligned_source(encoder_out, pos[0])  # (B, 1, C) or None, as in teacher forcing
+        if aligned is not None:
+            x_tok = x_tok + aligned
         rows = [x_tok]
         q_bar, q_sum, q_pos = [new_bar.unsqueeze(1)], [torch.zeros_like(tok, dtype=torch.bool)], [pos]
         closes = is_bar & (step > 0)  # (B,) rows whose previous bar just closed
@@ -433,6 +500,9 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         parser.add_argument("--style-embed", action="store_true",
                             help="add a projection of the source prefix (instruct levels, composer, performer) "
                                  "to every encoder and decoder position, so that every bar sees the style")
+        parser.add_argument("--align-source", action="store_true",
+                            help="add to every decoder position a projection of the encoder output at the "
+                                 "score token its performance slot belongs to (needs the task's --grammar)")
         # fmt: on
 
     @classmethod
@@ -448,7 +518,15 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
             decoder_embed = cls.build_embedding(task.target_dictionary, args.decoder_embed_dim)
         encoder = MuseformerEncoder(args, task.source_dictionary, encoder_embed)
         decoder = MuseformerDecoder(args, task.target_dictionary, decoder_embed)
+        if args.align_source:
+            encoder.anchors = cls.build_anchors(args, task.source_dictionary)
         return cls(encoder, decoder)
+
+    @staticmethod
+    def build_anchors(args, src_dict) -> SlotAnchors:
+        """Slot anchors from the task's ``--grammar`` module (its ``target_slots``)."""
+        name = getattr(args, "grammar", None) or "instruct_tokenizer.grammar"
+        return SlotAnchors(src_dict, importlib.import_module(name).target_slots)
 
     @staticmethod
     def parse_fine_bars(text: str) -> List[int]:
@@ -514,6 +592,7 @@ def base_architecture(args):
     args.share_all_embeddings = getattr(args, "share_all_embeddings", False)
     args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
     args.style_embed = getattr(args, "style_embed", False)
+    args.align_source = getattr(args, "align_source", False)
     args.max_source_positions = getattr(args, "max_source_positions", 100000)
     args.max_target_positions = getattr(args, "max_target_positions", 100000)
 

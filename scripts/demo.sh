@@ -25,7 +25,7 @@ fairseq-preprocess --source-lang score --target-lang perf \
 echo "== 3/6 fairseq-train museformer_s2p_tiny on CPU for ${TRAIN_MINUTES} min (log: $OUT/train.log)"
 HOURS=$(python3 -c "print($TRAIN_MINUTES / 60)")
 fairseq-train "$OUT/bin" --user-dir museformer --task museformer_s2p --arch museformer_s2p_tiny \
-  --share-all-embeddings --style-embed --attention-impl dense --criterion label_smoothed_cross_entropy \
+  --share-all-embeddings --style-embed --align-source --attention-impl dense --criterion label_smoothed_cross_entropy \
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0 --lr 0.002 \
   --lr-scheduler inverse_sqrt --warmup-updates 50 --warmup-init-lr 1e-5 --max-tokens 4096 --cpu \
   --num-workers 0 --max-epoch 1000 --stop-time-hours "$HOURS" --save-dir "$OUT/ckpt" \

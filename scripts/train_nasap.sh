@@ -45,7 +45,7 @@ $BIN/fairseq-preprocess --source-lang score --target-lang perf \
 
 COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_cross_entropy
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
-  --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-500}" --dropout 0.1 --share-all-embeddings --style-embed
+  --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-500}" --dropout 0.1 --share-all-embeddings --style-embed --align-source
   --max-source-positions 2048 --max-target-positions 2048
   --save-dir "$OUT/ckpt" --tensorboard-logdir "$OUT/tb" --keep-last-epochs 1
   --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed "${SEED:-1}" "${WARM[@]}")

@@ -6,7 +6,7 @@ from conftest import BIN, REPO, VIENNA, run_cli as run, train_losses as losses
 from instruct_tokenizer.grammar import target_slots, token_type
 
 TRAIN = ["--user-dir", str(REPO / "museformer"), "--task", "museformer_s2p", "--arch", "museformer_s2p_tiny",
-         "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--share-all-embeddings", "--style-embed",
+         "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--share-all-embeddings", "--style-embed", "--align-source",
          "--attention-impl", "dense", "--optimizer", "adam", "--lr", "0.003", "--max-tokens", "4096", "--cpu",
          "--num-workers", "0", "--no-progress-bar", "--log-format", "simple", "--log-interval", "1", "--seed", "1",
          "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.05"]
