@@ -188,20 +188,25 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     human_feats = [per_note_features(s, pf) for _, s, pf in human]
     human_midi = [performance_to_midi(decode_performance(s, pf)) for _, s, pf in human]
     results: Dict[str, Dict[str, float]] = {}
+    r_by_row: Dict[str, Dict[str, Dict[int, float]]] = {}
     ref_hist = pooled_histograms([_features_of(m, out / "midi" / f"human-{i}.mid") for i, m in enumerate(human_midi)])
     for name, perf_rows in rows.items():
         rs = defaultdict(list)
+        r_by_row[name] = defaultdict(dict)
         feats = []
         for i, pf in perf_rows.items():
             p, s, _ = human[i]
             mine = per_note_features(s, pf)
             for k, v in per_note_r(mine, human_feats[i]).items():
                 rs[k].append(v)
+                r_by_row[name][k][i] = v
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
         results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: nanmean(v) for k, v in rs.items()},
                          **defined_counts(rs),
                          "performances": len(perf_rows)}
+    if "markings" in r_by_row:
+        results["model, where markings has r"] = paired_r(r_by_row["model"], r_by_row["markings"])
     results["human"] = _human_ceiling(human, human_feats, out)
     for j in range(0, len(human), max(1, len(human) // 4)):
         p, s, _ = human[j]
@@ -215,6 +220,18 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
 def _features_of(midi, path: Path):
     midi.dump(str(path))
     return midi_features(str(path))
+
+
+def paired_r(model: Dict[str, Dict[int, float]], baseline: Dict[str, Dict[int, float]]) -> Dict[str, float]:
+    """The model's mean per-note r on exactly the performances where the baseline's r is defined
+    (``{"velocity_r": {performance: r}, ...}`` each), so that the two means compare the same excerpts: the
+    markings row has no r where its rendering is constant (no dynamics, or no tempo change)."""
+    out: Dict[str, float] = {}
+    for k, by_perf in baseline.items():
+        keep = [i for i, v in by_perf.items() if np.isfinite(v)]
+        out[k] = nanmean([model.get(k, {}).get(i, float("nan")) for i in keep])
+        out[f"{k}_n"] = len(keep)
+    return out
 
 
 def nanmean(values) -> float:

@@ -158,7 +158,7 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
     from instruct_tokenizer.encode import style_prefix
     from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
     from instruct_tokenizer.metrics import per_note_features, per_note_r
-    from museformer.eval_split import defined_counts, first_bars, nanmean
+    from museformer.eval_split import defined_counts, first_bars, nanmean, paired_r
 
     rows = {"markings": {}}
     bad_xml = set()
@@ -174,16 +174,21 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
         prefix = style_prefix({}) if renderer.score_features["instruct"] else []
         rendered = renderer.render_many([prefix + score for _, _, score, _ in inputs], sampling, batch_size=24)
         rows["ours"] = dict(enumerate(rendered))
-    out = {}
+    out, by_perf = {}, {}
     for name, perfs in rows.items():
         rs = {"velocity_r": [], "log_tempo_r": []}
+        by_perf[name] = {k: {} for k in rs}
         for i, perf in perfs.items():
             _, _, score, human = inputs[i]
             r = per_note_r(per_note_features(score, perf), per_note_features(score, human))
             for k in rs:
                 rs[k].append(r[k])
+                by_perf[name][k][i] = r[k]
         # mean over the performances where r is defined (no variance: n/a, left out), and their count
         out[name] = {"performances": len(perfs), **{k: nanmean(v) for k, v in rs.items()}, **defined_counts(rs)}
+    if "ours" in by_perf:  # ours on exactly the performances where markings has an r
+        out["ours, where markings has r"] = {"performances": len(rows["markings"]),
+                                             **paired_r(by_perf["ours"], by_perf["markings"])}
     return out
 
 
@@ -291,6 +296,10 @@ def main() -> int:
                 print(f"{row} per-note r over {per_note[row]['performances']} (n)ASAP performances, first "
                       f"{a.per_note_bars} bars: velocity {per_note[row]['velocity_r']:.3f}, beat tempo "
                       f"{per_note[row]['log_tempo_r']:.3f}")
+        paired = per_note.get("ours, where markings has r")
+        if paired:
+            print(f"ours on the performances where markings has an r: velocity {paired['velocity_r']:.3f} "
+                  f"({paired['velocity_r_n']}), beat tempo {paired['log_tempo_r']:.3f} ({paired['log_tempo_r_n']})")
     plot_rows = [n for n in results if n.startswith(("ours", "markings", "training mean"))] + ["Pianist Transformer"]
     table = write_outputs(results, out, extra=extra, plot_rows=plot_rows, meta=meta,
                           title="Pianist Transformer test set: distribution metrics vs human")

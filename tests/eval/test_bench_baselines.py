@@ -60,3 +60,6 @@ def test_per_note_table_ours_and_markings_on_the_same_bars():
     assert table["ours"]["performances"] == table["markings"]["performances"] == len(inputs)
     assert table["ours"]["velocity_r"] == pytest.approx(1.0)
     assert -1.0 < table["markings"]["velocity_r"] < 0.99
+    paired = table["ours, where markings has r"]
+    assert paired["velocity_r"] == pytest.approx(1.0)
+    assert paired["velocity_r_n"] == table["markings"]["velocity_r_n"]

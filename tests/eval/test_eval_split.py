@@ -9,7 +9,7 @@ from conftest import BIN, REPO, VIENNA
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import encode_match
 from instruct_tokenizer.match import load_match
-from museformer.eval_split import constant_perf, evaluate_split, first_bars, select_performances
+from museformer.eval_split import constant_perf, evaluate_split, first_bars, paired_r, select_performances
 
 PIECES = ("Schubert_D783_no15", "Chopin_op10_no3")
 
@@ -54,6 +54,16 @@ def test_markings_row_per_piece_max_bars(tok_dir, tmp_path):
         notes = miditoolkit.MidiFile(str(tmp_path / "midi" / f"human-{i}.mid")).instruments[0].notes
         assert len(notes) == played8 < sum(t.startswith("Vel_") and t != "Vel_Del" for t in enc.perf) // 2
     assert list(tmp_path.glob("curves-*.png"))
+    paired = res["model, where markings has r"]  # the constant model has no r where markings has one
+    assert paired["velocity_r_n"] == res["markings"]["velocity_r_n"] and not np.isfinite(paired["velocity_r"])
+
+
+def test_paired_r_uses_the_baseline_s_defined_performances_only():
+    model = {"velocity_r": {0: 0.5, 1: 0.1, 2: 0.9}, "log_tempo_r": {0: 0.2, 1: 0.4, 2: 0.6}}
+    markings = {"velocity_r": {0: 0.3, 1: float("nan"), 2: 0.1}, "log_tempo_r": {0: float("nan"), 1: 0.7}}
+    out = paired_r(model, markings)
+    assert out["velocity_r"] == pytest.approx(0.7) and out["velocity_r_n"] == 2
+    assert out["log_tempo_r"] == pytest.approx(0.4) and out["log_tempo_r_n"] == 1
 
 
 class RecordingRenderer(ConstantRenderer):
