@@ -296,11 +296,26 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             state_dict[key] = torch.zeros_like(self.align.weight)
         return state_dict
 
+    def drop_inputs(self, prev_output_tokens: Tensor) -> Tensor:
+        """In training, replace each previous performance token by ``<unk>`` with probability
+        ``--decoder-input-dropout`` (bar tokens, which carry the bar structure, and specials are kept),
+        so that the model leans on the score rather than on its own history: free-running, a model that
+        copies its recent velocities drifts (measured: louder and louder over 12 bars)."""
+        p = getattr(self.args, "decoder_input_dropout", 0.0)
+        if not self.training or p <= 0:
+            return prev_output_tokens
+        d = self.dictionary
+        keep = (prev_output_tokens.eq(self.bar_idx) | prev_output_tokens.eq(d.pad())
+                | prev_output_tokens.eq(d.eos()) | prev_output_tokens.eq(d.bos()))
+        drop = torch.rand(prev_output_tokens.shape, device=prev_output_tokens.device) < p
+        return prev_output_tokens.masked_fill(drop & ~keep, d.unk())
+
     # ------------------------------------------------------------------ teacher forcing
     def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict] = None,
                 incremental_state: Optional[Dict] = None, features_only: bool = False, **kwargs):
         if incremental_state is not None:
             return self.forward_incremental(prev_output_tokens, encoder_out, incremental_state)
+        prev_output_tokens = self.drop_inputs(prev_output_tokens)
         valid = prev_output_tokens.ne(self.dictionary.pad())
         bar = bar_indices(prev_output_tokens, self.bar_idx)  # (B, T)
         t = prev_output_tokens.shape[1]
@@ -500,6 +515,9 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         parser.add_argument("--style-embed", action="store_true",
                             help="add a projection of the source prefix (instruct levels, composer, performer) "
                                  "to every encoder and decoder position, so that every bar sees the style")
+        parser.add_argument("--decoder-input-dropout", type=float, metavar="D",
+                            help="in training, replace previous performance tokens (not bar tokens) by <unk> "
+                                 "with this probability (exposure bias: less copying of the model's own history)")
         parser.add_argument("--align-source", action="store_true",
                             help="add to every decoder position a projection of the encoder output at the "
                                  "score token its performance slot belongs to (needs the task's --grammar)")
@@ -550,6 +568,8 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
             raise ValueError("--encoder-fine-window and --cross-window must be >= 0")
         if args.attention_impl not in ("dense", "bar", "flex"):
             raise ValueError(f"--attention-impl must be dense, bar or flex, not {args.attention_impl!r}")
+        if not 0.0 <= args.decoder_input_dropout < 1.0:
+            raise ValueError("--decoder-input-dropout must be in [0, 1)")
         if args.attention_impl == "flex" and args.attention_dropout > 0:
             raise ValueError("--attention-impl flex has no attention dropout: use --attention-dropout 0")
         for d in (task.source_dictionary, task.target_dictionary):
@@ -593,6 +613,7 @@ def base_architecture(args):
     args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
     args.style_embed = getattr(args, "style_embed", False)
     args.align_source = getattr(args, "align_source", False)
+    args.decoder_input_dropout = getattr(args, "decoder_input_dropout", 0.0)
     args.max_source_positions = getattr(args, "max_source_positions", 100000)
     args.max_target_positions = getattr(args, "max_target_positions", 100000)
 

@@ -12,7 +12,9 @@
 # The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
 # dropped for half of the performances so that the model also renders score MIDI (no markings) well.
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
-# --style-embed carries the instruct prefix to every position (without it the model ignored the prefix).
+# --style-embed carries the instruct prefix to every position (without it the model ignored the prefix);
+# --align-source gives each decoder step its own score note; --decoder-input-dropout (INPUT_DROPOUT) hides
+# a share of the previous performance tokens in training, against the free-running velocity drift.
 # INIT=CKPT warm-starts from a checkpoint's weights (optimizer, schedule and data order start afresh; a
 # checkpoint trained without --style-embed gets a zero style projection); LR and WARMUP set the schedule.
 # HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
@@ -46,6 +48,7 @@ $BIN/fairseq-preprocess --source-lang score --target-lang perf \
 COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_cross_entropy
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
   --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-500}" --dropout 0.1 --share-all-embeddings --style-embed --align-source
+  --decoder-input-dropout "${INPUT_DROPOUT:-0.2}"
   --max-source-positions 2048 --max-target-positions 2048
   --save-dir "$OUT/ckpt" --tensorboard-logdir "$OUT/tb" --keep-last-epochs 1
   --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed "${SEED:-1}" "${WARM[@]}")

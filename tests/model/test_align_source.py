@@ -91,3 +91,23 @@ def test_reorder_encoder_out_moves_the_anchors(pairs):
     enc = model.encoder(src, lens)
     order = torch.tensor([2, 0, 1])
     assert torch.equal(model.encoder.reorder_encoder_out(enc, order)["anchors"], enc["anchors"][order])
+
+
+def test_decoder_input_dropout_keeps_bars_and_only_acts_in_training(pairs):
+    model, d = make_model("dense", decoder_input_dropout=0.5)
+    _, _, prev = batch(d, pairs)
+    assert torch.equal(model.decoder.drop_inputs(prev), prev)  # eval mode: unchanged
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.decoder.drop_inputs(prev)
+    changed = dropped.ne(prev)
+    assert changed.any() and dropped[changed].eq(d.unk()).all()
+    structural = prev.eq(d.index("Bar_None")) | prev.eq(d.pad()) | prev.eq(d.eos())
+    assert not changed[structural].any()
+    share = changed.sum().item() / (~structural).sum().item()
+    assert 0.3 < share < 0.7
+
+
+def test_decoder_input_dropout_flag_is_checked():
+    with pytest.raises(ValueError, match="--decoder-input-dropout"):
+        make_model("dense", decoder_input_dropout=1.0)
