@@ -191,17 +191,16 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     r_by_row: Dict[str, Dict[str, Dict[int, float]]] = {}
     ref_hist = pooled_histograms([_features_of(m, out / "midi" / f"human-{i}.mid") for i, m in enumerate(human_midi)])
     for name, perf_rows in rows.items():
-        rs = defaultdict(list)
-        r_by_row[name] = defaultdict(dict)
+        r_by_row[name] = by_perf = defaultdict(dict)  # {feature: {performance: r}}
         feats = []
         for i, pf in perf_rows.items():
             p, s, _ = human[i]
             mine = per_note_features(s, pf)
             for k, v in per_note_r(mine, human_feats[i]).items():
-                rs[k].append(v)
-                r_by_row[name][k][i] = v
+                by_perf[k][i] = v
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
+        rs = {k: list(v.values()) for k, v in by_perf.items()}
         results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: nanmean(v) for k, v in rs.items()},
                          **defined_counts(rs),
                          "performances": len(perf_rows)}

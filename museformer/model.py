@@ -142,6 +142,15 @@ def zero_linear(dim: int) -> nn.Linear:
     return proj
 
 
+def fill_missing_zero_linear(state_dict: Dict, name: str, attr: str, proj: Optional[nn.Linear]) -> Dict:
+    """Warm start: a checkpoint trained without the :func:`zero_linear` ``proj`` (module attribute
+    ``attr``) gets its zero start, so the loaded model computes what the checkpoint computed."""
+    key = f"{name}.{attr}.weight" if name else f"{attr}.weight"
+    if proj is not None and key not in state_dict:
+        state_dict[key] = torch.zeros_like(proj.weight)
+    return state_dict
+
+
 class SlotAnchors:
     """Which source token each performance slot belongs to, for ``--align-source``.
 
@@ -185,13 +194,8 @@ class MuseformerEncoder(FairseqEncoder):
         self.ln = nn.LayerNorm(dim)
         self.attend = get_backend(args.attention_impl)
         self.grammar = None  # set by the task for constrained generation
-        self.style = self.build_style(dim) if getattr(args, "style_embed", False) else None
+        self.style = zero_linear(dim) if getattr(args, "style_embed", False) else None
         self.anchors: Optional[SlotAnchors] = None  # set by build_model with --align-source
-
-    @staticmethod
-    def build_style(dim: int) -> nn.Linear:
-        """The style projection, zero at start: a model begins exactly as it would without it."""
-        return zero_linear(dim)
 
     def style_vector(self, src_tokens: Tensor, bar: Tensor, valid: Tensor) -> Optional[Tensor]:
         """(B, 1, C) style vector: the projected mean (scaled) embedding of the prefix, i.e. the tokens
@@ -209,10 +213,7 @@ class MuseformerEncoder(FairseqEncoder):
     def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
         """Warm start of a ``--style-embed`` model from a checkpoint trained without it: the missing
         projection starts at zero (the checkpoint's function is unchanged)."""
-        key = f"{name}.style.weight" if name else "style.weight"
-        if self.style is not None and key not in state_dict:
-            state_dict[key] = torch.zeros_like(self.style.weight)
-        return state_dict
+        return fill_missing_zero_linear(state_dict, name, "style", self.style)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs) -> Dict:
         valid = src_tokens.ne(self.dictionary.pad())
@@ -291,10 +292,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
     def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
         """Warm start of an ``--align-source`` model from a checkpoint trained without it: the missing
         projection starts at zero (the checkpoint's function is unchanged)."""
-        key = f"{name}.align.weight" if name else "align.weight"
-        if self.align is not None and key not in state_dict:
-            state_dict[key] = torch.zeros_like(self.align.weight)
-        return state_dict
+        return fill_missing_zero_linear(state_dict, name, "align", self.align)
 
     def drop_inputs(self, prev_output_tokens: Tensor) -> Tensor:
         """In training, replace each previous performance token by ``<unk>`` with probability

@@ -176,14 +176,13 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
         rows["ours"] = dict(enumerate(rendered))
     out, by_perf = {}, {}
     for name, perfs in rows.items():
-        rs = {"velocity_r": [], "log_tempo_r": []}
-        by_perf[name] = {k: {} for k in rs}
+        by_perf[name] = {"velocity_r": {}, "log_tempo_r": {}}  # {feature: {performance: r}}
         for i, perf in perfs.items():
             _, _, score, human = inputs[i]
             r = per_note_r(per_note_features(score, perf), per_note_features(score, human))
-            for k in rs:
-                rs[k].append(r[k])
+            for k in by_perf[name]:
                 by_perf[name][k][i] = r[k]
+        rs = {k: list(v.values()) for k, v in by_perf[name].items()}
         # mean over the performances where r is defined (no variance: n/a, left out), and their count
         out[name] = {"performances": len(perfs), **{k: nanmean(v) for k, v in rs.items()}, **defined_counts(rs)}
     if "ours" in by_perf:  # ours on exactly the performances where markings has an r

@@ -92,3 +92,22 @@ def incremental_logits(model, src, lens, prev):
     for t in range(1, prev.shape[1] + 1):
         steps.append(model.decoder(prev[:, :t], enc, incremental_state=state)[0][:, -1])
     return torch.stack(steps, 1)
+
+
+def incremental_gap(model, d, pairs) -> float:
+    """Largest |incremental - teacher-forced| logit over the valid target positions of ``pairs``."""
+    src, lens, prev = batch(d, pairs)
+    forced = model(src, lens, prev)[0]
+    inc = incremental_logits(model, src, lens, prev)
+    return float((inc - forced)[prev.ne(d.pad())].abs().max())
+
+
+def dense_bar_gap(a, b, d, pairs) -> float:
+    """Largest |a - b| teacher-forced logit over the valid target positions (``b`` gets ``a``'s weights
+    first); then backpropagates ``a``'s summed log-partition, so callers can check its gradients."""
+    b.load_state_dict(a.state_dict())
+    src, lens, prev = batch(d, pairs)
+    valid = prev.ne(d.pad())
+    oa, ob = a(src, lens, prev)[0], b(src, lens, prev)[0]
+    oa[valid].logsumexp(-1).sum().backward()
+    return float((oa - ob)[valid].abs().max())
