@@ -24,6 +24,11 @@ except ImportError:  # pragma: no cover
     AVAILABLE = False
 
 COMPILE = True
+# torch.compile guards on the mask_mod's code (encoder, decoder and cross rules are three), on shapes (a static
+# then a dynamic compile), grad mode (training and validation) and dtype: a training run needs more than
+# dynamo's default 8 compiles of flex_attention and create_block_mask. Past the limit torch silently runs the
+# unfused implementation: measured on an H100, 8,800 target tokens/s against 110,000 for `dense`.
+RECOMPILE_LIMIT = 64
 _compiled = None
 
 
@@ -32,11 +37,20 @@ class FlexPlan:
     block_mask: Any
 
 
+def raise_recompile_limit() -> None:
+    """Lift dynamo's per-function compile limit to :data:`RECOMPILE_LIMIT` (never lowers it)."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
+
+
 def _attention_fn():
     global _compiled
     if not COMPILE:
         return flex_attention
     if _compiled is None:
+        raise_recompile_limit()
         _compiled = torch.compile(flex_attention)  # shapes vary per batch: automatic dynamic shapes
     return _compiled
 
@@ -68,6 +82,8 @@ def build_flex_plan(layout, kind: str, args, enc_layout: Optional[object] = None
             return pattern.cross_rule(qb[bi, qi], kb[bi, ki], ks[bi, ki], cross_w) & kv[bi, ki]
     else:
         raise ValueError(kind)
+    if COMPILE:
+        raise_recompile_limit()
     bm = create_block_mask(mask_mod, b, None, lq, lk, device=qb.device, _compile=COMPILE)
     return FlexPlan(bm)
 

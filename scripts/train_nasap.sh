@@ -8,7 +8,12 @@
 #        1,024-token segments dense measured 6,000 target tokens/s against 900 for the bar backend (whose
 #        gathered per-bar tensors page-fault heavily on CPU; it pays off on long sequences and GPU);
 #        a validated checkpoint every 1,000 updates, so that the benchmark can pick among them
-#   gpu: museformer_s2p (full size), --fp16, --attention-impl flex, one GPU
+#   gpu: --fp16, one GPU, --attention-impl dense (IMPL: measured fastest on an H100 at these segments);
+#        ARCH: museformer_s2p (full size) by default, museformer_s2p_small fits the 30 MB release file;
+#        MAX_TOKENS (16384) and UPDATE_FREQ (2); validated and saved every SAVE_EVERY (500) updates
+#        (fairseq does not validate when --stop-time-hours stops it). The release was trained with
+#        ARCH=museformer_s2p_small MAX_TOKENS=32768 UPDATE_FREQ=1 LR=1e-3 WARMUP=400 SAVE_EVERY=400
+#        AUGMENT=0 HOURS=0.085 (docs/attention.md: 300,000 target tokens/s on one H100)
 # The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
 # dropped for half of the performances so that the model also renders score MIDI (no markings) well.
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
@@ -18,6 +23,9 @@
 # INIT=CKPT warm-starts from a checkpoint's weights (optimizer, schedule and data order start afresh; a
 # checkpoint trained without --style-embed gets a zero style projection); LR and WARMUP set the schedule.
 # HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
+# DATA_BIN=DIR trains on an existing fairseq-preprocess output (skips tokenize and preprocess); BIN is the
+# folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
+# EXTRA adds fairseq-train flags to the gpu profile (e.g. --max-update); RELEASE=0 skips the release file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-cpu}
@@ -30,9 +38,11 @@ AUG_FLAGS=()
 WARM=()
 [ -n "$INIT" ] && WARM=(--restore-file "$INIT" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters)
 [ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose -3,3 --augment-tempo 0.9,1.1)
-BIN=.venv/bin
-[ -d "$NASAP" ] || { echo "train_nasap: error: $NASAP: (n)ASAP not found (../shared/datasets/unpack makes it)" >&2; exit 1; }
+BIN=${BIN:-.venv/bin}
+DATA_BIN=${DATA_BIN:-}
 mkdir -p "$OUT"
+if [ -z "$DATA_BIN" ]; then
+[ -d "$NASAP" ] || { echo "train_nasap: error: $NASAP: (n)ASAP not found (../shared/datasets/unpack makes it)" >&2; exit 1; }
 
 MAX_TOKENS_EXAMPLE=${MAX_TOKENS_EXAMPLE:-1024}
 $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,0 \
@@ -44,6 +54,8 @@ rm -rf "$OUT/bin"
 $BIN/fairseq-preprocess --source-lang score --target-lang perf \
   --trainpref "$OUT/tok/train" --validpref "$OUT/tok/valid" --testpref "$OUT/tok/test" \
   --srcdict "$OUT/tok/dict.txt" --tgtdict "$OUT/tok/dict.txt" --destdir "$OUT/bin" --workers 2
+DATA_BIN="$OUT/bin"
+fi
 
 COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_cross_entropy
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
@@ -53,12 +65,15 @@ COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_c
   --save-dir "$OUT/ckpt" --tensorboard-logdir "$OUT/tb" --keep-last-epochs 1
   --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed "${SEED:-1}" "${WARM[@]}")
 if [ "$PROFILE" = gpu ]; then
-  $BIN/fairseq-train "$OUT/bin" "${COMMON[@]}" --arch museformer_s2p --attention-impl flex --fp16 \
-    --lr "${LR:-5e-4}" --max-tokens 16384 --update-freq 2 --max-epoch 200 --stop-time-hours "$HOURS"
+  $BIN/fairseq-train "$DATA_BIN" "${COMMON[@]}" --arch "${ARCH:-museformer_s2p}" --attention-impl "${IMPL:-dense}" \
+    --fp16 --lr "${LR:-5e-4}" --max-tokens "${MAX_TOKENS:-16384}" --update-freq "${UPDATE_FREQ:-2}" \
+    --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 4 \
+    --save-interval-updates "${SAVE_EVERY:-500}" --keep-interval-updates 2 ${EXTRA:-}
 else
-  OMP_NUM_THREADS=2 $BIN/fairseq-train "$OUT/bin" "${COMMON[@]}" --arch museformer_s2p_tiny \
+  OMP_NUM_THREADS=2 $BIN/fairseq-train "$DATA_BIN" "${COMMON[@]}" --arch museformer_s2p_tiny \
     --attention-impl dense --save-interval-updates 1000 --keep-interval-updates 6 --cpu --lr "${LR:-1e-3}" \
     --max-tokens 4096 --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 0
 fi
-$BIN/python scripts/release_checkpoint.py "$OUT/ckpt/checkpoint_best.pt" "$OUT/instruct-museformer.pt" --data "$OUT/bin"
+[ "${RELEASE:-1}" = 1 ] || exit 0
+$BIN/python scripts/release_checkpoint.py "$OUT/ckpt/checkpoint_best.pt" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
 echo "best checkpoint: $OUT/ckpt/checkpoint_best.pt; release candidate: $OUT/instruct-museformer.pt"
