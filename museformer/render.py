@@ -235,7 +235,7 @@ class Renderer:
         done: List[List[List[str]]] = [[] for _ in pieces]
         jobs = sum(len(p[2]) for p in plans)
         bar = tqdm(total=jobs, desc="render", unit="segment", disable=not progress)
-        for r in range(max(len(p[2]) for p in plans)):
+        for r in range(max((len(p[2]) for p in plans), default=0)):  # no pieces: nothing to do
             todo = [i for i, p in enumerate(plans) if r < len(p[2])]
             for k in range(0, len(todo), batch_size):
                 chunk = todo[k:k + batch_size]

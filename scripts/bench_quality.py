@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -64,8 +65,13 @@ def benchmark(bench: Path = BENCH) -> dict:
     return results
 
 
-def render_dir(renderer, scores: dict, out: Path, sampling, batch: int) -> float:
-    """Render {index: score tokens} into out/{index}.mid; returns render seconds."""
+def render_dir(renderer, scores: dict, out: Path, sampling, batch: int, reuse: bool = False) -> Optional[float]:
+    """Render {index: score tokens} into out/{index}.mid; returns render seconds. ``reuse``: when out/
+    already holds every {index}.mid (an earlier run of the same checkpoint and seed), keep them and
+    return None (no render time measured)."""
+    if reuse and all((out / f"{k}.mid").is_file() for k in scores):
+        print(f"reusing the renderings in {out} (render time not measured in this run)")
+        return None
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     keys = sorted(scores)
@@ -237,10 +243,15 @@ def main() -> int:
     ap.add_argument("--no-per-note", action="store_true", help="skip the per-note r (ours and markings, match files)")
     ap.add_argument("--per-note-bars", type=int, default=16,
                     help="per-note r on the first B bars of every (n)ASAP performance of the 23 pieces")
+    ap.add_argument("--reuse-renders", action="store_true",
+                    help="keep renderings already in --out (same checkpoint and seed) instead of rendering again")
     ap.add_argument("--max-tokens-per-piece", type=int, default=0,
                     help="render only the opening bars of each piece up to this many tokens (0: whole pieces)")
     a = ap.parse_args()
     out = Path(a.out)
+    if not NASAP.is_dir() and not (a.no_xml and a.no_per_note):
+        sys.exit(f"bench_quality: error: {NASAP}: (n)ASAP not found, needed for the MusicXML row and the "
+                 "per-note r (../shared/datasets/unpack makes it; or pass --no-xml --no-per-note)")
     pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
     rows, meta, secs = {}, {}, None
     renderer = sampling = None
@@ -252,11 +263,12 @@ def main() -> int:
         sampling = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
                                            a.max_tokens_per_piece) for p in pieces}
-        secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch)
+        secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch, a.reuse_renders)
         ours = sorted((out / "ours_midi").glob("*.mid"))
-        rtf = secs / music_seconds(ours)
-        print(f"rendered 23 score MIDIs in {secs:.0f} s: real-time factor {rtf:.2f} (render s / music s)")
-        meta["render"] = {"seconds": secs, "real_time_factor": rtf, "checkpoint": a.checkpoint}
+        if secs is not None:
+            rtf = secs / music_seconds(ours)
+            print(f"rendered 23 score MIDIs in {secs:.0f} s: real-time factor {rtf:.2f} (render s / music s)")
+            meta["render"] = {"seconds": secs, "real_time_factor": rtf, "checkpoint": a.checkpoint}
         rows["ours (score MIDI)"] = read_set(ours)
         if not a.no_xml:
             xml = {int(p["index"]): NASAP / p["asap_folder"] / "xml_score.musicxml" for p in pieces}
@@ -268,7 +280,7 @@ def main() -> int:
                     except Exception as e:  # noqa: BLE001 - a score partitura cannot read is skipped, named
                         print(f"skipped {path}: {e}")
             if xml_scores:
-                render_dir(renderer, xml_scores, out / "ours_xml", sampling, a.batch)
+                render_dir(renderer, xml_scores, out / "ours_xml", sampling, a.batch, a.reuse_renders)
                 rows[f"ours (MusicXML, {len(xml_scores)} pieces)"] = read_set(sorted((out / "ours_xml").glob("*.mid")))
     human_paths = sorted((BENCH / "human").glob("*.mid"))
     rows["Pianist Transformer"] = read_set(sorted((BENCH / "pianist_transformer").glob("*.mid")))

@@ -75,3 +75,9 @@ def test_bad_type_temperature_is_one_error_line(bad, tmp_path):
     assert code == 1 and not out.exists()
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and "--type-temperature" in lines[0], err.getvalue()
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
+def test_render_many_of_no_pieces_is_empty():
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    assert r.render_many([], Sampling(seed=0), progress=False) == []
