@@ -11,9 +11,10 @@
 #   gpu: --fp16, one GPU, --attention-impl dense (IMPL: measured fastest on an H100 at these segments);
 #        ARCH: museformer_s2p (full size) by default, museformer_s2p_small fits the 30 MB release file;
 #        MAX_TOKENS (16384) and UPDATE_FREQ (2); validated and saved every SAVE_EVERY (500) updates
-#        (fairseq does not validate when --stop-time-hours stops it). The release was trained with
+#        (fairseq does not validate when --stop-time-hours stops it). Measured on one H100 (docs/attention.md):
 #        ARCH=museformer_s2p_small MAX_TOKENS=32768 UPDATE_FREQ=1 LR=1e-3 WARMUP=400 SAVE_EVERY=400
-#        AUGMENT=0 HOURS=0.085 (docs/attention.md: 300,000 target tokens/s on one H100)
+#        AUGMENT=0 HOURS=0.085 trains at 300,000 target tokens/s (validation loss 4.128 in 5 minutes; it
+#        renders too softly free-running, so it is not the released model: README, model card)
 # The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
 # dropped for half of the performances so that the model also renders score MIDI (no markings) well.
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
