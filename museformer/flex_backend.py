@@ -45,12 +45,14 @@ def raise_recompile_limit() -> None:
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
 
 
+raise_recompile_limit()  # once: this module is imported only when --attention-impl flex is asked for
+
+
 def _attention_fn():
     global _compiled
     if not COMPILE:
         return flex_attention
     if _compiled is None:
-        raise_recompile_limit()
         _compiled = torch.compile(flex_attention)  # shapes vary per batch: automatic dynamic shapes
     return _compiled
 
@@ -82,8 +84,6 @@ def build_flex_plan(layout, kind: str, args, enc_layout: Optional[object] = None
             return pattern.cross_rule(qb[bi, qi], kb[bi, ki], ks[bi, ki], cross_w) & kv[bi, ki]
     else:
         raise ValueError(kind)
-    if COMPILE:
-        raise_recompile_limit()
     bm = create_block_mask(mask_mod, b, None, lq, lk, device=qb.device, _compile=COMPILE)
     return FlexPlan(bm)
 

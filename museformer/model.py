@@ -630,8 +630,8 @@ def museformer_s2p_tiny(args):
 
 @register_model_architecture("museformer_s2p", "museformer_s2p_small")
 def museformer_s2p_small(args):
-    """About 8 M parameters: 16 MB as a released fp16 file (the repository holds at most 30 MB), trained on
-    one GPU in minutes; on CPU it renders about three times slower than ``museformer_s2p_tiny``."""
+    """9.6 M parameters with the (n)ASAP dictionary: a 22.5 MB released fp16 file (the repository holds at
+    most 30 MB); four epochs of (n)ASAP in 5 minutes on one H100 (docs/attention.md)."""
     args.encoder_layers = getattr(args, "encoder_layers", 4)
     args.decoder_layers = getattr(args, "decoder_layers", 4)
     args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "model")]
 
-from helpers import batch, make_model, random_pair  # noqa: E402
+from helpers import batch, make_dict, make_model, random_pair  # noqa: E402
 
 DEV = "cuda"
 SHIPPED = dict(align_source=True, grammar="museformer.synthetic_grammar", style_embed=True)  # train_nasap.sh's flags
@@ -49,8 +49,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def pairs_of(n_bars: int, n_seq: int, seed: int, max_notes: int = 12):
     rng = np.random.default_rng(seed)
-    from helpers import make_dict
-
     d = make_dict()
     return d, [random_pair(d, n_bars, rng, max_notes) for _ in range(n_seq)]
 
