@@ -27,6 +27,7 @@ from . import vocab as V
 from .encode import Encoded, encode_match, segment_ranges, split_bars
 from .match import MatchFile, MatchParseError, load_match
 from .musicxml import xml_info_of_match
+from .score import with_marking_state
 
 SPLITS = ("train", "valid", "test")
 MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
@@ -76,7 +77,7 @@ def prefix_length(cfg: "BuildConfig") -> int:
 
 
 def make_item(source: "Source", augment: str, enc: Encoded, cfg: "BuildConfig") -> Item:
-    _, score_bars = split_bars(enc.score)
+    _, score_bars = split_bars(with_marking_state(enc.score) if cfg.marking_state else enc.score)
     _, perf_bars = split_bars(enc.perf)
     ranges = segment_ranges(score_bars, perf_bars, cfg.max_tokens - prefix_length(cfg) - 1, cfg.overlap_bars)
     mult = np.zeros(len(score_bars) + 1, np.int64)
@@ -109,6 +110,7 @@ class BuildConfig:
     cache_dir: Optional[str] = None  # parsed-XML cache (default musicxml.default_cache_dir())
     markings_dropout: float = 0.0  # share of performances built without their markings (seeded by file)
     notated_tempo: bool = False  # a QPM token (notated tempo from the MusicXML) in every bar header
+    marking_state: bool = False  # the markings in force at each bar start in every bar header (with markings)
 
 
 @dataclass

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--notated-tempo", action="store_true",
                    help="a QPM token (the score's notated tempo, from the MusicXML beside the match file; 120 "
                         "when it states none) in every bar header")
+    b.add_argument("--marking-state", action="store_true",
+                   help="with --xml-markings: the markings in force at each bar start (dynamic level, open "
+                        "wedge, open rit./accel.) in every bar header (docs/tokens.md)")
     b.add_argument("--cache-dir", default=None, help="parsed MusicXML cache (default ~/.cache/instruct_tokenizer)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -64,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markings", action="store_true", help="add MusicXML markings (for --xml-markings corpora)")
     s.add_argument("--no-instruct", action="store_true", help="no instruct prefix (for --no-instruct corpora)")
     s.add_argument("--notated-tempo", action="store_true", help="QPM bar tokens (for --notated-tempo corpora)")
+    s.add_argument("--marking-state", action="store_true",
+                   help="with --markings: marking-state bar tokens (for --marking-state corpora)")
 
     d = sub.add_parser("decode", help="score + performance tokens -> performance MIDI")
     d.add_argument("--score-tokens", required=True, help="file with score tokens (first line used)")
@@ -83,7 +88,10 @@ def cmd_build(a: argparse.Namespace) -> int:
                       meta=tuple(m for m in a.meta.split(",") if m), transpose=a.augment_transpose,
                       tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
                       cache_dir=a.cache_dir, markings_dropout=a.markings_dropout,
-                      notated_tempo=a.notated_tempo)
+                      notated_tempo=a.notated_tempo, marking_state=a.marking_state)
+    if cfg.marking_state and not cfg.xml_markings:
+        print("instruct-tokenize: error: --marking-state needs --xml-markings", file=sys.stderr)
+        return 2
     report = build(a.src, a.out, cfg)
     total = sum(report.built.values())
     print(f"built {total} performances ({report.built}), skipped {len(report.skipped)}, "
@@ -106,7 +114,7 @@ def cmd_score(a: argparse.Namespace) -> int:
         style = dict(_key_value(kv) for kv in a.style.split(",")) if a.style else {}
         tokens = score_file_to_tokens(a.score, style=style, unfold_repeats=not a.no_repeats,
                                       markings=a.markings, instruct=not a.no_instruct,
-                                      notated_tempo=a.notated_tempo)
+                                      notated_tempo=a.notated_tempo, marking_state=a.marking_state)
     except (ScoreReadError, ValueError) as e:
         print(f"instruct-tokenize: error: {a.score}: {e}", file=sys.stderr)
         return 1

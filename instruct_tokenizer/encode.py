@@ -20,7 +20,7 @@ import numpy as np
 
 from . import vocab as V
 from .match import MatchFile
-from .score import ScoreNotes, Timeline, score_timeline, score_tokens, sort_order
+from .score import ScoreNotes, Timeline, score_timeline, score_tokens, sort_order, with_marking_state
 
 ORIGIN_S = 1.0  # decoded time of the first onset group's grid
 GRACE_NOMINAL_Q = 0.125  # nominal notated duration of a grace note, for articulation
@@ -545,12 +545,13 @@ def style_prefix(style: Optional[Dict[str, str]] = None, composer: Optional[str]
 def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                          performer: Optional[str] = None, unfold_repeats: bool = True,
                          markings: bool = False, instruct: bool = True,
-                         notated_tempo: bool = False) -> List[str]:
+                         notated_tempo: bool = False, marking_state: bool = False) -> List[str]:
     """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError).
     ``markings``: add MusicXML markings (as for a corpus built with ``--xml-markings``; score MIDI has
     none); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``); ``notated_tempo``:
     a ``QPM`` token in every bar header (``--notated-tempo`` corpora; from MIDI set-tempo events or
-    MusicXML ``<sound tempo>``, 120 when the score states none)."""
+    MusicXML ``<sound tempo>``, 120 when the score states none); ``marking_state``: with ``markings``,
+    the markings in force at each bar start in every bar header (``--marking-state`` corpora)."""
     from .scorefile import ScoreReadError, load_score
 
     try:
@@ -560,7 +561,8 @@ def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, comp
     notes = load_score(path, unfold_repeats, markings=markings)
     if not notated_tempo:
         notes.bar_qpm = None
-    return score_tokens(notes, prefix)
+    tokens = score_tokens(notes, prefix)
+    return with_marking_state(tokens) if marking_state and markings else tokens
 
 
 # ----------------------------------------------------------------------------------------- segments

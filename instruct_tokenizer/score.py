@@ -163,7 +163,59 @@ def _group_marks(marks, members: List[int]) -> List[str]:
     return sorted(found, key=lambda t: V.MARKING_RANK.get(t, len(V.MARKING_RANK)))
 
 
-_TIMELESS_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + (V.QPM,))
+_TIMELESS_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + (V.QPM,) + V.MARKING_STATE_TYPES)
+_HEADER_TYPES = frozenset((V.TIME_SIG, V.BAR_LEN, V.QPM))
+
+
+def with_marking_state(tokens: Sequence[str]) -> List[str]:
+    """Score tokens with the marking state in force at each bar start added to every bar header (after
+    ``TimeSig``/``BarLen``/``QPM``), so that every bar (and every segment) sees the dynamics and tempo
+    directions given bars before it, which the bar attention would otherwise not reach:
+
+    - ``DynLevel_x``: the last dynamic level (``Dyn`` pppp..ffff; ``fp`` leaves p); none before the first;
+    - ``WedgeOpen_cresc|dim``: a wedge started and not yet closed (by ``Wedge_end``, a dynamic level or
+      another wedge);
+    - ``TempoMode_rit|accel``: a ritardando/accelerando not yet closed (by ``atempo`` or a constant
+      tempo word).
+
+    A pure function of the tokens (existing state tokens are recomputed, so applying it twice changes
+    nothing); a score without markings gets no state token. Example, two bars::
+
+        Bar_None Pos_0 Dyn_p Wedge_cresc Pitch_60 ...  Bar_None Pos_0 ...
+     -> Bar_None Pos_0 Dyn_p Wedge_cresc Pitch_60 ...  Bar_None DynLevel_p WedgeOpen_cresc Pos_0 ...
+    """
+    level: Optional[str] = None
+    wedge: Optional[str] = None
+    mode: Optional[str] = None
+    out: List[str] = []
+    in_header = False
+    for t in tokens:
+        type_, _, value = t.partition("_")
+        if type_ in V.MARKING_STATE:
+            continue
+        if in_header and type_ not in _HEADER_TYPES:
+            out += _state_tokens(level, wedge, mode)
+            in_header = False
+        out.append(t)
+        if t == V.BAR_TOKEN:
+            in_header = True
+        elif type_ == V.DYN and (value in V.DYN_VALUES or value == "fp"):
+            level, wedge = ("p" if value == "fp" else value), None
+        elif type_ == V.WEDGE:
+            wedge = None if value == "end" else value
+        elif type_ == V.TEMPO_WORD and value != "other":
+            mode = value if value in V.MARKING_STATE[V.TEMPO_MODE] else None
+    if in_header:
+        out += _state_tokens(level, wedge, mode)
+    return out
+
+
+def _state_tokens(level: Optional[str], wedge: Optional[str], mode: Optional[str]) -> List[str]:
+    out = []
+    for type_, value in ((V.DYN_LEVEL, level), (V.WEDGE_OPEN, wedge), (V.TEMPO_MODE, mode)):
+        if value is not None:
+            out.append(V.tok(type_, value))
+    return out
 
 
 @dataclass

@@ -32,6 +32,8 @@ COMPOSER, PERFORMER = "Composer", "Performer"
 DYN, WEDGE, TEMPO_WORD, MARK, SLUR = "Dyn", "Wedge", "TempoWord", "Mark", "Slur"
 # notated tempo (``--notated-tempo``): quarter notes per minute in force at the bar start, in every bar header
 QPM = "QPM"
+# marking state (``--marking-state``): the markings in force at the bar start, in every bar header
+DYN_LEVEL, WEDGE_OPEN, TEMPO_MODE = "DynLevel", "WedgeOpen", "TempoMode"
 
 NONE = "None"
 DELETED = "Del"
@@ -263,6 +265,19 @@ def marking_tokens() -> List[str]:
 
 MARKING_RANK = {t: i for i, t in enumerate(marking_tokens())}
 
+# the marking state in force at a bar start (score.with_marking_state): the last dynamic level, an open
+# crescendo/diminuendo, an open ritardando/accelerando
+MARKING_STATE = {
+    DYN_LEVEL: DYN_VALUES,
+    WEDGE_OPEN: ("cresc", "dim"),
+    TEMPO_MODE: ("rit", "accel"),
+}
+MARKING_STATE_TYPES = tuple(MARKING_STATE)
+
+
+def marking_state_tokens() -> List[str]:
+    return [tok(type_, v) for type_, values in MARKING_STATE.items() for v in values]
+
 
 # ----------------------------------------------------------------------------------------- vocabularies
 def score_vocabulary() -> List[str]:
@@ -279,6 +294,7 @@ def score_vocabulary() -> List[str]:
     toks += [tok(COMPOSER, UNKNOWN_META), tok(PERFORMER, UNKNOWN_META)]
     toks += marking_tokens()
     toks += qpm_tokens()
+    toks += marking_state_tokens()
     return toks
 
 
@@ -287,12 +303,14 @@ def qpm_tokens() -> List[str]:
 
 
 def dictionary_tokens() -> List[str]:
-    """Both vocabularies in dict.txt order. Marking tokens, then notated-tempo tokens, come after the
-    performance tokens, so the indices of every token of a corpus built without them are unchanged by
-    their addition (older models keep working)."""
-    late = set(marking_tokens()) | set(qpm_tokens())
+    """Both vocabularies in dict.txt order. Marking tokens, then notated-tempo tokens, then marking-state
+    tokens come after the performance tokens, in the order they were added to the project, so the
+    indices of every token of a corpus built without them are unchanged by their addition (older models
+    keep working)."""
+    late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens()]
+    late = {t for group in late_groups for t in group}
     base = [t for t in score_vocabulary() if t not in late]
-    return list(dict.fromkeys(base + perf_vocabulary() + marking_tokens() + qpm_tokens()))
+    return list(dict.fromkeys(base + perf_vocabulary() + [t for group in late_groups for t in group]))
 
 
 def perf_vocabulary() -> List[str]:

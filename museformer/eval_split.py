@@ -129,6 +129,14 @@ def xml_score_info(source: str, features: Dict[str, bool], report=print):
     return marks, qpm
 
 
+def model_score(score_tokens: List[str], features: Dict[str, bool]) -> List[str]:
+    """Score tokens of a match file as the build gives them to a model with ``features``: with the
+    marking-state bar tokens when it was trained with ``--marking-state``."""
+    from instruct_tokenizer.score import with_marking_state
+
+    return with_marking_state(score_tokens) if features.get("marking_state") else score_tokens
+
+
 def markings_rows(human, max_bars: Optional[int] = None, report=print) -> Dict[int, List[str]]:
     """{performance index: markings performance tokens} for the performances whose piece has a MusicXML
     (found beside the match file); a MusicXML that cannot be read is reported on one line and left out."""
@@ -172,7 +180,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     for p in perfs:
         marks, qpm = xml_score_info(p["source"], features, report)
         enc = encode_match(load_match(p["source"]), marks=marks, qpm=qpm)
-        human.append((p, first_bars(enc.score, max_bars), first_bars(enc.perf, max_bars)))
+        human.append((p, first_bars(model_score(enc.score, features), max_bars), first_bars(enc.perf, max_bars)))
     prefix = style_prefix({}) if features.get("instruct", True) else []
     scores = [prefix + s for _, s, _ in human]
     rendered = renderer.render_many(scores, sampling or Sampling())

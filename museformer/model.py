@@ -151,6 +151,21 @@ def fill_missing_zero_linear(state_dict: Dict, name: str, attr: str, proj: Optio
     return state_dict
 
 
+def grow_rows(state_dict: Dict, name: str, attr: str, weight: Optional[Tensor]) -> Dict:
+    """Warm start with a grown dictionary (new token types appended at its end, docs/tokens.md): the
+    checkpoint's (V_old, C) embedding gets zero rows for the V - V_old new entries, so every old token
+    keeps its vector and its index, and the new ones start from nothing."""
+    key = f"{name}.{attr}" if name else attr
+    old = state_dict.get(key)
+    if weight is None or old is None or old.dim() != 2 or old.shape[0] >= weight.shape[0]:
+        return state_dict
+    if old.shape[1] != weight.shape[1]:
+        return state_dict  # a different width: strict loading reports it
+    pad = old.new_zeros(weight.shape[0] - old.shape[0], old.shape[1])  # (V - V_old, C)
+    state_dict[key] = torch.cat([old, pad], dim=0)  # (V, C)
+    return state_dict
+
+
 class SlotAnchors:
     """Which source token each performance slot belongs to, for ``--align-source``.
 
@@ -212,7 +227,9 @@ class MuseformerEncoder(FairseqEncoder):
 
     def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
         """Warm start of a ``--style-embed`` model from a checkpoint trained without it: the missing
-        projection starts at zero (the checkpoint's function is unchanged)."""
+        projection starts at zero (the checkpoint's function is unchanged); a grown dictionary gets zero
+        embedding rows for its new tokens (:func:`grow_rows`)."""
+        grow_rows(state_dict, name, "embed.tokens.weight", self.embed.tokens.weight)
         return fill_missing_zero_linear(state_dict, name, "style", self.style)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs) -> Dict:
@@ -291,7 +308,10 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 
     def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
         """Warm start of an ``--align-source`` model from a checkpoint trained without it: the missing
-        projection starts at zero (the checkpoint's function is unchanged)."""
+        projection starts at zero (the checkpoint's function is unchanged); a grown dictionary gets zero
+        embedding and output rows for its new tokens (:func:`grow_rows`)."""
+        grow_rows(state_dict, name, "embed.tokens.weight", self.embed.tokens.weight)
+        grow_rows(state_dict, name, "out.weight", self.out.weight)
         return fill_missing_zero_linear(state_dict, name, "align", self.align)
 
     def drop_inputs(self, prev_output_tokens: Tensor) -> Tensor:

@@ -151,7 +151,8 @@ class Renderer:
     @property
     def score_features(self) -> Dict[str, bool]:
         """Which optional score tokens the model was trained with, read from its dictionary's training
-        counts: ``instruct`` (prefix), ``markings`` (MusicXML markings), ``notated_tempo`` (``QPM``)."""
+        counts: ``instruct`` (prefix), ``markings`` (MusicXML markings), ``notated_tempo`` (``QPM``),
+        ``marking_state`` (``DynLevel``/``WedgeOpen``/``TempoMode`` bar tokens)."""
         d = self.src_dict
 
         def seen(tokens: Sequence[str]) -> bool:
@@ -159,7 +160,8 @@ class Renderer:
 
         return {"instruct": seen([V.tok(t, lv) for t, lvs in V.INSTRUCT_LEVELS.items() for lv in lvs]),
                 "markings": seen(V.marking_tokens()),
-                "notated_tempo": seen(V.qpm_tokens())}
+                "notated_tempo": seen(V.qpm_tokens()),
+                "marking_state": seen(V.marking_state_tokens())}
 
     def score_tokens(self, path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                      performer: Optional[str] = None, unfold_repeats: bool = True) -> List[str]:
@@ -170,7 +172,8 @@ class Renderer:
         f = self.score_features
         return score_file_to_tokens(path, style=style, composer=composer, performer=performer,
                                     unfold_repeats=unfold_repeats, markings=f["markings"],
-                                    instruct=f["instruct"], notated_tempo=f["notated_tempo"])
+                                    instruct=f["instruct"], notated_tempo=f["notated_tempo"],
+                                    marking_state=f["marking_state"])
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
         ids = [dictionary.index(t) for t in tokens]

@@ -140,7 +140,7 @@ def per_note_inputs(pieces, features, max_bars: int, report=print) -> list:
     markings and notated tempo a model with ``features`` (``Renderer.score_features``) was trained on."""
     from instruct_tokenizer.encode import encode_match
     from instruct_tokenizer.match import load_match
-    from museformer.eval_split import first_bars, xml_score_info
+    from museformer.eval_split import first_bars, model_score, xml_score_info
 
     out = []
     for p in pieces:
@@ -152,7 +152,7 @@ def per_note_inputs(pieces, features, max_bars: int, report=print) -> list:
             except Exception as e:  # noqa: BLE001 - a match file the tokenizer rejects is named and skipped
                 report(f"per note: skipped {m}: {e}")
                 continue
-            out.append((m, folder / "xml_score.musicxml", first_bars(enc.score, max_bars),
+            out.append((m, folder / "xml_score.musicxml", first_bars(model_score(enc.score, features), max_bars),
                         first_bars(enc.perf, max_bars)))
     return out
 

@@ -10,7 +10,7 @@ from helpers import FakeTask
 from museformer.model import MuseformerS2PModel
 
 RELEASE_LIMIT_BYTES = 30 * 1000 * 1000
-NASAP_VOCAB = 3133  # the (n)ASAP dictionary's size with fairseq's specials
+NASAP_VOCAB = 3147  # the (n)ASAP dictionary's size with fairseq's specials (marking-state tokens included)
 
 
 def nasap_sized_dict() -> Dictionary:
