@@ -146,29 +146,48 @@ def pedal_changes(events: Sequence[Tuple[float, int]]) -> List[float]:
 
 
 def assign_pedal(changes: List[float], grid_s: np.ndarray, slots: int) -> List[List[float]]:
-    """Per onset group, the offsets (s) of the pedal changes it carries (at most ``slots``).
+    """Per onset group, the offsets (s) of the pedal changes it carries (at most ``slots``; negative:
+    before the group's grid time).
 
     A change goes to the last group whose grid time is at or before it; when that group is full, to
-    the nearest earlier group with a free slot whose offset still fits the largest pedal bin. The
-    decoder sorts all change times, so a change may sit in any such group. A change that fits
-    nowhere is dropped together with the next one, so the pedal state after them stays right."""
+    the nearest earlier group with a free slot whose offset still fits the largest pedal bin; when
+    there is none (fast flutter, or a change before the first notes), to the nearest later group with
+    a free slot within the most negative bin. The decoder sorts all change times, so a change may sit
+    in any such group. A change that fits nowhere is dropped together with the next one, so the pedal
+    state after them stays right."""
     per_group: List[List[float]] = [[] for _ in range(len(grid_s))]
     if not len(grid_s):
         return per_group
-    max_s = V.PEDAL_MAX_MS / 1000.0
+    eps = 0.0005  # half a ms: an offset that rounds onto the outermost bin still fits it
+    max_s, min_s = V.PEDAL_MAX_MS / 1000.0 + eps, V.PEDAL_MIN_MS / 1000.0 - eps
     drop_next = False
     for t in sorted(changes):
         if drop_next:
             drop_next = False
             continue
-        g = max(int(np.searchsorted(grid_s, t, side="right")) - 1, 0)
-        while g >= 0 and t - grid_s[g] <= max_s and len(per_group[g]) >= slots:
-            g -= 1
-        if g >= 0 and t - grid_s[g] <= max_s:
-            per_group[g].append(max(t - grid_s[g], 0.0))
-        else:
+        g = _pedal_group(t, grid_s, per_group, slots, max_s, min_s)
+        if g is None:
             drop_next = True
+        else:
+            per_group[g].append(t - grid_s[g])
     return per_group
+
+
+def _pedal_group(t: float, grid_s: np.ndarray, per_group: List[List[float]], slots: int, max_s: float,
+                 min_s: float) -> Optional[int]:
+    """The group that carries a pedal change at ``t`` (s), by :func:`assign_pedal`'s rule, or None."""
+    last = int(np.searchsorted(grid_s, t, side="right")) - 1
+    g = last
+    while g >= 0 and t - grid_s[g] <= max_s:
+        if len(per_group[g]) < slots:
+            return g
+        g -= 1
+    g = last + 1
+    while g < len(grid_s) and t - grid_s[g] >= min_s:
+        if len(per_group[g]) < slots:
+            return g
+        g += 1
+    return None
 
 
 _PEDAL_NONE = {SUS_SLOTS: [V.tok(V.SUS, V.NONE)] * SUS_SLOTS, SOFT_SLOTS: [V.tok(V.SOFT, V.NONE)] * SOFT_SLOTS}
@@ -190,7 +209,7 @@ def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[Li
 
 # ----------------------------------------------------------------------------------------- encode
 REF_GATE_S = 1.0  # a group's reference onset averages the notes within this of the group's median
-OUTLIER_S = float(V._TIME_CENTERS_MS[-1]) / 1000.0  # farther than this from the grid target: outlier
+OUTLIER_S = 2.0  # farther than this (s) from the grid target: an alignment outlier (Time reaches 4 s from the grid)
 EARLY_PEDAL_S = 1.9  # the first grid may start this much before the first notes, for an earlier pedal change
 
 
@@ -472,13 +491,16 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
 
 def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
     """How far (s) before the first group's target its grid starts, so that a pedal change
-    ``needed_s`` before it gets an offset >= 0: 0 when that would push the first notes (deviations
-    ``first_dev_s`` from the target) out of the Time range. Within the pedal bins' fine range, the
+    ``needed_s`` before it gets an offset >= 0, or when that would push the first notes (deviations
+    ``first_dev_s`` from the target) past the outlier bound, an offset >= the most negative pedal bin;
+    0 when neither fits. Within the pedal bins' fine range, the
     start is chosen so that the first notes' Time quantises best (the first notes keep their precision)."""
     dev = first_dev_s[np.abs(first_dev_s) <= OUTLIER_S]
     room = min(EARLY_PEDAL_S, OUTLIER_S - 0.05 - max(float(dev.max()) if len(dev) else 0.0, 0.0))
-    if needed_s > room:
-        return 0.0
+    if needed_s > room:  # the rest of the way by a negative pedal offset (at most -PEDAL_MIN_MS)
+        needed_s = max(needed_s + V.PEDAL_MIN_MS / 1000.0, 0.0)
+        if needed_s > room:
+            return 0.0
     cand = needed_s + np.arange(0.0, 0.4, 0.001)
     cand = cand[cand <= room]
     if not len(dev):

@@ -108,26 +108,44 @@ VEL_STEP = 2  # velocity bins of 2 MIDI units: 64 bins; decoded to one of the bi
 VEL_BINS = 128 // VEL_STEP
 
 
-def _time_bin_edges() -> np.ndarray:
-    """Timing deviation bin centres in ms: 1 ms to +-40, 4 ms to +-160, 16 ms to +-800, 50 ms to +-2000."""
+def _time_base_ms() -> List[int]:
+    """The first timing deviation bin centres in ms: 1 ms to +-40, 4 ms to +-160, 16 ms to +-800, 50 ms to
+    +-2000."""
     pos = list(range(0, 41)) + list(range(44, 161, 4)) + list(range(176, 801, 16)) + list(range(850, 2001, 50))
-    return np.array(sorted(set([-p for p in pos] + pos)), dtype=np.float64)
+    return sorted(set([-p for p in pos] + pos))
 
 
-_TIME_CENTERS_MS = _time_bin_edges()
+def _time_extension_ms() -> List[int]:
+    """Later bins, 40 ms steps from +-2040 to +-4000 ms (quantisation error <= 20 ms): a note within the
+    alignment-outlier bound (2 s) of its chord's target whose decoded grid lies farther from the target
+    (a fermata or a final rolled chord at the tempo range's limit) keeps its onset."""
+    pos = list(range(2040, 4001, 40))
+    return sorted([-p for p in pos] + pos)
+
+
+_TIME_CENTERS_MS = np.array(sorted(_time_base_ms() + _time_extension_ms()), dtype=np.float64)
 
 ART_MIN, ART_MAX, ART_STEP = -7.0, 4.0, 0.04  # log2(played / notated-at-local-tempo)
 _ART_CENTERS = np.round(np.arange(ART_MIN, ART_MAX + 1e-9, ART_STEP), 2)
 
 
-def _pedal_centers_ms() -> np.ndarray:
-    """Pedal change offset after its onset group, in ms: 4 ms steps to 400, 10 to 1500, 25 to 6000."""
-    return np.array(list(range(0, 400, 4)) + list(range(400, 1500, 10)) + list(range(1500, 6001, 25)),
-                    dtype=np.float64)
+def _pedal_base_ms() -> List[int]:
+    """Pedal change offset after its onset group's grid time, in ms: 4 ms steps to 400, 10 to 1500, 25
+    to 6000."""
+    return list(range(0, 400, 4)) + list(range(400, 1500, 10)) + list(range(1500, 6001, 25))
 
 
-_PEDAL_CENTERS_MS = _pedal_centers_ms()
+def _pedal_extension_ms() -> List[int]:
+    """Later bins: before the group's grid time (negative offsets), 4 ms steps to -400 ms and 10 to
+    -1500, for a change when every earlier group's slots are full (fast pedal flutter) or when it
+    precedes the first notes; and 25 ms steps from 6 to 10 s, for a release held long after the last
+    notes."""
+    return sorted([-p for p in list(range(4, 400, 4)) + list(range(400, 1501, 10))]) + list(range(6025, 10001, 25))
+
+
+_PEDAL_CENTERS_MS = np.array(sorted(_pedal_base_ms() + _pedal_extension_ms()), dtype=np.float64)
 PEDAL_MAX_MS = float(_PEDAL_CENTERS_MS[-1])
+PEDAL_MIN_MS = float(_PEDAL_CENTERS_MS[0])
 
 
 def _nearest(centers: np.ndarray, x: float) -> int:
@@ -197,7 +215,8 @@ def quantise_art(log2_ratio: float) -> float:
 
 
 def quantise_pedal(offset_s: float) -> int:
-    return int(_PEDAL_CENTERS_MS[_nearest(_PEDAL_CENTERS_MS, max(offset_s, 0.0) * 1000.0)])
+    """A pedal change's offset from its group's grid time (s; negative: before it) -> bin value in ms."""
+    return int(_PEDAL_CENTERS_MS[_nearest(_PEDAL_CENTERS_MS, offset_s * 1000.0)])
 
 
 def fmt_art(x: float) -> str:
@@ -303,14 +322,22 @@ def qpm_tokens() -> List[str]:
 
 
 def dictionary_tokens() -> List[str]:
-    """Both vocabularies in dict.txt order. Marking tokens, then notated-tempo tokens, then marking-state
-    tokens come after the performance tokens, in the order they were added to the project, so the
+    """Both vocabularies in dict.txt order. Marking tokens, then notated-tempo tokens, marking-state
+    tokens and the performance extensions come after the first performance tokens, in the order they were added to the project, so the
     indices of every token of a corpus built without them are unchanged by their addition (older models
     keep working)."""
-    late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens()]
+    late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens(), perf_extension_tokens()]
     late = {t for group in late_groups for t in group}
-    base = [t for t in score_vocabulary() if t not in late]
-    return list(dict.fromkeys(base + perf_vocabulary() + [t for group in late_groups for t in group]))
+    base = [t for t in score_vocabulary() + perf_vocabulary() if t not in late]
+    return list(dict.fromkeys(base + [t for group in late_groups for t in group]))
+
+
+def perf_extension_tokens() -> List[str]:
+    """Performance values added after the first releases (wider ``Time``, negative pedal offsets)."""
+    toks = [tok(TIME, ms) for ms in _time_extension_ms()]
+    for kind in (SUS, SOFT):
+        toks += [tok(kind, ms) for ms in _pedal_extension_ms()]
+    return toks
 
 
 def perf_vocabulary() -> List[str]:

@@ -91,3 +91,51 @@ def test_pedal_change_before_the_first_note():
     err = roundtrip_errors(MatchFile(**kw))
     assert err["pedal_within_20ms"] == 1.0 and err["soft_within_20ms"] == 1.0
     assert err["onset_p99_ms"] <= 20.0 and err["onset_median_ms"] <= 3.0
+
+
+def test_pedal_change_seconds_before_the_first_note():
+    """A pedal pressed 3 s before the first note (farther than the first grid may start early) goes to
+    the first group with a negative offset."""
+    kw = _steady()
+    kw["sustain"] = [(kw["onset_s"][0] - 1.2 - 1.9, 127), (kw["onset_s"][10], 0)]
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["pedal_within_20ms"] == 1.0 and err["onset_p99_ms"] <= 20.0
+
+
+def test_pedal_flutter_beyond_the_slots_goes_to_later_groups():
+    """Ten sustain toggles inside one 0.2 s gap, and two soft toggles: more changes than the group (3
+    sustain, 1 soft slot) and every earlier group can hold; the rest go to later groups (negative
+    offsets), and every change decodes within 20 ms."""
+    kw = _steady(n_groups=40)
+    t0 = kw["onset_s"][0] + 0.01
+    kw["sustain"] = [(t0 + 0.02 * k, 127 if k % 2 == 0 else 0) for k in range(10)]
+    kw["soft"] = [(t0 + 0.05, 127), (t0 + 0.12, 0)]
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["pedal_changes"] == 10 and err["pedal_within_20ms"] == 1.0
+    assert err["soft_changes"] == 2 and err["soft_within_20ms"] == 1.0
+
+
+def test_pedal_released_long_after_the_last_note():
+    """A release 8 s after the last note's onset (beyond the first releases' 6 s pedal range)."""
+    kw = _steady()
+    kw["sustain"] = [(kw["onset_s"][-5], 127), (kw["onset_s"][-1] + 8.0, 0)]
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["pedal_within_20ms"] == 1.0
+
+
+def test_fermata_chord_spread_far_from_its_grid():
+    """A final chord held in a 6 s fermata whose notes are rolled over 3.6 s: within the 2 s outlier
+    bound of the chord's reference onset, but farther than 2 s from the decoded grid. Time reaches 4 s,
+    so every note keeps its onset and the end of the piece is as exact as its start."""
+    kw = _steady(n_groups=60)
+    extra = {k: (np.concatenate([v, np.repeat(v[-1:], 4)]) if isinstance(v, np.ndarray) else v)
+             for k, v in kw.items()}
+    extra["anchor"] = kw["anchor"] + [f"roll{k}" for k in range(4)]
+    extra["pitch"] = extra["pitch"].copy()
+    extra["pitch"][-5:] = [48, 55, 60, 64, 67]
+    extra["onset_s"] = extra["onset_s"].copy()
+    extra["onset_s"][-5:] = extra["onset_s"][-6] + 6.0 + np.array([-1.8, -0.9, 0.0, 0.9, 1.8])
+    extra["offset_s"] = extra["onset_s"] + 0.15
+    err = roundtrip_errors(MatchFile(**extra))
+    assert err["outliers"] == 0
+    assert err["onset_p99_ms"] <= 20.0

@@ -57,11 +57,14 @@ def test_musicxml_render_path_carries_the_state():
     assert score_file_to_tokens(str(XML), marking_state=True) == score_file_to_tokens(str(XML))  # no markings
 
 
-def test_dictionary_appends_state_tokens_after_every_older_token():
+def test_dictionary_appends_later_tokens_after_every_older_token():
+    """Each addition sits after everything older: markings, QPM, marking state, performance extensions."""
     toks = V.dictionary_tokens()
-    state = V.marking_state_tokens()
-    assert toks[-len(state):] == state
-    assert set(state) <= set(V.score_vocabulary())
+    late = V.marking_tokens() + V.qpm_tokens() + V.marking_state_tokens() + V.perf_extension_tokens()
+    assert toks[-len(late):] == late
+    assert len(set(toks)) == len(toks)
+    assert set(V.marking_state_tokens()) <= set(V.score_vocabulary())
+    assert set(V.perf_extension_tokens()) <= set(V.perf_vocabulary())
 
 
 def test_build_writes_state_only_where_markings_are(tmp_path):
