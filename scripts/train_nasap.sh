@@ -17,6 +17,8 @@
 #        renders too softly free-running, so it is not the released model: README, model card)
 # The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
 # dropped for half of the performances so that the model also renders score MIDI (no markings) well.
+# BUILD_EXTRA adds instruct-tokenize build flags, e.g. --marking-state (measured: per-note velocity r up,
+# whole-piece distributions worse; README, model card).
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
 # --style-embed carries the instruct prefix to every position (without it the model ignored the prefix);
 # --align-source gives each decoder step its own score note; --decoder-input-dropout (INPUT_DROPOUT) hides
@@ -49,7 +51,7 @@ MAX_TOKENS_EXAMPLE=${MAX_TOKENS_EXAMPLE:-1024}
 $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,0 \
   --test-pieces ../shared/benchmarks/pianist_transformer_testset/pieces.csv \
   --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 "${AUG_FLAGS[@]}" \
-  --instruct --notated-tempo --xml-markings --markings-dropout 0.5
+  --instruct --notated-tempo --xml-markings --markings-dropout 0.5 ${BUILD_EXTRA:-}
 
 rm -rf "$OUT/bin"
 $BIN/fairseq-preprocess --source-lang score --target-lang perf \
@@ -76,5 +78,6 @@ else
     --max-tokens 4096 --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 0
 fi
 [ "${RELEASE:-1}" = 1 ] || exit 0
+[ -f "$OUT/ckpt/checkpoint_best.pt" ] || { echo "train_nasap: error: $OUT/ckpt/checkpoint_best.pt: no validated checkpoint to release" >&2; exit 1; }
 $BIN/python scripts/release_checkpoint.py "$OUT/ckpt/checkpoint_best.pt" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
 echo "best checkpoint: $OUT/ckpt/checkpoint_best.pt; release candidate: $OUT/instruct-museformer.pt"
