@@ -7,10 +7,11 @@ from fairseq.data import Dictionary
 from fairseq.models import ARCH_MODEL_REGISTRY, ARCH_CONFIG_REGISTRY
 
 from helpers import FakeTask
+from instruct_tokenizer import vocab as V
 from museformer.model import MuseformerS2PModel
 
 RELEASE_LIMIT_BYTES = 30 * 1000 * 1000
-NASAP_VOCAB = 3147  # the (n)ASAP dictionary's size with fairseq's specials (marking-state tokens included)
+NASAP_VOCAB = len(V.dictionary_tokens()) + 4  # a build's dict.txt plus fairseq's 4 specials
 
 
 def nasap_sized_dict() -> Dictionary:
