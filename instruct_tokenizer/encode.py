@@ -491,10 +491,10 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
 
 def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
     """How far (s) before the first group's target its grid starts, so that a pedal change
-    ``needed_s`` before it gets an offset >= 0, or when that would push the first notes (deviations
+    ``needed_s`` before it gets an offset >= 0, or, when that would push the first notes (deviations
     ``first_dev_s`` from the target) past the outlier bound, an offset >= the most negative pedal bin;
-    0 when neither fits. Within the pedal bins' fine range, the
-    start is chosen so that the first notes' Time quantises best (the first notes keep their precision)."""
+    0 when neither fits. Within the pedal bins' fine range, the start is chosen so that the first
+    notes' Time quantises best (the first notes keep their precision)."""
     dev = first_dev_s[np.abs(first_dev_s) <= OUTLIER_S]
     room = min(EARLY_PEDAL_S, OUTLIER_S - 0.05 - max(float(dev.max()) if len(dev) else 0.0, 0.0))
     if needed_s > room:  # the rest of the way by a negative pedal offset (at most -PEDAL_MIN_MS)

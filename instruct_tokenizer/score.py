@@ -190,7 +190,7 @@ def with_marking_state(tokens: Sequence[str]) -> List[str]:
     out: List[str] = []
     in_header = False
     for t in tokens:
-        type_, _, value = t.partition("_")
+        type_, value = _parse_cached(t)
         if type_ in V.MARKING_STATE:
             continue
         if in_header and type_ not in _HEADER_TYPES:

@@ -322,10 +322,10 @@ def qpm_tokens() -> List[str]:
 
 
 def dictionary_tokens() -> List[str]:
-    """Both vocabularies in dict.txt order. Marking tokens, then notated-tempo tokens, marking-state
-    tokens and the performance extensions come after the first performance tokens, in the order they were added to the project, so the
-    indices of every token of a corpus built without them are unchanged by their addition (older models
-    keep working)."""
+    """Both vocabularies in dict.txt order. Marking tokens, notated-tempo tokens, marking-state tokens
+    and the performance extensions come after the first performance tokens, in the order they were
+    added to the project, so the indices of every token of a corpus built without them are unchanged by
+    their addition (older models keep working)."""
     late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens(), perf_extension_tokens()]
     late = {t for group in late_groups for t in group}
     base = [t for t in score_vocabulary() + perf_vocabulary() if t not in late]
@@ -333,7 +333,8 @@ def dictionary_tokens() -> List[str]:
 
 
 def perf_extension_tokens() -> List[str]:
-    """Performance values added after the first releases (wider ``Time``, negative pedal offsets)."""
+    """Performance values added after the first releases (``Time`` past +-2 s, pedal offsets before the
+    grid time and past 6 s)."""
     toks = [tok(TIME, ms) for ms in _time_extension_ms()]
     for kind in (SUS, SOFT):
         toks += [tok(kind, ms) for ms in _pedal_extension_ms()]
