@@ -6,7 +6,7 @@ of the expected type, and end exactly after the last slot.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from . import vocab as V
 from .encode import SOFT_SLOTS, SUS_SLOTS
@@ -17,11 +17,24 @@ perf_vocabulary = V.perf_vocabulary
 GROUP_SLOTS = [V.TEMPO] + [V.SUS] * SUS_SLOTS + [V.SOFT] * SOFT_SLOTS
 NOTE_SLOTS = [V.VEL, V.TIME, V.ART]
 DELETION = V.tok(V.VEL, V.DELETED)  # "this score note was not played": forbidden at render time by default
+ORDINAL_TYPES = (V.TEMPO, V.VEL, V.TIME, V.ART)  # types whose values lie on one scale (a mean exists)
 
 
 def token_type(token: str) -> str:
     """The type of a token: the part before the first ``_`` (specials like ``</s>`` are their own type)."""
     return token.partition("_")[0]
+
+
+def token_value(token: str) -> Optional[float]:
+    """The numeric value of an ordinal token on its type's scale (``Tempo``: bin, log-spaced beat
+    period; ``Vel``: bin; ``Time``: ms; ``Art``: log2 ratio), None for any other token (``Vel_Del``)."""
+    type_, _, value = token.partition("_")
+    if type_ not in ORDINAL_TYPES:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def target_slots(score_tokens: Sequence[str]) -> List[str]:

@@ -1,3 +1,4 @@
 """Token strings the plugin looks up in the fairseq dictionary (never by index)."""
 BAR_TOKEN = "Bar_None"
 EOS_TYPE = "</s>"
+MEAN = "mean"  # --type-temperature TYPE=mean: decode that type as the bin nearest the expected value

@@ -215,6 +215,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")
+    ap.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
+                    help="--tokens: per-type temperature of the model row, as instruct-render's (e.g. "
+                         "Tempo=mean,Vel=mean: the expected value)")
     a = ap.parse_args(argv)
     if a.tokens:
         return eval_tokens(a)
@@ -253,7 +256,7 @@ def eval_tokens(a: argparse.Namespace) -> int:
     from museformer.render import Renderer, RenderError, Sampling
 
     try:
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from . import pattern
 from .backends import get_backend, step_attend
 from .barplan import build_bar_plan
-from .constants import BAR_TOKEN, EOS_TYPE
+from .constants import BAR_TOKEN, EOS_TYPE, MEAN
 from .layers import DecoderLayer, EncoderLayer
 
 MAX_IN_BAR = 512
@@ -423,13 +423,21 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 
     def constrain(self, logits: Tensor, slots: Tensor, step: int) -> Tensor:
         """Allow only tokens of the grammar's type at this step (EOS after the last slot), and divide
-        the logits by that type's relative temperature (1 unless set, see Grammar)."""
+        the logits by that type's relative temperature (1 unless set, see Grammar); a "mean" type
+        leaves one allowed token, the one nearest the expected value (``expected_value_choice``)."""
         col = slots[:, min(step, slots.shape[1] - 1)]  # (B,)
         allowed = self.type_table.to(logits.device)[col]  # (B, V)
+        logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        mean = getattr(self, "type_mean", None)
+        if mean is not None:
+            rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
+            if rows.any():
+                choice = expected_value_choice(logits, self.token_value.to(logits.device))
+                logits = torch.where(rows, choice, logits)
         scale = getattr(self, "type_scale", None)
         if scale is not None:
             logits = logits * scale.to(logits.device, logits.dtype)[col].view(-1, 1, 1)  # (B, 1, V)
-        return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        return logits
 
     def reorder_incremental_state(self, incremental_state: Dict, new_order: Tensor) -> None:
         state = self.get_incremental_state(incremental_state, "fc")
@@ -451,14 +459,37 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return self.args.max_target_positions
 
 
+MEAN_FLOOR = -80.0  # logit of the other allowed tokens of a "mean" slot: exp(-80) ~ 2e-35 is never
+# sampled, yet a positive float32 probability, so that fairseq can still force one of them as a prefix
+# token (a segment's overlap bars) and sample the row (a probability of 0 there fails torch.multinomial)
+
+
+def expected_value_choice(logits: Tensor, value: Tensor) -> Tensor:
+    """(B, 1, V) masked logits, (V,) token numbers (NaN: none) -> (B, 1, V) logits that put all the
+    mass on the numbered token nearest the expected number under softmax(logits) over the allowed
+    numbered tokens: the minimum-squared-error point estimate, on the token's scale (a bin, ms, log2
+    ratio). The other allowed tokens get ``MEAN_FLOOR`` (finite: still forceable), the rest stay -inf."""
+    allowed = torch.isfinite(logits)  # (B, 1, V)
+    ok = allowed & torch.isfinite(value)  # (B, 1, V)
+    p = torch.softmax(logits.float().masked_fill(~ok, float("-inf")), dim=-1)  # (B, 1, V)
+    mean = (p.nan_to_num(0.0) * value.nan_to_num(0.0)).sum(-1, keepdim=True)  # (B, 1, 1)
+    dist = (value - mean).abs().masked_fill(~ok, float("inf"))  # (B, 1, V)
+    best = dist.argmin(-1, keepdim=True)  # (B, 1, 1)
+    out = torch.full_like(logits, float("-inf")).masked_fill(allowed, MEAN_FLOOR)
+    return out.scatter(-1, best, 0.0)
+
+
 class Grammar:
     """Turns source token ids into per-step allowed token *type* ids for constrained generation."""
 
     def __init__(self, src_dict, tgt_dict, target_slots, token_type, forbidden: Sequence[str] = (),
-                 type_temperature: Optional[Dict[str, float]] = None):
+                 type_temperature: Optional[Dict[str, Union[float, str]]] = None,
+                 token_value: Optional[Callable[[str], Optional[float]]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
-        ``type_temperature``: {token type: temperature relative to the sampling temperature}, e.g.
-        {"Tempo": 0.7} samples tempo tokens more conservatively than the rest."""
+        ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
+        e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}
+        always takes the velocity bin nearest the model's expected value (``token_value`` gives each
+        token's number; only types where it gives one can be "mean")."""
         self.src_dict, self.target_slots = src_dict, target_slots
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
@@ -476,14 +507,28 @@ class Grammar:
                 table[:, tgt_dict.index(token)] = False
         self.table = table
         self.scale = None  # per type id: 1 / relative temperature
-        if type_temperature:
-            unknown = sorted(set(type_temperature) - set(names))
-            if unknown:
-                raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
-            if any(t <= 0 for t in type_temperature.values()):
-                raise ValueError("--type-temperature: temperatures must be > 0")
+        self.mean = None  # per type id: decode as the expected value
+        self.value = None  # per token id: its number (NaN: none)
+        type_temperature = dict(type_temperature or {})
+        unknown = sorted(set(type_temperature) - set(names))
+        if unknown:
+            raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
+        mean_types = sorted(n for n, t in type_temperature.items() if t == MEAN)
+        if mean_types:
+            self.value = torch.tensor([float("nan") if v is None else v for v in
+                                       ((token_value or (lambda _: None))(tgt_dict[i]) for i in range(len(tgt_dict)))])
+            self.mean = torch.zeros(len(names), dtype=torch.bool)
+            for name in mean_types:
+                has_value = table[self.type_id[name]] & torch.isfinite(self.value)
+                if not has_value.any():
+                    raise ValueError(f"--type-temperature: {name}=mean needs a type with numeric values")
+                self.mean[self.type_id[name]] = True
+        temperatures = {n: t for n, t in type_temperature.items() if t != MEAN}
+        if any(t <= 0 for t in temperatures.values()):
+            raise ValueError("--type-temperature: temperatures must be > 0")
+        if temperatures:
             self.scale = torch.ones(len(names))
-            for name, t in type_temperature.items():
+            for name, t in temperatures.items():
                 self.scale[self.type_id[name]] = 1.0 / t
 
     def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
@@ -606,6 +651,8 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         self.encoder.grammar = grammar
         self.decoder.type_table = grammar.table
         self.decoder.type_scale = grammar.scale
+        self.decoder.type_mean = grammar.mean
+        self.decoder.token_value = grammar.value
 
 
 @register_model_architecture("museformer_s2p", "museformer_s2p")

@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nucleus sampling p (default 1.0: plain sampling, which measured closer to human "
                         "velocity/IOI/pedal distributions than 0.95)")
     p.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
-                   help="per-type temperature relative to --temperature, e.g. Tempo=0.7 (steadier tempo)")
+                   help="per-type temperature relative to --temperature, e.g. Tempo=0.7 (steadier tempo); "
+                        "TYPE=mean takes the bin nearest the expected value (Tempo, Vel, Time, Art)")
     p.add_argument("--beam", type=int, default=1, help="beam search with this beam size (> 1) instead of sampling")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="random seed")

@@ -8,12 +8,12 @@ maximum length from the source (no ``--max-len-*`` flag needed).
 from __future__ import annotations
 
 import importlib
-from typing import Dict
+from typing import Dict, Union
 
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationTask
 
-from .constants import BAR_TOKEN
+from .constants import BAR_TOKEN, MEAN
 from .model import Grammar
 
 # The grammar ends every hypothesis exactly; fairseq only needs a bound to size its buffers. Per onset
@@ -22,17 +22,20 @@ from .model import Grammar
 MAX_LEN_A, MAX_LEN_B = 2, 16
 
 
-def parse_type_temperature(text: str) -> Dict[str, float]:
-    """``Tempo=0.7,Time=0.9`` -> {"Tempo": 0.7, "Time": 0.9}; raises ValueError naming the flag."""
-    out: Dict[str, float] = {}
+def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
+    """``Tempo=0.7,Vel=mean`` -> {"Tempo": 0.7, "Vel": "mean"}; raises ValueError naming the flag."""
+    out: Dict[str, Union[float, str]] = {}
     for item in filter(None, (text or "").split(",")):
         name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--type-temperature: expected TYPE=T or TYPE=mean pairs, got {item!r}")
+        if value.strip() == MEAN:
+            out[name.strip()] = MEAN
+            continue
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--type-temperature: expected TYPE=T pairs, got {item!r}") from None
-        if not sep or not name.strip():
-            raise ValueError(f"--type-temperature: expected TYPE=T pairs, got {item!r}")
+            raise ValueError(f"--type-temperature: expected TYPE=T or TYPE=mean pairs, got {item!r}") from None
     return out
 
 
@@ -54,7 +57,9 @@ class MuseformerS2PTask(TranslationTask):
                                  "played; instruct-render's default)")
         parser.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
                             help="per-type sampling temperature relative to --temperature, e.g. Tempo=0.7 "
-                                 "(steadier tempo); types are the grammar's token types")
+                                 "(steadier tempo); types are the grammar's token types; TYPE=mean "
+                                 "decodes that type as the token nearest the expected value (types "
+                                 "the grammar module's token_value gives numbers)")
         # fmt: on
 
     @classmethod
@@ -70,7 +75,8 @@ class MuseformerS2PTask(TranslationTask):
         deletion = getattr(module, "DELETION", None)
         forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
         return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
-                       parse_type_temperature(getattr(self.args, "type_temperature", "")))
+                       parse_type_temperature(getattr(self.args, "type_temperature", "")),
+                       getattr(module, "token_value", None))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

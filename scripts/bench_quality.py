@@ -236,7 +236,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
     ap.add_argument("--topp", type=float, default=1.0, help="nucleus sampling p (instruct-render's default 1.0)")
-    ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7")
+    ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7, or Tempo=mean (expected value)")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
     ap.add_argument("--baselines-only", action="store_true",
                     help="no model: Pianist Transformer, deadpan, training mean, markings and human only")
