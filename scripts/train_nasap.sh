@@ -40,7 +40,7 @@ INIT=${INIT:-}
 AUG_FLAGS=()
 WARM=()
 [ -n "$INIT" ] && WARM=(--restore-file "$INIT" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters)
-[ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose -3,3 --augment-tempo 0.9,1.1)
+[ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose=-3,3 --augment-tempo=0.9,1.1)
 BIN=${BIN:-.venv/bin}
 DATA_BIN=${DATA_BIN:-}
 mkdir -p "$OUT"

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, SHARED, VIENNA
+from conftest import BIN, REPO, SHARED, VIENNA
 from instruct_tokenizer.build import BuildConfig, Source, assign_splits, find_sources
 from instruct_tokenizer.encode import style_prefix
 
@@ -93,3 +93,18 @@ def test_broken_alignment_is_skipped_with_its_reason(monkeypatch):
         assert ("error" in res) == skipped
         if skipped:
             assert res["error"].startswith("broken alignment:") and "alignment outliers" in res["error"]
+
+
+def test_training_recipe_build_flags_parse():
+    """scripts/train_nasap.sh's build flags parse (a negative range must be written --flag=-3,3: as two
+    words, argparse takes -3,3 for an option and the recipe stopped at its first step)."""
+    import re
+    import shlex
+
+    from instruct_tokenizer.cli import build_parser
+
+    script = (REPO / "scripts" / "train_nasap.sh").read_text()
+    flags = shlex.split(re.search(r"AUG_FLAGS=\(([^)]+)\)", script).group(1))
+    args = build_parser().parse_args(["build", "src", "--out", "tok", *flags])
+    assert args.augment_transpose == (-3, -2, -1, 1, 2, 3)
+    assert args.augment_tempo
