@@ -567,13 +567,15 @@ def style_prefix(style: Optional[Dict[str, str]] = None, composer: Optional[str]
 def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                          performer: Optional[str] = None, unfold_repeats: bool = True,
                          markings: bool = False, instruct: bool = True,
-                         notated_tempo: bool = False, marking_state: bool = False) -> List[str]:
+                         notated_tempo: bool = False, marking_state: bool = False,
+                         after_fermata: bool = True) -> List[str]:
     """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError).
     ``markings``: add MusicXML markings (as for a corpus built with ``--xml-markings``; score MIDI has
     none); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``); ``notated_tempo``:
     a ``QPM`` token in every bar header (``--notated-tempo`` corpora; from MIDI set-tempo events or
     MusicXML ``<sound tempo>``, 120 when the score states none); ``marking_state``: with ``markings``,
-    the markings in force at each bar start in every bar header (``--marking-state`` corpora)."""
+    the markings in force at each bar start in every bar header (``--marking-state`` corpora), with
+    ``After_fermata`` unless ``after_fermata`` is False (models trained before that token existed)."""
     from .scorefile import ScoreReadError, load_score
 
     try:
@@ -584,7 +586,7 @@ def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, comp
     if not notated_tempo:
         notes.bar_qpm = None
     tokens = score_tokens(notes, prefix)
-    return with_marking_state(tokens) if marking_state and markings else tokens
+    return with_marking_state(tokens, after_fermata) if marking_state and markings else tokens
 
 
 # ----------------------------------------------------------------------------------------- segments

@@ -163,11 +163,12 @@ def _group_marks(marks, members: List[int]) -> List[str]:
     return sorted(found, key=lambda t: V.MARKING_RANK.get(t, len(V.MARKING_RANK)))
 
 
-_TIMELESS_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + (V.QPM,) + V.MARKING_STATE_TYPES)
+_TIMELESS_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + (V.QPM, V.AFTER)
+                            + V.MARKING_STATE_TYPES)
 _HEADER_TYPES = frozenset((V.TIME_SIG, V.BAR_LEN, V.QPM))
 
 
-def with_marking_state(tokens: Sequence[str]) -> List[str]:
+def with_marking_state(tokens: Sequence[str], after_fermata: bool = True) -> List[str]:
     """Score tokens with the marking state in force at each bar start added to every bar header (after
     ``TimeSig``/``BarLen``/``QPM``), so that every bar (and every segment) sees the dynamics and tempo
     directions given bars before it, which the bar attention would otherwise not reach:
@@ -176,7 +177,11 @@ def with_marking_state(tokens: Sequence[str]) -> List[str]:
     - ``WedgeOpen_cresc|dim``: a wedge started and not yet closed (by ``Wedge_end``, a dynamic level or
       another wedge);
     - ``TempoMode_rit|accel``: a ritardando/accelerando not yet closed (by ``atempo`` or a constant
-      tempo word).
+      tempo word);
+    - ``After_fermata`` (``after_fermata``), right after the ``Pos`` of the onset group that follows a
+      group with a ``Mark_fermata`` note: the held fermata is the performed gap before that onset, which
+      its ``Tempo`` token encodes; the fermata itself sits on earlier notes, often in an earlier bar.
+      (False: the marking state of models trained before it existed.)
 
     A pure function of the tokens (existing state tokens are recomputed, so applying it twice changes
     nothing); a score without markings gets no state token. Example, two bars::
@@ -189,15 +194,22 @@ def with_marking_state(tokens: Sequence[str]) -> List[str]:
     mode: Optional[str] = None
     out: List[str] = []
     in_header = False
+    fermata_here = fermata_before = False  # a fermata in the current / the previous onset group
     for t in tokens:
         type_, value = _parse_cached(t)
-        if type_ in V.MARKING_STATE:
+        if type_ in V.MARKING_STATE or type_ == V.AFTER:
             continue
         if in_header and type_ not in _HEADER_TYPES:
             out += _state_tokens(level, wedge, mode)
             in_header = False
         out.append(t)
-        if t == V.BAR_TOKEN:
+        if type_ == V.POS:
+            fermata_before, fermata_here = fermata_here, False
+            if fermata_before and after_fermata:
+                out.append(V.AFTER_FERMATA)
+        elif t == V.FERMATA_MARK:
+            fermata_here = True
+        elif t == V.BAR_TOKEN:
             in_header = True
         elif type_ == V.DYN and (value in V.DYN_VALUES or value == "fp"):
             level, wedge = ("p" if value == "fp" else value), None

@@ -34,6 +34,7 @@ DYN, WEDGE, TEMPO_WORD, MARK, SLUR = "Dyn", "Wedge", "TempoWord", "Mark", "Slur"
 QPM = "QPM"
 # marking state (``--marking-state``): the markings in force at the bar start, in every bar header
 DYN_LEVEL, WEDGE_OPEN, TEMPO_MODE = "DynLevel", "WedgeOpen", "TempoMode"
+AFTER = "After"  # ``After_fermata``: this onset follows an onset group holding a fermata (marking state)
 
 NONE = "None"
 DELETED = "Del"
@@ -298,6 +299,16 @@ def marking_state_tokens() -> List[str]:
     return [tok(type_, v) for type_, values in MARKING_STATE.items() for v in values]
 
 
+# the onset right after a fermata (score.with_marking_state): the performed gap before it is the held
+# fermata, and the performance stream's Tempo token of this onset is what encodes that gap
+AFTER_FERMATA = tok(AFTER, "fermata")
+FERMATA_MARK = tok(MARK, "fermata")
+
+
+def after_fermata_tokens() -> List[str]:
+    return [AFTER_FERMATA]
+
+
 # ----------------------------------------------------------------------------------------- vocabularies
 def score_vocabulary() -> List[str]:
     """Every token the score stream can hold (meta names are added from data at build time)."""
@@ -314,6 +325,7 @@ def score_vocabulary() -> List[str]:
     toks += marking_tokens()
     toks += qpm_tokens()
     toks += marking_state_tokens()
+    toks += after_fermata_tokens()
     return toks
 
 
@@ -326,7 +338,8 @@ def dictionary_tokens() -> List[str]:
     and the performance extensions come after the first performance tokens, in the order they were
     added to the project, so the indices of every token of a corpus built without them are unchanged by
     their addition (older models keep working)."""
-    late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens(), perf_extension_tokens()]
+    late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens(), perf_extension_tokens(),
+                   after_fermata_tokens()]
     late = {t for group in late_groups for t in group}
     base = [t for t in score_vocabulary() + perf_vocabulary() if t not in late]
     return list(dict.fromkeys(base + [t for group in late_groups for t in group]))

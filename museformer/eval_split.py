@@ -131,10 +131,13 @@ def xml_score_info(source: str, features: Dict[str, bool], report=print):
 
 def model_score(score_tokens: List[str], features: Dict[str, bool]) -> List[str]:
     """Score tokens of a match file as the build gives them to a model with ``features``: with the
-    marking-state bar tokens when it was trained with ``--marking-state``."""
+    marking-state tokens when it was trained with ``--marking-state`` (``After_fermata`` among them
+    when its dictionary has it)."""
     from instruct_tokenizer.score import with_marking_state
 
-    return with_marking_state(score_tokens) if features.get("marking_state") else score_tokens
+    if not features.get("marking_state"):
+        return score_tokens
+    return with_marking_state(score_tokens, after_fermata=bool(features.get("after_fermata")))
 
 
 def markings_rows(human, max_bars: Optional[int] = None, report=print) -> Dict[int, List[str]]:

@@ -152,7 +152,8 @@ class Renderer:
     def score_features(self) -> Dict[str, bool]:
         """Which optional score tokens the model was trained with, read from its dictionary's training
         counts: ``instruct`` (prefix), ``markings`` (MusicXML markings), ``notated_tempo`` (``QPM``),
-        ``marking_state`` (``DynLevel``/``WedgeOpen``/``TempoMode`` bar tokens)."""
+        ``marking_state`` (``DynLevel``/``WedgeOpen``/``TempoMode`` bar tokens), ``after_fermata``
+        (``After_fermata``, part of the marking state since it was added)."""
         d = self.src_dict
 
         def seen(tokens: Sequence[str]) -> bool:
@@ -161,7 +162,8 @@ class Renderer:
         return {"instruct": seen([V.tok(t, lv) for t, lvs in V.INSTRUCT_LEVELS.items() for lv in lvs]),
                 "markings": seen(V.marking_tokens()),
                 "notated_tempo": seen(V.qpm_tokens()),
-                "marking_state": seen(V.marking_state_tokens())}
+                "marking_state": seen(V.marking_state_tokens()),
+                "after_fermata": seen(V.after_fermata_tokens())}
 
     def score_tokens(self, path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                      performer: Optional[str] = None, unfold_repeats: bool = True) -> List[str]:
@@ -173,7 +175,7 @@ class Renderer:
         return score_file_to_tokens(path, style=style, composer=composer, performer=performer,
                                     unfold_repeats=unfold_repeats, markings=f["markings"],
                                     instruct=f["instruct"], notated_tempo=f["notated_tempo"],
-                                    marking_state=f["marking_state"])
+                                    marking_state=f["marking_state"], after_fermata=f["after_fermata"])
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
         ids = [dictionary.index(t) for t in tokens]

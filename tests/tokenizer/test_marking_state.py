@@ -58,9 +58,11 @@ def test_musicxml_render_path_carries_the_state():
 
 
 def test_dictionary_appends_later_tokens_after_every_older_token():
-    """Each addition sits after everything older: markings, QPM, marking state, performance extensions."""
+    """Each addition sits after everything older: markings, QPM, marking state, performance extensions,
+    After_fermata."""
     toks = V.dictionary_tokens()
-    late = V.marking_tokens() + V.qpm_tokens() + V.marking_state_tokens() + V.perf_extension_tokens()
+    late = (V.marking_tokens() + V.qpm_tokens() + V.marking_state_tokens() + V.perf_extension_tokens()
+            + V.after_fermata_tokens())
     assert toks[-len(late):] == late
     assert len(set(toks)) == len(toks)
     assert set(V.marking_state_tokens()) <= set(V.score_vocabulary())
@@ -92,6 +94,26 @@ def test_renderer_detects_marking_state():
 
     assert not features({"Dyn": 3})["marking_state"]
     assert features({"Dyn": 3, "DynLevel": 2})["marking_state"]
+    assert not features({"Dyn": 3, "DynLevel": 2})["after_fermata"]  # trained before After_fermata
+    assert features({"Dyn": 3, "DynLevel": 2, "After": 1})["after_fermata"]
+
+
+FERMATA_BARS = ["Bar_None", "Pos_0", *NOTE, "Pos_24", "Pitch_62", "Dur_24", "Staff_1", "Mark_fermata",
+                "Pitch_67", "Dur_24", "Staff_2",
+                "Bar_None", "Pos_0", "Dyn_p", *NOTE, "Pos_24", *NOTE]
+
+
+def test_after_fermata_marks_the_next_onset_group_even_across_a_bar():
+    out = with_marking_state(FERMATA_BARS)
+    assert out.count(V.AFTER_FERMATA) == 1
+    assert out[out.index(V.AFTER_FERMATA) - 1] == "Pos_0"
+    assert out.index(V.AFTER_FERMATA) > out.index("Bar_None", 1)  # the first onset of bar 2
+    assert with_marking_state(out) == out
+    assert target_slots(out) == target_slots(FERMATA_BARS)
+    np.testing.assert_array_equal(score_timeline(out).group_q, score_timeline(FERMATA_BARS).group_q)
+    assert V.AFTER_FERMATA not in with_marking_state(FERMATA_BARS, after_fermata=False)
+    bar_1 = FERMATA_BARS[:FERMATA_BARS.index("Bar_None", 1)]
+    assert V.AFTER_FERMATA not in with_marking_state(bar_1)  # the last onset's fermata: no next group
 
 
 @pytest.mark.parametrize("old_rows", [5, 8])
