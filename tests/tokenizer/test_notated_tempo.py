@@ -105,10 +105,10 @@ def _renderer_with_counts(counts):
 def test_renderer_reads_score_features_from_dictionary_counts():
     old = _renderer_with_counts({"ITempo": 5})
     assert old.score_features == {"instruct": True, "markings": False, "notated_tempo": False,
-                                  "marking_state": False}
+                                  "marking_state": False, "after_fermata": False}
     new = _renderer_with_counts({"ITempo": 5, "QPM": 7, "Dyn": 2})
     assert new.score_features == {"instruct": True, "markings": True, "notated_tempo": True,
-                                  "marking_state": False}
+                                  "marking_state": False, "after_fermata": False}
 
 
 def test_build_drops_markings_in_train_only_and_writes_qpm(tmp_path):
