@@ -28,6 +28,8 @@
 # HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
 # DATA_BIN=DIR trains on an existing fairseq-preprocess output (skips tokenize and preprocess); BIN is the
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
+# OVERSAMPLE=TOKEN:TIMES repeats the training examples whose score holds TOKEN (scripts/oversample_lines.py),
+# e.g. After_fermata:8: a warm-started model sees the rare token often enough to learn it.
 # EXTRA adds fairseq-train flags to the gpu profile (e.g. --max-update); RELEASE=0 skips the release file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,9 +55,15 @@ $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,
   --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 "${AUG_FLAGS[@]}" \
   --instruct --notated-tempo --xml-markings --markings-dropout 0.5 ${BUILD_EXTRA:-}
 
+TRAINPREF="$OUT/tok/train"
+if [ -n "${OVERSAMPLE:-}" ]; then
+  $BIN/python scripts/oversample_lines.py "$OUT/tok" --token "${OVERSAMPLE%%:*}" --times "${OVERSAMPLE##*:}" \
+    --out-prefix "$OUT/tok/train.os"
+  TRAINPREF="$OUT/tok/train.os"
+fi
 rm -rf "$OUT/bin"
 $BIN/fairseq-preprocess --source-lang score --target-lang perf \
-  --trainpref "$OUT/tok/train" --validpref "$OUT/tok/valid" --testpref "$OUT/tok/test" \
+  --trainpref "$TRAINPREF" --validpref "$OUT/tok/valid" --testpref "$OUT/tok/test" \
   --srcdict "$OUT/tok/dict.txt" --tgtdict "$OUT/tok/dict.txt" --destdir "$OUT/bin" --workers 2
 DATA_BIN="$OUT/bin"
 fi

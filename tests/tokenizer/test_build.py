@@ -108,3 +108,34 @@ def test_training_recipe_build_flags_parse():
     args = build_parser().parse_args(["build", "src", "--out", "tok", *flags])
     assert args.augment_transpose == (-3, -2, -1, 1, 2, 3)
     assert args.augment_tempo
+
+
+def _oversample_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("oversample_lines", REPO / "scripts" / "oversample_lines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_oversample_repeats_only_whole_token_matches(tmp_path):
+    os_lines = _oversample_module()
+    (tmp_path / "train.score").write_text("Bar_None After_fermata Pos_0\nBar_None Pos_0\nBar_None After_fermatas\n")
+    (tmp_path / "train.perf").write_text("a\nb\nc\n")
+    assert os_lines.main([str(tmp_path), "--token", "After_fermata", "--times", "3",
+                          "--out-prefix", str(tmp_path / "train.os")]) == 0
+    assert (tmp_path / "train.os.perf").read_text().splitlines() == ["a", "a", "a", "b", "c"]
+    score = (tmp_path / "train.os.score").read_text().splitlines()
+    assert score[:3] == ["Bar_None After_fermata Pos_0"] * 3 and len(score) == 5
+    assert (tmp_path / "train.perf").read_text() == "a\nb\nc\n"  # the source is left as it was
+
+
+def test_oversample_rejects_unpaired_files_and_writes_nothing(tmp_path, capsys):
+    os_lines = _oversample_module()
+    (tmp_path / "train.score").write_text("x\ny\n")
+    (tmp_path / "train.perf").write_text("a\n")
+    assert os_lines.main([str(tmp_path), "--token", "x", "--times", "2", "--out-prefix", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.score" in err[0]
+    assert not list(tmp_path.glob("o.*"))
