@@ -515,8 +515,8 @@ class Grammar:
             raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
         mean_types = sorted(n for n, t in type_temperature.items() if t == MEAN)
         if mean_types:
-            self.value = torch.tensor([float("nan") if v is None else v for v in
-                                       ((token_value or (lambda _: None))(tgt_dict[i]) for i in range(len(tgt_dict)))])
+            numbers = [token_value(tgt_dict[i]) if token_value else None for i in range(len(tgt_dict))]
+            self.value = torch.tensor([float("nan") if v is None else v for v in numbers])  # (V,)
             self.mean = torch.zeros(len(names), dtype=torch.bool)
             for name in mean_types:
                 has_value = table[self.type_id[name]] & torch.isfinite(self.value)
