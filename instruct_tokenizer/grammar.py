@@ -28,12 +28,10 @@ def token_type(token: str) -> str:
 def token_value(token: str) -> Optional[float]:
     """The numeric value of an ordinal token on its type's scale (``Tempo``: bin, log-spaced beat
     period; ``Vel``: bin; ``Time``: ms; ``Art``: log2 ratio), None for any other token (``Vel_Del``)."""
-    type_, _, value = token.partition("_")
-    if type_ not in ORDINAL_TYPES:
-        return None
     try:
-        return float(value)
-    except ValueError:
+        type_, value = V.parse(token)
+        return float(value) if type_ in ORDINAL_TYPES else None
+    except ValueError:  # a special (``</s>``) or a value that is no number (``Vel_Del``)
         return None
 
 

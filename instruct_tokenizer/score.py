@@ -194,7 +194,7 @@ def with_marking_state(tokens: Sequence[str], after_fermata: bool = True) -> Lis
     mode: Optional[str] = None
     out: List[str] = []
     in_header = False
-    fermata_here = fermata_before = False  # a fermata in the current / the previous onset group
+    fermata_here = False  # a Mark_fermata in the current onset group
     for t in tokens:
         type_, value = _parse_cached(t)
         if type_ in V.MARKING_STATE or type_ == V.AFTER:
@@ -204,9 +204,9 @@ def with_marking_state(tokens: Sequence[str], after_fermata: bool = True) -> Lis
             in_header = False
         out.append(t)
         if type_ == V.POS:
-            fermata_before, fermata_here = fermata_here, False
-            if fermata_before and after_fermata:
+            if fermata_here and after_fermata:  # the group before this one held a fermata
                 out.append(V.AFTER_FERMATA)
+            fermata_here = False
         elif t == V.FERMATA_MARK:
             fermata_here = True
         elif t == V.BAR_TOKEN:
