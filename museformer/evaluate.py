@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS
 from instruct_tokenizer.metrics import (FEATURES, BINS, MidiReadError, NoteFeatures, compare, fmt, midi_features,
                                         pooled_histograms)
 
@@ -218,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
                     help="--tokens: per-type temperature of the model row, as instruct-render's (e.g. "
                          "Tempo=mean,Vel=mean: the expected value)")
+    ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
+                    help="--tokens: key-down floor of the model row, as instruct-render's (0: off)")
     a = ap.parse_args(argv)
     if a.tokens:
         return eval_tokens(a)
@@ -256,7 +259,8 @@ def eval_tokens(a: argparse.Namespace) -> int:
     from museformer.render import Renderer, RenderError, Sampling
 
     try:
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
+                                            min_key_down_ms=a.min_key_down_ms)
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

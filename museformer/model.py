@@ -250,6 +250,9 @@ class MuseformerEncoder(FairseqEncoder):
             out["style"] = style
         if self.grammar is not None:
             out["slots"] = self.grammar.slot_ids(src_tokens, valid)
+            nominal_q = self.grammar.slot_nominal_q(src_tokens, valid)
+            if nominal_q is not None:
+                out["slot_q"] = nominal_q  # (B, S + 1)
         if self.anchors is not None:
             out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out
@@ -260,7 +263,7 @@ class MuseformerEncoder(FairseqEncoder):
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
-        for key in ("slots", "style", "anchors"):
+        for key in ("slots", "slot_q", "style", "anchors"):
             if key in encoder_out:
                 out[key] = encoder_out[key].index_select(0, new_order)
         return out
@@ -363,6 +366,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         tok = prev_output_tokens[:, -1:]  # (B, 1)
         b = tok.shape[0]
         step = prev_output_tokens.shape[1] - 1
+        if getattr(self, "token_period", None) is not None:  # the beat period of the latest tempo token
+            period = self.token_period.to(tok.device)[tok[:, 0]]  # (B,)
+            state["period"] = torch.where(torch.isfinite(period), period, state["period"])
         is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
         new_bar = state["bar"] + is_bar.long()  # (B,)
         in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
@@ -408,7 +414,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             state["next_sum_pos"] = state["next_sum_pos"] + n_s
         self.set_incremental_state(incremental_state, "fc", state)
         if "slots" in encoder_out:
-            logits = self.constrain(logits, encoder_out["slots"], step)
+            logits = self.constrain(logits, encoder_out["slots"], step, encoder_out.get("slot_q"), state["period"])
         return logits, {"attn": [None], "inner_states": None}
 
     def init_state(self, prev_output_tokens: Tensor) -> Dict:
@@ -419,15 +425,23 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 "in_bar": torch.zeros(b, dtype=torch.long, device=dev),  # the start token is 1 past "bar -1"
                 "k_bar": empty_l, "k_sum": empty_l.bool(), "k_pos": empty_l, "k_ok": empty_l.bool(),
                 "next_sum_pos": torch.full((b, 1), 1 << 40, dtype=torch.long, device=dev),
+                "period": torch.full((b,), float("nan"), device=dev),  # s per quarter, for the key-down floor
                 "caches": [{} for _ in self.layers]}
 
-    def constrain(self, logits: Tensor, slots: Tensor, step: int) -> Tensor:
-        """Allow only tokens of the grammar's type at this step (EOS after the last slot), and divide
-        the logits by that type's relative temperature (1 unless set, see Grammar); a "mean" type
-        leaves one allowed token, the one nearest the expected value (``expected_value_choice``)."""
+    def constrain(self, logits: Tensor, slots: Tensor, step: int, slot_q: Optional[Tensor] = None,
+                  period: Optional[Tensor] = None) -> Tensor:
+        """Allow only tokens of the grammar's type at this step (EOS after the last slot), keep the
+        key-down floor (``slot_q``: (B, S + 1) notated quarters of articulation slots, ``period``: (B,)
+        s per quarter; see ``key_down_floor``), and divide the logits by that type's relative
+        temperature (1 unless set, see Grammar); a "mean" type leaves one allowed token, the one
+        nearest the expected value (``expected_value_choice``)."""
         col = slots[:, min(step, slots.shape[1] - 1)]  # (B,)
         allowed = self.type_table.to(logits.device)[col]  # (B, V)
         logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        if slot_q is not None and period is not None:
+            nominal_q = slot_q[:, min(step, slot_q.shape[1] - 1)]  # (B,)
+            logits = key_down_floor(logits, self.token_value.to(logits.device), nominal_q, period,
+                                    self.min_key_down_s)
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
@@ -459,24 +473,41 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         return self.args.max_target_positions
 
 
-MEAN_FLOOR = -80.0  # logit of the other allowed tokens of a "mean" slot: exp(-80) ~ 2e-35 is never
-# sampled, yet a positive float32 probability, so that fairseq can still force one of them as a prefix
-# token (a segment's overlap bars) and sample the row (a probability of 0 there fails torch.multinomial)
+FORCEABLE_LOGIT = -80.0  # logit of a token the grammar allows but decoding never picks (the other tokens
+# of a "mean" slot, articulations under the key-down floor): exp(-80) ~ 2e-35 is never sampled, yet a
+# positive float32 probability, so that fairseq can still force one of them as a prefix token (a
+# segment's overlap bars) and sample the row (a probability of 0 there fails torch.multinomial)
 
 
 def expected_value_choice(logits: Tensor, value: Tensor) -> Tensor:
     """(B, 1, V) masked logits, (V,) token numbers (NaN: none) -> (B, 1, V) logits that put all the
     mass on the numbered token nearest the expected number under softmax(logits) over the allowed
     numbered tokens: the minimum-squared-error point estimate, on the token's scale (a bin, ms, log2
-    ratio). The other allowed tokens get ``MEAN_FLOOR`` (finite: still forceable), the rest stay -inf."""
+    ratio). The other allowed tokens get ``FORCEABLE_LOGIT`` (finite: still forceable), the rest stay -inf."""
     allowed = torch.isfinite(logits)  # (B, 1, V)
     ok = allowed & torch.isfinite(value)  # (B, 1, V)
     p = torch.softmax(logits.float().masked_fill(~ok, float("-inf")), dim=-1)  # (B, 1, V)
     mean = (p.nan_to_num(0.0) * value.nan_to_num(0.0)).sum(-1, keepdim=True)  # (B, 1, 1)
     dist = (value - mean).abs().masked_fill(~ok, float("inf"))  # (B, 1, V)
     best = dist.argmin(-1, keepdim=True)  # (B, 1, 1)
-    out = torch.full_like(logits, float("-inf")).masked_fill(allowed, MEAN_FLOOR)
+    out = torch.full_like(logits, float("-inf")).masked_fill(allowed, FORCEABLE_LOGIT)
     return out.scatter(-1, best, 0.0)
+
+
+def key_down_floor(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: Tensor,
+                   min_key_down_s: float) -> Tensor:
+    """(B, 1, V) masked logits of an articulation step, (V,) token log2 ratios (NaN: none), (B,) notated
+    quarters (NaN: the row's step is no articulation slot, left as it is), (B,) beat period (s per
+    quarter) -> logits where every allowed articulation that holds the note shorter than
+    ``min_key_down_s`` (key-down 2 ** value x nominal_q x period_s seconds) gets ``FORCEABLE_LOGIT``
+    (never picked, still forceable). When all of them would, the longest stays allowed. Example: an
+    eighth note (0.5 quarter) at 0.2 s per quarter and a 25 ms floor keeps log2 ratios >= -2."""
+    allowed = torch.isfinite(logits) & torch.isfinite(value)  # (B, 1, V)
+    longest = value.masked_fill(~allowed, float("-inf")).amax(-1)  # (B, 1)
+    floor = torch.log2(min_key_down_s / (nominal_q * period_s)).unsqueeze(1)  # (B, 1) log2 ratio; NaN: off
+    floor = torch.minimum(floor, longest)  # (B, 1)
+    too_short = allowed & (value < floor.unsqueeze(-1) - 1e-6)  # (B, 1, V); NaN floor compares False
+    return logits.masked_fill(too_short, FORCEABLE_LOGIT)
 
 
 class Grammar:
@@ -484,12 +515,20 @@ class Grammar:
 
     def __init__(self, src_dict, tgt_dict, target_slots, token_type, forbidden: Sequence[str] = (),
                  type_temperature: Optional[Dict[str, Union[float, str]]] = None,
-                 token_value: Optional[Callable[[str], Optional[float]]] = None):
+                 token_value: Optional[Callable[[str], Optional[float]]] = None,
+                 min_key_down_s: float = 0.0,
+                 art_nominal_q: Optional[Callable[[Sequence[str]], List[float]]] = None,
+                 beat_period_s: Optional[Callable[[str], Optional[float]]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
         ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
         e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}
         always takes the velocity bin nearest the model's expected value (``token_value`` gives each
-        token's number; only types where it gives one can be "mean")."""
+        token's number; only types where it gives one can be "mean");
+        ``min_key_down_s`` (s; 0: off): at an articulation slot, never pick a value that holds the note
+        shorter than this. ``art_nominal_q(score_tokens)`` gives, per slot, the notated quarters an
+        articulation slot scales (NaN for other slots), ``beat_period_s(token)`` the beat period of a
+        tempo token (None otherwise), and ``token_value`` the log2 ratio: the key-down time is
+        2 ** value x nominal x the period of the latest tempo token."""
         self.src_dict, self.target_slots = src_dict, target_slots
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
@@ -514,9 +553,19 @@ class Grammar:
         if unknown:
             raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
         mean_types = sorted(n for n, t in type_temperature.items() if t == MEAN)
+        self.min_key_down_s = float(min_key_down_s)
+        self.art_nominal_q = art_nominal_q
+        self.period = None  # per token id: beat period in s (NaN: not a tempo token)
+        if self.min_key_down_s < 0:
+            raise ValueError("--min-key-down-ms: must be >= 0")
+        if self.min_key_down_s > 0:
+            if not (art_nominal_q and beat_period_s and token_value):
+                raise ValueError("--min-key-down-ms: the grammar module gives no art_nominal_q, beat_period_s "
+                                 "and token_value")
+            self.period = self.numbers(tgt_dict, beat_period_s)  # (V,)
+        if mean_types or self.period is not None:
+            self.value = self.numbers(tgt_dict, token_value)  # (V,)
         if mean_types:
-            numbers = [token_value(tgt_dict[i]) if token_value else None for i in range(len(tgt_dict))]
-            self.value = torch.tensor([float("nan") if v is None else v for v in numbers])  # (V,)
             self.mean = torch.zeros(len(names), dtype=torch.bool)
             for name in mean_types:
                 has_value = table[self.type_id[name]] & torch.isfinite(self.value)
@@ -531,15 +580,34 @@ class Grammar:
             for name, t in temperatures.items():
                 self.scale[self.type_id[name]] = 1.0 / t
 
+    @staticmethod
+    def numbers(tgt_dict, number_of: Callable[[str], Optional[float]]) -> Tensor:
+        """(V,) float: ``number_of(token)`` for every target token, NaN where it gives None."""
+        values = [number_of(tgt_dict[i]) for i in range(len(tgt_dict))]
+        return torch.tensor([float("nan") if v is None else v for v in values])
+
+    def score_rows(self, src_tokens: Tensor, valid: Tensor) -> List[List[str]]:
+        """(B, T) padded source ids -> each row's score token strings (padding and EOS left out)."""
+        eos = self.src_dict.eos()
+        return [[self.src_dict[i] for i, k in zip(ids, ok) if k and i != eos]
+                for ids, ok in zip(src_tokens.tolist(), valid.tolist())]
+
     def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
         """(B, T) source ids -> (B, max_slots + 1) type ids; EOS after each row's last slot."""
-        rows = []
-        for ids, ok in zip(src_tokens.tolist(), valid.tolist()):
-            toks = [self.src_dict[i] for i, k in zip(ids, ok) if k and i != self.src_dict.eos()]
-            rows.append([self.type_id[s] for s in self.target_slots(toks)])
+        rows = [[self.type_id[s] for s in self.target_slots(toks)] for toks in self.score_rows(src_tokens, valid)]
         width = max(len(r) for r in rows) + 1
         eos = self.type_id[EOS_TYPE]
         return torch.tensor([r + [eos] * (width - len(r)) for r in rows], dtype=torch.long,
+                            device=src_tokens.device)
+
+    def slot_nominal_q(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
+        """(B, T) source ids -> (B, max_slots + 1) notated quarters of each articulation slot (NaN for the
+        other slots and past a row's last), for the key-down floor; None when the floor is off."""
+        if self.period is None:
+            return None
+        rows = [self.art_nominal_q(toks) for toks in self.score_rows(src_tokens, valid)]
+        width = max(len(r) for r in rows) + 1
+        return torch.tensor([r + [float("nan")] * (width - len(r)) for r in rows], dtype=torch.float,
                             device=src_tokens.device)
 
 
@@ -653,6 +721,8 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         self.decoder.type_scale = grammar.scale
         self.decoder.type_mean = grammar.mean
         self.decoder.token_value = grammar.value
+        self.decoder.token_period = grammar.period
+        self.decoder.min_key_down_s = grammar.min_key_down_s
 
 
 @register_model_architecture("museformer_s2p", "museformer_s2p")

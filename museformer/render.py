@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars
-from instruct_tokenizer.grammar import target_slots
+from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, target_slots
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
@@ -107,10 +107,12 @@ class Renderer:
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
-                        allow_deletions: bool = False, type_temperature: str = "") -> "Renderer":
+                        allow_deletions: bool = False, type_temperature: str = "",
+                        min_key_down_ms: float = MIN_KEY_DOWN_MS) -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
         performances in its training data do; by default every score note is played.
-        ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``."""
+        ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
+        ``min_key_down_ms``: the key-down floor (ms; 0: off): no note is held shorter."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -131,13 +133,14 @@ class Renderer:
             args.attention_impl = attention_impl
         args.no_deletions = not allow_deletions
         args.type_temperature = type_temperature
+        args.min_key_down_ms = min_key_down_ms
         try:
             task = tasks.setup_task(args)
         finally:
             if "dictionary" in state:  # the embedded dictionary's temporary copy is read now
                 shutil.rmtree(args.data, ignore_errors=True)
         try:
-            task.load_grammar()  # checks --type-temperature against the grammar's types
+            task.load_grammar()  # checks --type-temperature and --min-key-down-ms
         except ValueError as e:
             raise RenderError(str(e)) from None
         model = task.build_model(args)
@@ -294,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
                    help="per-type temperature relative to --temperature, e.g. Tempo=0.7 (steadier tempo); "
                         "TYPE=mean takes the bin nearest the expected value (Tempo, Vel, Time, Art)")
+    p.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
+                   help=f"hold no note shorter than MS ms (default {MIN_KEY_DOWN_MS:g}: the 1st percentile of the "
+                        "training performances' key-down times; sampled articulation otherwise puts a few "
+                        "percent of notes under 20 ms, which pianists hardly ever play; 0: off)")
     p.add_argument("--beam", type=int, default=1, help="beam search with this beam size (> 1) instead of sampling")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -323,7 +330,8 @@ def render_file(args: argparse.Namespace) -> List[Path]:
 
     renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
                                         allow_deletions=args.allow_deletions,
-                                        type_temperature=args.type_temperature)
+                                        type_temperature=args.type_temperature,
+                                        min_key_down_ms=args.min_key_down_ms)
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
                                          performer=args.performer, unfold_repeats=not args.no_repeats)
     written = []

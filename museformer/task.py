@@ -60,6 +60,10 @@ class MuseformerS2PTask(TranslationTask):
                                  "(steadier tempo); types are the grammar's token types; TYPE=mean "
                                  "decodes that type as the token nearest the expected value (types "
                                  "the grammar module's token_value gives numbers)")
+        parser.add_argument("--min-key-down-ms", type=float, default=0.0, metavar="MS",
+                            help="never generate an articulation that holds a note shorter than MS "
+                                 "milliseconds at the generated tempo (0: off; instruct-render uses the "
+                                 "grammar module's MIN_KEY_DOWN_MS)")
         # fmt: on
 
     @classmethod
@@ -76,7 +80,10 @@ class MuseformerS2PTask(TranslationTask):
         forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
         return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
                        parse_type_temperature(getattr(self.args, "type_temperature", "")),
-                       getattr(module, "token_value", None))
+                       getattr(module, "token_value", None),
+                       min_key_down_s=float(getattr(self.args, "min_key_down_ms", 0.0) or 0.0) / 1000.0,
+                       art_nominal_q=getattr(module, "art_nominal_q", None),
+                       beat_period_s=getattr(module, "beat_period_s", None))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

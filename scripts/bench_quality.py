@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer.decode import tokens_to_midi  # noqa: E402
 from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
+from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS  # noqa: E402
 from instruct_tokenizer.metrics import midi_features  # noqa: E402
 from museformer.evaluate import evaluate_sets, read_set, write_outputs  # noqa: E402
 
@@ -237,6 +238,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
     ap.add_argument("--topp", type=float, default=1.0, help="nucleus sampling p (instruct-render's default 1.0)")
     ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7, or Tempo=mean (expected value)")
+    ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS,
+                    help="key-down floor of our renderings, as instruct-render's (0: off)")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
     ap.add_argument("--baselines-only", action="store_true",
                     help="no model: Pianist Transformer, deadpan, training mean, markings and human only")
@@ -258,7 +261,8 @@ def main() -> int:
     if not a.baselines_only:
         from museformer.render import Renderer, Sampling
 
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature)
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
+                                            min_key_down_ms=a.min_key_down_ms)
         renderer.threads = 2
         sampling = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),

@@ -73,6 +73,33 @@ def test_generate_is_always_valid(trained, mode):
 
 
 @pytest.mark.slow
+def test_generate_keeps_the_key_down_floor(trained):
+    """The task's --min-key-down-ms holds every generated note at least that long (or gives it the
+    longest articulation, when none reaches the floor), next to --no-deletions and a mean type."""
+    import numpy as np
+
+    from instruct_tokenizer import vocab as V
+    from instruct_tokenizer.decode import decode_performance
+
+    root, _ = trained
+    log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",
+               "--path", "ckpt/checkpoint_best.pt", "--gen-subset", "test", "--cpu", "--batch-size", "8",
+               "--sampling", "--beam", "1", "--temperature", "1.5", "--min-key-down-ms", "80", "--no-deletions",
+               "--type-temperature", "Tempo=mean"], root)
+    ok, n = _valid_rate(root, log)
+    assert n > 0 and ok == n, f"{ok}/{n} valid"
+    src = (root / "tok" / "test.score").read_text().splitlines()
+    for line in log.splitlines():
+        if line.startswith("H-"):
+            k, _, toks = line.split("\t")
+            score, perf = src[int(k[2:])].split(), toks.split()
+            p = decode_performance(score, perf)
+            arts = np.array([float(V.parse(t)[1]) for t in perf if token_type(t) == V.ART])
+            held_ms = (p.offset_s - p.onset_s) * 1000
+            assert p.played.all() and np.all((held_ms >= 80 - 1e-3) | (arts >= V.ART_MAX - 1e-9)), np.sort(held_ms)[:5]
+
+
+@pytest.mark.slow
 def test_untrained_model_generates_valid_output(corpus):
     run([BIN / "fairseq-train", "bin", *TRAIN, "--max-update", "1", "--save-dir", "ckpt0", "--lr", "1e-9"], corpus)
     log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",

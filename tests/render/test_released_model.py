@@ -88,9 +88,9 @@ def _expected_value_choice_reference(logits, value):
     over the allowed numbered tokens (ties: the lowest token id)."""
     import math
 
-    from museformer.model import MEAN_FLOOR
+    from museformer.model import FORCEABLE_LOGIT
 
-    out = torch.where(torch.isfinite(logits), torch.full_like(logits, MEAN_FLOOR), logits)
+    out = torch.where(torch.isfinite(logits), torch.full_like(logits, FORCEABLE_LOGIT), logits)
     for b in range(logits.shape[0]):
         ids = [i for i in range(logits.shape[-1])
                if math.isfinite(logits[b, 0, i].item()) and math.isfinite(value[i].item())]
