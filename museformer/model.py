@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -253,6 +253,9 @@ class MuseformerEncoder(FairseqEncoder):
             nominal_q = self.grammar.slot_nominal_q(src_tokens, valid)
             if nominal_q is not None:
                 out["slot_q"] = nominal_q  # (B, S + 1)
+            once = self.grammar.slot_once(src_tokens, valid)
+            if once is not None:
+                out["slot_once"] = once  # (B, S + 1)
         if self.anchors is not None:
             out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out
@@ -263,7 +266,7 @@ class MuseformerEncoder(FairseqEncoder):
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
-        for key in ("slots", "slot_q", "style", "anchors"):
+        for key in ("slots", "slot_q", "slot_once", "style", "anchors"):
             if key in encoder_out:
                 out[key] = encoder_out[key].index_select(0, new_order)
         return out
@@ -414,7 +417,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             state["next_sum_pos"] = state["next_sum_pos"] + n_s
         self.set_incremental_state(incremental_state, "fc", state)
         if "slots" in encoder_out:
-            logits = self.constrain(logits, encoder_out["slots"], step, encoder_out.get("slot_q"), state["period"])
+            logits = self.constrain(logits, encoder_out, step, state["period"])
         return logits, {"attn": [None], "inner_states": None}
 
     def init_state(self, prev_output_tokens: Tensor) -> Dict:
@@ -428,20 +431,30 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 "period": torch.full((b,), float("nan"), device=dev),  # s per quarter, for the key-down floor
                 "caches": [{} for _ in self.layers]}
 
-    def constrain(self, logits: Tensor, slots: Tensor, step: int, slot_q: Optional[Tensor] = None,
-                  period: Optional[Tensor] = None) -> Tensor:
-        """Allow only tokens of the grammar's type at this step (EOS after the last slot), keep the
-        key-down floor (``slot_q``: (B, S + 1) notated quarters of articulation slots, ``period``: (B,)
-        s per quarter; see ``key_down_floor``), and divide the logits by that type's relative
-        temperature (1 unless set, see Grammar); a "mean" type leaves one allowed token, the one
-        nearest the expected value (``expected_value_choice``)."""
+    def constrain(self, logits: Tensor, encoder_out: Dict, step: int, period: Optional[Tensor] = None) -> Tensor:
+        """Allow only tokens of the grammar's type at this step (``encoder_out["slots"]``; EOS after the
+        last slot), keep the key-down floor (``encoder_out["slot_q"]``: (B, S + 1) notated quarters of
+        articulation slots, ``period``: (B,) s per quarter; see ``key_down_floor``), play a unison's
+        repeated pitch once (``encoder_out["slot_once"]``: (B, S + 1) velocity slots that take the
+        grammar's deletion token), and divide the logits by that type's relative temperature (1 unless
+        set, see Grammar); a "mean" type leaves one allowed token, the one nearest the expected value
+        (``expected_value_choice``)."""
+        slots = encoder_out["slots"]
         col = slots[:, min(step, slots.shape[1] - 1)]  # (B,)
         allowed = self.type_table.to(logits.device)[col]  # (B, V)
         logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        slot_q = encoder_out.get("slot_q")
         if slot_q is not None and period is not None:
             nominal_q = slot_q[:, min(step, slot_q.shape[1] - 1)]  # (B,)
             logits = key_down_floor(logits, self.token_value.to(logits.device), nominal_q, period,
                                     self.min_key_down_s)
+        slot_once = encoder_out.get("slot_once")
+        if slot_once is not None:
+            once = slot_once[:, min(step, slot_once.shape[1] - 1)]  # (B,)
+            if once.any():
+                only = logits.masked_fill(torch.isfinite(logits), FORCEABLE_LOGIT)  # (B, 1, V)
+                only[..., self.once_token] = 0.0
+                logits = torch.where(once.view(-1, 1, 1), only, logits)
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
@@ -518,7 +531,8 @@ class Grammar:
                  token_value: Optional[Callable[[str], Optional[float]]] = None,
                  min_key_down_s: float = 0.0,
                  art_nominal_q: Optional[Callable[[Sequence[str]], List[float]]] = None,
-                 beat_period_s: Optional[Callable[[str], Optional[float]]] = None):
+                 beat_period_s: Optional[Callable[[str], Optional[float]]] = None,
+                 once: Optional[Tuple[str, Callable[[Sequence[str]], List[bool]]]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
         ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
         e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}
@@ -528,7 +542,10 @@ class Grammar:
         shorter than this. ``art_nominal_q(score_tokens)`` gives, per slot, the notated quarters an
         articulation slot scales (NaN for other slots), ``beat_period_s(token)`` the beat period of a
         tempo token (None otherwise), and ``token_value`` the log2 ratio: the key-down time is
-        2 ** value x nominal x the period of the latest tempo token."""
+        2 ** value x nominal x the period of the latest tempo token;
+        ``once``: (token, slots_of(score_tokens)): the slots where ``slots_of`` says True take exactly
+        that token, e.g. the deletion token on the repeated pitch of a unison (a piano plays it once)
+        while ``forbidden`` keeps it out of every other slot."""
         self.src_dict, self.target_slots = src_dict, target_slots
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
@@ -556,6 +573,9 @@ class Grammar:
         self.min_key_down_s = float(min_key_down_s)
         self.art_nominal_q = art_nominal_q
         self.period = None  # per token id: beat period in s (NaN: not a tempo token)
+        self.once_token, self.once_slots = None, None
+        if once is not None and tgt_dict.index(once[0]) != tgt_dict.unk():
+            self.once_token, self.once_slots = tgt_dict.index(once[0]), once[1]
         if self.min_key_down_s < 0:
             raise ValueError("--min-key-down-ms: must be >= 0")
         if self.min_key_down_s > 0:
@@ -598,6 +618,16 @@ class Grammar:
         width = max(len(r) for r in rows) + 1
         eos = self.type_id[EOS_TYPE]
         return torch.tensor([r + [eos] * (width - len(r)) for r in rows], dtype=torch.long,
+                            device=src_tokens.device)
+
+    def slot_once(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
+        """(B, T) source ids -> (B, max_slots + 1) bool: the slots that take ``once_token``; None when
+        the grammar has no such rule."""
+        if self.once_slots is None:
+            return None
+        rows = [self.once_slots(toks) for toks in self.score_rows(src_tokens, valid)]
+        width = max(len(r) for r in rows) + 1
+        return torch.tensor([r + [False] * (width - len(r)) for r in rows], dtype=torch.bool,
                             device=src_tokens.device)
 
     def slot_nominal_q(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
@@ -723,6 +753,7 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         self.decoder.token_value = grammar.value
         self.decoder.token_period = grammar.period
         self.decoder.min_key_down_s = grammar.min_key_down_s
+        self.decoder.once_token = grammar.once_token
 
 
 @register_model_architecture("museformer_s2p", "museformer_s2p")

@@ -54,7 +54,9 @@ class MuseformerS2PTask(TranslationTask):
                             help="generate without the performance grammar (for ablations)")
         parser.add_argument("--no-deletions", action="store_true",
                             help="never generate the grammar module's DELETION token (every score note is "
-                                 "played; instruct-render's default)")
+                                 "played; instruct-render's default), except where its unison_repeats() "
+                                 "asks for it: a pitch repeated within one onset (two voices in unison) "
+                                 "is played once, as on a piano")
         parser.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
                             help="per-type sampling temperature relative to --temperature, e.g. Tempo=0.7 "
                                  "(steadier tempo); types are the grammar's token types; TYPE=mean "
@@ -77,13 +79,16 @@ class MuseformerS2PTask(TranslationTask):
     def load_grammar(self) -> Grammar:
         module = importlib.import_module(getattr(self.args, "grammar", "instruct_tokenizer.grammar"))
         deletion = getattr(module, "DELETION", None)
-        forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
+        no_deletions = bool(deletion) and getattr(self.args, "no_deletions", False)
+        forbidden = [deletion] if no_deletions else []
+        unisons = getattr(module, "unison_repeats", None)
+        once = (deletion, unisons) if no_deletions and unisons else None
         return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
                        parse_type_temperature(getattr(self.args, "type_temperature", "")),
                        getattr(module, "token_value", None),
                        min_key_down_s=float(getattr(self.args, "min_key_down_ms", 0.0) or 0.0) / 1000.0,
                        art_nominal_q=getattr(module, "art_nominal_q", None),
-                       beat_period_s=getattr(module, "beat_period_s", None))
+                       beat_period_s=getattr(module, "beat_period_s", None), once=once)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

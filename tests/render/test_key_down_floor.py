@@ -125,3 +125,34 @@ def test_negative_floor_is_one_error_line(tmp_path):
     assert code == 1 and not out.exists()
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and "--min-key-down-ms" in lines[0], err.getvalue()
+
+
+# ------------------------------------------------------------------ unisons: one key, struck once
+UNISON = ("Bar_None Pos_0 Pitch_60 Dur_12 Staff_1 Pitch_60 Dur_24 Staff_2 Pitch_64 Dur_12 Staff_1 "
+          "Pos_12 Pitch_62 Dur_0 Staff_1 Pitch_62 Dur_0 Staff_2 Bar_None Pos_0 Pitch_60 Dur_12 Staff_1").split()
+
+
+def test_unison_repeats_marks_all_but_the_longest_note_of_a_pitch_in_one_onset():
+    from instruct_tokenizer.grammar import unison_repeats
+
+    slots, marked = target_slots(UNISON), unison_repeats(UNISON)
+    assert len(marked) == len(slots)
+    vel_slots = [i for i, s in enumerate(slots) if s == V.VEL]  # one per note, score order
+    # notes: C4 8th (shorter: repeat), C4 quarter (kept), E4, D4 grace, D4 grace (tie: the second), C4 next bar
+    assert [marked[i] for i in vel_slots] == [True, False, False, False, True, False]
+    assert not any(m for i, m in enumerate(marked) if i not in vel_slots)
+
+
+@needs_release
+def test_a_unison_is_played_once_unless_deletions_are_allowed():
+    from instruct_tokenizer.grammar import DELETION, unison_repeats
+
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    prefix, _ = split_bars(r.score_tokens(str(CHOPIN)))
+    toks = prefix + UNISON
+    vel = [t for t in r.render_tokens(toks, Sampling(seed=0, temperature=2.0), progress=False)
+           if token_type(t) == V.VEL]
+    assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
+    assert unison_repeats(toks).count(True) == 2
+    loose = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), allow_deletions=True)
+    assert loose.task.load_grammar().once_slots is None  # the model decides for every note
