@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Does a model hold fermatas? Teacher-forced on human performances, the lift of the ``Tempo`` bin of
+the onset after a fermata over its segment's median, for the humans and for the model's expectation.
+
+    python scripts/fermata_lift.py --checkpoint CKPT --data DATA_BIN --tokens TOK [--split test] [--lines 60]
+
+A fermata lengthens the gap to the next onset, which is that onset's ``Tempo`` token (docs/tokens.md).
+For every line of ``TOK/{split}.score`` whose score holds ``Mark_fermata`` (the first ``--lines`` of
+them), the script runs the model teacher-forced on the human ``.perf`` line and compares, at each onset
+that follows a group with a fermata, the human bin and the model's expected bin (sum of p x bin over
+the ``Tempo`` tokens), each minus its own median over the segment's onsets. Bins are 3 % steps of the
+beat period: +23 bins is about x2. Prints one line: fermatas counted, mean human lift, mean model lift.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from instruct_tokenizer import vocab as V  # noqa: E402
+
+FERMATA = V.tok("Mark", "fermata")
+
+
+def groups_after_fermata(score_tokens: Sequence[str]) -> List[int]:
+    """Indices of the onset groups (``Pos`` tokens, 0-based) that follow a group holding a fermata."""
+    group, after = -1, []
+    for t in score_tokens:
+        type_, _ = V.parse(t) if "_" in t else (t, "")
+        if type_ == V.POS:
+            group += 1
+        elif t == FERMATA and group + 1 not in after:
+            after.append(group + 1)
+    return [g for g in after if g <= group]
+
+
+def fermata_lifts(score_tokens: Sequence[str], human_bins: Sequence[float],
+                  model_bins: Sequence[float]) -> List[Tuple[float, float]]:
+    """Per onset after a fermata: (human bin - human median, model bin - model median); the bins are
+    given per onset group, in order (one ``Tempo`` token each)."""
+    human, model = np.asarray(human_bins, float), np.asarray(model_bins, float)
+    return [(human[g] - np.median(human), model[g] - np.median(model)) for g in groups_after_fermata(score_tokens)]
+
+
+def expected_tempo_bins(renderer, score: Sequence[str], perf: Sequence[str]) -> Tuple[List[float], List[float]]:
+    """(human bin, model expected bin) per onset group, teacher-forced on the human tokens."""
+    import torch
+
+    r = renderer
+    src = torch.cat([r.encode(score, r.src_dict, "score"), torch.tensor([r.src_dict.eos()])])[None]  # (1, S)
+    tgt = torch.cat([r.encode(perf, r.tgt_dict, "perf"), torch.tensor([r.tgt_dict.eos()])])
+    prev = torch.cat([torch.tensor([r.tgt_dict.eos()]), tgt[:-1]])[None]  # (1, T)
+    with torch.no_grad():
+        logits, _ = r.models[0](src, torch.tensor([src.shape[1]]), prev)  # (1, T, V)
+    tempo_ids = [r.tgt_dict.index(V.tok(V.TEMPO, b)) for b in range(V.TEMPO_BINS)]
+    prob = torch.softmax(logits[0].float()[:, tempo_ids], dim=-1)  # (T, bins)
+    expected = (prob * torch.arange(V.TEMPO_BINS)).sum(-1)  # (T,)
+    human, model = [], []
+    for i, t in enumerate(perf):
+        type_, value = V.parse(t)
+        if type_ == V.TEMPO:
+            human.append(float(value))
+            model.append(float(expected[i]))
+    return human, model
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="model file (.pt)")
+    ap.add_argument("--data", default=None, help="fairseq data dir with the dictionaries (training checkpoints)")
+    ap.add_argument("--tokens", required=True, help="instruct-tokenize build (with --xml-markings)")
+    ap.add_argument("--split", default="test", help="split of --tokens (default test: unseen pieces)")
+    ap.add_argument("--lines", type=int, default=60, help="the first N lines holding a fermata")
+    a = ap.parse_args(argv)
+    from tqdm import tqdm
+
+    from museformer.render import Renderer, RenderError
+
+    try:
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data)
+        scores = (Path(a.tokens) / f"{a.split}.score").read_text().splitlines()
+        perfs = (Path(a.tokens) / f"{a.split}.perf").read_text().splitlines()
+    except (RenderError, OSError) as e:
+        print(f"fermata_lift: error: {e}", file=sys.stderr)
+        return 1
+    chosen = [k for k, s in enumerate(scores) if FERMATA in s.split()][: a.lines]
+    lifts = []
+    for k in tqdm(chosen, desc="fermata lines", unit="line"):
+        score, perf = scores[k].split(), perfs[k].split()
+        human, model = expected_tempo_bins(renderer, score, perf)
+        lifts += fermata_lifts(score, human, model)
+    if not lifts:
+        print(f"fermata_lift: no fermata in {a.tokens}/{a.split}.score", file=sys.stderr)
+        return 1
+    h, m = np.mean(lifts, axis=0)
+    print(f"{a.split}: {len(lifts)} fermatas in {len(chosen)} lines; Tempo bin lift over the segment median: "
+          f"human {h:+.1f}, model {m:+.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
