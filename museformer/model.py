@@ -436,9 +436,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         last slot), keep the key-down floor (``encoder_out["slot_q"]``: (B, S + 1) notated quarters of
         articulation slots, ``period``: (B,) s per quarter; see ``key_down_floor``), play a unison's
         repeated pitch once (``encoder_out["slot_once"]``: (B, S + 1) velocity slots that take the
-        grammar's deletion token), and divide the logits by that type's relative temperature (1 unless
-        set, see Grammar); a "mean" type leaves one allowed token, the one nearest the expected value
-        (``expected_value_choice``)."""
+        grammar's deletion token; applied after the mean), and divide the logits by that type's
+        relative temperature (1 unless set, see Grammar); a "mean" type leaves one allowed token, the one
+        nearest the expected value (``expected_value_choice``)."""
         slots = encoder_out["slots"]
         col = slots[:, min(step, slots.shape[1] - 1)]  # (B,)
         allowed = self.type_table.to(logits.device)[col]  # (B, V)
@@ -448,19 +448,19 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             nominal_q = slot_q[:, min(step, slot_q.shape[1] - 1)]  # (B,)
             logits = key_down_floor(logits, self.token_value.to(logits.device), nominal_q, period,
                                     self.min_key_down_s)
-        slot_once = encoder_out.get("slot_once")
-        if slot_once is not None:
-            once = slot_once[:, min(step, slot_once.shape[1] - 1)]  # (B,)
-            if once.any():
-                only = logits.masked_fill(torch.isfinite(logits), FORCEABLE_LOGIT)  # (B, 1, V)
-                only[..., self.once_token] = 0.0
-                logits = torch.where(once.view(-1, 1, 1), only, logits)
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
             if rows.any():
                 choice = expected_value_choice(logits, self.token_value.to(logits.device))
                 logits = torch.where(rows, choice, logits)
+        slot_once = encoder_out.get("slot_once")  # after the mean, which would pick a velocity there
+        if slot_once is not None:
+            once = slot_once[:, min(step, slot_once.shape[1] - 1)]  # (B,)
+            if once.any():
+                only = logits.masked_fill(torch.isfinite(logits), FORCEABLE_LOGIT)  # (B, 1, V)
+                only[..., self.once_token] = 0.0
+                logits = torch.where(once.view(-1, 1, 1), only, logits)
         scale = getattr(self, "type_scale", None)
         if scale is not None:
             logits = logits * scale.to(logits.device, logits.dtype)[col].view(-1, 1, 1)  # (B, 1, V)
@@ -487,7 +487,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 
 
 FORCEABLE_LOGIT = -80.0  # logit of a token the grammar allows but decoding never picks (the other tokens
-# of a "mean" slot, articulations under the key-down floor): exp(-80) ~ 2e-35 is never sampled, yet a
+# of a "mean" slot, articulations under the key-down floor, the velocities of a unison's repeated pitch):
+# exp(-80) ~ 2e-35 is never sampled, yet a
 # positive float32 probability, so that fairseq can still force one of them as a prefix token (a
 # segment's overlap bars) and sample the row (a probability of 0 there fails torch.multinomial)
 
@@ -521,6 +522,13 @@ def key_down_floor(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: T
     floor = torch.minimum(floor, longest)  # (B, 1)
     too_short = allowed & (value < floor.unsqueeze(-1) - 1e-6)  # (B, 1, V); NaN floor compares False
     return logits.masked_fill(too_short, FORCEABLE_LOGIT)
+
+
+def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
+    """Per-slot rows of unequal length -> (B, max_len + 1) tensor, ``fill`` after each row's end (the
+    extra column is the EOS step)."""
+    width = max(len(r) for r in rows) + 1
+    return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype, device=device)
 
 
 class Grammar:
@@ -615,10 +623,7 @@ class Grammar:
     def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
         """(B, T) source ids -> (B, max_slots + 1) type ids; EOS after each row's last slot."""
         rows = [[self.type_id[s] for s in self.target_slots(toks)] for toks in self.score_rows(src_tokens, valid)]
-        width = max(len(r) for r in rows) + 1
-        eos = self.type_id[EOS_TYPE]
-        return torch.tensor([r + [eos] * (width - len(r)) for r in rows], dtype=torch.long,
-                            device=src_tokens.device)
+        return pad_rows(rows, self.type_id[EOS_TYPE], torch.long, src_tokens.device)
 
     def slot_once(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
         """(B, T) source ids -> (B, max_slots + 1) bool: the slots that take ``once_token``; None when
@@ -626,9 +631,7 @@ class Grammar:
         if self.once_slots is None:
             return None
         rows = [self.once_slots(toks) for toks in self.score_rows(src_tokens, valid)]
-        width = max(len(r) for r in rows) + 1
-        return torch.tensor([r + [False] * (width - len(r)) for r in rows], dtype=torch.bool,
-                            device=src_tokens.device)
+        return pad_rows(rows, False, torch.bool, src_tokens.device)
 
     def slot_nominal_q(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
         """(B, T) source ids -> (B, max_slots + 1) notated quarters of each articulation slot (NaN for the
@@ -636,9 +639,7 @@ class Grammar:
         if self.period is None:
             return None
         rows = [self.art_nominal_q(toks) for toks in self.score_rows(src_tokens, valid)]
-        width = max(len(r) for r in rows) + 1
-        return torch.tensor([r + [float("nan")] * (width - len(r)) for r in rows], dtype=torch.float,
-                            device=src_tokens.device)
+        return pad_rows(rows, float("nan"), torch.float, src_tokens.device)
 
 
 @register_model("museformer_s2p")

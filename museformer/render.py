@@ -108,11 +108,13 @@ class Renderer:
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
                         allow_deletions: bool = False, type_temperature: str = "",
-                        min_key_down_ms: float = MIN_KEY_DOWN_MS) -> "Renderer":
+                        min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True) -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
         performances in its training data do; by default every score note is played.
         ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
-        ``min_key_down_ms``: the key-down floor (ms; 0: off): no note is held shorter."""
+        ``min_key_down_ms``: the key-down floor (ms; 0: off): no note is held shorter.
+        ``unisons_once``: a pitch that several notes of one onset share is struck once (its longest note;
+        the others take the deletion token); False plays every score note."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -134,6 +136,7 @@ class Renderer:
         args.no_deletions = not allow_deletions
         args.type_temperature = type_temperature
         args.min_key_down_ms = min_key_down_ms
+        args.unisons_once = unisons_once
         try:
             task = tasks.setup_task(args)
         finally:
@@ -301,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"hold no note shorter than MS ms (default {MIN_KEY_DOWN_MS:g}: the 1st percentile of the "
                         "training performances' key-down times; sampled articulation otherwise puts a few "
                         "percent of notes under 20 ms, which pianists hardly ever play; 0: off)")
+    p.add_argument("--keep-unisons", action="store_true",
+                   help="strike both notes where two voices share a pitch at one onset (by default the key "
+                        "is struck once, for the longer note: a piano cannot play both)")
     p.add_argument("--beam", type=int, default=1, help="beam search with this beam size (> 1) instead of sampling")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -331,7 +337,8 @@ def render_file(args: argparse.Namespace) -> List[Path]:
     renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
                                         allow_deletions=args.allow_deletions,
                                         type_temperature=args.type_temperature,
-                                        min_key_down_ms=args.min_key_down_ms)
+                                        min_key_down_ms=args.min_key_down_ms,
+                                        unisons_once=not args.keep_unisons)
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
                                          performer=args.performer, unfold_repeats=not args.no_repeats)
     written = []

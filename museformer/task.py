@@ -54,9 +54,11 @@ class MuseformerS2PTask(TranslationTask):
                             help="generate without the performance grammar (for ablations)")
         parser.add_argument("--no-deletions", action="store_true",
                             help="never generate the grammar module's DELETION token (every score note is "
-                                 "played; instruct-render's default), except where its unison_repeats() "
-                                 "asks for it: a pitch repeated within one onset (two voices in unison) "
-                                 "is played once, as on a piano")
+                                 "played; instruct-render's default), except where --unisons-once asks for it")
+        parser.add_argument("--unisons-once", action="store_true",
+                            help="a pitch that several notes of one onset share (voices in unison) is "
+                                 "struck once, as on a piano: all but its longest note take the DELETION "
+                                 "token (the grammar module's unison_repeats; instruct-render's default)")
         parser.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
                             help="per-type sampling temperature relative to --temperature, e.g. Tempo=0.7 "
                                  "(steadier tempo); types are the grammar's token types; TYPE=mean "
@@ -79,10 +81,11 @@ class MuseformerS2PTask(TranslationTask):
     def load_grammar(self) -> Grammar:
         module = importlib.import_module(getattr(self.args, "grammar", "instruct_tokenizer.grammar"))
         deletion = getattr(module, "DELETION", None)
-        no_deletions = bool(deletion) and getattr(self.args, "no_deletions", False)
-        forbidden = [deletion] if no_deletions else []
+        forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
         unisons = getattr(module, "unison_repeats", None)
-        once = (deletion, unisons) if no_deletions and unisons else None
+        if getattr(self.args, "unisons_once", False) and not (deletion and unisons):
+            raise ValueError("--unisons-once: the grammar module gives no DELETION and unison_repeats")
+        once = (deletion, unisons) if getattr(self.args, "unisons_once", False) else None
         return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
                        parse_type_temperature(getattr(self.args, "type_temperature", "")),
                        getattr(module, "token_value", None),

@@ -75,8 +75,8 @@ def test_generate_is_always_valid(trained, mode):
 @pytest.mark.slow
 def test_generate_keeps_the_key_down_floor(trained):
     """The task's --min-key-down-ms holds every generated note at least that long (or gives it the
-    longest articulation, when none reaches the floor), next to --no-deletions (every note played but
-    a unison's repeated pitch) and a mean type."""
+    longest articulation, when none reaches the floor), next to --no-deletions --unisons-once (every
+    note played but a unison's repeated pitch) and a mean type."""
     import numpy as np
 
     from instruct_tokenizer import vocab as V
@@ -86,7 +86,7 @@ def test_generate_keeps_the_key_down_floor(trained):
     root, _ = trained
     log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",
                "--path", "ckpt/checkpoint_best.pt", "--gen-subset", "test", "--cpu", "--batch-size", "8",
-               "--sampling", "--beam", "1", "--temperature", "1.5", "--min-key-down-ms", "80", "--no-deletions",
+               "--sampling", "--beam", "1", "--temperature", "1.5", "--min-key-down-ms", "80", "--no-deletions", "--unisons-once",
                "--type-temperature", "Tempo=mean"], root)
     ok, n = _valid_rate(root, log)
     assert n > 0 and ok == n, f"{ok}/{n} valid"

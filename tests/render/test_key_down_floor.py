@@ -144,7 +144,7 @@ def test_unison_repeats_marks_all_but_the_longest_note_of_a_pitch_in_one_onset()
 
 
 @needs_release
-def test_a_unison_is_played_once_unless_deletions_are_allowed():
+def test_a_unison_is_played_once_unless_kept():
     from instruct_tokenizer.grammar import DELETION, unison_repeats
 
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
@@ -154,5 +154,17 @@ def test_a_unison_is_played_once_unless_deletions_are_allowed():
            if token_type(t) == V.VEL]
     assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
     assert unison_repeats(toks).count(True) == 2
-    loose = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), allow_deletions=True)
-    assert loose.task.load_grammar().once_slots is None  # the model decides for every note
+    every = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), unisons_once=False)  # --keep-unisons
+    assert every.task.load_grammar().once_slots is None
+    assert DELETION not in every.render_tokens(toks, Sampling(seed=0, temperature=2.0), progress=False)
+
+
+@needs_release
+def test_unison_rule_holds_with_the_velocity_mean():
+    """Vel=mean would otherwise pick a velocity bin at the repeated pitch's slot."""
+    from instruct_tokenizer.grammar import DELETION
+
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature="Vel=mean")
+    prefix, _ = split_bars(r.score_tokens(str(CHOPIN)))
+    vel = [t for t in r.render_tokens(prefix + UNISON, Sampling(seed=0), progress=False) if token_type(t) == V.VEL]
+    assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
