@@ -168,3 +168,15 @@ def test_unison_rule_holds_with_the_velocity_mean():
     prefix, _ = split_bars(r.score_tokens(str(CHOPIN)))
     vel = [t for t in r.render_tokens(prefix + UNISON, Sampling(seed=0), progress=False) if token_type(t) == V.VEL]
     assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
+
+
+@needs_release
+def test_floor_follows_each_beam_hypothesis():
+    """Beam search reorders the decoder state, the tempo that the floor follows included."""
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=60.0)
+    prefix, bars = split_bars(r.score_tokens(str(CHOPIN)))
+    toks = prefix + [t for b in bars[:3] for t in b]
+    perf = r.render_tokens(toks, Sampling(beam=3), progress=False)
+    assert [token_type(t) for t in perf] == target_slots(toks)
+    p = decode_performance(toks, perf)
+    assert ((p.offset_s - p.onset_s)[p.played] * 1000 >= 60.0 - 1e-3).all()
