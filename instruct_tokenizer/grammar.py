@@ -22,7 +22,7 @@ ORDINAL_TYPES = (V.TEMPO, V.VEL, V.TIME, V.ART)  # types whose values lie on one
 # The 1st percentile of the key-down durations of the (n)ASAP training performances (327,000 notes, every
 # 12th training line decoded) is 24.8 ms; 0.24 % of them are under 20 ms. The model's Art tokens are
 # relative to the notated duration and the local beat period, and sampled freely they put 4 % of the
-# notes of the test split under 20 ms even with the human tempo given (docs/evaluation.md).
+# notes of the test split under 20 ms even with the human tempo given (docs/tokens.md, Grammar).
 MIN_KEY_DOWN_MS = 25.0
 
 
@@ -71,9 +71,10 @@ def unison_repeats(score_tokens: Sequence[str]) -> List[bool]:
     """Per performance slot (``target_slots`` order): True at the ``Vel`` slot of a note whose pitch
     another note of the same onset group also has (two voices in unison), for all of them but the
     longest (the first of equally long ones). A piano strikes that key once and holds it for the longer
-    value, so rendering without deletions gives these slots the ``DELETION`` token. In every 10th line
-    of the (n)ASAP training build, the second note of such a pair is unplayed in 52 % of the 12,407
-    pairs and the first in 16 %; a rendering that plays both gives one of them a near-zero length."""
+    value, so ``--unisons-once`` (instruct-render's default) gives these slots the ``DELETION`` token.
+    In every 10th line of the (n)ASAP training build, the second note of such a pair is unplayed in
+    52 % of the 12,407 pairs and the first in 16 %; a rendering that plays both gives one of them a
+    near-zero length."""
     out: List[bool] = []
     group: List[Tuple[int, str, float]] = []  # (Vel slot, Pitch token, notated quarters) of this onset
 

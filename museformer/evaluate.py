@@ -221,6 +221,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "Tempo=mean,Vel=mean: the expected value)")
     ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
                     help="--tokens: key-down floor of the model row, as instruct-render's (0: off)")
+    ap.add_argument("--keep-unisons", action="store_true",
+                    help="--tokens: strike both notes of a unison in the model row (instruct-render's "
+                         "--keep-unisons)")
     a = ap.parse_args(argv)
     if a.tokens:
         return eval_tokens(a)
@@ -260,7 +263,7 @@ def eval_tokens(a: argparse.Namespace) -> int:
 
     try:
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
-                                            min_key_down_ms=a.min_key_down_ms)
+                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons)
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

@@ -84,7 +84,7 @@ class MuseformerS2PTask(TranslationTask):
         forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
         unisons = getattr(module, "unison_repeats", None)
         if getattr(self.args, "unisons_once", False) and not (deletion and unisons):
-            raise ValueError("--unisons-once: the grammar module gives no DELETION and unison_repeats")
+            raise ValueError("--unisons-once: the grammar module lacks DELETION or unison_repeats")
         once = (deletion, unisons) if getattr(self.args, "unisons_once", False) else None
         return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
                        parse_type_temperature(getattr(self.args, "type_temperature", "")),
