@@ -6,10 +6,11 @@ of the expected type, and end exactly after the last slot.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import vocab as V
 from .encode import SOFT_SLOTS, SUS_SLOTS, nominal_q
+from .score import score_timeline
 
 score_vocabulary = V.score_vocabulary
 perf_vocabulary = V.perf_vocabulary
@@ -54,17 +55,8 @@ def art_nominal_q(score_tokens: Sequence[str]) -> List[float]:
     """Per performance slot (``target_slots`` order): for an ``Art`` slot, the notated duration (quarters;
     a grace note counts as 1/8) that its log2 ratio scales, so that the key-down time is
     2 ** art x nominal x beat period; NaN for every other slot."""
-    out: List[float] = []
-    for i, t in enumerate(score_tokens):
-        type_ = token_type(t)
-        if type_ == V.BAR:
-            out.append(float("nan"))
-        elif type_ == V.POS:
-            out += [float("nan")] * len(GROUP_SLOTS)
-        elif type_ == V.PITCH:
-            nominal = nominal_q(_dur_q(score_tokens, i))
-            out += [nominal if slot == V.ART else float("nan") for slot in NOTE_SLOTS]
-    return out
+    nominal = [float(nominal_q(d)) for d in score_timeline(score_tokens).note_dur_q]
+    return _note_values_at(score_tokens, V.ART, nominal, float("nan"))
 
 
 def unison_repeats(score_tokens: Sequence[str]) -> List[bool]:
@@ -75,42 +67,20 @@ def unison_repeats(score_tokens: Sequence[str]) -> List[bool]:
     In every 10th line of the (n)ASAP training build, the second note of such a pair is unplayed in
     52 % of the 12,407 pairs and the first in 16 %; a rendering that plays both gives one of them a
     near-zero length."""
-    out: List[bool] = []
-    group: List[Tuple[int, str, float]] = []  # (Vel slot, Pitch token, notated quarters) of this onset
-
-    def close_group() -> None:
-        longest: dict = {}
-        for slot, pitch, dur in group:
-            if pitch not in longest or dur > longest[pitch][1]:
-                longest[pitch] = (slot, dur)
-        for slot, pitch, _ in group:
-            out[slot] = slot != longest[pitch][0]
-        group.clear()
-
-    for i, t in enumerate(score_tokens):
-        type_ = token_type(t)
-        if type_ in (V.BAR, V.POS):
-            close_group()
-        if type_ == V.BAR:
-            out.append(False)
-        elif type_ == V.POS:
-            out += [False] * len(GROUP_SLOTS)
-        elif type_ == V.PITCH:
-            group.append((len(out) + NOTE_SLOTS.index(V.VEL), t, _dur_q(score_tokens, i)))
-            out += [False] * len(NOTE_SLOTS)
-    close_group()
-    return out
+    tl = score_timeline(score_tokens)
+    keys = list(zip(tl.note_group.tolist(), tl.note_pitch.tolist()))  # (onset group, pitch) per note
+    longest: Dict[Tuple[int, int], int] = {}  # key -> note index of its longest note
+    for i, key in enumerate(keys):
+        if key not in longest or tl.note_dur_q[i] > tl.note_dur_q[longest[key]]:
+            longest[key] = i
+    return _note_values_at(score_tokens, V.VEL, [longest[key] != i for i, key in enumerate(keys)], False)
 
 
-def _dur_q(score_tokens: Sequence[str], pitch_at: int) -> float:
-    """The notated duration (quarters) of the note whose ``Pitch`` token is at ``pitch_at``: its ``Dur``."""
-    for t in score_tokens[pitch_at + 1:]:
-        type_, value = V.parse(t)
-        if type_ == V.DUR:
-            return int(value) / V.GRID
-        if type_ in (V.PITCH, V.POS, V.BAR):
-            break
-    raise ValueError(f"score tokens: {score_tokens[pitch_at]} at {pitch_at} has no Dur token")
+def _note_values_at(score_tokens: Sequence[str], slot_type: str, per_note: Sequence, fill) -> list:
+    """Per performance slot: at each ``slot_type`` slot its note's value (the n-th such slot belongs to
+    the n-th score note), ``fill`` at every other slot."""
+    notes = iter(per_note)
+    return [next(notes) if slot == slot_type else fill for slot in target_slots(score_tokens)]
 
 
 def target_slots(score_tokens: Sequence[str]) -> List[str]:

@@ -249,13 +249,7 @@ class MuseformerEncoder(FairseqEncoder):
         if style is not None:
             out["style"] = style
         if self.grammar is not None:
-            out["slots"] = self.grammar.slot_ids(src_tokens, valid)
-            nominal_q = self.grammar.slot_nominal_q(src_tokens, valid)
-            if nominal_q is not None:
-                out["slot_q"] = nominal_q  # (B, S + 1)
-            once = self.grammar.slot_once(src_tokens, valid)
-            if once is not None:
-                out["slot_once"] = once  # (B, S + 1)
+            out.update(self.grammar.slot_tensors(src_tokens, valid))  # "slots" [, "slot_q", "slot_once"]
         if self.anchors is not None:
             out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out
@@ -620,26 +614,20 @@ class Grammar:
         return [[self.src_dict[i] for i, k in zip(ids, ok) if k and i != eos]
                 for ids, ok in zip(src_tokens.tolist(), valid.tolist())]
 
-    def slot_ids(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
-        """(B, T) source ids -> (B, max_slots + 1) type ids; EOS after each row's last slot."""
-        rows = [[self.type_id[s] for s in self.target_slots(toks)] for toks in self.score_rows(src_tokens, valid)]
-        return pad_rows(rows, self.type_id[EOS_TYPE], torch.long, src_tokens.device)
-
-    def slot_once(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
-        """(B, T) source ids -> (B, max_slots + 1) bool: the slots that take ``once_token``; None when
-        the grammar has no such rule."""
-        if self.once_slots is None:
-            return None
-        rows = [self.once_slots(toks) for toks in self.score_rows(src_tokens, valid)]
-        return pad_rows(rows, False, torch.bool, src_tokens.device)
-
-    def slot_nominal_q(self, src_tokens: Tensor, valid: Tensor) -> Optional[Tensor]:
-        """(B, T) source ids -> (B, max_slots + 1) notated quarters of each articulation slot (NaN for the
-        other slots and past a row's last), for the key-down floor; None when the floor is off."""
-        if self.period is None:
-            return None
-        rows = [self.art_nominal_q(toks) for toks in self.score_rows(src_tokens, valid)]
-        return pad_rows(rows, float("nan"), torch.float, src_tokens.device)
+    def slot_tensors(self, src_tokens: Tensor, valid: Tensor) -> Dict[str, Tensor]:
+        """(B, T) source ids -> what ``MuseformerDecoder.constrain`` reads at each step, every tensor
+        (B, max_slots + 1) with one column for the EOS step: ``slots`` (type ids, EOS after each row's
+        last slot); with the key-down floor, ``slot_q`` (notated quarters of each articulation slot, NaN
+        elsewhere); with a ``once`` rule, ``slot_once`` (the slots that take ``once_token``)."""
+        rows = self.score_rows(src_tokens, valid)
+        dev = src_tokens.device
+        eos = self.type_id[EOS_TYPE]
+        out = {"slots": pad_rows([[self.type_id[s] for s in self.target_slots(r)] for r in rows], eos, torch.long, dev)}
+        if self.period is not None:
+            out["slot_q"] = pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, dev)
+        if self.once_slots is not None:
+            out["slot_once"] = pad_rows([self.once_slots(r) for r in rows], False, torch.bool, dev)
+        return out
 
 
 @register_model("museformer_s2p")

@@ -24,20 +24,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer import vocab as V  # noqa: E402
-
-FERMATA = V.tok("Mark", "fermata")
+from instruct_tokenizer.score import with_marking_state  # noqa: E402
 
 
 def groups_after_fermata(score_tokens: Sequence[str]) -> List[int]:
-    """Indices of the onset groups (``Pos`` tokens, 0-based) that follow a group holding a fermata."""
+    """Indices of the onset groups (``Pos`` tokens, 0-based) that follow a group holding a fermata: those
+    that ``score.with_marking_state`` marks ``After_fermata``."""
     group, after = -1, []
-    for t in score_tokens:
-        type_, _ = V.parse(t) if "_" in t else (t, "")
-        if type_ == V.POS:
+    for t in with_marking_state(score_tokens, after_fermata=True):
+        if t.startswith(V.POS + "_"):
             group += 1
-        elif t == FERMATA and group + 1 not in after:
-            after.append(group + 1)
-    return [g for g in after if g <= group]
+        elif t == V.AFTER_FERMATA:
+            after.append(group)
+    return after
 
 
 def fermata_lifts(score_tokens: Sequence[str], human_bins: Sequence[float],
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
     except (RenderError, OSError) as e:
         print(f"fermata_lift: error: {e}", file=sys.stderr)
         return 1
-    chosen = [k for k, s in enumerate(scores) if FERMATA in s.split()][: a.lines]
+    chosen = [k for k, s in enumerate(scores) if V.FERMATA_MARK in s.split()][: a.lines]
     lifts = []
     for k in tqdm(chosen, desc="fermata lines", unit="line"):
         score, perf = scores[k].split(), perfs[k].split()
