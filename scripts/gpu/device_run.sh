@@ -3,10 +3,12 @@
 # travels in .gpu/ (made by scripts/gpu/pack.sh): the patched fairseq 0.10.2 source, pure-Python
 # dependencies, and the (n)ASAP fairseq-preprocess output (train/valid) as bin.tar.xz.
 # Usage: scripts/gpu/device_run.sh check|train RESULT_DIR
-#   check: gpu_check.py (backends agree on GPU, fp16, step throughput), then a 100-second fairseq-train
-#          run of the gpu profile (SMOKE_ARCHS, the full-size museformer_s2p) for its throughput
-#   train: scripts/train_nasap.sh gpu with ARCH (museformer_s2p_small) for HOURS, then the release file,
-#          split into 15 MB parts (cat them to rejoin)
+#   check: gpu_check.py (backends agree on GPU, fp16, step throughput; CHECK_ARGS=--throughput-only times
+#          the backends only, CHECK_S bounds it), then a SMOKE_S-second fairseq-train run of the gpu profile
+#          (SMOKE_ARCHS, the full-size museformer_s2p, IMPL dense) for its throughput
+#   train: scripts/train_nasap.sh gpu with ARCH (museformer_s2p_small) for HOURS (INIT=CKPT warm-starts),
+#          then every kept checkpoint (the interval ones and the best) as a release file
+#          (cand_UPDATES.pt, cand_best.pt), each split into 15 MB parts when larger (cat them to rejoin)
 set -uo pipefail
 MODE=${1:?check|train}
 RESULT=${2:?result dir}
@@ -32,23 +34,31 @@ chmod +x /tmp/cli/*
 python3 -c "import fairseq, museformer, instruct_tokenizer.grammar; print('fairseq', fairseq.__version__)" || exit 1
 
 if [ "$MODE" = check ]; then
-  timeout 200 python3 scripts/gpu/gpu_check.py --json "$RESULT/gpu_check.json"
-  echo "gpu_check exit $?"
+  echo "start $(date +%s)"
+  timeout "${CHECK_S:-200}" python3 scripts/gpu/gpu_check.py ${CHECK_ARGS:-} --json "${CHECK_JSON:-$RESULT/gpu_check.json}"
+  echo "gpu_check exit $? at $(date +%s)"
   for arch in ${SMOKE_ARCHS:-museformer_s2p}; do
     rm -rf "/tmp/smoke_$arch"
     timeout "${SMOKE_S:-100}" env BIN=/tmp/cli DATA_BIN=/tmp/bin OUT="/tmp/smoke_$arch" ARCH="$arch" RELEASE=0 HOURS=1 \
-      EXTRA="--max-update 400 --disable-validation --no-save --log-interval 20" scripts/train_nasap.sh gpu \
-      >"$RESULT/smoke_$arch.log" 2>&1
-    echo "smoke $arch exit $?"
+      IMPL="${IMPL:-dense}" EXTRA="--max-update 400 --disable-validation --no-save --log-interval 10" \
+      scripts/train_nasap.sh gpu >"$RESULT/smoke_$arch.log" 2>&1
+    echo "smoke $arch exit $? at $(date +%s)"
     grep -E "wps=|Error|error" "$RESULT/smoke_$arch.log" | tail -4
   done
 else
   rm -rf /tmp/gpu_train
+  echo "train start $(date +%s)"
   env BIN=/tmp/cli DATA_BIN=/tmp/bin OUT=/tmp/gpu_train ARCH="${ARCH:-museformer_s2p_small}" HOURS="${HOURS:-0.1}" \
     LR="${LR:-1e-3}" WARMUP="${WARMUP:-400}" MAX_TOKENS="${MAX_TOKENS:-32768}" UPDATE_FREQ=1 \
-    EXTRA="--log-interval 50" scripts/train_nasap.sh gpu >"$RESULT/train.log" 2>&1
-  echo "train exit $?"
+    EXTRA="--log-interval 50 ${EXTRA:-}" scripts/train_nasap.sh gpu >"$RESULT/train.log" 2>&1
+  echo "train exit $? at $(date +%s)"
   grep -E "valid on|wps=" "$RESULT/train.log" | tail -6
-  [ -f /tmp/gpu_train/instruct-museformer.pt ] && split -b 15000000 /tmp/gpu_train/instruct-museformer.pt "$RESULT/release.pt.part-"
+  for ck in /tmp/gpu_train/ckpt/checkpoint_*_*.pt /tmp/gpu_train/ckpt/checkpoint_best.pt; do
+    [ -f "$ck" ] || continue
+    name=$(basename "$ck" .pt); name=cand_${name##*_}
+    python3 scripts/release_checkpoint.py "$ck" "/tmp/$name.pt" --data /tmp/bin >/dev/null || continue
+    if [ "$(stat -c %s "/tmp/$name.pt")" -gt 15000000 ]; then split -b 15000000 "/tmp/$name.pt" "$RESULT/$name.pt.part-"
+    else cp "/tmp/$name.pt" "$RESULT/"; fi
+  done
   ls -la "$RESULT"
 fi
