@@ -102,7 +102,7 @@ def throughput(impl: str, n_bars: int, n_seq: int, steps: int = 6) -> dict:
     src, lens, prev = (t.to(DEV) for t in batch(d, pairs))
     valid = prev.ne(d.pad())
     tokens = int(valid.sum())
-    times = []
+    times, warmup = [], 0.0
     try:
         for i in range(steps + 2):
             sync()
@@ -112,6 +112,8 @@ def throughput(impl: str, n_bars: int, n_seq: int, steps: int = 6) -> dict:
             sync()
             if i >= 2:  # the first two steps compile (flex) and warm the allocator
                 times.append(time.perf_counter() - t0)
+            else:
+                warmup += time.perf_counter() - t0
             model.zero_grad(set_to_none=True)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
@@ -122,7 +124,7 @@ def throughput(impl: str, n_bars: int, n_seq: int, steps: int = 6) -> dict:
     if DEV == "cuda":
         torch.cuda.reset_peak_memory_stats()
     return {"impl": impl, "tokens": tokens, "seq_len": prev.shape[1], "batch": n_seq, "step_s": med,
-            "tok_per_s": tokens / med, "peak_gib": peak}
+            "tok_per_s": tokens / med, "peak_gib": peak, "warmup_s": warmup}
 
 
 def main() -> int:
@@ -131,6 +133,9 @@ def main() -> int:
     p.add_argument("--cpu-dry-run", action="store_true", help="check this script on CPU (bar only, small sizes)")
     p.add_argument("--throughput-only", action="store_true",
                    help="skip the agreement and half-precision checks (time the backends only)")
+    p.add_argument("--impls", default="dense,bar,flex", help="backends to time, comma-separated")
+    p.add_argument("--shapes", default="1k,8k", help="segment sizes to time: 1k (16 x ~1,085 tokens, training), "
+                   "8k (2 x ~8,300 tokens, whole pieces)")
     args = p.parse_args()
     global DEV, FULL
     if args.cpu_dry_run:
@@ -142,7 +147,9 @@ def main() -> int:
     print(f"device: {name}, torch {torch.__version__}", flush=True)
     report = {"device": name, "torch": torch.__version__, "agreement": [], "half": [], "throughput": []}
     impls = ("bar",) if args.cpu_dry_run else ("bar", "flex")
-    shapes = ((12, 2),) if args.cpu_dry_run else ((136, 16), (1100, 2))
+    sizes = {"1k": (136, 16), "8k": (1100, 2)}
+    shapes = ((12, 2),) if args.cpu_dry_run else tuple(sizes[k] for k in args.shapes.split(","))
+    timed = [i for i in args.impls.split(",") if i == "dense" or i in impls]
     for impl in () if args.throughput_only else impls:
         for seed in (1, 2):
             r = agreement(impl, seed)
@@ -152,7 +159,7 @@ def main() -> int:
         report["half"].append(r)
         print("half", r, flush=True)
     for n_bars, n_seq in shapes:  # ~1k-token segments (training) and ~8k-token pieces
-        for impl in ("dense",) + impls:
+        for impl in timed:
             r = throughput(impl, n_bars, n_seq)
             report["throughput"].append(r)
             print("throughput", r, flush=True)
