@@ -12,6 +12,7 @@
 #        ARCH: museformer_s2p (full size) by default, museformer_s2p_small fits the 30 MB release file;
 #        MAX_TOKENS (16384) and UPDATE_FREQ (2); validated and saved every SAVE_EVERY (500) updates
 #        (fairseq does not validate when --stop-time-hours stops it). Measured on one H100 (docs/attention.md):
+#        the full-size defaults train at 150,000 target tokens/s (5 updates/s, an epoch in about 160 s);
 #        ARCH=museformer_s2p_small MAX_TOKENS=32768 UPDATE_FREQ=1 LR=1e-3 WARMUP=400 SAVE_EVERY=400
 #        AUGMENT=0 HOURS=0.085 trains at 300,000 target tokens/s (validation loss 4.128 in 5 minutes; it
 #        renders too softly free-running, so it is not the released model: README, model card)
