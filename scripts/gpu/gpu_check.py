@@ -11,6 +11,7 @@
    (which includes FlexAttention's compilation). Printed as a table; ``--json`` writes the figures.
 
 Usage: PYTHONPATH=.:tests/model python scripts/gpu/gpu_check.py [--json OUT.json]
+       [--throughput-only] [--impls dense,bar,flex] [--shapes 1k,8k]
 """
 from __future__ import annotations
 
@@ -148,8 +149,12 @@ def main() -> int:
     report = {"device": name, "torch": torch.__version__, "agreement": [], "half": [], "throughput": []}
     impls = ("bar",) if args.cpu_dry_run else ("bar", "flex")
     sizes = {"1k": (136, 16), "8k": (1100, 2)}
+    unknown = [i for i in args.impls.split(",") if i not in ("dense",) + impls] + \
+        [k for k in args.shapes.split(",") if k not in sizes]
+    if unknown:
+        p.error(f"--impls/--shapes: unknown {', '.join(unknown)} (impls: dense,{','.join(impls)}; shapes: 1k,8k)")
     shapes = ((12, 2),) if args.cpu_dry_run else tuple(sizes[k] for k in args.shapes.split(","))
-    timed = [i for i in args.impls.split(",") if i == "dense" or i in impls]
+    timed = args.impls.split(",")
     for impl in () if args.throughput_only else impls:
         for seed in (1, 2):
             r = agreement(impl, seed)
