@@ -5,7 +5,9 @@ In one run: renders ``score/{i}.mid`` (and, where the (n)ASAP copy has it, the s
 ``xml_score.musicxml``) with our checkpoint, then computes Pianist Transformer's distribution metrics for
 ours, ``pianist_transformer/``, deadpan (``score/`` as is) and human even-k vs odd-k, all against
 ``human/``. Writes results.md, results.json, histograms.png (human vs ours vs Pianist Transformer) and
-curves.png, and prints the render real-time factor (render seconds / music seconds).
+curves.png, and prints the render real-time factor (render seconds / music seconds) and, for ours,
+Pianist Transformer and the human performances, the tempo level (each piece's length over its median
+human length) and the median key-down time.
 
 Baseline rows beside them: ``training mean`` (the score MIDI's tokens with every group at the median
 training tempo bin, every note at the mean training velocity and the median training articulation, from
@@ -202,6 +204,40 @@ def music_seconds(paths) -> float:
     return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths)))
 
 
+def piece_timing(path: Path) -> tuple:
+    """A MIDI file's length in seconds (first onset to last release) and its notes' key-down times in
+    seconds, both of the benchmark's normalised notes (``midi_features``: a key struck again while it
+    sounds is released at the new onset), so that they agree with the duration feature."""
+    f = midi_features(path)
+    return float((f.onset_ms + f.duration_ms).max() - f.onset_ms.min()) / 1000.0, f.duration_ms / 1000.0
+
+
+def timing_summary(rows: dict, human_paths: list) -> dict:
+    """Tempo level and key-down per row of one file per piece (``{i}.mid``): each piece's length over
+    the median length of its human performances (``{i}-{k}.mid``; min, median, max over pieces), the
+    median key-down time (ms) and the share of notes held under 20 ms; the human row pools every
+    performance (its ratios are each performance's length over its piece's median)."""
+    human = {}
+    for path in human_paths:
+        human.setdefault(int(path.name.split("-")[0]), []).append(piece_timing(path))
+    median_len = {i: float(np.median([length for length, _ in runs])) for i, runs in human.items()}
+
+    def summary(ratios, key_down) -> dict:
+        key_down = np.concatenate(key_down) if key_down else np.zeros(0)
+        return {"length_ratio_min": float(np.min(ratios)), "length_ratio_median": float(np.median(ratios)),
+                "length_ratio_max": float(np.max(ratios)), "key_down_median_ms": 1000 * float(np.median(key_down)),
+                "under_20ms_share": float(np.mean(key_down < 0.020))}
+
+    out = {"human": summary([length / median_len[i] for i, runs in human.items() for length, _ in runs],
+                            [kd for runs in human.values() for _, kd in runs])}
+    for name, paths in rows.items():
+        timed = {int(p.stem): piece_timing(p) for p in paths if p.stem.isdigit() and int(p.stem) in median_len}
+        if timed:
+            out[name] = summary([length / median_len[i] for i, (length, _) in timed.items()],
+                                [kd for _, kd in timed.values()])
+    return out
+
+
 def plot_curves(path: Path, files: dict) -> None:
     """Velocity and local tempo (notes per second, 2 s windows) over normalised time for one piece."""
     import matplotlib
@@ -317,6 +353,16 @@ def main() -> int:
         if paired:
             print(f"ours on the performances where markings has an r: velocity {paired['velocity_r']:.3f} "
                   f"({paired['velocity_r_n']}), beat tempo {paired['log_tempo_r']:.3f} ({paired['log_tempo_r_n']})")
+    timed = {"Pianist Transformer": sorted((BENCH / "pianist_transformer").glob("*.mid"))}
+    if not a.baselines_only:
+        timed["ours (score MIDI)"] = sorted((out / "ours_midi").glob("*.mid"))
+        if any(n.startswith("ours (MusicXML") for n in rows):
+            timed["ours (MusicXML)"] = sorted((out / "ours_xml").glob("*.mid"))
+    meta["timing"] = timing_summary(timed, human_paths)
+    for name, t in meta["timing"].items():
+        print(f"{name}: length / median human length {t['length_ratio_min']:.2f} to {t['length_ratio_max']:.2f} "
+              f"(median {t['length_ratio_median']:.2f}); median key-down {t['key_down_median_ms']:.0f} ms; "
+              f"notes under 20 ms {100 * t['under_20ms_share']:.2f} %")
     plot_rows = [n for n in results if n.startswith(("ours", "markings", "training mean"))] + ["Pianist Transformer"]
     table = write_outputs(results, out, extra=extra, plot_rows=plot_rows, meta=meta,
                           title="Pianist Transformer test set: distribution metrics vs human")

@@ -63,3 +63,30 @@ def test_per_note_table_ours_and_markings_on_the_same_bars():
     paired = table["ours, where markings has r"]
     assert paired["velocity_r"] == pytest.approx(1.0)
     assert paired["velocity_r_n"] == table["markings"]["velocity_r_n"]
+
+
+def _midi(path, notes_s, tempo_qpm=120.0):
+    """A one-track MIDI file of (onset s, release s) notes at a constant tempo."""
+    import miditoolkit
+
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    midi.tempo_changes = [miditoolkit.TempoChange(tempo_qpm, 0)]
+    ticks_per_s = 480 * tempo_qpm / 60.0
+    inst = miditoolkit.Instrument(program=0)
+    inst.notes = [miditoolkit.Note(64, 60, round(on * ticks_per_s), round(off * ticks_per_s)) for on, off in notes_s]
+    midi.instruments = [inst]
+    midi.dump(str(path))
+    return path
+
+
+def test_timing_summary_length_ratio_and_key_down(tmp_path):
+    human = [_midi(tmp_path / "0-0.mid", [(0, 0.1), (9.9, 10.0)]),  # 10 s long
+             _midi(tmp_path / "0-1.mid", [(1, 1.1), (12.9, 13.0)])]  # 12 s long: median 11 s
+    ours = _midi(tmp_path / "0.mid", [(0, 0.01), (0.5, 0.515), (21.8, 22.0)])  # 22 s: ratio 2
+    other = _midi(tmp_path / "1.mid", [(0, 1)])  # no human performance of piece 1: left out
+    t = BQ.timing_summary({"ours": [ours, other]}, human)
+    assert t["ours"]["length_ratio_median"] == pytest.approx(2.0, abs=1e-3)
+    assert t["ours"]["key_down_median_ms"] == pytest.approx(15, abs=1)
+    assert t["ours"]["under_20ms_share"] == pytest.approx(2 / 3)
+    assert t["human"]["length_ratio_min"] == pytest.approx(10 / 11, abs=1e-3)
+    assert t["human"]["key_down_median_ms"] == pytest.approx(100, abs=1)
