@@ -354,7 +354,7 @@ def main() -> int:
             print(f"ours on the performances where markings has an r: velocity {paired['velocity_r']:.3f} "
                   f"({paired['velocity_r_n']}), beat tempo {paired['log_tempo_r']:.3f} ({paired['log_tempo_r_n']})")
     timed = {"Pianist Transformer": sorted((BENCH / "pianist_transformer").glob("*.mid"))}
-    if not a.baselines_only:
+    if not a.baselines_only and not a.max_tokens_per_piece:  # an opening's length says nothing of the tempo level
         timed["ours (score MIDI)"] = sorted((out / "ours_midi").glob("*.mid"))
         if any(n.startswith("ours (MusicXML") for n in rows):
             timed["ours (MusicXML)"] = sorted((out / "ours_xml").glob("*.mid"))
