@@ -83,9 +83,9 @@ class MuseformerS2PTask(TranslationTask):
         deletion = getattr(module, "DELETION", None)
         forbidden = [deletion] if deletion and getattr(self.args, "no_deletions", False) else []
         unisons = getattr(module, "unison_repeats", None)
-        if getattr(self.args, "unisons_once", False) and not (deletion and unisons):
-            raise ValueError("--unisons-once: the grammar module lacks DELETION or unison_repeats")
         once = (deletion, unisons) if getattr(self.args, "unisons_once", False) else None
+        if once is not None and not (deletion and unisons):
+            raise ValueError("--unisons-once: the grammar module lacks DELETION or unison_repeats")
         return Grammar(self.src_dict, self.tgt_dict, module.target_slots, module.token_type, forbidden,
                        parse_type_temperature(getattr(self.args, "type_temperature", "")),
                        getattr(module, "token_value", None),

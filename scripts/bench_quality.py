@@ -200,30 +200,30 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
     return out
 
 
-def music_seconds(paths) -> float:
-    return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths)))
+def music_seconds(paths, cache: Optional[dict] = None) -> float:
+    return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths, cache=cache)))
 
 
-def piece_timing(path: Path) -> tuple:
-    """A MIDI file's length in seconds (first onset to last release) and its notes' key-down times in
-    seconds, both of the benchmark's normalised notes (``midi_features``: a key struck again while it
+def piece_timing(f) -> tuple:
+    """A file's length in seconds (first onset to last release) and its notes' key-down times in
+    seconds, both of the benchmark's normalised notes (``NoteFeatures``: a key struck again while it
     sounds is released at the new onset), so that they agree with the duration feature."""
-    f = midi_features(path)
     return float((f.onset_ms + f.duration_ms).max() - f.onset_ms.min()) / 1000.0, f.duration_ms / 1000.0
 
 
-def timing_summary(rows: dict, human_paths: list) -> dict:
+def timing_summary(rows: dict, human_paths: list, cache: Optional[dict] = None) -> dict:
     """Tempo level and key-down per row of one file per piece (``{i}.mid``): each piece's length over
     the median length of its human performances (``{i}-{k}.mid``; min, median, max over pieces), the
     median key-down time (ms) and the share of notes held under 20 ms; the human row pools every
-    performance (its ratios are each performance's length over its piece's median)."""
+    performance (its ratios are each performance's length over its piece's median). ``cache``:
+    ``read_set``'s, so that files the metrics already read are not read again."""
     human = {}
-    for path in human_paths:
-        human.setdefault(int(path.name.split("-")[0]), []).append(piece_timing(path))
+    for path, f in zip(human_paths, read_set(human_paths, cache=cache)):
+        human.setdefault(int(path.name.split("-")[0]), []).append(piece_timing(f))
     median_len = {i: float(np.median([length for length, _ in runs])) for i, runs in human.items()}
 
     def summary(ratios, key_down) -> dict:
-        key_down = np.concatenate(key_down) if key_down else np.zeros(0)
+        key_down = np.concatenate(key_down)
         return {"length_ratio_min": float(np.min(ratios)), "length_ratio_median": float(np.median(ratios)),
                 "length_ratio_max": float(np.max(ratios)), "key_down_median_ms": 1000 * float(np.median(key_down)),
                 "under_20ms_share": float(np.mean(key_down < 0.020))}
@@ -231,7 +231,8 @@ def timing_summary(rows: dict, human_paths: list) -> dict:
     out = {"human": summary([length / median_len[i] for i, runs in human.items() for length, _ in runs],
                             [kd for runs in human.values() for _, kd in runs])}
     for name, paths in rows.items():
-        timed = {int(p.stem): piece_timing(p) for p in paths if p.stem.isdigit() and int(p.stem) in median_len}
+        paths = [p for p in paths if p.stem.isdigit() and int(p.stem) in median_len]
+        timed = {int(p.stem): piece_timing(f) for p, f in zip(paths, read_set(paths, cache=cache))}
         if timed:
             out[name] = summary([length / median_len[i] for i, (length, _) in timed.items()],
                                 [kd for _, kd in timed.values()])
@@ -295,6 +296,7 @@ def main() -> int:
                  "per-note r (../shared/datasets/unpack makes it; or pass --no-xml --no-per-note)")
     pieces = list(csv.DictReader(open(BENCH / "pieces.csv")))
     rows, meta, secs = {}, {}, None
+    features: dict = {}  # read_set's cache: each MIDI file is read once
     renderer = sampling = None
     if not a.baselines_only:
         from museformer.render import Renderer, Sampling
@@ -308,10 +310,10 @@ def main() -> int:
         secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch, a.reuse_renders)
         ours = sorted((out / "ours_midi").glob("*.mid"))
         if secs is not None:
-            rtf = secs / music_seconds(ours)
+            rtf = secs / music_seconds(ours, features)
             print(f"rendered 23 score MIDIs in {secs:.0f} s: real-time factor {rtf:.2f} (render s / music s)")
             meta["render"] = {"seconds": secs, "real_time_factor": rtf, "checkpoint": a.checkpoint}
-        rows["ours (score MIDI)"] = read_set(ours)
+        rows["ours (score MIDI)"] = read_set(ours, cache=features)
         if not a.no_xml:
             xml = {int(p["index"]): NASAP / p["asap_folder"] / "xml_score.musicxml" for p in pieces}
             xml_scores = {}
@@ -323,12 +325,13 @@ def main() -> int:
                         print(f"skipped {path}: {e}")
             if xml_scores:
                 render_dir(renderer, xml_scores, out / "ours_xml", sampling, a.batch, a.reuse_renders)
-                rows[f"ours (MusicXML, {len(xml_scores)} pieces)"] = read_set(sorted((out / "ours_xml").glob("*.mid")))
+                rows[f"ours (MusicXML, {len(xml_scores)} pieces)"] = read_set(sorted((out / "ours_xml").glob("*.mid")),
+                                                                            cache=features)
     human_paths = sorted((BENCH / "human").glob("*.mid"))
-    rows["Pianist Transformer"] = read_set(sorted((BENCH / "pianist_transformer").glob("*.mid")))
+    rows["Pianist Transformer"] = read_set(sorted((BENCH / "pianist_transformer").glob("*.mid")), cache=features)
     rows["deadpan (score MIDI)"] = read_set(sorted((BENCH / "score").glob("*.mid")))
     rows.update({name: read_set(paths) for name, paths in baseline_rows(pieces, out, Path(a.tokens)).items()})
-    human = read_set(human_paths)
+    human = read_set(human_paths, cache=features)
     results = evaluate_sets(rows, human)
     k = [int(re.match(r"\d+-(\d+)", p.name).group(1)) for p in human_paths]
     even = [f for f, kk in zip(human, k) if kk % 2 == 0]
@@ -358,7 +361,7 @@ def main() -> int:
         timed["ours (score MIDI)"] = sorted((out / "ours_midi").glob("*.mid"))
         if any(n.startswith("ours (MusicXML") for n in rows):
             timed["ours (MusicXML)"] = sorted((out / "ours_xml").glob("*.mid"))
-    meta["timing"] = timing_summary(timed, human_paths)
+    meta["timing"] = timing_summary(timed, human_paths, features)
     for name, t in meta["timing"].items():
         print(f"{name}: length / median human length {t['length_ratio_min']:.2f} to {t['length_ratio_max']:.2f} "
               f"(median {t['length_ratio_median']:.2f}); median key-down {t['key_down_median_ms']:.0f} ms; "
