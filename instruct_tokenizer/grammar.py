@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from . import vocab as V
 from .encode import SOFT_SLOTS, SUS_SLOTS, nominal_q
 from .score import score_timeline
@@ -74,6 +76,38 @@ def unison_repeats(score_tokens: Sequence[str]) -> List[bool]:
         if key not in longest or tl.note_dur_q[i] > tl.note_dur_q[longest[key]]:
             longest[key] = i
     return _note_values_at(score_tokens, V.VEL, [longest[key] != i for i, key in enumerate(keys)], False)
+
+
+def tempo_slot_gaps(score_tokens: Sequence[str]) -> Tuple[List[float], List[float]]:
+    """Per performance slot (``target_slots`` order), for the tempo band (``--tempo-band``): at each
+    ``Tempo`` slot, the notated gap from the previous onset group to this one (quarters, at least one
+    grid step as ``decode`` takes it; 0 for the first group, which has none) and the notated tempo in force in its bar relative to 120 quarters
+    per minute (``QPM`` / 120; 1 when the score tokens carry no ``QPM``), so that a beat period times
+    that scale is the period relative to the notated tempo; NaN at every other slot."""
+    tl = score_timeline(score_tokens)
+    bar_scale, scale = [], 1.0
+    for t in score_tokens:
+        type_ = token_type(t)
+        if type_ == V.BAR:
+            bar_scale.append(scale)
+        elif type_ == V.QPM and bar_scale:
+            scale = bar_scale[-1] = float(V.parse(t)[1]) / V.DEFAULT_QPM
+    gaps = np.maximum(np.diff(tl.group_q), 1.0 / V.GRID).tolist()  # quarters, as decode's grid clamps them
+    gaps = [0.0] + gaps if len(tl.group_q) else []  # the first group has no gap
+    scales = [bar_scale[b] for b in tl.group_bar.tolist()]
+    slots = target_slots(score_tokens)
+    gap_it, scale_it = iter(gaps), iter(scales)
+    nan = float("nan")
+    out_gap = [next(gap_it) if s == V.TEMPO else nan for s in slots]
+    out_scale = [next(scale_it) if s == V.TEMPO else nan for s in slots]
+    return out_gap, out_scale
+
+
+def states_tempo(score_tokens: Sequence[str]) -> bool:
+    """Whether the score tokens carry a notated tempo other than the 120 quarters per minute that a
+    score without one gets (``QPM``, docs/tokens.md): the tempo band's ``notated`` anchor uses it."""
+    default = V.tok(V.QPM, int(V.DEFAULT_QPM))
+    return any(t != default and token_type(t) == V.QPM for t in score_tokens)
 
 
 def _note_values_at(score_tokens: Sequence[str], slot_type: str, per_note: Sequence, fill) -> list:

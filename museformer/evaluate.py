@@ -221,6 +221,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "Tempo=mean,Vel=mean: the expected value)")
     ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
                     help="--tokens: key-down floor of the model row, as instruct-render's (0: off)")
+    ap.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
+                    help="--tokens: tempo band of the model row, as instruct-render's (0: off)")
+    ap.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+                    help="--tokens: what --tempo-band centres on, as instruct-render's")
     ap.add_argument("--keep-unisons", action="store_true",
                     help="--tokens: strike both notes of a unison in the model row (instruct-render's "
                          "--keep-unisons)")
@@ -263,7 +267,8 @@ def eval_tokens(a: argparse.Namespace) -> int:
 
     try:
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
-                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons)
+                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons,
+                                            tempo_band=a.tempo_band, tempo_anchor=a.tempo_anchor)
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

@@ -232,7 +232,10 @@ class MuseformerEncoder(FairseqEncoder):
         grow_rows(state_dict, name, "embed.tokens.weight", self.embed.tokens.weight)
         return fill_missing_zero_linear(state_dict, name, "style", self.style)
 
-    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, **kwargs) -> Dict:
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
+                tempo_prior: Optional[Tensor] = None, **kwargs) -> Dict:
+        """``tempo_prior``: (B, 4) tempo level state of the music before this segment (the renderer's,
+        ``Grammar.level_after``), read by the tempo band; zeros when not given."""
         valid = src_tokens.ne(self.dictionary.pad())
         bar = bar_indices(src_tokens, self.bar_idx)  # (B, T)
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding aware
@@ -249,7 +252,10 @@ class MuseformerEncoder(FairseqEncoder):
         if style is not None:
             out["style"] = style
         if self.grammar is not None:
-            out.update(self.grammar.slot_tensors(src_tokens, valid))  # "slots" [, "slot_q", "slot_once"]
+            out.update(self.grammar.slot_tensors(src_tokens, valid))  # "slots" [, "slot_q", "slot_once", ...]
+            if "slot_gap" in out:
+                prior = torch.zeros(src_tokens.shape[0], LEVEL_FIELDS, device=src_tokens.device)  # (B, 4)
+                out["tempo_prior"] = prior if tempo_prior is None else tempo_prior.to(prior)
         if self.anchors is not None:
             out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out
@@ -260,7 +266,8 @@ class MuseformerEncoder(FairseqEncoder):
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
-        for key in ("slots", "slot_q", "slot_once", "style", "anchors"):
+        for key in ("slots", "slot_q", "slot_once", "slot_gap", "slot_scale", "tempo_prior", "tempo_ref", "style",
+                    "anchors"):
             if key in encoder_out:
                 out[key] = encoder_out[key].index_select(0, new_order)
         return out
@@ -360,12 +367,18 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         """One generation step: embeds the newest token (and, when it opens a bar, the summary of the
         bar just closed), attends against the per-layer caches, returns logits for the newest token."""
         state = self.get_incremental_state(incremental_state, "fc") or self.init_state(prev_output_tokens)
+        if "tempo_prior" in encoder_out and "level" not in state:
+            state["level"] = encoder_out["tempo_prior"].clone()  # (B, 4)
         tok = prev_output_tokens[:, -1:]  # (B, 1)
         b = tok.shape[0]
         step = prev_output_tokens.shape[1] - 1
         if getattr(self, "token_period", None) is not None:  # the beat period of the latest tempo token
             period = self.token_period.to(tok.device)[tok[:, 0]]  # (B,)
             state["period"] = torch.where(torch.isfinite(period), period, state["period"])
+            if "slot_gap" in encoder_out and step > 0:  # the token just read filled slot step - 1
+                k = min(step - 1, encoder_out["slot_gap"].shape[1] - 1)
+                state["level"] = tempo_level_update(state["level"], period, encoder_out["slot_gap"][:, k],
+                                                    encoder_out["slot_scale"][:, k])
         is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
         new_bar = state["bar"] + is_bar.long()  # (B,)
         in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
@@ -411,7 +424,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             state["next_sum_pos"] = state["next_sum_pos"] + n_s
         self.set_incremental_state(incremental_state, "fc", state)
         if "slots" in encoder_out:
-            logits = self.constrain(logits, encoder_out, step, state["period"])
+            logits = self.constrain(logits, encoder_out, step, state["period"], state.get("level"))
         return logits, {"attn": [None], "inner_states": None}
 
     def init_state(self, prev_output_tokens: Tensor) -> Dict:
@@ -425,12 +438,15 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 "period": torch.full((b,), float("nan"), device=dev),  # s per quarter, for the key-down floor
                 "caches": [{} for _ in self.layers]}
 
-    def constrain(self, logits: Tensor, encoder_out: Dict, step: int, period: Optional[Tensor] = None) -> Tensor:
+    def constrain(self, logits: Tensor, encoder_out: Dict, step: int, period: Optional[Tensor] = None,
+                  level: Optional[Tensor] = None) -> Tensor:
         """Allow only tokens of the grammar's type at this step (``encoder_out["slots"]``; EOS after the
         last slot), keep the key-down floor (``encoder_out["slot_q"]``: (B, S + 1) notated quarters of
         articulation slots, ``period``: (B,) s per quarter; see ``key_down_floor``), play a unison's
         repeated pitch once (``encoder_out["slot_once"]``: (B, S + 1) velocity slots that take the
-        grammar's deletion token; applied after the mean), and divide the logits by that type's
+        grammar's deletion token; applied after the mean), keep the tempo band (``encoder_out["slot_gap"]``,
+        ``["slot_scale"]``, ``level``: (B, 4), see ``tempo_band_penalty``; before the mean, which then
+        takes the expected value under the banded distribution), and divide the logits by that type's
         relative temperature (1 unless set, see Grammar); a "mean" type leaves one allowed token, the one
         nearest the expected value (``expected_value_choice``)."""
         slots = encoder_out["slots"]
@@ -442,6 +458,12 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             nominal_q = slot_q[:, min(step, slot_q.shape[1] - 1)]  # (B,)
             logits = key_down_floor(logits, self.token_value.to(logits.device), nominal_q, period,
                                     self.min_key_down_s)
+        slot_gap = encoder_out.get("slot_gap")
+        if slot_gap is not None and level is not None:
+            k = min(step, slot_gap.shape[1] - 1)
+            logits = tempo_band_penalty(logits, self.token_period.to(logits.device), level, slot_gap[:, k],
+                                        encoder_out["slot_scale"][:, k], self.tempo_band, self.tempo_bin_log,
+                                        ref=encoder_out.get("tempo_ref"))
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
@@ -518,6 +540,78 @@ def key_down_floor(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: T
     return logits.masked_fill(too_short, FORCEABLE_LOGIT)
 
 
+# The tempo band (--tempo-band BINS): keeps the rendering's windowed tempo level near its own level so far.
+TEMPO_BAND_TAU_Q = 8.0  # quarters: time constant of the windowed (exponentially weighted) tempo level
+TEMPO_BAND_WARMUP_Q = 16.0  # quarters of music decoded before the band applies (the opening sets the level)
+TEMPO_BAND_GAIN = 0.1  # tilt (logit per tempo bin) per bin that the windowed level lies outside the band
+TEMPO_BAND_MAX_TILT = 1.0  # logit per tempo bin at most
+TEMPO_BAND_MAX_PENALTY = 50.0  # logits: e^-50 is never sampled, yet a token of a segment's forced overlap
+# keeps a positive float32 probability after the softmax (fairseq samples forced rows too; see FORCEABLE_LOGIT)
+TEMPO_ANCHORS = ("self", "notated")  # what the band centres on (--tempo-anchor)
+LEVEL_FIELDS = 4  # a level state row: windowed seconds, windowed quarters, total seconds, total quarters
+
+
+def tempo_level_update(level: Tensor, period_s: Tensor, gap_q: Tensor, scale: Tensor,
+                       tau_q: float = TEMPO_BAND_TAU_Q) -> Tensor:
+    """(B, 4) level state [windowed s, windowed quarters, total s, total quarters], (B,) beat period of
+    the onset group just decoded (s per quarter), its notated gap from the previous group (quarters) and
+    its notated-tempo scale (``QPM`` / 120) -> the state after it. Performed time counts as gap x period x
+    scale (seconds at 120 quarters per minute notated), so a notated tempo change moves no level; the
+    window decays by exp(-gap / tau_q). Rows whose gap is NaN or 0 (no group, the first group) are
+    left as they are."""
+    use = torch.isfinite(gap_q) & (gap_q > 0) & torch.isfinite(period_s)  # (B,)
+    gap = torch.where(use, gap_q, torch.zeros_like(gap_q))  # (B,)
+    secs = gap * torch.where(use, period_s * scale, torch.zeros_like(period_s))  # (B,)
+    decay = torch.exp(-gap / tau_q)  # (B,)
+    return torch.stack([level[:, 0] * decay + secs, level[:, 1] * decay + gap,
+                        level[:, 2] + secs, level[:, 3] + gap], dim=1)  # (B, 4)
+
+
+def tempo_band_excess(level: Tensor, band_bins: float, bin_log: float, ref: Optional[Tensor] = None) -> Tensor:
+    """(B, 4) level state -> (B,) signed bins by which the windowed level (windowed s / windowed
+    quarters) lies outside ``band_bins`` of the reference level: > 0 too slow, < 0 too fast, 0 inside
+    the band. The reference is ``ref`` (B,) (s per quarter, relative to the notated tempo: 0.5 is the
+    notated tempo itself) where finite, else the level so far (total s / total quarters). ``bin_log``:
+    the log of one tempo bin's period ratio."""
+    window = level[:, 0] / level[:, 1].clamp(min=1e-9)  # (B,) s per quarter
+    so_far = level[:, 2] / level[:, 3].clamp(min=1e-9)  # (B,)
+    if ref is not None:
+        so_far = torch.where(torch.isfinite(ref), ref, so_far)  # (B,)
+    dev = torch.log(window.clamp(min=1e-9) / so_far.clamp(min=1e-9)) / bin_log  # (B,) bins
+    return torch.sign(dev) * (dev.abs() - band_bins).clamp(min=0.0)
+
+
+def tempo_band_penalty(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: Tensor, scale: Tensor,
+                       band_bins: float, bin_log: float, warmup_q: float = TEMPO_BAND_WARMUP_Q,
+                       gain: float = TEMPO_BAND_GAIN, max_tilt: float = TEMPO_BAND_MAX_TILT,
+                       ref: Optional[Tensor] = None) -> Tensor:
+    """(B, 1, V) masked logits, (V,) beat period of each token (s per quarter; NaN: no Tempo token),
+    (B, 4) level state (``tempo_level_update``), (B,) notated gap (quarters; NaN: no Tempo slot) and
+    notated-tempo scale of this step -> logits tilted back toward the level so far when the windowed
+    level lies outside the band (around ``ref`` where given and finite, see ``tempo_band_excess``):
+    each Tempo token loses ``tilt`` x its bin (log period x scale /
+    ``bin_log``), tilt = ``gain`` x the excess (``tempo_band_excess``, > 0 too slow), at most
+    ``max_tilt`` per bin. Exponential tilting moves the whole distribution by about tilt x its variance
+    and keeps its shape: every group leans back a little, none is forced to make up the whole excess
+    (a constraint on the window alone would answer a held note with a burst of the fastest bins). The
+    penalty is taken relative to the allowed token with the least (it keeps its logit) and capped at
+    ``TEMPO_BAND_MAX_PENALTY``. Rows before ``warmup_q`` quarters, at no Tempo slot, at a group with gap
+    0, or inside the band are unchanged. Example: so far 0.5 s per quarter, window 0.8 s (16.2 bins of
+    3 % slower), band 12: excess 4.2, tilt 0.42 logit per bin toward faster tokens."""
+    use = torch.isfinite(gap_q) & (gap_q > 0) & (level[:, 3] >= warmup_q)  # (B,)
+    tilt = (gain * tempo_band_excess(level, band_bins, bin_log, ref)).clamp(-max_tilt, max_tilt)  # (B,)
+    tilt = torch.where(use, tilt, torch.zeros_like(tilt))  # (B,)
+    if not bool((tilt != 0).any()):
+        return logits
+    token_bin = torch.log(period_s.unsqueeze(0) * scale.unsqueeze(1)) / bin_log  # (B, V); NaN: no Tempo token
+    penalty = tilt.unsqueeze(1) * token_bin  # (B, V)
+    candidate = torch.isfinite(logits[:, 0]) & torch.isfinite(penalty)  # (B, V)
+    least = penalty.masked_fill(~candidate, float("inf")).amin(-1, keepdim=True)  # (B, 1)
+    penalty = (penalty - least.clamp(max=1e30)).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # (B, V)
+    penalty = penalty.clamp(min=0.0, max=TEMPO_BAND_MAX_PENALTY)  # (B, V)
+    return logits - penalty.unsqueeze(1).to(logits.dtype)  # (B, 1, V); -inf stays -inf
+
+
 def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
     """Per-slot rows of unequal length -> (B, max_len + 1) tensor, ``fill`` after each row's end (the
     extra column is the EOS step)."""
@@ -534,7 +628,10 @@ class Grammar:
                  min_key_down_s: float = 0.0,
                  art_nominal_q: Optional[Callable[[Sequence[str]], List[float]]] = None,
                  beat_period_s: Optional[Callable[[str], Optional[float]]] = None,
-                 once: Optional[Tuple[str, Callable[[Sequence[str]], List[bool]]]] = None):
+                 once: Optional[Tuple[str, Callable[[Sequence[str]], List[bool]]]] = None,
+                 tempo_band: float = 0.0,
+                 tempo_gaps: Optional[Callable[[Sequence[str]], Tuple[List[float], List[float]]]] = None,
+                 tempo_anchor: str = "self", states_tempo: Optional[Callable[[Sequence[str]], bool]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
         ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
         e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}
@@ -547,8 +644,14 @@ class Grammar:
         2 ** value x nominal x the period of the latest tempo token;
         ``once``: (token, slots_of(score_tokens)): the slots where ``slots_of`` says True take exactly
         that token, e.g. the deletion token on the repeated pitch of a unison (a piano plays it once)
-        while ``forbidden`` keeps it out of every other slot."""
-        self.src_dict, self.target_slots = src_dict, target_slots
+        while ``forbidden`` keeps it out of every other slot;
+        ``tempo_band`` (bins; 0: off): keep the windowed tempo level within that many tempo bins of the
+        rendering's level so far (``tempo_band_penalty``); ``tempo_gaps(score_tokens)`` gives, per slot,
+        the notated gap and notated-tempo scale of each ``Tempo`` slot (NaN elsewhere), and
+        ``beat_period_s`` each tempo token's period; ``tempo_anchor``: "self" centres the band on the
+        rendering's level so far, "notated" on the notated tempo where ``states_tempo(score_tokens)``
+        says the score states one (else on the level so far)."""
+        self.src_dict, self.target_slots, self.beat_period_s = src_dict, target_slots, beat_period_s
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
         self.type_id = {n: i for i, n in enumerate(names)}
@@ -585,6 +688,20 @@ class Grammar:
                 raise ValueError("--min-key-down-ms: the grammar module gives no art_nominal_q, beat_period_s "
                                  "and token_value")
             self.period = self.numbers(tgt_dict, beat_period_s)  # (V,)
+        self.tempo_band, self.tempo_gaps, self.tempo_bin_log = float(tempo_band), tempo_gaps, float("nan")
+        if self.tempo_band < 0:
+            raise ValueError("--tempo-band: must be >= 0")
+        if tempo_anchor not in TEMPO_ANCHORS:
+            raise ValueError(f"--tempo-anchor: expected one of {', '.join(TEMPO_ANCHORS)}, got {tempo_anchor!r}")
+        if tempo_anchor == "notated" and self.tempo_band > 0 and states_tempo is None:
+            raise ValueError("--tempo-anchor notated: the grammar module gives no states_tempo")
+        self.tempo_anchor, self.states_tempo = tempo_anchor, states_tempo
+        if self.tempo_band > 0:
+            if not (tempo_gaps and beat_period_s):
+                raise ValueError("--tempo-band: the grammar module gives no tempo_slot_gaps and beat_period_s")
+            self.period = self.numbers(tgt_dict, beat_period_s)  # (V,)
+            logs = torch.log(self.period[torch.isfinite(self.period)]).unique()  # sorted
+            self.tempo_bin_log = float(logs.diff().median())  # log period ratio of one bin
         if mean_types or self.period is not None:
             self.value = self.numbers(tgt_dict, token_value)  # (V,)
         if mean_types:
@@ -627,7 +744,27 @@ class Grammar:
             out["slot_q"] = pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, dev)
         if self.once_slots is not None:
             out["slot_once"] = pad_rows([self.once_slots(r) for r in rows], False, torch.bool, dev)
+        if self.tempo_band > 0:
+            gaps = [self.tempo_gaps(r) for r in rows]
+            out["slot_gap"] = pad_rows([g for g, _ in gaps], float("nan"), torch.float, dev)
+            out["slot_scale"] = pad_rows([c for _, c in gaps], float("nan"), torch.float, dev)
+            if self.tempo_anchor == "notated":  # 0.5 s per quarter: the notated tempo, in the level's units
+                out["tempo_ref"] = torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
+                                                device=dev)  # (B,)
         return out
+
+    def level_after(self, score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Tensor:
+        """(4,) tempo level state after ``perf_tokens`` (the performance of ``score_tokens``, the same
+        bars), computed with the decoder's own update, so that a segment that starts where they end
+        continues the level exactly (the renderer's ``tempo_prior``)."""
+        gaps, scales = self.tempo_gaps(score_tokens)
+        level = torch.zeros(1, LEVEL_FIELDS)
+        for tok, gap, scale in zip(perf_tokens, gaps, scales):
+            period = self.beat_period_s(tok) if gap == gap else None  # NaN gap: no Tempo slot
+            if period is not None:
+                level = tempo_level_update(level, torch.tensor([period]), torch.tensor([gap]),
+                                           torch.tensor([scale]))
+        return level[0]
 
 
 @register_model("museformer_s2p")
@@ -743,6 +880,8 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         self.decoder.token_period = grammar.period
         self.decoder.min_key_down_s = grammar.min_key_down_s
         self.decoder.once_token = grammar.once_token
+        self.decoder.tempo_band = grammar.tempo_band
+        self.decoder.tempo_bin_log = grammar.tempo_bin_log
 
 
 @register_model_architecture("museformer_s2p", "museformer_s2p")

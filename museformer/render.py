@@ -104,17 +104,23 @@ class Renderer:
         self.src_dict, self.tgt_dict = task.source_dictionary, task.target_dictionary
         self.max_positions = min(int(getattr(args, "max_source_positions", 1024)),
                                  int(getattr(args, "max_target_positions", 1024)))
+        self.grammar = None  # the task's Grammar, for the tempo band's level across segments
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
                         allow_deletions: bool = False, type_temperature: str = "",
-                        min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True) -> "Renderer":
+                        min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True,
+                        tempo_band: float = 0.0, tempo_anchor: str = "self") -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
         performances in its training data do; by default every score note is played.
         ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
         ``min_key_down_ms``: the key-down floor (ms; 0: off): no note is held shorter.
         ``unisons_once``: a pitch that several notes of one onset share is struck once (its longest note;
-        the others take the deletion token); False plays every score note."""
+        the others take the deletion token); False plays every score note.
+        ``tempo_band``: keep the windowed tempo level within that many tempo bins of the rendering's level
+        so far (0: off; ``museformer.model.tempo_band_penalty``); segments continue the level of the
+        bars before them; ``tempo_anchor``: what the band centres on ("self": the level so far;
+        "notated": the notated tempo where the score states one)."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -137,13 +143,15 @@ class Renderer:
         args.type_temperature = type_temperature
         args.min_key_down_ms = min_key_down_ms
         args.unisons_once = unisons_once
+        args.tempo_band = tempo_band
+        args.tempo_anchor = tempo_anchor
         try:
             task = tasks.setup_task(args)
         finally:
             if "dictionary" in state:  # the embedded dictionary's temporary copy is read now
                 shutil.rmtree(args.data, ignore_errors=True)
         try:
-            task.load_grammar()  # checks --type-temperature and --min-key-down-ms
+            renderer_grammar = task.load_grammar()  # checks --type-temperature, --min-key-down-ms, --tempo-band
         except ValueError as e:
             raise RenderError(str(e)) from None
         model = task.build_model(args)
@@ -151,6 +159,7 @@ class Renderer:
         model.load_state_dict(weights, strict=True, args=args)
         model.eval()
         renderer = cls([model], task, args)
+        renderer.grammar = renderer_grammar
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -191,9 +200,11 @@ class Renderer:
         return torch.tensor(ids, dtype=torch.long)
 
     def generate_batch(self, scores: Sequence[Sequence[str]], forced: Sequence[Sequence[str]],
-                       sampling: Sampling) -> List[List[str]]:
+                       sampling: Sampling, priors: Optional[Sequence[Optional[torch.Tensor]]] = None
+                       ) -> List[List[str]]:
         """Performance tokens for a batch of segments; ``forced[i]`` is forced as the decoder's first
-        tokens of segment i (fairseq's prefix tokens; shorter prefixes are padded and not forced)."""
+        tokens of segment i (fairseq's prefix tokens; shorter prefixes are padded and not forced);
+        ``priors[i]``: the (4,) tempo level state of the music before segment i (None: zeros)."""
         pad = self.src_dict.pad()
         srcs = [torch.cat([self.encode(s, self.src_dict, "score"), torch.tensor([self.src_dict.eos()])])
                 for s in scores]
@@ -203,6 +214,11 @@ class Renderer:
             src[i, width - len(x):] = x
         sample = {"id": torch.arange(len(srcs)),
                   "net_input": {"src_tokens": src, "src_lengths": torch.tensor([len(x) for x in srcs])}}
+        if priors is not None and any(p is not None for p in priors):
+            from .model import LEVEL_FIELDS
+
+            sample["net_input"]["tempo_prior"] = torch.stack(
+                [torch.zeros(LEVEL_FIELDS) if p is None else p for p in priors])  # (B, 4)
         prefix = None
         if any(forced):
             p_width = max(len(f) for f in forced)
@@ -250,13 +266,14 @@ class Renderer:
             todo = [i for i, p in enumerate(plans) if r < len(p[2])]
             for k in range(0, len(todo), batch_size):
                 chunk = todo[k:k + batch_size]
-                scores, forced = [], []
+                scores, forced, priors = [], [], []
                 for i in chunk:
                     prefix, bars, segs = plans[i]
                     start, end = segs[r]
                     scores.append(prefix + [t for b in bars[start:end] for t in b])
                     forced.append([t for b in done[i][start:] for t in b])
-                outs = self.generate_batch(scores, forced, sampling)
+                    priors.append(self.level_before(prefix, bars[:start], done[i][:start]))
+                outs = self.generate_batch(scores, forced, sampling, priors)
                 for i, out in zip(chunk, outs):
                     start, end = plans[i][2][r]
                     _, out_bars = split_bars(out)
@@ -266,6 +283,15 @@ class Renderer:
                 bar.update(len(chunk))
         bar.close()
         return [[t for b in d for t in b] for d in done]
+
+    def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
+                     perf_bars: Sequence[Sequence[str]]) -> Optional[torch.Tensor]:
+        """The tempo band's (4,) level state after the rendered bars before a segment (None when the
+        band is off or there are none)."""
+        if self.grammar is None or self.grammar.tempo_band <= 0 or not perf_bars:
+            return None
+        return self.grammar.level_after(list(prefix) + [t for b in score_bars for t in b],
+                                        [t for b in perf_bars for t in b])
 
     def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
                       progress: bool = True) -> List[str]:
@@ -304,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"hold no note shorter than MS ms (default {MIN_KEY_DOWN_MS:g}: the 1st percentile of the "
                         "training performances' key-down times; sampled articulation otherwise puts a few "
                         "percent of notes under 20 ms, which pianists hardly ever play; 0: off)")
+    p.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
+                   help="keep the tempo level over about 8 quarters, relative to the notated tempo, within "
+                        "BINS tempo bins (3%% steps) of the rendering's level so far, after its first 16 "
+                        "quarters (a soft band against tempo drift; 0: off)")
+    p.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+                   help="what --tempo-band centres on: the rendering's level so far, or the notated tempo "
+                        "where the score states one other than 120")
     p.add_argument("--keep-unisons", action="store_true",
                    help="strike both notes where two voices share a pitch at one onset (by default the key "
                         "is struck once, for the longer note: a piano cannot play both)")
@@ -338,7 +371,8 @@ def render_file(args: argparse.Namespace) -> List[Path]:
                                         allow_deletions=args.allow_deletions,
                                         type_temperature=args.type_temperature,
                                         min_key_down_ms=args.min_key_down_ms,
-                                        unisons_once=not args.keep_unisons)
+                                        unisons_once=not args.keep_unisons, tempo_band=args.tempo_band,
+                                        tempo_anchor=args.tempo_anchor)
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
                                          performer=args.performer, unfold_repeats=not args.no_repeats)
     written = []

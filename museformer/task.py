@@ -68,6 +68,14 @@ class MuseformerS2PTask(TranslationTask):
                             help="never generate an articulation that holds a note shorter than MS "
                                  "milliseconds at the generated tempo (0: off; instruct-render uses the "
                                  "grammar module's MIN_KEY_DOWN_MS)")
+        parser.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
+                            help="keep the rendering's tempo level, over a window of about 8 quarters and "
+                                 "relative to the notated tempo, within BINS tempo bins (3%% steps) of its "
+                                 "level so far, after the first 16 quarters: a soft band, each bin beyond "
+                                 "it costs one logit (0: off; see museformer.model.tempo_band_penalty)")
+        parser.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+                            help="what --tempo-band centres on: the rendering's own level so far (self) or "
+                                 "the notated tempo where the score states one other than 120 (notated)")
         # fmt: on
 
     @classmethod
@@ -91,7 +99,11 @@ class MuseformerS2PTask(TranslationTask):
                        getattr(module, "token_value", None),
                        min_key_down_s=float(getattr(self.args, "min_key_down_ms", 0.0) or 0.0) / 1000.0,
                        art_nominal_q=getattr(module, "art_nominal_q", None),
-                       beat_period_s=getattr(module, "beat_period_s", None), once=once)
+                       beat_period_s=getattr(module, "beat_period_s", None), once=once,
+                       tempo_band=float(getattr(self.args, "tempo_band", 0.0) or 0.0),
+                       tempo_gaps=getattr(module, "tempo_slot_gaps", None),
+                       tempo_anchor=getattr(self.args, "tempo_anchor", "self") or "self",
+                       states_tempo=getattr(module, "states_tempo", None))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

@@ -277,6 +277,10 @@ def main() -> int:
     ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7, or Tempo=mean (expected value)")
     ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS,
                     help="key-down floor of our renderings, as instruct-render's (0: off)")
+    ap.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
+                    help="tempo band of the model row, as instruct-render's (0: off)")
+    ap.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+                    help="what --tempo-band centres on, as instruct-render's")
     ap.add_argument("--keep-unisons", action="store_true",
                     help="strike both notes of a unison in our renderings, as instruct-render's --keep-unisons")
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
@@ -302,7 +306,8 @@ def main() -> int:
         from museformer.render import Renderer, Sampling
 
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
-                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons)
+                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons,
+                                            tempo_band=a.tempo_band, tempo_anchor=a.tempo_anchor)
         renderer.threads = 2
         sampling = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
