@@ -543,8 +543,8 @@ def key_down_floor(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: T
 # The tempo band (--tempo-band BINS): keeps the rendering's windowed tempo level near its own level so far.
 TEMPO_BAND_TAU_Q = 8.0  # quarters: time constant of the windowed (exponentially weighted) tempo level
 TEMPO_BAND_WARMUP_Q = 16.0  # quarters of music decoded before the band applies (the opening sets the level)
-TEMPO_BAND_GAIN = 0.1  # tilt (logit per tempo bin) per bin that the windowed level lies outside the band
-TEMPO_BAND_MAX_TILT = 1.0  # logit per tempo bin at most
+TEMPO_BAND_GAIN = 0.002  # prior curvature (logit per squared tempo bin) per bin that the window lies outside
+TEMPO_BAND_MAX_CURVE = 1.0 / (2 * 4.0 ** 2)  # at most a Gaussian prior of 4 bins' standard deviation
 TEMPO_BAND_MAX_PENALTY = 50.0  # logits: e^-50 is never sampled, yet a token of a segment's forced overlap
 # keeps a positive float32 probability after the softmax (fairseq samples forced rows too; see FORCEABLE_LOGIT)
 TEMPO_ANCHORS = ("self", "notated")  # what the band centres on (--tempo-anchor)
@@ -570,41 +570,43 @@ def tempo_level_update(level: Tensor, period_s: Tensor, gap_q: Tensor, scale: Te
 def tempo_band_excess(level: Tensor, band_bins: float, bin_log: float, ref: Optional[Tensor] = None) -> Tensor:
     """(B, 4) level state -> (B,) signed bins by which the windowed level (windowed s / windowed
     quarters) lies outside ``band_bins`` of the reference level: > 0 too slow, < 0 too fast, 0 inside
-    the band. The reference is ``ref`` (B,) (s per quarter, relative to the notated tempo: 0.5 is the
-    notated tempo itself) where finite, else the level so far (total s / total quarters). ``bin_log``:
-    the log of one tempo bin's period ratio."""
+    the band. The reference is the level so far (total s / total quarters), or ``ref`` (B,) when given
+    (s per quarter relative to the notated tempo: 0.5 is the notated tempo itself; NaN rows give NaN).
+    ``bin_log``: the log of one tempo bin's period ratio."""
     window = level[:, 0] / level[:, 1].clamp(min=1e-9)  # (B,) s per quarter
     so_far = level[:, 2] / level[:, 3].clamp(min=1e-9)  # (B,)
     if ref is not None:
-        so_far = torch.where(torch.isfinite(ref), ref, so_far)  # (B,)
+        so_far = ref  # (B,)
     dev = torch.log(window.clamp(min=1e-9) / so_far.clamp(min=1e-9)) / bin_log  # (B,) bins
     return torch.sign(dev) * (dev.abs() - band_bins).clamp(min=0.0)
 
 
 def tempo_band_penalty(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: Tensor, scale: Tensor,
                        band_bins: float, bin_log: float, warmup_q: float = TEMPO_BAND_WARMUP_Q,
-                       gain: float = TEMPO_BAND_GAIN, max_tilt: float = TEMPO_BAND_MAX_TILT,
+                       gain: float = TEMPO_BAND_GAIN, max_curve: float = TEMPO_BAND_MAX_CURVE,
                        ref: Optional[Tensor] = None) -> Tensor:
     """(B, 1, V) masked logits, (V,) beat period of each token (s per quarter; NaN: no Tempo token),
     (B, 4) level state (``tempo_level_update``), (B,) notated gap (quarters; NaN: no Tempo slot) and
-    notated-tempo scale of this step -> logits tilted back toward the level so far when the windowed
-    level lies outside the band (around ``ref`` where given and finite, see ``tempo_band_excess``):
-    each Tempo token loses ``tilt`` x its bin (log period x scale /
-    ``bin_log``), tilt = ``gain`` x the excess (``tempo_band_excess``, > 0 too slow), at most
-    ``max_tilt`` per bin. Exponential tilting moves the whole distribution by about tilt x its variance
-    and keeps its shape: every group leans back a little, none is forced to make up the whole excess
-    (a constraint on the window alone would answer a held note with a burst of the fastest bins). The
-    penalty is taken relative to the allowed token with the least (it keeps its logit) and capped at
+    notated-tempo scale of this step -> logits pulled toward the reference level while the windowed
+    level lies outside the band around it (the level so far, or ``ref`` where given; a NaN ``ref``
+    leaves its row unchanged; see ``tempo_band_excess``): each Tempo token loses curve x d ** 2, d = its
+    distance in bins from the reference (log period x scale / reference / ``bin_log``), curve = ``gain``
+    x the excess in bins, at most ``max_curve``. A Gaussian prior centred on the reference, multiplied
+    into the model's distribution: it narrows the choice around the reference and never rewards a
+    token beyond it (a linear tilt would, and answered a slow passage with bursts of the fastest bins).
+    The penalty is taken relative to the allowed token with the least (it keeps its logit) and capped at
     ``TEMPO_BAND_MAX_PENALTY``. Rows before ``warmup_q`` quarters, at no Tempo slot, at a group with gap
-    0, or inside the band are unchanged. Example: so far 0.5 s per quarter, window 0.8 s (16.2 bins of
-    3 % slower), band 12: excess 4.2, tilt 0.42 logit per bin toward faster tokens."""
+    0, or inside the band are unchanged. Example: reference 0.5 s per quarter, window 0.8 s (16.2 bins
+    slower), band 12: excess 4.2, curve 0.0085; a token 10 bins from the reference loses 0.85 logits,
+    one 20 bins away 3.4."""
     use = torch.isfinite(gap_q) & (gap_q > 0) & (level[:, 3] >= warmup_q)  # (B,)
-    tilt = (gain * tempo_band_excess(level, band_bins, bin_log, ref)).clamp(-max_tilt, max_tilt)  # (B,)
-    tilt = torch.where(use, tilt, torch.zeros_like(tilt))  # (B,)
-    if not bool((tilt != 0).any()):
+    curve = (gain * tempo_band_excess(level, band_bins, bin_log, ref).abs()).clamp(max=max_curve)  # (B,)
+    curve = torch.where(use & torch.isfinite(curve), curve, torch.zeros_like(curve))  # (B,); NaN ref: none
+    if not bool((curve != 0).any()):
         return logits
-    token_bin = torch.log(period_s.unsqueeze(0) * scale.unsqueeze(1)) / bin_log  # (B, V); NaN: no Tempo token
-    penalty = tilt.unsqueeze(1) * token_bin  # (B, V)
+    reference = level[:, 2] / level[:, 3].clamp(min=1e-9) if ref is None else ref  # (B,) s per quarter
+    dist = torch.log(period_s.unsqueeze(0) * scale.unsqueeze(1) / reference.unsqueeze(1)) / bin_log  # (B, V) bins
+    penalty = curve.unsqueeze(1) * dist.square()  # (B, V); NaN: no Tempo token
     candidate = torch.isfinite(logits[:, 0]) & torch.isfinite(penalty)  # (B, V)
     least = penalty.masked_fill(~candidate, float("inf")).amin(-1, keepdim=True)  # (B, 1)
     penalty = (penalty - least.clamp(max=1e30)).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # (B, V)
@@ -650,7 +652,7 @@ class Grammar:
         the notated gap and notated-tempo scale of each ``Tempo`` slot (NaN elsewhere), and
         ``beat_period_s`` each tempo token's period; ``tempo_anchor``: "self" centres the band on the
         rendering's level so far, "notated" on the notated tempo where ``states_tempo(score_tokens)``
-        says the score states one (else on the level so far)."""
+        says the score states one (no band where it states none)."""
         self.src_dict, self.target_slots, self.beat_period_s = src_dict, target_slots, beat_period_s
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})

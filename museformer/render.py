@@ -120,7 +120,7 @@ class Renderer:
         ``tempo_band``: keep the windowed tempo level within that many tempo bins of the rendering's level
         so far (0: off; ``museformer.model.tempo_band_penalty``); segments continue the level of the
         bars before them; ``tempo_anchor``: what the band centres on ("self": the level so far;
-        "notated": the notated tempo where the score states one)."""
+        "notated": the notated tempo where the score states one, no band elsewhere)."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "quarters (a soft band against tempo drift; 0: off)")
     p.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
                    help="what --tempo-band centres on: the rendering's level so far, or the notated tempo "
-                        "where the score states one other than 120")
+                        "where the score states one other than 120 (no band elsewhere)")
     p.add_argument("--keep-unisons", action="store_true",
                    help="strike both notes where two voices share a pitch at one onset (by default the key "
                         "is struck once, for the longer note: a piano cannot play both)")

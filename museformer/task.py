@@ -75,7 +75,7 @@ class MuseformerS2PTask(TranslationTask):
                                  "it costs one logit (0: off; see museformer.model.tempo_band_penalty)")
         parser.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
                             help="what --tempo-band centres on: the rendering's own level so far (self) or "
-                                 "the notated tempo where the score states one other than 120 (notated)")
+                                 "the notated tempo where the score states one other than 120, no band elsewhere (notated)")
         # fmt: on
 
     @classmethod

@@ -11,8 +11,8 @@ from instruct_tokenizer import vocab as V
 from instruct_tokenizer.grammar import beat_period_s, target_slots, tempo_slot_gaps, token_type
 from museformer.model import (
     TEMPO_BAND_GAIN,
+    TEMPO_BAND_MAX_CURVE,
     TEMPO_BAND_MAX_PENALTY,
-    TEMPO_BAND_MAX_TILT,
     TEMPO_BAND_WARMUP_Q,
     tempo_band_excess,
     tempo_band_penalty,
@@ -27,21 +27,22 @@ BIN_LOG = math.log(V.tempo_value(1) / V.tempo_value(0))
 PERIODS = torch.tensor([float("nan")] + [V.tempo_value(b) for b in range(0, 160, 7)] + [float("nan")])
 
 
-def _band_reference(logits, period, level, gap, scale, band, bin_log):
-    """Slow reference, row by row: the windowed level's signed excess beyond the band, a tilt of
-    TEMPO_BAND_GAIN x excess logits per bin of each Tempo token's scaled period, taken relative to the
-    allowed token with the least and capped."""
+def _band_reference(logits, period, level, gap, scale, band, bin_log, ref=None):
+    """Slow reference, row by row: the windowed level's excess beyond the band around the reference,
+    a Gaussian prior of curvature TEMPO_BAND_GAIN x excess (at most TEMPO_BAND_MAX_CURVE) on each Tempo
+    token's distance in bins from the reference, relative to the allowed token with the least, capped."""
     out = logits.clone()
     for b in range(logits.shape[0]):
         g = gap[b].item()
         if not math.isfinite(g) or g <= 0 or level[b, 3].item() < TEMPO_BAND_WARMUP_Q:
             continue
         window = level[b, 0].item() / level[b, 1].item()
-        so_far = level[b, 2].item() / level[b, 3].item()
-        dev = math.log(window / so_far) / bin_log
-        excess = math.copysign(max(0.0, abs(dev) - band), dev)
-        tilt = max(-TEMPO_BAND_MAX_TILT, min(TEMPO_BAND_MAX_TILT, TEMPO_BAND_GAIN * excess))
-        pen = {i: tilt * math.log(period[i].item() * scale[b].item()) / bin_log
+        reference = level[b, 2].item() / level[b, 3].item() if ref is None else ref[b].item()
+        if math.isnan(reference):
+            continue
+        excess = max(0.0, abs(math.log(window / reference) / bin_log) - band)
+        curve = min(TEMPO_BAND_MAX_CURVE, TEMPO_BAND_GAIN * excess)
+        pen = {i: curve * (math.log(period[i].item() * scale[b].item() / reference) / bin_log) ** 2
                for i in range(logits.shape[-1]) if not math.isnan(period[i].item())}
         least = min((x for i, x in pen.items() if math.isfinite(logits[b, 0, i].item())), default=0.0)
         for i, x in pen.items():
@@ -68,17 +69,19 @@ def test_band_penalty_matches_reference():
 
 
 def test_band_docstring_example():
-    """So far 0.5 s per quarter, window 0.8 s: 16.2 bins slower; a band of 12 leaves an excess of 4.2
-    and a tilt of 0.42 logit per bin toward faster tokens; inside a band of 20 nothing changes."""
+    """Reference (so far) 0.5 s per quarter, window 0.8 s: 16.2 bins slower; a band of 12 leaves an
+    excess of 4.2 and a prior of curvature 0.0085: 0.85 logits off 10 bins away, 3.4 off 20 bins away,
+    on either side; inside a band of 20 nothing changes."""
     level = torch.tensor([[6.4, 8.0, 16.0, 32.0]])
     assert tempo_band_excess(level, 12.0, BIN_LOG).item() == pytest.approx(4.23, abs=0.01)
-    period = torch.tensor([V.tempo_value(50), V.tempo_value(60), V.tempo_value(70)])
-    got = tempo_band_penalty(torch.zeros(1, 1, 3), period, level, torch.tensor([1.0]), torch.tensor([1.0]),
+    ref_bin = math.log(0.5 / V.tempo_value(0)) / BIN_LOG  # the reference, in bins
+    period = torch.tensor([V.tempo_value(0) * math.exp(BIN_LOG * (ref_bin + d)) for d in (0, 10, -10, 20)])
+    got = tempo_band_penalty(torch.zeros(1, 1, 4), period, level, torch.tensor([1.0]), torch.tensor([1.0]),
                              12.0, BIN_LOG)[0, 0]
-    assert got.tolist() == pytest.approx([0.0, -4.23, -8.46], abs=0.02)
-    same = tempo_band_penalty(torch.zeros(1, 1, 3), period, level, torch.tensor([1.0]), torch.tensor([1.0]),
+    assert got.tolist() == pytest.approx([0.0, -0.846, -0.846, -3.38], abs=0.01)
+    same = tempo_band_penalty(torch.zeros(1, 1, 4), period, level, torch.tensor([1.0]), torch.tensor([1.0]),
                               20.0, BIN_LOG)
-    assert torch.equal(same, torch.zeros(1, 1, 3))
+    assert torch.equal(same, torch.zeros(1, 1, 4))
 
 
 def test_level_update_counts_notated_time_relative_to_the_notated_tempo():
@@ -195,11 +198,18 @@ def test_negative_band_is_one_error_line(tmp_path):
 
 def test_notated_anchor_centres_the_band_on_the_notated_tempo():
     """With a reference (the notated tempo, 0.5 s per quarter in the level's units) the band ignores the
-    level so far; a NaN reference (no tempo stated) falls back to it."""
+    level so far; a NaN reference (no tempo stated) leaves the row unchanged."""
     level = torch.tensor([[6.4, 8.0, 25.6, 32.0], [6.4, 8.0, 25.6, 32.0]])  # window 0.8, so far 0.8
     ref = torch.tensor([0.5, float("nan")])
     assert tempo_band_excess(level, 12.0, BIN_LOG).tolist() == [0.0, 0.0]
-    assert tempo_band_excess(level, 12.0, BIN_LOG, ref).tolist() == pytest.approx([4.23, 0.0], abs=0.01)
+    excess = tempo_band_excess(level, 12.0, BIN_LOG, ref)
+    assert excess[0].item() == pytest.approx(4.23, abs=0.01) and math.isnan(excess[1].item())
+    period = torch.tensor([0.5, 0.5 * math.exp(10 * BIN_LOG)])  # the notated tempo; 10 bins slower
+    got = tempo_band_penalty(torch.zeros(2, 1, 2), period, level, torch.tensor([1.0, 1.0]), torch.ones(2), 12.0,
+                             BIN_LOG, ref=ref)
+    assert got[0, 0].tolist() == pytest.approx([0.0, -0.846], abs=0.01) and got[1].tolist() == [[0.0, 0.0]]
+    want = _band_reference(torch.zeros(2, 1, 2), period, level, torch.ones(2), torch.ones(2), 12.0, BIN_LOG, ref)
+    assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_states_tempo_ignores_the_default_120():
