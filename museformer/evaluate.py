@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS
+from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS
 from instruct_tokenizer.metrics import (FEATURES, BINS, MidiReadError, NoteFeatures, compare, fmt, midi_features,
                                         pooled_histograms)
 
@@ -221,9 +221,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "Tempo=mean,Vel=mean: the expected value)")
     ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
                     help="--tokens: key-down floor of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
+    ap.add_argument("--tempo-band", type=float, default=TEMPO_BAND_BINS, metavar="BINS",
                     help="--tokens: tempo band of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+    ap.add_argument("--tempo-anchor", default=TEMPO_ANCHOR, choices=["notated", "self"],
                     help="--tokens: what --tempo-band centres on, as instruct-render's")
     ap.add_argument("--keep-unisons", action="store_true",
                     help="--tokens: strike both notes of a unison in the model row (instruct-render's "

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars
-from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, target_slots
+from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS, target_slots
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
@@ -110,17 +110,17 @@ class Renderer:
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
                         allow_deletions: bool = False, type_temperature: str = "",
                         min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True,
-                        tempo_band: float = 0.0, tempo_anchor: str = "self") -> "Renderer":
+                        tempo_band: float = TEMPO_BAND_BINS, tempo_anchor: str = TEMPO_ANCHOR) -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
         performances in its training data do; by default every score note is played.
         ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
         ``min_key_down_ms``: the key-down floor (ms; 0: off): no note is held shorter.
         ``unisons_once``: a pitch that several notes of one onset share is struck once (its longest note;
         the others take the deletion token); False plays every score note.
-        ``tempo_band``: keep the windowed tempo level within that many tempo bins of the rendering's level
-        so far (0: off; ``museformer.model.tempo_band_penalty``); segments continue the level of the
-        bars before them; ``tempo_anchor``: what the band centres on ("self": the level so far;
-        "notated": the notated tempo where the score states one, no band elsewhere)."""
+        ``tempo_band``: keep the windowed tempo level within that many tempo bins of the reference (0:
+        off; ``museformer.model.tempo_band_penalty``); segments continue the level of the bars before
+        them; ``tempo_anchor``: the reference ("notated": the notated tempo where the score states one,
+        no band elsewhere; "self": the rendering's level so far)."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -330,13 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"hold no note shorter than MS ms (default {MIN_KEY_DOWN_MS:g}: the 1st percentile of the "
                         "training performances' key-down times; sampled articulation otherwise puts a few "
                         "percent of notes under 20 ms, which pianists hardly ever play; 0: off)")
-    p.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
-                   help="keep the tempo level over about 8 quarters, relative to the notated tempo, within "
-                        "BINS tempo bins (3%% steps) of the rendering's level so far, after its first 16 "
-                        "quarters (a soft band against tempo drift; 0: off)")
-    p.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
-                   help="what --tempo-band centres on: the rendering's level so far, or the notated tempo "
-                        "where the score states one other than 120 (no band elsewhere)")
+    p.add_argument("--tempo-band", type=float, default=TEMPO_BAND_BINS, metavar="BINS",
+                   help=f"keep the tempo level over about 8 quarters within BINS tempo bins (3%% steps) of the "
+                        f"reference (--tempo-anchor), after the first 16 quarters: a soft band against tempo "
+                        f"drift (default {TEMPO_BAND_BINS:g}; 0: off)")
+    p.add_argument("--tempo-anchor", default=TEMPO_ANCHOR, choices=["notated", "self"],
+                   help=f"what --tempo-band centres on: the notated tempo where the score states one other "
+                        f"than 120, no band elsewhere (notated), or the rendering's own level so far (self; "
+                        f"default {TEMPO_ANCHOR})")
     p.add_argument("--keep-unisons", action="store_true",
                    help="strike both notes where two voices share a pitch at one onset (by default the key "
                         "is struck once, for the longer note: a piano cannot play both)")

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer.decode import tokens_to_midi  # noqa: E402
 from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
-from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS  # noqa: E402
+from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS  # noqa: E402
 from instruct_tokenizer.metrics import midi_features  # noqa: E402
 from museformer.evaluate import evaluate_sets, read_set, write_outputs  # noqa: E402
 
@@ -277,9 +277,9 @@ def main() -> int:
     ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7, or Tempo=mean (expected value)")
     ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS,
                     help="key-down floor of our renderings, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-band", type=float, default=0.0, metavar="BINS",
+    ap.add_argument("--tempo-band", type=float, default=TEMPO_BAND_BINS, metavar="BINS",
                     help="tempo band of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+    ap.add_argument("--tempo-anchor", default=TEMPO_ANCHOR, choices=["notated", "self"],
                     help="what --tempo-band centres on, as instruct-render's")
     ap.add_argument("--keep-unisons", action="store_true",
                     help="strike both notes of a unison in our renderings, as instruct-render's --keep-unisons")

@@ -126,7 +126,7 @@ def _windowed_devs(renderer, toks, perf):
 def test_decoder_level_state_equals_level_after():
     """The decoder's running level, fed a human performance step by step, equals Grammar.level_after:
     the renderer's prior for the next segment continues exactly what the decoder computed."""
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0)
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="self")
     toks = r.score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:12] for t in b]  # 2/4: 24 quarters
@@ -171,8 +171,9 @@ def test_band_holds_the_level_of_a_drifting_model():
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:20] for t in b]  # 2/4: 40 quarters
     half = len(target_slots(toks)) // 2
-    free = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)), BIAS, half)
-    banded = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0), BIAS, half)
+    free = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=0.0), BIAS, half)
+    banded = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="self"),
+                       BIAS, half)
     banded.max_positions = free.max_positions = 400
     assert len(banded.plan(toks, 2)[2]) > 2
     free_dev = max(_windowed_devs(free, toks, free.render_tokens(toks, Sampling(seed=0), progress=False)))
@@ -224,3 +225,13 @@ def test_states_tempo_ignores_the_default_120():
 def test_unknown_anchor_is_an_error():
     with pytest.raises(RenderError, match="--tempo-anchor"):
         Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="median")
+
+
+@needs_release
+def test_render_defaults_band_on_the_notated_tempo():
+    """instruct-render's defaults: the band of grammar.TEMPO_BAND_BINS around the notated tempo; 0 turns it off."""
+    from instruct_tokenizer.grammar import TEMPO_ANCHOR, TEMPO_BAND_BINS
+
+    g = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).task.load_grammar()
+    assert (g.tempo_band, g.tempo_anchor) == (TEMPO_BAND_BINS, TEMPO_ANCHOR) == (12.0, "notated")
+    assert Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=0).grammar.tempo_band == 0
