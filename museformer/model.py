@@ -540,7 +540,7 @@ def key_down_floor(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: T
     return logits.masked_fill(too_short, FORCEABLE_LOGIT)
 
 
-# The tempo band (--tempo-band BINS): keeps the rendering's windowed tempo level near its own level so far.
+# The tempo band (--tempo-band BINS): keeps the windowed tempo level near a reference (--tempo-anchor).
 TEMPO_BAND_TAU_Q = 8.0  # quarters: time constant of the windowed (exponentially weighted) tempo level
 TEMPO_BAND_WARMUP_Q = 16.0  # quarters of music decoded before the band applies (the opening sets the level)
 TEMPO_BAND_GAIN = 0.002  # prior curvature (logit per squared tempo bin) per bin that the window lies outside
@@ -574,10 +574,8 @@ def tempo_band_excess(level: Tensor, band_bins: float, bin_log: float, ref: Opti
     (s per quarter relative to the notated tempo: 0.5 is the notated tempo itself; NaN rows give NaN).
     ``bin_log``: the log of one tempo bin's period ratio."""
     window = level[:, 0] / level[:, 1].clamp(min=1e-9)  # (B,) s per quarter
-    so_far = level[:, 2] / level[:, 3].clamp(min=1e-9)  # (B,)
-    if ref is not None:
-        so_far = ref  # (B,)
-    dev = torch.log(window.clamp(min=1e-9) / so_far.clamp(min=1e-9)) / bin_log  # (B,) bins
+    reference = level[:, 2] / level[:, 3].clamp(min=1e-9) if ref is None else ref  # (B,)
+    dev = torch.log(window.clamp(min=1e-9) / reference.clamp(min=1e-9)) / bin_log  # (B,) bins
     return torch.sign(dev) * (dev.abs() - band_bins).clamp(min=0.0)
 
 
@@ -633,7 +631,7 @@ class Grammar:
                  once: Optional[Tuple[str, Callable[[Sequence[str]], List[bool]]]] = None,
                  tempo_band: float = 0.0,
                  tempo_gaps: Optional[Callable[[Sequence[str]], Tuple[List[float], List[float]]]] = None,
-                 tempo_anchor: str = "self", states_tempo: Optional[Callable[[Sequence[str]], bool]] = None):
+                 tempo_anchor: str = "notated", states_tempo: Optional[Callable[[Sequence[str]], bool]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
         ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
         e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}

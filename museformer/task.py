@@ -73,7 +73,7 @@ class MuseformerS2PTask(TranslationTask):
                                  "relative to the notated tempo, within BINS tempo bins (3%% steps) of its "
                                  "level so far, after the first 16 quarters: a soft band, each bin beyond "
                                  "it costs one logit (0: off; see museformer.model.tempo_band_penalty)")
-        parser.add_argument("--tempo-anchor", default="self", choices=["self", "notated"],
+        parser.add_argument("--tempo-anchor", default="notated", choices=["notated", "self"],
                             help="what --tempo-band centres on: the rendering's own level so far (self) or "
                                  "the notated tempo where the score states one other than 120, no band elsewhere (notated)")
         # fmt: on
@@ -102,7 +102,7 @@ class MuseformerS2PTask(TranslationTask):
                        beat_period_s=getattr(module, "beat_period_s", None), once=once,
                        tempo_band=float(getattr(self.args, "tempo_band", 0.0) or 0.0),
                        tempo_gaps=getattr(module, "tempo_slot_gaps", None),
-                       tempo_anchor=getattr(self.args, "tempo_anchor", "self") or "self",
+                       tempo_anchor=getattr(self.args, "tempo_anchor", "notated") or "notated",
                        states_tempo=getattr(module, "states_tempo", None))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):

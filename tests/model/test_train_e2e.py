@@ -76,7 +76,7 @@ def test_generate_is_always_valid(trained, mode):
 def test_generate_keeps_the_key_down_floor(trained):
     """The task's --min-key-down-ms holds every generated note at least that long (or gives it the
     longest articulation, when none reaches the floor), next to --no-deletions --unisons-once (every
-    note played but a unison's repeated pitch) and a mean type."""
+    note played but a unison's repeated pitch), a mean type and the tempo band (the task flags)."""
     import numpy as np
 
     from instruct_tokenizer import vocab as V
@@ -87,7 +87,7 @@ def test_generate_keeps_the_key_down_floor(trained):
     log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",
                "--path", "ckpt/checkpoint_best.pt", "--gen-subset", "test", "--cpu", "--batch-size", "8",
                "--sampling", "--beam", "1", "--temperature", "1.5", "--min-key-down-ms", "80", "--no-deletions", "--unisons-once",
-               "--type-temperature", "Tempo=mean"], root)
+               "--type-temperature", "Tempo=mean", "--tempo-band", "6", "--tempo-anchor", "self"], root)
     ok, n = _valid_rate(root, log)
     assert n > 0 and ok == n, f"{ok}/{n} valid"
     src = (root / "tok" / "test.score").read_text().splitlines()
