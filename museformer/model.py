@@ -567,6 +567,12 @@ def tempo_level_update(level: Tensor, period_s: Tensor, gap_q: Tensor, scale: Te
                         level[:, 2] + secs, level[:, 3] + gap], dim=1)  # (B, 4)
 
 
+def band_reference(level: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+    """(B,) reference level of the tempo band, s per quarter relative to the notated tempo: ``ref`` when
+    given, else the level so far (total s / total quarters of the (B, 4) level state)."""
+    return level[:, 2] / level[:, 3].clamp(min=1e-9) if ref is None else ref
+
+
 def tempo_band_excess(level: Tensor, band_bins: float, bin_log: float, ref: Optional[Tensor] = None) -> Tensor:
     """(B, 4) level state -> (B,) signed bins by which the windowed level (windowed s / windowed
     quarters) lies outside ``band_bins`` of the reference level: > 0 too slow, < 0 too fast, 0 inside
@@ -574,8 +580,7 @@ def tempo_band_excess(level: Tensor, band_bins: float, bin_log: float, ref: Opti
     (s per quarter relative to the notated tempo: 0.5 is the notated tempo itself; NaN rows give NaN).
     ``bin_log``: the log of one tempo bin's period ratio."""
     window = level[:, 0] / level[:, 1].clamp(min=1e-9)  # (B,) s per quarter
-    reference = level[:, 2] / level[:, 3].clamp(min=1e-9) if ref is None else ref  # (B,)
-    dev = torch.log(window.clamp(min=1e-9) / reference.clamp(min=1e-9)) / bin_log  # (B,) bins
+    dev = torch.log(window.clamp(min=1e-9) / band_reference(level, ref).clamp(min=1e-9)) / bin_log  # (B,) bins
     return torch.sign(dev) * (dev.abs() - band_bins).clamp(min=0.0)
 
 
@@ -602,7 +607,7 @@ def tempo_band_penalty(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: T
     curve = torch.where(use & torch.isfinite(curve), curve, torch.zeros_like(curve))  # (B,); NaN ref: none
     if not bool((curve != 0).any()):
         return logits
-    reference = level[:, 2] / level[:, 3].clamp(min=1e-9) if ref is None else ref  # (B,) s per quarter
+    reference = band_reference(level, ref)  # (B,) s per quarter
     dist = torch.log(period_s.unsqueeze(0) * scale.unsqueeze(1) / reference.unsqueeze(1)) / bin_log  # (B, V) bins
     penalty = curve.unsqueeze(1) * dist.square()  # (B, V); NaN: no Tempo token
     candidate = torch.isfinite(logits[:, 0]) & torch.isfinite(penalty)  # (B, V)

@@ -23,6 +23,17 @@ def run_cli(cmd, cwd, timeout=600) -> str:
     return proc.stdout + proc.stderr
 
 
+def stderr_of(main, argv) -> tuple:
+    """Run an in-process CLI entry point ``main(argv)``; (exit code, its stderr text)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, err.getvalue()
+
+
 def train_losses(log: str) -> list:
     """Per-epoch training losses from a fairseq-train log."""
     import re

@@ -1,13 +1,11 @@
 """The key-down floor (``--min-key-down-ms``): no rendered note is held shorter than the floor."""
-import contextlib
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VIENNA
+from conftest import VIENNA, stderr_of
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import decode_performance
 from instruct_tokenizer.encode import nominal_q
@@ -120,12 +118,10 @@ def test_negative_floor_is_one_error_line(tmp_path):
     with pytest.raises(RenderError, match="--min-key-down-ms"):
         Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=-5)
     out = tmp_path / "out.mid"
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main([str(CHOPIN), "-o", str(out), "--min-key-down-ms", "-5"])
+    code, err = stderr_of(main, [CHOPIN, "-o", out, "--min-key-down-ms", "-5"])
     assert code == 1 and not out.exists()
-    lines = err.getvalue().strip().splitlines()
-    assert len(lines) == 1 and "--min-key-down-ms" in lines[0], err.getvalue()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--min-key-down-ms" in lines[0], err
 
 
 # ------------------------------------------------------------------ unisons: one key, struck once

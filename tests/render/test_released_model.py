@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import REPO, VIENNA
+from conftest import REPO, VIENNA, stderr_of
 from instruct_tokenizer.grammar import target_slots, token_type
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling, split_bars
 
@@ -68,16 +68,11 @@ def test_bad_type_temperature_is_one_error_line(bad, tmp_path):
     from museformer.render import main
 
     out = tmp_path / "out.mid"
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main([str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"), "-o", str(out),
-                     "--type-temperature", bad])
+    code, err = stderr_of(main, [VIENNA / "musicxml" / "Chopin_op10_no3.musicxml", "-o", out,
+                                 "--type-temperature", bad])
     assert code == 1 and not out.exists()
-    lines = err.getvalue().strip().splitlines()
-    assert len(lines) == 1 and "--type-temperature" in lines[0], err.getvalue()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--type-temperature" in lines[0], err
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")

@@ -1,12 +1,10 @@
 """The tempo band (``--tempo-band``): the windowed tempo level of a rendering stays near its level so far."""
-import contextlib
-import io
 import math
 
 import pytest
 import torch
 
-from conftest import VIENNA
+from conftest import VIENNA, stderr_of
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.grammar import beat_period_s, target_slots, tempo_slot_gaps, token_type
 from museformer.model import (
@@ -108,7 +106,7 @@ def test_tempo_slot_gaps_line_up_with_the_tempo_slots():
     assert [x for x in tempo_slot_gaps(no_qpm)[1] if not math.isnan(x)] == [1.0, 1.0, 1.0]
 
 
-def _windowed_devs(renderer, toks, perf):
+def _windowed_devs(toks, perf):
     """Bins between the windowed level and the level so far after each Tempo token past the warm-up."""
     gaps, scales = tempo_slot_gaps(toks)
     level, out = torch.zeros(1, 4), []
@@ -176,10 +174,10 @@ def test_band_holds_the_level_of_a_drifting_model():
                        BIAS, half)
     banded.max_positions = free.max_positions = 400
     assert len(banded.plan(toks, 2)[2]) > 2
-    free_dev = max(_windowed_devs(free, toks, free.render_tokens(toks, Sampling(seed=0), progress=False)))
+    free_dev = max(_windowed_devs(toks, free.render_tokens(toks, Sampling(seed=0), progress=False)))
     perf = banded.render_tokens(toks, Sampling(seed=0), progress=False)
     assert [token_type(t) for t in perf] == target_slots(toks)
-    band_dev = max(_windowed_devs(banded, toks, perf))
+    band_dev = max(_windowed_devs(toks, perf))
     assert free_dev > 20.0, free_dev
     assert band_dev < 6.0 + 3.0, band_dev
 
@@ -189,12 +187,10 @@ def test_negative_band_is_one_error_line(tmp_path):
     with pytest.raises(RenderError, match="--tempo-band"):
         Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=-1)
     out = tmp_path / "out.mid"
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main([str(CHOPIN), "-o", str(out), "--tempo-band", "-1"])
+    code, err = stderr_of(main, [CHOPIN, "-o", out, "--tempo-band", "-1"])
     assert code == 1 and not out.exists()
-    lines = err.getvalue().strip().splitlines()
-    assert len(lines) == 1 and "--tempo-band" in lines[0], err.getvalue()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--tempo-band" in lines[0], err
 
 
 def test_notated_anchor_centres_the_band_on_the_notated_tempo():
