@@ -35,6 +35,15 @@ MIN_KEY_DOWN_MS = 25.0
 # on both seeds (README, model card).
 TEMPO_BAND_BINS = 12.0
 TEMPO_ANCHOR = "notated"
+# Fermata hold (instruct-render's default, --fermata-hold; docs/tokens.md, Fermata hold): at the Tempo slot of
+# an onset group holding a Mark_fermata note and of the group after it (whose Tempo encodes the held gap), the
+# expected beat period is at least this many tempo bins (2.9 % steps: 15 bins is x1.54) slower than the
+# 8-quarter level before it. Over the (n)ASAP training lines, the human lift over that reference has a median
+# of +16.4 bins at the fermata's own group (1,049 fermatas) and +15.7 at the group after it (859)
+# (scripts/fermata_lift.py --human-window --split train); a lift that depends on the notated gap (a fermata
+# adds a fixed time) predicted them no better. The released model, teacher-forced, lifts the unseen pieces'
+# fermatas by 2 bins of the humans' 28.5 over the segment median (README, "Why beat-tempo r stays low").
+FERMATA_HOLD_BINS = 15.0
 
 
 def token_type(token: str) -> str:
@@ -109,6 +118,27 @@ def tempo_slot_gaps(score_tokens: Sequence[str]) -> Tuple[List[float], List[floa
     out_gap = [next(gap_it) if s == V.TEMPO else nan for s in slots]
     out_scale = [next(scale_it) if s == V.TEMPO else nan for s in slots]
     return out_gap, out_scale
+
+
+def fermata_slots(score_tokens: Sequence[str]) -> List[bool]:
+    """Per performance slot (``target_slots`` order): True at the ``Tempo`` slot of every onset group that
+    holds a ``Mark_fermata`` note and of the group right after it, False elsewhere. The ``Tempo`` token of
+    group g encodes the performed gap from group g - 1 to g (docs/tokens.md, No drift), so a held fermata
+    lengthens the gap after it (the next group's token), and performers also slow into it (its own).
+    A score without markings (score MIDI) has no such slot. Example::
+
+        Pos_0 Pitch_60 Dur_24 Staff_1 Mark_fermata  Pos_24 Pitch_62 ...  Pos_48 Pitch_64 ...
+     -> Tempo slots of the three groups: True, True, False
+    """
+    held: List[bool] = []  # per onset group: it holds a fermata
+    for t in score_tokens:
+        if token_type(t) == V.POS:
+            held.append(False)
+        elif t == V.FERMATA_MARK and held:
+            held[-1] = True
+    marked = [h or (g > 0 and held[g - 1]) for g, h in enumerate(held)]
+    groups = iter(marked)
+    return [next(groups) if slot == V.TEMPO else False for slot in target_slots(score_tokens)]
 
 
 def states_tempo(score_tokens: Sequence[str]) -> bool:

@@ -266,8 +266,8 @@ class MuseformerEncoder(FairseqEncoder):
     def reorder_encoder_out(self, encoder_out: Dict, new_order: Tensor) -> Dict:
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
-        for key in ("slots", "slot_q", "slot_once", "slot_gap", "slot_scale", "tempo_prior", "tempo_ref", "style",
-                    "anchors"):
+        for key in ("slots", "slot_q", "slot_once", "slot_gap", "slot_scale", "slot_fermata", "tempo_prior",
+                    "tempo_ref", "style", "anchors"):
             if key in encoder_out:
                 out[key] = encoder_out[key].index_select(0, new_order)
         return out
@@ -446,7 +446,9 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         repeated pitch once (``encoder_out["slot_once"]``: (B, S + 1) velocity slots that take the
         grammar's deletion token; applied after the mean), keep the tempo band (``encoder_out["slot_gap"]``,
         ``["slot_scale"]``, ``level``: (B, 4), see ``tempo_band_penalty``; before the mean, which then
-        takes the expected value under the banded distribution), and divide the logits by that type's
+        takes the expected value under the banded distribution), hold fermatas (``["slot_fermata"]``: (B, S
+        + 1) slots whose expected tempo is lifted, see ``fermata_hold``; after the band, before the mean),
+        and divide the logits by that type's
         relative temperature (1 unless set, see Grammar); a "mean" type leaves one allowed token, the one
         nearest the expected value (``expected_value_choice``)."""
         slots = encoder_out["slots"]
@@ -459,11 +461,18 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             logits = key_down_floor(logits, self.token_value.to(logits.device), nominal_q, period,
                                     self.min_key_down_s)
         slot_gap = encoder_out.get("slot_gap")
-        if slot_gap is not None and level is not None:
+        if slot_gap is not None and level is not None and self.tempo_band > 0:
             k = min(step, slot_gap.shape[1] - 1)
             logits = tempo_band_penalty(logits, self.token_period.to(logits.device), level, slot_gap[:, k],
                                         encoder_out["slot_scale"][:, k], self.tempo_band, self.tempo_bin_log,
                                         ref=encoder_out.get("tempo_ref"))
+        slot_fermata = encoder_out.get("slot_fermata")
+        if slot_fermata is not None and level is not None and period is not None:
+            k = min(step, slot_fermata.shape[1] - 1)
+            ref = fermata_reference_bin(level, period, encoder_out["slot_scale"][:, k], self.first_period,
+                                        self.tempo_bin_log)  # (B,)
+            logits = fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.fermata_hold,
+                                  slot_fermata[:, k])
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
@@ -617,6 +626,57 @@ def tempo_band_penalty(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: T
     return logits - penalty.unsqueeze(1).to(logits.dtype)  # (B, 1, V); -inf stays -inf
 
 
+# The fermata hold (--fermata-hold BINS): a fermata's onset group and the one after it are played slower.
+FERMATA_MIN_WINDOW_Q = 1.0  # quarters in the tempo window below which the latest beat period is the reference
+
+
+def fermata_reference_bin(level: Tensor, period_s: Tensor, scale: Tensor, first_period_s: float,
+                          bin_log: float) -> Tensor:
+    """(B, 4) level state (``tempo_level_update``), (B,) beat period of the latest ``Tempo`` token (s per
+    quarter; NaN: none yet), (B,) notated-tempo scale of this step -> (B,) fractional tempo bin of the
+    reference that the fermata hold lifts: the 8-quarter windowed level converted to this step's notated
+    tempo, or the latest beat period while the window holds under ``FERMATA_MIN_WINDOW_Q`` quarters (a
+    fermata in the opening bars). ``first_period_s``: bin 0's period; ``bin_log``: log period ratio of
+    one bin. NaN where neither exists."""
+    window = level[:, 0] / level[:, 1].clamp(min=1e-9) / scale  # (B,) s per quarter at this step's QPM
+    ref = torch.where(level[:, 1] >= FERMATA_MIN_WINDOW_Q, window, period_s)  # (B,)
+    return torch.log(ref / first_period_s) / bin_log
+
+
+def fermata_hold(logits: Tensor, tempo_ids: Tensor, ref_bin: Tensor, lift_bins: float, active: Tensor) -> Tensor:
+    """(B, 1, V) masked logits, (N,) dictionary ids of the ``Tempo`` tokens in bin order, (B,) reference
+    bin (fractional; NaN: no reference), lift (bins), (B,) rows at a fermata slot -> logits whose ``Tempo``
+    distribution is moved k whole bins slower, k the least that brings its expected bin to ref_bin +
+    lift_bins or beyond (rows already there, inactive or without a reference are unchanged). The shape of
+    the model's distribution is kept (a sample keeps its spread; ``Tempo=mean`` then picks the lifted
+    mean): bin b takes the logit of bin b - k, the top bin gathers the mass of every bin shifted past it
+    (log-sum-exp), and bins below k that were allowed get ``FORCEABLE_LOGIT`` (still forceable as a
+    segment's overlap). Example: expected bin 60.4, reference 58.0, lift 15: k = ceil(73.0 - 60.4) = 13,
+    the old bin 60 becomes bin 73."""
+    if not bool(active.any()):
+        return logits
+    n = tempo_ids.numel()
+    old = logits[:, 0, tempo_ids].float()  # (B, N)
+    bins = torch.arange(n, device=logits.device, dtype=torch.float)  # (N,)
+    p = torch.softmax(old, dim=-1).nan_to_num(0.0)  # (B, N); a row with no Tempo token is all NaN -> 0
+    expected = (p * bins).sum(-1)  # (B,)
+    k = torch.ceil(ref_bin + lift_bins - expected - 1e-6)  # (B,)
+    use = active & torch.isfinite(k) & (k > 0) & torch.isfinite(old).any(-1)  # (B,)
+    if not bool(use.any()):
+        return logits
+    k = torch.where(use, k, torch.zeros_like(k)).clamp(max=n - 1).long()  # (B,)
+    src = bins.long().unsqueeze(0) - k.unsqueeze(1)  # (B, N) source bin of each bin
+    shifted = old.gather(1, src.clamp(min=0))  # (B, N)
+    tail = torch.logcumsumexp(old.flip(-1), dim=-1).flip(-1)  # (B, N): log-sum-exp of bins j..N-1
+    shifted[:, -1] = tail.gather(1, src[:, -1:].clamp(min=0)).squeeze(1)  # the top bin gathers the rest
+    below = src < 0  # (B, N)
+    shifted = torch.where(below, old.masked_fill(torch.isfinite(old), FORCEABLE_LOGIT), shifted)  # (B, N)
+    new = torch.where(use.unsqueeze(1), shifted, old)  # (B, N)
+    out = logits.clone()
+    out[:, 0, tempo_ids] = new.to(logits.dtype)
+    return out
+
+
 def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
     """Per-slot rows of unequal length -> (B, max_len + 1) tensor, ``fill`` after each row's end (the
     extra column is the EOS step)."""
@@ -636,7 +696,9 @@ class Grammar:
                  once: Optional[Tuple[str, Callable[[Sequence[str]], List[bool]]]] = None,
                  tempo_band: float = 0.0,
                  tempo_gaps: Optional[Callable[[Sequence[str]], Tuple[List[float], List[float]]]] = None,
-                 tempo_anchor: str = "notated", states_tempo: Optional[Callable[[Sequence[str]], bool]] = None):
+                 tempo_anchor: str = "notated", states_tempo: Optional[Callable[[Sequence[str]], bool]] = None,
+                 fermata_hold: float = 0.0,
+                 fermata_slots: Optional[Callable[[Sequence[str]], List[bool]]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
         ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
         e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}
@@ -655,7 +717,11 @@ class Grammar:
         the notated gap and notated-tempo scale of each ``Tempo`` slot (NaN elsewhere), and
         ``beat_period_s`` each tempo token's period; ``tempo_anchor``: "self" centres the band on the
         rendering's level so far, "notated" on the notated tempo where ``states_tempo(score_tokens)``
-        says the score states one (no band where it states none)."""
+        says the score states one (no band where it states none);
+        ``fermata_hold`` (bins; 0: off): at the slots where ``fermata_slots(score_tokens)`` says True (the
+        ``Tempo`` slots of a fermata's onset group and the group after it), move the tempo distribution so
+        that its expected bin is at least that many bins slower than the windowed level
+        (``fermata_hold``, the function); it needs ``tempo_gaps`` and ``beat_period_s`` too."""
         self.src_dict, self.target_slots, self.beat_period_s = src_dict, target_slots, beat_period_s
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
@@ -701,12 +767,23 @@ class Grammar:
         if tempo_anchor == "notated" and self.tempo_band > 0 and states_tempo is None:
             raise ValueError("--tempo-anchor notated: the grammar module gives no states_tempo")
         self.tempo_anchor, self.states_tempo = tempo_anchor, states_tempo
-        if self.tempo_band > 0:
-            if not (tempo_gaps and beat_period_s):
-                raise ValueError("--tempo-band: the grammar module gives no tempo_slot_gaps and beat_period_s")
+        self.fermata_hold, self.fermata_slots = float(fermata_hold), fermata_slots
+        if self.fermata_hold < 0:
+            raise ValueError("--fermata-hold: must be >= 0")
+        if self.fermata_hold > 0 and fermata_slots is None:
+            raise ValueError("--fermata-hold: the grammar module gives no fermata_slots")
+        self.tempo_ids, self.first_period = None, float("nan")  # Tempo token ids in bin order, bin 0's period
+        for flag, on in (("--tempo-band", self.tempo_band > 0), ("--fermata-hold", self.fermata_hold > 0)):
+            if on and not (tempo_gaps and beat_period_s):
+                raise ValueError(f"{flag}: the grammar module gives no tempo_slot_gaps and beat_period_s")
+        if self.tracks_level:
             self.period = self.numbers(tgt_dict, beat_period_s)  # (V,)
-            logs = torch.log(self.period[torch.isfinite(self.period)]).unique()  # sorted
+            finite = torch.isfinite(self.period)
+            logs = torch.log(self.period[finite]).unique()  # sorted
             self.tempo_bin_log = float(logs.diff().median())  # log period ratio of one bin
+            ids = torch.nonzero(finite).squeeze(1)  # (N,)
+            self.tempo_ids = ids[torch.argsort(self.period[ids])]  # (N,) slowest last
+            self.first_period = float(self.period[self.tempo_ids[0]])
         if mean_types or self.period is not None:
             self.value = self.numbers(tgt_dict, token_value)  # (V,)
         if mean_types:
@@ -724,6 +801,11 @@ class Grammar:
             for name, t in temperatures.items():
                 self.scale[self.type_id[name]] = 1.0 / t
 
+    @property
+    def tracks_level(self) -> bool:
+        """Whether decoding keeps the tempo level state (the tempo band and the fermata hold read it)."""
+        return self.tempo_band > 0 or self.fermata_hold > 0
+
     @staticmethod
     def numbers(tgt_dict, number_of: Callable[[str], Optional[float]]) -> Tensor:
         """(V,) float: ``number_of(token)`` for every target token, NaN where it gives None."""
@@ -740,7 +822,9 @@ class Grammar:
         """(B, T) source ids -> what ``MuseformerDecoder.constrain`` reads at each step, every tensor
         (B, max_slots + 1) with one column for the EOS step: ``slots`` (type ids, EOS after each row's
         last slot); with the key-down floor, ``slot_q`` (notated quarters of each articulation slot, NaN
-        elsewhere); with a ``once`` rule, ``slot_once`` (the slots that take ``once_token``)."""
+        elsewhere); with a ``once`` rule, ``slot_once`` (the slots that take ``once_token``); with the
+        tempo band or the fermata hold, ``slot_gap`` and ``slot_scale`` (``tempo_gaps``); with the
+        fermata hold, ``slot_fermata``; with the band's notated anchor, ``tempo_ref`` (B,)."""
         rows = self.score_rows(src_tokens, valid)
         dev = src_tokens.device
         eos = self.type_id[EOS_TYPE]
@@ -749,10 +833,13 @@ class Grammar:
             out["slot_q"] = pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, dev)
         if self.once_slots is not None:
             out["slot_once"] = pad_rows([self.once_slots(r) for r in rows], False, torch.bool, dev)
-        if self.tempo_band > 0:
+        if self.tracks_level:
             gaps = [self.tempo_gaps(r) for r in rows]
             out["slot_gap"] = pad_rows([g for g, _ in gaps], float("nan"), torch.float, dev)
             out["slot_scale"] = pad_rows([c for _, c in gaps], float("nan"), torch.float, dev)
+        if self.fermata_hold > 0:
+            out["slot_fermata"] = pad_rows([self.fermata_slots(r) for r in rows], False, torch.bool, dev)
+        if self.tempo_band > 0:
             if self.tempo_anchor == "notated":  # 0.5 s per quarter: the notated tempo, in the level's units
                 out["tempo_ref"] = torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
                                                 device=dev)  # (B,)
@@ -887,6 +974,9 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         self.decoder.once_token = grammar.once_token
         self.decoder.tempo_band = grammar.tempo_band
         self.decoder.tempo_bin_log = grammar.tempo_bin_log
+        self.decoder.fermata_hold = grammar.fermata_hold
+        self.decoder.tempo_ids = grammar.tempo_ids
+        self.decoder.first_period = grammar.first_period
 
 
 @register_model_architecture("museformer_s2p", "museformer_s2p")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars
-from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS, target_slots
+from instruct_tokenizer.grammar import FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS, target_slots
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
@@ -110,7 +110,8 @@ class Renderer:
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
                         allow_deletions: bool = False, type_temperature: str = "",
                         min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True,
-                        tempo_band: float = TEMPO_BAND_BINS, tempo_anchor: str = TEMPO_ANCHOR) -> "Renderer":
+                        tempo_band: float = TEMPO_BAND_BINS, tempo_anchor: str = TEMPO_ANCHOR,
+                        fermata_hold: float = FERMATA_HOLD_BINS) -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
         performances in its training data do; by default every score note is played.
         ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
@@ -120,7 +121,10 @@ class Renderer:
         ``tempo_band``: keep the windowed tempo level within that many tempo bins of the reference (0:
         off; ``museformer.model.tempo_band_penalty``); segments continue the level of the bars before
         them; ``tempo_anchor``: the reference ("notated": the notated tempo where the score states one,
-        no band elsewhere; "self": the rendering's level so far)."""
+        no band elsewhere; "self": the rendering's level so far).
+        ``fermata_hold``: at a fermata's onset and the onset after it, the expected beat period is at
+        least that many tempo bins slower than the 8 quarters before (0: off; ``museformer.model.fermata_hold``;
+        needs score tokens with markings)."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -145,6 +149,7 @@ class Renderer:
         args.unisons_once = unisons_once
         args.tempo_band = tempo_band
         args.tempo_anchor = tempo_anchor
+        args.fermata_hold = fermata_hold
         try:
             task = tasks.setup_task(args)
         finally:
@@ -288,7 +293,7 @@ class Renderer:
                      perf_bars: Sequence[Sequence[str]]) -> Optional[torch.Tensor]:
         """The tempo band's (4,) level state after the rendered bars before a segment (None when the
         band is off or there are none)."""
-        if self.grammar is None or self.grammar.tempo_band <= 0 or not perf_bars:
+        if self.grammar is None or not self.grammar.tracks_level or not perf_bars:
             return None
         return self.grammar.level_after(list(prefix) + [t for b in score_bars for t in b],
                                         [t for b in perf_bars for t in b])
@@ -338,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"what --tempo-band centres on: the notated tempo where the score states one other "
                         f"than 120, no band elsewhere (notated), or the rendering's own level so far (self; "
                         f"default {TEMPO_ANCHOR})")
+    p.add_argument("--fermata-hold", type=float, default=FERMATA_HOLD_BINS, metavar="BINS",
+                   help=f"play a fermata's onset and the onset after it (the held gap) at least BINS tempo bins "
+                        f"(2.9%% steps) slower than the 8 quarters before, in expectation (default "
+                        f"{FERMATA_HOLD_BINS:g}: the training performances' median; 0: off; MusicXML input only)")
     p.add_argument("--keep-unisons", action="store_true",
                    help="strike both notes where two voices share a pitch at one onset (by default the key "
                         "is struck once, for the longer note: a piano cannot play both)")
@@ -373,6 +382,7 @@ def render_file(args: argparse.Namespace) -> List[Path]:
                                         type_temperature=args.type_temperature,
                                         min_key_down_ms=args.min_key_down_ms,
                                         unisons_once=not args.keep_unisons, tempo_band=args.tempo_band,
+                                        fermata_hold=args.fermata_hold,
                                         tempo_anchor=args.tempo_anchor)
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
                                          performer=args.performer, unfold_repeats=not args.no_repeats)

@@ -76,6 +76,12 @@ class MuseformerS2PTask(TranslationTask):
         parser.add_argument("--tempo-anchor", default="notated", choices=["notated", "self"],
                             help="what --tempo-band centres on: the rendering's own level so far (self) or "
                                  "the notated tempo where the score states one other than 120, no band elsewhere (notated)")
+        parser.add_argument("--fermata-hold", type=float, default=0.0, metavar="BINS",
+                            help="at the onset of a fermata and the onset after it, move the tempo "
+                                 "distribution so that its expected beat period is at least BINS tempo bins "
+                                 "(2.9%% steps) slower than the tempo of the 8 quarters before (0: off; "
+                                 "instruct-render uses the grammar module's FERMATA_HOLD_BINS; see "
+                                 "museformer.model.fermata_hold)")
         # fmt: on
 
     @classmethod
@@ -103,7 +109,9 @@ class MuseformerS2PTask(TranslationTask):
                        tempo_band=float(getattr(self.args, "tempo_band", 0.0) or 0.0),
                        tempo_gaps=getattr(module, "tempo_slot_gaps", None),
                        tempo_anchor=getattr(self.args, "tempo_anchor", "notated") or "notated",
-                       states_tempo=getattr(module, "states_tempo", None))
+                       states_tempo=getattr(module, "states_tempo", None),
+                       fermata_hold=float(getattr(self.args, "fermata_hold", 0.0) or 0.0),
+                       fermata_slots=getattr(module, "fermata_slots", None))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):

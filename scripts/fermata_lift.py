@@ -10,6 +10,13 @@ them), the script runs the model teacher-forced on the human ``.perf`` line and 
 that follows a group with a fermata, the human bin and the model's expected bin (sum of p x bin over
 the ``Tempo`` tokens), each minus its own median over the segment's onsets. Bins are 3 % steps of the
 beat period: +23 bins is about x2. Prints one line: fermatas counted, mean human lift, mean model lift.
+
+    python scripts/fermata_lift.py --human-window --tokens TOK --split train
+
+gives the figures behind ``--fermata-hold`` (``grammar.FERMATA_HOLD_BINS``): over every line of the split
+that holds a fermata, the human ``Tempo`` bin of the fermata's own onset group and of the group after it
+minus the reference that the hold lifts (``museformer.model.fermata_reference_bin``: the 8-quarter
+windowed level of the groups before, by the decoder's own arithmetic), median and quartiles.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer import vocab as V  # noqa: E402
+from instruct_tokenizer.grammar import beat_period_s, fermata_slots, tempo_slot_gaps  # noqa: E402
 from instruct_tokenizer.score import with_marking_state  # noqa: E402
 
 
@@ -45,6 +53,58 @@ def fermata_lifts(score_tokens: Sequence[str], human_bins: Sequence[float],
     given per onset group, in order (one ``Tempo`` token each)."""
     human, model = np.asarray(human_bins, float), np.asarray(model_bins, float)
     return [(human[g] - np.median(human), model[g] - np.median(model)) for g in groups_after_fermata(score_tokens)]
+
+
+def window_lifts(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> List[Tuple[str, float]]:
+    """Per slot that the fermata hold lifts (``grammar.fermata_slots``): ("own" for the fermata's own
+    onset group, "after" for the group after it; a group that is both counts as "own"), and its
+    ``Tempo`` bin minus the hold's reference bin before it (``fermata_reference_bin``, the decoder's
+    level arithmetic); slots with no reference yet (the first group) are left out."""
+    import torch
+
+    from museformer.model import fermata_reference_bin, tempo_level_update
+
+    first, bin_log = V.tempo_value(0), float(np.log(V.tempo_value(1) / V.tempo_value(0)))
+    held, (gaps, scales) = fermata_slots(score_tokens), tempo_slot_gaps(score_tokens)
+    group, fermata_groups = -1, set()
+    for t in score_tokens:
+        if t.startswith(V.POS + "_"):
+            group += 1
+        elif t == V.FERMATA_MARK:
+            fermata_groups.add(group)
+    level = torch.zeros(1, 4, dtype=torch.float64)
+    latest, group, out = torch.tensor([float("nan")], dtype=torch.float64), -1, []
+    for k, (tok, gap, scale) in enumerate(zip(perf_tokens, gaps, scales)):
+        period = beat_period_s(tok) if gap == gap else None  # NaN gap: no Tempo slot
+        if period is None:
+            continue
+        group += 1
+        if held[k]:
+            ref = fermata_reference_bin(level, latest, torch.tensor([scale], dtype=torch.float64), first, bin_log)
+            if torch.isfinite(ref).all():
+                out.append(("own" if group in fermata_groups else "after", int(V.parse(tok)[1]) - float(ref)))
+        p = torch.tensor([period], dtype=torch.float64)
+        level = tempo_level_update(level, p, torch.tensor([gap], dtype=torch.float64),
+                                   torch.tensor([scale], dtype=torch.float64))
+        latest = p
+    return out
+
+
+def human_window_summary(scores: Sequence[str], perfs: Sequence[str]) -> str:
+    """One line per kind ("own", "after"): count, median and quartiles of ``window_lifts`` over the
+    lines holding a fermata."""
+    lifts: dict = {"own": [], "after": []}
+    for score, perf in zip(scores, perfs):
+        if V.FERMATA_MARK in score.split():
+            for kind, lift in window_lifts(score.split(), perf.split()):
+                lifts[kind].append(lift)
+    rows = []
+    for kind, v in lifts.items():
+        if v:
+            q1, med, q3 = np.percentile(v, [25, 50, 75])
+            rows.append(f"{kind}: {len(v)} fermatas, human lift over the hold's reference: median {med:+.1f} "
+                        f"bins (quartiles {q1:+.1f}, {q3:+.1f})")
+    return "\n".join(rows)
 
 
 def expected_tempo_bins(renderer, score: Sequence[str], perf: Sequence[str]) -> Tuple[List[float], List[float]]:
@@ -71,12 +131,30 @@ def expected_tempo_bins(renderer, score: Sequence[str], perf: Sequence[str]) -> 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="model file (.pt)")
+    ap.add_argument("--checkpoint", default=None, help="model file (.pt); not needed with --human-window")
     ap.add_argument("--data", default=None, help="fairseq data dir with the dictionaries (training checkpoints)")
     ap.add_argument("--tokens", required=True, help="instruct-tokenize build (with --xml-markings)")
     ap.add_argument("--split", default="test", help="split of --tokens (default test: unseen pieces)")
     ap.add_argument("--lines", type=int, default=60, help="the first N lines holding a fermata")
+    ap.add_argument("--human-window", action="store_true",
+                    help="no model: the human lifts over the fermata hold's reference (--fermata-hold's figures)")
     a = ap.parse_args(argv)
+    if a.human_window:
+        try:
+            scores = (Path(a.tokens) / f"{a.split}.score").read_text().splitlines()
+            perfs = (Path(a.tokens) / f"{a.split}.perf").read_text().splitlines()
+        except OSError as e:
+            print(f"fermata_lift: error: {e}", file=sys.stderr)
+            return 1
+        summary = human_window_summary(scores, perfs)
+        if not summary:
+            print(f"fermata_lift: no fermata in {a.tokens}/{a.split}.score", file=sys.stderr)
+            return 1
+        print(f"{a.split}:\n{summary}")
+        return 0
+    if not a.checkpoint:
+        print("fermata_lift: error: --checkpoint is needed (or --human-window)", file=sys.stderr)
+        return 1
     from tqdm import tqdm
 
     from museformer.render import Renderer, RenderError

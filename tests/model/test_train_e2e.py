@@ -87,7 +87,8 @@ def test_generate_keeps_the_key_down_floor(trained):
     log = run([BIN / "fairseq-generate", "bin", "--user-dir", REPO / "museformer", "--task", "museformer_s2p",
                "--path", "ckpt/checkpoint_best.pt", "--gen-subset", "test", "--cpu", "--batch-size", "8",
                "--sampling", "--beam", "1", "--temperature", "1.5", "--min-key-down-ms", "80", "--no-deletions", "--unisons-once",
-               "--type-temperature", "Tempo=mean", "--tempo-band", "6", "--tempo-anchor", "self"], root)
+               "--type-temperature", "Tempo=mean", "--tempo-band", "6", "--tempo-anchor", "self",
+               "--fermata-hold", "15"], root)
     ok, n = _valid_rate(root, log)
     assert n > 0 and ok == n, f"{ok}/{n} valid"
     src = (root / "tok" / "test.score").read_text().splitlines()

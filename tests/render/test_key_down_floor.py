@@ -109,7 +109,8 @@ def test_rendered_notes_are_held_at_least_the_floor():
 def test_default_floor_is_the_grammar_constant():
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
     assert r.task.load_grammar().min_key_down_s == pytest.approx(MIN_KEY_DOWN_MS / 1000)
-    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=0, tempo_band=0)  # the band reads periods too
+    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=0, tempo_band=0,
+                                   fermata_hold=0)  # the band and the fermata hold read periods too
     assert off.task.load_grammar().period is None
 
 
