@@ -469,10 +469,11 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         slot_fermata = encoder_out.get("slot_fermata")
         if slot_fermata is not None and level is not None and period is not None:
             k = min(step, slot_fermata.shape[1] - 1)
-            ref = fermata_reference_bin(level, period, encoder_out["slot_scale"][:, k], self.first_period,
-                                        self.tempo_bin_log)  # (B,)
-            logits = fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.fermata_hold,
-                                  slot_fermata[:, k])
+            held = slot_fermata[:, k]  # (B,)
+            if held.any():
+                ref = fermata_reference_bin(level, period, encoder_out["slot_scale"][:, k], self.first_period,
+                                            self.tempo_bin_log)  # (B,)
+                logits = fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.fermata_hold, held)
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)

@@ -146,8 +146,9 @@ def test_human_ceiling_is_far_below_methods(bench_results):
     assert m["overall_js"] < bench_results["Pianist Transformer"]["metrics"]["overall_js"] / 4
 
 
-@pytest.mark.xfail(strict=True, reason="pooled even-k vs odd-k gives 0.018 overall, the README 0.030; the README "
-                                      "does not state its split and no split tried reproduces it (docs/evaluation.md)")
+@pytest.mark.xfail(strict=True, reason="pooled even-k vs odd-k gives 0.018 overall, the README 0.030: the README's "
+                                      "figures lie outside every piece-balanced split and inside random file halves "
+                                      "(scripts/human_ceiling_splits.py, docs/evaluation.md)")
 def test_reproduces_readme_human_row(bench_results):
     m = bench_results["human, even k vs odd k"]["metrics"]
     ours = [m[k] for k in ("velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js", "overall_inter")]
