@@ -80,9 +80,19 @@ def render_dir(renderer, scores: dict, out: Path, sampling, batch: int, reuse: b
     keys = sorted(scores)
     perfs = renderer.render_many([scores[k] for k in keys], sampling, batch_size=batch)
     seconds = time.time() - t0
+    valid = sum(structurally_valid(scores[k], perf) for k, perf in zip(keys, perfs))
+    print(f"structural validity {valid}/{len(keys)} in {out.name}: the grammar's slot for every token "
+          f"(one performance event per score note, the same bars)")
     for k, perf in zip(keys, perfs):
         tokens_to_midi(scores[k], perf, str(out / f"{k}.mid"))
     return seconds
+
+
+def structurally_valid(score_tokens, perf_tokens) -> bool:
+    """Whether a rendering has exactly the token types the performance grammar asks for, slot by slot."""
+    from instruct_tokenizer.grammar import target_slots, token_type
+
+    return [token_type(t) for t in perf_tokens] == target_slots(score_tokens)
 
 
 def opening(tokens, max_tokens: int):

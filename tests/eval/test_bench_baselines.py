@@ -90,3 +90,11 @@ def test_timing_summary_length_ratio_and_key_down(tmp_path):
     assert t["ours"]["under_20ms_share"] == pytest.approx(2 / 3)
     assert t["human"]["length_ratio_min"] == pytest.approx(10 / 11, abs=1e-3)
     assert t["human"]["key_down_median_ms"] == pytest.approx(100, abs=1)
+
+
+def test_structurally_valid_follows_the_grammar():
+    score = "Bar_None Pos_0 Pitch_60 Dur_12 Staff_1".split()
+    perf = "Bar_None Tempo_60 Sus_None Sus_None Sus_None Soft_None Vel_30 Time_0 Art_0.00".split()
+    assert BQ.structurally_valid(score, perf)
+    assert not BQ.structurally_valid(score, perf[:-1])  # a note without its articulation
+    assert not BQ.structurally_valid(score, perf[:1] + perf[2:] + perf[1:2])  # slots out of order
