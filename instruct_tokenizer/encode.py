@@ -197,12 +197,17 @@ def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[Li
     """Per onset group, ``slots`` pedal tokens: offsets (ms) of the changes after the group's grid time."""
     kind = V.SUS if slots == SUS_SLOTS else V.SOFT
     none = _PEDAL_NONE[slots] if slots in _PEDAL_NONE else [V.tok(kind, V.NONE)] * slots
+    per_group = assign_pedal(changes, grid_s, slots)
+    flat_ms = np.array([o for offsets in per_group for o in sorted(offsets)], np.float64) * 1000.0
+    values = V._PEDAL_CENTERS_MS[V.nearest_index(V._PEDAL_CENTERS_MS, flat_ms)].astype(np.int64).tolist()
     out = []
-    for offsets in assign_pedal(changes, grid_s, slots):
+    k = 0
+    for offsets in per_group:
         if not offsets:
             out.append(none)
             continue
-        toks = [V.tok(kind, V.quantise_pedal(o)) for o in sorted(offsets)]
+        toks = [V.tok(kind, v) for v in values[k:k + len(offsets)]]  # = V.quantise_pedal of each offset
+        k += len(offsets)
         out.append(toks + [V.tok(kind, V.NONE)] * (slots - len(toks)))
     return out
 
@@ -249,7 +254,7 @@ def _longest_nondecreasing(x: np.ndarray) -> np.ndarray:
     """Indices of a longest non-decreasing subsequence of ``x`` (patience sorting, O(n log n))."""
     tails: List[float] = []  # smallest tail value of a run of each length
     tail_idx: List[int] = []
-    prev = np.full(len(x), -1, np.int64)
+    prev = [-1] * len(x)
     for i, v in enumerate(x.tolist()):
         k = bisect.bisect_right(tails, v)
         if k == len(tails):

@@ -4,6 +4,11 @@ Times are compared after the encoder's global shift (decoded = performed - shift
 Alignment outliers (played notes more than the ``Time`` range from their chord or out of the score's
 order, :func:`encode.alignment_outliers`) are encoded as not played: they are counted (``outliers``),
 not compared.
+
+Pedal changes are compared in two sets: the audible ones, up to the moment the piano falls silent
+(:func:`sound_end_s`), and the silent ones after it (a recording that runs on after the piece: in
+(n)ASAP two files hold 1,614 and 266 sustain changes up to 17 minutes after the last note). Both are
+reported; the acceptance bound is on the audible set.
 """
 from __future__ import annotations
 
@@ -42,6 +47,34 @@ def _max_ms(true_t: np.ndarray, decoded_t: np.ndarray) -> float:
     return float(np.max(near) * 1000.0) if len(near) else 0.0
 
 
+def sound_end_s(mf: MatchFile) -> float:
+    """Performed time (s) at which the piano falls silent: the last key release, or, when the sustain
+    pedal is down then, its next release (inf when it is never released)."""
+    played = mf.played & ~np.isnan(mf.offset_s)
+    if not played.any():
+        return float("inf")
+    last_release = float(np.max(mf.offset_s[played]))
+    changes = np.array(pedal_changes(mf.sustain))
+    down_at_release = int(np.sum(changes <= last_release)) % 2 == 1  # toggles from 'up'
+    if not down_at_release:
+        return last_release
+    later = changes[changes > last_release]
+    return float(later[0]) if len(later) else float("inf")
+
+
+def _pedal_figures(name: str, true_t: np.ndarray, decoded_t: np.ndarray, end_s: float) -> Dict[str, float]:
+    """Share within 20 ms and worst error of the audible changes (at or before ``end_s``), and the
+    same share of the silent ones after it."""
+    audible, silent = true_t[true_t <= end_s + 1e-9], true_t[true_t > end_s + 1e-9]
+    return {
+        f"{name}_changes": float(len(audible)),
+        f"{name}_within_20ms": _pedal_share(audible, decoded_t),
+        f"{name}_max_err_ms": _max_ms(audible, decoded_t),
+        f"{name}_silent_changes": float(len(silent)),
+        f"{name}_silent_within_20ms": _pedal_share(silent, decoded_t),
+    }
+
+
 def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
     enc = encode_match(mf)
     perf = decode_performance(enc.score, enc.perf)
@@ -58,6 +91,7 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
     sus_dec = np.array([t for t, _ in perf.sustain])
     soft_true = np.array(pedal_changes(mf.soft)) - enc.shift_s
     soft_dec = np.array([t for t, _ in perf.soft])
+    end_s = sound_end_s(mf) - enc.shift_s
     return {
         "notes": float(len(err)),
         "outliers": float(n_outliers),
@@ -67,10 +101,6 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
         "onset_end_ms": float(np.mean(err[-k:])),
         "velocity_max": float(np.max(np.abs(perf.velocity[played] - mf.velocity[o][played]))),
         "duration_ratio_median": float(np.median(ratio)),
-        "pedal_changes": float(len(sus_true)),
-        "pedal_within_20ms": _pedal_share(sus_true, sus_dec),
-        "pedal_max_err_ms": _max_ms(sus_true, sus_dec),
-        "soft_changes": float(len(soft_true)),
-        "soft_within_20ms": _pedal_share(soft_true, soft_dec),
-        "soft_max_err_ms": _max_ms(soft_true, soft_dec),
+        **_pedal_figures("pedal", sus_true, sus_dec, end_s),
+        **_pedal_figures("soft", soft_true, soft_dec, end_s),
     }

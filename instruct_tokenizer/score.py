@@ -264,6 +264,42 @@ def _parse_cached(t: str) -> Tuple[str, str]:
     return r
 
 
+# score_timeline reads each token through a small cache: token -> (kind, value already converted)
+_PITCH_K, _DUR_K, _STAFF_K, _POS_K, _BAR_K, _TS_K, _BAR_LEN_K, _TIMELESS_K, _OTHER_K = range(9)
+_TIMELINE_ENTRY: Dict[str, Tuple[int, object]] = {}
+
+
+def _timeline_entry(t: str) -> Tuple[int, object]:
+    """(kind, value) of a score token for :func:`score_timeline`: Pitch/Staff as int, Dur/Pos/BarLen in
+    quarters, TimeSig as (num, den)."""
+    r = _TIMELINE_ENTRY.get(t)
+    if r is not None:
+        return r
+    type_, value = V.parse(t)
+    if type_ == V.PITCH:
+        r = (_PITCH_K, int(value))
+    elif type_ == V.DUR:
+        r = (_DUR_K, int(value) / V.GRID)
+    elif type_ == V.STAFF:
+        r = (_STAFF_K, int(value))
+    elif type_ == V.POS:
+        r = (_POS_K, int(value) / V.GRID)
+    elif type_ == V.BAR:
+        r = (_BAR_K, None)
+    elif type_ == V.TIME_SIG:
+        num, den = value.split("/")
+        r = (_TS_K, (int(num), int(den)))
+    elif type_ == V.BAR_LEN:
+        r = (_BAR_LEN_K, int(value) / V.GRID)
+    elif type_ in _TIMELESS_TYPES:
+        r = (_TIMELESS_K, None)  # markings and the notated tempo carry no score time
+    else:
+        r = (_OTHER_K, None)
+    if len(_TIMELINE_ENTRY) < 100000:
+        _TIMELINE_ENTRY[t] = r
+    return r
+
+
 def score_timeline(tokens: Sequence[str]) -> Timeline:
     """Parse score tokens into the timeline. Raises ValueError on a malformed stream."""
     prefix: List[str] = []
@@ -274,37 +310,37 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
     groups_q: List[float] = []
     groups_bar: List[int] = []
     n_group, n_pitch, n_dur, n_staff = [], [], [], []
-    PITCH, DUR, STAFF, POS, BAR = V.PITCH, V.DUR, V.STAFF, V.POS, V.BAR
+    cache_get = _TIMELINE_ENTRY.get
+    group_bar = -2  # bar of the last onset group
     for t in tokens:
-        type_, value = _parse_cached(t)
-        if bar < 0 and type_ != BAR:
+        entry = cache_get(t) or _timeline_entry(t)
+        kind = entry[0]
+        if bar < 0 and kind != _BAR_K:
             prefix.append(t)
-        elif type_ == PITCH:
-            if not groups_q or groups_bar[-1] != bar:
+        elif kind == _PITCH_K:
+            if group_bar != bar:
                 raise ValueError("Pitch before any Pos in its bar")
             n_group.append(len(groups_q) - 1)
-            n_pitch.append(int(value))
-        elif type_ == DUR:
-            n_dur.append(int(value) / V.GRID)
-        elif type_ == STAFF:
-            n_staff.append(int(value))
-        elif type_ == POS:
-            groups_q.append(bar_start + int(value) / V.GRID)
+            n_pitch.append(entry[1])
+        elif kind == _DUR_K:
+            n_dur.append(entry[1])
+        elif kind == _STAFF_K:
+            n_staff.append(entry[1])
+        elif kind == _POS_K:
+            groups_q.append(bar_start + entry[1])
             groups_bar.append(bar)
-        elif type_ == BAR:
+            group_bar = bar
+        elif kind == _BAR_K:
             if bar >= 0:
                 bar_start += bar_len
             bar += 1
             bar_len = nominal_bar_len_q(ts)
-        elif type_ == V.TIME_SIG:
-            num, den = value.split("/")
-            ts = (int(num), int(den))
+        elif kind == _TS_K:
+            ts = entry[1]
             bar_len = nominal_bar_len_q(ts)
-        elif type_ == V.BAR_LEN:
-            bar_len = int(value) / V.GRID
-        elif type_ in _TIMELESS_TYPES:
-            continue  # markings and the notated tempo carry no score time
-        else:
+        elif kind == _BAR_LEN_K:
+            bar_len = entry[1]
+        elif kind == _OTHER_K:
             raise ValueError(f"unexpected score token {t!r}")
     if not (len(n_pitch) == len(n_dur) == len(n_staff)):
         raise ValueError("each note needs Pitch, Dur and Staff")

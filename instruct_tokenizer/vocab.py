@@ -124,7 +124,17 @@ def _time_extension_ms() -> List[int]:
     return sorted([-p for p in pos] + pos)
 
 
-_TIME_CENTERS_MS = np.array(sorted(_time_base_ms() + _time_extension_ms()), dtype=np.float64)
+def _time_fine_ms() -> List[int]:
+    """The third set of bins, between the coarser ones past +-160 ms: 8 ms steps to +-800 and 10 ms steps
+    to +-4000, so that every note within the range quantises to 5 ms or better (an arpeggio, a grid at
+    the tempo range's limit, a final rolled chord: the notes that made a piece's end less exact than its
+    start). Only values the earlier sets lack."""
+    old = set(_time_base_ms() + _time_extension_ms())
+    pos = list(range(168, 801, 8)) + list(range(810, 4001, 10))
+    return sorted(v for v in [-p for p in pos] + pos if v not in old)
+
+
+_TIME_CENTERS_MS = np.array(sorted(_time_base_ms() + _time_extension_ms() + _time_fine_ms()), dtype=np.float64)
 
 ART_MIN, ART_MAX, ART_STEP = -7.0, 4.0, 0.04  # log2(played / notated-at-local-tempo)
 _ART_CENTERS = np.round(np.arange(ART_MIN, ART_MAX + 1e-9, ART_STEP), 2)
@@ -144,7 +154,15 @@ def _pedal_extension_ms() -> List[int]:
     return sorted([-p for p in list(range(4, 400, 4)) + list(range(400, 1501, 10))]) + list(range(6025, 10001, 25))
 
 
-_PEDAL_CENTERS_MS = np.array(sorted(_pedal_base_ms() + _pedal_extension_ms()), dtype=np.float64)
+def _pedal_wide_ms() -> List[int]:
+    """The third set: 40 ms steps (error <= 20 ms) from 10 to 20 s after the grid time, for a pedal held
+    through a long final chord or a long pause, and from -1.54 to -14.06 s, for a pedal pressed seconds before
+    the first notes (every such change in (n)ASAP lies within these)."""
+    return sorted([-p for p in range(1540, 14061, 40)]) + list(range(10040, 20001, 40))
+
+
+_PEDAL_CENTERS_MS = np.array(sorted(_pedal_base_ms() + _pedal_extension_ms() + _pedal_wide_ms()),
+                             dtype=np.float64)
 PEDAL_MAX_MS = float(_PEDAL_CENTERS_MS[-1])
 PEDAL_MIN_MS = float(_PEDAL_CENTERS_MS[0])
 
@@ -339,7 +357,7 @@ def dictionary_tokens() -> List[str]:
     added to the project, so the indices of every token of a corpus built without them are unchanged by
     their addition (older models keep working)."""
     late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens(), perf_extension_tokens(),
-                   after_fermata_tokens()]
+                   after_fermata_tokens(), perf_fine_tokens()]
     late = {t for group in late_groups for t in group}
     base = [t for t in score_vocabulary() + perf_vocabulary() if t not in late]
     return list(dict.fromkeys(base + [t for group in late_groups for t in group]))
@@ -351,6 +369,15 @@ def perf_extension_tokens() -> List[str]:
     toks = [tok(TIME, ms) for ms in _time_extension_ms()]
     for kind in (SUS, SOFT):
         toks += [tok(kind, ms) for ms in _pedal_extension_ms()]
+    return toks
+
+
+def perf_fine_tokens() -> List[str]:
+    """Performance values of the third set (finer ``Time`` past +-160 ms, pedal offsets to -14.06 s and
+    20 s): added after the fermata tokens, so every earlier corpus keeps its indices."""
+    toks = [tok(TIME, ms) for ms in _time_fine_ms()]
+    for kind in (SUS, SOFT):
+        toks += [tok(kind, ms) for ms in _pedal_wide_ms()]
     return toks
 
 

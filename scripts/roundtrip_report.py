@@ -2,7 +2,8 @@
 """Roundtrip fidelity on every match file: tokenize -> decode -> compare with the human notes.
 
 Prints one table per dataset (median over files of each figure, plus the worst file), the files over
-the bounds, and with ``--diagnose`` the cause of every note and pedal change off by more than 20 ms:
+the bounds, the pedal changes pooled (the audible ones, up to the moment the piano falls silent, and the
+silent ones after it: ``roundtrip.sound_end_s``), and with ``--diagnose`` the cause of every note and pedal change off by more than 20 ms:
     python scripts/roundtrip_report.py ../shared/datasets/vienna4x22/match ../shared/datasets/nasap --diagnose
 
 Causes (notes): ``time_range`` the note is more than the Time range (2 s) from its group's grid;
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer.match import MatchParseError, load_match  # noqa: E402
-from instruct_tokenizer.roundtrip import roundtrip_errors  # noqa: E402
+from instruct_tokenizer.roundtrip import roundtrip_errors, sound_end_s  # noqa: E402
 
 TOL_MS = 20.0
 
@@ -57,8 +58,10 @@ def diagnose(mf) -> dict:
         else:
             c["notes_other"] += 1
     max_s = V.PEDAL_MAX_MS / 1000.0
+    end_s = sound_end_s(mf) - enc.shift_s
     for kind, events, dec in (("sus", mf.sustain, perf.sustain), ("soft", mf.soft, perf.soft)):
         true_t = np.array(pedal_changes(events)) - enc.shift_s
+        true_t = true_t[true_t <= end_s + 1e-9]  # the audible changes
         dec_t = np.sort(np.array([t for t, _ in dec]))
         for t in true_t:
             near = np.min(np.abs(dec_t - t)) if len(dec_t) else np.inf
@@ -97,6 +100,18 @@ def one_diag(path):
         return str(path), str(e)
 
 
+def print_pooled_pedal(ok, name: str, label: str) -> None:
+    """Pooled share within 20 ms of the audible changes, of the silent ones, and of all."""
+    n_aud = np.sum([r[f"{name}_changes"] for r in ok])
+    hit_aud = np.sum([r[f"{name}_within_20ms"] * r[f"{name}_changes"] for r in ok])
+    n_sil = np.sum([r[f"{name}_silent_changes"] for r in ok])
+    hit_sil = np.sum([r[f"{name}_silent_within_20ms"] * r[f"{name}_silent_changes"] for r in ok])
+    files_sil = sum(r[f"{name}_silent_changes"] > 0 for r in ok)
+    print(f"{label} changes within 20 ms, pooled: audible {hit_aud / max(n_aud, 1):.4f} ({n_aud:.0f} changes, "
+          f"{n_aud - hit_aud:.0f} off); after the piano falls silent {hit_sil / max(n_sil, 1):.4f} ({n_sil:.0f} "
+          f"changes in {files_sil} files); all {(hit_aud + hit_sil) / max(n_aud + n_sil, 1):.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", nargs="+", help="directories of match files")
@@ -127,13 +142,11 @@ def main():
         drift = np.array([r["onset_end_ms"] - r["onset_start_ms"] for r in ok])
         print(f"end - start onset error: median {np.median(drift):+.3f} ms, files with end > start + 1 ms: "
               f"{int((drift > 1).sum())}/{len(ok)}")
-        pooled_share = np.sum([r["pedal_within_20ms"] * r["pedal_changes"] for r in ok]) / max(
-            np.sum([r["pedal_changes"] for r in ok]), 1)
-        print(f"pedal changes within 20 ms, pooled: {pooled_share:.4f}")
-        soft_share = np.sum([r["soft_within_20ms"] * r["soft_changes"] for r in ok]) / max(
-            np.sum([r["soft_changes"] for r in ok]), 1)
-        print(f"soft pedal changes within 20 ms, pooled: {soft_share:.4f} "
-              f"({np.sum([r['soft_changes'] for r in ok]):.0f} changes)")
+        late = [(p, r) for p, r in res if isinstance(r, dict) and r["onset_end_ms"] > r["onset_start_ms"] + 1]
+        for p, r in late[:a.list]:
+            print(f"  end {r['onset_end_ms']:.2f} ms > start {r['onset_start_ms']:.2f} ms + 1  {p}")
+        for name, label in (("pedal", "sustain"), ("soft", "soft")):
+            print_pooled_pedal(ok, name, label)
         on = np.array([r["onset_median_ms"] for r in ok])
         print(f"files with onset median > 3 ms: {int((on > 3).sum())}; onset p99 > 20 ms: "
               f"{int((np.array([r['onset_p99_ms'] for r in ok]) > 20).sum())}")

@@ -2,7 +2,7 @@
 import numpy as np
 
 from instruct_tokenizer.match import MatchFile, parse_lines
-from instruct_tokenizer.roundtrip import roundtrip_errors
+from instruct_tokenizer.roundtrip import roundtrip_errors, sound_end_s
 
 HEADER_V1 = ["info(matchFileVersion,1.0.0).", "info(midiClockUnits,480).", "info(midiClockRate,500000).",
              "scoreprop(timeSignature,4/4,1:1,0,0.0000).", "scoreprop(timeSignature,3/2,3:1,0,8.0000)."]
@@ -139,3 +139,60 @@ def test_fermata_chord_spread_far_from_its_grid():
     err = roundtrip_errors(MatchFile(**extra))
     assert err["outliers"] == 0
     assert err["onset_p99_ms"] <= 20.0
+
+
+def test_pedal_pressed_seconds_before_the_first_note_keeps_its_time():
+    """A soft and a sustain pedal pressed 12 and 9 s before the first note (a performer settling in):
+    the first grid starts early and the wide negative pedal bins (to -14 s) hold the rest."""
+    kw = _steady()
+    kw["sustain"] = [(kw["onset_s"][0] - 9.0, 127), (kw["onset_s"][10], 0)]
+    kw["soft"] = [(kw["onset_s"][0] - 12.0, 127), (kw["onset_s"][30] + 0.05, 0)]
+    err = roundtrip_errors(MatchFile(**kw))
+    assert err["pedal_within_20ms"] == 1.0 and err["soft_within_20ms"] == 1.0
+    assert err["onset_p99_ms"] <= 3.0
+
+
+def test_pedal_held_through_a_long_final_chord():
+    """The last chord held 15 s with the pedal down, released 17 s after its onset: an audible change
+    (the sound ends there) that the pedal bins to 20 s after a grid time hold."""
+    kw = _steady()
+    kw["offset_s"] = kw["offset_s"].copy()
+    kw["offset_s"][-1] = kw["onset_s"][-1] + 15.0
+    kw["sustain"] = [(kw["onset_s"][-3], 127), (kw["onset_s"][-1] + 17.0, 0)]
+    mf = MatchFile(**kw)
+    assert sound_end_s(mf) == kw["onset_s"][-1] + 17.0
+    err = roundtrip_errors(mf)
+    assert err["pedal_changes"] == 2 and err["pedal_silent_changes"] == 0
+    assert err["pedal_within_20ms"] == 1.0
+
+
+def test_pedal_changes_after_the_piano_falls_silent_are_reported_apart():
+    """A recording that runs on: the pedal is released 1 s after the last key release (the sound ends),
+    then toggled 40 times a minute later. Those are silent: reported as such, outside the audible share."""
+    kw = _steady()
+    last_release = kw["offset_s"][-1]
+    tail = [(last_release + 60.0 + 0.5 * k, 127 if k % 2 == 0 else 0) for k in range(40)]
+    kw["sustain"] = [(kw["onset_s"][-4], 127), (last_release + 1.0, 0)] + tail
+    mf = MatchFile(**kw)
+    assert abs(sound_end_s(mf) - (last_release + 1.0)) < 1e-9
+    err = roundtrip_errors(mf)
+    assert err["pedal_changes"] == 2 and err["pedal_within_20ms"] == 1.0
+    assert err["pedal_silent_changes"] == 40 and err["pedal_silent_within_20ms"] < 1.0
+
+
+def test_sound_ends_at_the_last_release_when_the_pedal_is_up():
+    kw = _steady()
+    kw["sustain"] = [(kw["onset_s"][5], 127), (kw["onset_s"][9], 0), (kw["offset_s"][-1] + 30.0, 127)]
+    assert sound_end_s(MatchFile(**kw)) == float(np.max(kw["offset_s"]))
+
+
+def test_far_notes_quantise_within_five_ms():
+    """Every Time deviation within +-4 s quantises to 5 ms or better (1 ms within +-40 ms), so notes far
+    from their grid (arpeggios, a grid at the tempo limit) keep the end of a piece as exact as its start."""
+    from instruct_tokenizer import vocab as V
+
+    dev_s = np.linspace(-4.0, 4.0, 160001)
+    decoded_ms = np.array([V.parse(t)[1] for t in V.time_tokens(dev_s)], dtype=np.float64)
+    err_ms = np.abs(decoded_ms - dev_s * 1000.0)
+    assert err_ms.max() <= 5.0 + 1e-6
+    assert err_ms[np.abs(dev_s) <= 0.040].max() <= 0.5 + 1e-6
