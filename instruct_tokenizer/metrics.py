@@ -483,12 +483,66 @@ def training_mean_midi(score_path, out_path, stats: TrainingStats) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- per note
-PER_NOTE = ("velocity", "log_tempo", "timing", "articulation")
+PER_NOTE = ("velocity", "beat_tempo", "log_tempo", "timing", "articulation")
+
+
+def beat_log_tempo(group_q: np.ndarray, group_time_s: np.ndarray, note_q: np.ndarray) -> np.ndarray:
+    """Per note: log of the performed period (s per quarter) of the beat (quarter note, counted from
+    score time 0) that its onset lies in.
+
+    A beat's period is read off the piecewise-linear map from score time (quarters) to performed time
+    (s) through the onset groups: T(end of beat) - T(start of beat), over the beat's score length. So it
+    averages the tempo over the beat, and a grace group or an ornament's tiny gap moves it only by its
+    share of the beat, where the onset-group period (``log_tempo``) swings with every such gap. The beats
+    at the ends count only the part the groups span; a beat they do not span (the one that holds only
+    the last onset) takes the nearest earlier beat's period (else the later one's). Example::
+
+        group q (quarters)   0     1     1.5   2     3
+        group time (s)       0.0   0.5   0.75  1.5   2.0
+        beat                 [0,1)       [1,2)       [2,3)        [3,4): only q = 3, not spanned
+        period (s/quarter)   0.5         1.0         0.5          0.5 (from beat [2,3))
+
+    NaN for every note with fewer than two finite groups, and for a note whose ``note_q`` is NaN."""
+    q = np.asarray(group_q, float)
+    t = np.asarray(group_time_s, float)
+    nq = np.asarray(note_q, float)
+    ok = np.isfinite(q) & np.isfinite(t)
+    q, t = q[ok], t[ok]
+    out = np.full(len(nq), np.nan)
+    if len(q) < 2:
+        return out
+    o = np.argsort(q, kind="stable")
+    q, t = q[o], t[o]
+    first, last = int(np.floor(q[0])), int(np.floor(q[-1]))
+    beats = np.arange(first, last + 1, dtype=float)
+    lo, hi = np.maximum(beats, q[0]), np.minimum(beats + 1.0, q[-1])
+    span = hi - lo
+    spanned = span > 1e-9
+    with np.errstate(invalid="ignore", divide="ignore"):
+        period = np.where(spanned, (np.interp(hi, q, t) - np.interp(lo, q, t)) / np.where(spanned, span, 1.0), np.nan)
+    period = np.where(period > 0, period, np.nan)
+    log_p = _fill_nearest_earlier(np.log(period))
+    finite = np.isfinite(nq)
+    idx = np.clip(np.floor(nq[finite]).astype(np.int64) - first, 0, len(beats) - 1)
+    out[finite] = log_p[idx]
+    return out
+
+
+def _fill_nearest_earlier(x: np.ndarray) -> np.ndarray:
+    """NaNs replaced by the nearest earlier finite value (leading NaNs: the first finite one)."""
+    good = np.isfinite(x)
+    if not good.any():
+        return x
+    idx = np.where(good, np.arange(len(x)), -1)
+    idx = np.maximum.accumulate(idx)
+    idx[idx < 0] = int(np.argmax(good))
+    return x[idx]
 
 
 def per_note_features(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Dict[str, np.ndarray]:
-    """Per score note (token order): velocity, log beat period (s/quarter) of its onset group, timing
-    deviation from the decoded grid (ms), articulation log2(played / notated-at-local-tempo).
+    """Per score note (token order): velocity; beat-level log tempo (:func:`beat_log_tempo`, s per
+    quarter); the log period (s per quarter) of its onset group's grid step (an IOI-level tempo); timing
+    deviation from the decoded grid (ms); articulation log2(played / notated-at-local-tempo).
     Deleted notes are NaN."""
     from . import vocab as V
     from .decode import decode_performance
@@ -504,6 +558,7 @@ def per_note_features(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -
         # the Vel bin's lowest value: decoding dithers velocity inside a bin, which would give a constant
         # velocity row (deadpan) a spurious variance and correlation
         "velocity": (perf.velocity // V.VEL_STEP * V.VEL_STEP) * nan,
+        "beat_tempo": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q[tl.note_group]) * nan,
         "log_tempo": np.log(period) * nan,
         "timing": (perf.onset_s - perf.group_grid_s[tl.note_group]) * 1000.0 * nan,
         "articulation": np.log2(dur / (nominal * period)) * nan,

@@ -72,9 +72,9 @@ def plot_curves(path: Path, title: str, curves: Dict[str, Dict[str, np.ndarray]]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
     for name, f in curves.items():
         q = f["score_q"]
-        ax1.plot(q, 60.0 / np.exp(f["log_tempo"]), label=name, lw=1)
+        ax1.plot(q, 60.0 / np.exp(f["beat_tempo"]), label=name, lw=1)
         ax2.plot(q, f["velocity"], ".", ms=2, label=name)
-    ax1.set_ylabel("tempo (quarter BPM)")
+    ax1.set_ylabel("beat tempo (quarter BPM)")
     ax2.set_ylabel("velocity")
     ax2.set_xlabel("score position (quarters)")
     ax1.set_title(title)
@@ -274,9 +274,13 @@ def defined_counts(rs) -> Dict[str, int]:
     return {f"{k}_n": int(np.isfinite(np.array(v, dtype=float)).sum()) for k, v in rs.items()}
 
 
+COLUMN_LABELS = {"beat_tempo_r": "beat tempo r", "log_tempo_r": "onset tempo r"}
+
+
 def markdown(results: Dict[str, Dict[str, float]]) -> str:
     cols = [f"{k}_r" for k in PER_NOTE] + ["velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"]
-    lines = ["| row | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = ["| row | " + " | ".join(COLUMN_LABELS.get(c, c.replace("_", " ")) for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         n = f" ({r['performances']})" if "performances" in r else ""
         lines.append(f"| {name}{n} | " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols) + " |")

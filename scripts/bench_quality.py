@@ -171,9 +171,10 @@ def per_note_inputs(pieces, features, max_bars: int, report=print) -> list:
 
 
 def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=print) -> dict:
-    """Per-note velocity r and beat-tempo r against each human performance (``per_note_inputs``), for
-    the markings baseline and, with a renderer, ours (rendered from the same score tokens, instruct
-    levels "mid"): {row: {velocity_r, log_tempo_r, their counts, performances}}."""
+    """Per-note velocity r, beat-tempo r and onset-tempo r against each human performance
+    (``per_note_inputs``), for the markings baseline and, with a renderer, ours (rendered from the same
+    score tokens, instruct levels "mid"): {row: {velocity_r, beat_tempo_r, log_tempo_r, their counts,
+    performances}}."""
     from instruct_tokenizer.encode import style_prefix
     from instruct_tokenizer.markings_baseline import MarkingsError, xml_markings_perf
     from instruct_tokenizer.metrics import per_note_features, per_note_r
@@ -195,7 +196,7 @@ def per_note_table(inputs, max_bars: int, renderer=None, sampling=None, report=p
         rows["ours"] = dict(enumerate(rendered))
     out, by_perf = {}, {}
     for name, perfs in rows.items():
-        by_perf[name] = {"velocity_r": {}, "log_tempo_r": {}}  # {feature: {performance: r}}
+        by_perf[name] = {"velocity_r": {}, "beat_tempo_r": {}, "log_tempo_r": {}}  # {feature: {performance: r}}
         for i, perf in perfs.items():
             _, _, score, human = inputs[i]
             r = per_note_r(per_note_features(score, perf), per_note_features(score, human))
@@ -366,14 +367,15 @@ def main() -> int:
         for row, prefix in (("markings", "markings"), ("ours", "ours (MusicXML")):
             name = next((n for n in results if n.startswith(prefix)), None)
             if name and row in per_note:
-                extra[name] = {"velocity_r": per_note[row]["velocity_r"], "log_tempo_r": per_note[row]["log_tempo_r"]}
+                extra[name] = {k: per_note[row][k] for k in ("velocity_r", "beat_tempo_r", "log_tempo_r")}
                 print(f"{row} per-note r over {per_note[row]['performances']} (n)ASAP performances, first "
                       f"{a.per_note_bars} bars: velocity {per_note[row]['velocity_r']:.3f}, beat tempo "
-                      f"{per_note[row]['log_tempo_r']:.3f}")
+                      f"{per_note[row]['beat_tempo_r']:.3f}, onset tempo {per_note[row]['log_tempo_r']:.3f}")
         paired = per_note.get("ours, where markings has r")
         if paired:
             print(f"ours on the performances where markings has an r: velocity {paired['velocity_r']:.3f} "
-                  f"({paired['velocity_r_n']}), beat tempo {paired['log_tempo_r']:.3f} ({paired['log_tempo_r_n']})")
+                  f"({paired['velocity_r_n']}), beat tempo {paired['beat_tempo_r']:.3f} "
+                  f"({paired['beat_tempo_r_n']}), onset tempo {paired['log_tempo_r']:.3f} ({paired['log_tempo_r_n']})")
     timed = {"Pianist Transformer": sorted((BENCH / "pianist_transformer").glob("*.mid"))}
     if not a.baselines_only and not a.max_tokens_per_piece:  # an opening's length says nothing of the tempo level
         timed["ours (score MIDI)"] = sorted((out / "ours_midi").glob("*.mid"))

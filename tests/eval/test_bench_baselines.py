@@ -59,6 +59,7 @@ def test_per_note_table_ours_and_markings_on_the_same_bars():
     table = BQ.per_note_table(inputs, 8, OracleRenderer(inputs), sampling=None, report=lambda m: None)
     assert table["ours"]["performances"] == table["markings"]["performances"] == len(inputs)
     assert table["ours"]["velocity_r"] == pytest.approx(1.0)
+    assert table["ours"]["beat_tempo_r"] == pytest.approx(1.0) and table["ours"]["log_tempo_r"] == pytest.approx(1.0)
     assert -1.0 < table["markings"]["velocity_r"] < 0.99
     paired = table["ours, where markings has r"]
     assert paired["velocity_r"] == pytest.approx(1.0)

@@ -45,6 +45,8 @@ def test_markings_row_per_piece_max_bars(tok_dir, tmp_path):
     assert np.isfinite(res["markings"]["velocity_r"])  # tempo: constant within 8 bars here, so n/a
     assert not np.isfinite(res["deadpan"]["velocity_r"])  # constant velocity: no correlation
     assert res["markings"]["velocity_r"] > 0.0  # notated dynamics follow the human dynamics somewhat
+    # one tempo bin throughout: no beat-tempo r on any performance
+    assert not np.isfinite(res["model"]["beat_tempo_r"]) and res["model"]["beat_tempo_r_n"] == 0
     # only the first 8 bars of the human performances are measured
     import miditoolkit
 
