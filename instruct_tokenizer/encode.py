@@ -198,15 +198,14 @@ def pedal_slots(changes: List[float], grid_s: np.ndarray, slots: int) -> List[Li
     kind = V.SUS if slots == SUS_SLOTS else V.SOFT
     none = _PEDAL_NONE[slots] if slots in _PEDAL_NONE else [V.tok(kind, V.NONE)] * slots
     per_group = assign_pedal(changes, grid_s, slots)
-    flat_ms = np.array([o for offsets in per_group for o in sorted(offsets)], np.float64) * 1000.0
-    values = V._PEDAL_CENTERS_MS[V.nearest_index(V._PEDAL_CENTERS_MS, flat_ms)].astype(np.int64).tolist()
+    values = V.quantise_pedal_array(np.array([o for offsets in per_group for o in sorted(offsets)], np.float64))
     out = []
     k = 0
     for offsets in per_group:
         if not offsets:
             out.append(none)
             continue
-        toks = [V.tok(kind, v) for v in values[k:k + len(offsets)]]  # = V.quantise_pedal of each offset
+        toks = [V.tok(kind, v) for v in values[k:k + len(offsets)]]
         k += len(offsets)
         out.append(toks + [V.tok(kind, V.NONE)] * (slots - len(toks)))
     return out

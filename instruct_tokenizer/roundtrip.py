@@ -12,7 +12,7 @@ reported; the acceptance bound is on the audible set.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -47,14 +47,15 @@ def _max_ms(true_t: np.ndarray, decoded_t: np.ndarray) -> float:
     return float(np.max(near) * 1000.0) if len(near) else 0.0
 
 
-def sound_end_s(mf: MatchFile) -> float:
+def sound_end_s(mf: MatchFile, sustain_changes: Optional[Sequence[float]] = None) -> float:
     """Performed time (s) at which the piano falls silent: the last key release, or, when the sustain
-    pedal is down then, its next release (inf when it is never released)."""
+    pedal is down then, its next release (inf when it is never released). ``sustain_changes``: the
+    file's :func:`encode.pedal_changes` of ``mf.sustain``, when already at hand."""
     played = mf.played & ~np.isnan(mf.offset_s)
     if not played.any():
         return float("inf")
     last_release = float(np.max(mf.offset_s[played]))
-    changes = np.array(pedal_changes(mf.sustain))
+    changes = np.array(pedal_changes(mf.sustain) if sustain_changes is None else sustain_changes)
     down_at_release = int(np.sum(changes <= last_release)) % 2 == 1  # toggles from 'up'
     if not down_at_release:
         return last_release
@@ -87,11 +88,12 @@ def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
     dur_true = (mf.offset_s[o] - mf.onset_s[o])[played]
     dur_dec = (perf.offset_s - perf.onset_s)[played]
     ratio = np.abs(dur_dec / np.maximum(dur_true, 1e-3) - 1.0)
-    sus_true = np.array(pedal_changes(mf.sustain)) - enc.shift_s
+    sus_changes = pedal_changes(mf.sustain)
+    sus_true = np.array(sus_changes) - enc.shift_s
     sus_dec = np.array([t for t, _ in perf.sustain])
     soft_true = np.array(pedal_changes(mf.soft)) - enc.shift_s
     soft_dec = np.array([t for t, _ in perf.soft])
-    end_s = sound_end_s(mf) - enc.shift_s
+    end_s = sound_end_s(mf, sus_changes) - enc.shift_s
     return {
         "notes": float(len(err)),
         "outliers": float(n_outliers),

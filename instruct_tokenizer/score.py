@@ -271,10 +271,7 @@ _TIMELINE_ENTRY: Dict[str, Tuple[int, object]] = {}
 
 def _timeline_entry(t: str) -> Tuple[int, object]:
     """(kind, value) of a score token for :func:`score_timeline`: Pitch/Staff as int, Dur/Pos/BarLen in
-    quarters, TimeSig as (num, den)."""
-    r = _TIMELINE_ENTRY.get(t)
-    if r is not None:
-        return r
+    quarters, TimeSig as (num, den); cached."""
     type_, value = V.parse(t)
     if type_ == V.PITCH:
         r = (_PITCH_K, int(value))

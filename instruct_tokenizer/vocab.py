@@ -238,6 +238,12 @@ def quantise_pedal(offset_s: float) -> int:
     return int(_PEDAL_CENTERS_MS[_nearest(_PEDAL_CENTERS_MS, offset_s * 1000.0)])
 
 
+def quantise_pedal_array(offsets_s: np.ndarray) -> List[int]:
+    """Vectorised :func:`quantise_pedal`: offsets (s) -> bin values in ms."""
+    ms = np.asarray(offsets_s, dtype=np.float64) * 1000.0
+    return _PEDAL_CENTERS_MS[nearest_index(_PEDAL_CENTERS_MS, ms)].astype(np.int64).tolist()
+
+
 def fmt_art(x: float) -> str:
     return f"{x:.2f}"
 
