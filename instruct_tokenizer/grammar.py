@@ -44,6 +44,14 @@ TEMPO_ANCHOR = "notated"
 # adds a fixed time) predicted them no better. The released model, teacher-forced, lifts the unseen pieces'
 # fermatas by 2 bins of the humans' 28.5 over the segment median (README, "Why beat-tempo r stays low").
 FERMATA_HOLD_BINS = 15.0
+# Dynamics band (instruct-render's default, --dynamics-band; docs/tokens.md, Dynamics band): the notated dynamic
+# level (the markings baseline's velocity rules) scaled by DYNAMICS_REF_SCALE is the contour the rendering's
+# windowed velocity follows. Human performances follow the markings' contour at about a third of its range:
+# the least-squares slope of human on markings velocity, within each performance, is 0.357 over 67 (n)ASAP
+# training performances with MusicXML (0.358 for the 32-note windowed levels; the markings baseline's p-to-f
+# step of 36 velocities is about 13 in a human performance).
+DYNAMICS_REF_SCALE = 0.36
+DYNAMICS_BAND_BINS = 4.0
 
 
 def token_type(token: str) -> str:
@@ -139,6 +147,20 @@ def fermata_slots(score_tokens: Sequence[str]) -> List[bool]:
     marked = [h or (g > 0 and held[g - 1]) for g, h in enumerate(held)]
     groups = iter(marked)
     return [next(groups) if slot == V.TEMPO else False for slot in target_slots(score_tokens)]
+
+
+def dynamics_slot_refs(score_tokens: Sequence[str]) -> List[float]:
+    """Per performance slot (``target_slots`` order), for the dynamics band (``--dynamics-band``): at each
+    ``Vel`` slot, its note's notated dynamic level as a fractional velocity bin: the markings baseline's
+    velocity (``markings_baseline.dynamic_levels``) times ``DYNAMICS_REF_SCALE``, in ``VEL_STEP`` units
+    (the band compares offsets from it, so only its contour matters); NaN at every other slot, and at
+    every slot of a score without a dynamic marking (score MIDI: no band)."""
+    from .markings_baseline import dynamic_levels
+
+    levels = dynamic_levels(score_tokens)
+    if levels is None:
+        return [float("nan")] * len(target_slots(score_tokens))
+    return _note_values_at(score_tokens, V.VEL, (DYNAMICS_REF_SCALE * levels / V.VEL_STEP).tolist(), float("nan"))
 
 
 def states_tempo(score_tokens: Sequence[str]) -> bool:

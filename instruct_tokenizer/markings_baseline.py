@@ -206,6 +206,17 @@ def _periods(tl, group_marks, group_ts, qpm: Optional[float]) -> np.ndarray:
     return period
 
 
+def dynamic_levels(score_tokens: Sequence[str]) -> Optional[np.ndarray]:
+    """(notes,) MIDI velocity of each score note's notated dynamic level by the velocity rules above
+    (the last dynamic, wedge ramps, ``sf``/``fp``; no accents), or None when the score tokens hold no
+    constant dynamic (``Dyn_p`` .. ``Dyn_ffff``; a score MIDI has none): the reference of the
+    renderer's dynamics band (``--dynamics-band``)."""
+    if not any(t.startswith(V.DYN + "_") and t.partition("_")[2] in DYN_VELOCITY for t in score_tokens):
+        return None
+    tl, group_marks, _, _ = _parse(score_tokens)
+    return _velocities(tl, group_marks)[tl.note_group]
+
+
 def markings_perf(score_tokens: Sequence[str], qpm: Optional[float] = None) -> List[str]:
     """Performance tokens for ``score_tokens`` by the markings rules (module docstring). ``qpm``: the
     first metronome mark in quarter notes per minute (:func:`xml_qpm`), if any."""

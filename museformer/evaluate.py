@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from instruct_tokenizer.grammar import FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS
+from instruct_tokenizer.grammar import DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS
 from instruct_tokenizer.metrics import (FEATURES, BINS, MidiReadError, NoteFeatures, compare, fmt, midi_features,
                                         pooled_histograms)
 
@@ -227,6 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="--tokens: what --tempo-band centres on, as instruct-render's")
     ap.add_argument("--fermata-hold", type=float, default=FERMATA_HOLD_BINS, metavar="BINS",
                     help="--tokens: fermata hold of the model row, as instruct-render's (0: off)")
+    ap.add_argument("--dynamics-band", type=float, default=DYNAMICS_BAND_BINS, metavar="BINS",
+                    help="--tokens: dynamics band of the model row, as instruct-render's (0: off)")
     ap.add_argument("--keep-unisons", action="store_true",
                     help="--tokens: strike both notes of a unison in the model row (instruct-render's "
                          "--keep-unisons)")
@@ -271,7 +273,7 @@ def eval_tokens(a: argparse.Namespace) -> int:
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
                                             min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons,
                                             tempo_band=a.tempo_band, tempo_anchor=a.tempo_anchor,
-                                            fermata_hold=a.fermata_hold)
+                                            fermata_hold=a.fermata_hold, dynamics_band=a.dynamics_band)
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

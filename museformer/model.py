@@ -233,9 +233,11 @@ class MuseformerEncoder(FairseqEncoder):
         return fill_missing_zero_linear(state_dict, name, "style", self.style)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
-                tempo_prior: Optional[Tensor] = None, **kwargs) -> Dict:
+                tempo_prior: Optional[Tensor] = None, dynamics_prior: Optional[Tensor] = None,
+                **kwargs) -> Dict:
         """``tempo_prior``: (B, 4) tempo level state of the music before this segment (the renderer's,
-        ``Grammar.level_after``), read by the tempo band; zeros when not given."""
+        ``Grammar.level_after``), read by the tempo band; ``dynamics_prior``: (B, 4) dynamics state
+        (``Grammar.dynamics_after``), read by the dynamics band; zeros when not given."""
         valid = src_tokens.ne(self.dictionary.pad())
         bar = bar_indices(src_tokens, self.bar_idx)  # (B, T)
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding aware
@@ -256,6 +258,9 @@ class MuseformerEncoder(FairseqEncoder):
             if "slot_gap" in out:
                 prior = torch.zeros(src_tokens.shape[0], LEVEL_FIELDS, device=src_tokens.device)  # (B, 4)
                 out["tempo_prior"] = prior if tempo_prior is None else tempo_prior.to(prior)
+            if "slot_dyn" in out:
+                prior = torch.zeros(src_tokens.shape[0], DYN_FIELDS, device=src_tokens.device)  # (B, 4)
+                out["dynamics_prior"] = prior if dynamics_prior is None else dynamics_prior.to(prior)
         if self.anchors is not None:
             out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out
@@ -267,7 +272,7 @@ class MuseformerEncoder(FairseqEncoder):
         out = {"enc": encoder_out["enc"].index_select(0, new_order),
                "layout": encoder_out["layout"].select(new_order)}
         for key in ("slots", "slot_q", "slot_once", "slot_gap", "slot_scale", "slot_fermata", "tempo_prior",
-                    "tempo_ref", "style", "anchors"):
+                    "tempo_ref", "slot_dyn", "dynamics_prior", "style", "anchors"):
             if key in encoder_out:
                 out[key] = encoder_out[key].index_select(0, new_order)
         return out
@@ -379,6 +384,13 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 k = min(step - 1, encoder_out["slot_gap"].shape[1] - 1)
                 state["level"] = tempo_level_update(state["level"], period, encoder_out["slot_gap"][:, k],
                                                     encoder_out["slot_scale"][:, k])
+        if "slot_dyn" in encoder_out:
+            if "dyn" not in state:
+                state["dyn"] = encoder_out["dynamics_prior"].clone()  # (B, 4)
+            if step > 0:  # the token just read filled slot step - 1
+                k = min(step - 1, encoder_out["slot_dyn"].shape[1] - 1)
+                value = self.token_value.to(tok.device)[tok[:, 0]]  # (B,) velocity bin at a Vel slot
+                state["dyn"] = dynamics_level_update(state["dyn"], value, encoder_out["slot_dyn"][:, k])
         is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
         new_bar = state["bar"] + is_bar.long()  # (B,)
         in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
@@ -424,7 +436,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             state["next_sum_pos"] = state["next_sum_pos"] + n_s
         self.set_incremental_state(incremental_state, "fc", state)
         if "slots" in encoder_out:
-            logits = self.constrain(logits, encoder_out, step, state["period"], state.get("level"))
+            logits = self.constrain(logits, encoder_out, step, state["period"], state.get("level"),
+                                    state.get("dyn"))
         return logits, {"attn": [None], "inner_states": None}
 
     def init_state(self, prev_output_tokens: Tensor) -> Dict:
@@ -439,7 +452,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 "caches": [{} for _ in self.layers]}
 
     def constrain(self, logits: Tensor, encoder_out: Dict, step: int, period: Optional[Tensor] = None,
-                  level: Optional[Tensor] = None) -> Tensor:
+                  level: Optional[Tensor] = None, dyn: Optional[Tensor] = None) -> Tensor:
         """Allow only tokens of the grammar's type at this step (``encoder_out["slots"]``; EOS after the
         last slot), keep the key-down floor (``encoder_out["slot_q"]``: (B, S + 1) notated quarters of
         articulation slots, ``period``: (B,) s per quarter; see ``key_down_floor``), play a unison's
@@ -448,6 +461,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         ``["slot_scale"]``, ``level``: (B, 4), see ``tempo_band_penalty``; before the mean, which then
         takes the expected value under the banded distribution), hold fermatas (``["slot_fermata"]``: (B, S
         + 1) slots whose expected tempo is lifted, see ``fermata_hold``; after the band, before the mean),
+        keep the dynamics band (``["slot_dyn"]``, ``dyn``: (B, 4), see ``dynamics_band_penalty``; before
+        the mean),
         and divide the logits by that type's
         relative temperature (1 unless set, see Grammar); a "mean" type leaves one allowed token, the one
         nearest the expected value (``expected_value_choice``)."""
@@ -474,6 +489,10 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
                 ref = fermata_reference_bin(level, period, encoder_out["slot_scale"][:, k], self.first_period,
                                             self.tempo_bin_log)  # (B,)
                 logits = fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.fermata_hold, held)
+        slot_dyn = encoder_out.get("slot_dyn")
+        if slot_dyn is not None and dyn is not None and self.dynamics_band > 0:
+            ref = slot_dyn[:, min(step, slot_dyn.shape[1] - 1)]  # (B,)
+            logits = dynamics_band_penalty(logits, self.token_value.to(logits.device), dyn, ref, self.dynamics_band)
         mean = getattr(self, "type_mean", None)
         if mean is not None:
             rows = mean.to(logits.device)[col].view(-1, 1, 1)  # (B, 1, 1)
@@ -678,6 +697,66 @@ def fermata_hold(logits: Tensor, tempo_ids: Tensor, ref_bin: Tensor, lift_bins: 
     return out
 
 
+# The dynamics band (--dynamics-band BINS): keeps the windowed velocity level near the notated dynamics.
+DYN_BAND_TAU_NOTES = 32.0  # notes: time constant of the windowed (exponentially weighted) offset from the notated level
+DYN_BAND_WARMUP_NOTES = 32.0  # notes decoded before the band applies (the opening sets the rendering's own offset)
+DYN_BAND_GAIN = 0.03  # prior curvature (logit per squared velocity bin) per bin that the window lies outside
+DYN_BAND_MAX_CURVE = 1.0 / (2 * 3.0 ** 2)  # at most a Gaussian prior of 3 bins' (6 MIDI velocities') deviation
+DYN_FIELDS = 4  # a dynamics state row: windowed offset sum, windowed weight, total offset sum, total notes
+
+
+def dynamics_level_update(dyn: Tensor, value: Tensor, ref: Tensor, tau: float = DYN_BAND_TAU_NOTES) -> Tensor:
+    """(B, 4) dynamics state [windowed offset sum, windowed weight, total offset sum, total notes], (B,)
+    velocity bin of the note just decoded (NaN: none, e.g. a deleted note or no ``Vel`` slot) and its
+    notated level (fractional bin, ``dynamics_slot_refs``; NaN: none) -> the state after it. The offset is
+    bin - level; the window decays by exp(-1 / tau) per note. Rows where either is NaN are unchanged."""
+    use = torch.isfinite(value) & torch.isfinite(ref)  # (B,)
+    off = torch.where(use, value - ref, torch.zeros_like(value))  # (B,) bins
+    decay = torch.where(use, torch.full_like(value, math.exp(-1.0 / tau)), torch.ones_like(value))  # (B,)
+    one = use.to(value.dtype)  # (B,)
+    return torch.stack([dyn[:, 0] * decay + off, dyn[:, 1] * decay + one,
+                        dyn[:, 2] + off, dyn[:, 3] + one], dim=1)  # (B, 4)
+
+
+def dynamics_band_excess(dyn: Tensor, band_bins: float) -> Tensor:
+    """(B, 4) dynamics state -> (B,) signed velocity bins by which the windowed offset from the notated
+    level lies outside ``band_bins`` of the rendering's offset so far: > 0 too loud for the notated
+    dynamics, < 0 too soft, 0 inside the band."""
+    window = dyn[:, 0] / dyn[:, 1].clamp(min=1e-9)  # (B,) bins
+    so_far = dyn[:, 2] / dyn[:, 3].clamp(min=1e-9)  # (B,) bins
+    dev = window - so_far  # (B,)
+    return torch.sign(dev) * (dev.abs() - band_bins).clamp(min=0.0)
+
+
+def dynamics_band_penalty(logits: Tensor, value: Tensor, dyn: Tensor, ref: Tensor, band_bins: float,
+                          warmup_notes: float = DYN_BAND_WARMUP_NOTES, gain: float = DYN_BAND_GAIN,
+                          max_curve: float = DYN_BAND_MAX_CURVE) -> Tensor:
+    """(B, 1, V) masked logits, (V,) token numbers (velocity bins at ``Vel`` tokens), (B, 4) dynamics
+    state (``dynamics_level_update``), (B,) notated level of this step's note (fractional bin; NaN: no
+    ``Vel`` slot or no dynamics marked) -> logits pulled toward the notated level plus the rendering's
+    offset so far while the windowed offset lies outside the band (``dynamics_band_excess``): each
+    allowed numbered token loses curve x d ** 2, d = its distance in bins from that target, curve =
+    ``gain`` x the excess, at most ``max_curve``; relative to the allowed token with the least, capped at
+    ``TEMPO_BAND_MAX_PENALTY``. A Gaussian prior multiplied into the model's distribution, as the tempo
+    band's: inside the band the model's dynamics are its own, so its phrasing and voicing stay; past it,
+    it follows the notated dynamic changes (a *p* after a *f* section) instead of drifting. Rows before
+    ``warmup_notes`` notes, without a level or inside the band are unchanged. Example: level 24 bins (p),
+    offset so far +6, window +11.5 (too loud), band 4: excess 1.5, curve 0.045; target 30: bin 40 loses
+    4.5 logits, bin 32 0.18."""
+    use = torch.isfinite(ref) & (dyn[:, 3] >= warmup_notes)  # (B,)
+    curve = (gain * dynamics_band_excess(dyn, band_bins).abs()).clamp(max=max_curve)  # (B,)
+    curve = torch.where(use & torch.isfinite(curve), curve, torch.zeros_like(curve))  # (B,)
+    if not bool((curve != 0).any()):
+        return logits
+    target = ref + dyn[:, 2] / dyn[:, 3].clamp(min=1e-9)  # (B,) bins
+    penalty = curve.unsqueeze(1) * (value.unsqueeze(0) - target.nan_to_num(0.0).unsqueeze(1)).square()  # (B, V)
+    candidate = torch.isfinite(logits[:, 0]) & torch.isfinite(penalty)  # (B, V)
+    least = penalty.masked_fill(~candidate, float("inf")).amin(-1, keepdim=True)  # (B, 1)
+    penalty = (penalty - least.clamp(max=1e30)).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # (B, V)
+    penalty = penalty.masked_fill(~candidate, 0.0).clamp(min=0.0, max=TEMPO_BAND_MAX_PENALTY)  # (B, V)
+    return logits - penalty.unsqueeze(1).to(logits.dtype)  # (B, 1, V); -inf stays -inf
+
+
 def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
     """Per-slot rows of unequal length -> (B, max_len + 1) tensor, ``fill`` after each row's end (the
     extra column is the EOS step)."""
@@ -699,7 +778,9 @@ class Grammar:
                  tempo_gaps: Optional[Callable[[Sequence[str]], Tuple[List[float], List[float]]]] = None,
                  tempo_anchor: str = "notated", states_tempo: Optional[Callable[[Sequence[str]], bool]] = None,
                  fermata_hold: float = 0.0,
-                 fermata_slots: Optional[Callable[[Sequence[str]], List[bool]]] = None):
+                 fermata_slots: Optional[Callable[[Sequence[str]], List[bool]]] = None,
+                 dynamics_band: float = 0.0,
+                 dynamics_refs: Optional[Callable[[Sequence[str]], List[float]]] = None):
         """``forbidden``: target token strings never to generate (e.g. the deletion token);
         ``type_temperature``: {token type: temperature relative to the sampling temperature, or "mean"},
         e.g. {"Tempo": 0.7} samples tempo tokens more conservatively than the rest, and {"Vel": "mean"}
@@ -722,8 +803,13 @@ class Grammar:
         ``fermata_hold`` (bins; 0: off): at the slots where ``fermata_slots(score_tokens)`` says True (the
         ``Tempo`` slots of a fermata's onset group and the group after it), move the tempo distribution so
         that its expected bin is at least that many bins slower than the windowed level
-        (``fermata_hold``, the function); it needs ``tempo_gaps`` and ``beat_period_s`` too."""
+        (``fermata_hold``, the function); it needs ``tempo_gaps`` and ``beat_period_s`` too;
+        ``dynamics_band`` (velocity bins; 0: off): keep the windowed velocity level, as an offset from the
+        notated dynamic level that ``dynamics_refs(score_tokens)`` gives at each ``Vel`` slot (NaN
+        elsewhere, and everywhere in a score without dynamics), within that many bins of the rendering's
+        offset so far (``dynamics_band_penalty``); it needs ``token_value``."""
         self.src_dict, self.target_slots, self.beat_period_s = src_dict, target_slots, beat_period_s
+        self.tgt_dict = tgt_dict
         types = [token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
         names = sorted(set(types) | {EOS_TYPE})
         self.type_id = {n: i for i, n in enumerate(names)}
@@ -773,6 +859,11 @@ class Grammar:
             raise ValueError("--fermata-hold: must be >= 0")
         if self.fermata_hold > 0 and fermata_slots is None:
             raise ValueError("--fermata-hold: the grammar module gives no fermata_slots")
+        self.dynamics_band, self.dynamics_refs = float(dynamics_band), dynamics_refs
+        if self.dynamics_band < 0:
+            raise ValueError("--dynamics-band: must be >= 0")
+        if self.dynamics_band > 0 and not (dynamics_refs and token_value):
+            raise ValueError("--dynamics-band: the grammar module gives no dynamics_slot_refs and token_value")
         self.tempo_ids, self.first_period = None, float("nan")  # Tempo token ids in bin order, bin 0's period
         for flag, on in (("--tempo-band", self.tempo_band > 0), ("--fermata-hold", self.fermata_hold > 0)):
             if on and not (tempo_gaps and beat_period_s):
@@ -785,7 +876,7 @@ class Grammar:
             ids = torch.nonzero(finite).squeeze(1)  # (N,)
             self.tempo_ids = ids[torch.argsort(self.period[ids])]  # (N,) slowest last
             self.first_period = float(self.period[self.tempo_ids[0]])
-        if mean_types or self.period is not None:
+        if mean_types or self.period is not None or self.dynamics_band > 0:
             self.value = self.numbers(tgt_dict, token_value)  # (V,)
         if mean_types:
             self.mean = torch.zeros(len(names), dtype=torch.bool)
@@ -825,7 +916,8 @@ class Grammar:
         last slot); with the key-down floor, ``slot_q`` (notated quarters of each articulation slot, NaN
         elsewhere); with a ``once`` rule, ``slot_once`` (the slots that take ``once_token``); with the
         tempo band or the fermata hold, ``slot_gap`` and ``slot_scale`` (``tempo_gaps``); with the
-        fermata hold, ``slot_fermata``; with the band's notated anchor, ``tempo_ref`` (B,)."""
+        fermata hold, ``slot_fermata``; with the band's notated anchor, ``tempo_ref`` (B,); with the
+        dynamics band, ``slot_dyn`` (``dynamics_refs``)."""
         rows = self.score_rows(src_tokens, valid)
         dev = src_tokens.device
         eos = self.type_id[EOS_TYPE]
@@ -840,6 +932,8 @@ class Grammar:
             out["slot_scale"] = pad_rows([c for _, c in gaps], float("nan"), torch.float, dev)
         if self.fermata_hold > 0:
             out["slot_fermata"] = pad_rows([self.fermata_slots(r) for r in rows], False, torch.bool, dev)
+        if self.dynamics_band > 0:
+            out["slot_dyn"] = pad_rows([self.dynamics_refs(r) for r in rows], float("nan"), torch.float, dev)
         if self.tempo_band > 0:
             if self.tempo_anchor == "notated":  # 0.5 s per quarter: the notated tempo, in the level's units
                 out["tempo_ref"] = torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
@@ -858,6 +952,16 @@ class Grammar:
                 level = tempo_level_update(level, torch.tensor([period]), torch.tensor([gap]),
                                            torch.tensor([scale]))
         return level[0]
+
+    def dynamics_after(self, score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Tensor:
+        """(4,) dynamics state after ``perf_tokens`` (the performance of ``score_tokens``, the same bars),
+        computed with the decoder's own update: the renderer's ``dynamics_prior`` for the next segment."""
+        dyn = torch.zeros(1, DYN_FIELDS)
+        for tok, ref in zip(perf_tokens, self.dynamics_refs(score_tokens)):
+            if ref == ref:  # a Vel slot with a notated level
+                value = self.value[self.tgt_dict.index(tok)].view(1)
+                dyn = dynamics_level_update(dyn, value, torch.tensor([ref]))
+        return dyn[0]
 
 
 @register_model("museformer_s2p")
@@ -976,6 +1080,7 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         self.decoder.tempo_band = grammar.tempo_band
         self.decoder.tempo_bin_log = grammar.tempo_bin_log
         self.decoder.fermata_hold = grammar.fermata_hold
+        self.decoder.dynamics_band = grammar.dynamics_band
         self.decoder.tempo_ids = grammar.tempo_ids
         self.decoder.first_period = grammar.first_period
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars
-from instruct_tokenizer.grammar import FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS, target_slots
+from instruct_tokenizer.grammar import (DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR,
+                                       TEMPO_BAND_BINS, target_slots)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
@@ -111,7 +112,8 @@ class Renderer:
                         allow_deletions: bool = False, type_temperature: str = "",
                         min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True,
                         tempo_band: float = TEMPO_BAND_BINS, tempo_anchor: str = TEMPO_ANCHOR,
-                        fermata_hold: float = FERMATA_HOLD_BINS) -> "Renderer":
+                        fermata_hold: float = FERMATA_HOLD_BINS,
+                        dynamics_band: float = DYNAMICS_BAND_BINS) -> "Renderer":
         """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
         performances in its training data do; by default every score note is played.
         ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
@@ -124,7 +126,10 @@ class Renderer:
         no band elsewhere; "self": the rendering's level so far).
         ``fermata_hold``: at a fermata's onset and the onset after it, the expected beat period is at
         least that many tempo bins slower than the 8 quarters before (0: off; ``museformer.model.fermata_hold``;
-        needs score tokens with markings)."""
+        needs score tokens with markings).
+        ``dynamics_band``: keep the 32-note velocity level within that many velocity bins of the
+        rendering's offset so far from the notated dynamic level (0: off; ``museformer.model.
+        dynamics_band_penalty``; needs score tokens with dynamics markings, elsewhere it does nothing)."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -150,6 +155,7 @@ class Renderer:
         args.tempo_band = tempo_band
         args.tempo_anchor = tempo_anchor
         args.fermata_hold = fermata_hold
+        args.dynamics_band = dynamics_band
         try:
             task = tasks.setup_task(args)
         finally:
@@ -205,11 +211,12 @@ class Renderer:
         return torch.tensor(ids, dtype=torch.long)
 
     def generate_batch(self, scores: Sequence[Sequence[str]], forced: Sequence[Sequence[str]],
-                       sampling: Sampling, priors: Optional[Sequence[Optional[torch.Tensor]]] = None
+                       sampling: Sampling, priors: Optional[Sequence[Dict[str, torch.Tensor]]] = None
                        ) -> List[List[str]]:
         """Performance tokens for a batch of segments; ``forced[i]`` is forced as the decoder's first
         tokens of segment i (fairseq's prefix tokens; shorter prefixes are padded and not forced);
-        ``priors[i]``: the (4,) tempo level state of the music before segment i (None: zeros)."""
+        ``priors[i]``: the (4,) states of the music before segment i (``level_before``: ``tempo_prior``,
+        ``dynamics_prior``; a missing one: zeros)."""
         pad = self.src_dict.pad()
         srcs = [torch.cat([self.encode(s, self.src_dict, "score"), torch.tensor([self.src_dict.eos()])])
                 for s in scores]
@@ -219,11 +226,12 @@ class Renderer:
             src[i, width - len(x):] = x
         sample = {"id": torch.arange(len(srcs)),
                   "net_input": {"src_tokens": src, "src_lengths": torch.tensor([len(x) for x in srcs])}}
-        if priors is not None and any(p is not None for p in priors):
-            from .model import LEVEL_FIELDS
+        from .model import DYN_FIELDS, LEVEL_FIELDS
 
-            sample["net_input"]["tempo_prior"] = torch.stack(
-                [torch.zeros(LEVEL_FIELDS) if p is None else p for p in priors])  # (B, 4)
+        for name, width in (("tempo_prior", LEVEL_FIELDS), ("dynamics_prior", DYN_FIELDS)):
+            if priors is not None and any(name in p for p in priors):
+                sample["net_input"][name] = torch.stack(
+                    [p.get(name, torch.zeros(width)) for p in priors])  # (B, 4)
         prefix = None
         if any(forced):
             p_width = max(len(f) for f in forced)
@@ -290,13 +298,20 @@ class Renderer:
         return [[t for b in d for t in b] for d in done]
 
     def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
-                     perf_bars: Sequence[Sequence[str]]) -> Optional[torch.Tensor]:
-        """The tempo band's (4,) level state after the rendered bars before a segment (None when the
-        band is off or there are none)."""
-        if self.grammar is None or not self.grammar.tracks_level or not perf_bars:
-            return None
-        return self.grammar.level_after(list(prefix) + [t for b in score_bars for t in b],
-                                        [t for b in perf_bars for t in b])
+                     perf_bars: Sequence[Sequence[str]]) -> Dict[str, torch.Tensor]:
+        """The (4,) states after the rendered bars before a segment: ``tempo_prior`` (the tempo band's and
+        the fermata hold's level) and ``dynamics_prior`` (the dynamics band's), each where it is on
+        (none when there are no such bars)."""
+        out: Dict[str, torch.Tensor] = {}
+        if self.grammar is None or not perf_bars:
+            return out
+        score = list(prefix) + [t for b in score_bars for t in b]
+        perf = [t for b in perf_bars for t in b]
+        if self.grammar.tracks_level:
+            out["tempo_prior"] = self.grammar.level_after(score, perf)
+        if self.grammar.dynamics_band > 0:
+            out["dynamics_prior"] = self.grammar.dynamics_after(score, perf)
+        return out
 
     def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
                       progress: bool = True) -> List[str]:
@@ -347,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"play a fermata's onset and the onset after it (the held gap) at least BINS tempo bins "
                         f"(2.9%% steps) slower than the 8 quarters before, in expectation (default "
                         f"{FERMATA_HOLD_BINS:g}: the training performances' median; 0: off; MusicXML input only)")
+    p.add_argument("--dynamics-band", type=float, default=DYNAMICS_BAND_BINS, metavar="BINS",
+                   help=f"keep the velocity level over about 32 notes within BINS velocity bins (2 MIDI "
+                        f"velocities each) of the rendering's offset so far from the notated dynamics, after "
+                        f"the first 32 notes: the rendering follows a p after an f (default "
+                        f"{DYNAMICS_BAND_BINS:g}; 0: off; MusicXML input with dynamics only)")
     p.add_argument("--keep-unisons", action="store_true",
                    help="strike both notes where two voices share a pitch at one onset (by default the key "
                         "is struck once, for the longer note: a piano cannot play both)")
@@ -382,7 +402,7 @@ def render_file(args: argparse.Namespace) -> List[Path]:
                                         type_temperature=args.type_temperature,
                                         min_key_down_ms=args.min_key_down_ms,
                                         unisons_once=not args.keep_unisons, tempo_band=args.tempo_band,
-                                        fermata_hold=args.fermata_hold,
+                                        fermata_hold=args.fermata_hold, dynamics_band=args.dynamics_band,
                                         tempo_anchor=args.tempo_anchor)
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
                                          performer=args.performer, unfold_repeats=not args.no_repeats)

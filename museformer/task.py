@@ -82,6 +82,12 @@ class MuseformerS2PTask(TranslationTask):
                                  "(2.9%% steps) slower than the tempo of the 8 quarters before (0: off; "
                                  "instruct-render uses the grammar module's FERMATA_HOLD_BINS; see "
                                  "museformer.model.fermata_hold)")
+        parser.add_argument("--dynamics-band", type=float, default=0.0, metavar="BINS",
+                            help="keep the rendering's velocity level, over a window of about 32 notes, "
+                                 "within BINS velocity bins (2 MIDI velocities each) of its offset so far "
+                                 "from the notated dynamic level, after the first 32 notes, where the score "
+                                 "marks dynamics (0: off; instruct-render uses the grammar module's "
+                                 "DYNAMICS_BAND_BINS; see museformer.model.dynamics_band_penalty)")
         # fmt: on
 
     @classmethod
@@ -111,7 +117,9 @@ class MuseformerS2PTask(TranslationTask):
                        tempo_anchor=getattr(self.args, "tempo_anchor", "notated") or "notated",
                        states_tempo=getattr(module, "states_tempo", None),
                        fermata_hold=float(getattr(self.args, "fermata_hold", 0.0) or 0.0),
-                       fermata_slots=getattr(module, "fermata_slots", None))
+                       fermata_slots=getattr(module, "fermata_slots", None),
+                       dynamics_band=float(getattr(self.args, "dynamics_band", 0.0) or 0.0),
+                       dynamics_refs=getattr(module, "dynamics_slot_refs", None))
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         if not getattr(args, "unconstrained", False) and not getattr(self.args, "unconstrained", False):
