@@ -638,11 +638,17 @@ def tempo_band_penalty(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: T
         return logits
     reference = band_reference(level, ref)  # (B,) s per quarter
     dist = torch.log(period_s.unsqueeze(0) * scale.unsqueeze(1) / reference.unsqueeze(1)) / bin_log  # (B, V) bins
-    penalty = curve.unsqueeze(1) * dist.square()  # (B, V); NaN: no Tempo token
+    return apply_prior(logits, curve.unsqueeze(1) * dist.square())  # (B, V) penalty; NaN: no Tempo token
+
+
+def apply_prior(logits: Tensor, penalty: Tensor) -> Tensor:
+    """(B, 1, V) masked logits, (B, V) penalty per token (NaN: none) -> logits minus the penalty taken
+    relative to the allowed token with the least (it keeps its logit), capped at
+    ``TEMPO_BAND_MAX_PENALTY``: the bands' Gaussian priors."""
     candidate = torch.isfinite(logits[:, 0]) & torch.isfinite(penalty)  # (B, V)
     least = penalty.masked_fill(~candidate, float("inf")).amin(-1, keepdim=True)  # (B, 1)
     penalty = (penalty - least.clamp(max=1e30)).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # (B, V)
-    penalty = penalty.clamp(min=0.0, max=TEMPO_BAND_MAX_PENALTY)  # (B, V)
+    penalty = penalty.masked_fill(~candidate, 0.0).clamp(min=0.0, max=TEMPO_BAND_MAX_PENALTY)  # (B, V)
     return logits - penalty.unsqueeze(1).to(logits.dtype)  # (B, 1, V); -inf stays -inf
 
 
@@ -749,12 +755,7 @@ def dynamics_band_penalty(logits: Tensor, value: Tensor, dyn: Tensor, ref: Tenso
     if not bool((curve != 0).any()):
         return logits
     target = ref + dyn[:, 2] / dyn[:, 3].clamp(min=1e-9)  # (B,) bins
-    penalty = curve.unsqueeze(1) * (value.unsqueeze(0) - target.nan_to_num(0.0).unsqueeze(1)).square()  # (B, V)
-    candidate = torch.isfinite(logits[:, 0]) & torch.isfinite(penalty)  # (B, V)
-    least = penalty.masked_fill(~candidate, float("inf")).amin(-1, keepdim=True)  # (B, 1)
-    penalty = (penalty - least.clamp(max=1e30)).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # (B, V)
-    penalty = penalty.masked_fill(~candidate, 0.0).clamp(min=0.0, max=TEMPO_BAND_MAX_PENALTY)  # (B, V)
-    return logits - penalty.unsqueeze(1).to(logits.dtype)  # (B, 1, V); -inf stays -inf
+    return apply_prior(logits, curve.unsqueeze(1) * (value.unsqueeze(0) - target.nan_to_num(0.0).unsqueeze(1)).square())
 
 
 def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
