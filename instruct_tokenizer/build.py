@@ -1,8 +1,10 @@
 """``instruct-tokenize build``: a corpus of match files -> {split}.score/.perf, dict.txt, manifest.jsonl.
 
-Hygiene: duplicates (checksum of the aligned notes, not of the file bytes), a minimum matched share,
-a plausible note density, and unreadable files are each skipped with a one-line reason. Splits are
-by piece (composer, title), deterministic by seed; ``--test-pieces`` pins pieces to ``test``.
+Hygiene: duplicates (checksum of the aligned notes, not of the file bytes; the copy kept is a valid
+file), a minimum matched share, a plausible note density, and unreadable files are each skipped with a
+one-line reason. Splits are by piece (composer, title), deterministic by seed; ``--test-pieces`` pins
+pieces to ``test``. A split asked for that would get no performance stops the build before it writes
+(:class:`EmptySplitError`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ MAX_OUTLIER_SHARE = 0.05
 
 class EncodeError(Exception):
     """A readable match file whose performance cannot be encoded (the message says why)."""
+
+
+class EmptySplitError(Exception):
+    """A split that was asked for would get no performance; the message says why and how to fix it.
+    Raised before anything is written."""
 
 
 @dataclass
@@ -315,7 +322,53 @@ def prefix_tokens(levels: Dict[str, str], meta: Dict[str, str]) -> List[str]:
     return out
 
 
-# ----------------------------------------------------------------------------------------- segments
+# ----------------------------------------------------------------------------------------- checks
+def dedupe(results: Sequence[dict], splits: Dict[Tuple[str, str], str]) -> List[Tuple[dict, Optional[str]]]:
+    """Each worker result with the reason it is skipped (None: kept), in input order.
+
+    A file that failed is skipped with its own reason and never stands for a duplicate, so the copy
+    kept of a content (the checksum of its aligned notes) is always a valid file. Of several valid
+    copies the one kept is, in this order: in the evaluation split (test, then valid, then train: a copy
+    left in train would leak a held-out performance into training); built whole (no warning, e.g. its
+    MusicXML found); first in input (path) order."""
+    rank = {"test": 0, "valid": 1, "train": 2}
+    best: Dict[str, Tuple[Tuple[int, bool, int], dict]] = {}
+    for i, res in enumerate(results):
+        if "error" in res:
+            continue
+        key = (rank.get(splits.get(res["source"].piece, "train"), 2), bool(res.get("warning")), i)
+        if res["checksum"] not in best or key < best[res["checksum"]][0]:
+            best[res["checksum"]] = (key, res)
+    out: List[Tuple[dict, Optional[str]]] = []
+    for res in results:
+        if "error" in res:
+            out.append((res, res["error"]))
+            continue
+        kept = best[res["checksum"]][1]
+        out.append((res, None if kept is res else f"duplicate of {kept['source'].path}"))
+    return out
+
+
+def empty_split_reason(items: Sequence[Item], splits: Dict[Tuple[str, str], str], cfg: BuildConfig) -> Optional[str]:
+    """Why the build would write an empty split that was asked for (share above 0, or pinned test
+    pieces), and how to fix it; None when every such split has a performance. An empty split makes
+    ``fairseq-preprocess --{split}pref`` fail (ZeroDivisionError), so the build stops before writing."""
+    built = Counter(splits[it.source.piece] for it in items if not it.augment)
+    pieces = Counter(splits.values())
+    shares = ",".join(f"{x:g}" for x in cfg.split)
+    for i, name in enumerate(SPLITS):
+        wanted = cfg.split[i] > 0 or (name == "test" and bool(cfg.test_pieces))
+        if not wanted or built[name]:
+            continue
+        spread = ", ".join(f"{pieces[s]} {s}" for s in SPLITS)
+        why = (f"its {pieces[name]} piece(s) gave no performance (every file skipped)" if pieces[name] else
+               f"--split {shares} with --seed {cfg.seed} gives {sum(pieces.values())} pieces as {spread}")
+        return (f"split {name!r} would be empty: {why}. Give it a larger share (e.g. --split 0.5,0.25,0.25), "
+                + ("pin pieces to it with --test-pieces, " if name == "test" else "")
+                + f"or a share of 0 to build without it (and leave --{name}pref out of fairseq-preprocess)")
+    return None
+
+
 # ----------------------------------------------------------------------------------------- build
 def build(srcs: Sequence[str], out_dir: str, cfg: BuildConfig) -> Report:
     report = Report()
@@ -323,23 +376,22 @@ def build(srcs: Sequence[str], out_dir: str, cfg: BuildConfig) -> Report:
     splits = assign_splits([s.piece for s in sources], cfg)
     jobs = [(s, cfg, splits.get(s.piece) == "train") for s in sources]
     results = _run(jobs, cfg)
-    seen: Dict[str, str] = {}
     items: List[Item] = []
-    for res in results:
+    for res, reason in dedupe(results, splits):
         src = res["source"]
-        if "error" in res:
-            report.skip(src.path, res["error"])
+        if reason:
+            report.skip(src.path, reason)
             continue
-        if res["checksum"] in seen:
-            report.skip(src.path, f"duplicate of {seen[res['checksum']]}")
-            continue
-        seen[res["checksum"]] = src.path
         if res.get("warning"):
             report.warn(src.path, res["warning"])
         report.insertions += res["insertions"]
         report.deletions += res["deletions"]
         report.notes += res["notes"]
         items.extend(res["items"])
+    if items:
+        empty = empty_split_reason(items, splits, cfg)
+        if empty:
+            raise EmptySplitError(empty)
     levels = instruct_values(items) if cfg.instruct else {i: {} for i in range(len(items))}
     _write(out_dir, items, levels, splits, cfg, report)
     return report

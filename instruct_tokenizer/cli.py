@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .build import BuildConfig, build
+from .build import BuildConfig, EmptySplitError, build
 
 
 def _floats(text: str) -> tuple:
@@ -92,7 +92,11 @@ def cmd_build(a: argparse.Namespace) -> int:
     if cfg.marking_state and not cfg.xml_markings:
         print("instruct-tokenize: error: --marking-state needs --xml-markings", file=sys.stderr)
         return 2
-    report = build(a.src, a.out, cfg)
+    try:
+        report = build(a.src, a.out, cfg)
+    except EmptySplitError as e:
+        print(f"instruct-tokenize: error: {a.out}: {e}", file=sys.stderr)
+        return 1
     total = sum(report.built.values())
     print(f"built {total} performances ({report.built}), skipped {len(report.skipped)}, "
           f"insertions dropped {report.insertions}, deletions {report.deletions} -> {a.out}")

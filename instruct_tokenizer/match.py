@@ -2,8 +2,9 @@
 
 Line kinds: ``info(...)``, ``scoreprop(...)`` (1.0.0), ``meta(...)`` (5.0), ``snote(...)-note(...)``,
 ``snote(...)-deletion.``, ``insertion-note(...)``, ``sustain(tick,value)``, ``soft(tick,value)``.
-Anything else is a :class:`MatchParseError`. Tested against ``partitura.load_match`` in
-``tests/tokenizer/test_match.py``.
+Anything else is a :class:`MatchParseError`, and so is a note whose pitch (score or performed) or
+velocity MIDI cannot carry (pitch 0-127, velocity 1-127): a bad file, never a clipped training note.
+Tested against ``partitura.load_match`` in ``tests/tokenizer/test_match.py``.
 
 Units: score time in quarter notes, performance time in seconds (``midiClockRate`` microseconds per
 ``midiClockUnits`` ticks).
@@ -18,6 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+MIDI_PITCHES = (0, 127)  # a MIDI note number
+MIDI_VELOCITIES = (1, 127)  # a sounding note-on (velocity 0 is a note-off)
 STEPS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 ALTERS = {"n": 0, "#": 1, "b": -1, "##": 2, "bb": -2, "x": 2, "0": 0, "1": 1, "-1": -1, "2": 2, "-2": -2}
 
@@ -202,6 +205,7 @@ def _parse_snote(line: str) -> tuple:
     anchor, step, alter, octave, measure, beat, offset, dur, onset_b, _, attrs = m.groups()
     rest = line[m.end():]
     pitch = _pitch(step, alter, octave)
+    _check_midi_range("score pitch", pitch, MIDI_PITCHES)
     base = (anchor, int(measure), int(beat), _frac(offset), _frac(dur), float(onset_b), pitch, _staff(attrs))
     if rest.startswith("deletion"):
         return base + (None,)
@@ -215,7 +219,19 @@ def _parse_snote(line: str) -> tuple:
         perf = (_pitch(n.group(2), n.group(3), n.group(4)), int(n.group(5)), int(n.group(6)), int(n.group(8)))
     if perf[2] < perf[1]:
         raise MatchParseError("note offset before onset")
+    _check_midi_range("performed pitch", perf[0], MIDI_PITCHES)
+    _check_midi_range("velocity", perf[3], MIDI_VELOCITIES)
     return base + (perf,)
+
+
+def _check_midi_range(what: str, value: int, bounds: Tuple[int, int]) -> None:
+    """A note whose pitch or velocity MIDI cannot carry makes the file bad (not a clipped training note)."""
+    if not bounds[0] <= value <= bounds[1]:
+        raise MatchParseError(f"{what} {value} outside the MIDI range {bounds[0]}-{bounds[1]}")
+
+
+def _outside(values: np.ndarray, bounds: Tuple[int, int]) -> bool:
+    return bool(np.any((values < bounds[0]) | (values > bounds[1])))
 
 
 def beat_segments(ts_beats: List[Tuple[int, float, int]]) -> List[Tuple[int, float, float, int]]:
@@ -390,6 +406,9 @@ def _parse_fast(text: str, path: str) -> MatchFile:
         vel[i5] = [int(cols[21][i]) for i in i5]
     if np.any(offset_t[played] < onset_t[played]):
         raise _Fallback
+    if (_outside(pitch, MIDI_PITCHES) or _outside(ppitch[played], MIDI_PITCHES)
+            or _outside(vel[played], MIDI_VELOCITIES)):
+        raise _Fallback  # the per-line parser names the line and the value
     time_sigs = sorted(time_sigs)
     den_cache: Dict[int, int] = {}
     den = np.fromiter((den_cache[m] if m in den_cache else den_cache.setdefault(m, _den_at(time_sigs, m))

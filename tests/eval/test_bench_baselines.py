@@ -9,9 +9,18 @@ from instruct_tokenizer.metrics import midi_features
 from test_metrics import BENCH, BQ
 
 
-@pytest.mark.skipif(not (BENCH / "pieces.csv").is_file() or not BQ.NASAP.is_dir(),
-                    reason="shared benchmark or (n)ASAP not present")
-def test_baseline_rows_one_piece(tmp_path):
+@pytest.fixture
+def bench_nasap(nasap, monkeypatch):
+    """bench_quality reads (n)ASAP and the benchmark from its module constants: point them at the
+    unpacked copy and at the tests' shared folder."""
+    if not (BENCH / "pieces.csv").is_file():
+        pytest.skip(f"shared benchmark not present at {BENCH}")
+    monkeypatch.setattr(BQ, "NASAP", nasap)
+    monkeypatch.setattr(BQ, "BENCH", BENCH)
+    return nasap
+
+
+def test_baseline_rows_one_piece(bench_nasap, tmp_path):
     pieces = [p for p in csv.DictReader(open(BENCH / "pieces.csv")) if p["asap_folder"] == "Mozart/Piano_Sonatas/12-2"]
     tok = tmp_path / "tok"
     tok.mkdir()
@@ -49,9 +58,7 @@ class OracleRenderer:
         return [perf for _, _, _, perf in self.inputs]
 
 
-@pytest.mark.skipif(not (BENCH / "pieces.csv").is_file() or not BQ.NASAP.is_dir(),
-                    reason="shared benchmark or (n)ASAP not present")
-def test_per_note_table_ours_and_markings_on_the_same_bars():
+def test_per_note_table_ours_and_markings_on_the_same_bars(bench_nasap):
     pieces = [p for p in csv.DictReader(open(BENCH / "pieces.csv")) if p["asap_folder"] == "Mozart/Piano_Sonatas/12-2"]
     inputs = BQ.per_note_inputs(pieces, OracleRenderer.score_features, max_bars=8, report=lambda m: None)
     assert inputs and all(sum(t == V.BAR_TOKEN for t in score) == 8 for _, _, score, _ in inputs)

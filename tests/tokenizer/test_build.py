@@ -1,6 +1,7 @@
 """Corpus build: piece-level splits, instruct prefix, fairseq-preprocess on the output unchanged."""
 import json
 import subprocess
+from collections import Counter
 
 import pytest
 
@@ -8,7 +9,6 @@ from conftest import BIN, REPO, SHARED, VIENNA
 from instruct_tokenizer.build import BuildConfig, Source, assign_splits, find_sources
 from instruct_tokenizer.encode import style_prefix
 
-NASAP = SHARED / "datasets" / "nasap"
 PIECES_CSV = SHARED / "benchmarks" / "pianist_transformer_testset" / "pieces.csv"
 
 
@@ -41,9 +41,8 @@ def test_no_piece_crosses_splits(built):
     assert all(len(s) == 1 for s in split_of.values()), split_of
 
 
-@pytest.mark.skipif(not NASAP.exists(), reason="(n)ASAP not unpacked (../shared/datasets/unpack)")
-def test_pinned_test_pieces_on_nasap_metadata():
-    sources = find_sources([str(NASAP)])
+def test_pinned_test_pieces_on_nasap_metadata(nasap):
+    sources = find_sources([str(nasap)])
     cfg = BuildConfig(seed=3, test_pieces=str(PIECES_CSV))
     splits = assign_splits([s.piece for s in sources], cfg)
     import csv
@@ -139,3 +138,78 @@ def test_oversample_rejects_unpaired_files_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.score" in err[0]
     assert not list(tmp_path.glob("o.*"))
+
+
+# ----------------------------------------------------------------------------------------- duplicates
+def _result(path, piece, checksum=None, error=None, warning=None):
+    src = Source(path, *piece, "p")
+    return {"source": src, "error": error} if error else {"source": src, "checksum": checksum, "warning": warning}
+
+
+def test_dedupe_keeps_a_valid_copy_in_the_evaluation_split():
+    from instruct_tokenizer.build import dedupe
+
+    a, b = ("c", "train piece"), ("c", "test piece")
+    splits = {a: "train", b: "test"}
+    results = [_result("bad.match", a, error="matched share 0.20 below 0.5"),
+               _result("orphan.match", a, "x", warning="no MusicXML beside it"),
+               _result("train.match", a, "x"),
+               _result("test.match", b, "x"),
+               _result("other.match", a, "y", warning="no MusicXML beside it")]
+    reasons = [r for _, r in dedupe(results, splits)]
+    assert reasons == ["matched share 0.20 below 0.5", "duplicate of test.match", "duplicate of test.match",
+                       None, None]
+    splits[b] = "train"  # all in train: the copy built whole (no warning) is kept, not the first
+    reasons = [r for _, r in dedupe(results, splits)]
+    assert reasons[1:4] == ["duplicate of train.match", None, "duplicate of train.match"]
+
+
+def test_build_keeps_the_valid_copy_of_a_duplicate(tmp_path):
+    """A copy of a performance whose matched share is too low (insertions added) comes first: it is
+    skipped for that reason, and the valid file with the same aligned notes is built, not reported as
+    its duplicate."""
+    from instruct_tokenizer.build import build
+
+    good = sorted((VIENNA / "match").glob("Schubert*.match"))[0]
+    lines = good.read_text().splitlines()
+    n_snotes = sum(line.startswith("snote") for line in lines)
+    insertions = [f"insertion-note(x{i},[C,n],4,{1000 + i},{1200 + i},{1200 + i},50)." for i in range(2 * n_snotes)]
+    (tmp_path / "src").mkdir()
+    bad = tmp_path / "src" / "A_copy_p01.match"
+    bad.write_text("\n".join(lines + insertions) + "\n")
+    report = build([str(bad), str(good)], str(tmp_path / "out"), BuildConfig(split=(1, 0, 0), progress=False))
+    assert [p for p, _ in report.skipped] == [str(bad)] and "matched share" in report.skipped[0][1]
+    assert report.built["train"] == 1
+    manifest = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert {m["source"] for m in manifest} == {str(good)}
+
+
+# ----------------------------------------------------------------------------------------- empty split
+def test_empty_split_stops_the_build_and_says_how_to_fix_it(tmp_path):
+    """Four pieces with the default 0.8,0.1,0.1 give 3 train, 1 valid and no test piece: the build names
+    the split and the fix, exits 1 and writes nothing (fairseq-preprocess --testpref would die later)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("already here")
+    proc = subprocess.run([str(BIN / "instruct-tokenize"), "build", str(VIENNA / "match"), "--out", str(out),
+                           "--seed", "1", "--workers", "1", "--no-progress"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(out) in err[0] and "split 'test' would be empty" in err[0]
+    assert "3 train, 1 valid, 0 test" in err[0] and "--split 0.5,0.25,0.25" in err[0] and "--testpref" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"], "nothing written, nothing lost"
+
+
+def test_empty_split_reason_when_every_file_of_its_piece_is_skipped():
+    from instruct_tokenizer.build import Item, empty_split_reason
+
+    a, b = ("c", "kept"), ("c", "skipped")
+    item = Item(Source("a.match", *a, "p"), "", [], [], [], Counter(), {})
+    cfg = BuildConfig(split=(0.5, 0.5, 0.0))
+    reason = empty_split_reason([item], {a: "train", b: "valid"}, cfg)
+    assert reason.startswith("split 'valid' would be empty: its 1 piece(s) gave no performance")
+    assert empty_split_reason([item], {a: "train", b: "valid"}, BuildConfig(split=(1, 0, 0))) is None
+    pinned = BuildConfig(split=(1, 0, 0), test_pieces="pieces.csv")  # pinned pieces ask for test
+    assert "split 'test'" in empty_split_reason([item], {a: "train"}, pinned)

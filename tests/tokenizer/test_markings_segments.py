@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SHARED, VIENNA
+from conftest import VIENNA
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import performed_notes
 from instruct_tokenizer.encode import encode_match, score_file_to_tokens, segment, stitch
@@ -17,7 +17,7 @@ from instruct_tokenizer.score import score_timeline
 
 MATCH = VIENNA / "match" / "Chopin_op10_no3_p01.match"
 XML = VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"
-NASAP_REPEATS = SHARED / "datasets" / "nasap" / "Beethoven" / "Piano_Sonatas" / "11-3" / "MaximovI05.match"
+NASAP_REPEATS = "Beethoven/Piano_Sonatas/11-3/MaximovI05.match"  # under the (n)ASAP root
 BAD = VIENNA.parents[1] / "tests" / "bad_inputs"
 MARK_TYPES = set(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES)
 
@@ -56,11 +56,10 @@ def test_repeat_suffix_maps_to_xml_note():
     assert marks_for_anchor(marks, "n7-1") == ((), ())
 
 
-@pytest.mark.skipif(not NASAP_REPEATS.exists(), reason="(n)ASAP not unpacked")
-def test_nasap_repeat_anchors_find_their_markings(cache):
-    xml = find_score_xml(str(NASAP_REPEATS))
+def test_nasap_repeat_anchors_find_their_markings(nasap, cache):
+    xml = find_score_xml(str(nasap / NASAP_REPEATS))
     marks = load_markings(str(xml), str(cache))
-    mf = load_match(str(NASAP_REPEATS))
+    mf = load_match(str(nasap / NASAP_REPEATS))
     assert any(a.endswith("-2") for a in mf.anchor)
     missing = [a for a in mf.anchor if marks_for_anchor(marks, a) == ((), ()) and a.rpartition("-")[0] not in marks
                and a not in marks]
