@@ -20,7 +20,7 @@ figures stand side by side with theirs:
    *distance* ``jensenshannon(p, q, base=2)`` and the intersection ``sum(min(p, q))``; "overall" is the
    mean of the four features.
 
-Pure numpy/scipy/miditoolkit: no torch, no fairseq.
+Pure numpy/scipy/symusic/miditoolkit: no torch, no fairseq.
 """
 from __future__ import annotations
 
@@ -125,208 +125,63 @@ def tick_to_ms(ticks_per_beat: int, tempo_changes, max_tick: int) -> np.ndarray:
 def midi_features(path) -> NoteFeatures:
     """Per-note features of a MIDI file (all non-drum tracks pooled), after the normalisation above.
     Raises MidiReadError (the message says why) for a file that is missing, unreadable or has no notes."""
-    tpb, tempos, max_tick, insts = read_midi(path)
-    insts = [i for i in insts if not i[0]]
-    notes = [n for i in insts for n in i[1]]
-    if not notes:
+    tpb, tempos, raw, cc = read_midi(path)
+    if not len(raw):
         raise MidiReadError("no notes")
-    ccs = [c for i in insts for c in i[2] if c[1] == 64]
-    raw = np.array(notes, np.int64).reshape(-1, 4)
-    cc = np.array(ccs, np.int64).reshape(-1, 3)
-    ms = tick_to_ms(tpb, tempos, max(int(max_tick), int(raw[:, :2].max()), int(cc[:, 0].max()) if len(cc) else 0))
+    ms = tick_to_ms(tpb, tempos, max(int(raw[:, :2].max()), int(cc[:, 0].max()) if len(cc) else 0))
     start, end, pitch, vel = normalise_notes(ms[raw[:, 0]], ms[raw[:, 1]], raw[:, 2], raw[:, 3])
     ped_t = ms[cc[:, 0]]
     order = np.argsort(ped_t, kind="stable")
     return NoteFeatures(onset_ms=start.astype(np.float64), duration_ms=(end - start).astype(np.float64),
                         velocity=vel, pitch=pitch,
-                        pedal_pattern=pedal_patterns(start, ped_t[order], cc[order, 2]))
+                        pedal_pattern=pedal_patterns(start, ped_t[order], cc[order, 1]))
 
 
-# ------------------------------------------------------------------------------- fast MIDI reading
-class _Unsupported(Exception):
-    """Something the fast reader leaves to mido/miditoolkit (which then reads it or names the error)."""
+# ------------------------------------------------------------------------------- MIDI reading
+def read_midi(path) -> Tuple[int, list, np.ndarray, np.ndarray]:
+    """A MIDI file read by symusic, in ticks: (ticks per beat, tempo changes as miditoolkit keeps them,
+    notes of the non-drum tracks as an (N, 4) int array [start tick, end tick, pitch, velocity], and
+    their sustain (CC64) events as an (M, 2) int array [tick, value]), tracks in file order.
 
+    symusic pairs note-on and note-off as miditoolkit does (the oldest open note of a pitch and channel
+    closes first) and is 15 times faster on the benchmark's human files; ``tests/eval/test_metrics.py``
+    checks that the features equal miditoolkit's. Tempo changes follow miditoolkit's
+    ``_load_tempo_changes``: 120 BPM until the first, one at tick 0 replaces the default (the last of
+    several at tick 0 wins), and a change to the BPM already in force is dropped.
+    Raises MidiReadError naming the reason."""
+    import symusic
 
-def _read_smf(data: bytes):
-    """Standard MIDI File -> (ticks_per_beat, tracks): each track (events, last tick), events a list of (abs_tick, status, a, b) for
-    channel messages and (abs_tick, 0x51, tempo_us, 0) for set_tempo. Follows mido's reader (running
-    status, meta events not setting it, chunks read in order) without building message objects."""
-    if len(data) < 14 or data[:4] != b"MThd":
-        raise _Unsupported("no MThd header")
-    hlen = int.from_bytes(data[4:8], "big")
-    ntrk = int.from_bytes(data[10:12], "big")
-    tpb = int.from_bytes(data[12:14], "big")
-    if tpb & 0x8000 or tpb == 0:
-        raise _Unsupported("SMPTE time division")
-    pos = 8 + hlen
-    tracks = []
-    for _ in range(ntrk):
-        if data[pos:pos + 4] != b"MTrk":
-            raise _Unsupported("no MTrk header")
-        size = int.from_bytes(data[pos + 4:pos + 8], "big")
-        i, end = pos + 8, pos + 8 + size
-        if end > len(data):
-            raise _Unsupported("truncated track")
-        pos = end
-        ev = []
-        tick = 0
-        last = None
-        while i < end:
-            delta = 0
-            while True:
-                byte = data[i]
-                i += 1
-                delta = (delta << 7) | (byte & 0x7F)
-                if byte < 0x80:
-                    break
-            tick += delta
-            st = data[i]
-            if st < 0x80:
-                if last is None:
-                    raise _Unsupported("running status without last status")
-                st = last
-            else:
-                i += 1
-                if st != 0xFF:
-                    last = st
-            if st == 0xFF:
-                mtype = data[i]
-                i += 1
-                length = 0
-                while True:
-                    byte = data[i]
-                    i += 1
-                    length = (length << 7) | (byte & 0x7F)
-                    if byte < 0x80:
-                        break
-                if mtype == 0x51:
-                    if length != 3:
-                        raise _Unsupported("bad set_tempo")
-                    ev.append((tick, 0x51, int.from_bytes(data[i:i + 3], "big"), 0))
-                i += length
-            elif st == 0xF0 or st == 0xF7:
-                length = 0
-                while True:
-                    byte = data[i]
-                    i += 1
-                    length = (length << 7) | (byte & 0x7F)
-                    if byte < 0x80:
-                        break
-                i += length
-            elif st < 0xF0:
-                hi = st & 0xF0
-                if hi == 0xC0 or hi == 0xD0:
-                    a, b = data[i], 0
-                    i += 1
-                else:
-                    a, b = data[i], data[i + 1]
-                    i += 2
-                if a > 127 or b > 127:
-                    raise _Unsupported("data byte over 127")
-                if hi in (0x80, 0x90, 0xB0, 0xC0, 0xE0):
-                    ev.append((tick, st, a, b))
-                else:
-                    ev.append((tick, 0x100, 0, 0))  # keeps the track's last tick
-            else:
-                raise _Unsupported("system common message in a track")
-        if i != end:
-            raise _Unsupported("event runs past its track")
-        if size == 0:
-            raise _Unsupported("empty track")
-        tracks.append((ev, tick))
-    return tpb, tracks
-
-
-def _instruments(tracks):
-    """miditoolkit's ``_load_instruments`` on the parsed events: instruments keyed by (program, channel,
-    track) in creation order, note-offs closing the oldest open note of their (channel, pitch), CCs before
-    a track/channel's first note attached to its first instrument ("stragglers"). Returns a list of
-    (is_drum, notes [(start, end, pitch, velocity)], ccs [(tick, number, value)])."""
-    inst_map: Dict[tuple, tuple] = {}
-    stragglers: Dict[tuple, list] = {}
-    for t, (ev, _) in enumerate(tracks):
-        open_notes: Dict[tuple, list] = {}
-        program = [0] * 16
-        for tick, st, a, b in ev:
-            hi, ch = st & 0xF0, st & 0x0F
-            if st > 0xFF:
-                continue
-            if hi == 0xC0:
-                program[ch] = a
-            elif hi == 0x90 and b > 0:
-                open_notes.setdefault((ch, a), []).append((tick, b))
-            elif hi == 0x80 or hi == 0x90:
-                q = open_notes.get((ch, a))
-                if q is None:
-                    continue
-                start, vel = q.pop(0)
-                if not q:
-                    del open_notes[(ch, a)]
-                key = (program[ch], ch, t)
-                inst = inst_map.get(key)
-                if inst is None:
-                    ccs = stragglers[(ch, t)] if (ch, t) in stragglers else []
-                    inst = inst_map[key] = (ch == 9, [], ccs)
-                inst[1].append((start, tick, a, vel))
-            elif hi == 0xE0:  # pitch bends create a straggler that later CCs share
-                if (program[ch], ch, t) not in inst_map and (ch, t) not in stragglers:
-                    stragglers[(ch, t)] = []
-            elif hi == 0xB0:
-                key = (program[ch], ch, t)
-                if key in inst_map:
-                    ccs = inst_map[key][2]
-                elif (ch, t) in stragglers:
-                    ccs = stragglers[(ch, t)]
-                else:
-                    ccs = stragglers[(ch, t)] = []
-                ccs.append((tick, a, b))
-    return list(inst_map.values())
-
-
-def _tempo_changes(tracks):
-    """miditoolkit's ``_load_tempo_changes``: 120 BPM default; a tempo at tick 0 restarts the list; a
-    change is kept where the BPM differs from the last one kept (tracks in file order)."""
-    import miditoolkit
-
-    changes = [(120.0, 0)]
-    for ev, _ in tracks:
-        for tick, st, a, _ in ev:
-            if st == 0x51:
-                bpm = 60 * 1e6 / a * 4 / 4.0  # mido.tempo2bpm
-                if tick == 0:
-                    changes = [(bpm, 0)]
-                elif bpm != changes[-1][0]:
-                    changes.append((bpm, tick))
-    return [miditoolkit.TempoChange(bpm, tick) for bpm, tick in changes]
-
-
-def read_midi(path):
-    """(ticks_per_beat, tempo changes, max_tick, instruments) of a MIDI file exactly as miditoolkit reads
-    it (instruments as in ``_instruments``); a fast reader, falling back to miditoolkit itself for what
-    it does not handle. Raises MidiReadError naming the reason."""
     p = Path(path)
     if not p.is_file():
         raise MidiReadError("no such file" if not p.exists() else "not a file")
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise MidiReadError(f"cannot read it ({e.strerror or e})") from None
-    try:
-        tpb, tracks = _read_smf(data)
-        return tpb, _tempo_changes(tracks), max(t for _, t in tracks) + 1, _instruments(tracks)
-    except (_Unsupported, IndexError, ValueError):
-        pass
+        score = symusic.Score(str(p))
+    except (RuntimeError, ValueError, OSError) as e:
+        why = str(e).replace("MiniMidi: ", "").replace(": iostream error", "").replace("Invaild", "Invalid").strip()
+        raise MidiReadError(f"not a readable MIDI file ({why})") from None
+    notes, pedal = [np.zeros((0, 4), np.int64)], [np.zeros((0, 2), np.int64)]
+    for track in score.tracks:
+        if track.is_drum:
+            continue
+        n, c = track.notes.numpy(), track.controls.numpy()
+        notes.append(np.stack([n["time"], n["time"] + n["duration"], n["pitch"], n["velocity"]], 1).astype(np.int64))
+        sustain = c["number"] == 64
+        pedal.append(np.stack([c["time"][sustain], c["value"][sustain]], 1).astype(np.int64))
+    return int(score.tpq), _tempo_changes(score.tempos), np.concatenate(notes), np.concatenate(pedal)
+
+
+def _tempo_changes(tempos) -> list:
+    """miditoolkit's tempo list from symusic's tempo events (see :func:`read_midi`)."""
     import miditoolkit
 
-    try:
-        midi = miditoolkit.MidiFile(str(p))
-    except Exception as e:  # mido raises many types on junk
-        why = f"{type(e).__name__}: {e}" if str(e).strip() else ("truncated file" if isinstance(e, EOFError)
-                                                                   else type(e).__name__)
-        raise MidiReadError(f"not a readable MIDI file ({why})") from None
-    insts = [(i.is_drum, [(n.start, n.end, n.pitch, n.velocity) for n in i.notes],
-              [(c.time, c.number, c.value) for c in i.control_changes]) for i in midi.instruments]
-    return midi.ticks_per_beat, midi.tempo_changes, midi.max_tick, insts
+    changes = [(120.0, 0)]
+    for t in tempos:
+        bpm = 60 * 1e6 / t.mspq  # mido.tempo2bpm
+        if t.time == 0:
+            changes = [(bpm, 0)]
+        elif bpm != changes[-1][0]:
+            changes.append((bpm, int(t.time)))
+    return [miditoolkit.TempoChange(bpm, tick) for bpm, tick in changes]
 
 
 # ------------------------------------------------------------------------------- distribution scores

@@ -99,11 +99,73 @@ def test_baselines(tmp_path):
     assert list(t.velocity) == [70, 70] and list(t.onset_ms) == [0, 600] and list(t.duration_ms) == [300, 300]
 
 
+def _miditoolkit_reader(path):
+    """The reference for metrics.read_midi: miditoolkit's own parse, in read_midi's return shape."""
+    midi = miditoolkit.MidiFile(str(path))
+    insts = [i for i in midi.instruments if not i.is_drum]
+    notes = np.array([(n.start, n.end, n.pitch, n.velocity) for i in insts for n in i.notes], np.int64).reshape(-1, 4)
+    pedal = np.array([(c.time, c.value) for i in insts for c in i.control_changes if c.number == 64],
+                     np.int64).reshape(-1, 2)
+    return midi.ticks_per_beat, midi.tempo_changes, notes, pedal
+
+
+def _edge_case_midis(d):
+    """MIDI files written with mido (running status on) that exercise the reader: overlapping notes of
+    one pitch, a note-on of velocity 0 as note-off, a note never released, pedal before the first note,
+    tempo changes (two at tick 0), a drum channel and a program change, pedal on a track without notes."""
+    import mido
+
+    M, T = mido.Message, mido.MetaMessage
+    files = {
+        "overlap": [[T("set_tempo", tempo=600000), M("note_on", note=60, velocity=50),
+                     M("note_on", note=60, velocity=70, time=100), M("note_off", note=60, time=100),
+                     M("note_off", note=60, time=300), M("note_on", note=62, velocity=40, time=10),
+                     M("note_on", note=62, velocity=0, time=200), M("note_on", note=64, velocity=30, time=5)]],
+        "tempo_pedal": [[T("set_tempo", tempo=400000), T("set_tempo", tempo=500000),
+                         M("control_change", control=64, value=100), M("note_on", note=60, velocity=50, time=10),
+                         T("set_tempo", tempo=300000, time=100), M("note_off", note=60, time=300),
+                         M("note_on", note=61, velocity=55, time=10), M("control_change", control=64, time=50),
+                         M("note_off", note=61, time=20)]],
+        "tracks": [[T("set_tempo", tempo=500000)],
+                   [M("program_change", program=5), M("note_on", note=60, velocity=50),
+                    M("note_on", note=36, velocity=90, channel=9, time=10), M("note_off", note=36, channel=9, time=50),
+                    M("note_off", note=60, time=400), M("control_change", control=64, value=127, time=1),
+                    M("note_on", note=65, velocity=50, time=10), M("note_off", note=65, time=100)],
+                   [M("control_change", control=64, value=127, time=5), M("control_change", control=64, time=700)]],
+    }
+    paths = []
+    for name, tracks in files.items():
+        midi = mido.MidiFile(type=1, ticks_per_beat=480)
+        midi.tracks.extend(mido.MidiTrack(t) for t in tracks)
+        midi.save(str(d / f"{name}.mid"))
+        paths.append(d / f"{name}.mid")
+    return paths
+
+
+def test_reader_agrees_with_miditoolkit(tmp_path, monkeypatch):
+    """metrics.read_midi (symusic) gives the features miditoolkit's parse gives (Pianist Transformer's
+    reader), note for note, on edge cases and on three human benchmark files where present."""
+    import instruct_tokenizer.metrics as M
+
+    paths = _edge_case_midis(tmp_path)
+    paths += sorted((BENCH / "human").glob("*.mid"))[::60] if (BENCH / "human").is_dir() else []
+    ours = [midi_features(p) for p in paths]
+    monkeypatch.setattr(M, "read_midi", _miditoolkit_reader)
+    for path, f in zip(paths, ours):
+        ref = M.midi_features(path)
+        for k in ("onset_ms", "duration_ms", "velocity", "pitch", "pedal_pattern"):
+            assert np.array_equal(getattr(f, k), getattr(ref, k)), (path.name, k)
+    overlap = ours[0]  # FIFO pairing (the second 60 lasts to the last note-off), the unreleased 64 dropped
+    assert list(overlap.onset_ms) == [0, 125, 638] and list(overlap.duration_ms) == [125, 500, 250]
+
+
 def test_bad_file_is_named(tmp_path):
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"not a midi file")
-    with pytest.raises(MidiReadError):
+    with pytest.raises(MidiReadError, match="not a readable MIDI file"):
         midi_features(bad)
+    with pytest.raises(MidiReadError, match="no such file"):
+        midi_features(tmp_path / "missing.mid")
 
 
 def test_instruct_eval_cli(tmp_path, capsys):
