@@ -5,6 +5,7 @@ setup(
     name="instruct-museformer",
     version="0.1.0",
     description="Render piano scores into expressive performances with a fairseq Museformer",
+    license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["museformer", "museformer.*", "instruct_tokenizer", "instruct_tokenizer.*"]),
     # fairseq==0.10.2 is built and patched by scripts/install_fairseq.sh (no wheel exists for py>3.8).
