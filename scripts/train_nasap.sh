@@ -15,11 +15,11 @@
 #        the full-size defaults train at 150,000 target tokens/s (5 updates/s, an epoch in about 160 s);
 #        ARCH=museformer_s2p_small MAX_TOKENS=32768 UPDATE_FREQ=1 LR=1e-3 WARMUP=400 SAVE_EVERY=400
 #        AUGMENT=0 HOURS=0.085 trains at 300,000 target tokens/s (validation loss 4.128 in 5 minutes; it
-#        renders too softly free-running, so it is not the released model: README, model card)
+#        renders too softly free-running, so it is not the released model: docs/experiments.md)
 # The score side carries the instruct prefix, the notated tempo (QPM bar tokens) and the MusicXML markings,
 # dropped for half of the performances so that the model also renders score MIDI (no markings) well.
 # BUILD_EXTRA adds instruct-tokenize build flags, e.g. --marking-state (measured: per-note velocity r up,
-# whole-piece distributions worse; README, model card).
+# whole-piece distributions worse; docs/experiments.md).
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
 # --style-embed carries the instruct prefix to every position (without it the model ignored the prefix);
 # --align-source gives each decoder step its own score note; --decoder-input-dropout (INPUT_DROPOUT) hides
