@@ -614,23 +614,30 @@ def split_bars(tokens: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
     return list(tokens[:starts[0]]), [list(tokens[a:b]) for a, b in zip(starts, ends)]
 
 
-def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budget: int,
-                   overlap: int) -> List[Tuple[int, int]]:
-    """Half-open bar ranges whose score and performance parts each fit ``budget`` tokens (a single
-    longer bar forms its own segment); consecutive segments share ``overlap`` bars."""
-    n = len(score_bars)
-    cost = [max(len(s), len(p)) for s, p in zip(score_bars, perf_bars)]
-    out, start = [], 0
+def bar_ranges(bar_costs: Sequence[int], budget: int, overlap: int) -> List[Tuple[int, int]]:
+    """Half-open bar ranges [start, end) whose bars' costs (tokens) sum to at most ``budget`` (a single
+    costlier bar forms its own range); consecutive ranges share ``overlap`` bars. The one segment
+    planner: the corpus build cuts training segments with it, the renderer its generation segments."""
+    n = len(bar_costs)
+    out: List[Tuple[int, int]] = []
+    start = 0
     while start < n:
         end, used = start, 0
-        while end < n and (end == start or used + cost[end] <= budget):
-            used += cost[end]
+        while end < n and (end == start or used + bar_costs[end] <= budget):
+            used += bar_costs[end]
             end += 1
         out.append((start, end))
         if end >= n:
             break
         start = max(end - overlap, start + 1)
     return out
+
+
+def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budget: int,
+                   overlap: int) -> List[Tuple[int, int]]:
+    """Half-open bar ranges whose score and performance parts each fit ``budget`` tokens (a single
+    longer bar forms its own segment); consecutive segments share ``overlap`` bars."""
+    return bar_ranges([max(len(s), len(p)) for s, p in zip(score_bars, perf_bars)], budget, overlap)
 
 
 def segment(score: Sequence[str], perf: Sequence[str], max_tokens: int, overlap_bars: int = 2) -> List[Segment]:

@@ -22,9 +22,10 @@ import torch
 from tqdm import tqdm
 
 from instruct_tokenizer import vocab as V
-from instruct_tokenizer.encode import split_bars
-from instruct_tokenizer.grammar import (DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR,
-                                       TEMPO_BAND_BINS, target_slots)
+from instruct_tokenizer.encode import bar_ranges, split_bars
+from instruct_tokenizer.grammar import target_slots
+
+from .decoding import DecodeConfig, DecodeRules
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "instruct-museformer.pt"
@@ -33,24 +34,6 @@ logger = logging.getLogger("instruct_render")
 
 class RenderError(Exception):
     """A user-facing error: the message names the file and the reason."""
-
-
-# --------------------------------------------------------------------------------------- segments
-def plan_segments(bar_lengths: Sequence[int], budget: int, overlap: int) -> List[Tuple[int, int]]:
-    """Half-open bar ranges [start, end) of at most ``budget`` tokens each (a single bar longer than the
-    budget forms its own segment); consecutive segments share ``overlap`` bars."""
-    segments: List[Tuple[int, int]] = []
-    start, n = 0, len(bar_lengths)
-    while start < n:
-        end, used = start, 0
-        while end < n and (end == start or used + bar_lengths[end] <= budget):
-            used += bar_lengths[end]
-            end += 1
-        segments.append((start, end))
-        if end >= n:
-            break
-        start = max(end - overlap, start + 1)
-    return segments
 
 
 # --------------------------------------------------------------------------------------- model
@@ -105,31 +88,17 @@ class Renderer:
         self.src_dict, self.tgt_dict = task.source_dictionary, task.target_dictionary
         self.max_positions = min(int(getattr(args, "max_source_positions", 1024)),
                                  int(getattr(args, "max_target_positions", 1024)))
-        self.grammar = None  # the task's Grammar, for the tempo band's level across segments
+        self.rules: Optional[DecodeRules] = None  # the decoding rules (their state crosses segments)
+        self.decode: Optional[DecodeConfig] = None  # what they were built from
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
-                        allow_deletions: bool = False, type_temperature: str = "",
-                        min_key_down_ms: float = MIN_KEY_DOWN_MS, unisons_once: bool = True,
-                        tempo_band: float = TEMPO_BAND_BINS, tempo_anchor: str = TEMPO_ANCHOR,
-                        fermata_hold: float = FERMATA_HOLD_BINS,
-                        dynamics_band: float = DYNAMICS_BAND_BINS) -> "Renderer":
-        """``allow_deletions``: let the model leave score notes unplayed (``Vel_Del``), as some human
-        performances in its training data do; by default every score note is played.
-        ``type_temperature``: per-type relative sampling temperature, e.g. ``Tempo=0.7``.
-        ``min_key_down_ms``: the key-down floor (ms; 0: off): no note is held shorter.
-        ``unisons_once``: a pitch that several notes of one onset share is struck once (its longest note;
-        the others take the deletion token); False plays every score note.
-        ``tempo_band``: keep the windowed tempo level within that many tempo bins of the reference (0:
-        off; ``museformer.model.tempo_band_penalty``); segments continue the level of the bars before
-        them; ``tempo_anchor``: the reference ("notated": the notated tempo where the score states one,
-        no band elsewhere; "self": the rendering's level so far).
-        ``fermata_hold``: at a fermata's onset and the onset after it, the expected beat period is at
-        least that many tempo bins slower than the 8 quarters before (0: off; ``museformer.model.fermata_hold``;
-        needs score tokens with markings).
-        ``dynamics_band``: keep the 32-note velocity level within that many velocity bins of the
-        rendering's offset so far from the notated dynamic level (0: off; ``museformer.model.
-        dynamics_band_penalty``; needs score tokens with dynamics markings, elsewhere it does nothing)."""
+                        decode: Optional[DecodeConfig] = None, **settings) -> "Renderer":
+        """Load a checkpoint (a released model with its embedded dictionary, or a training checkpoint with
+        ``data``: the fairseq-preprocess folder). ``decode``: the decoding rules (default:
+        ``DecodeConfig()``, instruct-render's defaults; docs/decoding.md); ``settings``: DecodeConfig
+        fields to change, e.g. ``tempo_band=0`` or ``type_temperature="Tempo=mean,Vel=mean"``. Raises
+        RenderError (file and reason) for a missing or unreadable checkpoint or a bad setting."""
         from fairseq import checkpoint_utils, tasks
 
         import museformer  # noqa: F401  (registers the task and architectures)
@@ -148,29 +117,24 @@ class Renderer:
         args.max_source_positions = args.max_target_positions = 10 ** 6
         if attention_impl:
             args.attention_impl = attention_impl
-        args.no_deletions = not allow_deletions
-        args.type_temperature = type_temperature
-        args.min_key_down_ms = min_key_down_ms
-        args.unisons_once = unisons_once
-        args.tempo_band = tempo_band
-        args.tempo_anchor = tempo_anchor
-        args.fermata_hold = fermata_hold
-        args.dynamics_band = dynamics_band
         try:
             task = tasks.setup_task(args)
         finally:
             if "dictionary" in state:  # the embedded dictionary's temporary copy is read now
                 shutil.rmtree(args.data, ignore_errors=True)
         try:
-            renderer_grammar = task.load_grammar()  # checks --type-temperature, --min-key-down-ms, --tempo-band
+            config = (decode or DecodeConfig()).replace(**settings)
+            rules = DecodeRules.build(config, task.source_dictionary, task.target_dictionary,
+                                      getattr(args, "grammar", None) or "instruct_tokenizer.grammar")
         except ValueError as e:
             raise RenderError(str(e)) from None
+        task.use_rules(rules)
         model = task.build_model(args)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
         model.load_state_dict(weights, strict=True, args=args)
         model.eval()
         renderer = cls([model], task, args)
-        renderer.grammar = renderer_grammar
+        renderer.rules, renderer.decode = rules, config
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -226,7 +190,7 @@ class Renderer:
             src[i, width - len(x):] = x
         sample = {"id": torch.arange(len(srcs)),
                   "net_input": {"src_tokens": src, "src_lengths": torch.tensor([len(x) for x in srcs])}}
-        from .model import DYN_FIELDS, LEVEL_FIELDS
+        from .decoding.functions import DYN_FIELDS, LEVEL_FIELDS
 
         for name, width in (("tempo_prior", LEVEL_FIELDS), ("dynamics_prior", DYN_FIELDS)):
             if priors is not None and any(name in p for p in priors):
@@ -264,7 +228,7 @@ class Renderer:
         lengths = [max(len(b), len(target_slots(b))) for b in bars]  # the longer of score and perf
         if len(prefix) + sum(lengths) + 1 <= self.max_positions:
             return prefix, bars, [(0, len(bars))]
-        return prefix, bars, plan_segments(lengths, budget - len(prefix), overlap_bars)
+        return prefix, bars, bar_ranges(lengths, budget - len(prefix), overlap_bars)
 
     def render_many(self, pieces: Sequence[Sequence[str]], sampling: Sampling, overlap_bars: int = 2,
                     batch_size: int = 16, progress: bool = True) -> List[List[str]]:
@@ -302,16 +266,10 @@ class Renderer:
         """The (4,) states after the rendered bars before a segment: ``tempo_prior`` (the tempo band's and
         the fermata hold's level) and ``dynamics_prior`` (the dynamics band's), each where it is on
         (none when there are no such bars)."""
-        out: Dict[str, torch.Tensor] = {}
-        if self.grammar is None or not perf_bars:
-            return out
+        if self.rules is None or not perf_bars:
+            return {}
         score = list(prefix) + [t for b in score_bars for t in b]
-        perf = [t for b in perf_bars for t in b]
-        if self.grammar.tracks_level:
-            out["tempo_prior"] = self.grammar.level_after(score, perf)
-        if self.grammar.dynamics_band > 0:
-            out["dynamics_prior"] = self.grammar.dynamics_after(score, perf)
-        return out
+        return self.rules.state_after(score, [t for b in perf_bars for t in b])
 
     def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
                       progress: bool = True) -> List[str]:
@@ -343,33 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topp", type=float, default=1.0,
                    help="nucleus sampling p (default 1.0: plain sampling, which measured closer to human "
                         "velocity/IOI/pedal distributions than 0.95)")
-    p.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
-                   help="per-type temperature relative to --temperature, e.g. Tempo=0.7 (steadier tempo); "
-                        "TYPE=mean takes the bin nearest the expected value (Tempo, Vel, Time, Art)")
-    p.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
-                   help=f"hold no note shorter than MS ms (default {MIN_KEY_DOWN_MS:g}: the 1st percentile of the "
-                        "training performances' key-down times; sampled articulation otherwise puts a few "
-                        "percent of notes under 20 ms, which pianists hardly ever play; 0: off)")
-    p.add_argument("--tempo-band", type=float, default=TEMPO_BAND_BINS, metavar="BINS",
-                   help=f"keep the tempo level over about 8 quarters within BINS tempo bins (3%% steps) of the "
-                        f"reference (--tempo-anchor), after the first 16 quarters: a soft band against tempo "
-                        f"drift (default {TEMPO_BAND_BINS:g}; 0: off)")
-    p.add_argument("--tempo-anchor", default=TEMPO_ANCHOR, choices=["notated", "self"],
-                   help=f"what --tempo-band centres on: the notated tempo where the score states one other "
-                        f"than 120, no band elsewhere (notated), or the rendering's own level so far (self; "
-                        f"default {TEMPO_ANCHOR})")
-    p.add_argument("--fermata-hold", type=float, default=FERMATA_HOLD_BINS, metavar="BINS",
-                   help=f"play a fermata's onset and the onset after it (the held gap) at least BINS tempo bins "
-                        f"(2.9%% steps) slower than the 8 quarters before, in expectation (default "
-                        f"{FERMATA_HOLD_BINS:g}: the training performances' median; 0: off; MusicXML input only)")
-    p.add_argument("--dynamics-band", type=float, default=DYNAMICS_BAND_BINS, metavar="BINS",
-                   help=f"keep the velocity level over about 32 notes within BINS velocity bins (2 MIDI "
-                        f"velocities each) of the rendering's offset so far from the notated dynamics, after "
-                        f"the first 32 notes: the rendering follows a p after an f (default "
-                        f"{DYNAMICS_BAND_BINS:g}; 0: off; MusicXML input with dynamics only)")
-    p.add_argument("--keep-unisons", action="store_true",
-                   help="strike both notes where two voices share a pitch at one onset (by default the key "
-                        "is struck once, for the longer note: a piano cannot play both)")
+    DecodeConfig.add_args(p, profile="render")  # the decoding rules (docs/decoding.md)
     p.add_argument("--beam", type=int, default=1, help="beam search with this beam size (> 1) instead of sampling")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -379,8 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composer", default=None, help="composer meta token (if the model was trained with it)")
     p.add_argument("--performer", default=None, help="performer meta token (if the model was trained with it)")
     p.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
-    p.add_argument("--allow-deletions", action="store_true",
-                   help="let the model leave score notes unplayed (Vel_Del); by default every note is played")
     p.add_argument("--overlap-bars", type=int, default=2, help="bars of forced context between segments")
     p.add_argument("--attention-impl", default=None, choices=["dense", "bar", "flex"],
                    help="override the checkpoint's attention backend")
@@ -398,12 +328,7 @@ def render_file(args: argparse.Namespace) -> List[Path]:
     from instruct_tokenizer.decode import tokens_to_midi
 
     renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
-                                        allow_deletions=args.allow_deletions,
-                                        type_temperature=args.type_temperature,
-                                        min_key_down_ms=args.min_key_down_ms,
-                                        unisons_once=not args.keep_unisons, tempo_band=args.tempo_band,
-                                        fermata_hold=args.fermata_hold, dynamics_band=args.dynamics_band,
-                                        tempo_anchor=args.tempo_anchor)
+                                        decode=DecodeConfig.from_args(args))
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
                                          performer=args.performer, unfold_repeats=not args.no_repeats)
     written = []

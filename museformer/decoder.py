@@ -1,0 +1,198 @@
+"""The performance decoder: causal FC-attention over the performance, bar-aligned cross FC-attention to
+the score, and one incremental step for generation (the decoding rules are applied outside it, by the
+``museformer.decoding`` layer the model carries)."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from fairseq.models import FairseqIncrementalDecoder
+from torch import Tensor, nn
+
+from . import pattern
+from .backends import get_backend, step_attend
+from .constants import BAR_TOKEN
+from .embeddings import MAX_IN_BAR, Embedder, Layout, bar_indices, in_bar_index, make_plan
+from .layers import DecoderLayer
+from .warmstart import fill_missing_zero_linear, grow_rows, zero_linear
+
+
+class MuseformerDecoder(FairseqIncrementalDecoder):
+    """Causal FC-attention over the performance, bar-aligned cross FC-attention to the score."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        self.args = args
+        self.bar_idx = dictionary.index(BAR_TOKEN)
+        dim = args.decoder_embed_dim
+        self.embed = Embedder(embed_tokens, dim, args.max_bars, args.summary_tokens, args.dropout)
+        self.layers = nn.ModuleList([
+            DecoderLayer(dim, args.decoder_attention_heads, args.decoder_ffn_embed_dim, args.dropout,
+                         args.attention_dropout, args.activation_dropout)
+            for _ in range(args.decoder_layers)])
+        self.ln = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, len(dictionary), bias=False)
+        if args.share_decoder_input_output_embed:
+            self.out.weight = embed_tokens.weight
+        else:
+            nn.init.normal_(self.out.weight, std=dim ** -0.5)
+        self.attend = get_backend(args.attention_impl)
+        self.align = zero_linear(dim) if getattr(args, "align_source", False) else None
+        self.rules = None  # museformer.decoding.DecodeRules, set by the model for constrained generation
+
+    def aligned_source(self, encoder_out: Dict, steps: Tensor) -> Optional[Tensor]:
+        """(B, n, C) projection of the encoder output at the score token of each step's slot (the
+        note's ``Pitch`` for its velocity/timing/articulation, the group's ``Pos`` for its tempo and
+        pedal, the ``Bar``), so that the decoder knows exactly which score note it is rendering; the
+        bar cross-attention alone has to find it among the bar's notes. ``steps``: (n,) decoder
+        positions (position t predicts target token t). None without ``--align-source``."""
+        if self.align is None:
+            return None
+        anchors = encoder_out["anchors"]  # (B, S + 1)
+        cols = steps.clamp(max=anchors.shape[1] - 1)
+        index = anchors[:, cols]  # (B, n)
+        enc = encoder_out["enc"]  # (B, L, C)
+        picked = enc.gather(1, index.unsqueeze(-1).expand(-1, -1, enc.shape[-1]))  # (B, n, C)
+        return self.align(picked)
+
+    def upgrade_state_dict_named(self, state_dict: Dict, name: str) -> Dict:
+        """Warm start of an ``--align-source`` model from a checkpoint trained without it: the missing
+        projection starts at zero (the checkpoint's function is unchanged); a grown dictionary gets zero
+        embedding and output rows for its new tokens (:func:`grow_rows`)."""
+        grow_rows(state_dict, name, "embed.tokens.weight", self.embed.tokens.weight)
+        grow_rows(state_dict, name, "out.weight", self.out.weight)
+        return fill_missing_zero_linear(state_dict, name, "align", self.align)
+
+    def drop_inputs(self, prev_output_tokens: Tensor) -> Tensor:
+        """In training, replace each previous performance token by ``<unk>`` with probability
+        ``--decoder-input-dropout`` (bar tokens, which carry the bar structure, and specials are kept),
+        so that the model leans on the score rather than on its own history: free-running, a model that
+        copies its recent velocities drifts (measured: louder and louder over 12 bars)."""
+        p = getattr(self.args, "decoder_input_dropout", 0.0)
+        if not self.training or p <= 0:
+            return prev_output_tokens
+        d = self.dictionary
+        keep = (prev_output_tokens.eq(self.bar_idx) | prev_output_tokens.eq(d.pad())
+                | prev_output_tokens.eq(d.eos()) | prev_output_tokens.eq(d.bos()))
+        drop = torch.rand(prev_output_tokens.shape, device=prev_output_tokens.device) < p
+        return prev_output_tokens.masked_fill(drop & ~keep, d.unk())
+
+    # ------------------------------------------------------------------ teacher forcing
+    def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict] = None,
+                incremental_state: Optional[Dict] = None, features_only: bool = False, **kwargs):
+        if incremental_state is not None:
+            return self.forward_incremental(prev_output_tokens, encoder_out, incremental_state)
+        prev_output_tokens = self.drop_inputs(prev_output_tokens)
+        valid = prev_output_tokens.ne(self.dictionary.pad())
+        bar = bar_indices(prev_output_tokens, self.bar_idx)  # (B, T)
+        t = prev_output_tokens.shape[1]
+        positions = torch.arange(t, device=bar.device).expand_as(bar)
+        layout = Layout(bar, valid, self.args.summary_tokens)
+        content = self.embed.content(prev_output_tokens, positions, bar,
+                                     in_bar_index(prev_output_tokens, self.bar_idx, valid))  # (B, T, C)
+        aligned = self.aligned_source(encoder_out, positions[0])  # (B, T, C) or None
+        if aligned is not None:
+            content = content + aligned
+        x = torch.cat([content, self.embed.summaries(layout.sum_bar)], dim=1)  # (B, L, C)
+        if "style" in encoder_out:
+            x = x + encoder_out["style"]  # (B, 1, C) onto every position
+        enc_layout = encoder_out["layout"]
+        self_plan = make_plan(layout, "decoder", self.args)
+        cross_plan = make_plan(layout, "cross", self.args, enc_layout)
+        for layer in self.layers:
+            x = layer(x, encoder_out["enc"], self.attend, self_plan, cross_plan)
+        x = self.ln(x[:, :t])  # content positions only: (B, T, C)
+        return (x if features_only else self.out(x)), {"attn": [None], "inner_states": None}
+
+    # ------------------------------------------------------------------ incremental decoding
+    def forward_incremental(self, prev_output_tokens: Tensor, encoder_out: Dict, incremental_state: Dict):
+        """One generation step: embeds the newest token (and, when it opens a bar, the summary of the
+        bar just closed), attends against the per-layer caches, returns logits for the newest token."""
+        state = self.get_incremental_state(incremental_state, "fc") or self.init_state(prev_output_tokens)
+        tok = prev_output_tokens[:, -1:]  # (B, 1)
+        b = tok.shape[0]
+        step = prev_output_tokens.shape[1] - 1
+        table = encoder_out.get("decode")  # the rules' SlotTable (constrained generation) or None
+        if table is not None:
+            if "rules" not in state:
+                state["rules"] = self.rules.init_state(table)
+            self.rules.update(state["rules"], tok[:, 0], step, table)
+        is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
+        new_bar = state["bar"] + is_bar.long()  # (B,)
+        in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
+        pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)
+        x_tok = self.embed.content(tok, pos, new_bar.unsqueeze(1), in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1))
+        aligned = self.aligned_source(encoder_out, pos[0])  # (B, 1, C) or None, as in teacher forcing
+        if aligned is not None:
+            x_tok = x_tok + aligned
+        rows = [x_tok]
+        q_bar, q_sum, q_pos = [new_bar.unsqueeze(1)], [torch.zeros_like(tok, dtype=torch.bool)], [pos]
+        closes = is_bar & (step > 0)  # (B,) rows whose previous bar just closed
+        n_s = self.args.summary_tokens
+        q_ok = [torch.ones_like(tok, dtype=torch.bool)]
+        closing = bool(closes.any())
+        if closing:  # summaries of the bar that just closed, computed now, through every layer
+            sum_bar = state["bar"].unsqueeze(1).expand(b, n_s)  # (B, S)
+            sum_pos = state["next_sum_pos"] + torch.arange(n_s, device=tok.device).expand(b, -1)
+            rows.insert(0, self.embed.summaries(sum_bar))
+            q_bar.insert(0, sum_bar)
+            q_sum.insert(0, torch.ones_like(sum_bar, dtype=torch.bool))
+            q_pos.insert(0, sum_pos)
+            q_ok.insert(0, closes.unsqueeze(1).expand(b, n_s))  # rows not closing: an unused dummy
+        x = torch.cat(rows, dim=1)  # (B, n_new, C)
+        if "style" in encoder_out:
+            x = x + encoder_out["style"]  # (B, 1, C), as in teacher forcing
+        qb, qs, qp = torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1)
+        qv = torch.cat(q_ok, 1)
+        kb = torch.cat([state["k_bar"], qb], 1)
+        ks = torch.cat([state["k_sum"], qs], 1)
+        kp = torch.cat([state["k_pos"], qp], 1)
+        kv = torch.cat([state["k_ok"], qv], 1)
+        m = pattern.decoder_mask(qb, qs, qp, kb, ks, kp, self.args.fine_bars_list)  # (B, n_new, L)
+        m = (m & kv.unsqueeze(1)) | (qp.unsqueeze(-1) == kp.unsqueeze(-2))
+        enc_layout = encoder_out["layout"]
+        cm = pattern.cross_mask(qb, enc_layout.bar, enc_layout.is_sum, self.args.cross_window)
+        cm = cm & enc_layout.valid.unsqueeze(1)
+        caches = state["caches"]
+        for layer, cache in zip(self.layers, caches):
+            x = layer.forward_step(x, encoder_out["enc"], cache, m, cm, step_attend)
+        logits = self.out(self.ln(x[:, -1:]))  # (B, 1, V)
+        state.update(bar=new_bar, in_bar=in_bar, k_bar=kb, k_sum=ks, k_pos=kp, k_ok=kv)
+        if closing:
+            state["next_sum_pos"] = state["next_sum_pos"] + n_s
+        self.set_incremental_state(incremental_state, "fc", state)
+        if table is not None:
+            logits = self.rules(logits, state["rules"], table, step)
+        return logits, {"attn": [None], "inner_states": None}
+
+    def init_state(self, prev_output_tokens: Tensor) -> Dict:
+        b = prev_output_tokens.shape[0]
+        dev = prev_output_tokens.device
+        empty_l = torch.zeros(b, 0, dtype=torch.long, device=dev)
+        return {"bar": torch.zeros(b, dtype=torch.long, device=dev),
+                "in_bar": torch.zeros(b, dtype=torch.long, device=dev),  # the start token is 1 past "bar -1"
+                "k_bar": empty_l, "k_sum": empty_l.bool(), "k_pos": empty_l, "k_ok": empty_l.bool(),
+                "next_sum_pos": torch.full((b, 1), 1 << 40, dtype=torch.long, device=dev),
+                "caches": [{} for _ in self.layers]}
+
+    def reorder_incremental_state(self, incremental_state: Dict, new_order: Tensor) -> None:
+        state = self.get_incremental_state(incremental_state, "fc")
+        if state is None:
+            return
+        if new_order.numel() == state["bar"].numel() and torch.equal(
+                new_order, torch.arange(new_order.numel(), device=new_order.device)):
+            return  # identity (greedy/sampling): nothing to move
+        for key, value in list(state.items()):
+            if torch.is_tensor(value):
+                state[key] = value.index_select(0, new_order)
+        if "rules" in state:
+            state["rules"].reorder(new_order)  # the decoding rules' state, as one object
+        for cache in state["caches"]:
+            for key, value in list(cache.items()):
+                if torch.is_tensor(value):
+                    cache[key] = value.index_select(0, new_order)
+        self.set_incremental_state(incremental_state, "fc", state)
+
+    def max_positions(self) -> int:
+        return self.args.max_target_positions
+

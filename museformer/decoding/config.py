@@ -1,0 +1,148 @@
+"""``DecodeConfig``: every decoding rule's setting, its command-line flag, its defaults and its help,
+declared once. ``instruct-render``, ``instruct-eval``, ``scripts/bench_quality.py`` (profile "render":
+the rules on at their measured defaults) and the fairseq task (profile "task": every rule off, as
+fairseq's own generation expects) all build their flags from it with :meth:`DecodeConfig.add_args` and
+read them back with :meth:`DecodeConfig.from_args`.
+
+The defaults of the "render" profile are measurements (docs/decoding.md has the figures behind each):
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+# Key-down floor (--min-key-down-ms): a rendered note is held at least this long. The 1st percentile of the
+# key-down durations of the (n)ASAP training performances (327,000 notes, every 12th training line decoded) is
+# 24.8 ms; 0.24 % of them are under 20 ms. Sampled freely the model's Art tokens put 4 % of the notes of the
+# test split under 20 ms even with the human tempo given (docs/decoding.md).
+MIN_KEY_DOWN_MS = 25.0
+# Tempo band (--tempo-band / --tempo-anchor): keep the 8-quarter tempo level within 12 bins (x1.42) of the
+# notated tempo where the score states one. A line's human level lies within 12 bins of a stated notated tempo
+# in 85 % of the (n)ASAP training lines (scripts/tempo_level_stats.py); on the benchmark's whole pieces it
+# shortened the too-long renderings (median length / human 1.30 -> 1.18 with seed 0, 1.13 -> 1.10 with seed 1)
+# and lowered duration and IOI JS on both seeds (docs/experiments.md).
+TEMPO_BAND_BINS = 12.0
+TEMPO_ANCHOR = "notated"
+TEMPO_ANCHORS = ("notated", "self")
+# Fermata hold (--fermata-hold): at the Tempo slot of an onset group holding a Mark_fermata note and of the
+# group after it (whose Tempo encodes the held gap), the expected beat period is at least this many tempo bins
+# (2.9 % steps: 15 bins is x1.54) slower than the 8-quarter level before it. Over the (n)ASAP training lines,
+# the human lift over that reference has a median of +16.4 bins at the fermata's own group (1,049 fermatas) and
+# +15.7 at the group after it (859) (scripts/fermata_lift.py --human-window --split train).
+FERMATA_HOLD_BINS = 15.0
+# Dynamics band (--dynamics-band): the windowed velocity level follows the notated dynamics' contour
+# (instruct_tokenizer.markings_baseline.dynamics_slot_refs) within 4 velocity bins of the rendering's own offset.
+DYNAMICS_BAND_BINS = 4.0
+
+PROFILES = ("render", "task")
+
+
+def _flag(name: str, help: str, render: Any, task: Any, *, type: Optional[type] = None, metavar: str = "",
+          choices: Optional[tuple] = None, off_flag: str = "", profiles: tuple = PROFILES):
+    """A field of DecodeConfig: its flag, help, and default per profile. A boolean's ``name`` turns it on
+    and ``off_flag`` off; the parser offers whichever changes that profile's default."""
+    meta = dict(flag=name, help=help, defaults={"render": render, "task": task}, type=type, metavar=metavar,
+                choices=choices, off_flag=off_flag, profiles=profiles)
+    return field(default=render, metadata=meta)
+
+
+@dataclass
+class DecodeConfig:
+    """What the decoding rules do (``museformer.decoding.rules``); units as in each flag's help."""
+
+    constrained: bool = _flag(
+        "--constrained", "generate with the performance grammar (one token type per slot, EOS after the "
+        "last): always, except for ablations", True, True, off_flag="--unconstrained", profiles=("task",))
+    no_deletions: bool = _flag(
+        "--no-deletions", "never generate the grammar's deletion token (Vel_Del: every score note is "
+        "played), except where --unisons-once asks for it", True, False, off_flag="--allow-deletions")
+    unisons_once: bool = _flag(
+        "--unisons-once", "a pitch that several notes of one onset share (voices in unison) is struck once, "
+        "as on a piano: all but its longest note take the deletion token", True, False, off_flag="--keep-unisons")
+    type_temperature: str = _flag(
+        "--type-temperature", "per-type sampling temperature relative to --temperature, e.g. Tempo=0.7 "
+        "(steadier tempo); TYPE=mean takes the bin nearest the model's expected value (Tempo, Vel, Time, Art)",
+        "", "", type=str, metavar="TYPE=T,...")
+    min_key_down_ms: float = _flag(
+        "--min-key-down-ms", f"hold no note shorter than MS milliseconds at the generated tempo (0: off; "
+        f"instruct-render's default {MIN_KEY_DOWN_MS:g} is the 1st percentile of the training performances' "
+        f"key-down times)", MIN_KEY_DOWN_MS, 0.0, type=float, metavar="MS")
+    tempo_band: float = _flag(
+        "--tempo-band", "keep the tempo level over about 8 quarters within BINS tempo bins (3%% steps) of the "
+        f"reference (--tempo-anchor), after the first 16 quarters: a soft Gaussian prior against tempo drift "
+        f"(0: off; instruct-render's default {TEMPO_BAND_BINS:g})", TEMPO_BAND_BINS, 0.0, type=float,
+        metavar="BINS")
+    tempo_anchor: str = _flag(
+        "--tempo-anchor", "what --tempo-band centres on: the notated tempo where the score states one other "
+        "than 120, no band elsewhere (notated), or the rendering's own level so far (self)",
+        TEMPO_ANCHOR, TEMPO_ANCHOR, type=str, choices=TEMPO_ANCHORS)
+    fermata_hold: float = _flag(
+        "--fermata-hold", "play a fermata's onset and the onset after it (the held gap) at least BINS tempo "
+        "bins (2.9%% steps) slower than the 8 quarters before, in expectation (0: off; instruct-render's "
+        f"default {FERMATA_HOLD_BINS:g}, the training performances' median; needs MusicXML markings)",
+        FERMATA_HOLD_BINS, 0.0, type=float, metavar="BINS")
+    dynamics_band: float = _flag(
+        "--dynamics-band", "keep the velocity level over about 32 notes within BINS velocity bins (2 MIDI "
+        "velocities each) of the rendering's offset so far from the notated dynamics, after the first 32 "
+        f"notes (0: off; instruct-render's default {DYNAMICS_BAND_BINS:g}; needs MusicXML dynamics)",
+        DYNAMICS_BAND_BINS, 0.0, type=float, metavar="BINS")
+
+    @classmethod
+    def defaults(cls, profile: str = "render") -> "DecodeConfig":
+        """The profile's defaults: "render" (instruct-render, instruct-eval, the benchmark) or "task"."""
+        if profile not in PROFILES:
+            raise ValueError(f"DecodeConfig: unknown profile {profile!r} ({', '.join(PROFILES)})")
+        return cls(**{f.name: f.metadata["defaults"][profile] for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser, profile: str = "render") -> None:
+        """Add every rule's flag with that profile's default (a boolean: the flag that changes it)."""
+        base = cls.defaults(profile)
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            if profile not in m["profiles"]:
+                continue
+            default = getattr(base, f.name)
+            if f.type in (bool, "bool"):
+                flag = m["off_flag"] if default else m["flag"]
+                parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+                                    default=default, help=m["help"] + (" (the default is on)" if default else ""))
+                continue
+            kw: Dict[str, Any] = dict(dest=f.name, type=m["type"], default=default, help=m["help"])
+            if m["metavar"]:
+                kw["metavar"] = m["metavar"]
+            if m["choices"]:
+                kw["choices"] = list(m["choices"])
+            parser.add_argument(m["flag"], **kw)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, profile: str = "render") -> "DecodeConfig":
+        """The config an argparse namespace holds; a field it lacks keeps the profile's default (a
+        checkpoint's stored args, say, which predate a rule)."""
+        base = cls.defaults(profile)
+        values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+        return dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
+
+    def replace(self, **changes: Any) -> "DecodeConfig":
+        """A copy with some fields changed; an unknown name is a ValueError naming it."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"DecodeConfig: unknown settings {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """Raise ValueError naming the flag of a setting out of range."""
+        for name, flag in (("min_key_down_ms", "--min-key-down-ms"), ("tempo_band", "--tempo-band"),
+                           ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band")):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{flag}: must be >= 0")
+        if self.tempo_anchor not in TEMPO_ANCHORS:
+            raise ValueError(f"--tempo-anchor: expected one of {', '.join(TEMPO_ANCHORS)}, got {self.tempo_anchor!r}")
+
+    @property
+    def tracks_level(self) -> bool:
+        """Whether decoding keeps the tempo level state (the tempo band and the fermata hold read it)."""
+        return self.tempo_band > 0 or self.fermata_hold > 0

@@ -1,0 +1,475 @@
+"""The decoding rules, one class each, applied outside the network as an ordered list (like Hugging
+Face's logits processors). Every rule has the same small interface:
+
+- ``prepare(rows, device, priors)``: per-slot tensors from the score tokens, (B, max_slots + 1) with one
+  column for the EOS step, into the :class:`SlotTable` the encoder output carries;
+- ``init_state(table, state)`` / ``update(state, tokens, step, table)``: its running state, kept in the one
+  :class:`DecodeState` that travels through fairseq's incremental state, after each token read;
+- ``__call__(logits, state, table, step)``: the (B, 1, V) logits of step ``step`` adjusted.
+
+:class:`DecodeRules` builds the list from a :class:`~museformer.decoding.config.DecodeConfig` and the
+dictionaries, in this order (each rule sees what the ones before it left):
+
+    grammar mask -> (tempo state) -> key-down floor -> tempo band -> fermata hold -> dynamics band
+    -> expected value -> unisons once -> type temperature
+
+The bands and the hold come before the expected value, which then takes the mean under the adjusted
+distribution; unisons once comes after it (the mean would pick a velocity there); the temperature last.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..constants import EOS_TYPE, MEAN
+from .config import DecodeConfig
+from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, dynamics_band_penalty, dynamics_level_update,
+                        expected_value_choice, fermata_hold, fermata_reference_bin, key_down_floor,
+                        tempo_band_penalty, tempo_level_update)
+
+Rows = List[List[str]]
+
+
+def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
+    """Per-slot rows of unequal length -> (B, max_len + 1) tensor, ``fill`` after each row's end (the
+    extra column is the EOS step)."""
+    width = max(len(r) for r in rows) + 1
+    return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype, device=device)
+
+
+def at_step(table: Tensor, step: int) -> Tensor:
+    """(B, W) per-slot tensor -> (B,) its column for ``step`` (the last column past the end)."""
+    return table[:, min(step, table.shape[1] - 1)]
+
+
+def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
+    """``Tempo=0.7,Vel=mean`` -> {"Tempo": 0.7, "Vel": "mean"}; raises ValueError naming the flag."""
+    out: Dict[str, Union[float, str]] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--type-temperature: expected TYPE=T or TYPE=mean pairs, got {item!r}")
+        if value.strip() == MEAN:
+            out[name.strip()] = MEAN
+            continue
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--type-temperature: expected TYPE=T or TYPE=mean pairs, got {item!r}") from None
+    return out
+
+
+class SlotTable(dict):
+    """What the rules prepared from a batch of scores: name -> tensor whose first dimension is the batch
+    (per-slot tables (B, W), per-row values (B,), prior states (B, 4)). It reorders as one object."""
+
+    def select(self, order: Tensor) -> "SlotTable":
+        return SlotTable({k: v.index_select(0, order) for k, v in self.items()})
+
+
+class DecodeState(dict):
+    """The rules' running state: name -> tensor with the batch first (``period`` (B,), ``level`` (B, 4),
+    ``dyn`` (B, 4)). It lives in the decoder's incremental state and reorders with it."""
+
+    def reorder(self, order: Tensor) -> None:
+        for key, value in list(self.items()):
+            self[key] = value.index_select(0, order)
+
+
+class TokenTables:
+    """Per target token: its type id, its number (``token_value``), its beat period (``beat_period_s``)."""
+
+    def __init__(self, tgt_dict, module):
+        self.tgt_dict = tgt_dict
+        types = [module.token_type(tgt_dict[i]) for i in range(len(tgt_dict))]
+        self.names = sorted(set(types) | {EOS_TYPE})
+        self.type_id = {n: i for i, n in enumerate(self.names)}
+        self.types = types
+        self.value = self.numbers(getattr(module, "token_value", None))  # (V,) NaN: none
+        self.period = self.numbers(getattr(module, "beat_period_s", None))  # (V,) s per quarter; NaN: none
+
+    def numbers(self, number_of: Optional[Callable[[str], Optional[float]]]) -> Optional[Tensor]:
+        """(V,) float: ``number_of(token)`` for every target token, NaN where it gives None."""
+        if number_of is None:
+            return None
+        values = [number_of(self.tgt_dict[i]) for i in range(len(self.tgt_dict))]
+        return torch.tensor([float("nan") if v is None else v for v in values])
+
+
+class DecodeRule:
+    """The interface every rule has (each method does nothing unless the rule needs it)."""
+
+    def prepare(self, rows: Rows, device, priors: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {}
+
+    def init_state(self, table: SlotTable, state: DecodeState) -> None:
+        pass
+
+    def update(self, state: DecodeState, tokens: Tensor, step: int, table: SlotTable) -> None:
+        pass
+
+    def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int) -> Tensor:
+        return logits
+
+
+class GrammarMask(DecodeRule):
+    """Allow only tokens of the type the performance grammar expects at this step (EOS after the last
+    slot); specials and ``forbidden`` tokens never."""
+
+    def __init__(self, tables: TokenTables, target_slots, forbidden: Sequence[str] = ()):
+        d = tables.tgt_dict
+        self.tables, self.target_slots = tables, target_slots
+        table = torch.zeros(len(tables.names), len(d), dtype=torch.bool)
+        for i, t in enumerate(tables.types):
+            table[tables.type_id[t], i] = True
+        eos = tables.type_id[EOS_TYPE]
+        table[eos] = False
+        for special in (d.bos(), d.pad(), d.unk()):
+            table[:, special] = False
+        table[eos, d.eos()] = True
+        for token in forbidden:
+            if d.index(token) != d.unk():
+                table[:, d.index(token)] = False
+        self.table = table  # (types, V)
+
+    def prepare(self, rows, device, priors):
+        eos = self.tables.type_id[EOS_TYPE]
+        ids = [[self.tables.type_id[s] for s in self.target_slots(r)] for r in rows]
+        return {"slots": pad_rows(ids, eos, torch.long, device)}
+
+    def __call__(self, logits, state, table, step):
+        allowed = self.table.to(logits.device)[at_step(table["slots"], step)]  # (B, V)
+        return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+
+
+class TempoState(DecodeRule):
+    """No logits of its own: keeps the beat period of the latest ``Tempo`` token (s per quarter; the
+    key-down floor and the fermata hold read it) and, with ``track_level``, the tempo level state
+    (``tempo_level_update``; the tempo band and the fermata hold read it), starting from the level of the
+    music before the segment (the renderer's ``tempo_prior``)."""
+
+    def __init__(self, tables: TokenTables, tempo_gaps, track_level: bool):
+        if tables.period is None:
+            raise ValueError("the grammar module gives no beat_period_s")
+        self.tables, self.tempo_gaps, self.track_level = tables, tempo_gaps, track_level
+        if track_level and tempo_gaps is None:
+            raise ValueError("--tempo-band, --fermata-hold: the grammar module gives no tempo_slot_gaps")
+
+    def prepare(self, rows, device, priors):
+        if not self.track_level:
+            return {}
+        gaps = [self.tempo_gaps(r) for r in rows]
+        out = {"slot_gap": pad_rows([g for g, _ in gaps], float("nan"), torch.float, device),
+               "slot_scale": pad_rows([c for _, c in gaps], float("nan"), torch.float, device)}
+        prior = priors.get("tempo_prior")
+        zeros = torch.zeros(len(rows), LEVEL_FIELDS, device=device)  # (B, 4)
+        out["tempo_prior"] = zeros if prior is None else prior.to(zeros)
+        return out
+
+    def init_state(self, table, state):
+        b = table["slots"].shape[0]
+        state["period"] = torch.full((b,), float("nan"), device=table["slots"].device)
+        if self.track_level:
+            state["level"] = table["tempo_prior"].clone()  # (B, 4)
+
+    def update(self, state, tokens, step, table):
+        period = self.tables.period.to(tokens.device)[tokens]  # (B,)
+        state["period"] = torch.where(torch.isfinite(period), period, state["period"])
+        if self.track_level and step > 0:  # the token just read filled slot step - 1
+            k = min(step - 1, table["slot_gap"].shape[1] - 1)
+            state["level"] = tempo_level_update(state["level"], period, table["slot_gap"][:, k],
+                                                table["slot_scale"][:, k])
+
+    def level_after(self, score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Tensor:
+        """(4,) level state after ``perf_tokens`` (the performance of ``score_tokens``, the same bars),
+        computed with the decoder's own update: the next segment's ``tempo_prior``."""
+        gaps, scales = self.tempo_gaps(score_tokens)
+        level = torch.zeros(1, LEVEL_FIELDS)
+        period_of = self.tables.period
+        d = self.tables.tgt_dict
+        for tok, gap, scale in zip(perf_tokens, gaps, scales):
+            period = float(period_of[d.index(tok)]) if gap == gap else float("nan")  # NaN gap: no Tempo slot
+            if period == period:
+                level = tempo_level_update(level, torch.tensor([period]), torch.tensor([gap]),
+                                           torch.tensor([scale]))
+        return level[0]
+
+
+class KeyDownFloor(DecodeRule):
+    """No articulation that holds a note shorter than ``min_key_down_s`` at the latest tempo
+    (``key_down_floor``; ``art_nominal_q`` gives each ``Art`` slot's notated quarters)."""
+
+    def __init__(self, tables: TokenTables, art_nominal_q, min_key_down_s: float):
+        if not (art_nominal_q and tables.value is not None):
+            raise ValueError("--min-key-down-ms: the grammar module gives no art_nominal_q, beat_period_s "
+                             "and token_value")
+        self.tables, self.art_nominal_q, self.min_key_down_s = tables, art_nominal_q, float(min_key_down_s)
+
+    def prepare(self, rows, device, priors):
+        return {"slot_q": pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, device)}
+
+    def __call__(self, logits, state, table, step):
+        return key_down_floor(logits, self.tables.value.to(logits.device), at_step(table["slot_q"], step),
+                              state["period"], self.min_key_down_s)
+
+
+class TempoBand(DecodeRule):
+    """Keep the windowed tempo level within ``band_bins`` of the reference (``tempo_band_penalty``): the
+    notated tempo where the score states one (``anchor`` "notated"; no band elsewhere) or the level so far."""
+
+    def __init__(self, tables: TokenTables, band_bins: float, anchor: str, states_tempo):
+        if anchor == "notated" and states_tempo is None:
+            raise ValueError("--tempo-anchor notated: the grammar module gives no states_tempo")
+        self.tables, self.band_bins, self.anchor, self.states_tempo = tables, float(band_bins), anchor, states_tempo
+        self.bin_log = tempo_bin_log(tables.period)
+
+    def prepare(self, rows, device, priors):
+        if self.anchor != "notated":
+            return {}
+        # 0.5 s per quarter: the notated tempo, in the level's units
+        return {"tempo_ref": torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
+                                          device=device)}  # (B,)
+
+    def __call__(self, logits, state, table, step):
+        k = min(step, table["slot_gap"].shape[1] - 1)
+        return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
+                                  table["slot_gap"][:, k], table["slot_scale"][:, k], self.band_bins,
+                                  self.bin_log, ref=table.get("tempo_ref"))
+
+
+class FermataHold(DecodeRule):
+    """At a fermata's ``Tempo`` slot and the one after it (``fermata_slots``), move the tempo distribution
+    ``lift_bins`` slower than the windowed level (``fermata_hold``)."""
+
+    def __init__(self, tables: TokenTables, lift_bins: float, fermata_slots):
+        if fermata_slots is None:
+            raise ValueError("--fermata-hold: the grammar module gives no fermata_slots")
+        self.tables, self.lift_bins, self.fermata_slots = tables, float(lift_bins), fermata_slots
+        self.bin_log = tempo_bin_log(tables.period)
+        finite = torch.isfinite(tables.period)
+        ids = torch.nonzero(finite).squeeze(1)  # (N,)
+        self.tempo_ids = ids[torch.argsort(tables.period[ids])]  # (N,) slowest last
+        self.first_period = float(tables.period[self.tempo_ids[0]])
+
+    def prepare(self, rows, device, priors):
+        return {"slot_fermata": pad_rows([self.fermata_slots(r) for r in rows], False, torch.bool, device)}
+
+    def __call__(self, logits, state, table, step):
+        k = min(step, table["slot_fermata"].shape[1] - 1)
+        held = table["slot_fermata"][:, k]  # (B,)
+        if not held.any():
+            return logits
+        ref = fermata_reference_bin(state["level"], state["period"], table["slot_scale"][:, k],
+                                    self.first_period, self.bin_log)  # (B,)
+        return fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.lift_bins, held)
+
+
+class DynamicsBand(DecodeRule):
+    """Keep the 32-note velocity level within ``band_bins`` of the rendering's offset so far from the
+    notated dynamics (``dynamics_band_penalty``; ``dynamics_refs`` gives each ``Vel`` slot's level)."""
+
+    def __init__(self, tables: TokenTables, band_bins: float, dynamics_refs):
+        if not (dynamics_refs and tables.value is not None):
+            raise ValueError("--dynamics-band: the grammar module gives no dynamics_slot_refs and token_value")
+        self.tables, self.band_bins, self.dynamics_refs = tables, float(band_bins), dynamics_refs
+
+    def prepare(self, rows, device, priors):
+        prior = priors.get("dynamics_prior")
+        zeros = torch.zeros(len(rows), DYN_FIELDS, device=device)  # (B, 4)
+        return {"slot_dyn": pad_rows([self.dynamics_refs(r) for r in rows], float("nan"), torch.float, device),
+                "dynamics_prior": zeros if prior is None else prior.to(zeros)}
+
+    def init_state(self, table, state):
+        state["dyn"] = table["dynamics_prior"].clone()  # (B, 4)
+
+    def update(self, state, tokens, step, table):
+        if step > 0:  # the token just read filled slot step - 1
+            k = min(step - 1, table["slot_dyn"].shape[1] - 1)
+            value = self.tables.value.to(tokens.device)[tokens]  # (B,) velocity bin at a Vel slot
+            state["dyn"] = dynamics_level_update(state["dyn"], value, table["slot_dyn"][:, k])
+
+    def __call__(self, logits, state, table, step):
+        return dynamics_band_penalty(logits, self.tables.value.to(logits.device), state["dyn"],
+                                     at_step(table["slot_dyn"], step), self.band_bins)
+
+    def dynamics_after(self, score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Tensor:
+        """(4,) dynamics state after ``perf_tokens`` (the performance of ``score_tokens``), computed with
+        the decoder's own update: the next segment's ``dynamics_prior``."""
+        dyn = torch.zeros(1, DYN_FIELDS)
+        d = self.tables.tgt_dict
+        for tok, ref in zip(perf_tokens, self.dynamics_refs(score_tokens)):
+            if ref == ref:  # a Vel slot with a notated level
+                value = self.tables.value[d.index(tok)].view(1)
+                dyn = dynamics_level_update(dyn, value, torch.tensor([ref]))
+        return dyn[0]
+
+
+class ExpectedValue(DecodeRule):
+    """For the types set to "mean" (``--type-temperature Vel=mean``), only the token nearest the expected
+    value stays choosable (``expected_value_choice``)."""
+
+    def __init__(self, tables: TokenTables, mean_types: Sequence[str], grammar_table: Tensor):
+        self.tables = tables
+        self.mean = torch.zeros(len(tables.names), dtype=torch.bool)  # per type id
+        for name in mean_types:
+            has_value = grammar_table[tables.type_id[name]] & torch.isfinite(tables.value)
+            if not has_value.any():
+                raise ValueError(f"--type-temperature: {name}=mean needs a type with numeric values")
+            self.mean[tables.type_id[name]] = True
+
+    def __call__(self, logits, state, table, step):
+        rows = self.mean.to(logits.device)[at_step(table["slots"], step)].view(-1, 1, 1)  # (B, 1, 1)
+        if not rows.any():
+            return logits
+        choice = expected_value_choice(logits, self.tables.value.to(logits.device))
+        return torch.where(rows, choice, logits)
+
+
+class UnisonsOnce(DecodeRule):
+    """The slots ``slots_of`` marks (a unison's repeated pitch) take exactly ``token`` (the deletion token)."""
+
+    def __init__(self, token_id: int, slots_of):
+        self.token_id, self.slots_of = token_id, slots_of
+
+    def prepare(self, rows, device, priors):
+        return {"slot_once": pad_rows([self.slots_of(r) for r in rows], False, torch.bool, device)}
+
+    def __call__(self, logits, state, table, step):
+        once = at_step(table["slot_once"], step)  # (B,)
+        if not once.any():
+            return logits
+        only = logits.masked_fill(torch.isfinite(logits), FORCEABLE_LOGIT)  # (B, 1, V)
+        only[..., self.token_id] = 0.0
+        return torch.where(once.view(-1, 1, 1), only, logits)
+
+
+class TypeTemperature(DecodeRule):
+    """Divide each step's logits by its type's temperature relative to ``--temperature``."""
+
+    def __init__(self, tables: TokenTables, temperatures: Dict[str, float]):
+        self.scale = torch.ones(len(tables.names))  # per type id: 1 / relative temperature
+        for name, t in temperatures.items():
+            self.scale[tables.type_id[name]] = 1.0 / t
+
+    def __call__(self, logits, state, table, step):
+        col = at_step(table["slots"], step)  # (B,)
+        return logits * self.scale.to(logits.device, logits.dtype)[col].view(-1, 1, 1)  # (B, 1, V)
+
+
+def tempo_bin_log(period: Tensor) -> float:
+    """The log period ratio of one tempo bin (the median step between the tokens' periods)."""
+    logs = torch.log(period[torch.isfinite(period)]).unique()  # sorted
+    return float(logs.diff().median())
+
+
+class DecodeRules:
+    """The ordered list of rules for one :class:`DecodeConfig` and one pair of dictionaries."""
+
+    def __init__(self, rules: List[DecodeRule], config: DecodeConfig, module):
+        self.rules, self.config, self.module = rules, config, module
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def get(self, kind: type) -> Optional[DecodeRule]:
+        """The rule of that class in the list, or None."""
+        return next((r for r in self.rules if isinstance(r, kind)), None)
+
+    @classmethod
+    def build(cls, config: DecodeConfig, src_dict, tgt_dict,
+              grammar: str = "instruct_tokenizer.grammar") -> "DecodeRules":
+        """The rules the config turns on, in their order. Raises ValueError naming the flag of a bad setting."""
+        config.check()
+        module = importlib.import_module(grammar)
+        tables = TokenTables(tgt_dict, module)
+        deletion = getattr(module, "DELETION", None)
+        forbidden = [deletion] if deletion and config.no_deletions else []
+        mask = GrammarMask(tables, module.target_slots, forbidden)
+        rules: List[DecodeRule] = [mask]
+        needs_period = config.min_key_down_ms > 0 or config.tracks_level
+        if needs_period:
+            rules.append(TempoState(tables, getattr(module, "tempo_slot_gaps", None), config.tracks_level))
+        if config.min_key_down_ms > 0:
+            rules.append(KeyDownFloor(tables, getattr(module, "art_nominal_q", None), config.min_key_down_ms / 1000.0))
+        if config.tempo_band > 0:
+            rules.append(TempoBand(tables, config.tempo_band, config.tempo_anchor, getattr(module, "states_tempo", None)))
+        if config.fermata_hold > 0:
+            rules.append(FermataHold(tables, config.fermata_hold, getattr(module, "fermata_slots", None)))
+        if config.dynamics_band > 0:
+            rules.append(DynamicsBand(tables, config.dynamics_band, dynamics_refs_of(module)))
+        type_temperature = parse_type_temperature(config.type_temperature)
+        unknown = sorted(set(type_temperature) - set(tables.names))
+        if unknown:
+            raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
+        mean_types = sorted(n for n, t in type_temperature.items() if t == MEAN)
+        if mean_types:
+            rules.append(ExpectedValue(tables, mean_types, mask.table))
+        if config.unisons_once:
+            unisons = getattr(module, "unison_repeats", None)
+            if not (deletion and unisons):
+                raise ValueError("--unisons-once: the grammar module lacks DELETION or unison_repeats")
+            if tgt_dict.index(deletion) != tgt_dict.unk():
+                rules.append(UnisonsOnce(tgt_dict.index(deletion), unisons))
+        temperatures = {n: t for n, t in type_temperature.items() if t != MEAN}
+        if any(t <= 0 for t in temperatures.values()):
+            raise ValueError("--type-temperature: temperatures must be > 0")
+        if temperatures:
+            rules.append(TypeTemperature(tables, temperatures))
+        return cls(rules, config, module)
+
+    # ------------------------------------------------------------------ what the model calls
+    def prepare(self, src_tokens: Tensor, valid: Tensor, src_dict,
+                priors: Optional[Dict[str, Optional[Tensor]]] = None) -> SlotTable:
+        """(B, T) source ids -> the rules' per-slot tables (padding and EOS left out of the score rows);
+        ``priors``: the (B, 4) states of the music before each segment (``tempo_prior``, ``dynamics_prior``)."""
+        eos = src_dict.eos()
+        rows = [[src_dict[i] for i, k in zip(ids, ok) if k and i != eos]
+                for ids, ok in zip(src_tokens.tolist(), valid.tolist())]
+        priors = {k: v for k, v in (priors or {}).items() if v is not None}
+        table = SlotTable()
+        for rule in self.rules:
+            table.update(rule.prepare(rows, src_tokens.device, priors))
+        return table
+
+    def init_state(self, table: SlotTable) -> DecodeState:
+        state = DecodeState()
+        for rule in self.rules:
+            rule.init_state(table, state)
+        return state
+
+    def update(self, state: DecodeState, tokens: Tensor, step: int, table: SlotTable) -> None:
+        """After reading ``tokens`` (B,), the token at decoder position ``step`` (it filled slot step - 1)."""
+        for rule in self.rules:
+            rule.update(state, tokens, step, table)
+
+    def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int) -> Tensor:
+        """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order."""
+        for rule in self.rules:
+            logits = rule(logits, state, table, step)
+        return logits
+
+    # ------------------------------------------------------------------ across segments
+    def state_after(self, score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Dict[str, Tensor]:
+        """The (4,) states after ``perf_tokens`` (the performance of ``score_tokens``, the same bars) that
+        the next segment starts from: ``tempo_prior`` where the level is tracked, ``dynamics_prior`` where
+        the dynamics band is on."""
+        out: Dict[str, Tensor] = {}
+        tempo = self.get(TempoState)
+        if tempo is not None and tempo.track_level:
+            out["tempo_prior"] = tempo.level_after(score_tokens, perf_tokens)
+        dynamics = self.get(DynamicsBand)
+        if dynamics is not None:
+            out["dynamics_prior"] = dynamics.dynamics_after(score_tokens, perf_tokens)
+        return out
+
+
+def dynamics_refs_of(module) -> Optional[Callable]:
+    """The dynamics band's reference: the grammar module's ``dynamics_slot_refs``, else the markings
+    baseline's (``instruct_tokenizer.markings_baseline.dynamics_slot_refs``)."""
+    refs = getattr(module, "dynamics_slot_refs", None)
+    if refs is None:
+        from instruct_tokenizer.markings_baseline import dynamics_slot_refs as refs
+    return refs
