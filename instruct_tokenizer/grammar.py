@@ -21,38 +21,6 @@ GROUP_SLOTS = [V.TEMPO] + [V.SUS] * SUS_SLOTS + [V.SOFT] * SOFT_SLOTS
 NOTE_SLOTS = [V.VEL, V.TIME, V.ART]
 DELETION = V.tok(V.VEL, V.DELETED)  # "this score note was not played": forbidden at render time by default
 ORDINAL_TYPES = (V.TEMPO, V.VEL, V.TIME, V.ART)  # types whose values lie on one scale (a mean exists)
-# Key-down floor (instruct-render's default, --min-key-down-ms): a rendered note is held at least this long.
-# The 1st percentile of the key-down durations of the (n)ASAP training performances (327,000 notes, every
-# 12th training line decoded) is 24.8 ms; 0.24 % of them are under 20 ms. The model's Art tokens are
-# relative to the notated duration and the local beat period, and sampled freely they put 4 % of the
-# notes of the test split under 20 ms even with the human tempo given (docs/tokens.md, Grammar).
-MIN_KEY_DOWN_MS = 25.0
-# Tempo band (instruct-render's default, --tempo-band / --tempo-anchor; docs/tokens.md, Tempo band): keep the
-# 8-quarter tempo level within 12 bins (x1.42) of the notated tempo where the score states one. A line's human
-# level lies within 12 bins of a stated notated tempo in 85 % of the (n)ASAP training lines
-# (scripts/tempo_level_stats.py); on the benchmark's whole pieces it shortened the too-long renderings
-# (median length / human 1.30 -> 1.18 with seed 0, 1.13 -> 1.10 with seed 1) and lowered duration and IOI JS
-# on both seeds (README, model card).
-TEMPO_BAND_BINS = 12.0
-TEMPO_ANCHOR = "notated"
-# Fermata hold (instruct-render's default, --fermata-hold; docs/tokens.md, Fermata hold): at the Tempo slot of
-# an onset group holding a Mark_fermata note and of the group after it (whose Tempo encodes the held gap), the
-# expected beat period is at least this many tempo bins (2.9 % steps: 15 bins is x1.54) slower than the
-# 8-quarter level before it. Over the (n)ASAP training lines, the human lift over that reference has a median
-# of +16.4 bins at the fermata's own group (1,049 fermatas) and +15.7 at the group after it (859)
-# (scripts/fermata_lift.py --human-window --split train); a lift that depends on the notated gap (a fermata
-# adds a fixed time) predicted them no better. The released model, teacher-forced, lifts the unseen pieces'
-# fermatas by 2 bins of the humans' 28.5 over the segment median (README, "Why beat-tempo r stays low").
-FERMATA_HOLD_BINS = 15.0
-# Dynamics band (instruct-render's default, --dynamics-band; docs/tokens.md, Dynamics band): the notated dynamic
-# level (the markings baseline's velocity rules) scaled by DYNAMICS_REF_SCALE is the contour the rendering's
-# windowed velocity follows. Human performances follow the markings' contour at about a third of its range:
-# the least-squares slope of human on markings velocity, within each performance, is 0.357 over 67 (n)ASAP
-# training performances with MusicXML (0.358 for the 32-note windowed levels; the markings baseline's p-to-f
-# step of 36 velocities is about 13 in a human performance).
-DYNAMICS_REF_SCALE = 0.36
-DYNAMICS_BAND_BINS = 4.0
-
 
 def token_type(token: str) -> str:
     """The type of a token: the part before the first ``_`` (specials like ``</s>`` are their own type)."""
@@ -83,7 +51,7 @@ def art_nominal_q(score_tokens: Sequence[str]) -> List[float]:
     a grace note counts as 1/8) that its log2 ratio scales, so that the key-down time is
     2 ** art x nominal x beat period; NaN for every other slot."""
     nominal = [float(nominal_q(d)) for d in score_timeline(score_tokens).note_dur_q]
-    return _note_values_at(score_tokens, V.ART, nominal, float("nan"))
+    return note_values_at(score_tokens, V.ART, nominal, float("nan"))
 
 
 def unison_repeats(score_tokens: Sequence[str]) -> List[bool]:
@@ -100,7 +68,7 @@ def unison_repeats(score_tokens: Sequence[str]) -> List[bool]:
     for i, key in enumerate(keys):
         if key not in longest or tl.note_dur_q[i] > tl.note_dur_q[longest[key]]:
             longest[key] = i
-    return _note_values_at(score_tokens, V.VEL, [longest[key] != i for i, key in enumerate(keys)], False)
+    return note_values_at(score_tokens, V.VEL, [longest[key] != i for i, key in enumerate(keys)], False)
 
 
 def tempo_slot_gaps(score_tokens: Sequence[str]) -> Tuple[List[float], List[float]]:
@@ -149,20 +117,6 @@ def fermata_slots(score_tokens: Sequence[str]) -> List[bool]:
     return [next(groups) if slot == V.TEMPO else False for slot in target_slots(score_tokens)]
 
 
-def dynamics_slot_refs(score_tokens: Sequence[str]) -> List[float]:
-    """Per performance slot (``target_slots`` order), for the dynamics band (``--dynamics-band``): at each
-    ``Vel`` slot, its note's notated dynamic level as a fractional velocity bin: the markings baseline's
-    velocity (``markings_baseline.dynamic_levels``) times ``DYNAMICS_REF_SCALE``, in ``VEL_STEP`` units
-    (the band compares offsets from it, so only its contour matters); NaN at every other slot, and at
-    every slot of a score without a dynamic marking (score MIDI: no band)."""
-    from .markings_baseline import dynamic_levels
-
-    levels = dynamic_levels(score_tokens)
-    if levels is None:
-        return [float("nan")] * len(target_slots(score_tokens))
-    return _note_values_at(score_tokens, V.VEL, (DYNAMICS_REF_SCALE * levels / V.VEL_STEP).tolist(), float("nan"))
-
-
 def states_tempo(score_tokens: Sequence[str]) -> bool:
     """Whether the score tokens carry a notated tempo other than the 120 quarters per minute that a
     score without one gets (``QPM``, docs/tokens.md): the tempo band's ``notated`` anchor uses it."""
@@ -170,7 +124,7 @@ def states_tempo(score_tokens: Sequence[str]) -> bool:
     return any(t != default and token_type(t) == V.QPM for t in score_tokens)
 
 
-def _note_values_at(score_tokens: Sequence[str], slot_type: str, per_note: Sequence, fill) -> list:
+def note_values_at(score_tokens: Sequence[str], slot_type: str, per_note: Sequence, fill) -> list:
     """Per performance slot: at each ``slot_type`` slot its note's value (the n-th such slot belongs to
     the n-th score note), ``fill`` at every other slot."""
     notes = iter(per_note)

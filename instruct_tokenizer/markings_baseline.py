@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from . import vocab as V
-from .grammar import target_slots
+from .grammar import note_values_at, target_slots
 
 DYN_VELOCITY = {"pppp": 20, "ppp": 28, "pp": 36, "p": 48, "mp": 60, "mf": 72, "f": 84, "ff": 96, "fff": 106,
                 "ffff": 114}
@@ -215,6 +215,26 @@ def dynamic_levels(score_tokens: Sequence[str]) -> Optional[np.ndarray]:
         return None
     tl, group_marks, _, _ = _parse(score_tokens)
     return _velocities(tl, group_marks)[tl.note_group]
+
+
+# The dynamics band's reference (museformer.decoding, --dynamics-band): the notated dynamic level by the velocity
+# rules above, scaled by DYNAMICS_REF_SCALE. Human performances follow the markings' contour at about a third
+# of its range: the least-squares slope of human on markings velocity, within each performance, is 0.357 over 67
+# (n)ASAP training performances with MusicXML (0.358 for the 32-note windowed levels; the markings baseline's
+# p-to-f step of 36 velocities is about 13 in a human performance).
+DYNAMICS_REF_SCALE = 0.36
+
+
+def dynamics_slot_refs(score_tokens: Sequence[str]) -> List[float]:
+    """Per performance slot (``target_slots`` order), for the dynamics band (``--dynamics-band``): at each
+    ``Vel`` slot, its note's notated dynamic level as a fractional velocity bin: :func:`dynamic_levels`
+    times ``DYNAMICS_REF_SCALE``, in ``VEL_STEP`` units (the band compares offsets from it, so only its
+    contour matters); NaN at every other slot, and at every slot of a score without a dynamic marking
+    (score MIDI: no band)."""
+    levels = dynamic_levels(score_tokens)
+    if levels is None:
+        return [float("nan")] * len(target_slots(score_tokens))
+    return note_values_at(score_tokens, V.VEL, (DYNAMICS_REF_SCALE * levels / V.VEL_STEP).tolist(), float("nan"))
 
 
 def markings_perf(score_tokens: Sequence[str], qpm: Optional[float] = None) -> List[str]:

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from instruct_tokenizer.grammar import DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS
+from museformer.decoding import DecodeConfig
 from instruct_tokenizer.metrics import (FEATURES, BINS, MidiReadError, NoteFeatures, compare, fmt, midi_features,
                                         pooled_histograms)
 
@@ -216,22 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")
-    ap.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
-                    help="--tokens: per-type temperature of the model row, as instruct-render's (e.g. "
-                         "Tempo=mean,Vel=mean: the expected value)")
-    ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS, metavar="MS",
-                    help="--tokens: key-down floor of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-band", type=float, default=TEMPO_BAND_BINS, metavar="BINS",
-                    help="--tokens: tempo band of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-anchor", default=TEMPO_ANCHOR, choices=["notated", "self"],
-                    help="--tokens: what --tempo-band centres on, as instruct-render's")
-    ap.add_argument("--fermata-hold", type=float, default=FERMATA_HOLD_BINS, metavar="BINS",
-                    help="--tokens: fermata hold of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--dynamics-band", type=float, default=DYNAMICS_BAND_BINS, metavar="BINS",
-                    help="--tokens: dynamics band of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--keep-unisons", action="store_true",
-                    help="--tokens: strike both notes of a unison in the model row (instruct-render's "
-                         "--keep-unisons)")
+    DecodeConfig.add_args(ap, profile="render")  # --tokens: the model row's decoding rules, as instruct-render's
     a = ap.parse_args(argv)
     if a.tokens:
         return eval_tokens(a)
@@ -270,10 +255,7 @@ def eval_tokens(a: argparse.Namespace) -> int:
     from museformer.render import Renderer, RenderError, Sampling
 
     try:
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
-                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons,
-                                            tempo_band=a.tempo_band, tempo_anchor=a.tempo_anchor,
-                                            fermata_hold=a.fermata_hold, dynamics_band=a.dynamics_band)
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, decode=DecodeConfig.from_args(a))
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

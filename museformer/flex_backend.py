@@ -60,7 +60,7 @@ def _attention_fn():
 def build_flex_plan(layout, kind: str, args, enc_layout: Optional[object] = None) -> FlexPlan:
     """BlockMask for self-attention (kind "encoder"/"decoder", ``layout`` both sides) or cross-attention
     (kind "cross": decoder ``layout`` queries, ``enc_layout`` keys). Padding keys are masked; a self
-    query always sees itself (so no row is empty), exactly like :func:`museformer.model.self_mask`."""
+    query always sees itself (so no row is empty), exactly like :func:`museformer.embeddings.self_mask`."""
     if not AVAILABLE:
         raise RuntimeError("--attention-impl flex needs torch.nn.attention.flex_attention (torch >= 2.5)")
     keys = enc_layout if kind == "cross" else layout

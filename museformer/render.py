@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
@@ -79,8 +79,26 @@ def _dictionary_dir(state: dict, data_dir: Optional[str]) -> str:
     raise RenderError(f"{data_dir}: no dict.score.txt; pass --data DIR (the fairseq-preprocess output)")
 
 
+@dataclass
+class Performance:
+    """One rendering: the score tokens it was rendered from, its performance tokens, the decoded MIDI
+    (a ``miditoolkit.MidiFile``: notes, sustain CC64, soft CC67; times in ticks at 120 quarters per minute,
+    480 per quarter) and the file it was written to, if any."""
+
+    score_tokens: List[str]
+    tokens: List[str]
+    midi: object
+    path: Optional[Path] = None
+
+
 class Renderer:
-    """A loaded model + task + generator settings; renders token streams."""
+    """A loaded model with its decoding rules; renders scores. The Python API::
+
+        from museformer import Renderer
+        renderer = Renderer.load()                      # the released model, instruct-render's rules
+        perf = renderer.render("score.musicxml", style="tempo=fast,dynamics=loud", seed=7, out="perf.mid")
+        perf.midi, perf.tokens                          # a miditoolkit MidiFile, the performance tokens
+    """
 
     def __init__(self, models, task, args, threads: int = 1):
         self.models, self.task, self.args = models, task, args
@@ -90,6 +108,7 @@ class Renderer:
                                  int(getattr(args, "max_target_positions", 1024)))
         self.rules: Optional[DecodeRules] = None  # the decoding rules (their state crosses segments)
         self.decode: Optional[DecodeConfig] = None  # what they were built from
+        self.tempo = None  # the notated tempo of the latest score_tokens (tempo_infer.TempoEstimate) or None
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
@@ -138,6 +157,41 @@ class Renderer:
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
+    @classmethod
+    def load(cls, checkpoint: Optional[str] = None, decode: Optional[DecodeConfig] = None,
+             threads: Optional[int] = None, **settings) -> "Renderer":
+        """The model of ``checkpoint`` (default: the released ``checkpoints/instruct-museformer.pt``), loaded
+        once, with ``decode`` (default: instruct-render's rules) and DecodeConfig ``settings`` changed, e.g.
+        ``Renderer.load(tempo_band=0)``; ``threads``: torch threads while decoding (default 1: one step is
+        latency-bound). Raises RenderError."""
+        renderer = cls.from_checkpoint(str(checkpoint or DEFAULT_CHECKPOINT), decode=decode, **settings)
+        if threads:
+            renderer.threads = int(threads)
+        return renderer
+
+    def render(self, score_path: str, style: Union[None, str, Dict[str, str]] = None, seed: int = 0,
+               out: Optional[str] = None, sampling: Optional[Sampling] = None, composer: Optional[str] = None,
+               performer: Optional[str] = None, unfold_repeats: bool = True, progress: bool = False,
+               qpm: Optional[float] = None) -> Performance:
+        """Render one score file (MusicXML .musicxml/.xml/.mxl or score MIDI .mid). ``style``: instruct
+        levels, ``"tempo=fast,dynamics=loud"`` or ``{"tempo": "fast"}`` (keys tempo, dynamics, range, rubato,
+        articulation); ``seed``: the sampling seed (``sampling`` overrides temperature, top-p, beam);
+        ``out``: also write the MIDI there (atomically); ``qpm``: the notated tempo (quarter notes per minute)
+        instead of the score's mark or the estimate. Raises RenderError or ScoreReadError (bad file)."""
+        from instruct_tokenizer.decode import tokens_to_midi
+
+        style_map = parse_style(style) if isinstance(style, str) or style is None else dict(style)
+        score_tokens = self.score_tokens(str(score_path), style=style_map, composer=composer, performer=performer,
+                                         unfold_repeats=unfold_repeats, qpm=qpm)
+        sampling = sampling or Sampling(seed=seed)
+        tokens = self.render_tokens(score_tokens, sampling, progress=progress)
+        path = None
+        if out is not None:
+            path = Path(out)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        midi = tokens_to_midi(score_tokens, tokens, None if path is None else str(path))
+        return Performance(list(score_tokens), tokens, midi, path)
+
     @property
     def score_features(self) -> Dict[str, bool]:
         """Which optional score tokens the model was trained with, read from its dictionary's training
@@ -156,16 +210,28 @@ class Renderer:
                 "after_fermata": seen(V.after_fermata_tokens())}
 
     def score_tokens(self, path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
-                     performer: Optional[str] = None, unfold_repeats: bool = True) -> List[str]:
+                     performer: Optional[str] = None, unfold_repeats: bool = True,
+                     qpm: Optional[float] = None) -> List[str]:
         """A MusicXML or score MIDI file -> score tokens with the optional tokens this model was trained
-        with (:attr:`score_features`). Raises ScoreReadError."""
+        with (:attr:`score_features`). For a model that reads the notated tempo (``QPM``), a score without a
+        metronome mark gets the estimate of ``instruct_tokenizer.tempo_infer`` instead of 120, ``qpm``
+        (quarter notes per minute) overrides both; :attr:`tempo` says which and why. Raises ScoreReadError."""
         from instruct_tokenizer.encode import score_file_to_tokens
+        from instruct_tokenizer.tempo_infer import notated_tempo, with_qpm
 
         f = self.score_features
-        return score_file_to_tokens(path, style=style, composer=composer, performer=performer,
-                                    unfold_repeats=unfold_repeats, markings=f["markings"],
-                                    instruct=f["instruct"], notated_tempo=f["notated_tempo"],
-                                    marking_state=f["marking_state"], after_fermata=f["after_fermata"])
+        tokens = score_file_to_tokens(path, style=style, composer=composer, performer=performer,
+                                      unfold_repeats=unfold_repeats, markings=f["markings"],
+                                      instruct=f["instruct"], notated_tempo=f["notated_tempo"],
+                                      marking_state=f["marking_state"], after_fermata=f["after_fermata"])
+        if not f["notated_tempo"]:
+            self.tempo = None
+            return tokens
+        try:
+            self.tempo = notated_tempo(tokens, override=qpm)
+        except ValueError as e:
+            raise RenderError(str(e)) from None
+        return tokens if self.tempo.source == "mark" else with_qpm(tokens, self.tempo.qpm)
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
         ids = [dictionary.index(t) for t in tokens]
@@ -311,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composer", default=None, help="composer meta token (if the model was trained with it)")
     p.add_argument("--performer", default=None, help="performer meta token (if the model was trained with it)")
     p.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
+    p.add_argument("--qpm", type=float, default=None, metavar="Q",
+                   help="the notated tempo in quarter notes per minute (default: the score's metronome mark, "
+                        "else an estimate from its tempo words, meter and content; the output says which)")
     p.add_argument("--overlap-bars", type=int, default=2, help="bars of forced context between segments")
     p.add_argument("--attention-impl", default=None, choices=["dense", "bar", "flex"],
                    help="override the checkpoint's attention backend")
@@ -330,7 +399,9 @@ def render_file(args: argparse.Namespace) -> List[Path]:
     renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
                                         decode=DecodeConfig.from_args(args))
     score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
-                                         performer=args.performer, unfold_repeats=not args.no_repeats)
+                                         performer=args.performer, unfold_repeats=not args.no_repeats, qpm=args.qpm)
+    if renderer.tempo is not None:
+        print(f"tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
     written = []
     for k, path in enumerate(output_paths(args.output, args.n)):
         sampling = Sampling(beam=args.beam, temperature=args.temperature, topp=args.topp,

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from museformer.backends import bar_attend, dense_attend  # noqa: E402
 from museformer.barplan import build_bar_plan  # noqa: E402
-from museformer.model import Layout, self_mask  # noqa: E402
+from museformer.embeddings import Layout, self_mask  # noqa: E402
 
 H, D, BAR = 8, 64, 40
 ARGS = _ap.Namespace(fine_bars_list=[0, 1, 2, 4, 8, 12, 16, 24, 32], encoder_fine_window=2, cross_window=2)

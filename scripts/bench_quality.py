@@ -37,9 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer.decode import tokens_to_midi  # noqa: E402
 from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
-from instruct_tokenizer.grammar import (  # noqa: E402
-    DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR, TEMPO_BAND_BINS)
 from instruct_tokenizer.metrics import midi_features  # noqa: E402
+from museformer.decoding import DecodeConfig  # noqa: E402
 from museformer.evaluate import evaluate_sets, read_set, write_outputs  # noqa: E402
 
 BENCH = REPO.parent / "shared" / "benchmarks" / "pianist_transformer_testset"
@@ -286,19 +285,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=24, help="segments generated together")
     ap.add_argument("--topp", type=float, default=1.0, help="nucleus sampling p (instruct-render's default 1.0)")
-    ap.add_argument("--type-temperature", default="", help="per-type relative temperature, e.g. Tempo=0.7, or Tempo=mean (expected value)")
-    ap.add_argument("--min-key-down-ms", type=float, default=MIN_KEY_DOWN_MS,
-                    help="key-down floor of our renderings, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-band", type=float, default=TEMPO_BAND_BINS, metavar="BINS",
-                    help="tempo band of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--tempo-anchor", default=TEMPO_ANCHOR, choices=["notated", "self"],
-                    help="what --tempo-band centres on, as instruct-render's")
-    ap.add_argument("--fermata-hold", type=float, default=FERMATA_HOLD_BINS, metavar="BINS",
-                    help="fermata hold of our renderings, as instruct-render's (0: off)")
-    ap.add_argument("--dynamics-band", type=float, default=DYNAMICS_BAND_BINS, metavar="BINS",
-                    help="dynamics band of the model row, as instruct-render's (0: off)")
-    ap.add_argument("--keep-unisons", action="store_true",
-                    help="strike both notes of a unison in our renderings, as instruct-render's --keep-unisons")
+    DecodeConfig.add_args(ap, profile="render")  # our renderings' decoding rules, as instruct-render's
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
     ap.add_argument("--baselines-only", action="store_true",
                     help="no model: Pianist Transformer, deadpan, training mean, markings and human only")
@@ -321,10 +308,7 @@ def main() -> int:
     if not a.baselines_only:
         from museformer.render import Renderer, Sampling
 
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, type_temperature=a.type_temperature,
-                                            min_key_down_ms=a.min_key_down_ms, unisons_once=not a.keep_unisons,
-                                            tempo_band=a.tempo_band, tempo_anchor=a.tempo_anchor,
-                                            fermata_hold=a.fermata_hold, dynamics_band=a.dynamics_band)
+        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, decode=DecodeConfig.from_args(a))
         renderer.threads = 2
         sampling = Sampling(seed=a.seed, topp=a.topp)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),

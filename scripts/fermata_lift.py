@@ -13,9 +13,9 @@ beat period: +23 bins is about x2. Prints one line: fermatas counted, mean human
 
     python scripts/fermata_lift.py --human-window --tokens TOK --split train
 
-gives the figures behind ``--fermata-hold`` (``grammar.FERMATA_HOLD_BINS``): over every line of the split
+gives the figures behind ``--fermata-hold`` (``decoding.config.FERMATA_HOLD_BINS``): over every line of the split
 that holds a fermata, the human ``Tempo`` bin of the fermata's own onset group and of the group after it
-minus the reference that the hold lifts (``museformer.model.fermata_reference_bin``: the 8-quarter
+minus the reference that the hold lifts (``museformer.decoding.functions.fermata_reference_bin``: the 8-quarter
 windowed level of the groups before, by the decoder's own arithmetic), median and quartiles.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def window_lifts(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Lis
     level arithmetic); slots with no reference yet (the first group) are left out."""
     import torch
 
-    from museformer.model import fermata_reference_bin, tempo_level_update
+    from museformer.decoding.functions import fermata_reference_bin, tempo_level_update
 
     first, bin_log = V.tempo_value(0), float(np.log(V.tempo_value(1) / V.tempo_value(0)))
     held, (gaps, scales) = fermata_slots(score_tokens), tempo_slot_gaps(score_tokens)

@@ -1,7 +1,7 @@
 """How far human tempo levels stray: the figures behind ``--tempo-band`` (docs/tokens.md, Tempo band).
 
 Reads a tokenized build's ``train.score`` / ``train.perf`` (every Nth line) and prints, in tempo bins
-(3 % steps), with the decoder's own level arithmetic (``museformer.model.tempo_level_update``, periods
+(3 % steps), with the decoder's own level arithmetic (``museformer.decoding.functions.tempo_level_update``, periods
 relative to the notated tempo):
 - the windowed level (8 quarters) against the performance's level so far, after the first 16 quarters
   (what the ``self`` anchor bounds);
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer.grammar import beat_period_s, states_tempo, tempo_slot_gaps  # noqa: E402
-from museformer.model import TEMPO_BAND_WARMUP_Q, tempo_level_update  # noqa: E402
+from museformer.decoding.functions import TEMPO_BAND_WARMUP_Q, tempo_level_update  # noqa: E402
 
 BIN_LOG = math.log(beat_period_s("Tempo_1") / beat_period_s("Tempo_0"))
 NOTATED = 0.5  # s per quarter relative to the notated tempo: the notated tempo itself

@@ -350,6 +350,7 @@ class TypeTemperature(DecodeRule):
     """Divide each step's logits by its type's temperature relative to ``--temperature``."""
 
     def __init__(self, tables: TokenTables, temperatures: Dict[str, float]):
+        self.type_id = tables.type_id
         self.scale = torch.ones(len(tables.names))  # per type id: 1 / relative temperature
         for name, t in temperatures.items():
             self.scale[tables.type_id[name]] = 1.0 / t

@@ -6,7 +6,7 @@ import torch
 
 from helpers import batch, incremental_logits, make_dict, make_model, random_pair
 from museformer import pattern
-from museformer.model import Layout, self_mask
+from museformer.embeddings import Layout, self_mask
 
 X, _ = 1, 0
 

@@ -7,9 +7,10 @@ import torch
 
 from conftest import VIENNA, stderr_of
 from instruct_tokenizer import vocab as V
-from instruct_tokenizer.grammar import DYNAMICS_REF_SCALE, dynamics_slot_refs, target_slots, token_type, token_value
+from instruct_tokenizer.grammar import target_slots, token_type, token_value
+from instruct_tokenizer.markings_baseline import DYNAMICS_REF_SCALE, dynamics_slot_refs
 from instruct_tokenizer.markings_baseline import DYN_VELOCITY, dynamic_levels
-from museformer.model import (
+from museformer.decoding.functions import (
     DYN_BAND_GAIN,
     DYN_BAND_MAX_CURVE,
     DYN_BAND_TAU_NOTES,
@@ -106,7 +107,7 @@ def test_score_without_dynamics_has_no_band():
 @needs_release
 def test_decoder_state_equals_dynamics_after():
     """The decoder's running dynamics state, fed a performance step by step, equals
-    Grammar.dynamics_after: the renderer's prior for the next segment continues it exactly."""
+    DecodeRules.state_after: the renderer's prior for the next segment continues it exactly."""
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=4.0)
     toks = r.score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
@@ -120,8 +121,8 @@ def test_decoder_state_equals_dynamics_after():
     with torch.no_grad():
         for k in range(1, prev.shape[1] + 1):
             model.decoder.forward_incremental(prev[:, :k], enc, state)
-    dyn = model.decoder.get_incremental_state(state, "fc")["dyn"][0]
-    assert torch.allclose(dyn, r.grammar.dynamics_after(toks, perf), rtol=1e-5)
+    dyn = model.decoder.get_incremental_state(state, "fc")["rules"]["dyn"][0]
+    assert torch.allclose(dyn, r.rules.state_after(toks, perf)["dynamics_prior"], rtol=1e-5)
     assert dyn[3].item() > DYN_BAND_WARMUP_NOTES  # the band was active for part of the excerpt
 
 

@@ -6,8 +6,10 @@ import torch
 
 from conftest import VIENNA, stderr_of
 from instruct_tokenizer import vocab as V
-from instruct_tokenizer.grammar import FERMATA_HOLD_BINS, fermata_slots, target_slots, token_type
-from museformer.model import FORCEABLE_LOGIT, FERMATA_MIN_WINDOW_Q, fermata_hold, fermata_reference_bin
+from instruct_tokenizer.grammar import fermata_slots, target_slots, tempo_slot_gaps, token_type
+from museformer.decoding.rules import FermataHold
+from museformer.decoding.config import FERMATA_HOLD_BINS
+from museformer.decoding.functions import FORCEABLE_LOGIT, FERMATA_MIN_WINDOW_Q, fermata_hold, fermata_reference_bin
 from museformer.render import DEFAULT_CHECKPOINT, RenderError, Renderer, Sampling, main, split_bars
 
 CHOPIN = VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"
@@ -115,16 +117,16 @@ def _with_fermata(toks, group):
 def _lifts(renderer, toks, perf):
     """Per held slot: its Tempo bin minus the hold's reference bin (the decoder's level arithmetic)."""
     held = fermata_slots(toks)
-    gaps, scales = renderer.grammar.tempo_gaps(toks)
+    gaps, scales = tempo_slot_gaps(toks)
+    hold = renderer.rules.get(FermataHold)
     out = []
     for k, tok in enumerate(perf):
         if not held[k]:
             continue
-        level = renderer.grammar.level_after(toks, perf[:k])[None]  # (1, 4)
+        level = renderer.rules.state_after(toks, perf[:k])["tempo_prior"][None]  # (1, 4)
         latest = [t for t in perf[:k] if token_type(t) == V.TEMPO]
         period = torch.tensor([V.tempo_value(int(V.parse(latest[-1])[1]))])
-        ref = fermata_reference_bin(level, period, torch.tensor([scales[k]]), renderer.grammar.first_period,
-                                    renderer.grammar.tempo_bin_log)
+        ref = fermata_reference_bin(level, period, torch.tensor([scales[k]]), hold.first_period, hold.bin_log)
         out.append(int(V.parse(tok)[1]) - ref.item())
     return out
 
@@ -162,7 +164,8 @@ def test_negative_hold_is_one_error_line(tmp_path):
 
 @needs_release
 def test_render_default_holds_fermatas():
-    g = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).grammar
-    assert g.fermata_hold == FERMATA_HOLD_BINS == 15.0 and g.tracks_level
-    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), fermata_hold=0, tempo_band=0).grammar
-    assert off.fermata_hold == 0 and not off.tracks_level
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    assert r.decode.fermata_hold == FERMATA_HOLD_BINS == 15.0 and r.decode.tracks_level
+    assert r.rules.get(FermataHold).lift_bins == 15.0
+    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), fermata_hold=0, tempo_band=0)
+    assert off.rules.get(FermataHold) is None and not off.decode.tracks_level

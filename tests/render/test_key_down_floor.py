@@ -9,8 +9,9 @@ from conftest import VIENNA, stderr_of
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import decode_performance
 from instruct_tokenizer.encode import nominal_q
-from instruct_tokenizer.grammar import MIN_KEY_DOWN_MS, art_nominal_q, beat_period_s, target_slots, token_type
-from museformer.model import FORCEABLE_LOGIT, key_down_floor
+from instruct_tokenizer.grammar import art_nominal_q, beat_period_s, target_slots, token_type
+from museformer.decoding.config import MIN_KEY_DOWN_MS
+from museformer.decoding.functions import FORCEABLE_LOGIT, key_down_floor
 from museformer.render import DEFAULT_CHECKPOINT, RenderError, Renderer, Sampling, main, split_bars
 
 CHOPIN = VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"
@@ -107,11 +108,13 @@ def test_rendered_notes_are_held_at_least_the_floor():
 
 @needs_release
 def test_default_floor_is_the_grammar_constant():
+    from museformer.decoding.rules import KeyDownFloor, TempoState
+
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
-    assert r.task.load_grammar().min_key_down_s == pytest.approx(MIN_KEY_DOWN_MS / 1000)
+    assert r.rules.get(KeyDownFloor).min_key_down_s == pytest.approx(MIN_KEY_DOWN_MS / 1000)
     off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=0, tempo_band=0,
                                    fermata_hold=0)  # the band and the fermata hold read periods too
-    assert off.task.load_grammar().period is None
+    assert off.rules.get(KeyDownFloor) is None and off.rules.get(TempoState) is None
 
 
 @needs_release
@@ -153,7 +156,9 @@ def test_a_unison_is_played_once_unless_kept():
     assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
     assert unison_repeats(toks).count(True) == 2
     every = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), unisons_once=False)  # --keep-unisons
-    assert every.task.load_grammar().once_slots is None
+    from museformer.decoding.rules import UnisonsOnce
+
+    assert every.rules.get(UnisonsOnce) is None
     assert DELETION not in every.render_tokens(toks, Sampling(seed=0, temperature=2.0), progress=False)
 
 

@@ -31,9 +31,11 @@ def test_rendering_plays_every_score_note_unless_deletions_allowed():
     toks = strict.score_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:4] for t in b]
-    assert not strict.task.load_grammar().table[:, strict.tgt_dict.index(DELETION)].any()
-    loose = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), allow_deletions=True)
-    assert loose.task.load_grammar().table[:, loose.tgt_dict.index(DELETION)].any()
+    from museformer.decoding.rules import GrammarMask
+
+    assert not strict.rules.get(GrammarMask).table[:, strict.tgt_dict.index(DELETION)].any()
+    loose = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), no_deletions=False)  # --allow-deletions
+    assert loose.rules.get(GrammarMask).table[:, loose.tgt_dict.index(DELETION)].any()
     repeats = [m for m, slot in zip(unison_repeats(toks), target_slots(toks)) if slot == "Vel"]
     for seed in range(3):
         perf = strict.render_tokens(toks, Sampling(seed=seed, temperature=2.0), progress=False)
@@ -46,10 +48,11 @@ def test_type_temperature_sharpens_only_its_type():
     """Tempo=0.25 divides only the Tempo slots' logits by 0.25: tempo tokens vary less across seeds,
     every other slot keeps its distribution's scale (checked on the logits multiplier)."""
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature="Tempo=0.25")
-    grammar = r.task.load_grammar()
-    tempo = grammar.type_id["Tempo"]
-    assert grammar.scale[tempo] == pytest.approx(4.0)
-    assert all(grammar.scale[i] == 1.0 for n, i in grammar.type_id.items() if n != "Tempo")
+    from museformer.decoding.rules import TypeTemperature
+
+    rule, type_id = r.rules.get(TypeTemperature), r.rules.get(TypeTemperature).type_id
+    assert rule.scale[type_id["Tempo"]] == pytest.approx(4.0)
+    assert all(rule.scale[i] == 1.0 for n, i in type_id.items() if n != "Tempo")
     toks = r.score_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:3] for t in b]
@@ -86,7 +89,7 @@ def _expected_value_choice_reference(logits, value):
     over the allowed numbered tokens (ties: the lowest token id)."""
     import math
 
-    from museformer.model import FORCEABLE_LOGIT
+    from museformer.decoding.functions import FORCEABLE_LOGIT
 
     out = torch.where(torch.isfinite(logits), torch.full_like(logits, FORCEABLE_LOGIT), logits)
     for b in range(logits.shape[0]):
@@ -101,7 +104,7 @@ def _expected_value_choice_reference(logits, value):
 
 
 def test_expected_value_choice_matches_reference():
-    from museformer.model import expected_value_choice
+    from museformer.decoding.functions import expected_value_choice
 
     g = torch.Generator().manual_seed(0)
     value = torch.tensor([float("nan"), 0.0, 1.0, 2.0, 3.0, 10.0, -4.0, float("nan"), 7.5])
@@ -117,7 +120,7 @@ def test_expected_value_choice_matches_reference():
 
 
 def test_expected_value_choice_takes_the_mean_not_the_mode():
-    from museformer.model import expected_value_choice
+    from museformer.decoding.functions import expected_value_choice
 
     value = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
     p = torch.tensor([0.45, 0.0, 0.1, 0.0, 0.45])  # mode 0 or 4, mean 2
@@ -131,9 +134,11 @@ def test_mean_type_is_the_same_for_every_seed_and_stays_valid():
     on the seed; the rendering differs across seeds only through the sampled types (Time, Art, pedal),
     and stays grammatical."""
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature="Tempo=mean,Vel=mean")
-    grammar = r.task.load_grammar()
-    assert grammar.mean[grammar.type_id["Tempo"]] and grammar.mean[grammar.type_id["Vel"]]
-    assert not grammar.mean[grammar.type_id["Time"]]
+    from museformer.decoding.rules import ExpectedValue
+
+    rule = r.rules.get(ExpectedValue)
+    assert rule.mean[rule.tables.type_id["Tempo"]] and rule.mean[rule.tables.type_id["Vel"]]
+    assert not rule.mean[rule.tables.type_id["Time"]]
     toks = r.score_tokens(str(VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:2] for t in b]

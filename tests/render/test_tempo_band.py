@@ -7,7 +7,7 @@ import torch
 from conftest import VIENNA, stderr_of
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.grammar import beat_period_s, target_slots, tempo_slot_gaps, token_type
-from museformer.model import (
+from museformer.decoding.functions import (
     TEMPO_BAND_GAIN,
     TEMPO_BAND_MAX_CURVE,
     TEMPO_BAND_MAX_PENALTY,
@@ -122,7 +122,7 @@ def _windowed_devs(toks, perf):
 
 @needs_release
 def test_decoder_level_state_equals_level_after():
-    """The decoder's running level, fed a human performance step by step, equals Grammar.level_after:
+    """The decoder's running level, fed a human performance step by step, equals DecodeRules.state_after:
     the renderer's prior for the next segment continues exactly what the decoder computed."""
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="self")
     toks = r.score_tokens(str(CHOPIN))
@@ -137,8 +137,8 @@ def test_decoder_level_state_equals_level_after():
     with torch.no_grad():
         for k in range(1, prev.shape[1] + 1):
             model.decoder.forward_incremental(prev[:, :k], enc, state)
-    level = model.decoder.get_incremental_state(state, "fc")["level"][0]
-    assert torch.allclose(level, r.grammar.level_after(toks, perf), rtol=1e-5)
+    level = model.decoder.get_incremental_state(state, "fc")["rules"]["level"][0]
+    assert torch.allclose(level, r.rules.state_after(toks, perf)["tempo_prior"], rtol=1e-5)
     assert level[3].item() > TEMPO_BAND_WARMUP_Q  # the band was active for part of the excerpt
 
 
@@ -225,9 +225,11 @@ def test_unknown_anchor_is_an_error():
 
 @needs_release
 def test_render_defaults_band_on_the_notated_tempo():
-    """instruct-render's defaults: the band of grammar.TEMPO_BAND_BINS around the notated tempo; 0 turns it off."""
-    from instruct_tokenizer.grammar import TEMPO_ANCHOR, TEMPO_BAND_BINS
+    """instruct-render's defaults: the band of decoding.config.TEMPO_BAND_BINS around the notated tempo; 0 turns it off."""
+    from museformer.decoding.config import TEMPO_ANCHOR, TEMPO_BAND_BINS
 
-    g = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).task.load_grammar()
-    assert (g.tempo_band, g.tempo_anchor) == (TEMPO_BAND_BINS, TEMPO_ANCHOR) == (12.0, "notated")
-    assert Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=0).grammar.tempo_band == 0
+    from museformer.decoding.rules import TempoBand
+
+    band = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).rules.get(TempoBand)
+    assert (band.band_bins, band.anchor) == (TEMPO_BAND_BINS, TEMPO_ANCHOR) == (12.0, "notated")
+    assert Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=0).rules.get(TempoBand) is None

@@ -119,7 +119,7 @@ def test_after_fermata_marks_the_next_onset_group_even_across_a_bar():
 
 @pytest.mark.parametrize("old_rows", [5, 8])
 def test_grow_rows_keeps_old_rows_and_zeros_new_ones(old_rows):
-    from museformer.model import grow_rows
+    from museformer.warmstart import grow_rows
 
     current = torch.randn(8, 4)
     old = torch.randn(old_rows, 4)
