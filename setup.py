@@ -8,6 +8,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["museformer", "museformer.*", "instruct_tokenizer", "instruct_tokenizer.*"]),
+    package_data={"instruct_tokenizer": ["data/*.json"]},
     # fairseq==0.10.2 is built and patched by scripts/install_fairseq.sh (no wheel exists for py>3.8).
     install_requires=["torch", "numpy", "miditoolkit", "symusic", "tensorboard", "partitura", "tqdm", "matplotlib", "scipy"],
     entry_points={

@@ -107,18 +107,21 @@ def bench_score_midi(test: dict) -> dict:
     return out
 
 
-def table(sets: dict, model: T.TempoModel) -> str:
+def table(sets: dict, model: T.TempoModel, constant: float) -> str:
     lines = ["| set, estimate | pieces | median abs log2 | mean | share within x1.25 | worst |",
              "|---|---|---|---|---|---|"]
     for name, items in sets.items():
         if not items:
             continue
         lines.append(row(f"{name}: default 120", errors(items, lambda s: V.DEFAULT_QPM)))
+        lines.append(row(f"{name}: training median {constant:.0f}", errors(items, lambda s: constant)))
         marked = {k: v for k, v in items.items() if T.stated_qpm(v[0]) is not None}
         if marked:
             lines.append(row(f"{name}: metronome mark, where stated", errors(marked, T.stated_qpm)))
         lines.append(row(f"{name}: estimate from words + content (no mark)",
                          errors(items, lambda s: model.predict(T.score_features(s)))))
+        lines.append(row(f"{name}: the old policy (mark, else 120)",
+                         errors(items, lambda s: T.stated_qpm(s) or V.DEFAULT_QPM)))
         lines.append(row(f"{name}: instruct-render's policy (mark, else estimate)",
                          errors(items, lambda s: T.notated_tempo(s, model=model).qpm)))
     return "\n".join(lines)
@@ -128,20 +131,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tokens", type=Path, help="the (n)ASAP build: train to fit, test to report")
     ap.add_argument("--vienna", type=Path, default=None, help="a Vienna 4x22 build (all in train) to report on")
+    ap.add_argument("--ridge", type=float, default=1.0, help="ridge penalty on every coefficient but the bias")
     ap.add_argument("--write", action="store_true", help="write instruct_tokenizer/data/tempo_model.json")
     a = ap.parse_args()
     train, test = pieces(a.tokens, "train"), pieces(a.tokens, "test")
-    rows = np.stack([T.feature_row(T.score_features(s)) for s, _ in train.values()])
-    # score MIDI pieces have no words: fit on both views of every training piece, so the content terms
-    # carry the tempo where the words are missing
-    rows_midi = np.stack([T.feature_row(T.score_features(without_markings(s))) for s, _ in train.values()])
     target = np.log2([h for _, h in train.values()])
-    coef = T.fit(np.concatenate([rows, rows_midi]), np.concatenate([target, target]))
-    model = T.TempoModel(dict(zip(T.FEATURES, coef.tolist())),
-                         {"fitted_on": f"{len(train)} training pieces of {a.tokens}, each with and without markings",
-                          "target": "log2 median human quarter notes per minute"})
-    print("coefficients:", json.dumps(dict(zip(T.FEATURES, coef.round(3).tolist()))))
+    views = {"words": [T.score_features(s) for s, _ in train.values()],
+             "content": [T.score_features(without_markings(s)) for s, _ in train.values()]}
+    coef = {kind: dict(zip(names, T.fit(np.stack([T.feature_row(f, names) for f in views[kind]]), target,
+                                        ridge=a.ridge).tolist()))
+            for kind, names in T.MODELS.items()}
+    model = T.TempoModel(coef, {"fitted_on": f"{len(train)} training pieces of {a.tokens} (content: their markings "
+                                             f"dropped, as a score MIDI gives them)", "ridge": a.ridge,
+                                "target": "log2 median human quarter notes per minute"})
+    print("coefficients:", json.dumps({k: {n: round(v, 3) for n, v in c.items()} for k, c in coef.items()}))
     sets = {"(n)ASAP train (fit)": train,
+            "(n)ASAP train, as score MIDI (markings dropped)": {k: (without_markings(s), h) for k, (s, h) in train.items()},
             "(n)ASAP test, MusicXML": test,
             "(n)ASAP test, as score MIDI (markings dropped)": {k: (without_markings(s), h) for k, (s, h) in test.items()},
             "benchmark score MIDI files": bench_score_midi(test) if BENCH.is_dir() else {}}
@@ -151,7 +156,7 @@ def main() -> int:
         for (composer, title), (s, h) in vienna.items():
             est = T.notated_tempo(s, model=model)
             print(f"Vienna {title}: human median {h:.1f} qpm, estimate {est.qpm:.1f} ({est.source}), default 120")
-    print(table(sets, model))
+    print(table(sets, model, float(2 ** np.median(target))))
     if a.write:
         model.save()
         print(f"wrote {T.MODEL_PATH}")

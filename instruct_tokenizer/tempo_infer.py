@@ -1,0 +1,193 @@
+"""A notated tempo for every score: the metronome mark where the score states one, else an estimate from
+its tempo words, meter and content, fitted on the (n)ASAP training pieces' human tempi.
+
+Before this, a score without a metronome mark got 120 quarters per minute (``vocab.DEFAULT_QPM``), which
+is what score MIDI files and MusicXML exporters write when nothing is stated: an Adagio in 3/8 and a
+Presto in 2/2 both got 120. The estimate is a least-squares line on the log2 tempo (quarter notes per
+minute), over these features of the score tokens (units in each name):
+
+- the first tempo word's class (``TempoWord_slow|moderate|fast``: Adagio-, Andante-, Allegro-like; none
+  in a score MIDI or a MusicXML without words),
+- the meter of the first bar: log2 of its beat unit in quarters (4 -> 0, 8 -> -1, 2 -> 1) and whether it
+  is compound (6, 9, 12 over anything),
+- the content: log2 of the median gap between onsets (quarters), log2 of onset groups per quarter, and
+  the share of notes no longer than a sixteenth.
+
+``scripts/fit_tempo.py`` fits it on the training pieces of an ``instruct-tokenize build`` and writes the
+coefficients to ``instruct_tokenizer/data/tempo_model.json`` (shipped with the package); it also prints
+the error on the test pieces against the default 120.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import vocab as V
+from .score import score_timeline
+
+MODEL_PATH = Path(__file__).resolve().parent / "data" / "tempo_model.json"
+CONTENT_FEATURES = ("bias", "log2_beat_unit_q", "compound", "log2_median_ioi_q", "log2_groups_per_q", "short_share")
+FEATURES = CONTENT_FEATURES[:1] + ("word_slow", "word_moderate", "word_fast") + CONTENT_FEATURES[1:]
+MODELS = {"words": FEATURES, "content": CONTENT_FEATURES}  # which model a score gets: words if it has one
+WORD_CLASSES = ("slow", "moderate", "fast")
+SHORT_Q = 0.25  # quarters: a sixteenth note
+QPM_RANGE = (30.0, 300.0)  # quarter notes per minute: an estimate is clamped here
+
+
+@dataclass
+class TempoEstimate:
+    """A score's notated tempo in quarter notes per minute, where it came from (``mark``, ``words``,
+    ``content``, ``override``, ``default``) and why, in words (for the render log)."""
+
+    qpm: float
+    source: str
+    reason: str
+
+
+def first_tempo_word(score_tokens: Sequence[str]) -> Optional[str]:
+    """The class of the first constant tempo word (slow, moderate, fast), None when there is none."""
+    for t in score_tokens:
+        if t.startswith(V.TEMPO_WORD + "_"):
+            value = t.partition("_")[2]
+            if value in WORD_CLASSES:
+                return value
+    return None
+
+
+def first_time_signature(score_tokens: Sequence[str]) -> tuple:
+    """(numerator, denominator) of the first ``TimeSig`` token; (4, 4) when there is none."""
+    for t in score_tokens:
+        if t.startswith(V.TIME_SIG + "_"):
+            num, _, den = t.partition("_")[2].partition("/")
+            try:
+                return int(num), int(den)
+            except ValueError:
+                break
+    return 4, 4
+
+
+def stated_qpm(score_tokens: Sequence[str]) -> Optional[float]:
+    """The first ``QPM`` value other than the default 120 (a metronome mark), None when there is none."""
+    default = V.tok(V.QPM, int(V.DEFAULT_QPM))
+    for t in score_tokens:
+        if t.startswith(V.QPM + "_") and t != default:
+            return float(t.partition("_")[2])
+    return None
+
+
+def score_features(score_tokens: Sequence[str]) -> Dict[str, float]:
+    """The features of the module docstring for one score (whole piece or a long excerpt)."""
+    tl = score_timeline(score_tokens)
+    word = first_tempo_word(score_tokens)
+    num, den = first_time_signature(score_tokens)
+    onsets = np.unique(tl.group_q)
+    gaps = np.diff(onsets)
+    gaps = gaps[gaps > 0]
+    median_ioi = float(np.median(gaps)) if len(gaps) else 1.0
+    span = float(onsets[-1] - onsets[0]) if len(onsets) > 1 else 0.0
+    groups_per_q = (len(onsets) - 1) / span if span > 0 else 1.0
+    durs = tl.note_dur_q[tl.note_dur_q > 0]
+    short = float(np.mean(durs <= SHORT_Q)) if len(durs) else 0.0
+    return {"bias": 1.0,
+            **{f"word_{c}": float(word == c) for c in WORD_CLASSES},
+            "log2_beat_unit_q": math.log2(4.0 / den),
+            "compound": float(num in (6, 9, 12) and num % 3 == 0),
+            "log2_median_ioi_q": math.log2(median_ioi),
+            "log2_groups_per_q": math.log2(groups_per_q),
+            "short_share": short}
+
+
+def feature_row(features: Dict[str, float], names: Sequence[str] = FEATURES) -> np.ndarray:
+    return np.array([features[name] for name in names], dtype=np.float64)
+
+
+def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2) -> np.ndarray:
+    """Least squares (with a small ridge on everything but the bias) of log2 qpm on the feature rows."""
+    penalty = ridge * np.eye(rows.shape[1])
+    penalty[0, 0] = 0.0
+    return np.linalg.solve(rows.T @ rows + penalty, rows.T @ log2_qpm)
+
+
+class TempoModel:
+    """Two fitted lines (``tempo_model.json``): ``words`` for a score with a tempo word (all features),
+    ``content`` for one without (meter and content only, fitted on the training pieces with their
+    markings dropped, as a score MIDI gives them). ``predict`` gives quarter notes per minute."""
+
+    def __init__(self, coef: Dict[str, Dict[str, float]], meta: Optional[dict] = None):
+        self.coef = {}
+        for kind, names in MODELS.items():
+            missing = [f for f in names if f not in coef.get(kind, {})]
+            if missing:
+                raise ValueError(f"tempo model {kind}: missing coefficients {', '.join(missing)}")
+            self.coef[kind] = np.array([coef[kind][f] for f in names], dtype=np.float64)
+        self.meta = meta or {}
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH) -> "TempoModel":
+        data = json.loads(Path(path).read_text())
+        return cls(data["coef"], data.get("meta"))
+
+    def save(self, path: Path = MODEL_PATH) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        coef = {kind: dict(zip(MODELS[kind], c.round(6).tolist())) for kind, c in self.coef.items()}
+        path.write_text(json.dumps({"coef": coef, "meta": self.meta}, indent=1) + "\n")
+
+    @staticmethod
+    def kind(features: Dict[str, float]) -> str:
+        return "words" if any(features[f"word_{c}"] for c in WORD_CLASSES) else "content"
+
+    def predict(self, features: Dict[str, float]) -> float:
+        kind = self.kind(features)
+        qpm = 2.0 ** float(feature_row(features, MODELS[kind]) @ self.coef[kind])
+        return float(min(max(qpm, QPM_RANGE[0]), QPM_RANGE[1]))
+
+
+_MODEL: List[TempoModel] = []
+
+
+def default_model() -> TempoModel:
+    """The shipped model, loaded once."""
+    if not _MODEL:
+        _MODEL.append(TempoModel.load())
+    return _MODEL[0]
+
+
+def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
+                  model: Optional[TempoModel] = None) -> TempoEstimate:
+    """The tempo a rendering of ``score_tokens`` starts from: ``override`` (``--qpm``), else the score's
+    metronome mark (a ``QPM`` other than 120), else the fitted estimate from its words, meter and content."""
+    if override is not None:
+        if not (override > 0 and math.isfinite(override)):
+            raise ValueError(f"--qpm: expected a positive number of quarter notes per minute, got {override}")
+        return TempoEstimate(float(override), "override", f"--qpm {override:g}")
+    mark = stated_qpm(score_tokens)
+    if mark is not None:
+        return TempoEstimate(mark, "mark", f"the score's metronome mark ({mark:g} quarter notes per minute)")
+    features = score_features(score_tokens)
+    qpm = (model or default_model()).predict(features)
+    word = first_tempo_word(score_tokens)
+    num, den = first_time_signature(score_tokens)
+    content = (f"median onset gap {2 ** features['log2_median_ioi_q']:g} quarters, "
+               f"{100 * features['short_share']:.0f} % of notes sixteenths or shorter")
+    if word is not None:
+        return TempoEstimate(qpm, "words", f"estimated from the tempo word ({word}), {num}/{den} and the content "
+                                           f"({content}); no metronome mark")
+    return TempoEstimate(qpm, "content", f"estimated from {num}/{den} and the content ({content}); no metronome "
+                                         f"mark or tempo word")
+
+
+def with_qpm(score_tokens: Sequence[str], qpm: float) -> List[str]:
+    """The score tokens with the first ``QPM`` set to ``qpm`` and every later one scaled with it (a tempo
+    change keeps its ratio), quantised: the notated tempo the model reads. A stream without ``QPM`` tokens
+    (a model trained without them) is returned unchanged."""
+    qpms = [float(t.partition("_")[2]) for t in score_tokens if t.startswith(V.QPM + "_")]
+    if not qpms:
+        return list(score_tokens)
+    ratio = qpm / qpms[0]
+    return [V.tok(V.QPM, V.quantise_qpm(float(t.partition("_")[2]) * ratio)) if t.startswith(V.QPM + "_") else t
+            for t in score_tokens]

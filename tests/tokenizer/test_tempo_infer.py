@@ -1,0 +1,83 @@
+"""The notated tempo for every score: the mark where one is stated, else the fitted estimate from the
+tempo word, the meter and the content; --qpm overrides; the reason says which."""
+import math
+
+import pytest
+
+from instruct_tokenizer import tempo_infer as T
+
+
+def score(word=None, ts="4/4", dur=12, qpm=None, bars=4, per_bar=4):
+    """A tiny score token stream: ``per_bar`` onsets of ``dur`` (grid 12 per quarter) in every bar."""
+    toks = []
+    for b in range(bars):
+        toks += ["Bar_None"] + ([f"TimeSig_{ts}"] if b == 0 else []) + ([f"QPM_{qpm}"] if qpm else [])
+        for k in range(per_bar):
+            toks += [f"Pos_{k * dur}"] + ([f"TempoWord_{word}"] if word and b == 0 and k == 0 else [])
+            toks += ["Pitch_60", f"Dur_{dur}", "Staff_1"]
+    return toks
+
+
+def test_a_metronome_mark_wins():
+    est = T.notated_tempo(score(word="fast", qpm=66))
+    assert (est.qpm, est.source) == (66.0, "mark") and "metronome mark" in est.reason
+
+
+def test_the_default_120_is_no_mark():
+    assert T.stated_qpm(score(qpm=120)) is None
+    assert T.notated_tempo(score(qpm=120)).source == "content"
+
+
+def test_override_and_its_check():
+    assert T.notated_tempo(score(qpm=66), override=90).qpm == 90.0
+    with pytest.raises(ValueError, match="--qpm"):
+        T.notated_tempo(score(), override=-3)
+
+
+def test_shipped_model_orders_the_tempo_words():
+    """Same content, same meter: Adagio-like < Andante-like < Allegro-like."""
+    slow, moderate, fast = (T.notated_tempo(score(word=w)) for w in ("slow", "moderate", "fast"))
+    assert slow.source == moderate.source == fast.source == "words"
+    assert slow.qpm < moderate.qpm < fast.qpm
+    assert "tempo word (slow)" in slow.reason
+
+
+def test_the_beat_unit_of_the_meter_counts():
+    """An Allegro in 2/2 (half-note beats) is faster in quarters than one in 4/4; 6/8 is compound with
+    an eighth-note unit."""
+    common = T.notated_tempo(score(word="fast", ts="4/4")).qpm
+    assert T.notated_tempo(score(word="fast", ts="2/2")).qpm > common
+    f68 = T.score_features(score(ts="6/8", dur=6, per_bar=6))
+    assert (f68["compound"], f68["log2_beat_unit_q"]) == (1.0, -1.0)
+    assert T.score_features(score(ts="3/4"))["compound"] == 0.0
+
+
+def test_without_words_the_content_decides():
+    """No words (a score MIDI): denser notes -> a slower quarter, within the clamped range."""
+    quarters = T.notated_tempo(score(dur=12))
+    sixteenths = T.notated_tempo(score(dur=3, per_bar=16))
+    assert quarters.source == sixteenths.source == "content" and "no metronome mark or tempo word" in quarters.reason
+    assert sixteenths.qpm < quarters.qpm
+    assert all(T.QPM_RANGE[0] <= e.qpm <= T.QPM_RANGE[1] for e in (quarters, sixteenths))
+
+
+def test_with_qpm_scales_every_tempo_change():
+    toks = ["Bar_None", "QPM_120", "Pos_0", "Bar_None", "QPM_60", "Pos_0"]
+    out = T.with_qpm(toks, 80)
+    assert [t for t in out if t.startswith("QPM_")] == ["QPM_80", "QPM_40"]
+    assert T.with_qpm(["Bar_None", "Pos_0"], 80) == ["Bar_None", "Pos_0"]
+
+
+def test_fit_recovers_a_known_line():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([np.ones(200), rng.normal(size=(200, len(T.FEATURES) - 1))])
+    coef = rng.normal(size=len(T.FEATURES))
+    got = T.fit(rows, rows @ coef, ridge=0.0)
+    assert np.allclose(got, coef)
+    model = T.TempoModel({"words": dict(zip(T.FEATURES, coef)),
+                          "content": dict(zip(T.CONTENT_FEATURES, coef[:len(T.CONTENT_FEATURES)]))})
+    assert math.isclose(model.coef["words"][0], coef[0])
+    with pytest.raises(ValueError, match="missing coefficients"):
+        T.TempoModel({"words": {}})
