@@ -76,6 +76,7 @@ class Item:
     ranges: List[Tuple[int, int]]
     counts: Counter
     stats: Dict[str, float]
+    perf_prefix: List[str] = field(default_factory=list)  # before every segment's bars (``TempoLevel``)
 
 
 def prefix_length(cfg: "BuildConfig") -> int:
@@ -85,19 +86,20 @@ def prefix_length(cfg: "BuildConfig") -> int:
 
 def make_item(source: "Source", augment: str, enc: Encoded, cfg: "BuildConfig") -> Item:
     _, score_bars = split_bars(with_marking_state(enc.score) if cfg.marking_state else enc.score)
-    _, perf_bars = split_bars(enc.perf)
-    ranges = segment_ranges(score_bars, perf_bars, cfg.max_tokens - prefix_length(cfg) - 1, cfg.overlap_bars)
+    perf_prefix, perf_bars = split_bars(enc.perf)  # the relative encoding's TempoLevel, in every segment
+    budget = cfg.max_tokens - max(prefix_length(cfg), len(perf_prefix)) - 1
+    ranges = segment_ranges(score_bars, perf_bars, budget, cfg.overlap_bars)
     mult = np.zeros(len(score_bars) + 1, np.int64)
     for a, b in ranges:
         mult[a] += 1
         mult[b] -= 1
-    counts: Counter = Counter()
+    counts: Counter = Counter(perf_prefix * len(ranges))
     for b, m in enumerate(np.cumsum(mult)[:-1].tolist()):
         for _ in range(m):
             counts.update(score_bars[b])
             counts.update(perf_bars[b])
     return Item(source, augment, [" ".join(b) for b in score_bars], [" ".join(b) for b in perf_bars], ranges,
-                counts, enc.stats)
+                counts, enc.stats, perf_prefix)
 
 
 @dataclass
@@ -117,6 +119,7 @@ class BuildConfig:
     cache_dir: Optional[str] = None  # parsed-XML cache (default musicxml.default_cache_dir())
     markings_dropout: float = 0.0  # share of performances built without their markings (seeded by file)
     notated_tempo: bool = False  # a QPM token (notated tempo from the MusicXML) in every bar header
+    relative_tempo: bool = False  # TempoLevel + TempoRel (relative to the QPM) instead of Tempo; needs notated_tempo
     marking_state: bool = False  # the markings in force at each bar start in every bar header (with markings)
 
 
@@ -240,7 +243,7 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     items = []
     for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
         try:
-            enc: Encoded = encode_match(variant, marks=marks, qpm=qpm)
+            enc: Encoded = encode_match(variant, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
         if not name:
@@ -419,14 +422,16 @@ def _write(out_dir: str, items: List[Item], levels, splits, cfg: BuildConfig, re
         if len(prefix) != prefix_length(cfg):
             raise AssertionError(f"prefix {prefix} is not {prefix_length(cfg)} tokens long")
         head = " ".join(prefix) + " " if prefix else ""
+        perf_head = " ".join(it.perf_prefix) + " " if it.perf_prefix else ""
         for start, end in it.ranges:
             counts.update(prefix)
-            lines[split].append((head + " ".join(it.score_bars[start:end]), " ".join(it.perf_bars[start:end])))
+            lines[split].append((head + " ".join(it.score_bars[start:end]),
+                                 perf_head + " ".join(it.perf_bars[start:end])))
             manifest.append({"split": split, "line": len(lines[split]) - 1, "source": it.source.path,
                              "composer": it.source.composer, "title": it.source.title,
                              "performer": it.source.performer, "augment": it.augment,
                              "bar_start": start, "bar_end": end, "n_bars": len(it.score_bars),
-                             "prefix": prefix})
+                             "prefix": prefix, **({"perf_prefix": it.perf_prefix} if it.perf_prefix else {})})
         counts.update(it.counts)
         report.built[split] += 1
     if not manifest:

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--notated-tempo", action="store_true",
                    help="a QPM token (the score's notated tempo, from the MusicXML beside the match file; 120 "
                         "when it states none) in every bar header")
+    b.add_argument("--relative-tempo", action="store_true",
+                   help="with --notated-tempo: tempo relative to the score's notated tempo, a TempoLevel token "
+                        "(the performance's level over the notated tempo, the same in every segment) before each "
+                        "segment's bars and a TempoRel token (beat period over notated x level) per onset instead "
+                        "of the absolute Tempo (docs/tokens.md, Relative tempo)")
     b.add_argument("--marking-state", action="store_true",
                    help="with --xml-markings: the markings in force at each bar start (dynamic level, open "
                         "wedge, open rit./accel.) in every bar header (docs/tokens.md)")
@@ -88,9 +93,14 @@ def cmd_build(a: argparse.Namespace) -> int:
                       meta=tuple(m for m in a.meta.split(",") if m), transpose=a.augment_transpose,
                       tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
                       cache_dir=a.cache_dir, markings_dropout=a.markings_dropout,
-                      notated_tempo=a.notated_tempo, marking_state=a.marking_state)
+                      notated_tempo=a.notated_tempo, marking_state=a.marking_state,
+                      relative_tempo=a.relative_tempo)
     if cfg.marking_state and not cfg.xml_markings:
         print("instruct-tokenize: error: --marking-state needs --xml-markings", file=sys.stderr)
+        return 2
+    if cfg.relative_tempo and not cfg.notated_tempo:
+        print("instruct-tokenize: error: --relative-tempo needs --notated-tempo (the QPM it is relative to)",
+              file=sys.stderr)
         return 2
     try:
         report = build(a.src, a.out, cfg)

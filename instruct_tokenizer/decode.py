@@ -12,7 +12,7 @@ import numpy as np
 
 from . import vocab as V
 from .encode import ORIGIN_S, SOFT_SLOTS, SUS_SLOTS, nominal_q
-from .score import Timeline, score_timeline
+from .score import Timeline, bar_notated_period_s, score_timeline
 
 TICKS_PER_BEAT = 480
 MIDI_TEMPO_BPM = 120.0  # MIDI files are written at 120 BPM: 1 tick = 1/960 s
@@ -48,9 +48,24 @@ def _expect(tokens: Sequence[str], i: int, type_: str) -> str:
     return value
 
 
+def tempo_reading(score_tokens: Sequence[str], perf_tokens: Sequence[str], tl: Timeline):
+    """(tempo type, position of the first bar token, per-group beat period scale) of a performance
+    stream: absolute (``Tempo``, 0, scale 1) or relative (a ``TempoLevel`` first: ``TempoRel``, 1, per
+    group the notated beat period of its bar, 60 / ``QPM`` of the score tokens, times the level)."""
+    if perf_tokens and V.parse(perf_tokens[0])[0] == V.TEMPO_LEVEL:
+        level = V.tempo_level_factor(int(V.parse(perf_tokens[0])[1]))
+        notated = bar_notated_period_s(score_tokens)[tl.group_bar] if tl.n_groups else np.zeros(0)
+        return V.TEMPO_REL, 1, (notated * level).tolist()
+    return V.TEMPO, 0, None
+
+
 def decode_performance(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Performance:
-    """Decode performance tokens against the score tokens they were generated for."""
+    """Decode performance tokens against the score tokens they were generated for: absolute (``Tempo``
+    per onset group) or relative (``TempoLevel`` first, then ``TempoRel``: the beat period is the
+    notated period of the group's bar (60 / ``QPM`` in the score tokens, 120 where none) x level x
+    ratio)."""
     tl = score_timeline(score_tokens)
+    tempo_type, pos, scale = tempo_reading(score_tokens, perf_tokens, tl)
     n = tl.n_notes
     onset, offset = np.zeros(n), np.zeros(n)
     velocity, played = np.zeros(n, np.int64), np.zeros(n, bool)
@@ -63,12 +78,13 @@ def decode_performance(score_tokens: Sequence[str], perf_tokens: Sequence[str]) 
     notes_of_group: List[List[int]] = [[] for _ in range(tl.n_groups)]
     for i, g in enumerate(tl.note_group):
         notes_of_group[g].append(i)
-    pos, bar = 0, -1
+    bar = -1
     for g in range(tl.n_groups):
         while bar < tl.group_bar[g]:
             _expect(perf_tokens, pos, V.BAR)
             pos, bar = pos + 1, bar + 1
-        period = V.tempo_value(int(_expect(perf_tokens, pos, V.TEMPO)))
+        value = int(_expect(perf_tokens, pos, tempo_type))
+        period = V.tempo_value(value) if scale is None else V.tempo_rel_ratio(value) * scale[g]
         pos += 1
         if g == 0:
             grid[g] = ORIGIN_S

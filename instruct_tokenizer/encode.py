@@ -20,7 +20,8 @@ import numpy as np
 
 from . import vocab as V
 from .match import MatchFile
-from .score import ScoreNotes, Timeline, score_timeline, score_tokens, sort_order, with_marking_state
+from .score import (ScoreNotes, Timeline, bar_notated_period_s, score_timeline, score_tokens, sort_order,
+                    with_marking_state)
 
 ORIGIN_S = 1.0  # decoded time of the first onset group's grid
 GRACE_NOMINAL_Q = 0.125  # nominal notated duration of a grace note, for articulation
@@ -271,7 +272,8 @@ def _longest_nondecreasing(x: np.ndarray) -> np.ndarray:
     return np.array(out[::-1], np.int64)
 
 
-def grid_targets(tl: Timeline, ref_s: np.ndarray) -> np.ndarray:
+def grid_targets(tl: Timeline, ref_s: np.ndarray, period_range_s: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                 ) -> np.ndarray:
     """Per onset group, the time (s) the decoded grid should land on.
 
     A group's mean performed onset, where the groups' onsets keep the score order (a longest
@@ -279,8 +281,10 @@ def grid_targets(tl: Timeline, ref_s: np.ndarray) -> np.ndarray:
     drag the grid with it, and the grid can run back only as fast as the shortest beat period allows.
     Groups off that run or without played notes are interpolated in score time between their
     neighbours (before the first known group: extrapolated at the first known period; after the last:
-    nan, the grid keeps its tempo)."""
+    nan, the grid keeps its tempo). ``period_range_s``: per group, the shortest and longest beat period
+    (s per quarter) its tempo token can give (default: the absolute ``Tempo`` range)."""
     n = tl.n_groups
+    lo_s, hi_s = period_range_s if period_range_s is not None else (np.full(n, V.TEMPO_MIN_S), np.full(n, V.TEMPO_MAX_S))
     out = np.full(n, np.nan)
     known = np.nonzero(~np.isnan(ref_s))[0]
     if not len(known):
@@ -293,21 +297,22 @@ def grid_targets(tl: Timeline, ref_s: np.ndarray) -> np.ndarray:
         p0 = 0.5
         if len(good) > 1:
             p0 = (ref_s[good[1]] - ref_s[good[0]]) / (qe[good[1]] - qe[good[0]])
-        p0 = min(max(p0, V.TEMPO_MIN_S), V.TEMPO_MAX_S)
+        p0 = min(max(p0, float(lo_s[0])), float(hi_s[0]))
         out[:lo] = ref_s[lo] - (qe[lo] - qe[:lo]) * p0
-    return _meet_tempo_range(out, np.diff(qe))
+    return _meet_tempo_range(out, np.diff(qe), lo_s[1:], hi_s[1:])
 
 
-def _meet_tempo_range(target: np.ndarray, dq: np.ndarray) -> np.ndarray:
+def _meet_tempo_range(target: np.ndarray, dq: np.ndarray, lo_s: np.ndarray, hi_s: np.ndarray) -> np.ndarray:
     """Targets whose steps exceed the tempo range (a pause longer than 8 s per quarter of score gap, a
     skip faster than 0.08 s per quarter) would leave the whole error on the group after the step, as
     the grid falls behind (or runs ahead) there. Halve it: move each target halfway towards the
     nearest sequence that the range can follow exactly (built backwards from the later targets), so
-    that the groups before the step share the error. Unchanged where every step is in range."""
+    that the groups before the step share the error. Unchanged where every step is in range.
+    ``lo_s`` / ``hi_s``: per step (into group g + 1), the beat period range (s per quarter)."""
     t = target.tolist()
     n = len(t)
-    lo_step = (dq * V.TEMPO_MIN_S).tolist()
-    hi_step = (dq * V.TEMPO_MAX_S).tolist()
+    lo_step = (dq * lo_s).tolist()
+    hi_step = (dq * hi_s).tolist()
     feasible = list(t)
     changed = False
     for g in range(n - 1, 0, -1):
@@ -324,22 +329,40 @@ def _meet_tempo_range(target: np.ndarray, dq: np.ndarray) -> np.ndarray:
     return 0.5 * (target + np.array(feasible))
 
 
-_LOG_TEMPO = [float(x) for x in np.log(V._TEMPO_CENTERS)]
-_TEMPO_VALUES = [V.tempo_value(b) for b in range(V.TEMPO_BINS)]
+class _TempoBins:
+    """The values of a tempo slot's tokens in token order and a nearest-value quantiser in log space:
+    the absolute ``Tempo`` bins (beat periods, s per quarter) or the ``TempoRel`` steps (ratios)."""
+
+    def __init__(self, values: Sequence[float], tokens: Sequence[str]):
+        self.values = [float(v) for v in values]
+        self.tokens = list(tokens)
+        self.log = [math.log(v) for v in self.values]
+        self.lo, self.hi = self.values[0], self.values[-1]
+
+    def quantise(self, value: float) -> int:
+        """Index of the value nearest ``value`` in log space (clamped to the range; nan: the last)."""
+        x = math.log(min(max(value, self.lo), self.hi))
+        c = self.log
+        if x != x:
+            return len(c) - 1  # as numpy's searchsorted places nan
+        i = bisect_left(c, x)
+        if i <= 0:
+            return 0
+        if i >= len(c):
+            return len(c) - 1
+        return i - 1 if x - c[i - 1] <= c[i] - x else i
+
+
+ABSOLUTE_BINS = _TempoBins([V.tempo_value(b) for b in range(V.TEMPO_BINS)],
+                           [V.tok(V.TEMPO, b) for b in range(V.TEMPO_BINS)])
+RELATIVE_BINS = _TempoBins([V.tempo_rel_ratio(j) for j in V.TEMPO_REL_STEPS],
+                           [V.tok(V.TEMPO_REL, j) for j in V.TEMPO_REL_STEPS])
+_TEMPO_VALUES = ABSOLUTE_BINS.values
 
 
 def _quantise_tempo(period: float) -> int:
     """:func:`vocab.quantise_tempo` on Python floats (same bins, bisect instead of numpy)."""
-    x = math.log(min(max(period, V.TEMPO_MIN_S), V.TEMPO_MAX_S))
-    c = _LOG_TEMPO
-    if x != x:
-        return len(c) - 1  # as numpy's searchsorted places nan
-    i = bisect_left(c, x)
-    if i <= 0:
-        return 0
-    if i >= len(c):
-        return len(c) - 1
-    return i - 1 if x - c[i - 1] <= c[i] - x else i
+    return ABSOLUTE_BINS.quantise(period)
 
 
 _TIME_MS = V._TIME_CENTERS_MS.tolist()
@@ -372,13 +395,20 @@ def _far_offsets(tl: Timeline, target_s: np.ndarray, onset_s: np.ndarray, played
     return out
 
 
-def encode_grid(tl: Timeline, ref_s: np.ndarray,
-                far: Optional[Dict[int, List[float]]] = None) -> Tuple[List[int], np.ndarray]:
+def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[float]]] = None,
+                scale_s: Optional[np.ndarray] = None) -> Tuple[List[int], np.ndarray]:
     """Tempo bins and decoded grid times (s) per group, with error feedback: each bin is the one that
     lands the decoded grid nearest the group's target. For a group in ``far`` (offsets of its notes from
     the target, :func:`_far_offsets`: a note outside Time's 1 ms bins), the bin among the two nearest
-    on either side that quantises its notes' Time best (the next group's error feedback absorbs it)."""
+    on either side that quantises its notes' Time best (the next group's error feedback absorbs it).
+
+    ``scale_s``: None for the absolute ``Tempo`` bins (beat periods); else, per group, the beat period
+    (s per quarter) of ratio 1 of the relative ``TempoRel`` steps (notated period x level), and the bins
+    returned index ``RELATIVE_BINS``: group g's beat period is ``scale_s[g] x ratio``."""
     n = tl.n_groups
+    bins_ = ABSOLUTE_BINS if scale_s is None else RELATIVE_BINS
+    scale = [1.0] * n if scale_s is None else np.asarray(scale_s, dtype=np.float64).tolist()
+    quantise = bins_.quantise
     bins: List[int] = []
     grid = [0.0] * n
     period = 0.5
@@ -390,9 +420,10 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray,
         if span_q > 0:
             period = (ref[known[-1]] - ref[known[0]]) / span_q
     min_dq = 1.0 / V.GRID
-    tv = _TEMPO_VALUES
+    tv = bins_.values
     isnan = math.isnan
     for g in range(n):
+        sc = scale[g]
         if g == 0:
             grid[0] = ORIGIN_S
             nxt = known[known > 0]
@@ -400,27 +431,27 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray,
                 dq = q[nxt[0]] - q[0]
                 if dq > 0:
                     period = (ref[nxt[0]] - ref[0]) / dq
-            b = _quantise_tempo(period)
+            b = quantise(period / sc)
         else:
             dq = max(q[g] - q[g - 1], min_dq)
             r = ref[g]
             if r == r:
                 period = (r - grid[g - 1]) / dq
-                b = _quantise_tempo(period)
+                b = quantise(period / sc)
                 offsets = far.get(g) if far else None
                 if offsets:
                     best = None
                     for c in range(max(b - 2, 0), min(b + 3, len(tv))):
-                        shift_ms = (r - (grid[g - 1] + dq * tv[c])) * 1000.0
+                        shift_ms = (r - (grid[g - 1] + dq * (tv[c] * sc))) * 1000.0
                         cost = sum(_time_error_ms(o * 1000.0 + shift_ms) for o in offsets) + 1e-6 * abs(c - b)
                         if best is None or cost < best[0]:
                             best = (cost, c)
                     b = best[1]
-                grid[g] = grid[g - 1] + dq * tv[b]
+                grid[g] = grid[g - 1] + dq * (tv[b] * sc)
             else:
-                b = _quantise_tempo(period)
-                grid[g] = grid[g - 1] + dq * tv[b]
-                period = tv[b]
+                b = quantise(period / sc)
+                grid[g] = grid[g - 1] + dq * (tv[b] * sc)
+                period = tv[b] * sc
         bins.append(b)
     return bins, np.array(grid)
 
@@ -431,19 +462,71 @@ def nominal_q(dur_q: float) -> float:
 
 
 _ART_TOKENS = [V.tok(V.ART, V.fmt_art(a)) for a in V._ART_CENTERS]
-_TEMPO_TOKENS = [V.tok(V.TEMPO, b) for b in range(V.TEMPO_BINS)]
+
+
+# ----------------------------------------------------------------------------------------- relative tempo
+def tempo_level_log2(tl: Timeline, target_s: np.ndarray, notated_s: np.ndarray) -> float:
+    """The performance's tempo level: log2 of its typical beat period over the notated one, i.e. the
+    score-time-weighted median, over the steps between consecutive onset groups, of
+    log2((target gap / notated gap) / notated beat period of the later group). Weighting by score time
+    makes it the tempo of most of the music: a fermata, a grace note or a chord rolled onto two
+    positions weighs what its notated gap weighs. ``notated_s``: per group, s per quarter (60 / QPM,
+    whatever the ``QPM`` came from); 0.0 when there is no step."""
+    if tl.n_groups < 2:
+        return 0.0
+    dq = np.maximum(np.diff(tl.group_q), 1.0 / V.GRID)
+    with np.errstate(invalid="ignore"):
+        period = np.diff(target_s) / dq
+        ok = np.isfinite(period)
+    if not ok.any():
+        return 0.0
+    x = np.log2(np.maximum(period[ok], 1e-3) / notated_s[1:][ok])
+    w = dq[ok]
+    o = np.argsort(x, kind="stable")
+    cum = np.cumsum(w[o])
+    return float(x[o][int(np.searchsorted(cum, 0.5 * cum[-1]))])
+
+
+def _relative_scale(tl: Timeline, ref_s: np.ndarray, notated_s: np.ndarray) -> Tuple[int, np.ndarray]:
+    """(``TempoLevel`` step, per group the beat period of ``TempoRel`` ratio 1: notated period x level)
+    of a performance whose group references are ``ref_s`` (:func:`_group_reference`)."""
+    step = V.quantise_tempo_level(tempo_level_log2(tl, grid_targets(tl, ref_s), notated_s))
+    return step, notated_s * V.tempo_level_factor(step)
+
+
+def tempo_targets(tl: Timeline, ref_s: np.ndarray, notated_s: Optional[np.ndarray] = None
+                  ) -> Tuple[np.ndarray, Optional[int], Optional[np.ndarray]]:
+    """(grid targets, ``TempoLevel`` step, per-group scale) for the absolute encoding (``notated_s``
+    None: step and scale None) or the relative one (``notated_s``: per group the notated beat period,
+    s per quarter). The targets meet the range of the tempo tokens in use (:func:`grid_targets`)."""
+    if notated_s is None:
+        return grid_targets(tl, ref_s), None, None
+    step, scale = _relative_scale(tl, ref_s, notated_s)
+    rng = (scale * RELATIVE_BINS.lo, scale * RELATIVE_BINS.hi)
+    return grid_targets(tl, ref_s, rng), step, scale
+
+
+def group_notated_period_s(score: Sequence[str], tl: Timeline) -> np.ndarray:
+    """Per onset group, the notated beat period (s per quarter) of its bar (:func:`score.bar_notated_period_s`)."""
+    per_bar = bar_notated_period_s(score)
+    return per_bar[tl.group_bar] if tl.n_groups else np.zeros(0)
 
 
 def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustain: List[float],
-                soft: List[float]) -> Tuple[List[str], Dict[str, float]]:
-    """Performance tokens for a timeline and per-note performance arrays (token order, times shifted)."""
-    ref = grid_targets(tl, _group_reference(tl, onset_s, played, grace))
+                soft: List[float], notated_s: Optional[np.ndarray] = None) -> Tuple[List[str], Dict[str, float]]:
+    """Performance tokens for a timeline and per-note performance arrays (token order, times shifted).
+    ``notated_s`` (per group, s per quarter): the relative tempo encoding, a ``TempoLevel`` token first
+    and ``TempoRel`` instead of ``Tempo`` (docs/tokens.md, Relative tempo); None: absolute ``Tempo``."""
+    ref, level, scale = tempo_targets(tl, _group_reference(tl, onset_s, played, grace), notated_s)
     outliers = alignment_outliers(tl, ref, onset_s, played) if tl.n_groups else np.zeros(len(played), bool)
     played = played & ~outliers
-    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played))
+    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played), scale)
     sus = pedal_slots(sustain, grid, SUS_SLOTS)
     sft = pedal_slots(soft, grid, SOFT_SLOTS)
-    periods = np.array([_TEMPO_VALUES[b] for b in bins])
+    tempo_bins = ABSOLUTE_BINS if scale is None else RELATIVE_BINS
+    periods = np.array([tempo_bins.values[b] for b in bins])
+    if scale is not None:
+        periods = periods * scale
     g_of = tl.note_group
     nominal = np.where(tl.note_dur_q <= 0, GRACE_NOMINAL_Q, np.maximum(tl.note_dur_q, MIN_NOMINAL_Q))
     dur = np.maximum(np.nan_to_num(offset_s - onset_s, nan=1.0), 1e-3)
@@ -464,9 +547,9 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
     if n and np.any(np.diff(g_of) < 0):
         raise ValueError("notes out of onset-group order")
     g_start = g_start.tolist()
-    tempo_t = [_TEMPO_TOKENS[b] for b in bins]
+    tempo_t = [tempo_bins.tokens[b] for b in bins]
     group_bar = tl.group_bar.tolist()
-    out: List[str] = []
+    out: List[str] = [] if level is None else [V.tok(V.TEMPO_LEVEL, level)]
     bar = -1
     for g in range(tl.n_groups):
         while bar < group_bar[g]:
@@ -490,6 +573,8 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
         "mean_art": float(np.mean(arts)) if len(arts) else 0.0,
         "outliers": int(outliers.sum()),
     }
+    if level is not None:
+        stats["tempo_level"] = float(level)
     return out, stats
 
 
@@ -516,17 +601,20 @@ def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
 
 
 def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None,
-                 qpm: Optional[Dict[str, float]] = None) -> Encoded:
+                 qpm: Optional[Dict[str, float]] = None, relative_tempo: bool = False) -> Encoded:
     """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S.
     ``marks`` / ``qpm`` (optional): MusicXML markings / notated tempo by note id, added to the score
-    stream (:func:`match_score_notes`)."""
+    stream (:func:`match_score_notes`). ``relative_tempo``: the relative tempo encoding (a
+    ``TempoLevel`` token, then ``TempoRel`` per onset group), relative to the score tokens' ``QPM``
+    (120 where they carry none)."""
     notes, order = match_score_notes(mf, marks, qpm)
     score = score_tokens(notes, prefix)
     tl = score_timeline(score)
     onset = mf.onset_s[order]
     played = mf.played[order]
     grace = notes.grace
-    target = grid_targets(tl, _group_reference(tl, onset, played, grace))
+    notated = group_notated_period_s(score, tl) if relative_tempo else None
+    target = tempo_targets(tl, _group_reference(tl, onset, played, grace), notated)[0]
     if not len(target) or np.isnan(target[0]):
         raise ValueError("no performed notes")
     sus = pedal_changes(mf.sustain)
@@ -543,7 +631,7 @@ def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict
     offset = mf.offset_s[order] - shift
     sus = [t - shift for t in sus]
     soft = [t - shift for t in soft]
-    perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft)
+    perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft, notated)
     return Encoded(score=score, perf=perf, bar_of_note=notes.bar, shift_s=shift, stats=stats, order=order)
 
 
@@ -642,18 +730,20 @@ def segment_ranges(score_bars: List[List[str]], perf_bars: List[List[str]], budg
 
 def segment(score: Sequence[str], perf: Sequence[str], max_tokens: int, overlap_bars: int = 2) -> List[Segment]:
     """Split aligned streams into bar-bounded segments of at most ``max_tokens`` tokens per stream
-    (the score prefix is repeated in front of every segment and counts, and one token is kept for EOS)
-    with ``overlap_bars`` bars shared by consecutive segments. ``perf`` may be empty (rendering)."""
+    (each stream's prefix, the tokens before its first bar, is repeated in front of every segment and
+    counts: the score's instruct prefix, the relative encoding's ``TempoLevel``; one token is kept for
+    EOS) with ``overlap_bars`` bars shared by consecutive segments. ``perf`` may be empty (rendering)."""
     prefix, score_bars = split_bars(score)
-    _, perf_bars = split_bars(perf)
+    perf_prefix, perf_bars = split_bars(perf)
     if perf and len(perf_bars) != len(score_bars):
         raise ValueError(f"score has {len(score_bars)} bars, performance {len(perf_bars)}")
     if not perf:
         perf_bars = [[] for _ in score_bars]
     out = []
-    for a, b in segment_ranges(score_bars, perf_bars, max_tokens - len(prefix) - 1, overlap_bars):
+    budget = max_tokens - max(len(prefix), len(perf_prefix)) - 1
+    for a, b in segment_ranges(score_bars, perf_bars, budget, overlap_bars):
         out.append(Segment(a, b, list(prefix) + [t for bar in score_bars[a:b] for t in bar],
-                           [t for bar in perf_bars[a:b] for t in bar]))
+                           list(perf_prefix) + [t for bar in perf_bars[a:b] for t in bar]))
     return out
 
 
@@ -661,11 +751,20 @@ def stitch(segments: Sequence[Tuple[int, int, Sequence[str]]]) -> List[str]:
     """Bar ranges (bar_start, bar_end, perf tokens of those bars) -> one performance stream.
 
     Where two segments overlap, the earlier one's bars are kept up to the middle of the overlap and
-    the later one's after it. The result starts with ``Bar_None``; raises ValueError on a gap."""
+    the later one's after it. The result starts with the segments' prefix (the relative encoding's
+    ``TempoLevel``; nothing in the absolute one), then ``Bar_None``; raises ValueError on a gap or when
+    the segments' prefixes differ (a level chosen once per piece: a renderer forces the first
+    segment's on the later ones)."""
     chosen: Dict[int, List[str]] = {}
     prev_end = 0
+    head: Optional[List[str]] = None
     for a, b, perf in sorted(segments, key=lambda s: s[0]):
-        _, bars = split_bars(perf)
+        prefix, bars = split_bars(perf)
+        if head is None:
+            head = prefix
+        elif prefix != head:
+            raise ValueError(f"segment {a}-{b} starts with {' '.join(prefix) or 'no prefix'}, the first with "
+                             f"{' '.join(head) or 'no prefix'}")
         if len(bars) != b - a:
             raise ValueError(f"segment {a}-{b} holds {len(bars)} bars")
         if a > prev_end:
@@ -674,4 +773,4 @@ def stitch(segments: Sequence[Tuple[int, int, Sequence[str]]]) -> List[str]:
         for k in range(keep_from, b):
             chosen[k] = bars[k - a]
         prev_end = max(prev_end, b)
-    return [t for k in range(prev_end) for t in chosen[k]]
+    return list(head or []) + [t for k in range(prev_end) for t in chosen[k]]

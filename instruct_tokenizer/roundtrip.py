@@ -76,8 +76,11 @@ def _pedal_figures(name: str, true_t: np.ndarray, decoded_t: np.ndarray, end_s: 
     }
 
 
-def roundtrip_errors(mf: MatchFile) -> Dict[str, float]:
-    enc = encode_match(mf)
+def roundtrip_errors(mf: MatchFile, qpm: Optional[Dict[str, float]] = None,
+                     relative_tempo: bool = False) -> Dict[str, float]:
+    """Encode and decode one performance and compare with its notes and pedal (figures in ms, shares,
+    ratios). ``qpm`` (notated tempo by XML note id) and ``relative_tempo``: as :func:`encode.encode_match`."""
+    enc = encode_match(mf, qpm=qpm, relative_tempo=relative_tempo)
     perf = decode_performance(enc.score, enc.perf)
     o = enc.order
     played = mf.played[o] & perf.played

@@ -347,6 +347,24 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
                     group_bar=np.array(groups_bar, np.int64))
 
 
+def bar_notated_period_s(tokens: Sequence[str]) -> np.ndarray:
+    """Per bar of score tokens, the notated beat period in seconds per quarter note (60 / ``QPM``): the
+    ``QPM`` token in the bar's header, else the previous bar's (``vocab.DEFAULT_QPM`` before the first
+    one, and for scores without ``QPM`` tokens). The reference of the relative tempo encoding
+    (``--relative-tempo``), read from the tokens alone, so it does not matter where the ``QPM`` came from."""
+    out: List[float] = []
+    period = 60.0 / V.DEFAULT_QPM
+    for t in tokens:
+        if t == V.BAR_TOKEN:
+            out.append(period)
+        elif out and t.startswith(_QPM_HEAD):
+            period = out[-1] = 60.0 / float(V.parse(t)[1])
+    return np.array(out, dtype=np.float64)
+
+
+_QPM_HEAD = V.QPM + "_"
+
+
 def bar_qpm_from_changes(bar_starts_q: Sequence[float], changes: Sequence[Tuple[float, float]]) -> List[int]:
     """Notated tempo in force at each bar start, as ``QPM`` values. ``changes``: (time in quarters,
     quarter notes per minute), any order; before the first change (or with none) the tempo is

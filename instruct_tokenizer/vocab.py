@@ -35,6 +35,9 @@ QPM = "QPM"
 # marking state (``--marking-state``): the markings in force at the bar start, in every bar header
 DYN_LEVEL, WEDGE_OPEN, TEMPO_MODE = "DynLevel", "WedgeOpen", "TempoMode"
 AFTER = "After"  # ``After_fermata``: this onset follows an onset group holding a fermata (marking state)
+# relative tempo (``--relative-tempo``): the performance's tempo level over the notated tempo, once per segment,
+# and each onset group's beat period relative to notated tempo x level (instead of ``Tempo``)
+TEMPO_LEVEL, TEMPO_REL = "TempoLevel", "TempoRel"
 
 NONE = "None"
 DELETED = "Del"
@@ -104,6 +107,31 @@ def quantise_dur(dur_quarters: float, grace: bool) -> int:
 # ----------------------------------------------------------------------------------------- performance bins
 TEMPO_MIN_S, TEMPO_MAX_S, TEMPO_BINS = 0.08, 8.0, 160  # beat period (s per quarter), log-spaced
 _TEMPO_CENTERS = np.exp(np.linspace(math.log(TEMPO_MIN_S), math.log(TEMPO_MAX_S), TEMPO_BINS))
+
+# Relative tempo (``--relative-tempo``), both on one log2 lattice of REL_STEPS_PER_OCTAVE steps (2.9 %, the
+# absolute Tempo bins' step): ``TempoLevel_k`` = the performance's level, 2 ** (k / 24) times the notated beat
+# period (60 / QPM s per quarter), k in +-48 (+-2 octaves); ``TempoRel_j`` = an onset group's beat period over
+# notated period x level, 2 ** (j / 24). The ranges are measured on (n)ASAP (docs/tokens.md, Relative tempo).
+REL_STEPS_PER_OCTAVE = 24
+TEMPO_LEVEL_STEPS = range(-48, 49)
+TEMPO_REL_STEPS = range(-96, 121)
+
+
+def quantise_tempo_level(log2_level: float) -> int:
+    """log2(performed beat period / notated beat period) -> the nearest ``TempoLevel`` step (clamped)."""
+    k = round(log2_level * REL_STEPS_PER_OCTAVE) if math.isfinite(log2_level) else 0
+    return int(min(max(k, TEMPO_LEVEL_STEPS[0]), TEMPO_LEVEL_STEPS[-1]))
+
+
+def tempo_level_factor(step: int) -> float:
+    """The beat period factor of a ``TempoLevel`` step: 2 ** (step / 24) (1.0: the notated tempo)."""
+    return 2.0 ** (step / REL_STEPS_PER_OCTAVE)
+
+
+def tempo_rel_ratio(step: int) -> float:
+    """The beat period ratio of a ``TempoRel`` step (over notated period x level): 2 ** (step / 24)."""
+    return 2.0 ** (step / REL_STEPS_PER_OCTAVE)
+
 
 VEL_STEP = 2  # velocity bins of 2 MIDI units: 64 bins; decoded to one of the bin's values (error <= 1)
 VEL_BINS = 128 // VEL_STEP
@@ -353,6 +381,11 @@ def score_vocabulary() -> List[str]:
     return toks
 
 
+def relative_tempo_tokens() -> List[str]:
+    """``TempoLevel`` then ``TempoRel`` tokens (``--relative-tempo`` corpora), last in the dictionary."""
+    return ([tok(TEMPO_LEVEL, k) for k in TEMPO_LEVEL_STEPS] + [tok(TEMPO_REL, j) for j in TEMPO_REL_STEPS])
+
+
 def qpm_tokens() -> List[str]:
     return [tok(QPM, v) for v in QPM_VALUES]
 
@@ -363,7 +396,7 @@ def dictionary_tokens() -> List[str]:
     added to the project, so the indices of every token of a corpus built without them are unchanged by
     their addition (older models keep working)."""
     late_groups = [marking_tokens(), qpm_tokens(), marking_state_tokens(), perf_extension_tokens(),
-                   after_fermata_tokens(), perf_fine_tokens()]
+                   after_fermata_tokens(), perf_fine_tokens(), relative_tempo_tokens()]
     late = {t for group in late_groups for t in group}
     base = [t for t in score_vocabulary() + perf_vocabulary() if t not in late]
     return list(dict.fromkeys(base + [t for group in late_groups for t in group]))
@@ -396,4 +429,5 @@ def perf_vocabulary() -> List[str]:
     toks += [tok(ART, fmt_art(a)) for a in _ART_CENTERS]
     toks += [tok(SUS, NONE)] + [tok(SUS, int(ms)) for ms in _PEDAL_CENTERS_MS]
     toks += [tok(SOFT, NONE)] + [tok(SOFT, int(ms)) for ms in _PEDAL_CENTERS_MS]
+    toks += relative_tempo_tokens()
     return toks

@@ -59,10 +59,10 @@ def test_musicxml_render_path_carries_the_state():
 
 def test_dictionary_appends_later_tokens_after_every_older_token():
     """Each addition sits after everything older: markings, QPM, marking state, performance extensions,
-    After_fermata, the fine Time and wide pedal values."""
+    After_fermata, the fine Time and wide pedal values, the relative tempo tokens."""
     toks = V.dictionary_tokens()
     late = (V.marking_tokens() + V.qpm_tokens() + V.marking_state_tokens() + V.perf_extension_tokens()
-            + V.after_fermata_tokens() + V.perf_fine_tokens())
+            + V.after_fermata_tokens() + V.perf_fine_tokens() + V.relative_tempo_tokens())
     assert toks[-len(late):] == late
     assert len(set(toks)) == len(toks)
     assert set(V.marking_state_tokens()) <= set(V.score_vocabulary())

@@ -126,7 +126,8 @@ def test_dict_order_keeps_markings_after_performance_tokens():
     order = V.dictionary_tokens()
     assert set(order) == set(V.score_vocabulary()) | set(V.perf_vocabulary())
     first_mark = min(order.index(t) for t in V.marking_tokens())
-    first_release_perf = set(V.perf_vocabulary()) - set(V.perf_extension_tokens()) - set(V.perf_fine_tokens())
+    first_release_perf = (set(V.perf_vocabulary()) - set(V.perf_extension_tokens()) - set(V.perf_fine_tokens())
+                          - set(V.relative_tempo_tokens()))
     assert first_mark > max(order.index(t) for t in first_release_perf)
 
 
