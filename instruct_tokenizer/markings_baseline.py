@@ -225,16 +225,17 @@ def dynamic_levels(score_tokens: Sequence[str]) -> Optional[np.ndarray]:
 DYNAMICS_REF_SCALE = 0.36
 
 
-def dynamics_slot_refs(score_tokens: Sequence[str]) -> List[float]:
+def dynamics_slot_refs(score_tokens: Sequence[str], relative: bool = False) -> List[float]:
     """Per performance slot (``target_slots`` order), for the dynamics band (``--dynamics-band``): at each
     ``Vel`` slot, its note's notated dynamic level as a fractional velocity bin: :func:`dynamic_levels`
     times ``DYNAMICS_REF_SCALE``, in ``VEL_STEP`` units (the band compares offsets from it, so only its
     contour matters); NaN at every other slot, and at every slot of a score without a dynamic marking
-    (score MIDI: no band)."""
+    (score MIDI: no band). ``relative``: the relative tempo encoding's slots (``grammar.target_slots``)."""
     levels = dynamic_levels(score_tokens)
     if levels is None:
-        return [float("nan")] * len(target_slots(score_tokens))
-    return note_values_at(score_tokens, V.VEL, (DYNAMICS_REF_SCALE * levels / V.VEL_STEP).tolist(), float("nan"))
+        return [float("nan")] * len(target_slots(score_tokens, relative))
+    return note_values_at(score_tokens, V.VEL, (DYNAMICS_REF_SCALE * levels / V.VEL_STEP).tolist(), float("nan"),
+                          relative)
 
 
 def markings_perf(score_tokens: Sequence[str], qpm: Optional[float] = None) -> List[str]:
