@@ -1,0 +1,205 @@
+"""The relative tempo encoding (``--relative-tempo``): a ``TempoLevel`` token once per segment (the same in
+every segment of a performance) and a ``TempoRel`` token per onset group, relative to the score's notated
+tempo (``QPM``) x the level; lossless within the absolute encoding's roundtrip bounds; its grammar."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import VIENNA, stderr_of
+from instruct_tokenizer import grammar as G
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.build import BuildConfig, build
+from instruct_tokenizer.cli import main as tokenize_main
+from instruct_tokenizer.decode import decode_performance, tokens_to_midi
+from instruct_tokenizer.encode import encode_match, segment, split_bars, stitch
+from instruct_tokenizer.grammar import target_slots, token_type
+from instruct_tokenizer.match import load_match
+from instruct_tokenizer.musicxml import xml_info_of_match
+from instruct_tokenizer.roundtrip import roundtrip_errors
+
+# one file of each Vienna piece: a score with a metronome mark and ones without (the level absorbs it)
+FILES = [VIENNA / "match" / f"{p}_p01.match" for p in ("Chopin_op10_no3", "Chopin_op38", "Mozart_K331_1st-mov",
+                                                       "Schubert_D783_no15")]
+# (n)ASAP: a piece with a stated tempo, one without (120), a long one with fermatas, a 24/16 prelude
+NASAP_FILES = ["Bach/Prelude/bwv_860/Ko04M.match", "Beethoven/Piano_Sonatas/7-1/Lee_E01.match",
+               "Chopin/Ballades/1/Ali01.match", "Mozart/Piano_Sonatas/11-3/Stahievitch02.match"]
+
+
+def _qpm(path):
+    info, warning = xml_info_of_match(str(path))
+    assert info is not None, warning
+    return info.qpm
+
+
+def _types(tokens):
+    return [token_type(t) for t in tokens]
+
+
+def _assert_within_bounds(err):
+    """Today's roundtrip bounds (scripts/roundtrip_report.py, docs/tokens.md, Known limits)."""
+    assert err["onset_p99_ms"] <= 20.0 and err["onset_median_ms"] <= 3.0
+    assert err["onset_end_ms"] <= err["onset_start_ms"] + 1.0  # no drift
+    assert err["velocity_max"] <= 1 and err["duration_ratio_median"] <= 0.05
+    assert err["pedal_within_20ms"] == 1.0 and err["soft_within_20ms"] == 1.0
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_vienna_roundtrip_is_lossless(path):
+    mf, qpm = load_match(str(path)), _qpm(path)
+    rel = roundtrip_errors(mf, qpm, relative_tempo=True)
+    _assert_within_bounds(rel)
+    assert rel["notes"] == roundtrip_errors(mf)["notes"]  # the same notes played (no extra outliers)
+
+
+@pytest.mark.parametrize("name", NASAP_FILES)
+def test_nasap_roundtrip_is_lossless(nasap, name):
+    path = nasap / name
+    _assert_within_bounds(roundtrip_errors(load_match(str(path)), _qpm(path), relative_tempo=True))
+
+
+def test_stream_shape_and_decoded_periods():
+    """A TempoLevel first, then the absolute stream's shape with TempoRel for Tempo; the decoded beat
+    periods are notated period x level x ratio and follow the performance as the absolute ones do."""
+    path = FILES[2]
+    mf, qpm = load_match(str(path)), _qpm(path)
+    rel, ab = encode_match(mf, qpm=qpm, relative_tempo=True), encode_match(mf, qpm=qpm)
+    assert rel.score == ab.score  # the score side is the same
+    assert token_type(rel.perf[0]) == V.TEMPO_LEVEL and token_type(ab.perf[0]) == V.BAR
+    assert [V.TEMPO if t == V.TEMPO_REL else t for t in _types(rel.perf[1:])] == _types(ab.perf)
+    assert _types(rel.perf) == target_slots(rel.score, relative=True)
+    assert _types(ab.perf) == target_slots(ab.score)
+    p_rel = decode_performance(rel.score, rel.perf).group_period_s
+    p_ab = decode_performance(ab.score, ab.perf).group_period_s
+    assert np.median(np.abs(np.log2(p_rel / p_ab))) < 0.05  # within a bin or two of each other
+
+
+def test_level_is_relative_to_the_notated_tempo_whatever_its_source():
+    """Halving every notated tempo (however it was found) doubles the notated beat period: the level drops
+    by exactly one octave (24 steps), every TempoRel token and every decoded time stay the same."""
+    path = FILES[0]
+    mf = load_match(str(path))
+    ids = _qpm(path).keys()
+    at_120 = encode_match(mf, qpm={k: 120.0 for k in ids}, relative_tempo=True)
+    at_60 = encode_match(mf, qpm={k: 60.0 for k in ids}, relative_tempo=True)
+    k120, k60 = (int(V.parse(e.perf[0])[1]) for e in (at_120, at_60))
+    assert k60 == k120 - 24
+    assert at_60.perf[1:] == at_120.perf[1:]
+    a, b = decode_performance(at_120.score, at_120.perf), decode_performance(at_60.score, at_60.perf)
+    np.testing.assert_allclose(a.onset_s[a.played], b.onset_s[b.played], atol=1e-9)
+
+
+def test_tempo_slot_helpers_agree_with_decode():
+    """The pure helpers the decoding rules use (the slot's notated scale from ``tempo_slot_gaps``, the
+    level from ``tempo_level_factor``, ``relative_beat_period_s``) give the beat period decode gives."""
+    path = FILES[1]
+    enc = encode_match(load_match(str(path)), qpm=_qpm(path), relative_tempo=True)
+    gaps, scales = G.tempo_slot_gaps(enc.score, relative=True)
+    level = G.tempo_level_factor(enc.perf[0])
+    periods = [G.relative_beat_period_s(t, s, level) for t, s in zip(enc.perf, scales) if s == s]
+    assert G.tempo_level_factor(enc.perf[1]) is None and G.relative_beat_period_s(enc.perf[0], 1.0, 1.0) is None
+    np.testing.assert_allclose(periods, decode_performance(enc.score, enc.perf).group_period_s, rtol=1e-12)
+    assert np.isnan(gaps[0]) and np.isnan(scales[0])  # the TempoLevel slot has no gap
+    ab_gaps, ab_scales = G.tempo_slot_gaps(enc.score)
+    assert [g for g in gaps if g == g] == [g for g in ab_gaps if g == g]
+    assert [s for s in scales if s == s] == [s for s in ab_scales if s == s]
+
+
+def test_target_slots_for_both_encodings():
+    score = "ITempo_mid Bar_None QPM_60 Pos_0 Pitch_60 Dur_24 Staff_1 Pitch_64 Dur_24 Staff_1 Bar_None QPM_60".split()
+    assert target_slots(score) == ["Bar", "Tempo", "Sus", "Sus", "Sus", "Soft"] + ["Vel", "Time", "Art"] * 2 + ["Bar"]
+    assert target_slots(score, relative=True) == (["TempoLevel", "Bar", "TempoRel", "Sus", "Sus", "Sus", "Soft"]
+                                                  + ["Vel", "Time", "Art"] * 2 + ["Bar"])
+    fermata = "Bar_None Pos_0 Pitch_60 Dur_24 Staff_1 Mark_fermata Pos_24 Pitch_62 Dur_24 Staff_1".split()
+    rel = G.fermata_slots(fermata, relative=True)
+    assert len(rel) == len(target_slots(fermata, relative=True)) and sum(rel) == 2
+    assert [s for s, f in zip(target_slots(fermata, relative=True), rel) if f] == ["TempoRel", "TempoRel"]
+    nominal = G.art_nominal_q(score, relative=True)
+    assert [x for x in nominal if x == x] == [1.0, 1.0]
+    assert target_slots(score, relative=True)[nominal.index(1.0)] == "Art"
+
+
+def test_tokens_are_strings_built_and_parsed_in_one_place():
+    """Every relative token is Type_Value, parses back to its step, and decodes to its factor."""
+    for k in V.TEMPO_LEVEL_STEPS:
+        t = V.tok(V.TEMPO_LEVEL, k)
+        assert V.parse(t) == (V.TEMPO_LEVEL, str(k)) and G.tempo_level_factor(t) == pytest.approx(2 ** (k / 24))
+    for j in V.TEMPO_REL_STEPS:
+        t = V.tok(V.TEMPO_REL, j)
+        assert V.parse(t) == (V.TEMPO_REL, str(j)) and G.tempo_ratio(t) == pytest.approx(2 ** (j / 24))
+        assert G.token_value(t) == j  # ordinal: the expected value (TempoRel=mean) is meaningful
+    assert G.relative_beat_period_s("TempoRel_24", 0.5, 1.0) == pytest.approx(2.0)  # ratio 2 at 60 qpm
+    assert V.quantise_tempo_level(5.0) == V.TEMPO_LEVEL_STEPS[-1]  # clamped
+    assert V.quantise_tempo_level(float("nan")) == 0
+
+
+def test_hand_made_stream_decodes_to_notated_times_level_times_ratio(tmp_path):
+    """Two quarter notes at QPM 60: level +1 octave and TempoRel_0 give a 2 s beat period: the second note
+    starts 2 s after the first; the token file decodes to MIDI through the CLI as well."""
+    score = "Bar_None QPM_60 Pos_0 Pitch_60 Dur_24 Staff_1 Pos_24 Pitch_62 Dur_24 Staff_1".split()
+    group = ["Sus_None"] * 3 + ["Soft_None"] + ["Vel_32", "Time_0", "Art_0.00"]
+    perf = ["TempoLevel_24", "Bar_None", "TempoRel_0"] + group + ["TempoRel_0"] + group
+    got = decode_performance(score, perf)
+    np.testing.assert_allclose(np.diff(got.onset_s), [2.0])
+    np.testing.assert_allclose(got.offset_s - got.onset_s, [2.0, 2.0])
+    (tmp_path / "s.txt").write_text(" ".join(score) + "\n")
+    (tmp_path / "p.txt").write_text(" ".join(perf) + "\n")
+    code, err = stderr_of(tokenize_main, ["decode", "--score-tokens", tmp_path / "s.txt", "--perf-tokens",
+                                          tmp_path / "p.txt", "-o", tmp_path / "out.mid"])
+    assert code == 0, err
+    with pytest.raises(ValueError, match="expected TempoRel"):
+        tokens_to_midi(score, ["TempoLevel_0", "Bar_None", "Tempo_80"] + group + ["TempoRel_0"] + group)
+
+
+def test_segments_carry_the_level_and_stitch_back():
+    path = FILES[1]
+    enc = encode_match(load_match(str(path)), qpm=_qpm(path), relative_tempo=True)
+    segs = segment(enc.score, enc.perf, max_tokens=400, overlap_bars=2)
+    assert len(segs) > 3
+    assert all(s.perf[0] == enc.perf[0] and _types(s.perf) == target_slots(s.score, relative=True) for s in segs)
+    assert all(max(len(s.score), len(s.perf)) <= 399 or s.bar_end - s.bar_start == 1 for s in segs)
+    assert stitch([(s.bar_start, s.bar_end, s.perf) for s in segs]) == enc.perf
+    other = [(s.bar_start, s.bar_end, s.perf) for s in segs]
+    other[1] = (other[1][0], other[1][1], ["TempoLevel_3"] + other[1][2][1:])
+    with pytest.raises(ValueError, match="starts with TempoLevel_3"):
+        stitch(other)
+
+
+def test_build_level_is_constant_across_a_performances_segments(tmp_path):
+    cfg = BuildConfig(split=(1.0, 0.0, 0.0), max_tokens=500, progress=False, notated_tempo=True,
+                      relative_tempo=True)
+    build([str(p) for p in FILES[:2]], str(tmp_path / "tok"), cfg)
+    perf = (tmp_path / "tok" / "train.perf").read_text().splitlines()
+    score = (tmp_path / "tok" / "train.score").read_text().splitlines()
+    rows = [json.loads(x) for x in (tmp_path / "tok" / "manifest.jsonl").read_text().splitlines()]
+    levels = {}
+    for row in rows:
+        line = perf[row["line"]].split()
+        assert _types(line) == target_slots(score[row["line"]].split(), relative=True)
+        assert max(len(line), len(score[row["line"]].split())) <= 499 or row["bar_end"] - row["bar_start"] == 1
+        assert row["perf_prefix"] == line[:1]
+        levels.setdefault(row["source"], set()).add(line[0])
+    assert len(levels) == 2 and all(len(v) == 1 for v in levels.values())
+    assert sum(r["source"] == str(FILES[1]) for r in rows) > 3  # several segments
+    whole = encode_match(load_match(str(FILES[1])), qpm=_qpm(FILES[1]), relative_tempo=True)
+    assert levels[str(FILES[1])] == {whole.perf[0]}
+    counts = dict(x.split() for x in (tmp_path / "tok" / "dict.txt").read_text().splitlines())
+    assert G.relative_tempo({t: int(n) for t, n in counts.items()})
+    assert int(counts[whole.perf[0]]) >= sum(r["source"] == str(FILES[1]) for r in rows)
+    assert sum(int(counts[V.tok(V.TEMPO, b)]) for b in range(V.TEMPO_BINS)) == 0  # no absolute Tempo
+
+
+def test_absolute_encoding_unchanged_by_the_relative_one():
+    """The absolute stream, dictionary order of every older token and the absolute grammar are untouched."""
+    enc = encode_match(load_match(str(FILES[0])))
+    assert _types(enc.perf)[0] == V.BAR and V.TEMPO_LEVEL not in _types(enc.perf)
+    toks = V.dictionary_tokens()
+    assert toks[-len(V.relative_tempo_tokens()):] == V.relative_tempo_tokens()
+    assert not G.relative_tempo({"Tempo_3": 10, "TempoRel_0": 0})
+
+
+def test_cli_relative_tempo_needs_notated_tempo(tmp_path):
+    code, err = stderr_of(tokenize_main, ["build", str(FILES[0]), "--out", str(tmp_path / "o"), "--relative-tempo",
+                                          "--no-progress"])
+    assert code == 2 and err.strip().count("\n") == 0 and "--relative-tempo needs --notated-tempo" in err
+    assert not (tmp_path / "o").exists()
