@@ -6,14 +6,20 @@ the bounds, the pedal changes pooled (the audible ones, up to the moment the pia
 silent ones after it: ``roundtrip.sound_end_s``), and with ``--diagnose`` the cause of every note and pedal change off by more than 20 ms:
     python scripts/roundtrip_report.py ../shared/datasets/vienna4x22/match ../shared/datasets/nasap --diagnose
 
+``--relative-tempo`` measures the relative tempo encoding (``instruct-tokenize build --notated-tempo
+--relative-tempo``): each file's notated tempo comes from the MusicXML beside it (through the parsed-XML
+cache; 120 where there is none or it states none).
+
 Causes (notes): ``time_range`` the note is more than the Time range (2 s) from its group's grid;
-``grace``; ``tempo_limit`` its group's tempo bin is at the end of the range (0.08 or 8 s/quarter);
+``grace``; ``tempo_limit`` its group's tempo token is at the end of its range (``Tempo``: 0.08 or 8 s per
+quarter; ``TempoRel``: its first or last step);
 ``other``. Pedal changes: ``before_first_note`` (before the first group's grid: offsets are >= 0);
 ``after_last_note`` (beyond the last group's grid + the largest pedal bin, 6 s); ``long_gap`` (more
 than 6 s after the last grid time before it); ``slots_full`` (the rest: more changes than slots).
 """
 import argparse
 import sys
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -21,21 +27,21 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from instruct_tokenizer import vocab as V  # noqa: E402
 from instruct_tokenizer.match import MatchParseError, load_match  # noqa: E402
 from instruct_tokenizer.roundtrip import roundtrip_errors, sound_end_s  # noqa: E402
 
 TOL_MS = 20.0
 
 
-def diagnose(mf) -> dict:
+def diagnose(mf, qpm=None, relative_tempo: bool = False) -> dict:
     """Counts per cause of the notes and pedal changes that roundtrip off by more than 20 ms."""
     from collections import Counter
 
-    from instruct_tokenizer import vocab as V
     from instruct_tokenizer.decode import decode_performance
     from instruct_tokenizer.encode import encode_match, pedal_changes
 
-    enc = encode_match(mf)
+    enc = encode_match(mf, qpm=qpm, relative_tempo=relative_tempo)
     perf = decode_performance(enc.score, enc.perf)
     o = enc.order
     played = mf.played[o] & perf.played
@@ -44,8 +50,7 @@ def diagnose(mf) -> dict:
     g = perf.timeline.note_group
     grid = perf.group_grid_s
     dev_ms = (true_on - grid[g]) * 1000.0
-    period = perf.group_period_s[g]
-    at_limit = (np.isclose(period, V.TEMPO_MIN_S) | np.isclose(period, V.TEMPO_MAX_S))
+    at_limit = _at_tempo_limit(enc.perf, perf)[g]
     c = Counter()
     c["notes_outliers_dropped"] = int((mf.played[o] & ~perf.played).sum())
     for i in np.nonzero(played & (err > TOL_MS))[0]:
@@ -78,23 +83,44 @@ def diagnose(mf) -> dict:
                 c[f"{kind}_slots_full"] += 1
     return dict(c)
 
+def _at_tempo_limit(perf_tokens, perf) -> np.ndarray:
+    """Per onset group: its tempo token is at the end of its range (Tempo bin 0 or the last; TempoRel's
+    first or last step)."""
+    ends = {V.tok(V.TEMPO, 0), V.tok(V.TEMPO, V.TEMPO_BINS - 1), V.tok(V.TEMPO_REL, V.TEMPO_REL_STEPS[0]),
+            V.tok(V.TEMPO_REL, V.TEMPO_REL_STEPS[-1])}
+    tempo = [t for t in perf_tokens if V.parse(t)[0] in (V.TEMPO, V.TEMPO_REL)]
+    return np.array([t in ends for t in tempo], bool) if tempo else np.zeros(perf.timeline.n_groups, bool)
+
+
+def _qpm(path: str, relative_tempo: bool):
+    """The notated tempo by XML note id for the relative encoding (empty without a MusicXML), else None."""
+    if not relative_tempo:
+        return None
+    from instruct_tokenizer.musicxml import xml_info_of_match
+
+    info, _ = xml_info_of_match(path)
+    return info.qpm if info is not None else {}
+
+
 COLS = ["onset_median_ms", "onset_p99_ms", "onset_start_ms", "onset_end_ms", "velocity_max",
         "duration_ratio_median", "pedal_within_20ms", "pedal_max_err_ms", "soft_within_20ms", "soft_max_err_ms"]
 HIGHER_IS_BETTER = {"pedal_within_20ms", "soft_within_20ms"}
 
 
-def one(path):
+def one(path, relative_tempo: bool = False):
     try:
-        return str(path), roundtrip_errors(load_match(str(path)))
+        qpm = _qpm(str(path), relative_tempo)
+        return str(path), roundtrip_errors(load_match(str(path)), qpm, relative_tempo)
     except (MatchParseError, ValueError) as e:
         return str(path), str(e)
 
 
-def one_diag(path):
+def one_diag(path, relative_tempo: bool = False):
     try:
         mf = load_match(str(path))
-        r = roundtrip_errors(mf)
-        r["causes"] = diagnose(mf)
+        qpm = _qpm(str(path), relative_tempo)
+        r = roundtrip_errors(mf, qpm, relative_tempo)
+        r["causes"] = diagnose(mf, qpm, relative_tempo)
         return str(path), r
     except (MatchParseError, ValueError) as e:
         return str(path), str(e)
@@ -118,15 +144,17 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--diagnose", action="store_true", help="count the causes of errors over 20 ms")
     ap.add_argument("--list", type=int, default=15, help="files over the bounds to list (worst first)")
+    ap.add_argument("--relative-tempo", action="store_true",
+                    help="the relative tempo encoding (TempoLevel + TempoRel, relative to the MusicXML's notated tempo)")
     a = ap.parse_args()
+    work = partial(one_diag if a.diagnose else one, relative_tempo=a.relative_tempo)
     for src in a.src:
         files = sorted(Path(src).rglob("*.match"))
         with Pool(a.workers) as pool:
-            res = list(tqdm(pool.imap(one_diag if a.diagnose else one, files, chunksize=4), total=len(files),
-                            desc=Path(src).name))
+            res = list(tqdm(pool.imap(work, files, chunksize=4), total=len(files), desc=Path(src).name))
         ok = [r for _, r in res if isinstance(r, dict)]
         bad = [(p, r) for p, r in res if not isinstance(r, dict)]
-        print(f"\n## {src}: {len(ok)} files ({sum(r['notes'] for r in ok):.0f} notes), {len(bad)} unreadable")
+        print(f"\n## {src} ({'relative' if a.relative_tempo else 'absolute'} tempo): {len(ok)} files ({sum(r['notes'] for r in ok):.0f} notes), {len(bad)} unreadable")
         for p, r in bad:
             print(f"skipped {p}: {r}")
         print("| figure | median over files | worst file | goal |")
