@@ -25,20 +25,24 @@ class SlotAnchors:
         source  Bar  Pos  Pitch Dur  Pitch Dur  </s>
         slots    1    5     3    0     3    0     0
         anchor  0 | 1 1 1 1 1 | 2 2 2 | 4 4 4 | 6 (EOS step: the source EOS)
+
+    ``lead_slots``: slots before the first token's own, which belong to the segment rather than to a
+    score token (the relative tempo encoding's ``TempoLevel``): they anchor at the first source position.
     """
 
-    def __init__(self, src_dict, target_slots):
+    def __init__(self, src_dict, target_slots, lead_slots: int = 0):
         counts = [len(target_slots([src_dict[i]])) for i in range(len(src_dict))]
         self.counts = torch.tensor(counts, dtype=torch.long)  # (V,)
+        self.lead = int(lead_slots)
 
     def __call__(self, src_tokens: Tensor, valid: Tensor) -> Tensor:
         """(B, T) source ids (any padding side) -> (B, S + 1) padded source position of each slot's
         score token, the last column (and any beyond a row's slots) pointing at the row's last position."""
         n = self.counts.to(src_tokens.device)[src_tokens] * valid.long()  # (B, T)
         cum = n.cumsum(dim=1)  # (B, T)
-        width = int(cum[:, -1].max().item()) + 1 if cum.numel() else 1
+        width = (int(cum[:, -1].max().item()) if cum.numel() else 0) + 1 + self.lead
         slots = torch.arange(width, device=src_tokens.device).expand(cum.shape[0], -1).contiguous()  # (B, S + 1)
-        return torch.searchsorted(cum, slots, right=True).clamp(max=src_tokens.shape[1] - 1)
+        return torch.searchsorted(cum, slots - self.lead, right=True).clamp(max=src_tokens.shape[1] - 1)
 
 
 class MuseformerEncoder(FairseqEncoder):

@@ -28,29 +28,41 @@ from instruct_tokenizer.metrics import PER_NOTE, compare, fmt, per_note_features
 from instruct_tokenizer.metrics import midi_features
 
 
-def constant_perf(score_tokens: Sequence[str], tempo_bin: int, vel: int, art: float) -> List[str]:
-    """A performance with one tempo, one velocity, timing 0, one articulation and no pedal."""
+def constant_perf(score_tokens: Sequence[str], tempo_bin: int, vel: int, art: float,
+                  level: Optional[int] = None) -> List[str]:
+    """A performance with one tempo, one velocity, timing 0, one articulation and no pedal. ``level``: the
+    relative tempo encoding, ``TempoLevel_level`` first and ``TempoRel_tempo_bin`` at every onset (one
+    tempo relative to the notated one); None: ``Tempo_tempo_bin`` (absolute)."""
     fill = {V.BAR: V.BAR_TOKEN, V.TEMPO: V.tok(V.TEMPO, tempo_bin), V.SUS: V.tok(V.SUS, V.NONE),
             V.SOFT: V.tok(V.SOFT, V.NONE), V.VEL: V.vel_tokens(np.array([vel]))[0], V.TIME: V.tok(V.TIME, 0),
-            V.ART: V.tok(V.ART, V.fmt_art(V.quantise_art(art)))}
-    return [fill[s] for s in target_slots(score_tokens)]
+            V.ART: V.tok(V.ART, V.fmt_art(V.quantise_art(art))), V.TEMPO_REL: V.tok(V.TEMPO_REL, tempo_bin),
+            V.TEMPO_LEVEL: V.tok(V.TEMPO_LEVEL, level)}
+    return [fill[s] for s in target_slots(score_tokens, relative=level is not None)]
 
 
-def training_means(tok_dir: Path) -> Dict[str, float]:
-    """Median tempo bin, mean velocity and median articulation over train.perf."""
-    tempo, vel, art = Counter(), [], []
+def training_means(tok_dir: Path) -> Dict[str, Optional[float]]:
+    """Median tempo bin, mean velocity and median articulation over train.perf; for a build with the
+    relative tempo encoding, the median ``TempoRel`` step as ``tempo_bin`` and the median ``TempoLevel``
+    as ``level`` (None for an absolute build)."""
+    tempo, rel, level, vel, art = Counter(), Counter(), Counter(), [], []
     with open(tok_dir / "train.perf") as f:
         for line in f:
             for t in line.split():
                 type_, value = t.partition("_")[::2]
                 if type_ == V.TEMPO:
                     tempo[int(value)] += 1
+                elif type_ == V.TEMPO_REL:
+                    rel[int(value)] += 1
+                elif type_ == V.TEMPO_LEVEL:
+                    level[int(value)] += 1
                 elif type_ == V.VEL and value != V.DELETED:
                     vel.append(V.vel_value(int(value)))
                 elif type_ == V.ART:
                     art.append(float(value))
-    bins = sorted(tempo.elements())
-    return {"tempo_bin": bins[len(bins) // 2], "velocity": float(np.mean(vel)), "art": float(np.median(art))}
+    bins = sorted((rel or tempo).elements())
+    levels = sorted(level.elements())
+    return {"tempo_bin": bins[len(bins) // 2], "level": levels[len(levels) // 2] if levels else None,
+            "velocity": float(np.mean(vel)), "art": float(np.median(art))}
 
 
 def test_performances(tok_dir: Path, split: str) -> List[dict]:
@@ -194,8 +206,8 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         marked = markings_rows(human, max_bars, report)
         if marked:
             rows["markings"] = marked
-    rows["training mean"] = {i: constant_perf(s, means["tempo_bin"], int(means["velocity"]), means["art"])
-                             for i, s in enumerate(scores)}
+    rows["training mean"] = {i: constant_perf(s, means["tempo_bin"], int(means["velocity"]), means["art"],
+                                              means.get("level")) for i, s in enumerate(scores)}
     human_feats = [per_note_features(s, pf) for _, s, pf in human]
     human_midi = [performance_to_midi(decode_performance(s, pf)) for _, s, pf in human]
     results: Dict[str, Dict[str, float]] = {}

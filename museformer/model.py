@@ -15,6 +15,7 @@ from torch import nn
 from .constants import BAR_TOKEN
 from .decoder import MuseformerDecoder
 from .decoding import DecodeRules
+from .decoding.rules import uses_relative_tempo
 from .encoder import MuseformerEncoder, SlotAnchors
 
 
@@ -80,9 +81,11 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
 
     @staticmethod
     def build_anchors(args, src_dict) -> SlotAnchors:
-        """Slot anchors from the task's ``--grammar`` module (its ``target_slots``)."""
+        """Slot anchors from the task's ``--grammar`` module (its ``target_slots``); a dictionary of the
+        relative tempo encoding adds its one ``TempoLevel`` slot first (``uses_relative_tempo``)."""
         name = getattr(args, "grammar", None) or "instruct_tokenizer.grammar"
-        return SlotAnchors(src_dict, importlib.import_module(name).target_slots)
+        module = importlib.import_module(name)
+        return SlotAnchors(src_dict, module.target_slots, lead_slots=int(uses_relative_tempo(module, src_dict)))
 
     @staticmethod
     def parse_fine_bars(text: str) -> List[int]:

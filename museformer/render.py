@@ -209,6 +209,17 @@ class Renderer:
                 "marking_state": seen(V.marking_state_tokens()),
                 "after_fermata": seen(V.after_fermata_tokens())}
 
+    @property
+    def relative_tempo(self) -> bool:
+        """Whether the model was trained on the relative tempo encoding (its dictionary counts ``TempoRel``
+        tokens: ``instruct-tokenize build --relative-tempo``). Its performance streams start with a
+        ``TempoLevel`` token, chosen with the first segment and forced on every later one."""
+        from instruct_tokenizer.grammar import relative_tempo
+
+        from .decoding.rules import dictionary_counts
+
+        return relative_tempo(dictionary_counts(self.tgt_dict))
+
     def score_tokens(self, path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                      performer: Optional[str] = None, unfold_repeats: bool = True,
                      qpm: Optional[float] = None) -> List[str]:
@@ -292,17 +303,21 @@ class Renderer:
         prefix, bars = split_bars(score_tokens)
         budget = budget or self.max_positions - 2
         lengths = [max(len(b), len(target_slots(b))) for b in bars]  # the longer of score and perf
-        if len(prefix) + sum(lengths) + 1 <= self.max_positions:
+        head = max(len(prefix), int(self.relative_tempo))  # the longer prefix: score's, or the TempoLevel
+        if head + sum(lengths) + 1 <= self.max_positions:
             return prefix, bars, [(0, len(bars))]
-        return prefix, bars, bar_ranges(lengths, budget - len(prefix), overlap_bars)
+        return prefix, bars, bar_ranges(lengths, budget - head, overlap_bars)
 
     def render_many(self, pieces: Sequence[Sequence[str]], sampling: Sampling, overlap_bars: int = 2,
                     batch_size: int = 16, progress: bool = True) -> List[List[str]]:
         """Whole-piece performance tokens for several pieces. Round r generates segment r of every
-        piece in batches; each segment is forced to start with the previous segment's overlap bars."""
+        piece in batches; each segment is forced to start with the previous segment's overlap bars, and
+        with the performance prefix the first segment chose (the relative encoding's ``TempoLevel``: one
+        level per piece)."""
         torch.manual_seed(sampling.seed)
         plans = [self.plan(p, overlap_bars) for p in pieces]
         done: List[List[List[str]]] = [[] for _ in pieces]
+        heads: List[List[str]] = [[] for _ in pieces]  # the tokens before the first bar of each performance
         jobs = sum(len(p[2]) for p in plans)
         bar = tqdm(total=jobs, desc="render", unit="segment", disable=not progress)
         for r in range(max((len(p[2]) for p in plans), default=0)):  # no pieces: nothing to do
@@ -314,28 +329,31 @@ class Renderer:
                     prefix, bars, segs = plans[i]
                     start, end = segs[r]
                     scores.append(prefix + [t for b in bars[start:end] for t in b])
-                    forced.append([t for b in done[i][start:] for t in b])
-                    priors.append(self.level_before(prefix, bars[:start], done[i][:start]))
+                    forced.append(heads[i] + [t for b in done[i][start:] for t in b])
+                    priors.append(self.level_before(prefix, bars[:start], done[i][:start], heads[i]))
                 outs = self.generate_batch(scores, forced, sampling, priors)
                 for i, out in zip(chunk, outs):
                     start, end = plans[i][2][r]
-                    _, out_bars = split_bars(out)
+                    out_head, out_bars = split_bars(out)
                     if len(out_bars) != end - start:
                         raise RenderError(f"segment bars {start}-{end}: model produced {len(out_bars)} bars")
+                    if r == 0:
+                        heads[i] = out_head
                     done[i] = done[i][:start] + out_bars
                 bar.update(len(chunk))
         bar.close()
-        return [[t for b in d for t in b] for d in done]
+        return [heads[i] + [t for b in d for t in b] for i, d in enumerate(done)]
 
     def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
-                     perf_bars: Sequence[Sequence[str]]) -> Dict[str, torch.Tensor]:
+                     perf_bars: Sequence[Sequence[str]], perf_prefix: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
         """The (4,) states after the rendered bars before a segment: ``tempo_prior`` (the tempo band's and
         the fermata hold's level) and ``dynamics_prior`` (the dynamics band's), each where it is on
-        (none when there are no such bars)."""
+        (none when there are no such bars). ``perf_prefix``: the performance's tokens before its first
+        bar (the relative encoding's ``TempoLevel``)."""
         if self.rules is None or not perf_bars:
             return {}
         score = list(prefix) + [t for b in score_bars for t in b]
-        return self.rules.state_after(score, [t for b in perf_bars for t in b])
+        return self.rules.state_after(score, list(perf_prefix) + [t for b in perf_bars for t in b])
 
     def render_tokens(self, score_tokens: Sequence[str], sampling: Sampling, overlap_bars: int = 2,
                       progress: bool = True) -> List[str]:

@@ -126,8 +126,8 @@ def baseline_rows(pieces, out: Path, tok_dir: Path, report=print) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         for p in pieces:
             score = score_file_to_tokens(str(BENCH / "score" / f"{p['index']}.mid"), instruct=False)
-            tokens_to_midi(score, constant_perf(score, means["tempo_bin"], int(means["velocity"]), means["art"]),
-                           str(d / f"{p['index']}.mid"))
+            perf = constant_perf(score, means["tempo_bin"], int(means["velocity"]), means["art"], means.get("level"))
+            tokens_to_midi(score, perf, str(d / f"{p['index']}.mid"))
         rows["training mean"] = sorted(d.glob("*.mid"))
     else:
         report(f"training mean: skipped, {tok_dir / 'train.perf'} not found")

@@ -3,7 +3,7 @@ state), each with its units and an example; the rule classes in ``rules.py`` cal
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -132,14 +132,15 @@ def apply_prior(logits: Tensor, penalty: Tensor) -> Tensor:
 FERMATA_MIN_WINDOW_Q = 1.0  # quarters in the tempo window below which the latest beat period is the reference
 
 
-def fermata_reference_bin(level: Tensor, period_s: Tensor, scale: Tensor, first_period_s: float,
+def fermata_reference_bin(level: Tensor, period_s: Tensor, scale: Tensor, first_period_s: Union[float, Tensor],
                           bin_log: float) -> Tensor:
     """(B, 4) level state (``tempo_level_update``), (B,) beat period of the latest ``Tempo`` token (s per
     quarter; NaN: none yet), (B,) notated-tempo scale of this step -> (B,) fractional tempo bin of the
     reference that the fermata hold lifts: the 8-quarter windowed level converted to this step's notated
     tempo, or the latest beat period while the window holds under ``FERMATA_MIN_WINDOW_Q`` quarters (a
-    fermata in the opening bars). ``first_period_s``: bin 0's period; ``bin_log``: log period ratio of
-    one bin. NaN where neither exists."""
+    fermata in the opening bars). ``first_period_s``: bin 0's period (a float, or (B,) where it depends
+    on the row: the relative encoding's level and notated tempo); ``bin_log``: log period ratio of one bin.
+    NaN where neither exists."""
     window = level[:, 0] / level[:, 1].clamp(min=1e-9) / scale  # (B,) s per quarter at this step's QPM
     ref = torch.where(level[:, 1] >= FERMATA_MIN_WINDOW_Q, window, period_s)  # (B,)
     return torch.log(ref / first_period_s) / bin_log

@@ -15,11 +15,19 @@ dictionaries, in this order (each rule sees what the ones before it left):
 
 The bands and the hold come before the expected value, which then takes the mean under the adjusted
 distribution; unisons once comes after it (the mean would pick a velocity there); the temperature last.
+
+A model trained on the relative tempo encoding (``instruct-tokenize build --relative-tempo``: its
+dictionary counts ``TempoRel`` tokens) gets the grammar's functions for that encoding
+(:func:`grammar_for`): a ``TempoLevel`` slot first, ``TempoRel`` per onset group, and every rule reads
+the beat period of a ``TempoRel`` token as ratio x the slot's notated period (60 / ``QPM``) x the level
+the row chose (``state["level_factor"]``).
 """
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Callable, Dict, List, Optional, Sequence, Union
+import types
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -79,8 +87,48 @@ class DecodeState(dict):
             self[key] = value.index_select(0, order)
 
 
+# the grammar functions that take ``relative`` (instruct_tokenizer.grammar, markings_baseline.dynamics_slot_refs)
+RELATIVE_FUNCTIONS = ("target_slots", "tempo_slot_gaps", "art_nominal_q", "fermata_slots", "unison_repeats",
+                      "dynamics_slot_refs", "note_values_at")
+
+
+def dictionary_counts(d) -> Mapping[str, int]:
+    """A fairseq Dictionary's token -> count (``dict.txt``'s counts: what the model was trained on)."""
+    return {d.symbols[i]: int(d.count[i]) for i in range(len(d))}
+
+
+def uses_relative_tempo(module, d) -> bool:
+    """Whether the model of dictionary ``d`` was trained on the relative tempo encoding, by the grammar
+    module's ``relative_tempo`` test of the dictionary's counts (False for a module without one)."""
+    test = getattr(module, "relative_tempo", None)
+    return bool(test is not None and test(dictionary_counts(d)))
+
+
+def grammar_for(module, relative: bool):
+    """The grammar module as the rules read it: itself for the absolute tempo encoding; for the relative
+    one, a namespace whose per-score functions (``RELATIVE_FUNCTIONS``) give that encoding's slots and
+    whose ``beat_period_s`` is a ``TempoRel`` token's beat period at a notated 120 quarters per minute and
+    level 1 (``relative_beat_period_s(token, 1.0, 1.0)``: ratio x 0.5 s), which the rules scale by the
+    row's level and the slot's notated tempo."""
+    if not relative:
+        return module
+    ns = types.SimpleNamespace(**{k: getattr(module, k) for k in dir(module) if not k.startswith("__")})
+    for name in RELATIVE_FUNCTIONS:
+        if hasattr(module, name):
+            setattr(ns, name, functools.partial(getattr(module, name), relative=True))
+    if not hasattr(module, "dynamics_slot_refs"):
+        from instruct_tokenizer.markings_baseline import dynamics_slot_refs
+
+        ns.dynamics_slot_refs = functools.partial(dynamics_slot_refs, relative=True)
+    ns.beat_period_s = functools.partial(module.relative_beat_period_s, scale=1.0, level=1.0)
+    ns.relative = True
+    return ns
+
+
 class TokenTables:
-    """Per target token: its type id, its number (``token_value``), its beat period (``beat_period_s``)."""
+    """Per target token: its type id, its number (``token_value``), its beat period (``beat_period_s``;
+    relative encoding: at notated 120 and level 1) and its level factor (``tempo_level_factor``; relative
+    encoding only, else None)."""
 
     def __init__(self, tgt_dict, module):
         self.tgt_dict = tgt_dict
@@ -88,8 +136,10 @@ class TokenTables:
         self.names = sorted(set(types) | {EOS_TYPE})
         self.type_id = {n: i for i, n in enumerate(self.names)}
         self.types = types
+        self.relative = bool(getattr(module, "relative", False))
         self.value = self.numbers(getattr(module, "token_value", None))  # (V,) NaN: none
         self.period = self.numbers(getattr(module, "beat_period_s", None))  # (V,) s per quarter; NaN: none
+        self.level_factor = self.numbers(module.tempo_level_factor) if self.relative else None  # (V,) NaN: none
 
     def numbers(self, number_of: Optional[Callable[[str], Optional[float]]]) -> Optional[Tensor]:
         """(V,) float: ``number_of(token)`` for every target token, NaN where it gives None."""
@@ -149,17 +199,19 @@ class TempoState(DecodeRule):
     """No logits of its own: keeps the beat period of the latest ``Tempo`` token (s per quarter; the
     key-down floor and the fermata hold read it) and, with ``track_level``, the tempo level state
     (``tempo_level_update``; the tempo band and the fermata hold read it), starting from the level of the
-    music before the segment (the renderer's ``tempo_prior``)."""
+    music before the segment (the renderer's ``tempo_prior``). In the relative encoding it also keeps the
+    row's ``TempoLevel`` factor (``level_factor``), and a ``TempoRel`` token's beat period is its period
+    at notated 120 and level 1 x level factor / the slot's notated-tempo scale (``QPM`` / 120)."""
 
     def __init__(self, tables: TokenTables, tempo_gaps, track_level: bool):
         if tables.period is None:
             raise ValueError("the grammar module gives no beat_period_s")
         self.tables, self.tempo_gaps, self.track_level = tables, tempo_gaps, track_level
-        if track_level and tempo_gaps is None:
+        if (track_level or tables.relative) and tempo_gaps is None:
             raise ValueError("--tempo-band, --fermata-hold: the grammar module gives no tempo_slot_gaps")
 
     def prepare(self, rows, device, priors):
-        if not self.track_level:
+        if not (self.track_level or self.tables.relative):
             return {}
         gaps = [self.tempo_gaps(r) for r in rows]
         out = {"slot_gap": pad_rows([g for g, _ in gaps], float("nan"), torch.float, device),
@@ -172,11 +224,18 @@ class TempoState(DecodeRule):
     def init_state(self, table, state):
         b = table["slots"].shape[0]
         state["period"] = torch.full((b,), float("nan"), device=table["slots"].device)
+        if self.tables.relative:
+            state["level_factor"] = torch.full((b,), float("nan"), device=table["slots"].device)
         if self.track_level:
             state["level"] = table["tempo_prior"].clone()  # (B, 4)
 
     def update(self, state, tokens, step, table):
         period = self.tables.period.to(tokens.device)[tokens]  # (B,)
+        if self.tables.relative:
+            factor = self.tables.level_factor.to(tokens.device)[tokens]  # (B,) at the TempoLevel slot
+            state["level_factor"] = torch.where(torch.isfinite(factor), factor, state["level_factor"])
+            k = min(max(step - 1, 0), table["slot_scale"].shape[1] - 1)
+            period = period * state["level_factor"] / table["slot_scale"][:, k]  # (B,) s per quarter
         state["period"] = torch.where(torch.isfinite(period), period, state["period"])
         if self.track_level and step > 0:  # the token just read filled slot step - 1
             k = min(step - 1, table["slot_gap"].shape[1] - 1)
@@ -184,14 +243,20 @@ class TempoState(DecodeRule):
                                                 table["slot_scale"][:, k])
 
     def level_after(self, score_tokens: Sequence[str], perf_tokens: Sequence[str]) -> Tensor:
-        """(4,) level state after ``perf_tokens`` (the performance of ``score_tokens``, the same bars),
-        computed with the decoder's own update: the next segment's ``tempo_prior``."""
+        """(4,) level state after ``perf_tokens`` (the performance of ``score_tokens``, the same bars;
+        relative encoding: with its ``TempoLevel`` first), computed with the decoder's own update: the
+        next segment's ``tempo_prior``."""
         gaps, scales = self.tempo_gaps(score_tokens)
         level = torch.zeros(1, LEVEL_FIELDS)
-        period_of = self.tables.period
+        period_of, factor_of = self.tables.period, self.tables.level_factor
         d = self.tables.tgt_dict
+        factor = 1.0
         for tok, gap, scale in zip(perf_tokens, gaps, scales):
+            if factor_of is not None and torch.isfinite(factor_of[d.index(tok)]):
+                factor = float(factor_of[d.index(tok)])
             period = float(period_of[d.index(tok)]) if gap == gap else float("nan")  # NaN gap: no Tempo slot
+            if factor_of is not None:
+                period = period * factor / scale  # relative: at this slot's notated tempo and the level
             if period == period:
                 level = tempo_level_update(level, torch.tensor([period]), torch.tensor([gap]),
                                            torch.tensor([scale]))
@@ -218,7 +283,9 @@ class KeyDownFloor(DecodeRule):
 
 class TempoBand(DecodeRule):
     """Keep the windowed tempo level within ``band_bins`` of the reference (``tempo_band_penalty``): the
-    notated tempo where the score states one (``anchor`` "notated"; no band elsewhere) or the level so far."""
+    notated tempo where the score states one (``anchor`` "notated"; no band elsewhere) or the level so far.
+    Relative encoding: "notated" is the notated tempo x the level the row chose (``TempoLevel``), for
+    every score, stated tempo or not."""
 
     def __init__(self, tables: TokenTables, band_bins: float, anchor: str, states_tempo):
         if anchor == "notated" and states_tempo is None:
@@ -227,7 +294,7 @@ class TempoBand(DecodeRule):
         self.bin_log = tempo_bin_log(tables.period)
 
     def prepare(self, rows, device, priors):
-        if self.anchor != "notated":
+        if self.anchor != "notated" or self.tables.relative:
             return {}
         # 0.5 s per quarter: the notated tempo, in the level's units
         return {"tempo_ref": torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
@@ -235,6 +302,11 @@ class TempoBand(DecodeRule):
 
     def __call__(self, logits, state, table, step):
         k = min(step, table["slot_gap"].shape[1] - 1)
+        if self.tables.relative:  # a token's period x QPM / 120 is its period at 120 x the level factor
+            ref = 0.5 * state["level_factor"] if self.anchor == "notated" else None  # (B,)
+            return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
+                                      table["slot_gap"][:, k], state["level_factor"], self.band_bins,
+                                      self.bin_log, ref=ref)
         return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
                                   table["slot_gap"][:, k], table["slot_scale"][:, k], self.band_bins,
                                   self.bin_log, ref=table.get("tempo_ref"))
@@ -262,8 +334,11 @@ class FermataHold(DecodeRule):
         held = table["slot_fermata"][:, k]  # (B,)
         if not held.any():
             return logits
+        first = self.first_period  # s per quarter of the first tempo token at this slot
+        if self.tables.relative:  # (B,) at this slot's notated tempo and the row's level
+            first = self.first_period * state["level_factor"] / table["slot_scale"][:, k]
         ref = fermata_reference_bin(state["level"], state["period"], table["slot_scale"][:, k],
-                                    self.first_period, self.bin_log)  # (B,)
+                                    first, self.bin_log)  # (B,)
         return fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.lift_bins, held)
 
 
@@ -385,6 +460,7 @@ class DecodeRules:
         """The rules the config turns on, in their order. Raises ValueError naming the flag of a bad setting."""
         config.check()
         module = importlib.import_module(grammar)
+        module = grammar_for(module, uses_relative_tempo(module, tgt_dict))
         tables = TokenTables(tgt_dict, module)
         deletion = getattr(module, "DELETION", None)
         forbidden = [deletion] if deletion and config.no_deletions else []
