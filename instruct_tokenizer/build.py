@@ -374,6 +374,11 @@ def empty_split_reason(items: Sequence[Item], splits: Dict[Tuple[str, str], str]
 
 # ----------------------------------------------------------------------------------------- build
 def build(srcs: Sequence[str], out_dir: str, cfg: BuildConfig) -> Report:
+    """Tokenize the match files under ``srcs`` into ``out_dir`` (module docstring). Raises ValueError for
+    ``relative_tempo`` without ``notated_tempo`` (the QPM it is relative to), EmptySplitError for a split
+    that would be empty; nothing is written then."""
+    if cfg.relative_tempo and not cfg.notated_tempo:
+        raise ValueError("relative_tempo needs notated_tempo (the QPM it is relative to)")
     report = Report()
     sources = find_sources(srcs)
     splits = assign_splits([s.piece for s in sources], cfg)

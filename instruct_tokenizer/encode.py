@@ -284,7 +284,9 @@ def grid_targets(tl: Timeline, ref_s: np.ndarray, period_range_s: Optional[Tuple
     nan, the grid keeps its tempo). ``period_range_s``: per group, the shortest and longest beat period
     (s per quarter) its tempo token can give (default: the absolute ``Tempo`` range)."""
     n = tl.n_groups
-    lo_s, hi_s = period_range_s if period_range_s is not None else (np.full(n, V.TEMPO_MIN_S), np.full(n, V.TEMPO_MAX_S))
+    if period_range_s is None:
+        period_range_s = (np.full(n, V.TEMPO_MIN_S), np.full(n, V.TEMPO_MAX_S))
+    lo_s, hi_s = period_range_s
     out = np.full(n, np.nan)
     known = np.nonzero(~np.isnan(ref_s))[0]
     if not len(known):
@@ -744,6 +746,23 @@ def segment(score: Sequence[str], perf: Sequence[str], max_tokens: int, overlap_
     for a, b in segment_ranges(score_bars, perf_bars, budget, overlap_bars):
         out.append(Segment(a, b, list(prefix) + [t for bar in score_bars[a:b] for t in bar],
                            list(perf_prefix) + [t for bar in perf_bars[a:b] for t in bar]))
+    return out
+
+
+def rebase_tempo_level(perf: Sequence[str], level_token: str) -> List[str]:
+    """The same relative performance stream expressed with another ``TempoLevel``: every ``TempoRel`` step
+    j becomes j + k_old - k_new (clamped to the range), so every decoded beat period stays the same
+    (notated x 2 ** ((k + j) / 24)) unless clamped. For segments generated without a shared level
+    (``fairseq-generate`` draws each line's own), before :func:`stitch`. A stream that does not start with
+    a ``TempoLevel`` (the absolute encoding) is returned unchanged."""
+    if not perf or V.parse(perf[0])[0] != V.TEMPO_LEVEL:
+        return list(perf)
+    shift = int(V.parse(perf[0])[1]) - int(V.parse(level_token)[1])
+    lo, hi = V.TEMPO_REL_STEPS[0], V.TEMPO_REL_STEPS[-1]
+    out = [level_token]
+    for t in perf[1:]:
+        type_, value = V.parse(t)
+        out.append(V.tok(V.TEMPO_REL, min(max(int(value) + shift, lo), hi)) if type_ == V.TEMPO_REL else t)
     return out
 
 

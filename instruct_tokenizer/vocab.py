@@ -110,10 +110,12 @@ _TEMPO_CENTERS = np.exp(np.linspace(math.log(TEMPO_MIN_S), math.log(TEMPO_MAX_S)
 
 # Relative tempo (``--relative-tempo``), both on one log2 lattice of REL_STEPS_PER_OCTAVE steps (2.9 %, the
 # absolute Tempo bins' step): ``TempoLevel_k`` = the performance's level, 2 ** (k / 24) times the notated beat
-# period (60 / QPM s per quarter), k in +-48 (+-2 octaves); ``TempoRel_j`` = an onset group's beat period over
-# notated period x level, 2 ** (j / 24). The ranges are measured on (n)ASAP (docs/tokens.md, Relative tempo).
+# period (60 / QPM s per quarter), k in +-72 (+-3 octaves: +-2 clamped 9 of the 1,062 (n)ASAP performances,
+# pieces without a metronome mark); ``TempoRel_j`` = an onset group's beat period over notated period x
+# level, 2 ** (j / 24), 1/16 to 32 (0.34 % and 0.075 % of (n)ASAP's onset groups at the two ends). Measured
+# by scripts/relative_tempo_stats.py (docs/tokens.md, Relative tempo).
 REL_STEPS_PER_OCTAVE = 24
-TEMPO_LEVEL_STEPS = range(-48, 49)
+TEMPO_LEVEL_STEPS = range(-72, 73)
 TEMPO_REL_STEPS = range(-96, 121)
 
 

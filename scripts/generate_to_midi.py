@@ -9,8 +9,11 @@ performance MIDI per test performance.
 Each line of ``{split}.score`` is one bar-range segment of one performance (the manifest says which);
 the generated segments of a performance are stitched (overlapping bars: the earlier segment's bars up
 to the middle of the overlap, the later one's after it) together with the score segments, then decoded
-with :func:`instruct_tokenizer.decode.tokens_to_midi`. A performance with a missing or undecodable
-hypothesis gets one error line and no file; the others are still written.
+with :func:`instruct_tokenizer.decode.tokens_to_midi`. A model of the relative tempo encoding draws a
+``TempoLevel`` per line: the later segments are re-expressed at the first one's level
+(:func:`instruct_tokenizer.encode.rebase_tempo_level`, every beat period kept), as one stream has one level.
+A performance with a missing or undecodable hypothesis gets one error line and no file; the others are
+still written.
 """
 import argparse
 import json
@@ -21,7 +24,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer.decode import DecodeError, tokens_to_midi  # noqa: E402
-from instruct_tokenizer.encode import stitch  # noqa: E402
+from instruct_tokenizer.encode import rebase_tempo_level, stitch  # noqa: E402
 
 
 def read_hypotheses(path: Path) -> Dict[int, List[str]]:
@@ -73,9 +76,10 @@ def main() -> int:
             print(f"generate_to_midi: error: {name}: no hypothesis for lines {missing}", file=sys.stderr)
             continue
         try:
-            score = rows[0]["prefix"] + stitch([(r["bar_start"], r["bar_end"], score_lines[r["line"]].split())
-                                                for r in rows])
-            perf = stitch([(r["bar_start"], r["bar_end"], hyps[r["line"]]) for r in rows])
+            score = stitch([(r["bar_start"], r["bar_end"], score_lines[r["line"]].split()) for r in rows])
+            segs = sorted((r["bar_start"], r["bar_end"], hyps[r["line"]]) for r in rows)
+            level = segs[0][2][:1]  # relative tempo: each line drew its own TempoLevel; keep each one's tempo
+            perf = stitch([(a_, b_, rebase_tempo_level(p, level[0]) if level else p) for a_, b_, p in segs])
             tokens_to_midi(score, perf, str(a.out / name))
         except (DecodeError, ValueError) as e:
             print(f"generate_to_midi: error: {name}: {e}", file=sys.stderr)

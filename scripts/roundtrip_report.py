@@ -145,7 +145,8 @@ def main():
     ap.add_argument("--diagnose", action="store_true", help="count the causes of errors over 20 ms")
     ap.add_argument("--list", type=int, default=15, help="files over the bounds to list (worst first)")
     ap.add_argument("--relative-tempo", action="store_true",
-                    help="the relative tempo encoding (TempoLevel + TempoRel, relative to the MusicXML's notated tempo)")
+                    help="the relative tempo encoding (TempoLevel + TempoRel, relative to the MusicXML's "
+                         "notated tempo)")
     a = ap.parse_args()
     work = partial(one_diag if a.diagnose else one, relative_tempo=a.relative_tempo)
     for src in a.src:
@@ -154,7 +155,9 @@ def main():
             res = list(tqdm(pool.imap(work, files, chunksize=4), total=len(files), desc=Path(src).name))
         ok = [r for _, r in res if isinstance(r, dict)]
         bad = [(p, r) for p, r in res if not isinstance(r, dict)]
-        print(f"\n## {src} ({'relative' if a.relative_tempo else 'absolute'} tempo): {len(ok)} files ({sum(r['notes'] for r in ok):.0f} notes), {len(bad)} unreadable")
+        kind = "relative" if a.relative_tempo else "absolute"
+        print(f"\n## {src} ({kind} tempo): {len(ok)} files ({sum(r['notes'] for r in ok):.0f} notes), "
+              f"{len(bad)} unreadable")
         for p, r in bad:
             print(f"skipped {p}: {r}")
         print("| figure | median over files | worst file | goal |")

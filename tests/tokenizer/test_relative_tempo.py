@@ -2,17 +2,20 @@
 every segment of a performance) and a ``TempoRel`` token per onset group, relative to the score's notated
 tempo (``QPM``) x the level; lossless within the absolute encoding's roundtrip bounds; its grammar."""
 import json
+import subprocess
+import sys
 
+import miditoolkit
 import numpy as np
 import pytest
 
-from conftest import VIENNA, stderr_of
+from conftest import REPO, VIENNA, stderr_of
 from instruct_tokenizer import grammar as G
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.build import BuildConfig, build
 from instruct_tokenizer.cli import main as tokenize_main
 from instruct_tokenizer.decode import decode_performance, tokens_to_midi
-from instruct_tokenizer.encode import encode_match, segment, split_bars, stitch
+from instruct_tokenizer.encode import encode_match, rebase_tempo_level, segment, stitch
 from instruct_tokenizer.grammar import target_slots, token_type
 from instruct_tokenizer.match import load_match
 from instruct_tokenizer.musicxml import xml_info_of_match
@@ -203,3 +206,47 @@ def test_cli_relative_tempo_needs_notated_tempo(tmp_path):
                                           "--no-progress"])
     assert code == 2 and err.strip().count("\n") == 0 and "--relative-tempo needs --notated-tempo" in err
     assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="relative_tempo needs notated_tempo"):
+        build([str(FILES[0])], str(tmp_path / "o"), BuildConfig(relative_tempo=True, progress=False))
+    assert not (tmp_path / "o").exists()
+
+
+def test_rebase_to_another_level_keeps_every_beat_period():
+    path = FILES[3]
+    enc = encode_match(load_match(str(path)), qpm=_qpm(path), relative_tempo=True)
+    k = int(V.parse(enc.perf[0])[1])
+    steps = [int(V.parse(t)[1]) for t in enc.perf if token_type(t) == V.TEMPO_REL]
+    shift = 10 if max(steps) + 10 <= V.TEMPO_REL_STEPS[-1] else -10
+    rebased = rebase_tempo_level(enc.perf, V.tok(V.TEMPO_LEVEL, k - shift))
+    assert rebased[0] == V.tok(V.TEMPO_LEVEL, k - shift) and rebased != enc.perf
+    np.testing.assert_allclose(decode_performance(enc.score, rebased).group_period_s,
+                               decode_performance(enc.score, enc.perf).group_period_s, rtol=1e-12)
+    absolute = encode_match(load_match(str(path))).perf
+    assert rebase_tempo_level(absolute, "TempoLevel_3") == absolute
+
+
+def test_generate_to_midi_joins_segments_that_drew_different_levels(tmp_path):
+    """fairseq-generate draws a TempoLevel per line: scripts/generate_to_midi.py re-expresses the later
+    segments at the first one's level, so segments of the human performance, each given its own level,
+    stitch to the MIDI of the whole performance."""
+    cfg = dict(split=(0.0, 0.0, 1.0), progress=False, notated_tempo=True, relative_tempo=True)
+    build([str(FILES[1])], str(tmp_path / "seg"), BuildConfig(max_tokens=400, **cfg))
+    build([str(FILES[1])], str(tmp_path / "whole"), BuildConfig(max_tokens=100000, **cfg))
+    for name in ("seg", "whole"):
+        perf = (tmp_path / name / "test.perf").read_text().splitlines()
+        own = [rebase_tempo_level(p.split(), V.tok(V.TEMPO_LEVEL, int(V.parse(p.split()[0])[1]) + 3 * i))
+               for i, p in enumerate(perf)]  # a different level on every line, the same beat periods
+        (tmp_path / name / "gen.txt").write_text("".join(f"H-{i}\t-0.5\t{' '.join(p)}\n" for i, p in enumerate(own)))
+        script = REPO / "scripts" / "generate_to_midi.py"
+        proc = subprocess.run([sys.executable, str(script), tmp_path / name / "gen.txt", tmp_path / name,
+                               "--split", "test", "--out", tmp_path / f"out-{name}"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "seg" / "test.perf").read_text().splitlines()) > 3
+    (seg,), (whole,) = (sorted((tmp_path / f"out-{n}").glob("*.mid")) for n in ("seg", "whole"))
+
+    def notes(p):
+        return [(n.pitch, n.start, n.end, n.velocity) for n in miditoolkit.MidiFile(str(p)).instruments[0].notes]
+
+    got, want = notes(seg), notes(whole)
+    assert len(got) == len(want)
+    assert max(abs(a[1] - b[1]) for a, b in zip(got, want)) <= 1  # ticks (1/960 s): rounding only
