@@ -8,7 +8,9 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["museformer", "museformer.*", "instruct_tokenizer", "instruct_tokenizer.*"]),
     # fairseq==0.10.2 is built and patched by scripts/install_fairseq.sh (no wheel exists for py>3.8).
-    install_requires=["torch", "numpy", "miditoolkit", "tensorboard", "partitura", "tqdm", "matplotlib", "scipy"],
+    install_requires=["torch", "numpy", "miditoolkit", "tensorboard", "partitura", "tqdm", "matplotlib", "scipy",
+                      "starlette", "uvicorn"],
+    package_data={"museformer.serve": ["static/*.html", "static/*.js", "static/*.css"]},
     entry_points={
         "console_scripts": [
             "instruct-tokenize=instruct_tokenizer.cli:main",
