@@ -91,7 +91,8 @@ def create_app(studio, allowed_hosts: Sequence[str] = ("127.0.0.1", "localhost",
         import time
 
         out = {"id": job.id, "state": job.state, "done": job.done, "total": job.total,
-               "elapsed_s": round((job.finished or time.time()) - job.started, 1), "error": job.error}
+               "elapsed_s": round((job.finished or time.time()) - job.started, 1), "error": job.error,
+               "preview_bars": len(job.preview) if job.state == "running" else 0}
         if job.take is not None:
             session = studio.session(job.session)
             out["take"] = studio.take_json(session, session.take(job.take))
@@ -108,11 +109,17 @@ def create_app(studio, allowed_hosts: Sequence[str] = ("127.0.0.1", "localhost",
             if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last <= n):
                 raise StudioError(f"bars {first}-{last}: choose bars within 1-{n}, first <= last")
             session.take(base if isinstance(base, int) else studio.kept_id(session))
-        job = studio.submit(sid, lambda progress: studio.render(sid, settings, first, last, base, progress))
+        whole = first is None and last is None
+        job = studio.submit(sid, lambda progress: studio.render(sid, settings, first, last, base, progress),
+                            preview=whole)
         return JSONResponse(job_json(job))
 
     async def job_get(request: Request):
         return JSONResponse(await run_in_threadpool(job_json, studio.job(request.path_params["jid"])))
+
+    async def preview(request: Request):
+        path = await run_in_threadpool(studio.preview_audio, request.path_params["jid"])
+        return FileResponse(path, media_type="audio/ogg")
 
     async def keep(request: Request):
         data = await body_json(request)
@@ -192,6 +199,7 @@ def create_app(studio, allowed_hosts: Sequence[str] = ("127.0.0.1", "localhost",
         Route("/api/session/{sid}/final.mid", final_midi),
         Route("/api/render", render, methods=["POST"]),
         Route("/api/job/{jid}", job_get),
+        Route("/api/job/{jid}/preview.oga", preview),
         Route("/api/keep", keep, methods=["POST"]),
         *take_routes,
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

@@ -33,7 +33,7 @@ from instruct_tokenizer.score import score_timeline
 
 PEDAL_LEAD_S = 0.03  # an added pedal change sits this long before the next onset group's grid time
 PEDAL_ADD_MAX_S = 6.0  # ... and at most this long after its own group's (the first dictionaries' pedal bins)
-Progress = Callable[[int, int], None]  # (segments done, segments in all)
+Progress = Callable[[int, int, List[List[str]]], None]  # (segments done, in all, performance bars so far)
 
 
 class PassageError(ValueError):
@@ -86,7 +86,9 @@ def render_bars(renderer, score_tokens: Sequence[str], sampling, base: Optional[
     anew for ``score_tokens`` (whose prefix carries the style of the new bars) and every other bar is
     ``base``'s, token-identical. ``base`` may be None only when ``start`` is 0 and ``end`` the last bar.
     ``sampling``: a ``museformer.render.Sampling`` (its seed is set once, as ``render_many`` does);
-    ``progress(done, total)`` is called after each segment. Raises PassageError on a bad range or base,
+    ``progress(done, total, bars)`` is called after each segment with the performance bars rendered so far
+    from bar 0 (final: a later segment forces them as its prefix, so they can be heard while the rest
+    renders). Raises PassageError on a bad range or base,
     ``museformer.render.RenderError`` when the model breaks the bar structure."""
     from museformer.render import RenderError
 
@@ -118,7 +120,7 @@ def render_bars(renderer, score_tokens: Sequence[str], sampling, base: Optional[
             raise RenderError(f"segment bars {a + 1}-{b}: the forced bars came out changed")
         done = done[:a] + out_bars
         if progress is not None:
-            progress(k + 1, len(segments))
+            progress(k + 1, len(segments), done)
     if end == n:
         return _flat(done)
     new_bars = done + [list(b) for b in base_bars[end:]]

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,10 +24,11 @@ from .passage import bar_grid_times
 
 DPI = 100
 ROLL_HEIGHT_IN = 4.2
-ROLL_PX_PER_S = 24  # image width per second of music, between the two bounds below
-ROLL_MIN_PX, ROLL_MAX_PX = 1000, 4800
+ROLL_PX_PER_S = 16  # image width per second of music, between the two bounds below
+ROLL_MIN_PX, ROLL_MAX_PX = 1100, 4800
 CURVE_WINDOW_BEATS = 4  # moving average (quarters) of the tempo and velocity curves
 VELOCITY_CMAP = "plasma"
+_DRAWING = threading.Lock()  # matplotlib is not thread-safe: one picture is rendered at a time
 
 
 @dataclass
@@ -114,7 +116,8 @@ def _figure(width_px: int, height_in: float):
 
 def _save(fig, path: Path) -> None:
     part = path.with_name(path.name + ".part.png")
-    fig.savefig(part, dpi=DPI)
+    with _DRAWING:
+        fig.savefig(part, dpi=DPI)
     part.replace(path)
 
 

@@ -198,6 +198,7 @@ class Job:
     error: Optional[str] = None
     take: Optional[int] = None
     finished: Optional[float] = None
+    preview: List[List[str]] = field(default_factory=list)  # whole-piece render: the final bars so far
 
 
 def size_text(n_bytes: int) -> str:
@@ -420,13 +421,16 @@ class Studio:
         session.take(take_id)
         session.kept = take_id
 
-    def submit(self, sid: str, work: Callable[[Callable[[int, int], None]], Take]) -> Job:
-        """Run ``work(progress)`` on the worker thread; the job records its progress and result."""
+    def submit(self, sid: str, work: Callable[[P.Progress], Take], preview: bool = False) -> Job:
+        """Run ``work(progress)`` on the worker thread; the job records its progress and result, and with
+        ``preview`` (a whole-piece render) the bars finished so far, to be heard before the end."""
         self.session(sid)
         job = Job(id=secrets.token_urlsafe(8), session=sid, started=time.time())
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, bars: List[List[str]]) -> None:
             job.done, job.total = done, total
+            if preview and done < total:
+                job.preview = [list(b) for b in bars]
 
         def run() -> None:
             try:
@@ -452,6 +456,29 @@ class Studio:
             if job_id not in self.jobs:
                 raise StudioError("no such job", 404)
             return self.jobs[job_id]
+
+    def preview_audio(self, job_id: str) -> Path:
+        """Ogg Vorbis of the bars a whole-piece render has finished so far (they do not change)."""
+        from instruct_tokenizer.decode import tokens_to_midi
+
+        if self.synth.missing:
+            raise StudioError(self.synth.missing, 503)
+        job = self.job(job_id)
+        bars = job.preview
+        if not bars:
+            raise StudioError("no bars rendered yet", 404)
+        session = self.session(job.session)
+        score = session.prefix + [t for b in session.bars[:len(bars)] for t in b]
+        midi = self._file(session.folder / f"preview-{job.id}-{len(bars)}.mid",
+                          lambda p: tokens_to_midi(score, [t for b in bars for t in b], str(p)))
+
+        def make(path: Path) -> None:
+            try:
+                self.synth.render(midi, path)
+            except SynthError as e:
+                raise StudioError(str(e), 500) from None
+
+        return self._file(midi.with_suffix(".oga"), make)
 
     # ----------------------------------------------------------------------------------- files
     def _file(self, path: Path, make: Callable[[Path], Any]) -> Path:
@@ -521,9 +548,11 @@ class Studio:
     def session_json(self, session: Session) -> Dict[str, Any]:
         score = session.score_tokens
         repeats = [r for r, slot in zip(unison_repeats(score), target_slots(score)) if slot == V.VEL]
+        with self._lock:  # the worker adds takes
+            takes = list(session.takes.values())
         return {"id": session.id, "name": session.name, "bars": len(session.bars), "notes": len(repeats),
-                "notes_to_play": len(repeats) - sum(repeats), "kept": session.kept,
-                "takes": [self.take_json(session, t) for t in session.takes.values()]}
+                "notes_to_play": len(repeats) - sum(repeats), "kept": session.kept, "rules": rules_that_apply(score),
+                "takes": [self.take_json(session, t) for t in takes]}
 
     def take_json(self, session: Session, take: Take) -> Dict[str, Any]:
         from instruct_tokenizer.decode import decode_performance
@@ -538,6 +567,16 @@ class Studio:
                 "bar_times_s": P.bar_grid_times(perf),
                 "joins": [{"bar": j.bar + 1, "gap_ms": _ms(j.gap_ms), "base_gap_ms": _ms(j.base_gap_ms),
                            "grid_ms": _ms(j.grid_ms), "base_grid_ms": _ms(j.base_grid_ms)} for j in take.joins]}
+
+
+def rules_that_apply(score_tokens: Sequence[str]) -> Dict[str, bool]:
+    """Which score-dependent decoding rules can act on this score: the tempo band's notated anchor needs a
+    stated tempo, the fermata hold a fermata, the dynamics band a dynamic marking (MusicXML gives them)."""
+    from instruct_tokenizer.grammar import states_tempo
+    from instruct_tokenizer.markings_baseline import dynamic_levels
+
+    return {"notated_tempo": states_tempo(score_tokens), "fermata_hold": V.FERMATA_MARK in score_tokens,
+            "dynamics_band": dynamic_levels(score_tokens) is not None}
 
 
 def _ms(x: float) -> Optional[float]:

@@ -117,6 +117,8 @@ def test_render_passage_keep_and_download(client, short_score, tmp_path):
     session = open_short(c, short_score)
     sid = session["id"]
     assert session["bars"] == 6 and session["notes"] == 6 * 4 * 3 + 1 and session["notes_to_play"] == 72
+    # a score MIDI at 90 quarters per minute: a stated tempo, no fermata, no dynamics
+    assert session["rules"] == {"notated_tempo": True, "fermata_hold": False, "dynamics_band": False}
     assert files_under(studio.root) == [], "the upload is deleted once read"
     job = c.post("/api/render", json={"session": sid, "settings": {"seed": 1}}).json()
     job = wait(c, job)
@@ -169,6 +171,35 @@ def test_audio_of_a_take_and_of_the_deadpan_score(client, short_score):
     wait(c, c.post("/api/render", json={"session": sid, "settings": {}}).json())
     audio = c.get(f"/api/take/{sid}/1/audio.oga")
     assert audio.status_code == 200 and audio.content[:4] == b"OggS" and len(audio.content) > 10000
+
+
+@pytest.mark.skipif(Synth.find().missing is not None, reason="FluidSynth or a soundfont is not installed "
+                    "(apt-get install fluidsynth timgm6mb-soundfont; .ci/run does)")
+def test_the_bars_finished_so_far_can_be_heard_while_the_rest_renders(client, short_score):
+    import threading
+
+    from museformer.serve.studio import StudioError
+
+    studio, c = client
+    sid = open_short(c, short_score)["id"]
+    bars = split_bars(studio.session(sid).reference)[1]
+    release = threading.Event()
+
+    def work(progress):  # a render that has finished its first segment (bars 1-2 of 6) and goes on
+        progress(1, 3, bars[:2])
+        release.wait(60)
+        raise StudioError("stopped by the test")
+
+    job = studio.submit(sid, work, preview=True)
+    deadline = time.time() + 60
+    while c.get(f"/api/job/{job.id}").json()["preview_bars"] != 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    audio = c.get(f"/api/job/{job.id}/preview.oga")
+    release.set()
+    assert audio.status_code == 200 and audio.content[:4] == b"OggS"
+    job_json = wait(c, c.get(f"/api/job/{job.id}").json())
+    assert job_json["state"] == "error" and job_json["preview_bars"] == 0
 
 
 def test_missing_fluidsynth_says_what_to_install_and_keeps_the_midi(tmp_path, short_score):

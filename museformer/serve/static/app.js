@@ -104,6 +104,12 @@ function setSession(session) {
   $("score-info").textContent = `${session.name}: ${session.bars} bars, ${session.notes} notes` +
     (session.notes_to_play !== session.notes ? ` (${session.notes - session.notes_to_play} unison repeats struck once)` : "");
   $("render").disabled = state.busy;
+  const idle = [];
+  if (!session.rules.notated_tempo) idle.push("the tempo band's notated centre (the score states no tempo)");
+  if (!session.rules.fermata_hold) idle.push("the fermata hold (no fermata)");
+  if (!session.rules.dynamics_band) idle.push("the dynamics band (no dynamics marked)");
+  $("rules-note").textContent = idle.length ? "For this score these do nothing: " + idle.join("; ") + "."
+                                            : "Every rule below applies to this score.";
   for (const id of ["bar-from", "bar-to"]) $(id).max = session.bars;
   $("bar-from").value = Math.min(Math.max(1, Math.floor(session.bars / 3)), session.bars);
   $("bar-to").value = Math.min(Number($("bar-from").value) + 3, session.bars);
@@ -113,10 +119,21 @@ function setSession(session) {
   renderTakes();
 }
 
-function setAudio(element, url) {
+function setAudio(element, url, keepPlaying) {
   if (!state.info.audio) { element.hidden = true; return; }
+  const playing = keepPlaying && !element.paused && !element.ended, at = element.currentTime;
   element.src = url;
   element.load();
+  if (playing) {  // a longer version of what is playing (more bars rendered): go on from the same place
+    element.addEventListener("loadedmetadata", () => { element.currentTime = at; element.play().catch(() => {}); }, { once: true });
+  }
+}
+
+function showPreview(job, bars) {
+  // the bars a whole-piece render has finished so far are final: they can be heard while the rest renders
+  $("listen-section").hidden = false;
+  $("take-label").textContent = `the first ${bars} bars (the rest is rendering)`;
+  setAudio($("perf-audio"), `/api/job/${job.id}/preview.oga?bars=${bars}`, true);
 }
 
 // ------------------------------------------------------------------------------------------ render jobs
@@ -130,8 +147,15 @@ async function startRender(passage) {
   setBusy(true, passage ? `bars ${request.first_bar}-${request.last_bar}` : "the whole piece");
   try {
     let job = await post("/api/render", request);
+    let previewBars = 0;
     while (job.state === "running") {
       showProgress(job);
+      const audio = $("perf-audio");
+      if (!passage && state.info.audio && job.preview_bars > previewBars && (previewBars === 0 || audio.paused || audio.ended
+          || audio.duration - audio.currentTime < 5)) {
+        previewBars = job.preview_bars;
+        showPreview(job, previewBars);
+      }
       await new Promise((resolve) => setTimeout(resolve, 400));
       job = await api("/api/job/" + job.id);
     }
@@ -176,10 +200,11 @@ function takeById(id) { return state.session.takes.find((t) => t.id === id); }
 function showTake(id) {
   const take = takeById(id);
   const sid = state.session.id;
+  const fromPreview = $("take-label").textContent.includes("rest is rendering");
   state.viewing = id;
   const version = `?kept=${state.session.kept}`;
   $("take-label").textContent = `take ${take.id}` + (take.passage ? ` (bars ${take.passage[0]}-${take.passage[1]})` : "") + `: ${take.label}`;
-  setAudio($("perf-audio"), `/api/take/${sid}/${id}/audio.oga`);
+  setAudio($("perf-audio"), `/api/take/${sid}/${id}/audio.oga`, fromPreview);
   $("take-midi").href = `/api/take/${sid}/${id}/performance.mid`;
   $("roll").src = `/api/take/${sid}/${id}/roll.png`;
   $("curves").src = `/api/take/${sid}/${id}/curves.png${version}`;
