@@ -121,6 +121,18 @@ def declared_entities(path: str) -> List[str]:
         return []  # partitura says why
 
 
+def _unpacked_bytes(path: str) -> int:
+    """The unpacked size an .mxl (zip) declares for its files; zipfile reads no member past its declared
+    size, so this bounds what unpacking it costs (0 when it is no zip: partitura then says why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return 0
+
+
 def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
     """MusicXML -> ScoreNotes; ``markings`` adds the notes' MusicXML markings (cached on disk). A file that
     declares XML entities is refused (:func:`declared_entities`)."""
@@ -128,6 +140,8 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
 
     if Path(path).stat().st_size > MAX_XML_BYTES:
         raise ScoreReadError(f"file larger than {MAX_XML_BYTES // 2**20} MiB")
+    if Path(path).suffix.lower() == ".mxl" and _unpacked_bytes(path) > MAX_XML_BYTES:
+        raise ScoreReadError(f"compressed MusicXML of more than {MAX_XML_BYTES // 2**20} MiB unpacked")
     entities = declared_entities(path)
     if entities:
         raise ScoreReadError(f"declares XML entities ({', '.join(entities[:3])}): refused, a score needs none")

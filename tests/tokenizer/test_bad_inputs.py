@@ -95,3 +95,16 @@ def test_scores_declaring_entities_are_refused_before_parsing(name, compressed, 
         load_score(str(path))
     for clean in sorted((VIENNA / "musicxml").glob("*.musicxml")):
         assert declared_entities(str(clean)) == []
+
+
+def test_compressed_musicxml_that_unpacks_too_large_is_refused(tmp_path):
+    import zipfile
+
+    from instruct_tokenizer.scorefile import MAX_XML_BYTES, ScoreReadError, load_score
+
+    path = tmp_path / "bomb.mxl"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("score.xml", b"<a>" + b" " * (MAX_XML_BYTES + 1) + b"</a>")
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(ScoreReadError, match="MiB unpacked"):
+        load_score(str(path))
