@@ -267,3 +267,18 @@ def test_serve_subcommand_help_and_bad_checkpoint(tmp_path):
     assert e.value.code == 0
     code, err = stderr_of(main, ["serve", "--checkpoint", tmp_path / "missing.pt"])
     assert code == 1 and err.strip().splitlines() == [f"instruct-render serve: error: {tmp_path / 'missing.pt'}: checkpoint not found"]
+
+
+def test_settings_reach_the_renderer(client, short_score):
+    """Expected value and the decoding rules load the renderer with those rules; the take says so."""
+    studio, c = client
+    sid = open_short(c, short_score)["id"]
+    settings = {"seed": 2, "expected_value": True, "tempo_band": 0, "min_key_down_ms": 40, "keep_unisons": True}
+    take = wait(c, c.post("/api/render", json={"session": sid, "settings": settings}).json())["take"]
+    assert "expected value" in take["label"] and "min_key_down_ms=40.0" in take["label"]
+    assert take["notes_played"] == 73, "keep_unisons: both notes of the unison are played"
+    from museformer.serve.studio import Settings
+
+    r = studio.renderer(Settings.from_json(settings))
+    assert (r.args.type_temperature, r.args.tempo_band, r.args.min_key_down_ms, r.args.unisons_once) == \
+        ("Tempo=mean,Vel=mean", 0.0, 40.0, False)
