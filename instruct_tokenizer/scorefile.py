@@ -1,7 +1,8 @@
 """Score files for rendering: score MIDI (miditoolkit) and MusicXML (partitura) -> :class:`ScoreNotes`.
 
 MusicXML is parsed by partitura, whose reader uses lxml with ``resolve_entities=False`` (no external
-entities, no expansion bombs), and a file whose DOCTYPE declares entities is refused before that; repeats are unfolded as a performer plays them unless
+entities, no expansion bombs); a file whose DOCTYPE declares entities, or an .mxl that unpacks to more than
+``MAX_XML_BYTES``, is refused before that. Repeats are unfolded as a performer plays them unless
 ``unfold_repeats=False``. Score MIDI carries no staff: the first two instrument tracks are staff 1/2 when
 present, else notes at or above middle C are staff 1. Score time in quarter notes.
 """

@@ -142,8 +142,8 @@ def main() -> int:
         outside = [k for k in range(n) if not first - 1 <= k < last]
         same = sum(bars1[k] == bars2[k] for k in outside)
         inside = sum(bars1[k] != bars2[k] for k in range(first - 1, last))
-        print(f"passage bars {first}-{last}, {a.style}, seed {a.seed + 1} {extra or ''}: {take2['render_s']:.1f} s; bars outside "
-              f"token-identical {same}/{len(outside)}; bars inside changed {inside}/{last - first + 1}")
+        print(f"passage bars {first}-{last}, {a.style}, seed {a.seed + 1} {extra or ''}: {take2['render_s']:.1f} s; "
+              f"bars outside token-identical {same}/{len(outside)}; bars inside changed {inside}/{last - first + 1}")
         score = studio.session(sid).score_tokens
         perfs = [[t for b in bars for t in b] for bars in (bars1, bars2)]
         for k, perf in enumerate(perfs):

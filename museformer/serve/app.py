@@ -29,10 +29,11 @@ def create_app(studio, allowed_hosts: Sequence[str] = ("127.0.0.1", "localhost",
     """The Starlette application serving ``studio`` (a :class:`studio.Studio`)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -178,8 +179,10 @@ def create_app(studio, allowed_hosts: Sequence[str] = ("127.0.0.1", "localhost",
         logger.exception("request failed: %s", request.url.path)
         return error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 500)
 
-    async def not_found(request: Request, exc):
-        return error(f"not found: {request.url.path}", 404)
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return error(f"not found: {request.url.path}", 404)
+        return error(f"{request.method} {request.url.path}: {exc.detail}", exc.status_code)
 
     take_routes = [
         Route("/api/take/{sid}/{tid:int}/performance.mid", midi),
@@ -206,7 +209,7 @@ def create_app(studio, allowed_hosts: Sequence[str] = ("127.0.0.1", "localhost",
     ]
     hosts = list(allowed_hosts)
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
-                    exception_handlers={StudioError: on_studio_error, Exception: on_error, 404: not_found},
+                    exception_handlers={StudioError: on_studio_error, HTTPException: http_error, Exception: on_error},
                     max_body_size=studio.max_upload_bytes + 2 ** 20)
     app.state.studio = studio
     return app
@@ -223,11 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 serves the network, "
                         "with no login)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model file (.pt; default: the released model)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                   help="model file (.pt; default: the released model)")
     p.add_argument("--data", default=None, help="fairseq data dir with dict.*.txt (for training checkpoints)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest score file accepted (MiB, default 20)")
     p.add_argument("--soundfont", default=None,
-                   help="General MIDI soundfont (.sf2/.sf3; default: $INSTRUCT_SOUNDFONT, else Debian's FluidR3 or TimGM6mb)")
+                   help="General MIDI soundfont (.sf2/.sf3; default: $INSTRUCT_SOUNDFONT, else Debian's FluidR3 or "
+                        "TimGM6mb)")
     return p
 
 

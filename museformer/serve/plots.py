@@ -130,7 +130,6 @@ def piano_roll(score_tokens: Sequence[str], perf_tokens: Sequence[str], path: Pa
     from matplotlib.colors import Normalize
 
     perf = decode_performance(score_tokens, perf_tokens)
-    tl = perf.timeline
     idx = np.nonzero(perf.played)[0]
     on, off = perf.onset_s[idx], np.maximum(perf.offset_s[idx], perf.onset_s[idx] + 0.02)
     pitch, vel = perf.pitch[idx], perf.velocity[idx]

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -124,7 +124,8 @@ class Settings:
 
     def rules(self) -> Dict[str, Any]:
         """Keyword arguments of ``Renderer.from_checkpoint``: the decoding rules."""
-        return dict(allow_deletions=self.allow_deletions, type_temperature=EXPECTED_VALUE if self.expected_value else "",
+        return dict(allow_deletions=self.allow_deletions,
+                    type_temperature=EXPECTED_VALUE if self.expected_value else "",
                     min_key_down_ms=self.min_key_down_ms, unisons_once=not self.keep_unisons,
                     tempo_band=self.tempo_band, tempo_anchor=self.tempo_anchor, fermata_hold=self.fermata_hold,
                     dynamics_band=self.dynamics_band)
@@ -142,7 +143,8 @@ class Settings:
         if self.expected_value:
             parts.append("expected value")
         parts += [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                  if f.name not in ("style", "seed", "expected_value") and getattr(self, f.name) != getattr(default, f.name)]
+                  if f.name not in ("style", "seed", "expected_value")
+                  and getattr(self, f.name) != getattr(default, f.name)]
         return ", ".join(parts)
 
 
@@ -260,7 +262,8 @@ class Studio:
     def info(self) -> Dict[str, Any]:
         features = self.renderer().score_features
         return {"checkpoint": Path(self.checkpoint).name, "features": features,
-                "style": {k: list(V.INSTRUCT_LEVELS[t]) for k, t in V.STYLE_KEYS.items()} if features["instruct"] else {},
+                "style": ({k: list(V.INSTRUCT_LEVELS[t]) for k, t in V.STYLE_KEYS.items()}
+                          if features["instruct"] else {}),
                 "defaults": Settings().to_json(), "audio": self.synth.missing is None,
                 "audio_missing": self.synth.missing, "max_upload_bytes": self.max_upload_bytes,
                 "suffixes": SCORE_SUFFIXES, "examples": self.example_names()}
@@ -440,7 +443,8 @@ class Studio:
                 job.error, job.state = str(e), "error"
             except Exception as e:  # a bug: the page gets one line, the log the traceback
                 logger.exception("render job failed")
-                job.error, job.state = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "error"
+                first_line = str(e).splitlines()[0] if str(e) else ""
+                job.error, job.state = f"internal error: {type(e).__name__}: {first_line}", "error"
             finally:
                 job.finished = time.time()
 

@@ -237,6 +237,7 @@ def test_unknown_session_take_or_job_is_404(client, short_score):
     assert c.get(f"/api/take/{sid}/7/roll.png").json()["error"] == "no take 7 in this session"
     assert c.get("/api/job/nope").status_code == 404
     assert c.get("/nothing/here").json()["error"] == "not found: /nothing/here"
+    assert c.get("/api/open").json()["error"] == "GET /api/open: Method Not Allowed"
 
 
 def test_old_sessions_are_evicted_with_their_files(tmp_path, short_score):
@@ -266,7 +267,8 @@ def test_serve_subcommand_help_and_bad_checkpoint(tmp_path):
         main(["serve", "--help"])
     assert e.value.code == 0
     code, err = stderr_of(main, ["serve", "--checkpoint", tmp_path / "missing.pt"])
-    assert code == 1 and err.strip().splitlines() == [f"instruct-render serve: error: {tmp_path / 'missing.pt'}: checkpoint not found"]
+    expected = f"instruct-render serve: error: {tmp_path / 'missing.pt'}: checkpoint not found"
+    assert code == 1 and err.strip().splitlines() == [expected]
 
 
 def test_settings_reach_the_renderer(client, short_score):

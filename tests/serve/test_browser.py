@@ -132,7 +132,8 @@ def test_render_listen_steer_download(server, tmp_path):
                 "xxe.musicxml: declares XML entities (xxe): refused"),
                ("huge.mid", b"\0" * (21 * 2 ** 20), "huge.mid: file larger than 20 MiB")]
         for name, data, reason in bad:
-            page.set_input_files("#file", files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
+            upload = {"name": name, "mimeType": "application/octet-stream", "buffer": data}
+            page.set_input_files("#file", files=[upload])
             text = _message(page)
             assert text.startswith(reason) and "\n" not in text, text
             assert "error" in page.get_attribute("#message", "class")
