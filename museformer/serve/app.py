@@ -256,8 +256,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     studio = Studio(args.checkpoint, args.data, synth=Synth.find(soundfont=args.soundfont), examples=examples,
                     max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
-    # the markings of uploaded MusicXML are cached with the server's other files, deleted when it stops
-    os.environ["INSTRUCT_TOKENIZER_CACHE"] = str(studio.root / "cache")
     try:
         studio.renderer()  # load the model now: a bad checkpoint is an error line, not a broken page
     except (RenderError, StudioError) as e:
@@ -275,8 +273,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"instruct-render serve: open http://{shown}:{args.port}/ (Ctrl-C stops; temporary files in {studio.root})",
           flush=True)
+    # the markings of uploaded MusicXML are cached with the server's other files, deleted when it stops
+    cache_before = os.environ.get("INSTRUCT_TOKENIZER_CACHE")
+    os.environ["INSTRUCT_TOKENIZER_CACHE"] = str(studio.root / "cache")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        if cache_before is None:
+            os.environ.pop("INSTRUCT_TOKENIZER_CACHE", None)
+        else:
+            os.environ["INSTRUCT_TOKENIZER_CACHE"] = cache_before
         studio.shutdown()
     return 0

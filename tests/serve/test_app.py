@@ -1,4 +1,5 @@
 """The web page's endpoints (museformer/serve/app.py) in-process, with the released model on a short score."""
+import os
 import re
 import time
 from pathlib import Path
@@ -269,6 +270,7 @@ def test_serve_subcommand_help_and_bad_checkpoint(tmp_path):
     code, err = stderr_of(main, ["serve", "--checkpoint", tmp_path / "missing.pt"])
     expected = f"instruct-render serve: error: {tmp_path / 'missing.pt'}: checkpoint not found"
     assert code == 1 and err.strip().splitlines() == [expected]
+    assert "instruct-serve-" not in os.environ.get("INSTRUCT_TOKENIZER_CACHE", ""), "no setting outlives main"
 
 
 def test_settings_reach_the_renderer(client, short_score):
