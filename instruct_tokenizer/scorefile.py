@@ -1,7 +1,8 @@
 """Score files for rendering: score MIDI (miditoolkit) and MusicXML (partitura) -> :class:`ScoreNotes`.
 
 MusicXML is parsed by partitura, whose reader uses lxml with ``resolve_entities=False`` (no external
-entities, no expansion bombs); repeats are unfolded as a performer plays them unless
+entities, no expansion bombs); a file whose DOCTYPE declares entities, or an .mxl that unpacks to more than
+``MAX_XML_BYTES``, is refused before that. Repeats are unfolded as a performer plays them unless
 ``unfold_repeats=False``. Score MIDI carries no staff: the first two instrument tracks are staff 1/2 when
 present, else notes at or above middle C are staff 1. Score time in quarter notes.
 """
@@ -85,12 +86,66 @@ def load_score_midi(path: str) -> ScoreNotes:
                      tempo_changes=tempo_changes)
 
 
+def _entities_of(stream) -> List[str]:
+    """The entities that an XML document's internal DTD subset declares (read up to the root element,
+    with entity resolution, DTD loading and network access off); [] when the prolog does not parse (the
+    full parse then says why)."""
+    from lxml import etree
+
+    try:
+        for _, element in etree.iterparse(stream, events=("start",), resolve_entities=False, load_dtd=False,
+                                          no_network=True):
+            dtd = element.getroottree().docinfo.internalDTD
+            return [e.name for e in dtd.iterentities()] if dtd is not None else []
+    except etree.LxmlError:
+        return []
+    return []
+
+
+def declared_entities(path: str) -> List[str]:
+    """The entities a MusicXML file (or each XML document of a compressed .mxl) declares. A score needs
+    none: a declaration is how external-entity and expansion attacks start, so such files are refused."""
+    import zipfile
+
+    if Path(path).suffix.lower() != ".mxl":
+        with open(path, "rb") as f:
+            return _entities_of(f)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.lower().endswith((".xml", ".musicxml"))]
+            found: List[str] = []
+            for name in names:
+                with z.open(name) as f:
+                    found += _entities_of(f)
+            return found
+    except (zipfile.BadZipFile, OSError):
+        return []  # partitura says why
+
+
+def _unpacked_bytes(path: str) -> int:
+    """The unpacked size an .mxl (zip) declares for its files; zipfile reads no member past its declared
+    size, so this bounds what unpacking it costs (0 when it is no zip: partitura then says why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return 0
+
+
 def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
-    """MusicXML -> ScoreNotes; ``markings`` adds the notes' MusicXML markings (cached on disk)."""
+    """MusicXML -> ScoreNotes; ``markings`` adds the notes' MusicXML markings (cached on disk). A file that
+    declares XML entities is refused (:func:`declared_entities`)."""
     import partitura as pt
 
     if Path(path).stat().st_size > MAX_XML_BYTES:
         raise ScoreReadError(f"file larger than {MAX_XML_BYTES // 2**20} MiB")
+    if Path(path).suffix.lower() == ".mxl" and _unpacked_bytes(path) > MAX_XML_BYTES:
+        raise ScoreReadError(f"compressed MusicXML of more than {MAX_XML_BYTES // 2**20} MiB unpacked")
+    entities = declared_entities(path)
+    if entities:
+        raise ScoreReadError(f"declares XML entities ({', '.join(entities[:3])}): refused, a score needs none")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # partitura warns about every dangling slur

@@ -376,7 +376,10 @@ def parse_style(text: Optional[str]) -> Dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="instruct-render", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="instruct-render", description=__doc__.splitlines()[0],
+                                epilog="instruct-render serve [--port N] [--host H] [--checkpoint PT]: a local web "
+                                       "page to render a score, hear it, see it and re-render a passage "
+                                       "(instruct-render serve --help)")
     p.add_argument("score", help="MusicXML (.musicxml/.xml/.mxl) or score MIDI (.mid) file")
     p.add_argument("-o", "--output", required=True, help="output performance MIDI path")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model file (.pt)")
@@ -434,6 +437,11 @@ def render_file(args: argparse.Namespace) -> List[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # instruct-render serve [--port N]: the web page (museformer/serve)
+        from .serve.app import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from instruct_tokenizer.scorefile import ScoreReadError

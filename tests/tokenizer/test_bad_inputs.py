@@ -72,3 +72,39 @@ def test_entity_bomb_memory_is_bounded():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip().splitlines()[-1]) < 1_500_000  # KiB: no billion-laughs expansion
+
+
+@pytest.mark.parametrize("name", ["xxe.musicxml", "bomb.musicxml"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_scores_declaring_entities_are_refused_before_parsing(name, compressed, tmp_path):
+    """A DOCTYPE that declares entities (external-entity and expansion attacks start so; no real score
+    does: none of the (n)ASAP and Vienna MusicXML files) is refused with one line, also inside an .mxl."""
+    import zipfile
+
+    from instruct_tokenizer.scorefile import ScoreReadError, declared_entities, load_score
+
+    path = BAD / name
+    if compressed:
+        path = tmp_path / (Path(name).stem + ".mxl")
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("META-INF/container.xml", '<?xml version="1.0"?><container><rootfiles>'
+                       f'<rootfile full-path="{name}"/></rootfiles></container>')
+            z.write(BAD / name, name)
+    assert declared_entities(str(path))
+    with pytest.raises(ScoreReadError, match=r"declares XML entities \(.*\): refused, a score needs none"):
+        load_score(str(path))
+    for clean in sorted((VIENNA / "musicxml").glob("*.musicxml")):
+        assert declared_entities(str(clean)) == []
+
+
+def test_compressed_musicxml_that_unpacks_too_large_is_refused(tmp_path):
+    import zipfile
+
+    from instruct_tokenizer.scorefile import MAX_XML_BYTES, ScoreReadError, load_score
+
+    path = tmp_path / "bomb.mxl"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("score.xml", b"<a>" + b" " * (MAX_XML_BYTES + 1) + b"</a>")
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(ScoreReadError, match="MiB unpacked"):
+        load_score(str(path))

@@ -1,0 +1,91 @@
+"""Tempo out of (n)ASAP: the released model on Vienna 4x22's Mozart K331/1 and Schubert D783/15 (not among
+(n)ASAP's pieces, 22 pianists each), from the MusicXML markings, against every pianist: the rendering's
+tempo level over the pianist's (performed quarters per minute, time-weighted) and the beat-tempo r
+(``metrics.beat_log_tempo`` per note, Pearson), per seed, with and without the notated-tempo estimate.
+
+The score tokens are those of the match files (as ``instruct-eval`` uses them, so that every pianist's
+notes line up with the rendering's), the instruct prefix all "mid"; the notated tempo is the MusicXML's
+mark where it states one, else ``instruct_tokenizer.tempo_infer``'s estimate, or 120 (``--no-estimate``,
+what the renderer did before).
+
+    python scripts/vienna_tempo.py outputs/tempo_fit/vienna --seeds 0 1 2
+(the folder: ``instruct-tokenize build ../shared/datasets/vienna4x22/match --split 1,0,0 --max-tokens 4096
+--overlap-bars 0 --instruct --notated-tempo --xml-markings``)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from fit_tempo import human_qpm  # noqa: E402
+from instruct_tokenizer.encode import style_prefix  # noqa: E402
+from instruct_tokenizer.metrics import pearson, per_note_features  # noqa: E402
+from instruct_tokenizer.tempo_infer import notated_tempo, with_qpm  # noqa: E402
+
+PIECES = ("Mozart_K331_1st-mov", "Schubert_D783_no15")
+
+
+def pianists(tok_dir: Path) -> dict:
+    """piece title -> [(performer, score tokens without the prefix, perf tokens)] (whole performances)."""
+    rows = [json.loads(x) for x in (tok_dir / "manifest.jsonl").read_text().splitlines()]
+    score = (tok_dir / "train.score").read_text().splitlines()
+    perf = (tok_dir / "train.perf").read_text().splitlines()
+    by_source: dict = {}
+    for m in rows:
+        if m["title"] not in PIECES or m.get("augment"):
+            continue
+        s, p = score[m["line"]].split()[len(m["prefix"]):], perf[m["line"]].split()
+        title, performer, old_s, old_p = by_source.get(m["source"], (m["title"], m["performer"], [], []))
+        by_source[m["source"]] = (title, performer, old_s + s, old_p + p)
+    out = defaultdict(list)
+    for title, performer, s, p in by_source.values():
+        out[title].append((performer, s, p))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("tokens", type=Path, help="the Vienna 4x22 build (all performances in train)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-estimate", action="store_true", help="120 where the score states no tempo")
+    a = ap.parse_args()
+    from museformer import Renderer, Sampling
+
+    renderer = Renderer.load(threads=2)
+    print("| piece | notated tempo | seed | level / pianist: median (range) | beat-tempo r: mean (range) |")
+    print("|---|---|---|---|---|")
+    for title, perfs in pianists(a.tokens).items():
+        _, score, _ = perfs[0]
+        est = notated_tempo(score, override=120.0 if a.no_estimate and notated_tempo(score).source != "mark" else None)
+        tokens = style_prefix({}) + with_qpm(score, est.qpm)
+        for seed in a.seeds:
+            rendered = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
+            body = rendered
+            mine_q = human_qpm(score, body)
+            mine = per_note_features(score, body)
+            levels, rs = [], []
+            for performer, s, p in tqdm(perfs, desc=f"{title} seed {seed}", unit="pianist", leave=False):
+                if s != score:  # a pianist whose match gives other score notes: not comparable note by note
+                    continue
+                levels.append(mine_q / human_qpm(s, p))
+                rs.append(pearson(mine["beat_tempo"], per_note_features(s, p)["beat_tempo"]))
+            lv, r = np.array(levels), np.array(rs)
+            print(f"| {title} ({len(lv)} pianists) | {est.qpm:.0f} ({est.source}) | {seed} | "
+                  f"{np.median(lv):.2f} ({lv.min():.2f}-{lv.max():.2f}) | {np.nanmean(r):.3f} "
+                  f"({np.nanmin(r):.2f} to {np.nanmax(r):.2f}) |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
