@@ -10,9 +10,10 @@ from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
 from . import pattern
-from .backends import get_backend, step_attend
+from .backends import get_backend
 from .constants import BAR_TOKEN
 from .embeddings import MAX_IN_BAR, Embedder, Layout, bar_indices, in_bar_index, make_plan
+from .incremental import DecoderState
 from .layers import DecoderLayer
 from .warmstart import fill_missing_zero_linear, grow_rows, zero_linear
 
@@ -106,92 +107,118 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 
     # ------------------------------------------------------------------ incremental decoding
     def forward_incremental(self, prev_output_tokens: Tensor, encoder_out: Dict, incremental_state: Dict):
-        """One generation step: embeds the newest token (and, when it opens a bar, the summary of the
-        bar just closed), attends against the per-layer caches, returns logits for the newest token."""
-        state = self.get_incremental_state(incremental_state, "fc") or self.init_state(prev_output_tokens)
+        """fairseq's generation step (``SequenceGenerator``): the network's :meth:`step` on the newest
+        token, then the decoding rules (their state kept with the decoder's). The lean sampling loop
+        (``museformer.sampler``) calls :meth:`step` and the rules itself."""
+        state = self.get_incremental_state(incremental_state, "fc")
+        if state is None:
+            state = self.start_state(prev_output_tokens.shape[0], encoder_out)
+            self.set_incremental_state(incremental_state, "fc", state)
         tok = prev_output_tokens[:, -1:]  # (B, 1)
-        b = tok.shape[0]
         step = prev_output_tokens.shape[1] - 1
         table = encoder_out.get("decode")  # the rules' SlotTable (constrained generation) or None
         if table is not None:
-            if "rules" not in state:
-                state["rules"] = self.rules.init_state(table)
-            self.rules.update(state["rules"], tok[:, 0], step, table)
-        is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
-        new_bar = state["bar"] + is_bar.long()  # (B,)
-        in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
-        pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)
-        x_tok = self.embed.content(tok, pos, new_bar.unsqueeze(1), in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1))
-        aligned = self.aligned_source(encoder_out, pos[0])  # (B, 1, C) or None, as in teacher forcing
-        if aligned is not None:
-            x_tok = x_tok + aligned
+            if state.rules is None:
+                state.rules = self.rules.init_state(table)
+            self.rules.update(state.rules, tok[:, 0], step, table)
+        logits = self.step(tok, step, encoder_out, state)
+        if table is not None:
+            logits = self.rules(logits, state.rules, table, step)
+        return logits, {"attn": [None], "inner_states": None}
+
+    def start_state(self, batch: int, encoder_out: Dict) -> DecoderState:
+        """An empty :class:`DecoderState` with room for the whole generation: every slot of the rules'
+        table (when constrained) and the summaries of every score bar; 64 keys (then doubling) otherwise."""
+        enc = encoder_out["enc"]
+        table = encoder_out.get("decode")
+        steps = table["slots"].shape[1] + 1 if table is not None else 64  # the start token + slots + EOS
+        summaries = (encoder_out["layout"].nb + 1) * self.args.summary_tokens
+        return DecoderState(batch, enc.device, len(self.layers), enc.shape[-1], steps + summaries)
+
+    def step(self, tok: Tensor, step: int, encoder_out: Dict, state: DecoderState) -> Tensor:
+        """The network alone, one generation step: (B, 1) newest token ids at decoder position ``step``
+        -> (B, 1, V) logits of the next token. Embeds the token (and, when it opens a bar, the summaries
+        of the bar just closed) and attends against the layer caches. The masks come from ``pattern``
+        whenever a row opens a bar; within a bar the newest token's self-attention mask is the previous
+        token's plus its own key, and its cross-attention mask the previous token's."""
+        is_bar = tok[:, 0].eq(self.bar_idx)  # (B,)
+        if step == 0 or bool(is_bar.any()):
+            x, self_blocked, cross_blocked = self._step_inputs_new_bar(tok, step, is_bar, encoder_out, state)
+        else:
+            x, self_blocked, cross_blocked = self._step_inputs_same_bar(tok, step, encoder_out, state)
+        for layer, cache in zip(self.layers, state.caches):
+            x = layer.forward_step(x, encoder_out["enc"], cache, self_blocked, cross_blocked)
+        return self.out(self.ln(x[:, -1:]))  # (B, 1, V)
+
+    def _embed_step(self, tok: Tensor, step: int, bar: Tensor, in_bar: Tensor, encoder_out: Dict,
+                    state: DecoderState) -> Tensor:
+        """(B, 1, C) embedding of the newest token: its content and, with ``--align-source``, its score
+        token (the style vector is added by the caller, after the summaries join)."""
+        x = self.embed.content_at(tok, state.position(step), bar.unsqueeze(1),
+                                  in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1))  # (B, 1, C)
+        aligned = self.aligned_source(encoder_out, torch.tensor([step], device=tok.device))  # (B, 1, C) or None
+        return x if aligned is None else x + aligned
+
+    def _step_inputs_same_bar(self, tok: Tensor, step: int, encoder_out: Dict, state: DecoderState):
+        """No row opens a bar: the token's key is appended and unblocked in the previous token's masks."""
+        state.in_bar = state.in_bar + 1
+        x = self._embed_step(tok, step, state.bar, state.in_bar, encoder_out, state)
+        if "style" in encoder_out:
+            x = x + encoder_out["style"]  # (B, 1, C), as in teacher forcing
+        key = state.length
+        state.put_content_key(state.bar, step)
+        state.self_blocked[:, key] = False
+        return x, state.self_blocked[:, :key + 1].view(-1, 1, 1, key + 1), state.cross_blocked
+
+    def _step_inputs_new_bar(self, tok: Tensor, step: int, is_bar: Tensor, encoder_out: Dict,
+                             state: DecoderState):
+        """Some row opens a bar (or the first step): the summaries of the bars just closed are embedded
+        as extra queries (rows not closing one get a masked dummy), and both masks are rebuilt."""
+        b = tok.shape[0]
+        new_bar = state.bar + is_bar.long()  # (B,)
+        in_bar = torch.where(is_bar, torch.zeros_like(state.in_bar), state.in_bar + 1)  # (B,)
+        x_tok = self._embed_step(tok, step, new_bar, in_bar, encoder_out, state)
         rows = [x_tok]
+        pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)  # (B, 1)
         q_bar, q_sum, q_pos = [new_bar.unsqueeze(1)], [torch.zeros_like(tok, dtype=torch.bool)], [pos]
+        q_ok = [torch.ones_like(tok, dtype=torch.bool)]
         closes = is_bar & (step > 0)  # (B,) rows whose previous bar just closed
         n_s = self.args.summary_tokens
-        q_ok = [torch.ones_like(tok, dtype=torch.bool)]
         closing = bool(closes.any())
         if closing:  # summaries of the bar that just closed, computed now, through every layer
-            sum_bar = state["bar"].unsqueeze(1).expand(b, n_s)  # (B, S)
-            sum_pos = state["next_sum_pos"] + torch.arange(n_s, device=tok.device).expand(b, -1)
+            sum_bar = state.bar.unsqueeze(1).expand(b, n_s)  # (B, S)
+            sum_pos = state.next_sum_pos + torch.arange(n_s, device=tok.device).expand(b, -1)  # (B, S)
             rows.insert(0, self.embed.summaries(sum_bar))
             q_bar.insert(0, sum_bar)
             q_sum.insert(0, torch.ones_like(sum_bar, dtype=torch.bool))
             q_pos.insert(0, sum_pos)
             q_ok.insert(0, closes.unsqueeze(1).expand(b, n_s))  # rows not closing: an unused dummy
+            state.next_sum_pos += n_s
         x = torch.cat(rows, dim=1)  # (B, n_new, C)
         if "style" in encoder_out:
             x = x + encoder_out["style"]  # (B, 1, C), as in teacher forcing
-        qb, qs, qp = torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1)
-        qv = torch.cat(q_ok, 1)
-        kb = torch.cat([state["k_bar"], qb], 1)
-        ks = torch.cat([state["k_sum"], qs], 1)
-        kp = torch.cat([state["k_pos"], qp], 1)
-        kv = torch.cat([state["k_ok"], qv], 1)
+        qb, qs, qp = torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1)  # (B, n_new)
+        state.put_keys(qb, qs, qp, torch.cat(q_ok, 1))
+        kb, ks, kp, kv = state.keys()  # (B, L)
         m = pattern.decoder_mask(qb, qs, qp, kb, ks, kp, self.args.fine_bars_list)  # (B, n_new, L)
         m = (m & kv.unsqueeze(1)) | (qp.unsqueeze(-1) == kp.unsqueeze(-2))
         enc_layout = encoder_out["layout"]
         cm = pattern.cross_mask(qb, enc_layout.bar, enc_layout.is_sum, self.args.cross_window)
-        cm = cm & enc_layout.valid.unsqueeze(1)
-        caches = state["caches"]
-        for layer, cache in zip(self.layers, caches):
-            x = layer.forward_step(x, encoder_out["enc"], cache, m, cm, step_attend)
-        logits = self.out(self.ln(x[:, -1:]))  # (B, 1, V)
-        state.update(bar=new_bar, in_bar=in_bar, k_bar=kb, k_sum=ks, k_pos=kp, k_ok=kv)
-        if closing:
-            state["next_sum_pos"] = state["next_sum_pos"] + n_s
-        self.set_incremental_state(incremental_state, "fc", state)
-        if table is not None:
-            logits = self.rules(logits, state["rules"], table, step)
-        return logits, {"attn": [None], "inner_states": None}
-
-    def init_state(self, prev_output_tokens: Tensor) -> Dict:
-        b = prev_output_tokens.shape[0]
-        dev = prev_output_tokens.device
-        empty_l = torch.zeros(b, 0, dtype=torch.long, device=dev)
-        return {"bar": torch.zeros(b, dtype=torch.long, device=dev),
-                "in_bar": torch.zeros(b, dtype=torch.long, device=dev),  # the start token is 1 past "bar -1"
-                "k_bar": empty_l, "k_sum": empty_l.bool(), "k_pos": empty_l, "k_ok": empty_l.bool(),
-                "next_sum_pos": torch.full((b, 1), 1 << 40, dtype=torch.long, device=dev),
-                "caches": [{} for _ in self.layers]}
+        cm = cm & enc_layout.valid.unsqueeze(1)  # (B, n_new, S)
+        self_blocked, cross_blocked = ~m.unsqueeze(1), ~cm.unsqueeze(1)  # (B, 1, n_new, L), (B, 1, n_new, S)
+        state.self_blocked[:, :state.length] = self_blocked[:, 0, -1]  # the token's rows, kept for the bar
+        state.cross_blocked = cross_blocked[:, :, -1:]  # (B, 1, 1, S)
+        state.bar, state.in_bar = new_bar, in_bar
+        return x, self_blocked, cross_blocked
 
     def reorder_incremental_state(self, incremental_state: Dict, new_order: Tensor) -> None:
         state = self.get_incremental_state(incremental_state, "fc")
         if state is None:
             return
-        if new_order.numel() == state["bar"].numel() and torch.equal(
+        if new_order.numel() == state.bar.numel() and torch.equal(
                 new_order, torch.arange(new_order.numel(), device=new_order.device)):
             return  # identity (greedy/sampling): nothing to move
-        for key, value in list(state.items()):
-            if torch.is_tensor(value):
-                state[key] = value.index_select(0, new_order)
-        if "rules" in state:
-            state["rules"].reorder(new_order)  # the decoding rules' state, as one object
-        for cache in state["caches"]:
-            for key, value in list(cache.items()):
-                if torch.is_tensor(value):
-                    cache[key] = value.index_select(0, new_order)
-        self.set_incremental_state(incremental_state, "fc", state)
+        state.reorder(new_order)  # the decoding rules' state with it, as one object
 
     def max_positions(self) -> int:
         return self.args.max_target_positions

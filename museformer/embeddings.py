@@ -112,7 +112,13 @@ class Embedder(nn.Module):
         nn.init.normal_(self.summary.weight, std=dim ** -0.5)
 
     def content(self, tokens: Tensor, positions: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
-        x = self.scale * self.tokens(tokens) + sinusoid(positions, self.dim).to(self.bar.weight.dtype)
+        """(B, T) tokens, positions, bars and in-bar offsets -> (B, T, C) content embeddings."""
+        return self.content_at(tokens, sinusoid(positions, self.dim), bar, in_bar)
+
+    def content_at(self, tokens: Tensor, position: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
+        """:meth:`content` with the sinusoidal position embedding given: (B, T, C), or (C,) for one
+        position shared by the batch (an incremental step's)."""
+        x = self.scale * self.tokens(tokens) + position.to(self.bar.weight.dtype)
         x = x + self.bar(bar.clamp(max=self.max_bars - 1)) + self.in_bar(in_bar)
         return F.dropout(x, self.dropout, self.training)
 
