@@ -42,7 +42,12 @@ def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
 
 def at_step(table: Tensor, step: int) -> Tensor:
     """(B, W) per-slot tensor -> (B,) its column for ``step`` (the last column past the end)."""
-    return table[:, min(step, table.shape[1] - 1)]
+    return table[:, column(table, step)]
+
+
+def column(table: Tensor, step: int) -> int:
+    """The column of a (B, W) per-slot tensor for ``step`` (the last column past the end)."""
+    return min(step, table.shape[1] - 1)
 
 
 def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
@@ -62,12 +67,33 @@ def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
     return out
 
 
+ACTIVE_TESTS = {"finite": torch.isfinite, "positive": lambda t: torch.isfinite(t) & (t > 0), "true": lambda t: t}
+
+
 class SlotTable(dict):
     """What the rules prepared from a batch of scores: name -> tensor whose first dimension is the batch
     (per-slot tables (B, W), per-row values (B,), prior states (B, 4)). It reorders as one object."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._active: Dict[tuple, List[bool]] = {}
+
     def select(self, order: Tensor) -> "SlotTable":
         return SlotTable({k: v.index_select(0, order) for k, v in self.items()})
+
+    def active(self, name: str, kind: str = "finite") -> List[bool]:
+        """Per column of the (B, W) table ``name``: whether any row holds there what a rule acts on
+        ("finite": a finite number, "positive": a finite number > 0, "true": True). A rule skips the
+        steps where no row does, where its arithmetic would leave every row as it is (computed once per
+        table: a Python list, so that the test costs no tensor operation per step)."""
+        key = (name, kind)
+        if key not in self._active:
+            self._active[key] = ACTIVE_TESTS[kind](self[name]).any(0).tolist()
+        return self._active[key]
+
+    def acts(self, name: str, step: int, kind: str = "finite") -> bool:
+        """Whether any row's entry of table ``name`` at ``step``'s column is one a rule acts on."""
+        return self.active(name, kind)[column(self[name], step)]
 
 
 class DecodeState(dict):
@@ -134,6 +160,7 @@ class GrammarMask(DecodeRule):
             if d.index(token) != d.unk():
                 table[:, d.index(token)] = False
         self.table = table  # (types, V)
+        self.blocked = ~table  # (types, V)
 
     def prepare(self, rows, device, priors):
         eos = self.tables.type_id[EOS_TYPE]
@@ -141,8 +168,8 @@ class GrammarMask(DecodeRule):
         return {"slots": pad_rows(ids, eos, torch.long, device)}
 
     def __call__(self, logits, state, table, step):
-        allowed = self.table.to(logits.device)[at_step(table["slots"], step)]  # (B, V)
-        return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        blocked = self.blocked.to(logits.device)[at_step(table["slots"], step)]  # (B, V)
+        return logits.masked_fill(blocked.unsqueeze(1), float("-inf"))
 
 
 class TempoState(DecodeRule):
@@ -178,8 +205,9 @@ class TempoState(DecodeRule):
     def update(self, state, tokens, step, table):
         period = self.tables.period.to(tokens.device)[tokens]  # (B,)
         state["period"] = torch.where(torch.isfinite(period), period, state["period"])
-        if self.track_level and step > 0:  # the token just read filled slot step - 1
-            k = min(step - 1, table["slot_gap"].shape[1] - 1)
+        # the token just read filled slot step - 1; rows without a gap there keep their level
+        if self.track_level and step > 0 and table.acts("slot_gap", step - 1, "positive"):
+            k = column(table["slot_gap"], step - 1)
             state["level"] = tempo_level_update(state["level"], period, table["slot_gap"][:, k],
                                                 table["slot_scale"][:, k])
 
@@ -212,6 +240,8 @@ class KeyDownFloor(DecodeRule):
         return {"slot_q": pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, device)}
 
     def __call__(self, logits, state, table, step):
+        if not table.acts("slot_q", step):  # no row at an articulation slot
+            return logits
         return key_down_floor(logits, self.tables.value.to(logits.device), at_step(table["slot_q"], step),
                               state["period"], self.min_key_down_s)
 
@@ -234,7 +264,9 @@ class TempoBand(DecodeRule):
                                           device=device)}  # (B,)
 
     def __call__(self, logits, state, table, step):
-        k = min(step, table["slot_gap"].shape[1] - 1)
+        if not table.acts("slot_gap", step, "positive"):  # no row at a Tempo slot with a gap to weigh
+            return logits
+        k = column(table["slot_gap"], step)
         return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
                                   table["slot_gap"][:, k], table["slot_scale"][:, k], self.band_bins,
                                   self.bin_log, ref=table.get("tempo_ref"))
@@ -258,10 +290,10 @@ class FermataHold(DecodeRule):
         return {"slot_fermata": pad_rows([self.fermata_slots(r) for r in rows], False, torch.bool, device)}
 
     def __call__(self, logits, state, table, step):
-        k = min(step, table["slot_fermata"].shape[1] - 1)
-        held = table["slot_fermata"][:, k]  # (B,)
-        if not held.any():
+        if not table.acts("slot_fermata", step, "true"):
             return logits
+        k = column(table["slot_fermata"], step)
+        held = table["slot_fermata"][:, k]  # (B,)
         ref = fermata_reference_bin(state["level"], state["period"], table["slot_scale"][:, k],
                                     self.first_period, self.bin_log)  # (B,)
         return fermata_hold(logits, self.tempo_ids.to(logits.device), ref, self.lift_bins, held)
@@ -286,12 +318,15 @@ class DynamicsBand(DecodeRule):
         state["dyn"] = table["dynamics_prior"].clone()  # (B, 4)
 
     def update(self, state, tokens, step, table):
-        if step > 0:  # the token just read filled slot step - 1
-            k = min(step - 1, table["slot_dyn"].shape[1] - 1)
+        # the token just read filled slot step - 1; rows without a notated level there keep their state
+        if step > 0 and table.acts("slot_dyn", step - 1):
+            k = column(table["slot_dyn"], step - 1)
             value = self.tables.value.to(tokens.device)[tokens]  # (B,) velocity bin at a Vel slot
             state["dyn"] = dynamics_level_update(state["dyn"], value, table["slot_dyn"][:, k])
 
     def __call__(self, logits, state, table, step):
+        if not table.acts("slot_dyn", step):  # no row at a Vel slot with a notated level
+            return logits
         return dynamics_band_penalty(logits, self.tables.value.to(logits.device), state["dyn"],
                                      at_step(table["slot_dyn"], step), self.band_bins)
 
@@ -338,9 +373,9 @@ class UnisonsOnce(DecodeRule):
         return {"slot_once": pad_rows([self.slots_of(r) for r in rows], False, torch.bool, device)}
 
     def __call__(self, logits, state, table, step):
-        once = at_step(table["slot_once"], step)  # (B,)
-        if not once.any():
+        if not table.acts("slot_once", step, "true"):
             return logits
+        once = at_step(table["slot_once"], step)  # (B,)
         only = logits.masked_fill(torch.isfinite(logits), FORCEABLE_LOGIT)  # (B, 1, V)
         only[..., self.token_id] = 0.0
         return torch.where(once.view(-1, 1, 1), only, logits)
