@@ -112,15 +112,13 @@ class Embedder(nn.Module):
         nn.init.normal_(self.summary.weight, std=dim ** -0.5)
 
     def content(self, tokens: Tensor, positions: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
-        """(B, T) tokens, positions, bars and in-bar offsets -> (B, T, C) content embeddings."""
-        return self.content_at(tokens, sinusoid(positions, self.dim), bar, in_bar)
-
-    def content_at(self, tokens: Tensor, position: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
-        """:meth:`content` with the sinusoidal position embedding given: (B, T, C), or (C,) for one
-        position shared by the batch (an incremental step's)."""
-        x = self.scale * self.tokens(tokens) + position.to(self.bar.weight.dtype)
+        x = self.scale * self.tokens(tokens) + sinusoid(positions, self.dim).to(self.bar.weight.dtype)
         x = x + self.bar(bar.clamp(max=self.max_bars - 1)) + self.in_bar(in_bar)
         return F.dropout(x, self.dropout, self.training)
+
+    def step_tables(self) -> "StepTables":
+        """The tables as plain tensors for generation (:class:`StepTables`)."""
+        return StepTables(self)
 
     def summaries(self, sum_bar: Tensor) -> Tensor:
         """(B, NS) bar of each summary position -> (B, NS, C)."""
@@ -128,3 +126,21 @@ class Embedder(nn.Module):
         slot = torch.arange(sum_bar.shape[1], device=sum_bar.device) % n_summary
         return self.summary(slot).unsqueeze(0) + self.bar(sum_bar.clamp(max=self.max_bars - 1))
 
+
+
+class StepTables:
+    """An :class:`Embedder`'s tables as plain tensors (detached: the same storage), taken once per
+    generation, the token table scaled already (the same products as scaling each lookup): an op given an
+    ``nn.Parameter`` pays a ``__torch_function__`` check."""
+
+    def __init__(self, embedder: Embedder):
+        self.tokens = embedder.scale * embedder.tokens.weight.detach()  # (V, C)
+        self.bar, self.in_bar = embedder.bar.weight.detach(), embedder.in_bar.weight.detach()  # (NB, C), (NI, C)
+        self.max_bars = embedder.max_bars
+
+    def content(self, tokens: Tensor, position: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
+        """(B, 1) tokens, (C,) position embedding, (B,) bars and in-bar offsets -> (B, 1, C), as
+        :meth:`Embedder.content` in eval mode at one position."""
+        x = F.embedding(tokens, self.tokens) + position.to(self.bar.dtype)
+        x = x + F.embedding(bar.clamp(max=self.max_bars - 1).unsqueeze(1), self.bar)
+        return x + F.embedding(in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1), self.in_bar)

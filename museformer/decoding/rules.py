@@ -79,6 +79,11 @@ class SlotTable(dict):
         self._active: Dict[tuple, List[bool]] = {}
 
     def select(self, order: Tensor) -> "SlotTable":
+        """The rows ``order``; the table itself for the identity (fairseq's sampling reorders by it every
+        step), which keeps what :meth:`active` computed."""
+        rows = next(iter(self.values())).shape[0] if self else 0
+        if order.numel() == rows and torch.equal(order, torch.arange(rows, device=order.device)):
+            return self
         return SlotTable({k: v.index_select(0, order) for k, v in self.items()})
 
     def active(self, name: str, kind: str = "finite") -> List[bool]:
@@ -90,6 +95,14 @@ class SlotTable(dict):
         if key not in self._active:
             self._active[key] = ACTIVE_TESTS[kind](self[name]).any(0).tolist()
         return self._active[key]
+
+    def values_at(self, name: str, step: int) -> tuple:
+        """The distinct values of the (B, W) table ``name`` at ``step``'s column, sorted (computed once
+        per table, as :meth:`active`)."""
+        key = (name, "values")
+        if key not in self._active:
+            self._active[key] = [tuple(sorted(set(col))) for col in self[name].t().tolist()]
+        return self._active[key][column(self[name], step)]
 
     def acts(self, name: str, step: int, kind: str = "finite") -> bool:
         """Whether any row's entry of table ``name`` at ``step``'s column is one a rule acts on."""
@@ -161,6 +174,15 @@ class GrammarMask(DecodeRule):
                 table[:, d.index(token)] = False
         self.table = table  # (types, V)
         self.blocked = ~table  # (types, V)
+        self._candidates: Dict[tuple, Tensor] = {}  # type ids -> the tokens they allow
+
+    def candidates(self, table: "SlotTable", step: int) -> Tensor:
+        """(K,) the tokens any row may take at ``step``: those of the slot types of the step's column
+        (one tensor per set of types, so that the decoder can cache what it derives from it)."""
+        types = table.values_at("slots", step)
+        if types not in self._candidates:
+            self._candidates[types] = self.table[list(types)].any(0).nonzero().squeeze(1)  # (K,)
+        return self._candidates[types]
 
     def prepare(self, rows, device, priors):
         eos = self.tables.type_id[EOS_TYPE]
@@ -480,6 +502,12 @@ class DecodeRules:
         """After reading ``tokens`` (B,), the token at decoder position ``step`` (it filled slot step - 1)."""
         for rule in self.rules:
             rule.update(state, tokens, step, table)
+
+    def candidates(self, table: SlotTable, step: int) -> Tensor:
+        """(K,) the tokens the grammar lets any row take at ``step``: the only logits the rules can leave
+        finite but for the unison rule's deletion token, which it sets itself (the decoder computes no
+        others)."""
+        return self.rules[0].candidates(table, step)  # the grammar mask, always first
 
     def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int) -> Tensor:
         """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order."""
