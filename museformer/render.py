@@ -61,10 +61,22 @@ class Sampling:
     topp: float = 1.0  # 1.0: plain ancestral sampling (measured closest to human distributions)
     seed: int = 0
     greedy: bool = False
+    generator: str = "lean"  # sampling loop: "lean" (museformer.sampler) or "fairseq" (its SequenceGenerator)
 
     @property
     def sampling(self) -> bool:
         return self.beam <= 1 and not self.greedy
+
+    @property
+    def lean(self) -> bool:
+        """Whether the lean loop samples (fairseq's generator does beam search and greedy decoding, and
+        sampling when asked: the same tokens with the same seed, slower)."""
+        if self.generator not in GENERATORS:
+            raise RenderError(f"--generator: expected one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        return self.sampling and self.generator == "lean"
+
+
+GENERATORS = ("lean", "fairseq")
 
 
 def _dictionary_dir(state: dict, data_dir: Optional[str]) -> str:
@@ -269,6 +281,13 @@ class Renderer:
             for i, f in enumerate(forced):
                 if f:
                     prefix[i, : len(f)] = self.encode(f, self.tgt_dict, "overlap")
+        if sampling.lean:
+            from .sampler import sample as lean_sample
+
+            with _threads(self.threads):
+                rows = lean_sample(self.models[0], sample["net_input"], self.task.generation_rules(), prefix,
+                                   sampling.temperature, sampling.topp if sampling.topp < 1.0 else -1.0)
+            return [self.detokenize(r) for r in rows]
         gen_args = argparse.Namespace(
             beam=1 if sampling.sampling else sampling.beam, sampling=sampling.sampling,
             sampling_topk=-1, sampling_topp=sampling.topp if sampling.sampling and sampling.topp < 1.0 else -1.0,
@@ -281,8 +300,12 @@ class Renderer:
         generator = self.task.build_generator(self.models, gen_args)
         with torch.no_grad(), _threads(self.threads):
             hypos = self.task.inference_step(generator, self.models, sample, prefix_tokens=prefix)
+        return [self.detokenize(h[0]["tokens"]) for h in hypos]
+
+    def detokenize(self, ids: torch.Tensor) -> List[str]:
+        """A hypothesis' token ids -> its performance tokens (EOS left out)."""
         eos = self.tgt_dict.eos()
-        return [[self.tgt_dict[i] for i in h[0]["tokens"].tolist() if i != eos] for h in hypos]
+        return [self.tgt_dict[i] for i in ids.tolist() if i != eos]
 
     def generate(self, score_tokens: Sequence[str], forced_perf: Sequence[str], sampling: Sampling) -> List[str]:
         return self.generate_batch([score_tokens], [forced_perf], sampling)[0]
