@@ -27,15 +27,6 @@ def dense_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float
     return out.to(dtype)
 
 
-def step_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float = 0.0) -> Tensor:
-    """Incremental decoding: a few queries over the cache, with explicit float32 softmax (same function
-    as :func:`dense_attend`; cheaper than SDPA's mask handling for one query row)."""
-    dtype = q.dtype
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, n, L)
-    scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(torch.float32).min)
-    return torch.matmul(torch.softmax(scores, dim=-1), v.float()).to(dtype)  # (B, H, n, D)
-
-
 @dataclass
 class BarPlan:
     """Index tensors for the gathered per-bar attention of one layer type.

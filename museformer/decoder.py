@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
-from . import pattern
-from .backends import get_backend, step_attend
+from .backends import get_backend
 from .constants import BAR_TOKEN
-from .embeddings import MAX_IN_BAR, Embedder, Layout, bar_indices, in_bar_index, make_plan
+from .embeddings import Embedder, Layout, bar_indices, in_bar_index, make_plan
+from .incremental import DecoderState, LayerWeights, Linear, layer_step
 from .layers import DecoderLayer
 from .warmstart import fill_missing_zero_linear, grow_rows, zero_linear
 
@@ -39,6 +40,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         self.attend = get_backend(args.attention_impl)
         self.align = zero_linear(dim) if getattr(args, "align_source", False) else None
         self.rules = None  # museformer.decoding.DecodeRules, set by the model for constrained generation
+        self.compact_steps = True  # generation attends per-bar views of the keys (False: every key, the reference)
 
     def aligned_source(self, encoder_out: Dict, steps: Tensor) -> Optional[Tensor]:
         """(B, n, C) projection of the encoder output at the score token of each step's slot (the
@@ -106,92 +108,141 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
 
     # ------------------------------------------------------------------ incremental decoding
     def forward_incremental(self, prev_output_tokens: Tensor, encoder_out: Dict, incremental_state: Dict):
-        """One generation step: embeds the newest token (and, when it opens a bar, the summary of the
-        bar just closed), attends against the per-layer caches, returns logits for the newest token."""
-        state = self.get_incremental_state(incremental_state, "fc") or self.init_state(prev_output_tokens)
+        """fairseq's generation step (``SequenceGenerator``): the network's :meth:`step` on the newest
+        token, then the decoding rules (their state kept with the decoder's). The lean sampling loop
+        (``museformer.sampler``) calls :meth:`step` and the rules itself."""
+        state = self.get_incremental_state(incremental_state, "fc")
+        if state is None:
+            state = self.start_state(prev_output_tokens.shape[0], encoder_out)
+            self.set_incremental_state(incremental_state, "fc", state)
         tok = prev_output_tokens[:, -1:]  # (B, 1)
-        b = tok.shape[0]
         step = prev_output_tokens.shape[1] - 1
         table = encoder_out.get("decode")  # the rules' SlotTable (constrained generation) or None
         if table is not None:
-            if "rules" not in state:
-                state["rules"] = self.rules.init_state(table)
-            self.rules.update(state["rules"], tok[:, 0], step, table)
-        is_bar = tok.eq(self.bar_idx).squeeze(1)  # (B,)
-        new_bar = state["bar"] + is_bar.long()  # (B,)
-        in_bar = torch.where(is_bar, torch.zeros_like(state["in_bar"]), state["in_bar"] + 1)
-        pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)
-        x_tok = self.embed.content(tok, pos, new_bar.unsqueeze(1), in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1))
-        aligned = self.aligned_source(encoder_out, pos[0])  # (B, 1, C) or None, as in teacher forcing
-        if aligned is not None:
-            x_tok = x_tok + aligned
-        rows = [x_tok]
+            if state.rules is None:
+                state.rules = self.rules.init_state(table)
+            self.rules.update(state.rules, tok[:, 0], step, table)
+        candidates = self.rules.candidates(table, step) if table is not None else None
+        logits = self.step(tok, step, encoder_out, state, candidates)
+        if table is not None:
+            logits = self.rules(logits, state.rules, table, step)
+        return logits, {"attn": [None], "inner_states": None}
+
+    def start_state(self, batch: int, encoder_out: Dict) -> DecoderState:
+        """An empty :class:`DecoderState` with room for the whole generation: every slot of the rules'
+        table (when constrained) and the summaries of every score bar; 64 keys (then doubling) otherwise.
+        Its steps attend per-bar views of the keys, or every key where ``compact_steps`` is off."""
+        enc = encoder_out["enc"]
+        table = encoder_out.get("decode")
+        steps = table["slots"].shape[1] + 1 if table is not None else 64  # the start token + slots + EOS
+        summaries = (encoder_out["layout"].nb + 1) * self.args.summary_tokens
+        state = DecoderState(batch, enc.device, len(self.layers), enc.shape[-1], steps + summaries,
+                             self.compact_steps)
+        state.weights = [LayerWeights(layer) for layer in self.layers]
+        state.tables = self.embed.step_tables()
+        state.final_ln = (self.ln.normalized_shape, self.ln.weight.detach(), self.ln.bias.detach(), self.ln.eps)
+        if self.align is not None:
+            state.align = Linear(self.align)
+        return state
+
+    def step(self, tok: Tensor, step: int, encoder_out: Dict, state: DecoderState,
+             candidates: Optional[Tensor] = None) -> Tensor:
+        """The network alone, one generation step: (B, 1) newest token ids at decoder position ``step``
+        -> (B, 1, V) logits of the next token. Embeds the token (and, when it opens a bar, the summaries
+        of the bar just closed) and attends the step's views of the layer caches
+        (``museformer.incremental``): rebuilt, with their masks from ``pattern``, whenever a row opens a
+        bar; within a bar the newest token's key joins the previous token's views. ``candidates`` (K,):
+        the only tokens whose logits are wanted, the others -inf (the grammar's, ``DecodeRules.candidates``:
+        the output projection reads K of its V rows)."""
+        is_bar = tok[:, 0].eq(self.bar_idx)  # (B,)
+        if step == 0 or bool(is_bar.any()):
+            x, view = self._new_bar_inputs(tok, step, is_bar, encoder_out, state)
+        else:
+            x, view = self._same_bar_inputs(tok, step, encoder_out, state)
+        b, n, c = x.shape
+        rows = x.view(b * n, c)  # (B * n, C)
+        for weights, cache in zip(state.weights, state.caches):
+            rows = layer_step(rows, encoder_out["enc"], cache, view, weights)
+        last = rows if n == 1 else rows.view(b, n, c)[:, -1]  # (B, C) the newest token's
+        return self.project(F.layer_norm(last, *state.final_ln), candidates, state)
+
+    def project(self, h: Tensor, candidates: Optional[Tensor], state: DecoderState) -> Tensor:
+        """(B, C) final features -> (B, 1, V) logits: of ``candidates`` only (the rest -inf) where given.
+        A projection with hooks (tests' drifting models) runs as the module, over every token."""
+        out = self.out
+        if candidates is None or out._forward_hooks or out._forward_pre_hooks:
+            return out(h.unsqueeze(1))  # (B, 1, V)
+        head = state.heads.get(id(candidates))
+        if head is None:  # the candidates' rows of the projection, transposed: once per candidate set
+            head = state.heads[id(candidates)] = (candidates, out.weight.detach()[candidates].t().contiguous())
+        logits = h.new_full((h.shape[0], out.weight.shape[0]), float("-inf"))  # (B, V)
+        logits.index_copy_(1, candidates, h.mm(head[1]))
+        return logits.unsqueeze(1)
+
+    def _embed_step(self, tok: Tensor, step: int, bar: Tensor, in_bar: Tensor, encoder_out: Dict,
+                    state: DecoderState) -> Tensor:
+        """(B, 1, C) embedding of the newest token: its content and, with ``--align-source``, its score
+        token (the style vector is added by the caller, after the summaries join)."""
+        x = state.tables.content(tok, state.position(step), bar, in_bar)  # (B, 1, C)
+        if self.align is None:
+            return x
+        anchors = encoder_out["anchors"]  # (B, S + 1)
+        col = min(step, anchors.shape[1] - 1)
+        enc = encoder_out["enc"]  # (B, L, C)
+        if enc.shape[0] == 1:
+            at = int(anchors[0, col])
+            picked = enc[0, at:at + 1]  # (1, C)
+        else:
+            picked = enc.gather(1, anchors[:, col].view(-1, 1, 1).expand(-1, 1, enc.shape[-1]))[:, 0]  # (B, C)
+        return x + state.align(picked).unsqueeze(1)  # as aligned_source
+
+    def _same_bar_inputs(self, tok: Tensor, step: int, encoder_out: Dict, state: DecoderState):
+        """No row opens a bar: the token's key joins the previous token's views."""
+        state.in_bar = state.in_bar + 1
+        x = self._embed_step(tok, step, state.bar, state.in_bar, encoder_out, state)
+        if "style" in encoder_out:
+            x = x + encoder_out["style"]  # (B, 1, C), as in teacher forcing
+        state.put_content_key(step)
+        return x, state.same_bar_view()
+
+    def _new_bar_inputs(self, tok: Tensor, step: int, is_bar: Tensor, encoder_out: Dict, state: DecoderState):
+        """Some row opens a bar (or the first step): the summaries of the bars just closed join as extra
+        queries (rows not closing one get a masked dummy), and the views are rebuilt."""
+        b = tok.shape[0]
+        new_bar = state.bar + is_bar.long()  # (B,)
+        in_bar = torch.where(is_bar, torch.zeros_like(state.in_bar), state.in_bar + 1)  # (B,)
+        rows = [self._embed_step(tok, step, new_bar, in_bar, encoder_out, state)]
+        pos = torch.full((b, 1), step, device=tok.device, dtype=torch.long)  # (B, 1)
         q_bar, q_sum, q_pos = [new_bar.unsqueeze(1)], [torch.zeros_like(tok, dtype=torch.bool)], [pos]
+        q_ok = [torch.ones_like(tok, dtype=torch.bool)]
         closes = is_bar & (step > 0)  # (B,) rows whose previous bar just closed
         n_s = self.args.summary_tokens
-        q_ok = [torch.ones_like(tok, dtype=torch.bool)]
-        closing = bool(closes.any())
-        if closing:  # summaries of the bar that just closed, computed now, through every layer
-            sum_bar = state["bar"].unsqueeze(1).expand(b, n_s)  # (B, S)
-            sum_pos = state["next_sum_pos"] + torch.arange(n_s, device=tok.device).expand(b, -1)
+        if bool(closes.any()):  # summaries of the bar that just closed, computed now, through every layer
+            sum_bar = state.bar.unsqueeze(1).expand(b, n_s)  # (B, S)
+            sum_pos = state.next_sum_pos + torch.arange(n_s, device=tok.device).expand(b, -1)  # (B, S)
             rows.insert(0, self.embed.summaries(sum_bar))
             q_bar.insert(0, sum_bar)
             q_sum.insert(0, torch.ones_like(sum_bar, dtype=torch.bool))
             q_pos.insert(0, sum_pos)
             q_ok.insert(0, closes.unsqueeze(1).expand(b, n_s))  # rows not closing: an unused dummy
+            state.next_sum_pos += n_s
         x = torch.cat(rows, dim=1)  # (B, n_new, C)
         if "style" in encoder_out:
             x = x + encoder_out["style"]  # (B, 1, C), as in teacher forcing
-        qb, qs, qp = torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1)
-        qv = torch.cat(q_ok, 1)
-        kb = torch.cat([state["k_bar"], qb], 1)
-        ks = torch.cat([state["k_sum"], qs], 1)
-        kp = torch.cat([state["k_pos"], qp], 1)
-        kv = torch.cat([state["k_ok"], qv], 1)
-        m = pattern.decoder_mask(qb, qs, qp, kb, ks, kp, self.args.fine_bars_list)  # (B, n_new, L)
-        m = (m & kv.unsqueeze(1)) | (qp.unsqueeze(-1) == kp.unsqueeze(-2))
-        enc_layout = encoder_out["layout"]
-        cm = pattern.cross_mask(qb, enc_layout.bar, enc_layout.is_sum, self.args.cross_window)
-        cm = cm & enc_layout.valid.unsqueeze(1)
-        caches = state["caches"]
-        for layer, cache in zip(self.layers, caches):
-            x = layer.forward_step(x, encoder_out["enc"], cache, m, cm, step_attend)
-        logits = self.out(self.ln(x[:, -1:]))  # (B, 1, V)
-        state.update(bar=new_bar, in_bar=in_bar, k_bar=kb, k_sum=ks, k_pos=kp, k_ok=kv)
-        if closing:
-            state["next_sum_pos"] = state["next_sum_pos"] + n_s
-        self.set_incremental_state(incremental_state, "fc", state)
-        if table is not None:
-            logits = self.rules(logits, state["rules"], table, step)
-        return logits, {"attn": [None], "inner_states": None}
-
-    def init_state(self, prev_output_tokens: Tensor) -> Dict:
-        b = prev_output_tokens.shape[0]
-        dev = prev_output_tokens.device
-        empty_l = torch.zeros(b, 0, dtype=torch.long, device=dev)
-        return {"bar": torch.zeros(b, dtype=torch.long, device=dev),
-                "in_bar": torch.zeros(b, dtype=torch.long, device=dev),  # the start token is 1 past "bar -1"
-                "k_bar": empty_l, "k_sum": empty_l.bool(), "k_pos": empty_l, "k_ok": empty_l.bool(),
-                "next_sum_pos": torch.full((b, 1), 1 << 40, dtype=torch.long, device=dev),
-                "caches": [{} for _ in self.layers]}
+        view = state.new_bar_view(torch.cat(q_bar, 1), torch.cat(q_sum, 1), torch.cat(q_pos, 1),
+                                  torch.cat(q_ok, 1), self.args.fine_bars_list, encoder_out["layout"],
+                                  self.args.cross_window)
+        state.bar, state.in_bar = new_bar, in_bar
+        return x, view
 
     def reorder_incremental_state(self, incremental_state: Dict, new_order: Tensor) -> None:
         state = self.get_incremental_state(incremental_state, "fc")
         if state is None:
             return
-        if new_order.numel() == state["bar"].numel() and torch.equal(
+        if new_order.numel() == state.bar.numel() and torch.equal(
                 new_order, torch.arange(new_order.numel(), device=new_order.device)):
             return  # identity (greedy/sampling): nothing to move
-        for key, value in list(state.items()):
-            if torch.is_tensor(value):
-                state[key] = value.index_select(0, new_order)
-        if "rules" in state:
-            state["rules"].reorder(new_order)  # the decoding rules' state, as one object
-        for cache in state["caches"]:
-            for key, value in list(cache.items()):
-                if torch.is_tensor(value):
-                    cache[key] = value.index_select(0, new_order)
-        self.set_incremental_state(incremental_state, "fc", state)
+        state.reorder(new_order)  # the decoding rules' state with it, as one object
 
     def max_positions(self) -> int:
         return self.args.max_target_positions

@@ -116,9 +116,31 @@ class Embedder(nn.Module):
         x = x + self.bar(bar.clamp(max=self.max_bars - 1)) + self.in_bar(in_bar)
         return F.dropout(x, self.dropout, self.training)
 
+    def step_tables(self) -> "StepTables":
+        """The tables as plain tensors for generation (:class:`StepTables`)."""
+        return StepTables(self)
+
     def summaries(self, sum_bar: Tensor) -> Tensor:
         """(B, NS) bar of each summary position -> (B, NS, C)."""
         n_summary = self.summary.num_embeddings
         slot = torch.arange(sum_bar.shape[1], device=sum_bar.device) % n_summary
         return self.summary(slot).unsqueeze(0) + self.bar(sum_bar.clamp(max=self.max_bars - 1))
 
+
+
+class StepTables:
+    """An :class:`Embedder`'s tables as plain tensors (detached: the same storage), taken once per
+    generation, the token table scaled already (the same products as scaling each lookup): an op given an
+    ``nn.Parameter`` pays a ``__torch_function__`` check."""
+
+    def __init__(self, embedder: Embedder):
+        self.tokens = embedder.scale * embedder.tokens.weight.detach()  # (V, C)
+        self.bar, self.in_bar = embedder.bar.weight.detach(), embedder.in_bar.weight.detach()  # (NB, C), (NI, C)
+        self.max_bars = embedder.max_bars
+
+    def content(self, tokens: Tensor, position: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
+        """(B, 1) tokens, (C,) position embedding, (B,) bars and in-bar offsets -> (B, 1, C), as
+        :meth:`Embedder.content` in eval mode at one position."""
+        x = F.embedding(tokens, self.tokens) + position.to(self.bar.dtype)
+        x = x + F.embedding(bar.clamp(max=self.max_bars - 1).unsqueeze(1), self.bar)
+        return x + F.embedding(in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1), self.in_bar)

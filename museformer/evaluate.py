@@ -217,6 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")
     DecodeConfig.add_args(ap, profile="render")  # --tokens: the model row's decoding rules, as instruct-render's
+    ap.add_argument("--generator", default="lean", choices=["lean", "fairseq"],
+                    help="--tokens: sampling loop of the model row, as instruct-render's (lean, or fairseq's "
+                         "SequenceGenerator: the same tokens, slower)")
     a = ap.parse_args(argv)
     if a.tokens:
         return eval_tokens(a)
@@ -266,7 +269,7 @@ def eval_tokens(a: argparse.Namespace) -> int:
     if not (Path(a.tokens) / "manifest.jsonl").is_file():
         return _error(f"{a.tokens}: no manifest.jsonl (not an instruct-tokenize build)")
     results = evaluate_split(a.tokens, renderer, a.out, a.split,
-                             Sampling(seed=a.seed, temperature=a.temperature), a.max_pieces,
+                             Sampling(seed=a.seed, temperature=a.temperature, generator=a.generator), a.max_pieces,
                              per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings)
     out = Path(a.out)
     table = markdown(results)

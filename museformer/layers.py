@@ -13,25 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def append_kv(cache: dict, k_new: Tensor, v_new: Tensor):
-    """Append (B, H, n, D) keys/values to the cache's preallocated buffers (capacity doubles when full,
-    so a step costs no O(L) copy) and return views (B, H, L, D) of everything cached so far."""
-    n = k_new.shape[2]
-    used = cache.get("len", 0)
-    buf_k = cache.get("k")
-    if buf_k is None or used + n > buf_k.shape[2]:
-        cap = max(64, 2 * (used + n))
-        b, h, _, d = k_new.shape
-        new_k, new_v = k_new.new_zeros(b, h, cap, d), v_new.new_zeros(b, h, cap, d)  # (B, H, cap, D)
-        if buf_k is not None:
-            new_k[:, :, :used], new_v[:, :, :used] = buf_k[:, :, :used], cache["v"][:, :, :used]
-        cache["k"], cache["v"] = new_k, new_v
-    cache["k"][:, :, used:used + n] = k_new
-    cache["v"][:, :, used:used + n] = v_new
-    cache["len"] = used + n
-    return cache["k"][:, :, : used + n], cache["v"][:, :, : used + n]
-
-
 class FCAttention(nn.Module):
     """Multi-head attention whose pattern comes from a boolean mask (B, Lq, Lk) or a backend plan."""
 
@@ -90,11 +71,8 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm: self FC-attention (causal), bar-aligned cross FC-attention, FFN.
-
-    ``forward_step`` serves incremental decoding: it appends the new positions' keys/values to the
-    layer cache and attends from the new queries to the cached keys the pattern allows.
-    """
+    """Pre-norm: self FC-attention (causal), bar-aligned cross FC-attention, FFN. Its generation step
+    (eval mode, keys and values cached) is ``museformer.incremental.layer_step``."""
 
     def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention_dropout: float,
                  activation_dropout: float):
@@ -109,20 +87,4 @@ class DecoderLayer(nn.Module):
         h = self.ln1(x)
         x = x + F.dropout(self.self_attn(h, h, attend, self_plan), self.dropout, self.training)
         x = x + F.dropout(self.cross_attn(self.ln2(x), enc, attend, cross_plan), self.dropout, self.training)
-        return x + self.ffn(self.ln3(x))
-
-    def forward_step(self, x: Tensor, enc: Tensor, cache: dict, self_mask: Tensor, cross_mask: Tensor,
-                     attend_dense) -> Tensor:
-        """x: (B, n_new, C). cache holds "k", "v" (B, H, L, D) of earlier positions of this layer."""
-        h = self.ln1(x)
-        att = self.self_attn
-        k_new, v_new = att.heads(h, att.k_proj), att.heads(h, att.v_proj)  # (B, H, n, D)
-        k_all, v_all = append_kv(cache, k_new, v_new)  # (B, H, L, D) views of a growing buffer
-        q = att.heads(h, att.q_proj)  # (B, H, n, D)
-        x = x + att.merge(attend_dense(q, k_all, v_all, self_mask, 0.0))
-        cross = self.cross_attn
-        if cache.get("ek") is None:  # encoder keys/values: computed once per generation
-            cache["ek"], cache["ev"] = cross.heads(enc, cross.k_proj), cross.heads(enc, cross.v_proj)
-        q = cross.heads(self.ln2(x), cross.q_proj)  # (B, H, n, D)
-        x = x + cross.merge(attend_dense(q, cache["ek"], cache["ev"], cross_mask, 0.0))
         return x + self.ffn(self.ln3(x))

@@ -1,10 +1,12 @@
 """``instruct-render``: a score (MusicXML or score MIDI) -> an expressive performance MIDI, in one command.
 
 The path: score file -> score tokens (``instruct_tokenizer``) -> bar-bounded segments no longer than the
-model was trained on -> grammar-constrained generation with fairseq's own ``SequenceGenerator`` (the
-previous segment's last bars are forced as the decoder prefix, so segments join without seams) ->
-stitched whole-piece performance tokens -> MIDI with sustain (CC64) and soft (CC67) pedal.
-A piece that fits the model's context is rendered in a single pass.
+model was trained on -> grammar-constrained sampling with the lean loop of ``museformer.sampler`` (the
+same tokens as fairseq's ``SequenceGenerator``, which ``--generator fairseq``, beam search and greedy
+decoding use; the previous segment's last bars are forced as the decoder prefix, so segments join
+without seams) -> stitched whole-piece performance tokens -> MIDI with sustain (CC64) and soft (CC67)
+pedal. A piece that fits the model's context is rendered in a single pass; several scores (or a folder)
+are rendered together, their segments batched across pieces.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm import tqdm
@@ -61,10 +63,22 @@ class Sampling:
     topp: float = 1.0  # 1.0: plain ancestral sampling (measured closest to human distributions)
     seed: int = 0
     greedy: bool = False
+    generator: str = "lean"  # sampling loop: "lean" (museformer.sampler) or "fairseq" (its SequenceGenerator)
 
     @property
     def sampling(self) -> bool:
         return self.beam <= 1 and not self.greedy
+
+    @property
+    def lean(self) -> bool:
+        """Whether the lean loop samples (fairseq's generator does beam search and greedy decoding, and
+        sampling when asked: the same tokens with the same seed, slower)."""
+        if self.generator not in GENERATORS:
+            raise RenderError(f"--generator: expected one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        return self.sampling and self.generator == "lean"
+
+
+GENERATORS = ("lean", "fairseq")
 
 
 def _dictionary_dir(state: dict, data_dir: Optional[str]) -> str:
@@ -280,6 +294,13 @@ class Renderer:
             for i, f in enumerate(forced):
                 if f:
                     prefix[i, : len(f)] = self.encode(f, self.tgt_dict, "overlap")
+        if sampling.lean:
+            from .sampler import sample as lean_sample
+
+            with _threads(self.threads):
+                rows = lean_sample(self.models[0], sample["net_input"], self.task.generation_rules(), prefix,
+                                   sampling.temperature, sampling.topp if sampling.topp < 1.0 else -1.0)
+            return [self.detokenize(r) for r in rows]
         gen_args = argparse.Namespace(
             beam=1 if sampling.sampling else sampling.beam, sampling=sampling.sampling,
             sampling_topk=-1, sampling_topp=sampling.topp if sampling.sampling and sampling.topp < 1.0 else -1.0,
@@ -292,8 +313,12 @@ class Renderer:
         generator = self.task.build_generator(self.models, gen_args)
         with torch.no_grad(), _threads(self.threads):
             hypos = self.task.inference_step(generator, self.models, sample, prefix_tokens=prefix)
+        return [self.detokenize(h[0]["tokens"]) for h in hypos]
+
+    def detokenize(self, ids: torch.Tensor) -> List[str]:
+        """A hypothesis' token ids -> its performance tokens (EOS left out)."""
         eos = self.tgt_dict.eos()
-        return [[self.tgt_dict[i] for i in h[0]["tokens"].tolist() if i != eos] for h in hypos]
+        return [self.tgt_dict[i] for i in ids.tolist() if i != eos]
 
     def generate(self, score_tokens: Sequence[str], forced_perf: Sequence[str], sampling: Sampling) -> List[str]:
         return self.generate_batch([score_tokens], [forced_perf], sampling)[0]
@@ -380,8 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="instruct-render serve [--port N] [--host H] [--checkpoint PT]: a local web "
                                        "page to render a score, hear it, see it and re-render a passage "
                                        "(instruct-render serve --help)")
-    p.add_argument("score", help="MusicXML (.musicxml/.xml/.mxl) or score MIDI (.mid) file")
-    p.add_argument("-o", "--output", required=True, help="output performance MIDI path")
+    p.add_argument("score", nargs="+",
+                   help="MusicXML (.musicxml/.xml/.mxl) or score MIDI (.mid) file; several files or a folder of "
+                        "them are rendered together (their segments batched: see --batch)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output performance MIDI path; with several scores or a folder, the output folder "
+                        "(one NAME.mid per score NAME)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model file (.pt)")
     p.add_argument("--data", default=None, help="fairseq data dir with dict.*.txt (for training checkpoints)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -404,7 +433,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap-bars", type=int, default=2, help="bars of forced context between segments")
     p.add_argument("--attention-impl", default=None, choices=["dense", "bar", "flex"],
                    help="override the checkpoint's attention backend")
+    p.add_argument("--batch", type=int, default=16, metavar="N",
+                   help="segments of different scores generated together (default 16; a piece rendered with "
+                        "others draws other random numbers than alone)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads while decoding (default 1: one step's matrices are small, measured "
+                        "fastest; scripts/bench_render.py)")
+    p.add_argument("--generator", default="lean", choices=list(GENERATORS),
+                   help="sampling loop: lean (default, museformer.sampler) or fairseq's SequenceGenerator "
+                        "(the same tokens with the same seed, slower; for checking)")
     return p
+
+
+SCORE_SUFFIXES = (".musicxml", ".xml", ".mxl", ".mid", ".midi")
+
+
+def score_files(paths: Sequence[str]) -> List[Path]:
+    """The score files named: files as given, a folder's score files (``SCORE_SUFFIXES``) sorted by name.
+    Raises RenderError for a missing path or a folder without scores."""
+    files: List[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in SCORE_SUFFIXES)
+            if not found:
+                raise RenderError(f"{path}: no score files ({', '.join(SCORE_SUFFIXES)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RenderError(f"{path}: no such file or folder")
+    return files
 
 
 def output_paths(output: str, n: int) -> List[Path]:
@@ -414,26 +473,66 @@ def output_paths(output: str, n: int) -> List[Path]:
     return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(n)]
 
 
-def render_file(args: argparse.Namespace) -> List[Path]:
+def output_plan(args: argparse.Namespace, scores: Sequence[Path]) -> List[List[Path]]:
+    """Per score, its output paths (one per seed): ``-o`` itself for one score file, else ``-o`` is a
+    folder holding NAME.mid per score NAME. Raises RenderError when names collide."""
+    if len(args.score) == 1 and not Path(args.score[0]).is_dir():
+        return [output_paths(args.output, args.n)]
+    folder = Path(args.output)
+    if folder.suffix.lower() in (".mid", ".midi"):
+        raise RenderError(f"{folder}: with several scores or a folder, -o names the output folder")
+    stems: Dict[str, Path] = {}
+    for score in scores:
+        if score.stem in stems:
+            raise RenderError(f"{score}: its output name collides with {stems[score.stem]} ({score.stem}.mid)")
+        stems[score.stem] = score
+    return [output_paths(str(folder / f"{score.stem}.mid"), args.n) for score in scores]
+
+
+def write_midi(score_tokens: Sequence[str], perf_tokens: Sequence[str], path: Path) -> None:
+    """Write the performance MIDI atomically (a partial file never takes the name)."""
     from instruct_tokenizer.decode import tokens_to_midi
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tokens_to_midi(score_tokens, perf_tokens, str(tmp))
+    os.replace(tmp, path)
+
+
+def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
+    """Render every score of ``args.score`` (their segments batched); (written paths, error lines of the
+    scores that could not be read: the others are rendered all the same)."""
+    from instruct_tokenizer.scorefile import ScoreReadError
+
+    scores = score_files(args.score)
+    outputs = output_plan(args, scores)
     renderer = Renderer.from_checkpoint(args.checkpoint, args.data, args.attention_impl,
                                         decode=DecodeConfig.from_args(args))
-    score_tokens = renderer.score_tokens(args.score, style=parse_style(args.style), composer=args.composer,
-                                         performer=args.performer, unfold_repeats=not args.no_repeats, qpm=args.qpm)
-    if renderer.tempo is not None:
-        print(f"tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
+    renderer.threads = max(1, int(args.threads))
+    todo, errors = [], []
+    for score, paths in zip(scores, outputs):
+        try:
+            tokens = renderer.score_tokens(str(score), style=parse_style(args.style), composer=args.composer,
+                                           performer=args.performer, unfold_repeats=not args.no_repeats,
+                                           qpm=args.qpm)
+            renderer.encode(tokens, renderer.src_dict, "score")  # unknown tokens: this score's error
+        except (ScoreReadError, RenderError) as e:
+            errors.append(f"{score}: {e}")
+            continue
+        if renderer.tempo is not None:
+            name = f"{score}: " if len(scores) > 1 else ""
+            print(f"{name}tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
+        todo.append((tokens, paths))
     written = []
-    for k, path in enumerate(output_paths(args.output, args.n)):
+    for k in range(args.n):
         sampling = Sampling(beam=args.beam, temperature=args.temperature, topp=args.topp,
-                            seed=args.seed + k, greedy=args.greedy)
-        perf_tokens = renderer.render_tokens(score_tokens, sampling, overlap_bars=args.overlap_bars)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        tokens_to_midi(score_tokens, perf_tokens, str(tmp))
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+                            seed=args.seed + k, greedy=args.greedy, generator=args.generator)
+        performances = renderer.render_many([tokens for tokens, _ in todo], sampling, args.overlap_bars,
+                                            batch_size=max(1, int(args.batch)))
+        for (tokens, paths), perf_tokens in zip(todo, performances):
+            write_midi(tokens, perf_tokens, paths[k])
+            written.append(paths[k])
+    return written, errors
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -444,18 +543,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from instruct_tokenizer.scorefile import ScoreReadError
-
     try:
-        for path in render_file(args):
-            print(f"wrote {path}")
+        written, errors = render_file(args)
     except RenderError as e:
         print(f"instruct-render: error: {e}", file=sys.stderr)
         return 1
-    except ScoreReadError as e:
-        print(f"instruct-render: error: {args.score}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    for path in written:
+        print(f"wrote {path}")
+    for line in errors:  # a score that could not be read: one line each, the others are written
+        print(f"instruct-render: error: {line}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

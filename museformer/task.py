@@ -59,13 +59,17 @@ class MuseformerS2PTask(TranslationTask):
         them once from its own DecodeConfig; None: unconstrained)."""
         self.fixed_rules = (rules,)
 
-    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
+    def generation_rules(self) -> Optional[DecodeRules]:
+        """The rules generation applies: those given to :meth:`use_rules`, else the flags' (None:
+        unconstrained). fairseq's generator and the lean sampler (``museformer.sampler``) both use them."""
         fixed = getattr(self, "fixed_rules", None)
         if fixed is not None:
-            rules = fixed[0]
-        else:
-            config = self.decode_config()
-            rules = self.build_rules(config) if config.constrained else None
+            return fixed[0]
+        config = self.decode_config()
+        return self.build_rules(config) if config.constrained else None
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
+        rules = self.generation_rules()
         for model in models:
             model.enable_decoding(rules)
         args.max_len_a = MAX_LEN_A

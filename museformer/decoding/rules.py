@@ -50,7 +50,12 @@ def pad_rows(rows: List[list], fill, dtype: torch.dtype, device) -> Tensor:
 
 def at_step(table: Tensor, step: int) -> Tensor:
     """(B, W) per-slot tensor -> (B,) its column for ``step`` (the last column past the end)."""
-    return table[:, min(step, table.shape[1] - 1)]
+    return table[:, column(table, step)]
+
+
+def column(table: Tensor, step: int) -> int:
+    """The column of a (B, W) per-slot tensor for ``step`` (the last column past the end)."""
+    return min(step, table.shape[1] - 1)
 
 
 def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
@@ -70,12 +75,46 @@ def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
     return out
 
 
+ACTIVE_TESTS = {"finite": torch.isfinite, "positive": lambda t: torch.isfinite(t) & (t > 0), "true": lambda t: t}
+
+
 class SlotTable(dict):
     """What the rules prepared from a batch of scores: name -> tensor whose first dimension is the batch
     (per-slot tables (B, W), per-row values (B,), prior states (B, 4)). It reorders as one object."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._active: Dict[tuple, List[bool]] = {}
+
     def select(self, order: Tensor) -> "SlotTable":
+        """The rows ``order``; the table itself for the identity (fairseq's sampling reorders by it every
+        step), which keeps what :meth:`active` computed."""
+        rows = next(iter(self.values())).shape[0] if self else 0
+        if order.numel() == rows and torch.equal(order, torch.arange(rows, device=order.device)):
+            return self
         return SlotTable({k: v.index_select(0, order) for k, v in self.items()})
+
+    def active(self, name: str, kind: str = "finite") -> List[bool]:
+        """Per column of the (B, W) table ``name``: whether any row holds there what a rule acts on
+        ("finite": a finite number, "positive": a finite number > 0, "true": True). A rule skips the
+        steps where no row does, where its arithmetic would leave every row as it is (computed once per
+        table: a Python list, so that the test costs no tensor operation per step)."""
+        key = (name, kind)
+        if key not in self._active:
+            self._active[key] = ACTIVE_TESTS[kind](self[name]).any(0).tolist()
+        return self._active[key]
+
+    def values_at(self, name: str, step: int) -> tuple:
+        """The distinct values of the (B, W) table ``name`` at ``step``'s column, sorted (computed once
+        per table, as :meth:`active`)."""
+        key = (name, "values")
+        if key not in self._active:
+            self._active[key] = [tuple(sorted(set(col))) for col in self[name].t().tolist()]
+        return self._active[key][column(self[name], step)]
+
+    def acts(self, name: str, step: int, kind: str = "finite") -> bool:
+        """Whether any row's entry of table ``name`` at ``step``'s column is one a rule acts on."""
+        return self.active(name, kind)[column(self[name], step)]
 
 
 class DecodeState(dict):
@@ -184,6 +223,16 @@ class GrammarMask(DecodeRule):
             if d.index(token) != d.unk():
                 table[:, d.index(token)] = False
         self.table = table  # (types, V)
+        self.blocked = ~table  # (types, V)
+        self._candidates: Dict[tuple, Tensor] = {}  # type ids -> the tokens they allow
+
+    def candidates(self, table: "SlotTable", step: int) -> Tensor:
+        """(K,) the tokens any row may take at ``step``: those of the slot types of the step's column
+        (one tensor per set of types, so that the decoder can cache what it derives from it)."""
+        types = table.values_at("slots", step)
+        if types not in self._candidates:
+            self._candidates[types] = self.table[list(types)].any(0).nonzero().squeeze(1)  # (K,)
+        return self._candidates[types]
 
     def prepare(self, rows, device, priors):
         eos = self.tables.type_id[EOS_TYPE]
@@ -191,8 +240,8 @@ class GrammarMask(DecodeRule):
         return {"slots": pad_rows(ids, eos, torch.long, device)}
 
     def __call__(self, logits, state, table, step):
-        allowed = self.table.to(logits.device)[at_step(table["slots"], step)]  # (B, V)
-        return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        blocked = self.blocked.to(logits.device)[at_step(table["slots"], step)]  # (B, V)
+        return logits.masked_fill(blocked.unsqueeze(1), float("-inf"))
 
 
 class TempoState(DecodeRule):
@@ -237,8 +286,9 @@ class TempoState(DecodeRule):
             k = min(max(step - 1, 0), table["slot_scale"].shape[1] - 1)
             period = period * state["level_factor"] / table["slot_scale"][:, k]  # (B,) s per quarter
         state["period"] = torch.where(torch.isfinite(period), period, state["period"])
-        if self.track_level and step > 0:  # the token just read filled slot step - 1
-            k = min(step - 1, table["slot_gap"].shape[1] - 1)
+        # the token just read filled slot step - 1; rows without a gap there keep their level
+        if self.track_level and step > 0 and table.acts("slot_gap", step - 1, "positive"):
+            k = column(table["slot_gap"], step - 1)
             state["level"] = tempo_level_update(state["level"], period, table["slot_gap"][:, k],
                                                 table["slot_scale"][:, k])
 
@@ -277,6 +327,8 @@ class KeyDownFloor(DecodeRule):
         return {"slot_q": pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, device)}
 
     def __call__(self, logits, state, table, step):
+        if not table.acts("slot_q", step):  # no row at an articulation slot
+            return logits
         return key_down_floor(logits, self.tables.value.to(logits.device), at_step(table["slot_q"], step),
                               state["period"], self.min_key_down_s)
 
@@ -301,7 +353,9 @@ class TempoBand(DecodeRule):
                                           device=device)}  # (B,)
 
     def __call__(self, logits, state, table, step):
-        k = min(step, table["slot_gap"].shape[1] - 1)
+        if not table.acts("slot_gap", step, "positive"):  # no row at a Tempo slot with a gap to weigh
+            return logits
+        k = column(table["slot_gap"], step)
         if self.tables.relative:  # a token's period x QPM / 120 is its period at 120 x the level factor
             ref = 0.5 * state["level_factor"] if self.anchor == "notated" else None  # (B,)
             return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
@@ -330,10 +384,10 @@ class FermataHold(DecodeRule):
         return {"slot_fermata": pad_rows([self.fermata_slots(r) for r in rows], False, torch.bool, device)}
 
     def __call__(self, logits, state, table, step):
-        k = min(step, table["slot_fermata"].shape[1] - 1)
-        held = table["slot_fermata"][:, k]  # (B,)
-        if not held.any():
+        if not table.acts("slot_fermata", step, "true"):
             return logits
+        k = column(table["slot_fermata"], step)
+        held = table["slot_fermata"][:, k]  # (B,)
         first = self.first_period  # s per quarter of the first tempo token at this slot
         if self.tables.relative:  # (B,) at this slot's notated tempo and the row's level
             first = self.first_period * state["level_factor"] / table["slot_scale"][:, k]
@@ -361,12 +415,15 @@ class DynamicsBand(DecodeRule):
         state["dyn"] = table["dynamics_prior"].clone()  # (B, 4)
 
     def update(self, state, tokens, step, table):
-        if step > 0:  # the token just read filled slot step - 1
-            k = min(step - 1, table["slot_dyn"].shape[1] - 1)
+        # the token just read filled slot step - 1; rows without a notated level there keep their state
+        if step > 0 and table.acts("slot_dyn", step - 1):
+            k = column(table["slot_dyn"], step - 1)
             value = self.tables.value.to(tokens.device)[tokens]  # (B,) velocity bin at a Vel slot
             state["dyn"] = dynamics_level_update(state["dyn"], value, table["slot_dyn"][:, k])
 
     def __call__(self, logits, state, table, step):
+        if not table.acts("slot_dyn", step):  # no row at a Vel slot with a notated level
+            return logits
         return dynamics_band_penalty(logits, self.tables.value.to(logits.device), state["dyn"],
                                      at_step(table["slot_dyn"], step), self.band_bins)
 
@@ -413,9 +470,9 @@ class UnisonsOnce(DecodeRule):
         return {"slot_once": pad_rows([self.slots_of(r) for r in rows], False, torch.bool, device)}
 
     def __call__(self, logits, state, table, step):
-        once = at_step(table["slot_once"], step)  # (B,)
-        if not once.any():
+        if not table.acts("slot_once", step, "true"):
             return logits
+        once = at_step(table["slot_once"], step)  # (B,)
         only = logits.masked_fill(torch.isfinite(logits), FORCEABLE_LOGIT)  # (B, 1, V)
         only[..., self.token_id] = 0.0
         return torch.where(once.view(-1, 1, 1), only, logits)
@@ -521,6 +578,12 @@ class DecodeRules:
         """After reading ``tokens`` (B,), the token at decoder position ``step`` (it filled slot step - 1)."""
         for rule in self.rules:
             rule.update(state, tokens, step, table)
+
+    def candidates(self, table: SlotTable, step: int) -> Tensor:
+        """(K,) the tokens the grammar lets any row take at ``step``: the only logits the rules can leave
+        finite but for the unison rule's deletion token, which it sets itself (the decoder computes no
+        others)."""
+        return self.rules[0].candidates(table, step)  # the grammar mask, always first
 
     def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int) -> Tensor:
         """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order."""
