@@ -120,6 +120,7 @@ class BuildConfig:
     markings_dropout: float = 0.0  # share of performances built without their markings (seeded by file)
     notated_tempo: bool = False  # a QPM token (notated tempo from the MusicXML) in every bar header
     relative_tempo: bool = False  # TempoLevel + TempoRel (relative to the QPM) instead of Tempo; needs notated_tempo
+    infer_tempo: bool = False  # with notated_tempo: a score without a metronome mark gets tempo_infer's estimate, not 120
     marking_state: bool = False  # the markings in force at each bar start in every bar header (with markings)
 
 
@@ -244,6 +245,8 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
         try:
             enc: Encoded = encode_match(variant, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo)
+            if cfg.notated_tempo and cfg.infer_tempo:
+                enc = with_inferred_tempo(variant, enc, marks, qpm, cfg)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
         if not name:
@@ -256,6 +259,24 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
         items.append(make_item(source, name, enc, cfg))
     return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
+
+
+def with_inferred_tempo(mf: MatchFile, enc: Encoded, marks: Optional[Dict], qpm: Dict[str, float],
+                        cfg: BuildConfig) -> Encoded:
+    """``enc`` again with the notated tempo the renderer would use (``--infer-tempo``): where the score
+    tokens state no metronome mark, ``tempo_infer``'s estimate from the same tokens (so a performance
+    built without its markings gets the content estimate, as a score MIDI does at render time), every
+    ``QPM`` scaled by one ratio as ``tempo_infer.with_qpm`` does. Scores with a mark are returned as is."""
+    from .tempo_infer import notated_tempo
+
+    estimate = notated_tempo(enc.score)
+    if estimate.source == "mark":
+        return enc
+    first = next(float(t.partition("_")[2]) for t in enc.score if t.startswith(V.QPM + "_"))
+    ratio = estimate.qpm / first
+    scaled = {k: v * ratio for k, v in qpm.items()}
+    return encode_match(mf, marks=marks, qpm=scaled, relative_tempo=cfg.relative_tempo,
+                        default_qpm=V.DEFAULT_QPM * ratio)
 
 
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the performance's level over the notated tempo, the same in every segment) before each "
                         "segment's bars and a TempoRel token (beat period over notated x level) per onset instead "
                         "of the absolute Tempo (docs/tokens.md, Relative tempo)")
+    b.add_argument("--infer-tempo", action="store_true",
+                   help="with --notated-tempo: a score without a metronome mark gets the notated tempo that "
+                        "instruct-render would infer (tempo words, meter, content: tempo_infer) instead of 120, "
+                        "so that training sees what rendering gives the model")
     b.add_argument("--marking-state", action="store_true",
                    help="with --xml-markings: the markings in force at each bar start (dynamic level, open "
                         "wedge, open rit./accel.) in every bar header (docs/tokens.md)")
@@ -94,7 +98,10 @@ def cmd_build(a: argparse.Namespace) -> int:
                       tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
                       cache_dir=a.cache_dir, markings_dropout=a.markings_dropout,
                       notated_tempo=a.notated_tempo, marking_state=a.marking_state,
-                      relative_tempo=a.relative_tempo)
+                      relative_tempo=a.relative_tempo, infer_tempo=a.infer_tempo)
+    if cfg.infer_tempo and not cfg.notated_tempo:
+        print("instruct-tokenize: error: --infer-tempo needs --notated-tempo", file=sys.stderr)
+        return 2
     if cfg.marking_state and not cfg.xml_markings:
         print("instruct-tokenize: error: --marking-state needs --xml-markings", file=sys.stderr)
         return 2

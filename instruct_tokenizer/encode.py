@@ -84,10 +84,12 @@ def _ts_at(time_sigs, measure: int) -> Tuple[int, int]:
 
 
 def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None,
-                      qpm: Optional[Dict[str, float]] = None) -> Tuple[ScoreNotes, np.ndarray]:
+                      qpm: Optional[Dict[str, float]] = None,
+                      default_qpm: float = V.DEFAULT_QPM) -> Tuple[ScoreNotes, np.ndarray]:
     """ScoreNotes in token order and the order (indices into the match rows). ``marks``: MusicXML
     markings by XML note id (:func:`musicxml.load_xml_info`), looked up by snote anchor; ``qpm``:
-    notated tempo (quarter notes per minute) by XML note id, giving each bar's ``QPM``."""
+    notated tempo (quarter notes per minute) by XML note id, giving each bar's ``QPM``
+    (``default_qpm`` where it gives none)."""
     bar, lengths, ts = match_bars(mf)
     pos_q = np.clip(mf.pos_q, 0, None)
     order = sort_order(bar, pos_q, mf.pitch)
@@ -100,13 +102,15 @@ def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None,
                        pitch=mf.pitch[order], staff=mf.staff[order], bar_len_q=lengths, bar_ts=ts,
                        marks=note_marks)
     if qpm is not None:
-        notes.bar_qpm = _bar_qpm_of_notes(notes.bar, [mf.anchor[i] for i in order], qpm, len(lengths))
+        notes.bar_qpm = _bar_qpm_of_notes(notes.bar, [mf.anchor[i] for i in order], qpm, len(lengths),
+                                          default_qpm)
     return notes, order
 
 
-def _bar_qpm_of_notes(note_bar: np.ndarray, anchors: List[str], qpm: Dict[str, float], n_bars: int) -> List[int]:
+def _bar_qpm_of_notes(note_bar: np.ndarray, anchors: List[str], qpm: Dict[str, float], n_bars: int,
+                      default_qpm: float = V.DEFAULT_QPM) -> List[int]:
     """Each bar's notated tempo: that of its first note (token order) with a known XML id; a bar with
-    none keeps the previous bar's (the first known one before it; ``vocab.DEFAULT_QPM`` when none)."""
+    none keeps the previous bar's (the first known one before it; ``default_qpm`` when none)."""
     from .musicxml import for_anchor
 
     found: Dict[int, float] = {}
@@ -115,7 +119,7 @@ def _bar_qpm_of_notes(note_bar: np.ndarray, anchors: List[str], qpm: Dict[str, f
             value = for_anchor(qpm, anchor)
             if value is not None:
                 found[b] = value
-    current = found[min(found)] if found else V.DEFAULT_QPM
+    current = found[min(found)] if found else default_qpm
     out = []
     for b in range(n_bars):
         current = found.get(b, current)
@@ -603,13 +607,14 @@ def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
 
 
 def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None,
-                 qpm: Optional[Dict[str, float]] = None, relative_tempo: bool = False) -> Encoded:
+                 qpm: Optional[Dict[str, float]] = None, relative_tempo: bool = False,
+                 default_qpm: float = V.DEFAULT_QPM) -> Encoded:
     """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S.
     ``marks`` / ``qpm`` (optional): MusicXML markings / notated tempo by note id, added to the score
     stream (:func:`match_score_notes`). ``relative_tempo``: the relative tempo encoding (a
     ``TempoLevel`` token, then ``TempoRel`` per onset group), relative to the score tokens' ``QPM``
-    (120 where they carry none)."""
-    notes, order = match_score_notes(mf, marks, qpm)
+    (120 where they carry none); ``default_qpm``: the notated tempo where ``qpm`` gives none."""
+    notes, order = match_score_notes(mf, marks, qpm, default_qpm)
     score = score_tokens(notes, prefix)
     tl = score_timeline(score)
     onset = mf.onset_s[order]

@@ -41,6 +41,11 @@ HOURS=${HOURS:-2}
 AUGMENT=${AUGMENT:-1}
 INIT=${INIT:-}
 AUG_FLAGS=()
+# RELATIVE=1 (default): tempo relative to the notated tempo (TempoLevel + TempoRel), and a score without a
+# metronome mark built at the tempo instruct-render infers for it (--infer-tempo); RELATIVE=0: the absolute
+# Tempo encoding with 120 for unmarked scores (the encoding of the models released before 2026-12-04)
+TEMPO_FLAGS=(--relative-tempo --infer-tempo)
+[ "${RELATIVE:-1}" = 0 ] && TEMPO_FLAGS=()
 WARM=()
 [ -n "$INIT" ] && WARM=(--restore-file "$INIT" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters)
 [ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose=-3,3 --augment-tempo=0.9,1.1)
@@ -54,7 +59,7 @@ MAX_TOKENS_EXAMPLE=${MAX_TOKENS_EXAMPLE:-1024}
 $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,0 \
   --test-pieces ../shared/benchmarks/pianist_transformer_testset/pieces.csv \
   --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 "${AUG_FLAGS[@]}" \
-  --instruct --notated-tempo --xml-markings --markings-dropout 0.5 ${BUILD_EXTRA:-}
+  --instruct --notated-tempo "${TEMPO_FLAGS[@]}" --xml-markings --markings-dropout 0.5 ${BUILD_EXTRA:-}
 
 TRAINPREF="$OUT/tok/train"
 if [ -n "${OVERSAMPLE:-}" ]; then

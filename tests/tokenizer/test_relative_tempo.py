@@ -250,3 +250,38 @@ def test_generate_to_midi_joins_segments_that_drew_different_levels(tmp_path):
     got, want = notes(seg), notes(whole)
     assert len(got) == len(want)
     assert max(abs(a[1] - b[1]) for a, b in zip(got, want)) <= 1  # ticks (1/960 s): rounding only
+
+
+def test_infer_tempo_build_gives_unmarked_scores_the_renderers_estimate(tmp_path):
+    """``--infer-tempo``: Schubert D783 (no metronome mark) is built at tempo_infer's estimate from its own
+    score tokens, the level re-expressed against it; Chopin op. 10/3 (a mark) is built as without the flag."""
+    from instruct_tokenizer.tempo_infer import notated_tempo
+
+    def built(infer):
+        cfg = BuildConfig(split=(1.0, 0.0, 0.0), max_tokens=100000, progress=False, notated_tempo=True,
+                          relative_tempo=True, xml_markings=True, infer_tempo=infer)
+        out = tmp_path / f"tok{int(infer)}"
+        build([str(FILES[0]), str(FILES[3])], str(out), cfg)
+        rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+        score = (out / "train.score").read_text().splitlines()
+        perf = (out / "train.perf").read_text().splitlines()
+        return {r["source"]: (score[r["line"]].split(), perf[r["line"]].split()) for r in rows}
+
+    plain, inferred = built(False), built(True)
+    assert plain[str(FILES[0])] == inferred[str(FILES[0])]  # a stated mark is kept
+    score120, perf120 = plain[str(FILES[3])]
+    score_est, perf_est = inferred[str(FILES[3])]
+    estimate = notated_tempo(score120)
+    assert estimate.source != "mark" and abs(estimate.qpm - 120) > 10
+    qpms = {t for t in score_est if t.startswith(V.QPM + "_")}
+    assert qpms == {V.tok(V.QPM, V.quantise_qpm(estimate.qpm))}
+    assert [t for t in score_est if not t.startswith(V.QPM + "_")] == \
+        [t for t in score120 if not t.startswith(V.QPM + "_")]
+    # the same performance: the level moves by the ratio of the notated tempi, and both streams decode
+    # to the same performed times within today's roundtrip bounds (error feedback redistributes TempoRel)
+    shift = int(perf_est[0].partition("_")[2]) - int(perf120[0].partition("_")[2])
+    assert abs(shift - round(24 * np.log2(V.quantise_qpm(estimate.qpm) / 120))) <= 1
+    a, b = decode_performance(score_est, perf_est), decode_performance(score120, perf120)
+    assert np.percentile(np.abs(a.onset_s - b.onset_s), 99) * 1000 <= 20.0
+    assert _types(perf_est) == _types(perf120)
+    np.testing.assert_array_equal(a.velocity, b.velocity)
