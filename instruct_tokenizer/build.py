@@ -237,7 +237,8 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     wants_xml = cfg.xml_markings or cfg.notated_tempo
     info, warning = xml_info_of_match(source.path, cfg.cache_dir) if wants_xml else (None, None)
     if warning:
-        warning += ": built without markings (notated tempo: the default 120)"
+        warning += ": built without markings (notated tempo: " + \
+            ("inferred from the notes)" if cfg.infer_tempo else "the default 120)")
     drop = augment and drops_markings(source, cfg)  # training performances only: evaluation keeps them
     marks = info.marks if info is not None and cfg.xml_markings and not drop else None
     qpm = (info.qpm if info is not None else {}) if cfg.notated_tempo else None
