@@ -6,9 +6,10 @@
 #   check: gpu_check.py (backends agree on GPU, fp16, step throughput; CHECK_ARGS=--throughput-only times
 #          the backends only, CHECK_S bounds it), then a SMOKE_S-second fairseq-train run of the gpu profile
 #          (SMOKE_ARCHS, the full-size museformer_s2p, IMPL dense) for its throughput
-#   train: scripts/train_nasap.sh gpu with ARCH (museformer_s2p_small) for HOURS (INIT=CKPT warm-starts),
-#          then every kept checkpoint (the interval ones and the best) as a release file
-#          (cand_UPDATES.pt, cand_best.pt), each split into 15 MB parts when larger (cat them to rejoin)
+#   train: scripts/train_nasap.sh gpu for each of ARCHS (default ARCH, museformer_s2p_small), side by side on
+#          the GPU, for HOURS (INIT=CKPT warm-starts), then every kept checkpoint (the interval ones and the
+#          best) as a release file (cand_ARCH_UPDATES.pt, cand_ARCH_best.pt), each split into 15 MB parts
+#          when larger (cat them to rejoin); SAVE_EVERY updates between kept checkpoints
 set -uo pipefail
 MODE=${1:?check|train}
 RESULT=${2:?result dir}
@@ -46,19 +47,35 @@ if [ "$MODE" = check ]; then
     grep -E "wps=|Error|error" "$RESULT/smoke_$arch.log" | tail -4
   done
 else
-  rm -rf /tmp/gpu_train
+  # ARCHS: one training per architecture, side by side on the one GPU (each its own seed-1 run, its own
+  # folder); every kept checkpoint of each comes back as a release file cand_ARCH_UPDATES.pt (15 MB parts)
   echo "train start $(date +%s)"
-  env BIN=/tmp/cli DATA_BIN=/tmp/bin OUT=/tmp/gpu_train ARCH="${ARCH:-museformer_s2p_small}" HOURS="${HOURS:-0.1}" \
-    LR="${LR:-1e-3}" WARMUP="${WARMUP:-400}" MAX_TOKENS="${MAX_TOKENS:-32768}" UPDATE_FREQ=1 \
-    EXTRA="--log-interval 50 ${EXTRA:-}" scripts/train_nasap.sh gpu >"$RESULT/train.log" 2>&1
-  echo "train exit $? at $(date +%s)"
-  grep -E "valid on|wps=" "$RESULT/train.log" | tail -6
-  for ck in /tmp/gpu_train/ckpt/checkpoint_*_*.pt /tmp/gpu_train/ckpt/checkpoint_best.pt; do
-    [ -f "$ck" ] || continue
-    name=$(basename "$ck" .pt); name=cand_${name##*_}
-    python3 scripts/release_checkpoint.py "$ck" "/tmp/$name.pt" --data /tmp/bin >/dev/null || continue
-    if [ "$(stat -c %s "/tmp/$name.pt")" -gt 15000000 ]; then split -b 15000000 "/tmp/$name.pt" "$RESULT/$name.pt.part-"
-    else cp "/tmp/$name.pt" "$RESULT/"; fi
+  pids=()
+  for arch in ${ARCHS:-${ARCH:-museformer_s2p_small}}; do
+    rm -rf "/tmp/gpu_train_$arch"
+    env BIN=/tmp/cli DATA_BIN=/tmp/bin OUT="/tmp/gpu_train_$arch" ARCH="$arch" HOURS="${HOURS:-0.1}" \
+      LR="${LR:-1e-3}" WARMUP="${WARMUP:-400}" MAX_TOKENS="${MAX_TOKENS:-32768}" UPDATE_FREQ=1 RELEASE=0 \
+      SAVE_EVERY="${SAVE_EVERY:-500}" EXTRA="--log-interval 50 ${EXTRA:-}" \
+      scripts/train_nasap.sh gpu >"/tmp/train_$arch.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; echo "train exit $? at $(date +%s)"; done
+  # what comes back is bounded (8 files of at most 16 MiB, 64 MiB in all): per architecture the best
+  # checkpoint, then the interval ones newest first, while 7 files (the 8th is this log) and 66 MB hold
+  files=0; bytes=0
+  for arch in ${ARCHS:-${ARCH:-museformer_s2p_small}}; do
+    echo "== $arch"; grep -E "valid on|wps=|Error|Traceback" "/tmp/train_$arch.log" | tail -12
+    short=${arch#museformer_s2p_}
+    for ck in "/tmp/gpu_train_$arch"/ckpt/checkpoint_best.pt $(ls -t "/tmp/gpu_train_$arch"/ckpt/checkpoint_*_*.pt 2>/dev/null); do
+      [ -f "$ck" ] || continue
+      name=$(basename "$ck" .pt); name=cand_${short}_${name##*_}
+      python3 scripts/release_checkpoint.py "$ck" "/tmp/$name.pt" --data /tmp/bin >/dev/null || continue
+      size=$(stat -c %s "/tmp/$name.pt"); parts=$(( (size + 14999999) / 15000000 ))
+      if [ $((files + parts)) -gt 7 ] || [ $((bytes + size)) -gt 66000000 ]; then echo "left out: $name"; continue; fi
+      files=$((files + parts)); bytes=$((bytes + size))
+      if [ "$parts" -gt 1 ]; then split -b 15000000 "/tmp/$name.pt" "$RESULT/$name.pt.part-"
+      else cp "/tmp/$name.pt" "$RESULT/"; fi
+    done
   done
   ls -la "$RESULT"
 fi
