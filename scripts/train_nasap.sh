@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training recipe on (n)ASAP minus the Pianist Transformer test pieces:
 #   tokenize -> fairseq-preprocess -> fairseq-train museformer_s2p (tensorboard, best checkpoint by
-#   validation loss) -> release the best checkpoint as one fp16 file.
+#   validation loss) -> score the checkpoints free-running on whole validation pieces (FREERUN) ->
+#   release the best one as one fp16 file.
 #
 # Usage: scripts/train_nasap.sh [cpu|gpu]        (env: NASAP=path to unpacked (n)ASAP, OUT=work dir)
 #   cpu: museformer_s2p_tiny, --attention-impl dense, 2 cores, about 2 hours (--stop-time-hours 2); at these
@@ -32,6 +33,13 @@
 # OVERSAMPLE=TOKEN:TIMES repeats the training examples whose score holds TOKEN (scripts/oversample_lines.py),
 # e.g. After_fermata:8: a warm-started model sees the rare token often enough to learn it.
 # EXTRA adds fairseq-train flags to the gpu profile (e.g. --max-update); RELEASE=0 skips the release file.
+# FREERUN picks the released checkpoint by how it plays whole validation pieces free-running
+# (scripts/select_checkpoint.py: overall JS, beat tempo r, velocity r, length ratio; tensorboard tags
+# freerun/* under $OUT/tb/freerun; $OUT/ckpt/freerun_scores.json): "after" (the cpu default) scores the
+# kept interval checkpoints once training ends, "watch" (the gpu default) scores each one while training
+# runs (on the CPU), 0 skips it; FREERUN_ARGS sets its flags (default --max-pieces 4 --per-piece 1) and
+# TOK the tokenized build it reads (default $OUT/tok). The release takes checkpoint_best_freerun.pt when
+# present, else checkpoint_best.pt (validation loss).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-cpu}
@@ -51,6 +59,9 @@ WARM=()
 [ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose=-3,3 --augment-tempo=0.9,1.1)
 BIN=${BIN:-.venv/bin}
 DATA_BIN=${DATA_BIN:-}
+TOK=${TOK:-$OUT/tok}
+FREERUN=${FREERUN:-$([ "$PROFILE" = gpu ] && echo watch || echo after)}
+FREERUN_ARGS=${FREERUN_ARGS:---max-pieces 4 --per-piece 1}
 mkdir -p "$OUT"
 if [ -z "$DATA_BIN" ]; then
 [ -d "$NASAP" ] || { echo "train_nasap: error: $NASAP: (n)ASAP not found (../shared/datasets/unpack makes it)" >&2; exit 1; }
@@ -81,6 +92,22 @@ COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_c
   --max-source-positions 2048 --max-target-positions 2048
   --save-dir "$OUT/ckpt" --tensorboard-logdir "$OUT/tb" --keep-last-epochs 1
   --best-checkpoint-metric loss --log-format simple --log-interval 20 --seed "${SEED:-1}" "${WARM[@]}")
+select_checkpoint() {  # select_checkpoint [--watch ...]: free-running scores of $OUT/ckpt (see FREERUN)
+  $BIN/python scripts/select_checkpoint.py "$OUT/ckpt" --tokens "$TOK" --data "$DATA_BIN" --tb "$OUT/tb/freerun" \
+    $FREERUN_ARGS "$@"
+}
+if [ "$FREERUN" != 0 ] && [ ! -f "$TOK/manifest.jsonl" ]; then
+  echo "train_nasap: $TOK: no tokenized build, so no free-running checkpoint selection (set TOK)" >&2
+  FREERUN=0
+fi
+mkdir -p "$OUT/ckpt"
+rm -f "$OUT/ckpt/.training_done"
+WATCHER=
+if [ "$FREERUN" = watch ]; then
+  select_checkpoint --watch --done-file "$OUT/ckpt/.training_done" --poll 60 &
+  WATCHER=$!
+  trap 'touch "$OUT/ckpt/.training_done"' EXIT  # a failed training run still stops the watcher
+fi
 if [ "$PROFILE" = gpu ]; then
   $BIN/fairseq-train "$DATA_BIN" "${COMMON[@]}" --arch "${ARCH:-museformer_s2p}" --attention-impl "${IMPL:-dense}" \
     --fp16 --lr "${LR:-5e-4}" --max-tokens "${MAX_TOKENS:-16384}" --update-freq "${UPDATE_FREQ:-2}" \
@@ -91,7 +118,15 @@ else
     --attention-impl dense --save-interval-updates 1000 --keep-interval-updates 6 --cpu --lr "${LR:-1e-3}" \
     --max-tokens 4096 --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 0
 fi
+touch "$OUT/ckpt/.training_done"
+if [ -n "$WATCHER" ]; then
+  wait "$WATCHER"
+elif [ "$FREERUN" = after ]; then
+  select_checkpoint
+fi
 [ "${RELEASE:-1}" = 1 ] || exit 0
-[ -f "$OUT/ckpt/checkpoint_best.pt" ] || { echo "train_nasap: error: $OUT/ckpt/checkpoint_best.pt: no validated checkpoint to release" >&2; exit 1; }
-$BIN/python scripts/release_checkpoint.py "$OUT/ckpt/checkpoint_best.pt" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
-echo "best checkpoint: $OUT/ckpt/checkpoint_best.pt; release candidate: $OUT/instruct-museformer.pt"
+BEST="$OUT/ckpt/checkpoint_best_freerun.pt"
+[ -f "$BEST" ] || BEST="$OUT/ckpt/checkpoint_best.pt"
+[ -f "$BEST" ] || { echo "train_nasap: error: $OUT/ckpt/checkpoint_best.pt: no validated checkpoint to release" >&2; exit 1; }
+$BIN/python scripts/release_checkpoint.py "$BEST" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
+echo "released checkpoint: $BEST; release candidate: $OUT/instruct-museformer.pt"
