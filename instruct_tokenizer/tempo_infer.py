@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -191,3 +191,12 @@ def with_qpm(score_tokens: Sequence[str], qpm: float) -> List[str]:
     ratio = qpm / qpms[0]
     return [V.tok(V.QPM, V.quantise_qpm(float(t.partition("_")[2]) * ratio)) if t.startswith(V.QPM + "_") else t
             for t in score_tokens]
+
+
+def apply_notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None) -> Tuple[List[str], TempoEstimate]:
+    """The score tokens with the notated tempo a rendering starts from (:func:`notated_tempo`): unchanged
+    where the score states a metronome mark, else with every ``QPM`` set from the estimate (or
+    ``override``) by :func:`with_qpm`; and the estimate. What ``instruct-render``, ``instruct-eval`` and
+    ``instruct-tokenize build --infer-tempo`` all give a model that reads ``QPM``."""
+    tempo = notated_tempo(score_tokens, override=override)
+    return (list(score_tokens) if tempo.source == "mark" else with_qpm(score_tokens, tempo.qpm)), tempo

@@ -26,6 +26,7 @@ from instruct_tokenizer.grammar import target_slots
 from instruct_tokenizer.match import load_match
 from instruct_tokenizer.metrics import PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms
 from instruct_tokenizer.metrics import midi_features
+from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
 
 def constant_perf(score_tokens: Sequence[str], tempo_bin: int, vel: int, art: float,
@@ -195,7 +196,10 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     for p in perfs:
         marks, qpm = xml_score_info(p["source"], features, report)
         enc = encode_match(load_match(p["source"]), marks=marks, qpm=qpm)
-        human.append((p, first_bars(model_score(enc.score, features), max_bars), first_bars(enc.perf, max_bars)))
+        score = model_score(enc.score, features)
+        if features.get("notated_tempo"):  # a score without a mark: the tempo instruct-render would infer
+            score = apply_notated_tempo(score)[0]
+        human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))
     prefix = style_prefix({}) if features.get("instruct", True) else []
     scores = [prefix + s for _, s, _ in human]
     rendered = renderer.render_many(scores, sampling or Sampling())

@@ -242,7 +242,7 @@ class Renderer:
         metronome mark gets the estimate of ``instruct_tokenizer.tempo_infer`` instead of 120, ``qpm``
         (quarter notes per minute) overrides both; :attr:`tempo` says which and why. Raises ScoreReadError."""
         from instruct_tokenizer.encode import score_file_to_tokens
-        from instruct_tokenizer.tempo_infer import notated_tempo, with_qpm
+        from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
         f = self.score_features
         tokens = score_file_to_tokens(path, style=style, composer=composer, performer=performer,
@@ -253,10 +253,10 @@ class Renderer:
             self.tempo = None
             return tokens
         try:
-            self.tempo = notated_tempo(tokens, override=qpm)
+            tokens, self.tempo = apply_notated_tempo(tokens, override=qpm)
         except ValueError as e:
             raise RenderError(str(e)) from None
-        return tokens if self.tempo.source == "mark" else with_qpm(tokens, self.tempo.qpm)
+        return tokens
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:
         ids = [dictionary.index(t) for t in tokens]

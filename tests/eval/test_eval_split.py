@@ -87,6 +87,8 @@ def test_model_gets_the_score_tokens_it_was_trained_on(tok_dir, tmp_path):
         types = {V.parse(t)[0] for t in s}
         assert V.QPM in types and types & set(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES)
         assert not types & set(V.INSTRUCT_TYPES) and s[0] == V.BAR_TOKEN
+        # the notated tempo instruct-render would use: the mark, else the estimate (never the bare 120)
+        assert {t for t in s if t.startswith(V.QPM + "_")} != {V.tok(V.QPM, 120)}
     plain = ConstantRenderer()  # no score_features: the plain score with the instruct prefix
     evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8, markings=False)
     for i in range(2):  # the human reference does not depend on the score tokens' optional markings

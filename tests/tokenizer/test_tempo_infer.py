@@ -81,3 +81,13 @@ def test_fit_recovers_a_known_line():
     assert math.isclose(model.coef["words"][0], coef[0])
     with pytest.raises(ValueError, match="missing coefficients"):
         T.TempoModel({"words": {}})
+
+
+def test_apply_notated_tempo_keeps_a_mark_and_sets_the_estimate_elsewhere():
+    marked = score(word="slow", qpm=66)
+    assert T.apply_notated_tempo(marked) == (marked, T.notated_tempo(marked))
+    unmarked = score(word="fast", qpm=120)
+    tokens, est = T.apply_notated_tempo(unmarked)
+    assert est.source == "words" and tokens == T.with_qpm(unmarked, est.qpm)
+    assert {t for t in tokens if t.startswith("QPM_")} != {"QPM_120"}
+    assert T.apply_notated_tempo(unmarked, override=90)[0] == T.with_qpm(unmarked, 90)
