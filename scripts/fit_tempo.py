@@ -53,12 +53,17 @@ def performances(tok_dir: Path, split: str) -> dict:
 
 
 def human_qpm(score: list, perf: list) -> float:
-    """Performed quarter notes per minute: notated quarters over performed seconds (``Tempo`` tokens)."""
-    gaps, _ = tempo_slot_gaps(score)
+    """Performed quarter notes per minute: notated quarters over performed seconds, from the tempo tokens
+    (``Tempo``; or ``TempoLevel`` + ``TempoRel`` relative to the score's ``QPM``)."""
+    from instruct_tokenizer.grammar import relative_beat_period_s, tempo_level_factor
+
+    relative = bool(perf) and tempo_level_factor(perf[0]) is not None
+    gaps, scales = tempo_slot_gaps(score, relative=relative)
+    level = tempo_level_factor(perf[0]) if relative else None
     secs = quarters = 0.0
-    for tok, gap in zip(perf, gaps):
+    for tok, gap, scale in zip(perf, gaps, scales):
         if gap == gap and gap > 0:
-            secs += gap * beat_period_s(tok)
+            secs += gap * (relative_beat_period_s(tok, scale, level) if relative else beat_period_s(tok))
             quarters += gap
     return 60.0 * quarters / secs if secs > 0 else float("nan")
 

@@ -59,21 +59,22 @@ def main() -> int:
     ap.add_argument("tokens", type=Path, help="the Vienna 4x22 build (all performances in train)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-estimate", action="store_true", help="120 where the score states no tempo")
+    ap.add_argument("--checkpoint", default=None, help="a model file (default: the released model)")
     a = ap.parse_args()
     from museformer import Renderer, Sampling
 
-    renderer = Renderer.load(threads=2)
+    renderer = Renderer.load(checkpoint=a.checkpoint, threads=2)
     print("| piece | notated tempo | seed | level / pianist: median (range) | beat-tempo r: mean (range) |")
     print("|---|---|---|---|---|")
     for title, perfs in pianists(a.tokens).items():
         _, score, _ = perfs[0]
         est = notated_tempo(score, override=120.0 if a.no_estimate and notated_tempo(score).source != "mark" else None)
-        tokens = style_prefix({}) + with_qpm(score, est.qpm)
+        given = with_qpm(score, est.qpm)  # what the model reads (a relative model's tempo is relative to it)
+        tokens = style_prefix({}) + given
         for seed in a.seeds:
-            rendered = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
-            body = rendered
-            mine_q = human_qpm(score, body)
-            mine = per_note_features(score, body)
+            body = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
+            mine_q = human_qpm(given, body)
+            mine = per_note_features(given, body)
             levels, rs = [], []
             for performer, s, p in tqdm(perfs, desc=f"{title} seed {seed}", unit="pianist", leave=False):
                 if s != score:  # a pianist whose match gives other score notes: not comparable note by note

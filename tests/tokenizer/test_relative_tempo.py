@@ -285,3 +285,16 @@ def test_infer_tempo_build_gives_unmarked_scores_the_renderers_estimate(tmp_path
     assert np.percentile(np.abs(a.onset_s - b.onset_s), 99) * 1000 <= 20.0
     assert _types(perf_est) == _types(perf120)
     np.testing.assert_array_equal(a.velocity, b.velocity)
+
+
+def test_performed_qpm_reads_both_encodings():
+    """scripts/fit_tempo.human_qpm (the tempo level of vienna_tempo.py and the tempo fit) on a relative
+    stream: level +1 octave under QPM 60 is 30 quarter notes per minute, as decode plays it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from fit_tempo import human_qpm
+
+    score = "Bar_None QPM_60 Pos_0 Pitch_60 Dur_24 Staff_1 Pos_24 Pitch_62 Dur_24 Staff_1".split()
+    group = ["Sus_None"] * 3 + ["Soft_None"] + ["Vel_32", "Time_0", "Art_0.00"]
+    perf = ["TempoLevel_24", "Bar_None", "TempoRel_0"] + group + ["TempoRel_0"] + group
+    assert human_qpm(score, perf) == pytest.approx(30.0)
+    assert human_qpm(score, perf) == pytest.approx(60.0 / np.diff(decode_performance(score, perf).onset_s)[0])
