@@ -63,7 +63,7 @@ def main() -> int:
     a = ap.parse_args()
     from museformer import Renderer, Sampling
 
-    renderer = Renderer.load(checkpoint=a.checkpoint, threads=2)
+    renderer = Renderer.load(checkpoint=a.checkpoint, threads=1)
     print("| piece | notated tempo | seed | level / pianist: median (range) | beat-tempo r: mean (range) |")
     print("|---|---|---|---|---|")
     for title, perfs in pianists(a.tokens).items():
