@@ -50,6 +50,8 @@ def sample(model, net_input: Dict[str, Tensor], rules: Optional[DecodeRules], pr
     tokens = torch.full((batch, max_len + 2), pad, dtype=torch.long, device=src_tokens.device)  # (B, T)
     tokens[:, 0] = eos
     draw = Draw(tgt_dict, temperature, topp, max_len, prefix_tokens)
+    out = decoder.out  # a hooked projection computes every logit (MuseformerDecoder.project)
+    only = rule_state is not None and not (out._forward_hooks or out._forward_pre_hooks)
     rows = list(range(batch))  # original row of each row still running
     done: List[Optional[Tensor]] = [None] * batch
     for step in range(max_len + 1):
@@ -60,7 +62,7 @@ def sample(model, net_input: Dict[str, Tensor], rules: Optional[DecodeRules], pr
         candidates = rules.candidates(table, step) if rule_state is not None else None
         logits = decoder.step(tok, step, encoder_out, state, candidates)  # (B, 1, V)
         if rule_state is not None:
-            logits = rules(logits, rule_state, table, step)
+            logits = rules(logits, rule_state, table, step, candidates_only=only)
         chosen = draw(logits, step)  # (B,)
         tokens[:, step + 1] = chosen
         ended = chosen.eq(eos)
@@ -121,7 +123,20 @@ class Draw:
         lprobs = self.lprobs(logits, step)
         b = lprobs.shape[0]
         if self.topp is None:
-            return torch.multinomial(lprobs.exp_(), 1, replacement=True).view(b)
+            return multinomial_one(lprobs.exp_())
         probs, top = self.topp._sample_topp(lprobs.unsqueeze(1))  # (B, 1, k)
         pick = torch.multinomial(probs.view(b, -1), 1, replacement=True)  # (B, 1)
         return top.view(b, -1).gather(1, pick).view(b)
+
+
+def multinomial_one(probs: Tensor) -> Tensor:
+    """(B, V) probabilities -> (B,) one draw per row: ``torch.multinomial(probs, 1, replacement=True)``,
+    the same draw from the same random numbers (ATen draws one sample as argmax(probs / q), q ~ Exp(1) over
+    every entry: tests/render/test_sampler.py checks the two agree), without its validity checks (a
+    maximum, a minimum and a host sync per step); a row with no positive probability, which they would
+    refuse, raises here too, checked only when the draw lands on a zero."""
+    q = torch.empty_like(probs).exponential_()
+    pick = probs.div(q).argmax(-1)  # (B,)
+    if not bool(probs.gather(1, pick.unsqueeze(1)).gt(0).all()):
+        raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    return pick

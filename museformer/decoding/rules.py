@@ -585,9 +585,16 @@ class DecodeRules:
         others)."""
         return self.rules[0].candidates(table, step)  # the grammar mask, always first
 
-    def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int) -> Tensor:
-        """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order."""
-        for rule in self.rules:
+    def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int,
+                 candidates_only: bool = False) -> Tensor:
+        """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order.
+        ``candidates_only``: the logits are -inf but for :meth:`candidates` (the decoder computed only
+        those); where the step's column holds one slot type the grammar mask would change nothing, and
+        is skipped."""
+        rules = self.rules
+        if candidates_only and len(table.values_at("slots", step)) == 1:
+            rules = rules[1:]  # the grammar mask, always first
+        for rule in rules:
             logits = rule(logits, state, table, step)
         return logits
 
