@@ -117,11 +117,13 @@ def test_one_draw_equals_torch_multinomial():
     """The sampler's draw takes the same token as torch.multinomial from the same random numbers and
     leaves torch's generator where multinomial leaves it; a row with no mass is refused as by it."""
     gen = torch.Generator().manual_seed(0)
-    for trial in range(200):
-        rows, vocab = 1 + trial % 3, 50 + trial
+    for trial in range(300):
+        rows, vocab = 1 + trial % 5, 50 + 11 * trial
         logits = torch.full((rows, vocab), float("-inf"))
-        allowed = torch.randperm(vocab, generator=gen)[:1 + trial % 20]
+        allowed = torch.randperm(vocab, generator=gen)[:1 + trial % 40]
         logits[:, allowed] = 3 * torch.randn(rows, len(allowed), generator=gen)
+        if len(allowed) > 3:
+            logits[0, allowed[:trial % 3]] = float("-inf")  # rows allowing different tokens
         probs = torch.log_softmax(logits, -1).exp_()
         torch.manual_seed(trial)
         expected = torch.multinomial(probs, 1, replacement=True).view(rows)
