@@ -17,7 +17,8 @@ with their segments batched across pieces (``render_many``, ``--batch``), total 
 factor.
 
     python scripts/bench_speed.py [--score MIDI] [--repeats 1] [--threads 1,2] [--old-threads 1]
-                                  [--baseline-commit 5f51525] [--all [--pieces 0,1,...] [--skip-old]]
+                                  [--baseline-commit 5f51525] [--all [--pieces 0,1,...] [--skip-old]
+                                  [--lean-one-at-a-time] [--batch 16]] [--json FILE]
 """
 from __future__ import annotations
 
@@ -175,11 +176,11 @@ def all_pieces(renderer, args) -> dict:
     decoder = renderer.models[0].decoder
     out = {}
     print(f"\n{len(pieces)} benchmark pieces, {sum(t.startswith('Pitch_') for s in scores for t in s)} score notes")
-    runs = [("new: lean, batched", "lean", args.best_threads, True)]
+    runs = [(f"new: lean, batched, {t} thread{'s' if t > 1 else ''}", "lean", t, True) for t in args.threads]
     if not args.skip_old:
         runs.insert(0, ("old: fairseq, one piece at a time", "fairseq", args.old_threads, False))
     if args.lean_one_at_a_time:
-        runs.append(("new: lean, one piece at a time", "lean", args.best_threads, False))
+        runs.append(("new: lean, one piece at a time", "lean", args.threads[0], False))
     perfs = {}
     for name, generator, threads, batched in runs:
         renderer.threads = threads
@@ -202,14 +203,15 @@ def all_pieces(renderer, args) -> dict:
         print(f"  {name:36s} {wall:7.1f} s wall {cpu:7.1f} s CPU  {notes / wall:6.1f} notes/s  "
               f"RTF {wall / seconds:.3f}  steps/note {counter['rows'] / notes:.2f}", flush=True)
     names = list(out)
-    print(f"\n| 23 pieces ({out[names[0]]['notes']} notes, {out[names[0]]['music_seconds']:.0f} s of music) "
+    print(f"\n| {len(pieces)} pieces ({out[names[0]]['notes']} notes, {out[names[0]]['music_seconds']:.0f} s of music) "
           "| threads | wall s | CPU s | notes/s | RTF | steps/note |")
     print("|---|---|---|---|---|---|---|")
     for name, r in out.items():
         print(f"| {name} | {r['threads']} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['notes'] / r['wall']:.1f} | "
               f"{r['wall'] / r['music_seconds']:.3f} | {r['steps_per_note']:.2f} |")
     if len(names) > 1:
-        print(f"speed-up (wall) {out[names[0]]['wall'] / out[names[-1]]['wall']:.2f}x")
+        best = min(names[1:], key=lambda k: out[k]["wall"])
+        print(f"speed-up (wall) of {best} over {names[0]}: {out[names[0]]['wall'] / out[best]['wall']:.2f}x")
     if "new: lean, one piece at a time" in perfs and "old: fairseq, one piece at a time" in perfs:
         same = perfs["new: lean, one piece at a time"] == perfs["old: fairseq, one piece at a time"]
         print(f"one piece at a time, lean vs fairseq: tokens {'identical' if same else 'DIFFERENT'}")
@@ -223,7 +225,9 @@ def main() -> None:
     ap.add_argument("--score", default=str(BENCH / "score" / "8.mid"), help="the one score (default: piece 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds of the one-score runs")
-    ap.add_argument("--threads", default="1,2", help="torch thread counts of the lean path, comma-separated")
+    ap.add_argument("--threads", default="1,2",
+                    help="torch thread counts of the lean path, comma-separated (--all: its batched runs; the first "
+                         "for --lean-one-at-a-time)")
     ap.add_argument("--old-threads", type=int, default=1, help="torch threads of the old path (its default: 1)")
     ap.add_argument("--baseline-commit", default=None,
                     help="also render the one score with this commit's code (subprocess), e.g. 5f51525, the "
@@ -232,7 +236,6 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="the 23 benchmark pieces: old one at a time, new batched")
     ap.add_argument("--pieces", default=None, help="with --all: only these piece indices, comma-separated")
     ap.add_argument("--batch", type=int, default=16, help="with --all: segments generated together (lean)")
-    ap.add_argument("--best-threads", type=int, default=1, help="with --all: torch threads of the lean path")
     ap.add_argument("--skip-old", action="store_true", help="with --all: the lean path only")
     ap.add_argument("--lean-one-at-a-time", action="store_true",
                     help="with --all: also the lean path one piece at a time (token identity with the old)")
