@@ -98,10 +98,11 @@ print(json.dumps({{"wall": time.perf_counter() - w0, "cpu": cpu() - c0, "tokens"
 """
 
 
-def run_baseline(commit: str, checkpoint: str, score: str, seed: int, threads: int) -> dict:
-    """Render ``score`` with the code of ``commit`` in a subprocess: {wall, cpu, tokens}."""
+def run_baseline(commit: str, checkpoint: str, score: str, seed: int, threads: int, repo: str = str(REPO)) -> dict:
+    """Render ``score`` with the code of ``commit`` (of the git checkout ``repo``) in a subprocess:
+    {wall, cpu, tokens}."""
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tree:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+        archive = subprocess.run(["git", "-C", repo, "archive", commit], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
         code = BASELINE_SCRIPT.format(tree=tree, checkpoint=checkpoint, score=score, seed=seed, threads=threads)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tree)
@@ -139,7 +140,7 @@ def one_score(renderer, args) -> dict:
                   f"{notes / wall:6.1f} notes/s  RTF {wall / seconds:.3f}  "
                   f"tokens {'identical' if row['same'] else 'DIFFERENT'}", flush=True)
         if args.baseline_commit and rnd == 0:
-            b = run_baseline(args.baseline_commit, args.checkpoint, args.score, args.seed, args.old_threads)
+            b = run_baseline(args.baseline_commit, args.checkpoint, args.score, args.seed, args.old_threads, args.git)
             same = b["tokens"] == reference
             results[f"before: commit {args.baseline_commit}"] = [
                 {"wall": b["wall"], "cpu": b["cpu"], "steps": None, "calls": None, "same": same,
@@ -232,6 +233,7 @@ def main() -> None:
     ap.add_argument("--baseline-commit", default=None,
                     help="also render the one score with this commit's code (subprocess), e.g. 5f51525, the "
                          "last commit before the speed work")
+    ap.add_argument("--git", default=str(REPO), help="the git checkout --baseline-commit is taken from")
     ap.add_argument("--skip-one", action="store_true", help="skip the one-score comparison")
     ap.add_argument("--all", action="store_true", help="the 23 benchmark pieces: old one at a time, new batched")
     ap.add_argument("--pieces", default=None, help="with --all: only these piece indices, comma-separated")
