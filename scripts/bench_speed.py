@@ -177,7 +177,8 @@ def all_pieces(renderer, args) -> dict:
     decoder = renderer.models[0].decoder
     out = {}
     print(f"\n{len(pieces)} benchmark pieces, {sum(t.startswith('Pitch_') for s in scores for t in s)} score notes")
-    runs = [(f"new: lean, batched, {t} thread{'s' if t > 1 else ''}", "lean", t, True) for t in args.threads]
+    runs = [] if args.skip_batched else [
+        (f"new: lean, batched, {t} thread{'s' if t > 1 else ''}", "lean", t, True) for t in args.threads]
     if not args.skip_old:
         runs.insert(0, ("old: fairseq, one piece at a time", "fairseq", args.old_threads, False))
     if args.lean_one_at_a_time:
@@ -239,6 +240,7 @@ def main() -> None:
     ap.add_argument("--pieces", default=None, help="with --all: only these piece indices, comma-separated")
     ap.add_argument("--batch", type=int, default=16, help="with --all: segments generated together (lean)")
     ap.add_argument("--skip-old", action="store_true", help="with --all: the lean path only")
+    ap.add_argument("--skip-batched", action="store_true", help="with --all: no lean batched run")
     ap.add_argument("--lean-one-at-a-time", action="store_true",
                     help="with --all: also the lean path one piece at a time (token identity with the old)")
     ap.add_argument("--json", default=None, help="write the figures here")
