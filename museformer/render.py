@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "others draws other random numbers than alone)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads while decoding (default 1: one step's matrices are small, measured "
-                        "fastest; scripts/bench_render.py)")
+                        "fastest; scripts/bench_speed.py)")
     p.add_argument("--generator", default="lean", choices=list(GENERATORS),
                    help="sampling loop: lean (default, museformer.sampler) or fairseq's SequenceGenerator "
                         "(the same tokens with the same seed, slower; for checking)")

@@ -50,6 +50,8 @@ def sample(model, net_input: Dict[str, Tensor], rules: Optional[DecodeRules], pr
     tokens = torch.full((batch, max_len + 2), pad, dtype=torch.long, device=src_tokens.device)  # (B, T)
     tokens[:, 0] = eos
     draw = Draw(tgt_dict, temperature, topp, max_len, prefix_tokens)
+    out = decoder.out  # a hooked projection computes every logit (MuseformerDecoder.project)
+    only = rule_state is not None and not (out._forward_hooks or out._forward_pre_hooks)
     rows = list(range(batch))  # original row of each row still running
     done: List[Optional[Tensor]] = [None] * batch
     for step in range(max_len + 1):
@@ -60,7 +62,7 @@ def sample(model, net_input: Dict[str, Tensor], rules: Optional[DecodeRules], pr
         candidates = rules.candidates(table, step) if rule_state is not None else None
         logits = decoder.step(tok, step, encoder_out, state, candidates)  # (B, 1, V)
         if rule_state is not None:
-            logits = rules(logits, rule_state, table, step)
+            logits = rules(logits, rule_state, table, step, candidates_only=only)
         chosen = draw(logits, step)  # (B,)
         tokens[:, step + 1] = chosen
         ended = chosen.eq(eos)
@@ -121,7 +123,33 @@ class Draw:
         lprobs = self.lprobs(logits, step)
         b = lprobs.shape[0]
         if self.topp is None:
-            return torch.multinomial(lprobs.exp_(), 1, replacement=True).view(b)
+            return multinomial_one(lprobs.exp_())
         probs, top = self.topp._sample_topp(lprobs.unsqueeze(1))  # (B, 1, k)
         pick = torch.multinomial(probs.view(b, -1), 1, replacement=True)  # (B, 1)
         return top.view(b, -1).gather(1, pick).view(b)
+
+
+MASK53 = (1 << 53) - 1
+
+
+def multinomial_one(probs: Tensor) -> Tensor:
+    """(B, V) probabilities -> (B,) one draw per row: the token ``torch.multinomial(probs, 1,
+    replacement=True)`` draws, from the same random numbers, leaving torch's generator where it leaves it
+    (tests/render/test_sampler.py), at a fifth of its cost.
+
+    ATen draws one sample as argmax(probs / q) with q = ``exponential_()`` over every entry, and
+    ``exponential_`` makes each q from one 64-bit draw x as -log1p(-u), u = (x & (2^53 - 1)) / 2^53, in
+    double, rounded to float. Here the 64-bit draws come from ``random_()`` (the same draws, without a
+    logarithm per entry) and q is computed only for the tokens some row may take (the others have
+    probability 0: they cannot win). Its validity checks (a maximum, a minimum and a host sync per step)
+    are left out; a row with no positive probability is refused as multinomial refuses it."""
+    bits = torch.empty(probs.shape, dtype=torch.int64, device=probs.device).random_()  # (B, V)
+    cols = probs.gt(0).any(0).nonzero().squeeze(1)  # (K,) the tokens any row may take
+    u = bits.index_select(1, cols).bitwise_and_(MASK53).double().mul_(2.0 ** -53)  # (B, K) in [0, 1)
+    q = torch.log1p(u.neg_()).neg_().float()  # (B, K) ~ Exp(1), bit for bit exponential_'s
+    if cols.numel() == 0:
+        raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    best, at = torch.max(probs.index_select(1, cols).div_(q), -1)  # (B,)
+    if not bool(best.gt(0).all()):
+        raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    return cols[at]

@@ -69,16 +69,24 @@ def benchmark(bench: Path = BENCH) -> dict:
 
 
 def render_dir(renderer, scores: dict, out: Path, sampling, batch: int, reuse: bool = False) -> Optional[float]:
-    """Render {index: score tokens} into out/{index}.mid; returns render seconds. ``reuse``: when out/
-    already holds every {index}.mid (an earlier run of the same checkpoint and seed), keep them and
-    return None (no render time measured)."""
+    """Render {index: score tokens} into out/{index}.mid; returns render seconds. The pieces' segments
+    are generated together, ``batch`` at a time (``Renderer.render_many``); ``batch`` 0: one piece at a
+    time (``render_tokens``, each piece from the seed: the tokens instruct-render gives it alone).
+    ``reuse``: when out/ already holds every {index}.mid (an earlier run of the same checkpoint and
+    seed), keep them and return None (no render time measured)."""
     if reuse and all((out / f"{k}.mid").is_file() for k in scores):
         print(f"reusing the renderings in {out} (render time not measured in this run)")
         return None
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     keys = sorted(scores)
-    perfs = renderer.render_many([scores[k] for k in keys], sampling, batch_size=batch)
+    if batch > 0:
+        perfs = renderer.render_many([scores[k] for k in keys], sampling, batch_size=batch)
+    else:
+        from tqdm import tqdm
+
+        perfs = [renderer.render_tokens(scores[k], sampling, progress=False)
+                 for k in tqdm(keys, desc="render", unit="piece")]
     seconds = time.time() - t0
     valid = sum(structurally_valid(scores[k], perf) for k, perf in zip(keys, perfs))
     print(f"structural validity {valid}/{len(keys)} in {out.name}: the grammar's slot for every token "
@@ -283,7 +291,12 @@ def main() -> int:
                     help="instruct-tokenize build whose train.perf gives the training-mean baseline")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_quality"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=24, help="segments generated together")
+    ap.add_argument("--batch", type=int, default=24,
+                    help="segments of different pieces generated together (0: one piece at a time)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads while decoding (default 1: measured fastest, scripts/bench_speed.py)")
+    ap.add_argument("--generator", default="lean", choices=["lean", "fairseq"],
+                    help="sampling loop: lean (museformer.sampler) or fairseq's SequenceGenerator (slower)")
     ap.add_argument("--topp", type=float, default=1.0, help="nucleus sampling p (instruct-render's default 1.0)")
     DecodeConfig.add_args(ap, profile="render")  # our renderings' decoding rules, as instruct-render's
     ap.add_argument("--no-xml", action="store_true", help="skip the MusicXML-input row")
@@ -309,8 +322,8 @@ def main() -> int:
         from museformer.render import Renderer, Sampling
 
         renderer = Renderer.from_checkpoint(a.checkpoint, a.data, decode=DecodeConfig.from_args(a))
-        renderer.threads = 2
-        sampling = Sampling(seed=a.seed, topp=a.topp)
+        renderer.threads = max(1, a.threads)
+        sampling = Sampling(seed=a.seed, topp=a.topp, generator=a.generator)
         scores = {int(p["index"]): opening(renderer.score_tokens(str(BENCH / "score" / f"{p['index']}.mid")),
                                            a.max_tokens_per_piece) for p in pieces}
         secs = render_dir(renderer, scores, out / "ours_midi", sampling, a.batch, a.reuse_renders)

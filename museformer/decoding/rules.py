@@ -258,6 +258,12 @@ class TempoState(DecodeRule):
         self.tables, self.tempo_gaps, self.track_level = tables, tempo_gaps, track_level
         if (track_level or tables.relative) and tempo_gaps is None:
             raise ValueError("--tempo-band, --fermata-hold: the grammar module gives no tempo_slot_gaps")
+        # per type id: whether a token of that type has a beat period (the others leave the state as it is)
+        timed = [False] * len(tables.names)
+        for i, t in enumerate(tables.types):
+            if bool(torch.isfinite(tables.period[i])):
+                timed[tables.type_id[t]] = True
+        self.timed_types = timed
 
     def prepare(self, rows, device, priors):
         if not (self.track_level or self.tables.relative):
@@ -279,6 +285,10 @@ class TempoState(DecodeRule):
             state["level"] = table["tempo_prior"].clone()  # (B, 4)
 
     def update(self, state, tokens, step, table):
+        if not self.tables.relative and (step == 0 or (
+                not any(self.timed_types[t] for t in table.values_at("slots", step - 1))
+                and not (self.track_level and table.acts("slot_gap", step - 1, "positive")))):
+            return  # no row read a token with a beat period (step 0: the start token), no level to update
         period = self.tables.period.to(tokens.device)[tokens]  # (B,)
         if self.tables.relative:
             factor = self.tables.level_factor.to(tokens.device)[tokens]  # (B,) at the TempoLevel slot
@@ -585,9 +595,16 @@ class DecodeRules:
         others)."""
         return self.rules[0].candidates(table, step)  # the grammar mask, always first
 
-    def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int) -> Tensor:
-        """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order."""
-        for rule in self.rules:
+    def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int,
+                 candidates_only: bool = False) -> Tensor:
+        """(B, 1, V) logits of step ``step`` -> the logits every rule adjusted, in order.
+        ``candidates_only``: the logits are -inf but for :meth:`candidates` (the decoder computed only
+        those); where the step's column holds one slot type the grammar mask would change nothing, and
+        is skipped."""
+        rules = self.rules
+        if candidates_only and len(table.values_at("slots", step)) == 1:
+            rules = rules[1:]  # the grammar mask, always first
+        for rule in rules:
             logits = rule(logits, state, table, step)
         return logits
 

@@ -121,7 +121,7 @@ def test_decoder_state_equals_dynamics_after():
     with torch.no_grad():
         for k in range(1, prev.shape[1] + 1):
             model.decoder.forward_incremental(prev[:, :k], enc, state)
-    dyn = model.decoder.get_incremental_state(state, "fc")["rules"]["dyn"][0]
+    dyn = model.decoder.get_incremental_state(state, "fc").rules["dyn"][0]  # DecoderState.rules
     assert torch.allclose(dyn, r.rules.state_after(toks, perf)["dynamics_prior"], rtol=1e-5)
     assert dyn[3].item() > DYN_BAND_WARMUP_NOTES  # the band was active for part of the excerpt
 

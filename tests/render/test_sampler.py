@@ -18,7 +18,7 @@ from helpers import batch, make_model, random_pair  # noqa: E402
 
 from museformer.decoding import DecodeConfig, DecodeRules  # noqa: E402
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling, split_bars  # noqa: E402
-from museformer.sampler import sample  # noqa: E402
+from museformer.sampler import multinomial_one, sample  # noqa: E402
 from museformer.task import MAX_LEN_A, MAX_LEN_B  # noqa: E402
 
 SYNTHETIC = "museformer.synthetic_grammar"
@@ -111,6 +111,28 @@ def test_per_bar_views_agree_with_the_dense_reference(tiny):
     assert (compact - dense)[valid].abs().max() < 1e-5
     forced = model(src, lens, prev)[0]  # teacher forcing: the slow dense reference of the whole network
     assert (compact - forced)[valid].abs().max() < 1e-4
+
+
+def test_one_draw_equals_torch_multinomial():
+    """The sampler's draw takes the same token as torch.multinomial from the same random numbers and
+    leaves torch's generator where multinomial leaves it; a row with no mass is refused as by it."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        rows, vocab = 1 + trial % 5, 50 + 11 * trial
+        logits = torch.full((rows, vocab), float("-inf"))
+        allowed = torch.randperm(vocab, generator=gen)[:1 + trial % 40]
+        logits[:, allowed] = 3 * torch.randn(rows, len(allowed), generator=gen)
+        if len(allowed) > 3:
+            logits[0, allowed[:trial % 3]] = float("-inf")  # rows allowing different tokens
+        probs = torch.log_softmax(logits, -1).exp_()
+        torch.manual_seed(trial)
+        expected = torch.multinomial(probs, 1, replacement=True).view(rows)
+        after = torch.get_rng_state()
+        torch.manual_seed(trial)
+        assert torch.equal(multinomial_one(probs), expected)
+        assert torch.equal(torch.get_rng_state(), after)
+    with pytest.raises(RuntimeError):
+        multinomial_one(torch.zeros(1, 10))
 
 
 def test_candidate_logits_equal_the_whole_projection(tiny):

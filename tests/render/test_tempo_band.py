@@ -137,7 +137,7 @@ def test_decoder_level_state_equals_level_after():
     with torch.no_grad():
         for k in range(1, prev.shape[1] + 1):
             model.decoder.forward_incremental(prev[:, :k], enc, state)
-    level = model.decoder.get_incremental_state(state, "fc")["rules"]["level"][0]
+    level = model.decoder.get_incremental_state(state, "fc").rules["level"][0]  # DecoderState.rules
     assert torch.allclose(level, r.rules.state_after(toks, perf)["tempo_prior"], rtol=1e-5)
     assert level[3].item() > TEMPO_BAND_WARMUP_Q  # the band was active for part of the excerpt
 
