@@ -476,7 +476,11 @@ class Studio:
         score = session.prefix + [t for b in session.bars[:len(bars)] for t in b]
         midi = self._file(session.folder / f"preview-{job.id}-{len(bars)}.mid",
                           lambda p: tokens_to_midi(score, [t for b in bars for t in b], str(p)))
+        return self._audio_of(midi)
 
+    # ----------------------------------------------------------------------------------- files
+    def _audio_of(self, midi: Path) -> Path:
+        """Ogg Vorbis beside ``midi``, synthesised once; StudioError 500 when FluidSynth fails."""
         def make(path: Path) -> None:
             try:
                 self.synth.render(midi, path)
@@ -485,7 +489,6 @@ class Studio:
 
         return self._file(midi.with_suffix(".oga"), make)
 
-    # ----------------------------------------------------------------------------------- files
     def _file(self, path: Path, make: Callable[[Path], Any]) -> Path:
         """``path``, made by ``make(path)`` once (concurrent requests for it wait for the first)."""
         with self._lock:
@@ -514,14 +517,7 @@ class Studio:
         if self.synth.missing:
             raise StudioError(self.synth.missing, 503)
         midi = self.midi(sid, take_id)
-
-        def make(path: Path) -> None:
-            try:
-                self.synth.render(midi, path)
-            except SynthError as e:
-                raise StudioError(str(e), 500) from None
-
-        return self._file(midi.with_suffix(".oga"), make)
+        return self._audio_of(midi)
 
     def piano_roll(self, sid: str, take_id: int) -> Tuple[Path, plots.Axis]:
         """The piano roll of a take, and where its time axis lies in the picture."""
