@@ -121,6 +121,7 @@ class BuildConfig:
     notated_tempo: bool = False  # a QPM token (notated tempo from the MusicXML) in every bar header
     relative_tempo: bool = False  # TempoLevel + TempoRel (relative to the QPM) instead of Tempo; needs notated_tempo
     infer_tempo: bool = False  # with notated_tempo: a score without a metronome mark gets tempo_infer's estimate, not 120
+    beat_grid: bool = False  # one tempo token value per quarter-note beat, off-beat timing in Time (encode.beat_grid_targets)
     marking_state: bool = False  # the markings in force at each bar start in every bar header (with markings)
 
 
@@ -245,7 +246,8 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     items = []
     for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
         try:
-            enc: Encoded = encode_match(variant, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo)
+            enc: Encoded = encode_match(variant, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo,
+                                        beat_grid=cfg.beat_grid)
             if cfg.notated_tempo and cfg.infer_tempo:
                 enc = with_inferred_tempo(variant, enc, marks, qpm, cfg)
         except (ValueError, IndexError) as e:
@@ -277,7 +279,7 @@ def with_inferred_tempo(mf: MatchFile, enc: Encoded, marks: Optional[Dict], qpm:
     ratio = estimate.qpm / first
     scaled = {k: v * ratio for k, v in qpm.items()}
     return encode_match(mf, marks=marks, qpm=scaled, relative_tempo=cfg.relative_tempo,
-                        default_qpm=V.DEFAULT_QPM * ratio)
+                        default_qpm=V.DEFAULT_QPM * ratio, beat_grid=cfg.beat_grid)
 
 
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:

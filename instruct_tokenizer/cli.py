@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --notated-tempo: a score without a metronome mark gets the notated tempo that "
                         "instruct-render would infer (tempo words, meter, content: tempo_infer) instead of 120, "
                         "so that training sees what rendering gives the model")
+    b.add_argument("--beat-grid", action="store_true",
+                   help="one tempo per quarter-note beat: the onset groups between two beats (at most 2 quarters "
+                        "apart) repeat the beat's tempo token and carry their own timing in Time, as VirtuosoNet's "
+                        "beat tempo and onset deviation (docs/tokens.md, Beat grid)")
     b.add_argument("--marking-state", action="store_true",
                    help="with --xml-markings: the markings in force at each bar start (dynamic level, open "
                         "wedge, open rit./accel.) in every bar header (docs/tokens.md)")
@@ -98,7 +102,7 @@ def cmd_build(a: argparse.Namespace) -> int:
                       tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
                       cache_dir=a.cache_dir, markings_dropout=a.markings_dropout,
                       notated_tempo=a.notated_tempo, marking_state=a.marking_state,
-                      relative_tempo=a.relative_tempo, infer_tempo=a.infer_tempo)
+                      relative_tempo=a.relative_tempo, infer_tempo=a.infer_tempo, beat_grid=a.beat_grid)
     if cfg.infer_tempo and not cfg.notated_tempo:
         print("instruct-tokenize: error: --infer-tempo needs --notated-tempo", file=sys.stderr)
         return 2

@@ -296,7 +296,7 @@ def grid_targets(tl: Timeline, ref_s: np.ndarray, period_range_s: Optional[Tuple
     if not len(known):
         return out
     good = known[_longest_nondecreasing(ref_s[known])]
-    qe = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(tl.group_q), 1.0 / V.GRID))])
+    qe = _effective_q(tl)
     lo, hi = int(good[0]), int(good[-1])
     out[lo:hi + 1] = np.interp(qe[lo:hi + 1], qe[good], ref_s[good])
     if lo > 0:
@@ -306,6 +306,51 @@ def grid_targets(tl: Timeline, ref_s: np.ndarray, period_range_s: Optional[Tuple
         p0 = min(max(p0, float(lo_s[0])), float(hi_s[0]))
         out[:lo] = ref_s[lo] - (qe[lo] - qe[:lo]) * p0
     return _meet_tempo_range(out, np.diff(qe), lo_s[1:], hi_s[1:])
+
+
+MAX_BEAT_SPAN_Q = 2.0  # --beat-grid: off-beat groups between beats farther apart keep their own tempo
+
+
+def _effective_q(tl: Timeline) -> np.ndarray:
+    """Per onset group, its score position (quarters) with every step at least one grid unit (groups on
+    one position, a grace group before its note, stay in order)."""
+    return np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(tl.group_q), 1.0 / V.GRID))])
+
+
+def on_beat(tl: Timeline) -> np.ndarray:
+    """Per onset group, whether it starts on a quarter-note beat (an integer score position in quarters
+    from the first bar's start)."""
+    return np.abs(tl.group_q - np.round(tl.group_q)) < 1e-6
+
+
+def beat_grid_targets(tl: Timeline, target_s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(targets, hold) for the beat grid (``instruct-tokenize build --beat-grid``).
+
+    Between two quarter-note beats that have onset groups at most ``MAX_BEAT_SPAN_Q`` apart, the groups off the beat land on the straight
+    line between the two beats' targets in score time: the beat's tempo carries them, and their own
+    timing goes to the notes' ``Time`` (VirtuosoNet's beat tempo and onset deviation). ``hold``: per
+    group, True where its tempo token repeats the previous group's (an off-beat group after another in
+    the same beat), so that one beat has one tempo; the next beat's group corrects the grid. Groups
+    before the first beat or after the last keep their own targets and tokens. Times in s."""
+    n = tl.n_groups
+    hold = np.zeros(n, bool)
+    beat = on_beat(tl) & np.isfinite(target_s)
+    anchors = np.nonzero(beat)[0]
+    if len(anchors) < 2:
+        return target_s, hold
+    qe = _effective_q(tl)
+    lo, hi = int(anchors[0]), int(anchors[-1])
+    # per group, the beats before and after it (its own index on a beat), spanning at most MAX_BEAT_SPAN_Q
+    nxt = anchors[np.minimum(np.searchsorted(anchors, np.arange(n)), len(anchors) - 1)]
+    prv = anchors[np.maximum(np.searchsorted(anchors, np.arange(n), side="right") - 1, 0)]
+    span = tl.group_q[nxt] - tl.group_q[prv]
+    off = ~on_beat(tl) & (np.arange(n) > lo) & (np.arange(n) < hi) & (span <= MAX_BEAT_SPAN_Q + 1e-6)
+    out = target_s.copy()
+    out[off] = np.interp(qe[off], qe[anchors], target_s[anchors])
+    same_beat = np.zeros(n, bool)
+    same_beat[1:] = np.floor(tl.group_q[1:] + 1e-6) == np.floor(tl.group_q[:-1] + 1e-6)
+    hold[1:] = off[1:] & off[:-1] & same_beat[1:]
+    return out, hold
 
 
 def _meet_tempo_range(target: np.ndarray, dq: np.ndarray, lo_s: np.ndarray, hi_s: np.ndarray) -> np.ndarray:
@@ -402,7 +447,8 @@ def _far_offsets(tl: Timeline, target_s: np.ndarray, onset_s: np.ndarray, played
 
 
 def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[float]]] = None,
-                scale_s: Optional[np.ndarray] = None) -> Tuple[List[int], np.ndarray]:
+                scale_s: Optional[np.ndarray] = None, hold: Optional[np.ndarray] = None
+                ) -> Tuple[List[int], np.ndarray]:
     """Tempo bins and decoded grid times (s) per group, with error feedback: each bin is the one that
     lands the decoded grid nearest the group's target. For a group in ``far`` (offsets of its notes from
     the target, :func:`_far_offsets`: a note outside Time's 1 ms bins), the bin among the two nearest
@@ -410,7 +456,8 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[fl
 
     ``scale_s``: None for the absolute ``Tempo`` bins (beat periods); else, per group, the beat period
     (s per quarter) of ratio 1 of the relative ``TempoRel`` steps (notated period x level), and the bins
-    returned index ``RELATIVE_BINS``: group g's beat period is ``scale_s[g] x ratio``."""
+    returned index ``RELATIVE_BINS``: group g's beat period is ``scale_s[g] x ratio``. ``hold``: per group,
+    True where the group repeats the previous group's bin (:func:`beat_grid_targets`)."""
     n = tl.n_groups
     bins_ = ABSOLUTE_BINS if scale_s is None else RELATIVE_BINS
     scale = [1.0] * n if scale_s is None else np.asarray(scale_s, dtype=np.float64).tolist()
@@ -428,9 +475,16 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[fl
     min_dq = 1.0 / V.GRID
     tv = bins_.values
     isnan = math.isnan
+    held = [False] * n if hold is None else np.asarray(hold, bool).tolist()
+    if far and any(held):  # a group whose bin the next ones hold keeps the bin of its target
+        far = {g: o for g, o in far.items() if not (g + 1 < n and held[g + 1])}
     for g in range(n):
         sc = scale[g]
-        if g == 0:
+        if g and held[g]:
+            b = bins[-1]
+            period = tv[b] * sc
+            grid[g] = grid[g - 1] + max(q[g] - q[g - 1], min_dq) * period
+        elif g == 0:
             grid[0] = ORIGIN_S
             nxt = known[known > 0]
             if len(nxt) and not isnan(ref[0]):
@@ -500,16 +554,23 @@ def _relative_scale(tl: Timeline, ref_s: np.ndarray, notated_s: np.ndarray) -> T
     return step, notated_s * V.tempo_level_factor(step)
 
 
-def tempo_targets(tl: Timeline, ref_s: np.ndarray, notated_s: Optional[np.ndarray] = None
-                  ) -> Tuple[np.ndarray, Optional[int], Optional[np.ndarray]]:
-    """(grid targets, ``TempoLevel`` step, per-group scale) for the absolute encoding (``notated_s``
-    None: step and scale None) or the relative one (``notated_s``: per group the notated beat period,
-    s per quarter). The targets meet the range of the tempo tokens in use (:func:`grid_targets`)."""
-    if notated_s is None:
-        return grid_targets(tl, ref_s), None, None
-    step, scale = _relative_scale(tl, ref_s, notated_s)
-    rng = (scale * RELATIVE_BINS.lo, scale * RELATIVE_BINS.hi)
-    return grid_targets(tl, ref_s, rng), step, scale
+def tempo_targets(tl: Timeline, ref_s: np.ndarray, notated_s: Optional[np.ndarray] = None,
+                  beat_grid: bool = False) -> Tuple[np.ndarray, Optional[int], Optional[np.ndarray], np.ndarray]:
+    """(grid targets, ``TempoLevel`` step, per-group scale, per-group hold) for the absolute encoding
+    (``notated_s`` None: step and scale None) or the relative one (``notated_s``: per group the notated
+    beat period, s per quarter). The targets meet the range of the tempo tokens in use
+    (:func:`grid_targets`). ``beat_grid``: off-beat groups on the beat grid (:func:`beat_grid_targets`);
+    else hold is all False."""
+    step = scale = None
+    rng = None
+    if notated_s is not None:
+        step, scale = _relative_scale(tl, ref_s, notated_s)
+        rng = (scale * RELATIVE_BINS.lo, scale * RELATIVE_BINS.hi)
+    target = grid_targets(tl, ref_s, rng)
+    hold = np.zeros(tl.n_groups, bool)
+    if beat_grid:
+        target, hold = beat_grid_targets(tl, target)
+    return target, step, scale, hold
 
 
 def group_notated_period_s(score: Sequence[str], tl: Timeline) -> np.ndarray:
@@ -519,14 +580,18 @@ def group_notated_period_s(score: Sequence[str], tl: Timeline) -> np.ndarray:
 
 
 def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustain: List[float],
-                soft: List[float], notated_s: Optional[np.ndarray] = None) -> Tuple[List[str], Dict[str, float]]:
+                soft: List[float], notated_s: Optional[np.ndarray] = None,
+                beat_grid: bool = False) -> Tuple[List[str], Dict[str, float]]:
     """Performance tokens for a timeline and per-note performance arrays (token order, times shifted).
     ``notated_s`` (per group, s per quarter): the relative tempo encoding, a ``TempoLevel`` token first
-    and ``TempoRel`` instead of ``Tempo`` (docs/tokens.md, Relative tempo); None: absolute ``Tempo``."""
-    ref, level, scale = tempo_targets(tl, _group_reference(tl, onset_s, played, grace), notated_s)
+    and ``TempoRel`` instead of ``Tempo`` (docs/tokens.md, Relative tempo); None: absolute ``Tempo``.
+    ``beat_grid``: one tempo per quarter-note beat, the off-beat groups' timing in ``Time``
+    (:func:`beat_grid_targets`)."""
+    ref, level, scale, hold = tempo_targets(tl, _group_reference(tl, onset_s, played, grace), notated_s,
+                                            beat_grid)
     outliers = alignment_outliers(tl, ref, onset_s, played) if tl.n_groups else np.zeros(len(played), bool)
     played = played & ~outliers
-    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played), scale)
+    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played), scale, hold)
     sus = pedal_slots(sustain, grid, SUS_SLOTS)
     sft = pedal_slots(soft, grid, SOFT_SLOTS)
     tempo_bins = ABSOLUTE_BINS if scale is None else RELATIVE_BINS
@@ -608,12 +673,13 @@ def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
 
 def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None,
                  qpm: Optional[Dict[str, float]] = None, relative_tempo: bool = False,
-                 default_qpm: float = V.DEFAULT_QPM) -> Encoded:
+                 default_qpm: float = V.DEFAULT_QPM, beat_grid: bool = False) -> Encoded:
     """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S.
     ``marks`` / ``qpm`` (optional): MusicXML markings / notated tempo by note id, added to the score
     stream (:func:`match_score_notes`). ``relative_tempo``: the relative tempo encoding (a
     ``TempoLevel`` token, then ``TempoRel`` per onset group), relative to the score tokens' ``QPM``
-    (120 where they carry none); ``default_qpm``: the notated tempo where ``qpm`` gives none."""
+    (120 where they carry none); ``default_qpm``: the notated tempo where ``qpm`` gives none;
+    ``beat_grid``: one tempo per quarter-note beat (:func:`beat_grid_targets`)."""
     notes, order = match_score_notes(mf, marks, qpm, default_qpm)
     score = score_tokens(notes, prefix)
     tl = score_timeline(score)
@@ -621,7 +687,7 @@ def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict
     played = mf.played[order]
     grace = notes.grace
     notated = group_notated_period_s(score, tl) if relative_tempo else None
-    target = tempo_targets(tl, _group_reference(tl, onset, played, grace), notated)[0]
+    target = tempo_targets(tl, _group_reference(tl, onset, played, grace), notated, beat_grid)[0]
     if not len(target) or np.isnan(target[0]):
         raise ValueError("no performed notes")
     sus = pedal_changes(mf.sustain)
@@ -638,7 +704,7 @@ def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict
     offset = mf.offset_s[order] - shift
     sus = [t - shift for t in sus]
     soft = [t - shift for t in soft]
-    perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft, notated)
+    perf, stats = perf_tokens(tl, onset, offset, mf.velocity[order], played, grace, sus, soft, notated, beat_grid)
     return Encoded(score=score, perf=perf, bar_of_note=notes.bar, shift_s=shift, stats=stats, order=order)
 
 

@@ -77,10 +77,11 @@ def _pedal_figures(name: str, true_t: np.ndarray, decoded_t: np.ndarray, end_s: 
 
 
 def roundtrip_errors(mf: MatchFile, qpm: Optional[Dict[str, float]] = None,
-                     relative_tempo: bool = False) -> Dict[str, float]:
+                     relative_tempo: bool = False, beat_grid: bool = False) -> Dict[str, float]:
     """Encode and decode one performance and compare with its notes and pedal (figures in ms, shares,
-    ratios). ``qpm`` (notated tempo by XML note id) and ``relative_tempo``: as :func:`encode.encode_match`."""
-    enc = encode_match(mf, qpm=qpm, relative_tempo=relative_tempo)
+    ratios). ``qpm`` (notated tempo by XML note id), ``relative_tempo`` and ``beat_grid``: as
+    :func:`encode.encode_match`."""
+    enc = encode_match(mf, qpm=qpm, relative_tempo=relative_tempo, beat_grid=beat_grid)
     perf = decode_performance(enc.score, enc.perf)
     o = enc.order
     played = mf.played[o] & perf.played

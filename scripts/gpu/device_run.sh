@@ -9,7 +9,10 @@
 #   train: scripts/train_nasap.sh gpu for each of ARCHS (default ARCH, museformer_s2p_small), side by side on
 #          the GPU, for HOURS (INIT=CKPT warm-starts), then every kept checkpoint (the interval ones and the
 #          best) as a release file (cand_ARCH_UPDATES.pt, cand_ARCH_best.pt), each split into 15 MB parts
-#          when larger (cat them to rejoin); SAVE_EVERY updates between kept checkpoints
+#          when larger (cat them to rejoin); SAVE_EVERY updates between kept checkpoints.
+#          JOBS="TAG:ARCH:DATA:INIT ..." instead: one training per entry, side by side, TAG naming its files
+#          (cand_TAG_UPDATES.pt), DATA the packed build it reads (empty: bin.tar.xz; NAME: bin_NAME.tar.xz,
+#          pack.sh NAME=DIR), INIT a checkpoint (a path in the tree, e.g. .gpu/init/x.pt) it warm-starts from
 set -uo pipefail
 MODE=${1:?check|train}
 RESULT=${2:?result dir}
@@ -32,6 +35,11 @@ for c in train preprocess generate; do printf '#!/bin/sh\nexec python3 -m fairse
 printf '#!/bin/sh\nexec python3 "$@"\n' >/tmp/cli/python
 chmod +x /tmp/cli/*
 [ -f /tmp/bin/dict.perf.txt ] || { mkdir -p /tmp/bin && tar -xJf .gpu/bin.tar.xz -C /tmp/bin; }
+for t in .gpu/bin_*.tar.xz; do  # pack.sh NAME=DIR: /tmp/bin_NAME
+  [ -f "$t" ] || continue
+  d=/tmp/$(basename "$t" .tar.xz)
+  [ -f "$d/dict.perf.txt" ] || { mkdir -p "$d" && tar -xJf "$t" -C "$d"; }
+done
 python3 -c "import fairseq, museformer, instruct_tokenizer.grammar; print('fairseq', fairseq.__version__)" || exit 1
 
 if [ "$MODE" = check ]; then
@@ -51,25 +59,31 @@ else
   # folder); every kept checkpoint of each comes back as a release file cand_ARCH_UPDATES.pt (15 MB parts)
   echo "train start $(date +%s)"
   pids=()
-  for arch in ${ARCHS:-${ARCH:-museformer_s2p_small}}; do
-    rm -rf "/tmp/gpu_train_$arch"
-    env BIN=/tmp/cli DATA_BIN=/tmp/bin OUT="/tmp/gpu_train_$arch" ARCH="$arch" HOURS="${HOURS:-0.1}" \
+  jobs=${JOBS:-}
+  if [ -z "$jobs" ]; then for arch in ${ARCHS:-${ARCH:-museformer_s2p_small}}; do jobs="$jobs ${arch#museformer_s2p_}:$arch::"; done; fi
+  tags=()
+  for job in $jobs; do
+    IFS=: read -r tag arch data init <<<"$job"
+    tags+=("$tag")
+    rm -rf "/tmp/gpu_train_$tag"
+    env BIN=/tmp/cli DATA_BIN="/tmp/bin${data:+_$data}" OUT="/tmp/gpu_train_$tag" ARCH="$arch" HOURS="${HOURS:-0.1}" \
       LR="${LR:-1e-3}" WARMUP="${WARMUP:-400}" MAX_TOKENS="${MAX_TOKENS:-32768}" UPDATE_FREQ=1 RELEASE=0 \
-      SAVE_EVERY="${SAVE_EVERY:-500}" EXTRA="--log-interval 50 ${EXTRA:-}" \
-      scripts/train_nasap.sh gpu >"/tmp/train_$arch.log" 2>&1 &
+      SAVE_EVERY="${SAVE_EVERY:-500}" INIT="${init:+$ROOT/$init}" EXTRA="--log-interval 50 ${EXTRA:-}" \
+      scripts/train_nasap.sh gpu >"/tmp/train_$tag.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; echo "train exit $? at $(date +%s)"; done
   # what comes back is bounded (8 files of at most 16 MiB, 64 MiB in all): per architecture the best
   # checkpoint, then the interval ones newest first, while 7 files (the 8th is this log) and 66 MB hold
   files=0; bytes=0
-  for arch in ${ARCHS:-${ARCH:-museformer_s2p_small}}; do
-    echo "== $arch"; grep -E "valid on|wps=|Error|Traceback" "/tmp/train_$arch.log" | tail -12
-    short=${arch#museformer_s2p_}
-    for ck in "/tmp/gpu_train_$arch"/ckpt/checkpoint_best.pt $(ls -t "/tmp/gpu_train_$arch"/ckpt/checkpoint_*_*.pt 2>/dev/null); do
+  for job in $jobs; do
+    IFS=: read -r tag arch data init <<<"$job"
+    echo "== $tag ($arch, data ${data:-bin}, init ${init:-none})"
+    grep -E "valid on|wps=|Error|Traceback" "/tmp/train_$tag.log" | tail -12
+    for ck in "/tmp/gpu_train_$tag"/ckpt/checkpoint_best.pt $(ls -t "/tmp/gpu_train_$tag"/ckpt/checkpoint_*_*.pt 2>/dev/null); do
       [ -f "$ck" ] || continue
-      name=$(basename "$ck" .pt); name=cand_${short}_${name##*_}
-      python3 scripts/release_checkpoint.py "$ck" "/tmp/$name.pt" --data /tmp/bin >/dev/null || continue
+      name=$(basename "$ck" .pt); name=cand_${tag}_${name##*_}
+      python3 scripts/release_checkpoint.py "$ck" "/tmp/$name.pt" --data "/tmp/bin${data:+_$data}" >/dev/null || continue
       size=$(stat -c %s "/tmp/$name.pt"); parts=$(( (size + 14999999) / 15000000 ))
       if [ $((files + parts)) -gt 7 ] || [ $((bytes + size)) -gt 66000000 ]; then echo "left out: $name"; continue; fi
       files=$((files + parts)); bytes=$((bytes + size))
