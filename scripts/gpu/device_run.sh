@@ -12,7 +12,7 @@
 #          when larger (cat them to rejoin); SAVE_EVERY updates between kept checkpoints.
 #          JOBS="TAG:ARCH:DATA:INIT ..." instead: one training per entry, side by side, TAG naming its files
 #          (cand_TAG_UPDATES.pt), DATA the packed build it reads (empty: bin.tar.xz; NAME: bin_NAME.tar.xz,
-#          pack.sh NAME=DIR), INIT a checkpoint (a path in the tree, e.g. .gpu/init/x.pt) it warm-starts from
+#          pack.sh NAME=DIR; PER_JOB bounds the files of each), INIT a checkpoint (a path in the tree, e.g. .gpu/init/x.pt) it warm-starts from
 set -uo pipefail
 MODE=${1:?check|train}
 RESULT=${2:?result dir}
@@ -80,8 +80,11 @@ else
     IFS=: read -r tag arch data init <<<"$job"
     echo "== $tag ($arch, data ${data:-bin}, init ${init:-none})"
     grep -E "valid on|wps=|Error|Traceback" "/tmp/train_$tag.log" | tail -12
+    kept=0
     for ck in "/tmp/gpu_train_$tag"/ckpt/checkpoint_best.pt $(ls -t "/tmp/gpu_train_$tag"/ckpt/checkpoint_*_*.pt 2>/dev/null); do
       [ -f "$ck" ] || continue
+      [ "$kept" -ge "${PER_JOB:-7}" ] && break  # PER_JOB: at most this many files of one job
+      kept=$((kept + 1))
       name=$(basename "$ck" .pt); name=cand_${tag}_${name##*_}
       python3 scripts/release_checkpoint.py "$ck" "/tmp/$name.pt" --data "/tmp/bin${data:+_$data}" >/dev/null || continue
       size=$(stat -c %s "/tmp/$name.pt"); parts=$(( (size + 14999999) / 15000000 ))
