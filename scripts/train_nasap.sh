@@ -32,7 +32,8 @@
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
 # OVERSAMPLE=TOKEN:TIMES repeats the training examples whose score holds TOKEN (scripts/oversample_lines.py),
 # e.g. After_fermata:8: a warm-started model sees the rare token often enough to learn it.
-# EXTRA adds fairseq-train flags to the gpu profile (e.g. --max-update); RELEASE=0 skips the release file.
+# EXTRA adds fairseq-train flags (e.g. --max-update); RELEASE=0 skips the release file. The cpu profile also
+# takes THREADS (2), SAVE_EVERY (1000) and MAX_TOKENS (4096).
 # FREERUN picks the released checkpoint by how it plays whole validation pieces free-running
 # (scripts/select_checkpoint.py: overall JS, beat tempo r, velocity r, length ratio; tensorboard tags
 # freerun/* under $OUT/tb/freerun; $OUT/ckpt/freerun_scores.json): "after" (the cpu default) scores the
@@ -116,9 +117,10 @@ if [ "$PROFILE" = gpu ]; then
     --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 4 \
     --save-interval-updates "${SAVE_EVERY:-500}" --keep-interval-updates 2 ${EXTRA:-}
 else
-  OMP_NUM_THREADS=2 $BIN/fairseq-train "$DATA_BIN" "${COMMON[@]}" --arch museformer_s2p_tiny \
-    --attention-impl dense --save-interval-updates 1000 --keep-interval-updates 6 --cpu --lr "${LR:-1e-3}" \
-    --max-tokens 4096 --max-epoch 200 --stop-time-hours "$HOURS" --num-workers 0
+  OMP_NUM_THREADS=${THREADS:-2} $BIN/fairseq-train "$DATA_BIN" "${COMMON[@]}" --arch museformer_s2p_tiny \
+    --attention-impl dense --save-interval-updates "${SAVE_EVERY:-1000}" --keep-interval-updates 6 --cpu \
+    --lr "${LR:-1e-3}" --max-tokens "${MAX_TOKENS:-4096}" --max-epoch 200 --stop-time-hours "$HOURS" \
+    --num-workers 0 ${EXTRA:-}
 fi
 touch "$OUT/ckpt/.training_done"
 if [ -n "$WATCHER" ]; then
