@@ -2,3 +2,4 @@
 BAR_TOKEN = "Bar_None"
 EOS_TYPE = "</s>"
 MEAN = "mean"  # --type-temperature TYPE=mean: decode that type as the bin nearest the expected value
+TEMPO_LEVEL_TYPE = "TempoLevel"  # the relative tempo encoding's once-per-piece level (docs/tokens.md)

@@ -35,6 +35,12 @@ FERMATA_HOLD_BINS = 15.0
 # Dynamics band (--dynamics-band): the windowed velocity level follows the notated dynamics' contour
 # (instruct_tokenizer.markings_baseline.dynamics_slot_refs) within 4 velocity bins of the rendering's own offset.
 DYNAMICS_BAND_BINS = 4.0
+# Tempo level (--tempo-level): a relative-tempo model chooses its level over the notated tempo once per piece
+# (TempoLevel). Drawn, one token set the whole piece's pace by chance (Vienna 4x22 K331/1, three seeds: 0.57 to
+# 1.24 of the pianists' median); at the expected value it is the model's best guess for the score
+# (docs/experiments.md, section 11).
+TEMPO_LEVEL = "mean"
+TEMPO_LEVELS = ("mean", "sample")
 
 PROFILES = ("render", "task")
 
@@ -89,6 +95,11 @@ class DecodeConfig:
         f"notes (0: off; instruct-render's default {DYNAMICS_BAND_BINS:g}; needs MusicXML dynamics)",
         DYNAMICS_BAND_BINS, 0.0, type=float, metavar="BINS")
 
+    tempo_level: str = _flag(
+        "--tempo-level", "a relative-tempo model's TempoLevel (its tempo over the notated one, chosen once per "
+        "piece): the token nearest the expected value (mean) or a draw (sample); an absolute-tempo model has "
+        f"none (instruct-render's default {TEMPO_LEVEL})", TEMPO_LEVEL, "sample", type=str, choices=TEMPO_LEVELS)
+
     @classmethod
     def defaults(cls, profile: str = "render") -> "DecodeConfig":
         """The profile's defaults: "render" (instruct-render, instruct-eval, the benchmark) or "task"."""
@@ -139,6 +150,8 @@ class DecodeConfig:
                            ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band")):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{flag}: must be >= 0")
+        if self.tempo_level not in TEMPO_LEVELS:
+            raise ValueError(f"--tempo-level: expected one of {', '.join(TEMPO_LEVELS)}, got {self.tempo_level!r}")
         if self.tempo_anchor not in TEMPO_ANCHORS:
             raise ValueError(f"--tempo-anchor: expected one of {', '.join(TEMPO_ANCHORS)}, got {self.tempo_anchor!r}")
 

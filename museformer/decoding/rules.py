@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..constants import EOS_TYPE, MEAN
+from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
 from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, dynamics_band_penalty, dynamics_level_update,
                         expected_value_choice, fermata_hold, fermata_reference_bin, key_down_floor,
@@ -527,7 +527,8 @@ class DecodeRules:
         """The rules the config turns on, in their order. Raises ValueError naming the flag of a bad setting."""
         config.check()
         module = importlib.import_module(grammar)
-        module = grammar_for(module, uses_relative_tempo(module, tgt_dict))
+        relative = uses_relative_tempo(module, tgt_dict)
+        module = grammar_for(module, relative)
         tables = TokenTables(tgt_dict, module)
         deletion = getattr(module, "DELETION", None)
         forbidden = [deletion] if deletion and config.no_deletions else []
@@ -549,6 +550,8 @@ class DecodeRules:
         if unknown:
             raise ValueError(f"--type-temperature: unknown token types {', '.join(unknown)}")
         mean_types = sorted(n for n, t in type_temperature.items() if t == MEAN)
+        if relative and config.tempo_level == MEAN and TEMPO_LEVEL_TYPE not in type_temperature:
+            mean_types.append(TEMPO_LEVEL_TYPE)  # --tempo-level mean
         if mean_types:
             rules.append(ExpectedValue(tables, mean_types, mask.table))
         if config.unisons_once:

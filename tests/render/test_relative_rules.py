@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from helpers import FakeTask, make_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-OFF = dict(min_key_down_ms=0.0, tempo_band=0.0, fermata_hold=0.0, dynamics_band=0.0, unisons_once=False)
+OFF = dict(min_key_down_ms=0.0, tempo_band=0.0, fermata_hold=0.0, dynamics_band=0.0, unisons_once=False,
+           tempo_level="sample")
 GROUP = ["Sus_None"] * 3 + ["Soft_None"]
 
 
@@ -95,6 +96,29 @@ def test_first_slot_is_the_level_and_the_period_is_ratio_x_notated_x_level():
     assert float(state["level_factor"]) == pytest.approx(2.0)
     assert float(state["period"]) == pytest.approx(2.0)  # 1 s per quarter at QPM 60, x2 level, ratio 1
     assert float(state["period"]) == pytest.approx(decode_performance(score, perf).group_period_s[0])
+
+
+def test_tempo_level_mean_keeps_the_token_nearest_the_expected_level():
+    """--tempo-level mean (instruct-render's default): the first slot keeps only the TempoLevel nearest the
+    expected step under the model's distribution; sample keeps them all; an absolute model has no level."""
+    d = dictionary(True)
+    score = quarters(2, 60)
+    logits = torch.full((1, 1, len(d)), -30.0)
+    logits[0, 0, d.index("TempoLevel_-6")] = 0.0  # two equally likely levels, 12 steps apart
+    logits[0, 0, d.index("TempoLevel_6")] = 0.0
+    mean = DecodeRules.build(DecodeConfig.defaults("render").replace(**{**OFF, "tempo_level": "mean"}), d, d)
+    got, _ = step_logits(mean, d, score, [], 0, logits.clone())
+    assert d[int(got.argmax())] == "TempoLevel_0"
+    assert (got.topk(2).values == torch.tensor([0.0, FORCEABLE_LOGIT])).all()  # the rest only forceable
+    sample = DecodeRules.build(DecodeConfig.defaults("render").replace(**OFF), d, d)
+    got, _ = step_logits(sample, d, score, [], 0, logits.clone())
+    kept = torch.isfinite(got)  # the grammar's TempoLevel tokens, unchanged
+    assert kept.sum() == len(V.TEMPO_LEVEL_STEPS) and torch.equal(got[kept], logits[0, 0][kept])
+    ab = dictionary(False)
+    rules = DecodeRules.build(DecodeConfig.defaults("render").replace(**{**OFF, "tempo_level": "mean"}), ab, ab)
+    assert [type(r).__name__ for r in rules] == ["GrammarMask"]
+    with pytest.raises(ValueError, match="--tempo-level"):
+        DecodeConfig.defaults("render").replace(tempo_level="median").check()
 
 
 @pytest.mark.parametrize("relative", [True, False])
