@@ -324,20 +324,21 @@ def on_beat(tl: Timeline) -> np.ndarray:
 
 
 def beat_grid_targets(tl: Timeline, target_s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(targets, hold) for the beat grid (``instruct-tokenize build --beat-grid``).
+    """(targets, held period) for the beat grid (``instruct-tokenize build --beat-grid``), times in s.
 
-    Between two quarter-note beats that have onset groups at most ``MAX_BEAT_SPAN_Q`` apart, the groups off the beat land on the straight
-    line between the two beats' targets in score time: the beat's tempo carries them, and their own
-    timing goes to the notes' ``Time`` (VirtuosoNet's beat tempo and onset deviation). ``hold``: per
-    group, True where its tempo token repeats the previous group's (an off-beat group after another in
-    the same beat), so that one beat has one tempo; the next beat's group corrects the grid. Groups
-    before the first beat or after the last keep their own targets and tokens. Times in s."""
+    Between two quarter-note beats that have onset groups at most ``MAX_BEAT_SPAN_Q`` apart, the groups
+    off the beat land on the straight line between the two beats' targets in score time: the beat's tempo
+    carries them, and their own timing goes to the notes' ``Time`` (VirtuosoNet's beat tempo and onset
+    deviation). Held period: per group, the beat period (s per quarter, the line's slope) its tempo token
+    takes, for every off-beat group after the first of its beat (nan elsewhere), so that one beat has one
+    tempo; the first off-beat group and the next beat's group choose theirs by error feedback, which
+    keeps the grid on the targets. Groups before the first beat or after the last keep their own."""
     n = tl.n_groups
-    hold = np.zeros(n, bool)
+    held = np.full(n, np.nan)
     beat = on_beat(tl) & np.isfinite(target_s)
     anchors = np.nonzero(beat)[0]
     if len(anchors) < 2:
-        return target_s, hold
+        return target_s, held
     qe = _effective_q(tl)
     lo, hi = int(anchors[0]), int(anchors[-1])
     # per group, the beats before and after it (its own index on a beat), spanning at most MAX_BEAT_SPAN_Q
@@ -348,9 +349,12 @@ def beat_grid_targets(tl: Timeline, target_s: np.ndarray) -> Tuple[np.ndarray, n
     out = target_s.copy()
     out[off] = np.interp(qe[off], qe[anchors], target_s[anchors])
     same_beat = np.zeros(n, bool)
-    same_beat[1:] = np.floor(tl.group_q[1:] + 1e-6) == np.floor(tl.group_q[:-1] + 1e-6)
-    hold[1:] = off[1:] & off[:-1] & same_beat[1:]
-    return out, hold
+    same_beat[1:] = prv[1:] == prv[:-1]
+    hold = off & np.roll(off, 1) & same_beat
+    hold[0] = False
+    with np.errstate(invalid="ignore", divide="ignore"):
+        held[hold] = ((target_s[nxt] - target_s[prv]) / (qe[nxt] - qe[prv]))[hold]
+    return out, held
 
 
 def _meet_tempo_range(target: np.ndarray, dq: np.ndarray, lo_s: np.ndarray, hi_s: np.ndarray) -> np.ndarray:
@@ -447,7 +451,7 @@ def _far_offsets(tl: Timeline, target_s: np.ndarray, onset_s: np.ndarray, played
 
 
 def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[float]]] = None,
-                scale_s: Optional[np.ndarray] = None, hold: Optional[np.ndarray] = None
+                scale_s: Optional[np.ndarray] = None, held_period_s: Optional[np.ndarray] = None
                 ) -> Tuple[List[int], np.ndarray]:
     """Tempo bins and decoded grid times (s) per group, with error feedback: each bin is the one that
     lands the decoded grid nearest the group's target. For a group in ``far`` (offsets of its notes from
@@ -456,8 +460,8 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[fl
 
     ``scale_s``: None for the absolute ``Tempo`` bins (beat periods); else, per group, the beat period
     (s per quarter) of ratio 1 of the relative ``TempoRel`` steps (notated period x level), and the bins
-    returned index ``RELATIVE_BINS``: group g's beat period is ``scale_s[g] x ratio``. ``hold``: per group,
-    True where the group repeats the previous group's bin (:func:`beat_grid_targets`)."""
+    returned index ``RELATIVE_BINS``: group g's beat period is ``scale_s[g] x ratio``. ``held_period_s``: per
+    group, the beat period (s per quarter) its bin quantises instead, nan where none (:func:`beat_grid_targets`)."""
     n = tl.n_groups
     bins_ = ABSOLUTE_BINS if scale_s is None else RELATIVE_BINS
     scale = [1.0] * n if scale_s is None else np.asarray(scale_s, dtype=np.float64).tolist()
@@ -475,13 +479,11 @@ def encode_grid(tl: Timeline, ref_s: np.ndarray, far: Optional[Dict[int, List[fl
     min_dq = 1.0 / V.GRID
     tv = bins_.values
     isnan = math.isnan
-    held = [False] * n if hold is None else np.asarray(hold, bool).tolist()
-    if far and any(held):  # a group whose bin the next ones hold keeps the bin of its target
-        far = {g: o for g, o in far.items() if not (g + 1 < n and held[g + 1])}
+    held = [math.nan] * n if held_period_s is None else np.asarray(held_period_s, dtype=np.float64).tolist()
     for g in range(n):
         sc = scale[g]
-        if g and held[g]:
-            b = bins[-1]
+        if held[g] == held[g]:  # a beat's tempo
+            b = quantise(held[g] / sc)
             period = tv[b] * sc
             grid[g] = grid[g - 1] + max(q[g] - q[g - 1], min_dq) * period
         elif g == 0:
@@ -556,21 +558,21 @@ def _relative_scale(tl: Timeline, ref_s: np.ndarray, notated_s: np.ndarray) -> T
 
 def tempo_targets(tl: Timeline, ref_s: np.ndarray, notated_s: Optional[np.ndarray] = None,
                   beat_grid: bool = False) -> Tuple[np.ndarray, Optional[int], Optional[np.ndarray], np.ndarray]:
-    """(grid targets, ``TempoLevel`` step, per-group scale, per-group hold) for the absolute encoding
+    """(grid targets, ``TempoLevel`` step, per-group scale, per-group held period) for the absolute encoding
     (``notated_s`` None: step and scale None) or the relative one (``notated_s``: per group the notated
     beat period, s per quarter). The targets meet the range of the tempo tokens in use
     (:func:`grid_targets`). ``beat_grid``: off-beat groups on the beat grid (:func:`beat_grid_targets`);
-    else hold is all False."""
+    else the held period is all nan."""
     step = scale = None
     rng = None
     if notated_s is not None:
         step, scale = _relative_scale(tl, ref_s, notated_s)
         rng = (scale * RELATIVE_BINS.lo, scale * RELATIVE_BINS.hi)
     target = grid_targets(tl, ref_s, rng)
-    hold = np.zeros(tl.n_groups, bool)
+    held = np.full(tl.n_groups, np.nan)
     if beat_grid:
-        target, hold = beat_grid_targets(tl, target)
-    return target, step, scale, hold
+        target, held = beat_grid_targets(tl, target)
+    return target, step, scale, held
 
 
 def group_notated_period_s(score: Sequence[str], tl: Timeline) -> np.ndarray:
@@ -587,11 +589,11 @@ def perf_tokens(tl: Timeline, onset_s, offset_s, velocity, played, grace, sustai
     and ``TempoRel`` instead of ``Tempo`` (docs/tokens.md, Relative tempo); None: absolute ``Tempo``.
     ``beat_grid``: one tempo per quarter-note beat, the off-beat groups' timing in ``Time``
     (:func:`beat_grid_targets`)."""
-    ref, level, scale, hold = tempo_targets(tl, _group_reference(tl, onset_s, played, grace), notated_s,
+    ref, level, scale, held = tempo_targets(tl, _group_reference(tl, onset_s, played, grace), notated_s,
                                             beat_grid)
     outliers = alignment_outliers(tl, ref, onset_s, played) if tl.n_groups else np.zeros(len(played), bool)
     played = played & ~outliers
-    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played), scale, hold)
+    bins, grid = encode_grid(tl, ref, _far_offsets(tl, ref, onset_s, played), scale, held)
     sus = pedal_slots(sustain, grid, SUS_SLOTS)
     sft = pedal_slots(soft, grid, SOFT_SLOTS)
     tempo_bins = ABSOLUTE_BINS if scale is None else RELATIVE_BINS
