@@ -335,8 +335,8 @@ def beat_grid_targets(tl: Timeline, target_s: np.ndarray) -> Tuple[np.ndarray, n
     keeps the grid on the targets. Groups before the first beat or after the last keep their own."""
     n = tl.n_groups
     held = np.full(n, np.nan)
-    beat = on_beat(tl) & np.isfinite(target_s)
-    anchors = np.nonzero(beat)[0]
+    beat = on_beat(tl)
+    anchors = np.nonzero(beat & np.isfinite(target_s))[0]
     if len(anchors) < 2:
         return target_s, held
     qe = _effective_q(tl)
@@ -345,13 +345,11 @@ def beat_grid_targets(tl: Timeline, target_s: np.ndarray) -> Tuple[np.ndarray, n
     nxt = anchors[np.minimum(np.searchsorted(anchors, np.arange(n)), len(anchors) - 1)]
     prv = anchors[np.maximum(np.searchsorted(anchors, np.arange(n), side="right") - 1, 0)]
     span = tl.group_q[nxt] - tl.group_q[prv]
-    off = ~on_beat(tl) & (np.arange(n) > lo) & (np.arange(n) < hi) & (span <= MAX_BEAT_SPAN_Q + 1e-6)
+    off = ~beat & (np.arange(n) > lo) & (np.arange(n) < hi) & (span <= MAX_BEAT_SPAN_Q + 1e-6)
     out = target_s.copy()
     out[off] = np.interp(qe[off], qe[anchors], target_s[anchors])
-    same_beat = np.zeros(n, bool)
-    same_beat[1:] = prv[1:] == prv[:-1]
-    hold = off & np.roll(off, 1) & same_beat
-    hold[0] = False
+    hold = np.zeros(n, bool)  # off the beat, after another off-beat group of the same beat
+    hold[1:] = off[1:] & off[:-1] & (prv[1:] == prv[:-1])
     with np.errstate(invalid="ignore", divide="ignore"):
         held[hold] = ((target_s[nxt] - target_s[prv]) / (qe[nxt] - qe[prv]))[hold]
     return out, held

@@ -55,16 +55,14 @@ if [ "$MODE" = check ]; then
     grep -E "wps=|Error|error" "$RESULT/smoke_$arch.log" | tail -4
   done
 else
-  # ARCHS: one training per architecture, side by side on the one GPU (each its own seed-1 run, its own
-  # folder); every kept checkpoint of each comes back as a release file cand_ARCH_UPDATES.pt (15 MB parts)
+  # one training per JOBS entry (or per ARCHS architecture), side by side on the one GPU (each its own
+  # seed-1 run, its own folder); its kept checkpoints come back as release files cand_TAG_UPDATES.pt
   echo "train start $(date +%s)"
   pids=()
   jobs=${JOBS:-}
   if [ -z "$jobs" ]; then for arch in ${ARCHS:-${ARCH:-museformer_s2p_small}}; do jobs="$jobs ${arch#museformer_s2p_}:$arch::"; done; fi
-  tags=()
   for job in $jobs; do
     IFS=: read -r tag arch data init <<<"$job"
-    tags+=("$tag")
     rm -rf "/tmp/gpu_train_$tag"
     env BIN=/tmp/cli DATA_BIN="/tmp/bin${data:+_$data}" OUT="/tmp/gpu_train_$tag" ARCH="$arch" HOURS="${HOURS:-0.1}" \
       LR="${LR:-1e-3}" WARMUP="${WARMUP:-400}" MAX_TOKENS="${MAX_TOKENS:-32768}" UPDATE_FREQ=1 RELEASE=0 \
@@ -73,7 +71,7 @@ else
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; echo "train exit $? at $(date +%s)"; done
-  # what comes back is bounded (8 files of at most 16 MiB, 64 MiB in all): per architecture the best
+  # what comes back is bounded (8 files of at most 16 MiB, 64 MiB in all): per job the best
   # checkpoint, then the interval ones newest first, while 7 files (the 8th is this log) and 66 MB hold
   files=0; bytes=0
   for job in $jobs; do
