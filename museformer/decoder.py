@@ -164,7 +164,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         for weights, cache in zip(state.weights, state.caches):
             rows = layer_step(rows, encoder_out["enc"], cache, view, weights)
         last = rows if n == 1 else rows.view(b, n, c)[:, -1]  # (B, C) the newest token's
-        return self.project(F.layer_norm(last, *state.final_ln), candidates, state)
+        return self.project(torch.layer_norm(last, *state.final_ln), candidates, state)
 
     def project(self, h: Tensor, candidates: Optional[Tensor], state: DecoderState) -> Tensor:
         """(B, C) final features -> (B, 1, V) logits: of ``candidates`` only (the rest -inf) where given.

@@ -137,10 +137,19 @@ class StepTables:
         self.tokens = embedder.scale * embedder.tokens.weight.detach()  # (V, C)
         self.bar, self.in_bar = embedder.bar.weight.detach(), embedder.in_bar.weight.detach()  # (NB, C), (NI, C)
         self.max_bars = embedder.max_bars
+        self._bar_of: Optional[Tensor] = None  # the (B,) bars tensor whose rows ``_bar_rows`` holds
+        self._bar_rows: Optional[Tensor] = None  # (B, 1, C)
+
+    def bar_rows(self, bar: Tensor) -> Tensor:
+        """(B,) bars -> (B, 1, C) their bar embeddings, looked up again only when ``bar`` is another tensor
+        (the decoder replaces its bars tensor when a row opens a bar: within a bar every step reads it)."""
+        if self._bar_of is not bar:
+            self._bar_of, self._bar_rows = bar, F.embedding(bar.clamp(max=self.max_bars - 1).unsqueeze(1), self.bar)
+        return self._bar_rows
 
     def content(self, tokens: Tensor, position: Tensor, bar: Tensor, in_bar: Tensor) -> Tensor:
         """(B, 1) tokens, (C,) position embedding, (B,) bars and in-bar offsets -> (B, 1, C), as
-        :meth:`Embedder.content` in eval mode at one position."""
+        :meth:`Embedder.content` in eval mode at one position (the same sums in the same order)."""
         x = F.embedding(tokens, self.tokens) + position.to(self.bar.dtype)
-        x = x + F.embedding(bar.clamp(max=self.max_bars - 1).unsqueeze(1), self.bar)
+        x = x + self.bar_rows(bar)
         return x + F.embedding(in_bar.clamp(max=MAX_IN_BAR - 1).unsqueeze(1), self.in_bar)

@@ -83,7 +83,7 @@ class DecoderState:
         # the decoder's parameters as plain tensors, taken by MuseformerDecoder.start_state
         self.weights: List[LayerWeights] = []
         self.tables = None  # embeddings.StepTables
-        self.final_ln: tuple = ()  # F.layer_norm's arguments
+        self.final_ln: tuple = ()  # torch.layer_norm's arguments
         self.align: Optional["Linear"] = None  # the --align-source projection
         self.heads: Dict[int, tuple] = {}  # id(candidates) -> (candidates, their projection rows transposed)
         self.dim, self.device = dim, device
@@ -235,7 +235,7 @@ class LayerWeights:
 
     def __init__(self, layer):
         def norm(m):
-            return m.normalized_shape, m.weight.detach(), m.bias.detach(), m.eps  # F.layer_norm's arguments
+            return m.normalized_shape, m.weight.detach(), m.bias.detach(), m.eps  # torch.layer_norm's (F.layer_norm's)
 
         att, cross = layer.self_attn, layer.cross_attn
         self.heads = att.h
@@ -265,13 +265,18 @@ def merge_heads(x: Tensor) -> Tensor:
 def attend_transposed(q: Tensor, keys_t: Tensor, values: Tensor, blocked: Tensor) -> Tensor:
     """q (B, H, n, D), keys_t (B, H, D, L) (keys stored transposed: the product is a plain matrix
     product, three times faster than with a transposed operand), values (B, H, L, D), blocked
-    (B, 1, n, L) True = not attended -> (B, H, n, D); the softmax in float32, as ``backends.dense_attend``'s."""
+    (B, 1, n, L) True = not attended -> (B, H, n, D); the softmax in float32, as ``backends.dense_attend``'s.
+    The products are ``torch.bmm`` on the operands ``torch.matmul`` would reshape them to (the same
+    kernel on the same operands, without matmul's dispatch)."""
     dtype = q.dtype
     if dtype != torch.float32:
         q, keys_t, values = q.float(), keys_t.float(), values.float()
-    scores = torch.matmul(q, keys_t).mul_(q.shape[-1] ** -0.5)  # (B, H, n, L)
-    scores.masked_fill_(blocked, torch.finfo(torch.float32).min)
-    out = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, H, n, D)
+    b, h, n, d = q.shape
+    length = keys_t.shape[-1]
+    scores = torch.bmm(q.reshape(b * h, n, d), keys_t.reshape(b * h, d, length)).mul_(d ** -0.5)  # (B * H, n, L)
+    scores = scores.view(b, h, n, length).masked_fill_(blocked, torch.finfo(torch.float32).min)  # (B, H, n, L)
+    probs = torch.softmax(scores, dim=-1).view(b * h, n, length)  # (B * H, n, L)
+    out = torch.bmm(probs, values.reshape(b * h, length, d)).view(b, h, n, d)  # (B, H, n, D)
     return out if dtype == torch.float32 else out.to(dtype)
 
 
@@ -281,7 +286,7 @@ def layer_step(x: Tensor, enc: Tensor, cache: Dict, view: StepView, w: LayerWeig
     the encoder's view, FFN. ``cache``: the layer's keys and values."""
     b, _, n, _ = view.self_blocked.shape
     c = x.shape[1]
-    qkv = w.qkv(F.layer_norm(x, *w.ln1))  # (B * n, 3C)
+    qkv = w.qkv(torch.layer_norm(x, *w.ln1))  # (B * n, 3C)
     keys_t, values = append_view(cache, qkv[:, c:2 * c], qkv[:, 2 * c:], view, w.heads)  # (B, H, D, Lv), (B, H, Lv, D)
     q = split_heads(qkv[:, :c], b, n, w.heads)  # (B, H, n, D)
     x = x + w.o(merge_heads(attend_transposed(q, keys_t, values, view.self_blocked)))
@@ -292,9 +297,9 @@ def layer_step(x: Tensor, enc: Tensor, cache: Dict, view: StepView, w: LayerWeig
     if view.cross_gather is not None:
         cache["xk_t"] = gather_columns(cache["ek_t"], view.cross_gather)  # (B, H, D, Mx)
         cache["xv"] = gather_rows(cache["ev"], view.cross_gather)  # (B, H, Mx, D)
-    q = split_heads(w.cross_q(F.layer_norm(x, *w.ln2)), b, n, w.heads)  # (B, H, n, D)
+    q = split_heads(w.cross_q(torch.layer_norm(x, *w.ln2)), b, n, w.heads)  # (B, H, n, D)
     x = x + w.cross_o(merge_heads(attend_transposed(q, cache["xk_t"], cache["xv"], view.cross_blocked)))
-    return x + w.fc2(F.gelu(w.fc1(F.layer_norm(x, *w.ln3))))
+    return x + w.fc2(F.gelu(w.fc1(torch.layer_norm(x, *w.ln3))))
 
 
 def gather_rows(x: Tensor, index: Tensor) -> Tensor:

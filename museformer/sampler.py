@@ -63,7 +63,7 @@ def sample(model, net_input: Dict[str, Tensor], rules: Optional[DecodeRules], pr
         logits = decoder.step(tok, step, encoder_out, state, candidates)  # (B, 1, V)
         if rule_state is not None:
             logits = rules(logits, rule_state, table, step, candidates_only=only)
-        chosen = draw(logits, step)  # (B,)
+        chosen = draw(logits, step, rules.draw_columns(candidates) if rule_state is not None else None)  # (B,)
         tokens[:, step + 1] = chosen
         ended = chosen.eq(eos)
         if not bool(ended.any()):
@@ -119,7 +119,24 @@ class Draw:
             lprobs[:, self.eos] = -math.inf
         return lprobs
 
-    def __call__(self, logits: Tensor, step: int) -> Tensor:
+    def plain(self, step: int) -> bool:
+        """Whether step ``step`` samples as plainly as fairseq's ``Sampling`` can: no top-p, no forced
+        prefix token, not the first step (EOS barred) nor the last (EOS only)."""
+        forced = self.prefix is not None and step < self.prefix.shape[1]
+        return self.topp is None and not forced and 1 <= step < self.max_len
+
+    def __call__(self, logits: Tensor, step: int, columns: Optional[Tensor] = None) -> Tensor:
+        """(B, 1, V) logits -> (B,) tokens. ``columns`` (K,), ascending: a set of tokens outside which
+        every logit is -inf (the rules' :meth:`~museformer.decoding.DecodeRules.draw_columns`); on a
+        :meth:`plain` step the draw then reads only those columns of the log-probabilities (the same
+        tokens: the other columns have probability 0, and ``torch.max`` keeps the first maximum in the
+        same column order)."""
+        if columns is not None and self.plain(step):
+            if self.temperature != 1.0:
+                logits = logits / self.temperature
+            lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)[:, -1, :]  # (B, V)
+            probs = lprobs.index_select(1, columns).exp_()  # (B, K); pad is no column; NaN draws as 0
+            return multinomial_columns(probs, columns, lprobs.shape[1])
         lprobs = self.lprobs(logits, step)
         b = lprobs.shape[0]
         if self.topp is None:
@@ -143,13 +160,24 @@ def multinomial_one(probs: Tensor) -> Tensor:
     logarithm per entry) and q is computed only for the tokens some row may take (the others have
     probability 0: they cannot win). Its validity checks (a maximum, a minimum and a host sync per step)
     are left out; a row with no positive probability is refused as multinomial refuses it."""
-    bits = torch.empty(probs.shape, dtype=torch.int64, device=probs.device).random_()  # (B, V)
     cols = probs.gt(0).any(0).nonzero().squeeze(1)  # (K,) the tokens any row may take
-    u = bits.index_select(1, cols).bitwise_and_(MASK53).double().mul_(2.0 ** -53)  # (B, K) in [0, 1)
-    q = torch.log1p(u.neg_()).neg_().float()  # (B, K) ~ Exp(1), bit for bit exponential_'s
     if cols.numel() == 0:
         raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
-    best, at = torch.max(probs.index_select(1, cols).div_(q), -1)  # (B,)
-    if not bool(best.gt(0).all()):
+    return multinomial_columns(probs.index_select(1, cols), cols, probs.shape[1])
+
+
+def multinomial_columns(probs: Tensor, cols: Tensor, vocab: int) -> Tensor:
+    """(B, K) probabilities of the ascending columns ``cols`` (K,) of a (B, ``vocab``) distribution whose
+    other columns are 0 (NaN counts as 0) -> (B,) one draw per row, as :func:`multinomial_one` draws it
+    from the whole distribution (the 64-bit draws of all ``vocab`` columns taken, q computed for
+    ``cols`` only; columns of probability 0 among them cannot win). The chain runs negated: -u is exact
+    (a power-of-two scale), log1p(-u) = -q in double, rounded to float exactly as q (rounding is
+    symmetric), and the smallest probs / -q is the largest probs / q, first in column order either way."""
+    bits = torch.empty((probs.shape[0], vocab), dtype=torch.int64, device=probs.device).random_()  # (B, V)
+    minus_u = bits.index_select(1, cols).bitwise_and_(MASK53).double().mul_(-(2.0 ** -53))  # (B, K) in (-1, 0]
+    minus_q = torch.log1p(minus_u).float()  # (B, K): -q, q ~ Exp(1) bit for bit exponential_'s
+    ratio = probs.div(minus_q).nan_to_num_(nan=0.0)  # (B, K) -p / q; 0 / 0 (p = 0, q = 0) and NaN p: 0
+    best, at = torch.min(ratio, -1)  # (B,)
+    if not bool(best.lt(0).all()):
         raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
     return cols[at]

@@ -58,6 +58,19 @@ def column(table: Tensor, step: int) -> int:
     return min(step, table.shape[1] - 1)
 
 
+def on_columns(logits: Tensor, columns: Tensor, adjust: Callable[[Tensor], Tensor]) -> Tensor:
+    """(B, 1, V) logits with ``adjust`` applied to their ``columns`` (K,) only, (B, 1, K) -> (B, 1, K): for
+    a rule whose arithmetic is elementwise over the tokens and leaves every other column as it is (its
+    reductions over the tokens only read those columns), the same logits as ``adjust`` over all V, at
+    the cost of K."""
+    return logits.index_copy(-1, columns, adjust(logits.index_select(-1, columns)))
+
+
+def finite_columns(numbers: Tensor) -> Tensor:
+    """(V,) numbers (NaN: none) -> (K,) the tokens that have one, ascending."""
+    return torch.isfinite(numbers).nonzero().squeeze(1)
+
+
 def parse_type_temperature(text: str) -> Dict[str, Union[float, str]]:
     """``Tempo=0.7,Vel=mean`` -> {"Tempo": 0.7, "Vel": "mean"}; raises ValueError naming the flag."""
     out: Dict[str, Union[float, str]] = {}
@@ -332,6 +345,7 @@ class KeyDownFloor(DecodeRule):
             raise ValueError("--min-key-down-ms: the grammar module gives no art_nominal_q, beat_period_s "
                              "and token_value")
         self.tables, self.art_nominal_q, self.min_key_down_s = tables, art_nominal_q, float(min_key_down_s)
+        self.columns = finite_columns(tables.value)  # (K,) the tokens with a value: the floor touches no other
 
     def prepare(self, rows, device, priors):
         return {"slot_q": pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, device)}
@@ -339,8 +353,10 @@ class KeyDownFloor(DecodeRule):
     def __call__(self, logits, state, table, step):
         if not table.acts("slot_q", step):  # no row at an articulation slot
             return logits
-        return key_down_floor(logits, self.tables.value.to(logits.device), at_step(table["slot_q"], step),
-                              state["period"], self.min_key_down_s)
+        cols = self.columns.to(logits.device)
+        value = self.tables.value.to(logits.device)[cols]  # (K,)
+        return on_columns(logits, cols, lambda sub: key_down_floor(sub, value, at_step(table["slot_q"], step),
+                                                                   state["period"], self.min_key_down_s))
 
 
 class TempoBand(DecodeRule):
@@ -354,6 +370,7 @@ class TempoBand(DecodeRule):
             raise ValueError("--tempo-anchor notated: the grammar module gives no states_tempo")
         self.tables, self.band_bins, self.anchor, self.states_tempo = tables, float(band_bins), anchor, states_tempo
         self.bin_log = tempo_bin_log(tables.period)
+        self.columns = finite_columns(tables.period)  # (K,) the Tempo tokens: the band touches no other
 
     def prepare(self, rows, device, priors):
         if self.anchor != "notated" or self.tables.relative:
@@ -366,14 +383,15 @@ class TempoBand(DecodeRule):
         if not table.acts("slot_gap", step, "positive"):  # no row at a Tempo slot with a gap to weigh
             return logits
         k = column(table["slot_gap"], step)
+        cols = self.columns.to(logits.device)
+        period = self.tables.period.to(logits.device)[cols]  # (K,) s per quarter
         if self.tables.relative:  # a token's period x QPM / 120 is its period at 120 x the level factor
             ref = 0.5 * state["level_factor"] if self.anchor == "notated" else None  # (B,)
-            return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
-                                      table["slot_gap"][:, k], state["level_factor"], self.band_bins,
-                                      self.bin_log, ref=ref)
-        return tempo_band_penalty(logits, self.tables.period.to(logits.device), state["level"],
-                                  table["slot_gap"][:, k], table["slot_scale"][:, k], self.band_bins,
-                                  self.bin_log, ref=table.get("tempo_ref"))
+            scale = state["level_factor"]
+        else:
+            ref, scale = table.get("tempo_ref"), table["slot_scale"][:, k]
+        return on_columns(logits, cols, lambda sub: tempo_band_penalty(
+            sub, period, state["level"], table["slot_gap"][:, k], scale, self.band_bins, self.bin_log, ref=ref))
 
 
 class FermataHold(DecodeRule):
@@ -513,6 +531,7 @@ class DecodeRules:
 
     def __init__(self, rules: List[DecodeRule], config: DecodeConfig, module):
         self.rules, self.config, self.module = rules, config, module
+        self._draw_columns: Dict[int, tuple] = {}  # id(candidates) -> (candidates, draw columns)
 
     def __iter__(self):
         return iter(self.rules)
@@ -597,6 +616,18 @@ class DecodeRules:
         finite but for the unison rule's deletion token, which it sets itself (the decoder computes no
         others)."""
         return self.rules[0].candidates(table, step)  # the grammar mask, always first
+
+    def draw_columns(self, candidates: Tensor) -> Tensor:
+        """(K',) ascending: ``candidates`` and every token outside them that a rule may make finite (the
+        unison rule's deletion token): after the rules, every other logit is -inf (cached per
+        ``candidates`` tensor, as the grammar caches those)."""
+        key = id(candidates)
+        cached = self._draw_columns.get(key)
+        if cached is None or cached[0] is not candidates:
+            extra = [rule.token_id for rule in self.rules if isinstance(rule, UnisonsOnce)]
+            cols = torch.unique(torch.cat([candidates, candidates.new_tensor(extra)])) if extra else candidates
+            cached = self._draw_columns[key] = (candidates, cols)
+        return cached[1]
 
     def __call__(self, logits: Tensor, state: DecodeState, table: SlotTable, step: int,
                  candidates_only: bool = False) -> Tensor:
