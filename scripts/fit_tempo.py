@@ -1,6 +1,7 @@
 """Fits the notated-tempo estimate (``instruct_tokenizer.tempo_infer``) on the training pieces of an
-``instruct-tokenize build`` and reports its error on the test pieces, against the default 120 and the
-metronome mark, as the median over pieces of |log2(estimate / median human tempo)| (1.0 = a factor of 2).
+``instruct-tokenize build`` and reports its error on the test pieces, the benchmark and Vienna, against
+the default 120 and the previous content model, as the median over pieces of |log2(estimate / median
+human tempo)| (1.0 = a factor of 2).
 
     instruct-tokenize build ../shared/datasets/nasap --out outputs/tempo_fit/tok --seed 1 --split 0.9,0.1,0 \
         --test-pieces ../shared/benchmarks/pianist_transformer_testset/pieces.csv --max-tokens 4096 \
