@@ -3,19 +3,27 @@ its tempo words, meter and content, fitted on the (n)ASAP training pieces' human
 
 Before this, a score without a metronome mark got 120 quarters per minute (``vocab.DEFAULT_QPM``), which
 is what score MIDI files and MusicXML exporters write when nothing is stated: an Adagio in 3/8 and a
-Presto in 2/2 both got 120. The estimate is a least-squares line on the log2 tempo (quarter notes per
-minute), over these features of the score tokens (units in each name):
+Presto in 2/2 both got 120. The estimate is a line on the log2 tempo (quarter notes per minute); there
+are two, over these features of the score tokens (units in each name):
 
-- the first tempo word's class (``TempoWord_slow|moderate|fast``: Adagio-, Andante-, Allegro-like; none
-  in a score MIDI or a MusicXML without words),
-- the meter of the first bar: log2 of its beat unit in quarters (4 -> 0, 8 -> -1, 2 -> 1) and whether it
-  is compound (6, 9, 12 over anything),
-- the content: log2 of the median gap between onsets (quarters), log2 of onset groups per quarter, and
-  the share of notes no longer than a sixteenth.
+- ``words`` (a score with a tempo word), least squares with a ridge: the first tempo word's class
+  (``TempoWord_slow|moderate|fast``: Adagio-, Andante-, Allegro-like), the meter of the first bar (log2
+  of its beat unit in quarters: 4 -> 0, 8 -> -1, 2 -> 1; whether it is compound: 6, 9, 12 over
+  anything), log2 of the median gap between onsets (quarters), log2 of onset groups per quarter and the
+  share of notes no longer than a sixteenth;
+- ``content`` (no tempo word: a score MIDI, most MusicXML without words), a Huber line (robust to the
+  pieces played at twice or half the expected speed) with its ridge on standardised features, both
+  chosen by leave-one-piece-out cross-validation on the training pieces: log2 of the beat unit, log2 of
+  onset groups per quarter (its coefficient near -1: performers keep a roughly constant range of onsets
+  per second), the share of sixteenths or shorter, log2 of the 25th percentile of the onset gaps (the
+  shortest common note value, quarters), log2 of notes per onset (chord density: block chords read
+  slower) and log2 of the pitch range in semitones (a wide compass reads as a faster, virtuoso piece).
 
 ``scripts/fit_tempo.py`` fits it on the training pieces of an ``instruct-tokenize build`` and writes the
 coefficients to ``instruct_tokenizer/data/tempo_model.json`` (shipped with the package); it also prints
-the error on the test pieces against the default 120.
+the error on the test pieces, the benchmark's score MIDI files and Vienna 4x22 against the default 120
+and the previous content model. The pitch range is read over the whole score given: on a short excerpt
+it is narrower than the piece's, and the estimate slower.
 """
 from __future__ import annotations
 
@@ -31,11 +39,14 @@ from . import vocab as V
 from .score import score_timeline
 
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "tempo_model.json"
-CONTENT_FEATURES = ("bias", "log2_beat_unit_q", "compound", "log2_median_ioi_q", "log2_groups_per_q", "short_share")
-FEATURES = CONTENT_FEATURES[:1] + ("word_slow", "word_moderate", "word_fast") + CONTENT_FEATURES[1:]
+FEATURES = ("bias", "word_slow", "word_moderate", "word_fast", "log2_beat_unit_q", "compound", "log2_median_ioi_q",
+            "log2_groups_per_q", "short_share")  # the words model
+CONTENT_FEATURES = ("bias", "log2_beat_unit_q", "log2_groups_per_q", "short_share", "log2_p25_ioi_q",
+                    "log2_notes_per_onset", "log2_pitch_range")  # the content model (no words)
 MODELS = {"words": FEATURES, "content": CONTENT_FEATURES}  # which model a score gets: words if it has one
 WORD_CLASSES = ("slow", "moderate", "fast")
 SHORT_Q = 0.25  # quarters: a sixteenth note
+SHORT_GAP_PERCENTILE = 25.0  # the "shortest common" onset gap: this percentile of the gaps
 QPM_RANGE = (30.0, 300.0)  # quarter notes per minute: an estimate is clamped here
 
 
@@ -80,15 +91,32 @@ def stated_qpm(score_tokens: Sequence[str]) -> Optional[float]:
     return None
 
 
+def onset_gaps_q(group_q: np.ndarray) -> np.ndarray:
+    """The positive gaps between successive distinct onsets, in quarters."""
+    gaps = np.diff(np.unique(group_q))
+    return gaps[gaps > 0]
+
+
+def notes_per_onset(tl) -> float:
+    """Chord density: notes per distinct onset (1.0 for a single line or an empty score)."""
+    n_onsets = len(np.unique(tl.group_q))
+    return tl.n_notes / n_onsets if n_onsets and tl.n_notes else 1.0
+
+
+def pitch_range_semitones(note_pitch: np.ndarray) -> float:
+    """Highest minus lowest MIDI pitch, in semitones, at least 1 (so its log2 is defined)."""
+    return float(max(np.ptp(note_pitch), 1)) if len(note_pitch) else 1.0
+
+
 def score_features(score_tokens: Sequence[str]) -> Dict[str, float]:
     """The features of the module docstring for one score (whole piece or a long excerpt)."""
     tl = score_timeline(score_tokens)
     word = first_tempo_word(score_tokens)
     num, den = first_time_signature(score_tokens)
     onsets = np.unique(tl.group_q)
-    gaps = np.diff(onsets)
-    gaps = gaps[gaps > 0]
+    gaps = onset_gaps_q(tl.group_q)
     median_ioi = float(np.median(gaps)) if len(gaps) else 1.0
+    short_gap = float(np.percentile(gaps, SHORT_GAP_PERCENTILE)) if len(gaps) else 1.0
     span = float(onsets[-1] - onsets[0]) if len(onsets) > 1 else 0.0
     groups_per_q = (len(onsets) - 1) / span if span > 0 else 1.0
     durs = tl.note_dur_q[tl.note_dur_q > 0]
@@ -98,25 +126,50 @@ def score_features(score_tokens: Sequence[str]) -> Dict[str, float]:
             "log2_beat_unit_q": math.log2(4.0 / den),
             "compound": float(num in (6, 9, 12) and num % 3 == 0),
             "log2_median_ioi_q": math.log2(median_ioi),
+            "log2_p25_ioi_q": math.log2(short_gap),
             "log2_groups_per_q": math.log2(groups_per_q),
-            "short_share": short}
+            "short_share": short,
+            "log2_notes_per_onset": math.log2(notes_per_onset(tl)),
+            "log2_pitch_range": math.log2(pitch_range_semitones(tl.note_pitch))}
 
 
 def feature_row(features: Dict[str, float], names: Sequence[str] = FEATURES) -> np.ndarray:
     return np.array([features[name] for name in names], dtype=np.float64)
 
 
-def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2) -> np.ndarray:
-    """Least squares (with a small ridge on everything but the bias) of log2 qpm on the feature rows."""
-    penalty = ridge * np.eye(rows.shape[1])
+def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2, huber_delta: Optional[float] = None,
+        standardize: bool = False, iterations: int = 100) -> np.ndarray:
+    """Coefficients of log2 qpm on the feature rows (first column the bias, which is not penalised).
+
+    Least squares with a ridge penalty, or with ``huber_delta`` (log2 units: residuals beyond it count
+    linearly, so a few pieces played at twice or half the expected tempo pull the line less) the Huber
+    loss by iteratively reweighted least squares. ``standardize`` applies the ridge to the coefficients of
+    features scaled to unit standard deviation (so one ridge suits features of any unit); the returned
+    coefficients are always for the raw features."""
+    centre = rows[:, 1:].mean(axis=0) if standardize else np.zeros(rows.shape[1] - 1)
+    scale = rows[:, 1:].std(axis=0) if standardize else np.ones(rows.shape[1] - 1)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = np.column_stack([rows[:, :1], (rows[:, 1:] - centre) / scale])
+    penalty = ridge * np.eye(z.shape[1])
     penalty[0, 0] = 0.0
-    return np.linalg.solve(rows.T @ rows + penalty, rows.T @ log2_qpm)
+    weights = np.ones(len(z))
+    for _ in range(iterations if huber_delta else 1):
+        coef = np.linalg.solve((z.T * weights) @ z + penalty, (z.T * weights) @ log2_qpm)
+        if not huber_delta:
+            break
+        residual = np.abs(log2_qpm - z @ coef)
+        new_weights = np.minimum(1.0, huber_delta / np.maximum(residual, 1e-12))
+        if np.allclose(new_weights, weights, atol=1e-8):
+            break
+        weights = new_weights
+    raw = coef[1:] / scale
+    return np.concatenate([[coef[0] - raw @ centre], raw])
 
 
 class TempoModel:
-    """Two fitted lines (``tempo_model.json``): ``words`` for a score with a tempo word (all features),
-    ``content`` for one without (meter and content only, fitted on the training pieces with their
-    markings dropped, as a score MIDI gives them). ``predict`` gives quarter notes per minute."""
+    """Two fitted lines (``tempo_model.json``): ``words`` for a score with a tempo word (``FEATURES``),
+    ``content`` for one without (``CONTENT_FEATURES``: meter and content only, fitted on the training
+    pieces with their markings dropped, as a score MIDI gives them). ``predict`` gives quarter notes per minute."""
 
     def __init__(self, coef: Dict[str, Dict[str, float]], meta: Optional[dict] = None):
         self.coef = {}

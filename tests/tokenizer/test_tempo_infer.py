@@ -5,16 +5,26 @@ import math
 import pytest
 
 from instruct_tokenizer import tempo_infer as T
+from instruct_tokenizer import vocab as V
+
+Q = V.GRID  # positions per quarter note
 
 
-def score(word=None, ts="4/4", dur=12, qpm=None, bars=4, per_bar=4):
-    """A tiny score token stream: ``per_bar`` onsets of ``dur`` (grid 12 per quarter) in every bar."""
+PITCHES = (48, 55, 60, 64, 67, 72, 76, 79)  # a C major arpeggio over two and a half octaves
+
+
+def score(word=None, ts="4/4", dur=12, qpm=None, bars=4, per_bar=4, pitches=PITCHES, chord=1):
+    """A tiny score token stream: ``per_bar`` onsets of ``dur`` (``Q`` per quarter) in every bar, each
+    onset ``chord`` notes taken in turn from ``pitches``."""
     toks = []
+    n = 0
     for b in range(bars):
         toks += ["Bar_None"] + ([f"TimeSig_{ts}"] if b == 0 else []) + ([f"QPM_{qpm}"] if qpm else [])
         for k in range(per_bar):
             toks += [f"Pos_{k * dur}"] + ([f"TempoWord_{word}"] if word and b == 0 and k == 0 else [])
-            toks += ["Pitch_60", f"Dur_{dur}", "Staff_1"]
+            for _ in range(chord):
+                toks += [f"Pitch_{pitches[n % len(pitches)]}", f"Dur_{dur}", "Staff_1"]
+                n += 1
     return toks
 
 
@@ -58,7 +68,27 @@ def test_without_words_the_content_decides():
     sixteenths = T.notated_tempo(score(dur=3, per_bar=16))
     assert quarters.source == sixteenths.source == "content" and "no metronome mark or tempo word" in quarters.reason
     assert sixteenths.qpm < quarters.qpm
-    assert all(T.QPM_RANGE[0] <= e.qpm <= T.QPM_RANGE[1] for e in (quarters, sixteenths))
+    assert all(T.QPM_RANGE[0] < e.qpm < T.QPM_RANGE[1] for e in (quarters, sixteenths))  # not clamped
+
+
+def test_content_features_on_a_constructed_score():
+    """Onset gaps in quarters (25th percentile), notes per onset and the pitch span in semitones."""
+    mixed = score(dur=Q // 2, per_bar=8, bars=3) + score(dur=Q, per_bar=4, bars=12)  # 24 of 71 gaps: eighths
+    f = T.score_features(mixed)
+    assert (f["log2_p25_ioi_q"], f["log2_median_ioi_q"]) == (-1.0, 0.0)
+    chords = T.score_features(score(chord=3, pitches=(60, 64, 67, 72)))
+    assert chords["log2_notes_per_onset"] == math.log2(3)
+    assert chords["log2_pitch_range"] == math.log2(72 - 60)
+    assert T.score_features(score(pitches=(60,)))["log2_pitch_range"] == 0.0
+
+
+def test_shipped_content_model_reads_texture_and_range():
+    """Without words: the same rhythm in block chords reads slower than as a single line; the same line
+    spread over a wider range reads faster (the virtuoso figure)."""
+    line = T.notated_tempo(score(dur=Q // 2, per_bar=8))
+    chords = T.notated_tempo(score(dur=Q // 2, per_bar=8, chord=4))
+    narrow = T.notated_tempo(score(dur=Q // 2, per_bar=8, pitches=(60, 62, 64, 65, 67)))
+    assert chords.qpm < line.qpm and narrow.qpm < line.qpm
 
 
 def test_with_qpm_scales_every_tempo_change():
@@ -72,15 +102,31 @@ def test_fit_recovers_a_known_line():
     import numpy as np
 
     rng = np.random.default_rng(0)
-    rows = np.column_stack([np.ones(200), rng.normal(size=(200, len(T.FEATURES) - 1))])
-    coef = rng.normal(size=len(T.FEATURES))
+    n = max(len(T.FEATURES), len(T.CONTENT_FEATURES))
+    rows = np.column_stack([np.ones(200), rng.normal(size=(200, n - 1))])
+    coef = rng.normal(size=n)
     got = T.fit(rows, rows @ coef, ridge=0.0)
     assert np.allclose(got, coef)
-    model = T.TempoModel({"words": dict(zip(T.FEATURES, coef)),
-                          "content": dict(zip(T.CONTENT_FEATURES, coef[:len(T.CONTENT_FEATURES)]))})
+    model = T.TempoModel({"words": dict(zip(T.FEATURES, coef)), "content": dict(zip(T.CONTENT_FEATURES, coef))})
     assert math.isclose(model.coef["words"][0], coef[0])
     with pytest.raises(ValueError, match="missing coefficients"):
         T.TempoModel({"words": {}})
+
+
+def test_huber_fit_resists_outliers_and_standardising_keeps_raw_coefficients():
+    """A tenth of the targets off by a factor of 4 (2 in log2): least squares is pulled, Huber much less;
+    with no ridge, standardising the features changes nothing in the raw coefficients."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    rows = np.column_stack([np.ones(300), rng.normal(size=300), 10 * rng.normal(size=300)])
+    coef = np.array([7.0, -1.0, 0.05])
+    target = rows @ coef + 0.05 * rng.normal(size=300)
+    target[::10] += 2.0
+    squares = T.fit(rows, target, ridge=0.0)
+    huber = T.fit(rows, target, ridge=0.0, huber_delta=0.1)
+    assert np.abs(huber - coef).max() < np.abs(squares - coef).max() / 4
+    assert np.allclose(T.fit(rows, target, ridge=0.0, standardize=True), squares)
 
 
 def test_apply_notated_tempo_keeps_a_mark_and_sets_the_estimate_elsewhere():
