@@ -15,6 +15,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from . import vocab as V
 from .musicxml import qpm_of_tempo
 from .score import ScoreNotes, bar_qpm_from_changes, sort_order
 
@@ -27,18 +28,36 @@ class ScoreReadError(Exception):
     """A score file that cannot be read; the message says why (the caller adds the file name)."""
 
 
+LONG_BAR_SPLIT_Q = 4.0  # quarters: a measure longer than a bar's positions reach is read as bars of this length
+MIN_BAR_Q = 0.5  # quarters: a rest of a measure shorter than this before a time-signature change joins the bar
+
+
 def _bars_from_time_sigs(starts_q: List[Tuple[float, Tuple[int, int]]], end_q: float):
-    """Bar start times (quarters) and time signatures from (time, ts) changes, up to end_q."""
+    """Bar start times (quarters) and time signatures from (time, ts) changes, up to end_q.
+
+    A time-signature change starts a new bar where it falls, also inside a measure of the previous
+    signature (notation programs write a free-meter passage as, say, 65/4 and change the signature before
+    it ends: that measure ends at the change). A measure longer than the positions a bar can hold
+    (``vocab.MAX_POS``: 16 quarters) is read as bars of ``LONG_BAR_SPLIT_Q`` quarters, so that no two
+    onsets of it collapse onto the last position (before, the notes of a 65/4 measure after its 16th
+    quarter all took one position); those bars carry 4/4. A remainder under ``MIN_BAR_Q`` before a
+    change (tick rounding in the file) joins the bar before it."""
     bar_starts, bar_ts = [], []
     t, i = 0.0, 0
     ts = starts_q[0][1] if starts_q else (4, 4)
+    longest_q = (V.MAX_POS + 1) / V.GRID
     while t <= end_q or not bar_starts:
-        while i < len(starts_q) and starts_q[i][0] <= t + 1e-9:
+        while i < len(starts_q) and starts_q[i][0] <= t + 1e-6:
             ts = starts_q[i][1]
             i += 1
+        length = ts[0] * 4.0 / ts[1]
         bar_starts.append(t)
-        bar_ts.append(ts)
-        t += ts[0] * 4.0 / ts[1]
+        bar_ts.append(ts if length <= longest_q else (4, 4))  # the split bars read as 4/4
+        length = min(length, LONG_BAR_SPLIT_Q) if length > longest_q else length
+        next_change = starts_q[i][0] if i < len(starts_q) else float("inf")
+        if 0 < next_change - (t + length) < MIN_BAR_Q and next_change - t <= longest_q:
+            length = next_change - t  # a sliver before a change joins this bar
+        t = min(t + length, next_change)
         if len(bar_starts) > 100000:
             raise ScoreReadError("absurd length (more than 100000 bars)")
     return bar_starts, bar_ts
