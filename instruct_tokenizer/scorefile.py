@@ -51,9 +51,11 @@ def _bars_from_time_sigs(starts_q: List[Tuple[float, Tuple[int, int]]], end_q: f
             ts = starts_q[i][1]
             i += 1
         length = ts[0] * 4.0 / ts[1]
+        split = length > longest_q
         bar_starts.append(t)
-        bar_ts.append(ts if length <= longest_q else (4, 4))  # the split bars read as 4/4
-        length = min(length, LONG_BAR_SPLIT_Q) if length > longest_q else length
+        bar_ts.append((4, 4) if split else ts)  # the split bars read as 4/4
+        if split:
+            length = LONG_BAR_SPLIT_Q
         next_change = starts_q[i][0] if i < len(starts_q) else float("inf")
         if 0 < next_change - (t + length) < MIN_BAR_Q and next_change - t <= longest_q:
             length = next_change - t  # a sliver before a change joins this bar

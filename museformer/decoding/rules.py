@@ -346,6 +346,7 @@ class KeyDownFloor(DecodeRule):
                              "and token_value")
         self.tables, self.art_nominal_q, self.min_key_down_s = tables, art_nominal_q, float(min_key_down_s)
         self.columns = finite_columns(tables.value)  # (K,) the tokens with a value: the floor touches no other
+        self.column_values = tables.value[self.columns]  # (K,) their log2 ratios
 
     def prepare(self, rows, device, priors):
         return {"slot_q": pad_rows([self.art_nominal_q(r) for r in rows], float("nan"), torch.float, device)}
@@ -353,10 +354,9 @@ class KeyDownFloor(DecodeRule):
     def __call__(self, logits, state, table, step):
         if not table.acts("slot_q", step):  # no row at an articulation slot
             return logits
-        cols = self.columns.to(logits.device)
-        value = self.tables.value.to(logits.device)[cols]  # (K,)
-        return on_columns(logits, cols, lambda sub: key_down_floor(sub, value, at_step(table["slot_q"], step),
-                                                                   state["period"], self.min_key_down_s))
+        value = self.column_values.to(logits.device)  # (K,)
+        return on_columns(logits, self.columns.to(logits.device), lambda sub: key_down_floor(
+            sub, value, at_step(table["slot_q"], step), state["period"], self.min_key_down_s))
 
 
 class TempoBand(DecodeRule):
@@ -371,6 +371,7 @@ class TempoBand(DecodeRule):
         self.tables, self.band_bins, self.anchor, self.states_tempo = tables, float(band_bins), anchor, states_tempo
         self.bin_log = tempo_bin_log(tables.period)
         self.columns = finite_columns(tables.period)  # (K,) the Tempo tokens: the band touches no other
+        self.column_periods = tables.period[self.columns]  # (K,) their beat periods, s per quarter
 
     def prepare(self, rows, device, priors):
         if self.anchor != "notated" or self.tables.relative:
@@ -383,14 +384,13 @@ class TempoBand(DecodeRule):
         if not table.acts("slot_gap", step, "positive"):  # no row at a Tempo slot with a gap to weigh
             return logits
         k = column(table["slot_gap"], step)
-        cols = self.columns.to(logits.device)
-        period = self.tables.period.to(logits.device)[cols]  # (K,) s per quarter
+        period = self.column_periods.to(logits.device)  # (K,) s per quarter
         if self.tables.relative:  # a token's period x QPM / 120 is its period at 120 x the level factor
             ref = 0.5 * state["level_factor"] if self.anchor == "notated" else None  # (B,)
             scale = state["level_factor"]
         else:
             ref, scale = table.get("tempo_ref"), table["slot_scale"][:, k]
-        return on_columns(logits, cols, lambda sub: tempo_band_penalty(
+        return on_columns(logits, self.columns.to(logits.device), lambda sub: tempo_band_penalty(
             sub, period, state["level"], table["slot_gap"][:, k], scale, self.band_bins, self.bin_log, ref=ref))
 
 
@@ -532,6 +532,7 @@ class DecodeRules:
     def __init__(self, rules: List[DecodeRule], config: DecodeConfig, module):
         self.rules, self.config, self.module = rules, config, module
         self._draw_columns: Dict[int, tuple] = {}  # id(candidates) -> (candidates, draw columns)
+        self._made_finite = [rule.token_id for rule in rules if isinstance(rule, UnisonsOnce)]  # outside candidates
 
     def __iter__(self):
         return iter(self.rules)
@@ -624,7 +625,7 @@ class DecodeRules:
         key = id(candidates)
         cached = self._draw_columns.get(key)
         if cached is None or cached[0] is not candidates:
-            extra = [rule.token_id for rule in self.rules if isinstance(rule, UnisonsOnce)]
+            extra = self._made_finite
             cols = torch.unique(torch.cat([candidates, candidates.new_tensor(extra)])) if extra else candidates
             cached = self._draw_columns[key] = (candidates, cols)
         return cached[1]
