@@ -83,6 +83,8 @@ def num_updates(path: Path) -> int:
     """The checkpoint's update count (fairseq's ``optimizer_history[-1]["num_updates"]``)."""
     from fairseq import checkpoint_utils
 
+    import museformer  # noqa: F401  registers the task: fairseq's upgrade of the args looks it up by name
+
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
     return int(state["optimizer_history"][-1]["num_updates"])
 

@@ -109,3 +109,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert sc.main([str(tmp_path), "--tokens", str(tmp_path)]) == 1
     assert "no manifest.jsonl" in capsys.readouterr().err
+
+
+def test_reads_a_checkpoint_in_a_fresh_interpreter(run_dir):
+    """The watcher reads a checkpoint's update count before anything else imports the plugin: fairseq's
+    args upgrade then looks the task up by name, so the script must register it itself (it skipped every
+    checkpoint before: KeyError 'museformer_s2p')."""
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import select_checkpoint as sc; "
+            "print(sc.num_updates(__import__('pathlib').Path(sys.argv[2])))")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "scripts"), str(run_dir / "ckpt" / "checkpoint_1_200.pt")],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split()[-1] == "200"
