@@ -26,7 +26,9 @@
 # --align-source gives each decoder step its own score note; --decoder-input-dropout (INPUT_DROPOUT) hides
 # a share of the previous performance tokens in training, against the free-running velocity drift.
 # INIT=CKPT warm-starts from a checkpoint's weights (optimizer, schedule and data order start afresh; a
-# checkpoint trained without --style-embed gets a zero style projection); LR and WARMUP set the schedule.
+# checkpoint trained without --style-embed gets a zero style projection, one whose dictionary is the first
+# entries of the build's, e.g. the released absolute-tempo model on a relative build, zero rows for the new
+# tokens: docs/experiments.md section 14); LR and WARMUP set the schedule.
 # HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
 # DATA_BIN=DIR trains on an existing fairseq-preprocess output (skips tokenize and preprocess); BIN is the
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
