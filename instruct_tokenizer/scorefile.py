@@ -17,7 +17,7 @@ import numpy as np
 
 from . import vocab as V
 from .musicxml import qpm_of_tempo
-from .score import ScoreNotes, bar_qpm_from_changes, sort_order
+from .score import ScoreNotes, bar_qpm_from_changes, nominal_bar_len_q, sort_order
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 XML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
@@ -50,7 +50,7 @@ def _bars_from_time_sigs(starts_q: List[Tuple[float, Tuple[int, int]]], end_q: f
         while i < len(starts_q) and starts_q[i][0] <= t + 1e-6:
             ts = starts_q[i][1]
             i += 1
-        length = ts[0] * 4.0 / ts[1]
+        length = nominal_bar_len_q(ts)
         split = length > longest_q
         bar_starts.append(t)
         bar_ts.append((4, 4) if split else ts)  # the split bars read as 4/4
