@@ -209,19 +209,24 @@ def hygiene(mf: MatchFile) -> Optional[str]:
     return None
 
 
-def augmentations(mf: MatchFile, cfg: BuildConfig) -> Iterable[Tuple[str, MatchFile]]:
-    """The original, then transposed (MIDI range kept) and tempo-scaled copies."""
-    yield "", mf
+def augmentations(mf: MatchFile, cfg: BuildConfig) -> Iterable[Tuple[str, MatchFile, float]]:
+    """The original, then transposed (MIDI range kept) and tempo-scaled copies, each with the factor on
+    its notated tempo. A copy whose performance times are scaled by ``s`` (``s`` > 1: slower) is the
+    same score asking for ``1 / s`` of the notated tempo, so its ``QPM`` is scaled with it: the copy then
+    teaches the model that the tempo it plays follows the tempo it is told. (Before 2026-12-05 the copies
+    kept the original ``QPM``, which taught the opposite: the same notated tempo, played 10 % faster or
+    slower.)"""
+    yield "", mf, 1.0
     for k in cfg.transpose:
         if k == 0 or mf.pitch.min() + k < 21 or mf.pitch.max() + k > 108:
             continue
-        yield f"transpose{k:+d}", dataclasses.replace(mf, pitch=mf.pitch + k, perf_pitch=mf.perf_pitch + k)
+        yield f"transpose{k:+d}", dataclasses.replace(mf, pitch=mf.pitch + k, perf_pitch=mf.perf_pitch + k), 1.0
     for s in cfg.tempo_scale:
         if s == 1.0:
             continue
         yield f"tempo{s:g}", dataclasses.replace(
             mf, onset_s=mf.onset_s * s, offset_s=mf.offset_s * s,
-            sustain=[(t * s, v) for t, v in mf.sustain], soft=[(t * s, v) for t, v in mf.soft])
+            sustain=[(t * s, v) for t, v in mf.sustain], soft=[(t * s, v) for t, v in mf.soft]), 1.0 / s
 
 
 def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
@@ -244,12 +249,15 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     marks = info.marks if info is not None and cfg.xml_markings and not drop else None
     qpm = (info.qpm if info is not None else {}) if cfg.notated_tempo else None
     items = []
-    for name, variant in (augmentations(mf, cfg) if augment else [("", mf)]):
+    try:
+        qpm, default_qpm = renderer_notated_tempo(mf, marks, qpm, cfg)
+    except (ValueError, IndexError) as e:
+        return {"source": source, "error": f"cannot encode: {e}"}
+    for name, variant, qpm_scale in (augmentations(mf, cfg) if augment else [("", mf, 1.0)]):
         try:
-            enc: Encoded = encode_match(variant, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo,
-                                        beat_grid=cfg.beat_grid)
-            if cfg.notated_tempo and cfg.infer_tempo:
-                enc = with_inferred_tempo(variant, enc, marks, qpm, cfg)
+            variant_qpm = {k: v * qpm_scale for k, v in qpm.items()} if qpm is not None else None
+            enc: Encoded = encode_match(variant, marks=marks, qpm=variant_qpm, relative_tempo=cfg.relative_tempo,
+                                        default_qpm=default_qpm * qpm_scale, beat_grid=cfg.beat_grid)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
         if not name:
@@ -264,22 +272,26 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
 
 
-def with_inferred_tempo(mf: MatchFile, enc: Encoded, marks: Optional[Dict], qpm: Dict[str, float],
-                        cfg: BuildConfig) -> Encoded:
-    """``enc`` again with the notated tempo the renderer would use (``--infer-tempo``): where the score
-    tokens state no metronome mark, ``tempo_infer``'s estimate from the same tokens (so a performance
-    built without its markings gets the content estimate, as a score MIDI does at render time), every
-    ``QPM`` scaled by one ratio as ``tempo_infer.with_qpm`` does. Scores with a mark are returned as is."""
+def renderer_notated_tempo(mf: MatchFile, marks: Optional[Dict], qpm: Optional[Dict[str, float]],
+                           cfg: BuildConfig) -> Tuple[Optional[Dict[str, float]], float]:
+    """(notated tempo by XML note id, the tempo where it gives none), both in quarter notes per minute,
+    as the renderer will give them (``--infer-tempo``): where the score states no metronome mark,
+    ``tempo_infer``'s estimate from its tokens (so a performance built without its markings gets the
+    content estimate, as a score MIDI does at render time), every ``QPM`` scaled by one ratio as
+    ``tempo_infer.with_qpm`` does. Without ``--infer-tempo``, or for a score with a mark: as read (120
+    where it states none). Decided once per file, on the unscaled performance, so that tempo-scaled
+    copies (:func:`augmentations`) scale this tempo and are not mistaken for marked scores."""
+    if qpm is None or not (cfg.notated_tempo and cfg.infer_tempo):
+        return qpm, V.DEFAULT_QPM
     from .tempo_infer import notated_tempo
 
+    enc = encode_match(mf, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo, beat_grid=cfg.beat_grid)
     estimate = notated_tempo(enc.score)
     if estimate.source == "mark":
-        return enc
+        return qpm, V.DEFAULT_QPM
     first = next(float(t.partition("_")[2]) for t in enc.score if t.startswith(V.QPM + "_"))
     ratio = estimate.qpm / first
-    scaled = {k: v * ratio for k, v in qpm.items()}
-    return encode_match(mf, marks=marks, qpm=scaled, relative_tempo=cfg.relative_tempo,
-                        default_qpm=V.DEFAULT_QPM * ratio, beat_grid=cfg.beat_grid)
+    return {k: v * ratio for k, v in qpm.items()}, V.DEFAULT_QPM * ratio
 
 
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:

@@ -22,6 +22,13 @@
 # BUILD_EXTRA adds instruct-tokenize build flags, e.g. --marking-state (measured: per-note velocity r up,
 # whole-piece distributions worse; docs/experiments.md).
 # AUGMENT=0 skips transposition/tempo augmentation (a CPU run sees well under one epoch: it adds nothing).
+# TEMPO_SCALES (0.9,1.1) are the tempo-scaled copies' factors on the performance times; each copy's notated
+# tempo (QPM) is scaled by the inverse, so that the copies teach the model to follow the tempo it is told
+# (docs/experiments.md section 15). AUGMENT=tempo makes the tempo copies only (no transpositions).
+# FIT_DICT=FILE maps the build onto an older model's dictionary before fairseq-preprocess
+# (scripts/fit_to_dictionary.py: a value the dictionary lacks becomes its nearest one), e.g. to fine-tune
+# the released model (INIT=checkpoints/instruct-museformer.pt, its dictionary from release_checkpoint's
+# "dictionary" entry) on a later build without new embedding rows.
 # --style-embed carries the instruct prefix to every position (without it the model ignored the prefix);
 # --align-source gives each decoder step its own score note; --decoder-input-dropout (INPUT_DROPOUT) hides
 # a share of the previous performance tokens in training, against the free-running velocity drift.
@@ -61,7 +68,9 @@ TEMPO_FLAGS=(--relative-tempo --infer-tempo)
 [ "${BEAT_GRID:-0}" = 1 ] && TEMPO_FLAGS+=(--beat-grid)
 WARM=()
 [ -n "$INIT" ] && WARM=(--restore-file "$INIT" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters)
-[ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose=-3,3 --augment-tempo=0.9,1.1)
+TEMPO_SCALES=${TEMPO_SCALES:-0.9,1.1}
+[ "$AUGMENT" = 1 ] && AUG_FLAGS=(--augment-transpose=-3,3 "--augment-tempo=$TEMPO_SCALES")
+[ "$AUGMENT" = tempo ] && AUG_FLAGS=("--augment-tempo=$TEMPO_SCALES")
 BIN=${BIN:-.venv/bin}
 DATA_BIN=${DATA_BIN:-}
 TOK=${TOK:-$OUT/tok}
@@ -77,16 +86,21 @@ $BIN/instruct-tokenize build "$NASAP" --out "$OUT/tok" --seed 1 --split 0.9,0.1,
   --max-tokens "$MAX_TOKENS_EXAMPLE" --overlap-bars 2 --workers 2 "${AUG_FLAGS[@]}" \
   --instruct --notated-tempo "${TEMPO_FLAGS[@]}" --xml-markings --markings-dropout 0.5 ${BUILD_EXTRA:-}
 
-TRAINPREF="$OUT/tok/train"
+TOKDIR="$OUT/tok"
+if [ -n "${FIT_DICT:-}" ]; then
+  $BIN/python scripts/fit_to_dictionary.py "$OUT/tok" "$FIT_DICT" --out "$OUT/tokfit"
+  TOKDIR="$OUT/tokfit"
+fi
+TRAINPREF="$TOKDIR/train"
 if [ -n "${OVERSAMPLE:-}" ]; then
-  $BIN/python scripts/oversample_lines.py "$OUT/tok" --token "${OVERSAMPLE%%:*}" --times "${OVERSAMPLE##*:}" \
-    --out-prefix "$OUT/tok/train.os"
-  TRAINPREF="$OUT/tok/train.os"
+  $BIN/python scripts/oversample_lines.py "$TOKDIR" --token "${OVERSAMPLE%%:*}" --times "${OVERSAMPLE##*:}" \
+    --out-prefix "$TOKDIR/train.os"
+  TRAINPREF="$TOKDIR/train.os"
 fi
 rm -rf "$OUT/bin"
 $BIN/fairseq-preprocess --source-lang score --target-lang perf \
-  --trainpref "$TRAINPREF" --validpref "$OUT/tok/valid" --testpref "$OUT/tok/test" \
-  --srcdict "$OUT/tok/dict.txt" --tgtdict "$OUT/tok/dict.txt" --destdir "$OUT/bin" --workers 2
+  --trainpref "$TRAINPREF" --validpref "$TOKDIR/valid" --testpref "$TOKDIR/test" \
+  --srcdict "$TOKDIR/dict.txt" --tgtdict "$TOKDIR/dict.txt" --destdir "$OUT/bin" --workers 2
 DATA_BIN="$OUT/bin"
 fi
 

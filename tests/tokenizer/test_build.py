@@ -103,10 +103,11 @@ def test_training_recipe_build_flags_parse():
     from instruct_tokenizer.cli import build_parser
 
     script = (REPO / "scripts" / "train_nasap.sh").read_text()
-    flags = shlex.split(re.search(r"AUG_FLAGS=\(([^)]+)\)", script).group(1))
+    scales = re.search(r"TEMPO_SCALES=\$\{TEMPO_SCALES:-([^}]+)\}", script).group(1)
+    flags = shlex.split(re.search(r"AUG_FLAGS=\(([^)]+)\)", script).group(1).replace("$TEMPO_SCALES", scales))
     args = build_parser().parse_args(["build", "src", "--out", "tok", *flags])
     assert args.augment_transpose == (-3, -2, -1, 1, 2, 3)
-    assert args.augment_tempo
+    assert args.augment_tempo == (0.9, 1.1)
 
 
 def _oversample_module():
@@ -213,3 +214,80 @@ def test_empty_split_reason_when_every_file_of_its_piece_is_skipped():
     assert empty_split_reason([item], {a: "train", b: "valid"}, BuildConfig(split=(1, 0, 0))) is None
     pinned = BuildConfig(split=(1, 0, 0), test_pieces="pieces.csv")  # pinned pieces ask for test
     assert "split 'test'" in empty_split_reason([item], {a: "train"}, pinned)
+
+
+def _qpm_values(tokens):
+    return [float(t.partition("_")[2]) for t in tokens if t.startswith("QPM_")]
+
+
+@pytest.mark.parametrize("infer", [False, True])
+def test_tempo_scaled_copy_asks_for_the_tempo_it_plays(infer):
+    """A copy played twice as slowly is the score asking for half its notated tempo: its ``QPM`` tokens
+    are halved (within the semitone grid's rounding) and, in the relative encoding, its tempo tokens are
+    those of the original (the level over the notated tempo is unchanged). Before the fix the copy kept
+    the original ``QPM`` and its ``TempoLevel`` moved by an octave."""
+    from instruct_tokenizer import build as B
+
+    src = Source(str(sorted((VIENNA / "match").glob("*.match"))[0]), "c", "t", "p")
+    cfg = BuildConfig(progress=False, notated_tempo=True, relative_tempo=True, infer_tempo=infer,
+                      tempo_scale=(2.0,))
+    res = B.process((src, cfg, True))
+    assert "items" in res, res.get("error")
+    orig, slow = res["items"]
+    assert (orig.augment, slow.augment) == ("", "tempo2")
+    qpm_orig = _qpm_values(" ".join(orig.score_bars).split())
+    qpm_slow = _qpm_values(" ".join(slow.score_bars).split())
+    assert qpm_orig and len(qpm_orig) == len(qpm_slow)
+    ratios = [a / b for a, b in zip(qpm_orig, qpm_slow)]
+    assert all(1.95 <= r <= 2.05 for r in ratios), sorted(set(ratios))
+    perf_orig = " ".join(orig.perf_bars).split()
+    perf_slow = " ".join(slow.perf_bars).split()
+    assert len(perf_orig) == len(perf_slow)
+    levels = [(a, b) for a, b in zip(orig.perf_prefix, slow.perf_prefix) if a.startswith("TempoLevel_")]
+    assert levels and all(abs(int(a.split("_")[1]) - int(b.split("_")[1])) <= 1 for a, b in levels), levels[:3]
+    rel = [abs(int(a.split("_")[1]) - int(b.split("_")[1])) for a, b in zip(perf_orig, perf_slow)
+           if a.startswith("TempoRel_")]
+    assert rel and sum(d <= 2 for d in rel) >= 0.9 * len(rel), sorted(rel)[-5:]
+    assert [t for t in perf_orig if t.startswith("Vel_")] == [t for t in perf_slow if t.startswith("Vel_")]
+
+
+def _fit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fit_to_dictionary", REPO / "scripts" / "fit_to_dictionary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_to_dictionary_moves_missing_values_to_the_nearest(tmp_path):
+    fit = _fit_module()
+    build, out = tmp_path / "tok", tmp_path / "fit"
+    build.mkdir()
+    (build / "train.score").write_text("Bar_None Pos_0\n")
+    (build / "train.perf").write_text("Bar_None Time_170 Time_160 Sus_-3\n")
+    (tmp_path / "dict.txt").write_text("Bar_None 1\nPos_0 1\nTime_160 1\nTime_176 1\nTime_-4 1\nSus_-8 1\nSus_0 1\n")
+    assert fit.main([str(build), str(tmp_path / "dict.txt"), "--out", str(out)]) == 0
+    assert (out / "train.perf").read_text() == "Bar_None Time_176 Time_160 Sus_0\n"
+    assert (out / "train.score").read_text() == "Bar_None Pos_0\n"
+    assert (out / "dict.txt").read_text() == (tmp_path / "dict.txt").read_text()
+    assert (build / "train.perf").read_text() == "Bar_None Time_170 Time_160 Sus_-3\n"  # left as it was
+
+
+def test_fit_to_dictionary_rejects_a_token_without_counterpart(tmp_path, capsys):
+    fit = _fit_module()
+    build, out = tmp_path / "tok", tmp_path / "fit"
+    build.mkdir()
+    (build / "train.perf").write_text("Bar_None Fermata_yes\n")
+    (tmp_path / "dict.txt").write_text("Bar_None 1\n")
+    assert fit.main([str(build), str(tmp_path / "dict.txt"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.perf" in err[0] and "Fermata_yes" in err[0]
+    assert not (out / "train.perf").exists() and not list(out.glob(".*tmp"))
+
+
+def test_fit_to_dictionary_reads_the_released_models_dictionary():
+    fit = _fit_module()
+    lines = fit.dictionary_lines(str(REPO / "checkpoints" / "instruct-museformer.pt"))
+    tokens = [line.split()[0] for line in lines]
+    assert len(tokens) == len(set(tokens)) > 3000 and "Time_160" in tokens and "Time_168" not in tokens
