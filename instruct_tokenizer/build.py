@@ -267,6 +267,8 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
                 return {"source": source, "error": f"broken alignment: {outliers} of {mf.n_played} played notes "
                         f"({share:.1%}) are alignment outliers (> 2 s off the score order), above "
                         f"{MAX_OUTLIER_SHARE:.0%}"}
+        # the instruct tempo level measures the pianist against the tempo the copy's score asks for
+        enc.stats["notated_log_scale"] = float(np.log(qpm_scale))
         items.append(make_item(source, name, enc, cfg))
     return {"source": source, "items": items, "checksum": checksum(mf), "insertions": mf.n_insertions,
             "deletions": int(mf.n_notes - mf.n_played), "notes": mf.n_notes, "warning": warning}
@@ -327,17 +329,25 @@ def _level(value: float, lo: float, hi: float, levels: Tuple[str, str, str]) -> 
     return levels[0] if value < lo else levels[2] if value > hi else levels[1]
 
 
+def instruct_log_period(it: Item) -> float:
+    """The item's mean log beat period (ln s per quarter) at the notated tempo of the original score: a
+    tempo-scaled copy's own, less the log of its time scale."""
+    return it.stats["mean_log_period"] + it.stats.get("notated_log_scale", 0.0)
+
+
 def instruct_values(items: List[Item]) -> Dict[int, Dict[str, str]]:
     """Per item: instruct levels from corpus tertiles. Tempo is relative to the piece's median tempo
-    where the piece has several performances (else absolute)."""
+    where the piece has several performances (else absolute), each taken at the notated tempo its score
+    asks for: a tempo-scaled copy (:func:`augmentations`) gets its original's level, since its score's
+    ``QPM`` moved with its performance."""
     by_piece: Dict[Tuple[str, str], List[float]] = defaultdict(list)
     for it in items:
-        by_piece[it.source.piece].append(it.stats["mean_log_period"])
+        by_piece[it.source.piece].append(instruct_log_period(it))
     rel_tempo = []
     for it in items:
         periods = by_piece[it.source.piece]
         base = float(np.median(periods)) if len(periods) > 1 else 0.0
-        rel_tempo.append(-(it.stats["mean_log_period"] - base))  # higher = faster
+        rel_tempo.append(-(instruct_log_period(it) - base))  # higher = faster
     features = {
         V.I_TEMPO: np.array(rel_tempo),
         V.I_DYN: np.array([it.stats["mean_velocity"] for it in items]),

@@ -1,5 +1,6 @@
 """Corpus build: piece-level splits, instruct prefix, fairseq-preprocess on the output unchanged."""
 import json
+import math
 import subprocess
 from collections import Counter
 
@@ -249,6 +250,9 @@ def test_tempo_scaled_copy_asks_for_the_tempo_it_plays(infer):
            if a.startswith("TempoRel_")]
     assert rel and sum(d <= 2 for d in rel) >= 0.9 * len(rel), sorted(rel)[-5:]
     assert [t for t in perf_orig if t.startswith("Vel_")] == [t for t in perf_slow if t.startswith("Vel_")]
+    # the instruct tempo level is the pianist's against the tempo asked for: the copy keeps its original's
+    assert abs(B.instruct_log_period(orig) - B.instruct_log_period(slow)) < 0.05
+    assert abs(orig.stats["mean_log_period"] + math.log(2.0) - slow.stats["mean_log_period"]) < 0.05
 
 
 def _fit_module():
