@@ -20,7 +20,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-SPLITS = ("train", "valid", "test")
+from instruct_tokenizer.build import SPLITS
+
+
+class NoCounterpart(ValueError):
+    """A token that the dictionary lacks and has no value of the same type for."""
+
 
 
 def numeric_values(tokens: Sequence[str]) -> Dict[str, List[Tuple[float, str]]]:
@@ -63,6 +68,26 @@ def dictionary_lines(path: str) -> List[str]:
     return state["dictionary"].splitlines(keepends=True)
 
 
+def fit_file(src: Path, dst: Path, have: set, values: Dict[str, List[Tuple[float, str]]],
+             mapping: Dict[str, str], moved: Counter) -> None:
+    """Write ``src`` to ``dst`` with every token the dictionary lacks moved to its nearest value;
+    ``mapping`` and ``moved`` collect what was moved. Raises NoCounterpart."""
+    with open(src) as f, open(dst, "w") as g:
+        for line in f:
+            toks = line.split()
+            for i, t in enumerate(toks):
+                if t in have:
+                    continue
+                if t not in mapping:
+                    near = nearest_token(t, values)
+                    if near is None:
+                        raise NoCounterpart(f"{src}: token {t} has no counterpart")
+                    mapping[t] = near
+                moved[t.partition("_")[0]] += 1
+                toks[i] = mapping[t]
+            g.write(" ".join(toks) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("build", help="instruct-tokenize build output ({split}.score/.perf)")
@@ -83,30 +108,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mapping: Dict[str, str] = {}
     moved: Counter = Counter()
     out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        for side in ("score", "perf"):
-            src = build / f"{split}.{side}"
-            if not src.is_file():
-                continue
-            tmp = out / f".{split}.{side}.tmp"
-            with open(src) as f, open(tmp, "w") as g:
-                for line in f:
-                    toks = line.split()
-                    for i, t in enumerate(toks):
-                        if t in have:
-                            continue
-                        if t not in mapping:
-                            near = nearest_token(t, values)
-                            if near is None:
-                                tmp.unlink()
-                                print(f"fit_to_dictionary: error: {src}: token {t} has no counterpart in "
-                                      f"{a.dictionary}", file=sys.stderr)
-                                return 1
-                            mapping[t] = near
-                        moved[t.partition("_")[0]] += 1
-                        toks[i] = mapping[t]
-                    g.write(" ".join(toks) + "\n")
-            tmp.replace(out / f"{split}.{side}")
+    sources = [build / f"{split}.{side}" for split in SPLITS for side in ("score", "perf")]
+    done: List[Tuple[Path, Path]] = []  # (temporary, final): renamed only once every file is written
+    try:
+        for src in (p for p in sources if p.is_file()):
+            done.append((out / f".{src.name}.tmp", out / src.name))
+            fit_file(src, done[-1][0], have, values, mapping, moved)
+    except NoCounterpart as e:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        print(f"fit_to_dictionary: error: {e} in {a.dictionary}", file=sys.stderr)
+        return 1
+    for tmp, final in done:
+        tmp.replace(final)
     (out / "dict.txt").write_text("".join(lines))
     for extra in ("manifest.jsonl", "summary.json"):
         if (build / extra).is_file():

@@ -111,17 +111,18 @@ def test_training_recipe_build_flags_parse():
     assert args.augment_tempo == (0.9, 1.1)
 
 
-def _oversample_module():
+def _script_module(name: str):
+    """``scripts/{name}.py`` imported as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("oversample_lines", REPO / "scripts" / "oversample_lines.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_oversample_repeats_only_whole_token_matches(tmp_path):
-    os_lines = _oversample_module()
+    os_lines = _script_module("oversample_lines")
     (tmp_path / "train.score").write_text("Bar_None After_fermata Pos_0\nBar_None Pos_0\nBar_None After_fermatas\n")
     (tmp_path / "train.perf").write_text("a\nb\nc\n")
     assert os_lines.main([str(tmp_path), "--token", "After_fermata", "--times", "3",
@@ -133,7 +134,7 @@ def test_oversample_repeats_only_whole_token_matches(tmp_path):
 
 
 def test_oversample_rejects_unpaired_files_and_writes_nothing(tmp_path, capsys):
-    os_lines = _oversample_module()
+    os_lines = _script_module("oversample_lines")
     (tmp_path / "train.score").write_text("x\ny\n")
     (tmp_path / "train.perf").write_text("a\n")
     assert os_lines.main([str(tmp_path), "--token", "x", "--times", "2", "--out-prefix", str(tmp_path / "o")]) == 1
@@ -255,17 +256,8 @@ def test_tempo_scaled_copy_asks_for_the_tempo_it_plays(infer):
     assert abs(orig.stats["mean_log_period"] + math.log(2.0) - slow.stats["mean_log_period"]) < 0.05
 
 
-def _fit_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fit_to_dictionary", REPO / "scripts" / "fit_to_dictionary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fit_to_dictionary_moves_missing_values_to_the_nearest(tmp_path):
-    fit = _fit_module()
+    fit = _script_module("fit_to_dictionary")
     build, out = tmp_path / "tok", tmp_path / "fit"
     build.mkdir()
     (build / "train.score").write_text("Bar_None Pos_0\n")
@@ -279,7 +271,7 @@ def test_fit_to_dictionary_moves_missing_values_to_the_nearest(tmp_path):
 
 
 def test_fit_to_dictionary_rejects_a_token_without_counterpart(tmp_path, capsys):
-    fit = _fit_module()
+    fit = _script_module("fit_to_dictionary")
     build, out = tmp_path / "tok", tmp_path / "fit"
     build.mkdir()
     (build / "train.perf").write_text("Bar_None Fermata_yes\n")
@@ -291,7 +283,7 @@ def test_fit_to_dictionary_rejects_a_token_without_counterpart(tmp_path, capsys)
 
 
 def test_fit_to_dictionary_reads_the_released_models_dictionary():
-    fit = _fit_module()
+    fit = _script_module("fit_to_dictionary")
     lines = fit.dictionary_lines(str(REPO / "checkpoints" / "instruct-museformer.pt"))
     tokens = [line.split()[0] for line in lines]
     assert len(tokens) == len(set(tokens)) > 3000 and "Time_160" in tokens and "Time_168" not in tokens
