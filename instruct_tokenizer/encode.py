@@ -21,7 +21,7 @@ import numpy as np
 from . import vocab as V
 from .match import MatchFile
 from .score import (ScoreNotes, Timeline, bar_notated_period_s, score_timeline, score_tokens, sort_order,
-                    with_marking_state)
+                    split_long_bars, with_marking_state)
 
 ORIGIN_S = 1.0  # decoded time of the first onset group's grid
 GRACE_NOMINAL_Q = 0.125  # nominal notated duration of a grace note, for articulation
@@ -91,7 +91,8 @@ def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None,
     notated tempo (quarter notes per minute) by XML note id, giving each bar's ``QPM``
     (``default_qpm`` where it gives none)."""
     bar, lengths, ts = match_bars(mf)
-    pos_q = np.clip(mf.pos_q, 0, None)
+    cut = split_long_bars(bar, np.clip(mf.pos_q, 0, None), lengths, ts)  # a cadenza written as one measure
+    bar, pos_q, lengths, ts = cut.bar, cut.pos_q, cut.bar_len_q, cut.bar_ts
     order = sort_order(bar, pos_q, mf.pitch)
     note_marks = None
     if marks is not None:

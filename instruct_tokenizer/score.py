@@ -376,3 +376,62 @@ def bar_qpm_from_changes(bar_starts_q: Sequence[float], changes: Sequence[Tuple[
         i = int(np.searchsorted(times, start + 1e-6, side="right")) - 1
         out.append(V.quantise_qpm(ordered[i][1] if i >= 0 else V.DEFAULT_QPM))
     return out
+
+
+LONG_BAR_SPLIT_Q = 4.0  # quarters: a measure longer than a bar's positions reach is read as bars of this length
+
+
+@dataclass
+class SplitBars:
+    """Bars after :func:`split_long_bars`: per note ``bar`` and ``pos_q`` (quarters); per bar ``bar_len_q``,
+    ``bar_ts``, ``source`` (the index of the bar it was cut from) and ``offset_q`` (its start, in
+    quarters after that bar's start)."""
+
+    bar: np.ndarray
+    pos_q: np.ndarray
+    bar_len_q: np.ndarray
+    bar_ts: List[Tuple[int, int]]
+    source: np.ndarray
+    offset_q: np.ndarray
+
+
+def split_long_bars(bar: np.ndarray, pos_q: np.ndarray, bar_len_q: np.ndarray,
+                    bar_ts: Sequence[Tuple[int, int]]) -> SplitBars:
+    """Bars that run past the positions a bar can hold (``vocab.MAX_POS``: 16 quarters; a cadenza or
+    free-meter passage written as one measure) cut into bars of ``LONG_BAR_SPLIT_Q`` quarters read as
+    4/4, as the score MIDI reader reads such a measure, so that no two onsets collapse onto the bar's
+    last position (where the unison rule would strike all but one of a pitch's notes once). A stretch
+    of such bars without notes joins the bar before it (a broken file's empty hundreds of quarters make
+    one long bar, not a hundred). ``bar`` (N,) int and ``pos_q`` (N,) quarters per note; ``bar_len_q``
+    (B,) quarters and ``bar_ts`` per bar. Other bars are left as they are (returned unchanged when no bar
+    is long)."""
+    bar = np.asarray(bar, dtype=np.int64)
+    pos_q = np.asarray(pos_q, dtype=np.float64)
+    lengths = np.asarray(bar_len_q, dtype=np.float64)
+    n_bars = len(lengths)
+    pos_grid = np.round(pos_q * V.GRID)  # as quantise_pos rounds
+    last = np.full(n_bars, -1.0)
+    np.maximum.at(last, bar, pos_grid)
+    long = (lengths > (V.MAX_POS + 1) / V.GRID + 1e-9) | (last > V.MAX_POS)
+    if not long.any():
+        return SplitBars(bar, pos_q, lengths, list(bar_ts), np.arange(n_bars), np.zeros(n_bars))
+    step_grid = LONG_BAR_SPLIT_Q * V.GRID
+    chunk = np.where(long[bar], np.floor(np.maximum(pos_grid, 0) / step_grid), 0).astype(np.int64)  # (N,)
+    new_len, new_ts, source, offset = [], [], [], []
+    first_of = {}  # (old bar, chunk) -> new bar
+    for b in range(n_bars):
+        if not long[b]:
+            first_of[(b, 0)] = len(new_len)
+            new_len.append(lengths[b]), new_ts.append(tuple(bar_ts[b])), source.append(b), offset.append(0.0)
+            continue
+        chunks = sorted({0, *chunk[bar == b].tolist()})
+        last_start = chunks[-1] * LONG_BAR_SPLIT_Q
+        last_end = lengths[b] if lengths[b] > last_start else last_start + LONG_BAR_SPLIT_Q  # notes past its end
+        ends = [c * LONG_BAR_SPLIT_Q for c in chunks[1:]] + [last_end]
+        for c, end in zip(chunks, ends):
+            first_of[(b, c)] = len(new_len)
+            new_len.append(end - c * LONG_BAR_SPLIT_Q), new_ts.append((4, 4)), source.append(b)
+            offset.append(c * LONG_BAR_SPLIT_Q)
+    new_bar = np.array([first_of[(b, c)] for b, c in zip(bar.tolist(), chunk.tolist())], dtype=np.int64)
+    return SplitBars(new_bar, pos_q - chunk * LONG_BAR_SPLIT_Q, np.array(new_len), new_ts,
+                     np.array(source, dtype=np.int64), np.array(offset))

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import vocab as V
 from .musicxml import qpm_of_tempo
-from .score import ScoreNotes, bar_qpm_from_changes, nominal_bar_len_q, sort_order
+from .score import LONG_BAR_SPLIT_Q, ScoreNotes, bar_qpm_from_changes, nominal_bar_len_q, sort_order, split_long_bars
 
 MIDI_SUFFIXES = {".mid", ".midi"}
 XML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
@@ -28,7 +28,6 @@ class ScoreReadError(Exception):
     """A score file that cannot be read; the message says why (the caller adds the file name)."""
 
 
-LONG_BAR_SPLIT_Q = 4.0  # quarters: a measure longer than a bar's positions reach is read as bars of this length
 MIN_BAR_Q = 0.5  # quarters: a rest of a measure shorter than this before a time-signature change joins the bar
 
 
@@ -71,11 +70,13 @@ def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts, marks=Non
     bar = np.clip(np.searchsorted(starts, onset_q + 1e-6, side="right") - 1, 0, len(starts) - 1)
     pos_q = onset_q - starts[bar]
     lengths = np.diff(starts, append=starts[-1] + bar_ts[-1][0] * 4.0 / bar_ts[-1][1])
+    cut = split_long_bars(bar, pos_q, lengths, bar_ts)  # a MusicXML cadenza measure (score MIDI: cut already)
+    bar, pos_q = cut.bar, cut.pos_q
     order = sort_order(bar, pos_q, pitch)
     return ScoreNotes(bar=bar[order], pos_q=pos_q[order], dur_q=dur_q[order], grace=grace[order],
-                      pitch=pitch[order], staff=staff[order], bar_len_q=lengths, bar_ts=bar_ts,
+                      pitch=pitch[order], staff=staff[order], bar_len_q=cut.bar_len_q, bar_ts=cut.bar_ts,
                       marks=[marks[i] for i in order] if marks is not None else None,
-                      bar_qpm=bar_qpm_from_changes(bar_starts, tempo_changes))
+                      bar_qpm=bar_qpm_from_changes(starts[cut.source] + cut.offset_q, tempo_changes))
 
 
 def load_score_midi(path: str) -> ScoreNotes:
