@@ -17,6 +17,7 @@ from .decoder import MuseformerDecoder
 from .decoding import DecodeRules
 from .decoding.rules import uses_relative_tempo
 from .encoder import MuseformerEncoder, SlotAnchors
+from .warmstart import train_only_rows
 
 
 @register_model("museformer_s2p")
@@ -60,6 +61,10 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         parser.add_argument("--align-source", action="store_true",
                             help="add to every decoder position a projection of the encoder output at the "
                                  "score token its performance slot belongs to (needs the task's --grammar)")
+        parser.add_argument("--train-rows", type=str, metavar="TYPES",
+                            help="fine-tune only the token embedding rows of these token types (comma-separated, "
+                                 "e.g. QPM,Tempo) and freeze every other parameter, so that a warm-started model "
+                                 "learns what those rows carry without moving the rest (needs --weight-decay 0)")
         # fmt: on
 
     @classmethod
@@ -77,7 +82,14 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
         decoder = MuseformerDecoder(args, task.target_dictionary, decoder_embed)
         if args.align_source:
             encoder.anchors = cls.build_anchors(args, task.source_dictionary)
-        return cls(encoder, decoder)
+        model = cls(encoder, decoder)
+        if args.train_rows:
+            train_only_rows(model, task.target_dictionary, cls.parse_types(args.train_rows))
+        return model
+
+    @staticmethod
+    def parse_types(text: str) -> List[str]:
+        return [t.strip() for t in str(text).split(",") if t.strip()]
 
     @staticmethod
     def build_anchors(args, src_dict) -> SlotAnchors:
@@ -113,6 +125,10 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
             raise ValueError("--decoder-input-dropout must be in [0, 1)")
         if args.attention_impl == "flex" and args.attention_dropout > 0:
             raise ValueError("--attention-impl flex has no attention dropout: use --attention-dropout 0")
+        if args.train_rows and getattr(args, "weight_decay", 0.0) > 0:
+            raise ValueError("--train-rows needs --weight-decay 0 (decay would move the frozen rows)")
+        if args.train_rows and not args.share_all_embeddings:
+            raise ValueError("--train-rows needs --share-all-embeddings (one token table for the rows to train)")
         for d in (task.source_dictionary, task.target_dictionary):
             if d.index(BAR_TOKEN) == d.unk():
                 raise ValueError(f"the dictionary has no {BAR_TOKEN!r} token: not a bar-structured corpus")
@@ -155,6 +171,7 @@ def base_architecture(args):
     args.style_embed = getattr(args, "style_embed", False)
     args.align_source = getattr(args, "align_source", False)
     args.decoder_input_dropout = getattr(args, "decoder_input_dropout", 0.0)
+    args.train_rows = getattr(args, "train_rows", None)
     args.max_source_positions = getattr(args, "max_source_positions", 100000)
     args.max_target_positions = getattr(args, "max_target_positions", 100000)
 

@@ -38,3 +38,33 @@ def grow_rows(state_dict: Dict, name: str, attr: str, weight: Optional[Tensor]) 
     pad = old.new_zeros(weight.shape[0] - old.shape[0], old.shape[1])  # (V - V_old, C)
     state_dict[key] = torch.cat([old, pad], dim=0)  # (V, C)
     return state_dict
+
+
+def token_type(symbol: str) -> str:
+    """The type of a dictionary symbol ``Type_Value`` (fairseq's specials, ``<s>`` etc., have none: '')."""
+    type_, sep, value = symbol.partition("_")
+    return type_ if sep and type_ and value and not symbol.startswith("<") else ""
+
+
+def train_only_rows(model: nn.Module, dictionary, types) -> int:
+    """Freeze every parameter of ``model`` but the token embedding rows of the token ``types`` (e.g.
+    {"QPM", "Tempo"}): the other rows of the token tables (encoder input, decoder input, output
+    projection; one tensor when shared) get zero gradients, every other parameter none. Adam without
+    weight decay then leaves them bit for bit where the warm start put them, so a fine-tune learns what
+    those rows can carry without moving the rest of the model. Returns the number of rows that train.
+    Raises ValueError when no symbol of ``dictionary`` has one of ``types``."""
+    rows = [i for i, s in enumerate(dictionary.symbols) if token_type(s) in set(types)]
+    if not rows:
+        raise ValueError(f"--train-rows {','.join(sorted(types))}: no token of these types in the dictionary")
+    tables = {id(m.weight): m.weight for m in (model.encoder.embed.tokens, model.decoder.embed.tokens,
+                                              model.decoder.out)}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for weight in tables.values():
+        if weight.shape[0] != len(dictionary):
+            raise ValueError("--train-rows: a token table does not match the dictionary")
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)  # (V, 1)
+        mask[rows] = 1
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad, m=mask: grad * m.to(grad))
+    return len(rows)
