@@ -1,5 +1,5 @@
-"""instruct-museformer fairseq plugin: importing it registers the task and the architectures, and gives
-the Python API (``from museformer import Renderer``)."""
-from . import model, task  # noqa: F401
+"""instruct-museformer fairseq plugin: importing it registers the task, the architectures and the
+anchored criterion, and gives the Python API (``from museformer import Renderer``)."""
+from . import criterion, model, task  # noqa: F401
 from .decoding import DecodeConfig  # noqa: F401
 from .render import Performance, Renderer, RenderError, Sampling  # noqa: F401
