@@ -36,6 +36,9 @@
 # checkpoint trained without --style-embed gets a zero style projection, one whose dictionary is the first
 # entries of the build's, e.g. the released absolute-tempo model on a relative build, zero rows for the new
 # tokens: docs/experiments.md section 14); LR and WARMUP set the schedule.
+# ANCHOR=FILE (with INIT) fine-tunes with --criterion museformer_anchored_ce: every target type but
+# ANCHOR_FREE (default Tempo) is pulled towards FILE's predictions by a KL term of weight ANCHOR_WEIGHT (1),
+# so that the tempo learns from the data and the rest stays where FILE has it (docs/experiments.md section 16).
 # HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
 # DATA_BIN=DIR trains on an existing fairseq-preprocess output (skips tokenize and preprocess); BIN is the
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
@@ -104,7 +107,10 @@ $BIN/fairseq-preprocess --source-lang score --target-lang perf \
 DATA_BIN="$OUT/bin"
 fi
 
-COMMON=(--user-dir museformer --task museformer_s2p --criterion label_smoothed_cross_entropy
+CRITERION=(--criterion label_smoothed_cross_entropy)
+[ -n "${ANCHOR:-}" ] && CRITERION=(--criterion museformer_anchored_ce --anchor-model "$ANCHOR"
+  --anchor-weight "${ANCHOR_WEIGHT:-1}" --anchor-free-types "${ANCHOR_FREE:-Tempo}")
+COMMON=(--user-dir museformer --task museformer_s2p "${CRITERION[@]}"
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
   --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-500}" --dropout 0.1 --share-all-embeddings --style-embed --align-source
   --decoder-input-dropout "${INPUT_DROPOUT:-0.2}"

@@ -46,6 +46,20 @@ def test_resume_from_checkpoint_last(trained):
     assert len(losses(log)) == 1, "only the 4th epoch runs after resuming"
 
 
+@pytest.mark.slow
+def test_anchored_fine_tune_of_a_checkpoint(trained):
+    """A warm start fine-tuned with the anchored criterion and only the Tempo rows training: fairseq builds
+    the criterion from its flags, loads the reference checkpoint and logs the KL."""
+    root, _ = trained
+    log = run([BIN / "fairseq-train", "bin", *TRAIN, "--criterion", "museformer_anchored_ce",
+               "--anchor-model", "ckpt/checkpoint_last.pt", "--anchor-free-types", "Tempo",
+               "--train-rows", "Tempo", "--weight-decay", "0", "--restore-file", "ckpt/checkpoint_last.pt",
+               "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters",
+               "--max-update", "3", "--save-dir", "ckpt_anchored"], root)
+    assert "anchor_kl=" in log and "num. trained:" in log
+    assert (root / "ckpt_anchored" / "checkpoint_last.pt").is_file()
+
+
 def _valid_rate(root, gen_log):
     src = (root / "tok" / "test.score").read_text().splitlines()
     hyps = {}
