@@ -38,6 +38,16 @@ def test_first_bars_and_selection():
     assert [p["i"] for p in select_performances(perfs, max_pieces=1)] == [0, 1]
 
 
+def test_max_pieces_spreads_across_composers():
+    """Pieces are taken one per composer in turn, not the alphabetically first (one composer's)."""
+    pieces = [("Bach", f"fugue {k}") for k in range(7)] + [("Beethoven", "op. 2"), ("Chopin", "op. 10"),
+                                                          ("Chopin", "op. 25")]
+    perfs = [{"composer": c, "title": t, "i": i} for i, (c, t) in enumerate(pieces)]
+    chosen = [(p["composer"], p["title"]) for p in select_performances(perfs, max_pieces=4)]
+    assert sorted(chosen) == [("Bach", "fugue 0"), ("Bach", "fugue 1"), ("Beethoven", "op. 2"), ("Chopin", "op. 10")]
+    assert len(select_performances(perfs, max_pieces=100)) == len(perfs)
+
+
 def test_markings_row_per_piece_max_bars(tok_dir, tmp_path):
     res = evaluate_split(str(tok_dir), ConstantRenderer(), str(tmp_path), per_piece=1, max_bars=8)
     assert {"model", "deadpan", "markings", "training mean", "human"} <= set(res)
