@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", required=True, help="instruct-tokenize build directory (manifest.jsonl, train.perf)")
     p.add_argument("--data", default=None, help="fairseq data dir with dict.*.txt (default: the checkpoint's)")
     p.add_argument("--split", default="valid", help="tokenized split to render (default valid)")
-    p.add_argument("--max-pieces", type=int, default=4, help="pieces rendered, spread across composers (one per composer in turn)")
+    p.add_argument("--max-pieces", type=int, default=4,
+                   help="pieces rendered, spread across composers (one per composer in turn)")
     p.add_argument("--per-piece", type=int, default=1, help="performances of each piece compared")
     p.add_argument("--max-bars", type=int, default=None, help="only the first B bars (default: whole pieces)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
