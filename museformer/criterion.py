@@ -21,13 +21,15 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from torch import Tensor
 
-from .warmstart import token_type
+from instruct_tokenizer.grammar import token_type
+
+from .warmstart import parse_types
 
 
 def free_type_mask(dictionary, free_types: Set[str]) -> Tensor:
     """(V,) bool: True for the symbols whose type is in ``free_types`` (and for fairseq's specials, which
     are never anchored)."""
-    return torch.tensor([token_type(s) in free_types or not token_type(s) for s in dictionary.symbols])
+    return torch.tensor([token_type(s) in free_types or s.startswith("<") for s in dictionary.symbols])
 
 
 def anchored_kl(lprobs: Tensor, anchor_lprobs: Tensor, anchored: Tensor) -> Tensor:
@@ -50,9 +52,8 @@ class AnchoredCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             raise ValueError("--criterion museformer_anchored_ce needs --anchor-model")
         if anchor_weight < 0:
             raise ValueError("--anchor-weight must be >= 0")
-        free = {t.strip() for t in str(anchor_free_types).split(",") if t.strip()}
         self.anchor_weight = float(anchor_weight)
-        self.free = free_type_mask(task.target_dictionary, free)  # (V,)
+        self.free = free_type_mask(task.target_dictionary, set(parse_types(anchor_free_types)))  # (V,)
         self._anchor: List = [load_anchor(anchor_model, task)]  # a list: not a submodule (never saved or trained)
 
     @staticmethod

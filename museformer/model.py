@@ -17,7 +17,7 @@ from .decoder import MuseformerDecoder
 from .decoding import DecodeRules
 from .decoding.rules import uses_relative_tempo
 from .encoder import MuseformerEncoder, SlotAnchors
-from .warmstart import train_only_rows
+from .warmstart import parse_types, train_only_rows
 
 
 @register_model("museformer_s2p")
@@ -84,12 +84,8 @@ class MuseformerS2PModel(FairseqEncoderDecoderModel):
             encoder.anchors = cls.build_anchors(args, task.source_dictionary)
         model = cls(encoder, decoder)
         if args.train_rows:
-            train_only_rows(model, task.target_dictionary, cls.parse_types(args.train_rows))
+            train_only_rows(model, task.target_dictionary, parse_types(args.train_rows))
         return model
-
-    @staticmethod
-    def parse_types(text: str) -> List[str]:
-        return [t.strip() for t in str(text).split(",") if t.strip()]
 
     @staticmethod
     def build_anchors(args, src_dict) -> SlotAnchors:

@@ -1,11 +1,14 @@
 """Warm starts: a checkpoint trained without an input path, or with a smaller dictionary, loads into a
-model that has them and computes what the checkpoint computed."""
+model that has them and computes what the checkpoint computed; and a warm start fine-tuned on a few
+token types' embedding rows only (``--train-rows``)."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from instruct_tokenizer.grammar import token_type
 
 
 def zero_linear(dim: int) -> nn.Linear:
@@ -40,11 +43,10 @@ def grow_rows(state_dict: Dict, name: str, attr: str, weight: Optional[Tensor]) 
     return state_dict
 
 
-def token_type(symbol: str) -> str:
-    """The type of a dictionary symbol ``Type_Value`` (fairseq's specials, ``<s>`` etc., have none: '')."""
-    type_, sep, value = symbol.partition("_")
-    return type_ if sep and type_ and value and not symbol.startswith("<") else ""
 
+def parse_types(text: str) -> List[str]:
+    """Token types from a comma-separated flag value (``--train-rows``, ``--anchor-free-types``)."""
+    return [t.strip() for t in str(text).split(",") if t.strip()]
 
 def train_only_rows(model: nn.Module, dictionary, types) -> int:
     """Freeze every parameter of ``model`` but the token embedding rows of the token ``types`` (e.g.
@@ -53,7 +55,8 @@ def train_only_rows(model: nn.Module, dictionary, types) -> int:
     weight decay then leaves them bit for bit where the warm start put them, so a fine-tune learns what
     those rows can carry without moving the rest of the model. Returns the number of rows that train.
     Raises ValueError when no symbol of ``dictionary`` has one of ``types``."""
-    rows = [i for i, s in enumerate(dictionary.symbols) if token_type(s) in set(types)]
+    wanted = set(types)
+    rows = [i for i, s in enumerate(dictionary.symbols) if token_type(s) in wanted]
     if not rows:
         raise ValueError(f"--train-rows {','.join(sorted(types))}: no token of these types in the dictionary")
     tables = {id(m.weight): m.weight for m in (model.encoder.embed.tokens, model.decoder.embed.tokens,
