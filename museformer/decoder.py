@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
+from . import native
 from .backends import get_backend
 from .constants import BAR_TOKEN
-from .embeddings import Embedder, Layout, bar_indices, in_bar_index, make_plan
+from .embeddings import MAX_IN_BAR, Embedder, Layout, bar_indices, in_bar_index, make_plan
 from .incremental import DecoderState, LayerWeights, Linear, layer_step
 from .layers import DecoderLayer
 from .warmstart import fill_missing_zero_linear, grow_rows, zero_linear
@@ -41,6 +42,7 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         self.align = zero_linear(dim) if getattr(args, "align_source", False) else None
         self.rules = None  # museformer.decoding.DecodeRules, set by the model for constrained generation
         self.compact_steps = True  # generation attends per-bar views of the keys (False: every key, the reference)
+        self.native_steps = True  # the lean loop's steps that open no bar in C++ where it builds (False: Python)
 
     def aligned_source(self, encoder_out: Dict, steps: Tensor) -> Optional[Tensor]:
         """(B, n, C) projection of the encoder output at the score token of each step's slot (the
@@ -128,10 +130,13 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
             logits = self.rules(logits, state.rules, table, step)
         return logits, {"attn": [None], "inner_states": None}
 
-    def start_state(self, batch: int, encoder_out: Dict) -> DecoderState:
+    def start_state(self, batch: int, encoder_out: Dict, native_steps: bool = False) -> DecoderState:
         """An empty :class:`DecoderState` with room for the whole generation: every slot of the rules'
         table (when constrained) and the summaries of every score bar; 64 keys (then doubling) otherwise.
-        Its steps attend per-bar views of the keys, or every key where ``compact_steps`` is off."""
+        Its steps attend per-bar views of the keys, or every key where ``compact_steps`` is off.
+        ``native_steps``: the steps that open no bar run in C++ (``museformer.native``) where it builds and
+        ``self.native_steps`` is on (the lean sampling loop asks for it; fairseq's generator runs the
+        Python step, the reference the tests compare it with)."""
         enc = encoder_out["enc"]
         table = encoder_out.get("decode")
         steps = table["slots"].shape[1] + 1 if table is not None else 64  # the start token + slots + EOS
@@ -143,7 +148,22 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         state.final_ln = (self.ln.normalized_shape, self.ln.weight.detach(), self.ln.bias.detach(), self.ln.eps)
         if self.align is not None:
             state.align = Linear(self.align)
+        if native_steps and self.native_steps:
+            self._use_native(state, native.load())
         return state
+
+    def _use_native(self, state: DecoderState, module) -> None:
+        """Run the steps that open no bar with ``module`` (``museformer.native.load()``; None: Python) where its
+        ``SameBarStep`` takes the layers (biases on every linear, one layer-norm eps), on the CPU."""
+        flat = [w.flat() for w in state.weights]
+        if module is None or any(f is None for f in flat) or state.device.type != "cpu":
+            return
+        align = state.align
+        state.native = module
+        state.native_step = module.SameBarStep(
+            flat, [state.tables.tokens, state.tables.in_bar], MAX_IN_BAR, None if align is None else align.weight_t,
+            None if align is None else align.bias, state.weights[0].heads, state.weights[0].ln1[3],
+            state.final_ln[1], state.final_ln[2], state.final_ln[3], self.out.weight.shape[0])
 
     def step(self, tok: Tensor, step: int, encoder_out: Dict, state: DecoderState,
              candidates: Optional[Tensor] = None) -> Tensor:
@@ -157,6 +177,8 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         is_bar = tok[:, 0].eq(self.bar_idx)  # (B,)
         if step == 0 or bool(is_bar.any()):
             x, view = self._new_bar_inputs(tok, step, is_bar, encoder_out, state)
+        elif self._native_takes(state, candidates):
+            return self._native_same_bar_step(tok, step, encoder_out, state, candidates)
         else:
             x, view = self._same_bar_inputs(tok, step, encoder_out, state)
         b, n, c = x.shape
@@ -166,18 +188,42 @@ class MuseformerDecoder(FairseqIncrementalDecoder):
         last = rows if n == 1 else rows.view(b, n, c)[:, -1]  # (B, C) the newest token's
         return self.project(torch.layer_norm(last, *state.final_ln), candidates, state)
 
+    def _native_takes(self, state: DecoderState, candidates: Optional[Tensor]) -> bool:
+        """Whether the C++ step (``museformer.native``) can run this step that opens no bar: built, the
+        candidates known, a plain projection, room for the key in every layer's view."""
+        return (state.native is not None and candidates is not None and state.native_room()
+                and not (self.out._forward_hooks or self.out._forward_pre_hooks))
+
+    def _native_same_bar_step(self, tok: Tensor, step: int, encoder_out: Dict, state: DecoderState,
+                              candidates: Tensor) -> Tensor:
+        """:meth:`_same_bar_inputs`, the layers and :meth:`project` as ``csrc/step.cpp`` runs them, operator
+        for operator: (B, 1) tokens -> (B, 1, V) logits."""
+        anchors = encoder_out["anchors"] if self.align is not None else None
+        state.put_content_key(step)
+        col = state.native_view()
+        logits, state.in_bar = state.native_step(
+            tok, state.position(step), state.tables.bar_rows(state.bar), state.in_bar, anchors,
+            0 if anchors is None else min(step, anchors.shape[1] - 1), encoder_out["enc"] if anchors is not None else None,
+            encoder_out.get("style"), state.native_caches(), col, state.view_blocked, state.cross_blocked,
+            self.head(candidates, state), candidates)
+        return logits  # (B, 1, V)
+
     def project(self, h: Tensor, candidates: Optional[Tensor], state: DecoderState) -> Tensor:
         """(B, C) final features -> (B, 1, V) logits: of ``candidates`` only (the rest -inf) where given.
         A projection with hooks (tests' drifting models) runs as the module, over every token."""
         out = self.out
         if candidates is None or out._forward_hooks or out._forward_pre_hooks:
             return out(h.unsqueeze(1))  # (B, 1, V)
-        head = state.heads.get(id(candidates))
-        if head is None:  # the candidates' rows of the projection, transposed: once per candidate set
-            head = state.heads[id(candidates)] = (candidates, out.weight.detach()[candidates].t().contiguous())
         logits = h.new_full((h.shape[0], out.weight.shape[0]), float("-inf"))  # (B, V)
-        logits.index_copy_(1, candidates, h.mm(head[1]))
+        logits.index_copy_(1, candidates, h.mm(self.head(candidates, state)))
         return logits.unsqueeze(1)
+
+    def head(self, candidates: Tensor, state: DecoderState) -> Tensor:
+        """(C, K) the candidates' rows of the output projection, transposed: taken once per candidate set."""
+        head = state.heads.get(id(candidates))
+        if head is None:  # keeps the candidates alive with their rows, so that their id stays theirs
+            head = state.heads[id(candidates)] = (candidates, self.out.weight.detach()[candidates].t().contiguous())
+        return head[1]
 
     def _embed_step(self, tok: Tensor, step: int, bar: Tensor, in_bar: Tensor, encoder_out: Dict,
                     state: DecoderState) -> Tensor:

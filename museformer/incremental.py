@@ -86,8 +86,31 @@ class DecoderState:
         self.final_ln: tuple = ()  # torch.layer_norm's arguments
         self.align: Optional["Linear"] = None  # the --align-source projection
         self.heads: Dict[int, tuple] = {}  # id(candidates) -> (candidates, their projection rows transposed)
+        self.native = None  # museformer.native's module, where the C++ step is used
+        self.native_step = None  # its SameBarStep for this generation
         self.dim, self.device = dim, device
         self._sinusoid = sinusoid(torch.arange(cap, device=device), dim)  # (cap, C) position embeddings
+
+    def native_room(self) -> bool:
+        """Whether the C++ step can take a step that opens no bar: every layer's view holds room for its key
+        (else the Python step grows it) and its cross-attention view."""
+        col = self.view_len
+        return all("xv" in c and col < c["vv"].shape[2] for c in self.caches)
+
+    def native_view(self) -> int:
+        """:meth:`same_bar_view`'s bookkeeping for the C++ step, which opens the mask column itself, and
+        ``append_view``'s: the view column of the newest token's key."""
+        col = self.view_len
+        if col + 1 > self.view_blocked.shape[1]:
+            self._grow_view(col + 1)
+        self.view_len = col + 1
+        for cache in self.caches:
+            cache["view_len"] = col + 1
+        return col
+
+    def native_caches(self) -> List[Tensor]:
+        """Every layer's view buffers for the C++ step, four per layer (vk_t, vv, xk_t, xv)."""
+        return [t for c in self.caches for t in (c["vk_t"], c["vv"], c["xk_t"], c["xv"])]
 
     @property
     def capacity(self) -> int:
@@ -244,6 +267,17 @@ class LayerWeights:
         self.cross_q, self.cross_o = Linear(cross.q_proj), Linear(cross.out_proj)
         self.cross_kv = cross  # the encoder's keys/values: once per generation, with the module itself
         self.fc1, self.fc2 = Linear(layer.ffn.fc1), Linear(layer.ffn.fc2)
+
+    def flat(self) -> Optional[List[Tensor]]:
+        """The 18 tensors of the C++ ``layer_step`` (csrc/step.cpp), or None where it cannot take this layer
+        (a linear without bias, layer norms of different eps or shape)."""
+        linears = (self.qkv, self.o, self.cross_q, self.cross_o, self.fc1, self.fc2)
+        norms = (self.ln1, self.ln2, self.ln3)
+        if any(m.bias is None for m in linears) or len({(tuple(n[0]), n[3]) for n in norms}) != 1:
+            return None
+        (n1, n2, n3), (qkv, o, cq, co, f1, f2) = norms, linears
+        return [n1[1], n1[2], qkv.weight_t, qkv.bias, o.weight_t, o.bias, n2[1], n2[2], cq.weight_t, cq.bias,
+                co.weight_t, co.bias, n3[1], n3[2], f1.weight_t, f1.bias, f2.weight_t, f2.bias]
 
 
 def split_heads(rows: Tensor, b: int, n: int, n_heads: int) -> Tensor:

@@ -2,7 +2,8 @@
 ``instruct-eval`` and ``scripts/bench_quality.py`` sample with it; beam search, greedy decoding and
 ``fairseq-generate`` keep fairseq's ``SequenceGenerator``.
 
-Per step: the decoder's network step (:meth:`MuseformerDecoder.step`, its caches preallocated), the
+Per step: the decoder's network step (:meth:`MuseformerDecoder.step`, its caches preallocated; a step
+that opens no bar and the draw in C++ where ``museformer.native`` builds, operator for operator), the
 decoding rules as one call on the (B, 1, V) logits (``DecodeRules``), then the draw. No beam bookkeeping,
 no reordering of the caches but when rows end (they leave the batch), ``torch.inference_mode``.
 
@@ -45,11 +46,11 @@ def sample(model, net_input: Dict[str, Tensor], rules: Optional[DecodeRules], pr
     batch, src_len = src_tokens.shape
     max_len = min(int(MAX_LEN_A * src_len + MAX_LEN_B), decoder.max_positions() - 1)
     encoder_out = model.encoder(**net_input)
-    state = decoder.start_state(batch, encoder_out)
+    state = decoder.start_state(batch, encoder_out, native_steps=True)
     rule_state = rules.init_state(encoder_out["decode"]) if rules is not None else None
     tokens = torch.full((batch, max_len + 2), pad, dtype=torch.long, device=src_tokens.device)  # (B, T)
     tokens[:, 0] = eos
-    draw = Draw(tgt_dict, temperature, topp, max_len, prefix_tokens)
+    draw = Draw(tgt_dict, temperature, topp, max_len, prefix_tokens, native=state.native)
     out = decoder.out  # a hooked projection computes every logit (MuseformerDecoder.project)
     only = rule_state is not None and not (out._forward_hooks or out._forward_pre_hooks)
     rows = list(range(batch))  # original row of each row still running
@@ -87,7 +88,9 @@ class Draw:
     """The next token of every running row from its (B, 1, V) logits, as fairseq's ``SequenceGenerator``
     with ``search.Sampling`` draws it (the module docstring lists the steps)."""
 
-    def __init__(self, tgt_dict, temperature: float, topp: float, max_len: int, prefix_tokens: Optional[Tensor]):
+    def __init__(self, tgt_dict, temperature: float, topp: float, max_len: int, prefix_tokens: Optional[Tensor],
+                 native=None):
+        self.native = native  # museformer.native's module: its draw_columns on plain steps (None: Python)
         self.eos, self.pad, self.unk = tgt_dict.eos(), tgt_dict.pad(), tgt_dict.unk()
         self.temperature, self.max_len = temperature, max_len
         self.prefix = prefix_tokens  # (B, P) or None
@@ -132,6 +135,8 @@ class Draw:
         tokens: the other columns have probability 0, and ``torch.max`` keeps the first maximum in the
         same column order)."""
         if columns is not None and self.plain(step):
+            if self.native is not None and logits.dtype == torch.float32:
+                return self.native.draw_columns(logits, columns, self.temperature)  # the lines below, in C++
             if self.temperature != 1.0:
                 logits = logits / self.temperature
             lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)[:, -1, :]  # (B, V)

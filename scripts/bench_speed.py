@@ -112,20 +112,25 @@ def run_baseline(commit: str, checkpoint: str, score: str, seed: int, threads: i
 
 
 def one_score(renderer, args) -> dict:
+    from museformer import native
     from museformer.render import Sampling
 
     score = renderer.score_tokens(args.score)
     decoder = renderer.models[0].decoder
-    configs = [("old: fairseq SequenceGenerator", "fairseq", args.old_threads)]
-    configs += [(f"new: lean loop, {t} thread{'s' if t > 1 else ''}", "lean", t) for t in args.threads]
-    results: Dict[str, List[dict]] = {name: [] for name, _, _ in configs}
+    configs = [("old: fairseq SequenceGenerator", "fairseq", args.old_threads, True)]
+    configs += [(f"new: lean loop, {t} thread{'s' if t > 1 else ''}", "lean", t, True) for t in args.threads]
+    if native.load() is not None and not args.no_python_step:  # the same loop with the Python step, for its share
+        configs.append((f"new: lean loop, Python step, {args.threads[0]} thread{'s' if args.threads[0] > 1 else ''}",
+                        "lean", args.threads[0], False))
+    results: Dict[str, List[dict]] = {name: [] for name, _, _, _ in configs}
     reference = None
     notes = seconds = None
     print(f"{args.score}: {sum(t.startswith('Pitch_') for t in score)} score notes, {len(score)} score tokens, "
           f"seed {args.seed}; {args.repeats} round(s), interleaved")
     for rnd in range(args.repeats):
-        for name, generator, threads in configs:
+        for name, generator, threads, native_steps in configs:
             renderer.threads = threads
+            decoder.native_steps = native.active = native_steps  # the Python row: the rules' arithmetic too
             counter = {"calls": 0, "rows": 0}
             with counting_steps(decoder, counter):
                 perf, wall, cpu = timed(lambda: renderer.render_tokens(
@@ -139,25 +144,30 @@ def one_score(renderer, args) -> dict:
             print(f"  round {rnd + 1} {name:34s} {wall:7.1f} s wall {cpu:7.1f} s CPU  "
                   f"{notes / wall:6.1f} notes/s  RTF {wall / seconds:.3f}  "
                   f"tokens {'identical' if row['same'] else 'DIFFERENT'}", flush=True)
-        if args.baseline_commit and rnd == 0:
+        decoder.native_steps = native.active = True
+        if args.baseline_commit:  # every round, between the others
             b = run_baseline(args.baseline_commit, args.checkpoint, args.score, args.seed, args.old_threads, args.git)
             same = b["tokens"] == reference
-            results[f"before: commit {args.baseline_commit}"] = [
+            results.setdefault(f"before: commit {args.baseline_commit}", []).append(
                 {"wall": b["wall"], "cpu": b["cpu"], "steps": None, "calls": None, "same": same,
-                 "tokens": len(b["tokens"])}]
+                 "tokens": len(b["tokens"])})
             print(f"  round {rnd + 1} {'before: commit ' + args.baseline_commit:34s} {b['wall']:7.1f} s wall "
                   f"{b['cpu']:7.1f} s CPU  {notes / b['wall']:6.1f} notes/s  RTF {b['wall'] / seconds:.3f}  "
                   f"tokens {'identical' if same else 'DIFFERENT'}", flush=True)
     old = min(r["wall"] for r in results[configs[0][0]])
+    before = results.get(f"before: commit {args.baseline_commit}")
+    before = min(r["wall"] for r in before) if before else None
     print(f"\n{notes} notes, {seconds:.0f} s of music, {len(reference)} performance tokens "
           f"({len(reference) / notes:.2f} per note)")
-    print("| path | wall s | CPU s | notes/s | RTF | steps/note | speed-up (wall) | tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| path | wall s | CPU s | notes/s | RTF | steps/note | speed-up (wall) | vs before | tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         best = min(rows, key=lambda r: r["wall"])
         steps = f"{best['steps'] / notes:.2f}" if best["steps"] else "-"
+        vs_before = f"{before / best['wall']:.2f}x" if before else "-"
         print(f"| {name} | {best['wall']:.1f} | {best['cpu']:.1f} | {notes / best['wall']:.1f} | "
               f"{best['wall'] / seconds:.3f} | {steps} | {old / best['wall']:.2f}x | "
+              f"{vs_before} | "
               f"{'identical' if all(r['same'] for r in rows) else 'DIFFERENT'} |")
     print("(best of the rounds; steps/note: decoder row-steps, the overlap bars re-decoded included, per MIDI note)")
     identical = all(r["same"] for rows in results.values() for r in rows)
@@ -236,6 +246,8 @@ def main() -> None:
                          "last commit before the speed work")
     ap.add_argument("--git", default=str(REPO), help="the git checkout --baseline-commit is taken from")
     ap.add_argument("--skip-one", action="store_true", help="skip the one-score comparison")
+    ap.add_argument("--no-python-step", action="store_true",
+                    help="no lean row with the Python decoder step (museformer.native off) beside the C++ one")
     ap.add_argument("--all", action="store_true", help="the 23 benchmark pieces: old one at a time, new batched")
     ap.add_argument("--pieces", default=None, help="with --all: only these piece indices, comma-separated")
     ap.add_argument("--batch", type=int, default=16, help="with --all: segments generated together (lean)")

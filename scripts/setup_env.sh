@@ -16,3 +16,6 @@ $PY -m pip install -q -r requirements.txt
 scripts/install_fairseq.sh "$PY"
 $PY -m pip install -q --no-deps --no-build-isolation -e .
 $PY -c "import fairseq, museformer, instruct_tokenizer; print('setup ok: fairseq', fairseq.__version__)"
+# the lean sampling loop's C++ step, built now rather than at the first render (about a minute; where it
+# cannot be built, rendering runs the Python step, same tokens, and this says why)
+$PY -c "from museformer import native; native.main()"

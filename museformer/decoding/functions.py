@@ -8,6 +8,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from .. import native
+
 FORCEABLE_LOGIT = -80.0  # logit of a token the grammar allows but decoding never picks (the other tokens
 # of a "mean" slot, articulations under the key-down floor, the velocities of a unison's repeated pitch):
 # exp(-80) ~ 2e-35 is never sampled, yet a
@@ -32,6 +34,15 @@ def expected_value_choice(logits: Tensor, value: Tensor) -> Tensor:
 
 def key_down_floor(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: Tensor,
                    min_key_down_s: float) -> Tensor:
+    """:func:`key_down_floor_reference`, in C++ operator for operator where ``museformer.native`` is loaded."""
+    fast = native.loaded()
+    if fast is not None and logits.device.type == "cpu":
+        return fast.key_down_floor(logits, value, nominal_q, period_s, float(min_key_down_s), FORCEABLE_LOGIT)
+    return key_down_floor_reference(logits, value, nominal_q, period_s, min_key_down_s)
+
+
+def key_down_floor_reference(logits: Tensor, value: Tensor, nominal_q: Tensor, period_s: Tensor,
+                             min_key_down_s: float) -> Tensor:
     """(B, 1, V) masked logits of an articulation step, (V,) token log2 ratios (NaN: none), (B,) notated
     quarters (NaN: the row's step is no articulation slot, left as it is), (B,) beat period (s per
     quarter) -> logits where every allowed articulation that holds the note shorter than
@@ -58,6 +69,16 @@ LEVEL_FIELDS = 4  # a level state row: windowed seconds, windowed quarters, tota
 
 def tempo_level_update(level: Tensor, period_s: Tensor, gap_q: Tensor, scale: Tensor,
                        tau_q: float = TEMPO_BAND_TAU_Q) -> Tensor:
+    """:func:`tempo_level_update_reference`, in C++ operator for operator where ``museformer.native`` is
+    loaded."""
+    fast = native.loaded()
+    if fast is not None and level.device.type == "cpu":
+        return fast.tempo_level_update(level, period_s, gap_q, scale, float(tau_q))
+    return tempo_level_update_reference(level, period_s, gap_q, scale, tau_q)
+
+
+def tempo_level_update_reference(level: Tensor, period_s: Tensor, gap_q: Tensor, scale: Tensor,
+                                 tau_q: float = TEMPO_BAND_TAU_Q) -> Tensor:
     """(B, 4) level state [windowed s, windowed quarters, total s, total quarters], (B,) beat period of
     the onset group just decoded (s per quarter), its notated gap from the previous group (quarters) and
     its notated-tempo scale (``QPM`` / 120) -> the state after it. Performed time counts as gap x period x
@@ -93,6 +114,20 @@ def tempo_band_penalty(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: T
                        band_bins: float, bin_log: float, warmup_q: float = TEMPO_BAND_WARMUP_Q,
                        gain: float = TEMPO_BAND_GAIN, max_curve: float = TEMPO_BAND_MAX_CURVE,
                        ref: Optional[Tensor] = None) -> Tensor:
+    """:func:`tempo_band_penalty_reference`, in C++ operator for operator where ``museformer.native`` is
+    loaded."""
+    fast = native.loaded()
+    if fast is not None and logits.device.type == "cpu":
+        return fast.tempo_band_penalty(logits, period_s, level, gap_q, scale, float(band_bins), float(bin_log),
+                                       float(warmup_q), float(gain), float(max_curve), ref, TEMPO_BAND_MAX_PENALTY)
+    return tempo_band_penalty_reference(logits, period_s, level, gap_q, scale, band_bins, bin_log, warmup_q, gain,
+                                        max_curve, ref)
+
+
+def tempo_band_penalty_reference(logits: Tensor, period_s: Tensor, level: Tensor, gap_q: Tensor, scale: Tensor,
+                                 band_bins: float, bin_log: float, warmup_q: float = TEMPO_BAND_WARMUP_Q,
+                                 gain: float = TEMPO_BAND_GAIN, max_curve: float = TEMPO_BAND_MAX_CURVE,
+                                 ref: Optional[Tensor] = None) -> Tensor:
     """(B, 1, V) masked logits, (V,) beat period of each token (s per quarter; NaN: no Tempo token),
     (B, 4) level state (``tempo_level_update``), (B,) notated gap (quarters; NaN: no Tempo slot) and
     notated-tempo scale of this step -> logits pulled toward the reference level while the windowed
