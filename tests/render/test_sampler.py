@@ -7,34 +7,20 @@ several pieces batched). And the generation step's per-bar key views agree with 
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from helpers import batch, make_model, random_pair  # noqa: E402
+from helpers import batch  # noqa: E402
 
-from museformer.decoding import DecodeConfig, DecodeRules  # noqa: E402
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling, split_bars  # noqa: E402
 from museformer.sampler import multinomial_one, sample  # noqa: E402
 from museformer.task import MAX_LEN_A, MAX_LEN_B  # noqa: E402
 
-SYNTHETIC = "museformer.synthetic_grammar"
 VIENNA = Path(__file__).resolve().parents[2] / "data" / "vienna4x22" / "musicxml"
 needs_release = pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """A tiny random model, four score rows of 2 to 9 bars, and the synthetic grammar's rules."""
-    model, d = make_model("dense", seed=1, align_source=True, grammar=SYNTHETIC)
-    torch.nn.init.normal_(model.decoder.align.weight, std=0.2)
-    rng = np.random.default_rng(5)
-    pairs = [random_pair(d, n_bars, rng) for n_bars in (9, 2, 5, 7)]
-    rules = DecodeRules.build(DecodeConfig.defaults("task"), d, d, SYNTHETIC)
-    return model, d, pairs, rules
 
 
 def fairseq_sample(model, d, net_input, rules, prefix, temperature, topp):
