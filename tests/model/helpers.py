@@ -111,3 +111,19 @@ def dense_bar_gap(a, b, d, pairs) -> float:
     oa, ob = a(src, lens, prev)[0], b(src, lens, prev)[0]
     oa[valid].logsumexp(-1).sum().backward()
     return float((oa - ob)[valid].abs().max())
+
+
+def tiny_with_rules():
+    """A tiny random model (align-source on, the synthetic grammar), four score rows of 2 to 9 bars and the
+    grammar's decoding rules: (model, dictionary, pairs, rules), for the generation tests."""
+    import numpy as np
+
+    from museformer.decoding import DecodeConfig, DecodeRules
+
+    grammar = "museformer.synthetic_grammar"
+    model, d = make_model("dense", seed=1, align_source=True, grammar=grammar)
+    torch.nn.init.normal_(model.decoder.align.weight, std=0.2)
+    rng = np.random.default_rng(5)
+    pairs = [random_pair(d, n_bars, rng) for n_bars in (9, 2, 5, 7)]
+    return model, d, pairs, DecodeRules.build(DecodeConfig.defaults("task"), d, d, grammar)
+

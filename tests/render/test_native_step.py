@@ -11,12 +11,18 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from helpers import batch  # noqa: E402
+from helpers import batch, tiny_with_rules  # noqa: E402
 
 from museformer import incremental, native  # noqa: E402
 from museformer.sampler import Draw, sample  # noqa: E402
 
 HAS_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random model, four score rows of 2 to 9 bars, and the synthetic grammar's rules."""
+    return tiny_with_rules()
 
 
 @pytest.fixture(scope="module")

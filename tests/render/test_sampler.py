@@ -13,7 +13,7 @@ from fairseq import search
 from fairseq.sequence_generator import SequenceGenerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from helpers import batch  # noqa: E402
+from helpers import batch, tiny_with_rules  # noqa: E402
 
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling, split_bars  # noqa: E402
 from museformer.sampler import multinomial_one, sample  # noqa: E402
@@ -21,6 +21,12 @@ from museformer.task import MAX_LEN_A, MAX_LEN_B  # noqa: E402
 
 VIENNA = Path(__file__).resolve().parents[2] / "data" / "vienna4x22" / "musicxml"
 needs_release = pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random model, four score rows of 2 to 9 bars, and the synthetic grammar's rules."""
+    return tiny_with_rules()
 
 
 def fairseq_sample(model, d, net_input, rules, prefix, temperature, topp):
