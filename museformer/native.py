@@ -37,8 +37,10 @@ def loaded() -> Optional[ModuleType]:
 
 
 def build_dir() -> Path:
-    """Where the extension is built: one folder per source and torch version."""
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    """Where the extension is built: one folder per source, torch version and Python version (a build for
+    another Python would not load)."""
+    versions = f"{torch.__version__} {sys.version_info[0]}.{sys.version_info[1]} {sys.platform}".encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + versions).hexdigest()[:12]
     root = os.environ.get("INSTRUCT_NATIVE_DIR") or Path.home() / ".cache" / "instruct-museformer" / "native"
     return Path(root) / key
 
