@@ -14,13 +14,34 @@ using at::Tensor;
 
 namespace {
 
+// scores.mul_(scale) then .view(B, H, n, L).masked_fill_(blocked, float32 lowest), as one loop: ATen's
+// mul_ by a Python float multiplies in float by the float-rounded scale, so this is the same bits.
+// scores (B * H, n, L) contiguous float32; blocked (B, 1, n, L) bool, any strides.
+void scale_and_block(Tensor& scores, const Tensor& blocked, int64_t b, int64_t h, int64_t n, int64_t length,
+                     float scale) {
+  float* s = scores.data_ptr<float>();
+  const bool* m = blocked.data_ptr<bool>();
+  const int64_t sb = blocked.stride(0), sn = blocked.stride(2), sl = blocked.stride(3);
+  const float lowest = std::numeric_limits<float>::lowest();
+  for (int64_t bi = 0; bi < b; ++bi) {
+    for (int64_t hi = 0; hi < h; ++hi) {
+      for (int64_t ni = 0; ni < n; ++ni) {
+        float* row = s + ((bi * h + hi) * n + ni) * length;
+        const bool* mask = m + bi * sb + ni * sn;
+        for (int64_t li = 0; li < length; ++li) {
+          row[li] = mask[li * sl] ? lowest : row[li] * scale;
+        }
+      }
+    }
+  }
+}
+
 // incremental.attend_transposed in float32: q (B, H, n, D), keys_t (B, H, D, L), values (B, H, L, D),
 // blocked (B, 1, n, L) True = not attended -> (B, H, n, D)
 Tensor attend_transposed(const Tensor& q, const Tensor& keys_t, const Tensor& values, const Tensor& blocked) {
   const int64_t b = q.size(0), h = q.size(1), n = q.size(2), d = q.size(3), length = keys_t.size(-1);
-  Tensor scores = at::bmm(q.reshape({b * h, n, d}), keys_t.reshape({b * h, d, length}))
-                      .mul_(std::pow(static_cast<double>(d), -0.5));  // (B * H, n, L)
-  scores = scores.view({b, h, n, length}).masked_fill_(blocked, std::numeric_limits<float>::lowest());  // (B, H, n, L)
+  Tensor scores = at::bmm(q.reshape({b * h, n, d}), keys_t.reshape({b * h, d, length}));  // (B * H, n, L)
+  scale_and_block(scores, blocked, b, h, n, length, static_cast<float>(std::pow(static_cast<double>(d), -0.5)));
   Tensor probs = at::softmax(scores, -1).view({b * h, n, length});  // (B * H, n, L)
   return at::bmm(probs, values.reshape({b * h, length, d})).view({b, h, n, d});  // (B, H, n, D)
 }
@@ -132,24 +153,52 @@ class SameBarStep {
 
 // sampler.Draw.__call__ on a plain step with columns, then sampler.multinomial_columns: (B, 1, V)
 // logits, (K,) ascending columns -> (B,) tokens, drawn from torch's default generator as
-// torch.multinomial draws them.
+// torch.multinomial draws them. The softmax, exp and log1p stay ATen's (vectorised: their rounding is
+// theirs); the exact IEEE steps between them (mask, int -> double, the power-of-two scale, double ->
+// float, division, NaN/inf -> finite, the first minimum) run as two plain loops over the K columns.
 Tensor draw_columns(Tensor logits, const Tensor& columns, double temperature) {
   if (temperature != 1.0) {
     logits = logits / temperature;
   }
   Tensor lprobs = at::log_softmax(logits, -1, at::kFloat).select(1, -1);  // (B, V)
-  Tensor probs = lprobs.index_select(1, columns).exp_();  // (B, K)
-  const int64_t vocab = lprobs.size(1);
-  Tensor bits = at::empty({probs.size(0), vocab}, probs.options().dtype(at::kLong)).random_();  // (B, V)
-  Tensor minus_u = bits.index_select(1, columns)
-                       .bitwise_and_((int64_t{1} << 53) - 1)
-                       .to(at::kDouble)
-                       .mul_(-std::pow(2.0, -53));  // (B, K)
-  Tensor minus_q = at::log1p(minus_u).to(at::kFloat);  // (B, K)
-  Tensor ratio = probs.div(minus_q).nan_to_num_(0.0);  // (B, K)
-  auto best = at::min(ratio, -1);  // (B,), (B,)
-  TORCH_CHECK(std::get<0>(best).lt(0).all().item<bool>(), "invalid multinomial distribution (sum of probabilities <= 0)");
-  return columns.index_select(0, std::get<1>(best));  // (B,)
+  Tensor probs = lprobs.index_select(1, columns).exp_().contiguous();  // (B, K)
+  const int64_t rows = probs.size(0), k = probs.size(1), vocab = lprobs.size(1);
+  Tensor bits = at::empty({rows, vocab}, probs.options().dtype(at::kLong)).random_();  // (B, V)
+  Tensor cols = columns.contiguous();
+  const int64_t* col = cols.data_ptr<int64_t>();
+  const int64_t* bit = bits.data_ptr<int64_t>();
+  Tensor minus_u = at::empty({rows, k}, probs.options().dtype(at::kDouble));  // (B, K) in (-1, 0]
+  double* u = minus_u.data_ptr<double>();
+  const int64_t mask53 = (int64_t{1} << 53) - 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      u[r * k + j] = static_cast<double>(bit[r * vocab + col[j]] & mask53) * -std::pow(2.0, -53);
+    }
+  }
+  Tensor minus_q = at::log1p(minus_u);  // (B, K) double: -q, q ~ Exp(1)
+  const double* q = minus_q.data_ptr<double>();
+  const float* p = probs.data_ptr<float>();
+  Tensor out = at::empty({rows}, cols.options());  // (B,)
+  int64_t* chosen = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    float best = 0.0f;
+    int64_t at = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      float ratio = p[r * k + j] / static_cast<float>(q[r * k + j]);  // -p / q
+      if (std::isnan(ratio)) {
+        ratio = 0.0f;  // nan_to_num_(0.0)
+      } else if (std::isinf(ratio)) {
+        ratio = ratio > 0 ? std::numeric_limits<float>::max() : std::numeric_limits<float>::lowest();
+      }
+      if (j == 0 || ratio < best) {  // torch.min: the first minimum
+        best = ratio;
+        at = j;
+      }
+    }
+    TORCH_CHECK(k > 0 && best < 0, "invalid multinomial distribution (sum of probabilities <= 0)");
+    chosen[r] = col[at];
+  }
+  return out;
 }
 
 // ------------------------------------------------------------------ the decoding rules' arithmetic
