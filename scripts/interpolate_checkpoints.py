@@ -21,8 +21,8 @@ from typing import Dict
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-MAX_BYTES = 30 * 1000 * 1000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from release_checkpoint import ReleaseTooLarge, released_state, save_released  # noqa: E402
 
 
 class InterpolateError(Exception):
@@ -82,32 +82,21 @@ def main(argv=None) -> int:
         ap.error(f"--weight {args.weight}: must lie in [0, 1]")
     try:
         sa, sb = load_state(args.a), load_state(args.b)
-        if dictionary_text(sa, args.a) != dictionary_text(sb, args.b):
+        dictionary = dictionary_text(sa, args.a)
+        if dictionary != dictionary_text(sb, args.b):
             raise InterpolateError(f"{args.b}: its dictionary differs from {args.a}'s")
         weights = interpolate(sa["model"], sb["model"], args.weight, b_name=args.b)
     except InterpolateError as err:
         print(f"interpolate_checkpoints: error: {err}", file=sys.stderr)
         return 1
-    last = sa["optimizer_history"][-1]
-    released = {
-        "args": sa["args"],
-        "model": weights,
-        "optimizer_history": [{"criterion_name": last["criterion_name"], "optimizer_name": last["optimizer_name"],
-                               "lr_scheduler_state": {"best": last.get("lr_scheduler_state", {}).get("best")},
-                               "num_updates": last["num_updates"]}],
-        "extra_state": {k: v for k, v in sa.get("extra_state", {}).items()
-                        if k in ("epoch", "train_iterator", "val_loss", "best")},
-        "dictionary": dictionary_text(sa, args.a),
-        "interpolation": {"a": os.path.basename(args.a), "b": os.path.basename(args.b), "weight": args.weight},
-    }
-    tmp = args.out + ".part"
+    released = released_state(sa, sa["args"], weights, dictionary)
+    released["interpolation"] = {"a": os.path.basename(args.a), "b": os.path.basename(args.b), "weight": args.weight}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(released, tmp)
-    if os.path.getsize(tmp) > MAX_BYTES:
-        os.remove(tmp)
-        print(f"interpolate_checkpoints: error: {args.out}: over {MAX_BYTES} bytes", file=sys.stderr)
+    try:
+        save_released(released, args.out)
+    except ReleaseTooLarge as err:
+        print(f"interpolate_checkpoints: error: {args.out}: {err}", file=sys.stderr)
         return 1
-    os.replace(tmp, args.out)
     print(f"{args.out}: {1 - args.weight:g} x {args.a} + {args.weight:g} x {args.b}")
     return 0
 

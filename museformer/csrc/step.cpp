@@ -1,9 +1,11 @@
 // The lean sampling loop's hot path as ATen calls from C++ (museformer/native.py builds and loads it).
 //
 // Each function is the Python code it names, operator for operator: the same ATen kernels on the same
-// operands in the same order, so its results are bit for bit the Python path's (tests/render/
-// test_native_step.py); what it saves is the interpreter's per-operator overhead (argument parsing,
-// tensor wrapping), about 1 to 3 us an operator, most of a generation step's cost for a 128-wide model.
+// operands in the same order, or, for a run of exact IEEE steps (scale by a float, mask, casts, division,
+// the first minimum), one plain loop that gives the same bits; so its results are bit for bit the Python
+// path's (tests/render/test_native_step.py). What it saves is the interpreter's per-operator overhead
+// (argument parsing, tensor wrapping) and, in the loops, ATen's own, most of a generation step's cost for
+// a 128-wide model.
 #include <torch/extension.h>
 
 #include <cmath>
@@ -170,9 +172,10 @@ Tensor draw_columns(Tensor logits, const Tensor& columns, double temperature) {
   Tensor minus_u = at::empty({rows, k}, probs.options().dtype(at::kDouble));  // (B, K) in (-1, 0]
   double* u = minus_u.data_ptr<double>();
   const int64_t mask53 = (int64_t{1} << 53) - 1;
+  const double minus_scale = -std::pow(2.0, -53);  // exact: a power of two
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < k; ++j) {
-      u[r * k + j] = static_cast<double>(bit[r * vocab + col[j]] & mask53) * -std::pow(2.0, -53);
+      u[r * k + j] = static_cast<double>(bit[r * vocab + col[j]] & mask53) * minus_scale;
     }
   }
   Tensor minus_q = at::log1p(minus_u);  // (B, K) double: -q, q ~ Exp(1)
