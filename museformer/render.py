@@ -123,6 +123,7 @@ class Renderer:
         self.rules: Optional[DecodeRules] = None  # the decoding rules (their state crosses segments)
         self.decode: Optional[DecodeConfig] = None  # what they were built from
         self.tempo = None  # the notated tempo of the latest score_tokens (tempo_infer.TempoEstimate) or None
+        self.tempo_planner = None  # the checkpoint's tempo plan model (museformer.tempo_plan.TempoPlan) or None
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
@@ -168,6 +169,13 @@ class Renderer:
         model.eval()
         renderer = cls([model], task, args)
         renderer.rules, renderer.decode = rules, config
+        if "tempo_plan" in state:
+            from .tempo_plan import TempoPlan, TempoPlanError
+
+            try:
+                renderer.tempo_planner = TempoPlan.from_state(state["tempo_plan"])
+            except (TempoPlanError, KeyError, RuntimeError) as e:
+                raise RenderError(f"{path}: cannot load its tempo plan: {e}") from None
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -287,6 +295,12 @@ class Renderer:
             if priors is not None and any(name in p for p in priors):
                 sample["net_input"][name] = torch.stack(
                     [p.get(name, torch.zeros(width)) for p in priors])  # (B, 4)
+        if priors is not None and any("tempo_plan" in p for p in priors):
+            plans = [p.get("tempo_plan", torch.zeros(0)) for p in priors]
+            table = torch.full((len(plans), max(len(x) for x in plans)), float("nan"))  # (B, G), NaN: no plan
+            for i, x in enumerate(plans):
+                table[i, : len(x)] = x
+            sample["net_input"]["tempo_plan"] = table
         prefix = None
         if any(forced):
             p_width = max(len(f) for f in forced)
@@ -341,6 +355,7 @@ class Renderer:
         level per piece)."""
         torch.manual_seed(sampling.seed)
         plans = [self.plan(p, overlap_bars) for p in pieces]
+        tempo_plans = [self.tempo_plan_of(p) for p in pieces]  # (G,) and each group's bar, or None
         done: List[List[List[str]]] = [[] for _ in pieces]
         heads: List[List[str]] = [[] for _ in pieces]  # the tokens before the first bar of each performance
         jobs = sum(len(p[2]) for p in plans)
@@ -356,6 +371,10 @@ class Renderer:
                     scores.append(prefix + [t for b in bars[start:end] for t in b])
                     forced.append(heads[i] + [t for b in done[i][start:] for t in b])
                     priors.append(self.level_before(prefix, bars[:start], done[i][:start], heads[i]))
+                    if tempo_plans[i] is not None:
+                        factors, group_bar = tempo_plans[i]
+                        keep = (group_bar >= start) & (group_bar < end)
+                        priors[-1]["tempo_plan"] = torch.from_numpy(factors[keep]).float()  # (G_seg,)
                 outs = self.generate_batch(scores, forced, sampling, priors)
                 for i, out in zip(chunk, outs):
                     start, end = plans[i][2][r]
@@ -368,6 +387,16 @@ class Renderer:
                 bar.update(len(chunk))
         bar.close()
         return [heads[i] + [t for b in d for t in b] for i, d in enumerate(done)]
+
+    def tempo_plan_of(self, score_tokens: Sequence[str]):
+        """(factors, group_bar) of a whole score for the ``--tempo-plan`` rule: the plan model's log factor
+        over the notated tempo per onset group (``museformer.tempo_plan``) and each group's bar; None when
+        the rule is off or the checkpoint holds no plan."""
+        if self.tempo_planner is None or self.decode is None or not self.decode.tempo_plan > 0:
+            return None
+        from instruct_tokenizer.score import score_timeline
+
+        return self.tempo_planner.predict(score_tokens), score_timeline(score_tokens).group_bar
 
     def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
                      perf_bars: Sequence[Sequence[str]], perf_prefix: Sequence[str] = ()) -> Dict[str, torch.Tensor]:

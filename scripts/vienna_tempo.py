@@ -60,12 +60,12 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-estimate", action="store_true", help="120 where the score states no tempo")
     ap.add_argument("--checkpoint", default=None, help="a model file (default: the released model)")
-    ap.add_argument("--type-temperature", default="", metavar="TYPE=T,...",
-                    help="as instruct-render's, e.g. TempoLevel=mean (a relative model's level at its expected value)")
-    a = ap.parse_args()
     from museformer import Renderer, Sampling
+    from museformer.decoding.config import DecodeConfig
 
-    renderer = Renderer.load(checkpoint=a.checkpoint, threads=1, type_temperature=a.type_temperature)
+    DecodeConfig.add_args(ap)  # every decoding rule's flag at instruct-render's default
+    a = ap.parse_args()
+    renderer = Renderer.load(checkpoint=a.checkpoint, decode=DecodeConfig.from_args(a), threads=1)
     print("| piece | notated tempo | seed | level / pianist: median (range) | beat-tempo r: mean (range) |")
     print("|---|---|---|---|---|")
     for title, perfs in pianists(a.tokens).items():

@@ -39,6 +39,10 @@ DYNAMICS_BAND_BINS = 4.0
 # (TempoLevel). Drawn, one token set the whole piece's pace by chance (Vienna 4x22 K331/1, three seeds: 0.57 to
 # 1.24 of the pianists' median); at the expected value it is the model's best guess for the score
 # (docs/experiments.md, section 11).
+# Tempo plan (--tempo-plan): each Tempo token's probability times a Gaussian of this many tempo bins (2.9 % steps)
+# around the tempo plan's beat period for its onset group (museformer.tempo_plan: a network that reads the whole
+# score; docs/experiments.md section 18 has the measurements behind the default).
+TEMPO_PLAN_BINS = 0.0
 TEMPO_LEVEL = "mean"
 TEMPO_LEVELS = ("mean", "sample")
 
@@ -94,6 +98,11 @@ class DecodeConfig:
         "velocities each) of the rendering's offset so far from the notated dynamics, after the first 32 "
         f"notes (0: off; instruct-render's default {DYNAMICS_BAND_BINS:g}; needs MusicXML dynamics)",
         DYNAMICS_BAND_BINS, 0.0, type=float, metavar="BINS")
+    tempo_plan: float = _flag(
+        "--tempo-plan", "multiply each onset group's tempo distribution by a Gaussian of BINS tempo bins (2.9%% "
+        "steps) around the tempo plan's beat period for it (the notated tempo x the plan model's factor, from "
+        "the whole score: museformer.tempo_plan; the checkpoint must hold a plan; 0: off; instruct-render's "
+        f"default {TEMPO_PLAN_BINS:g})", TEMPO_PLAN_BINS, 0.0, type=float, metavar="BINS")
 
     tempo_level: str = _flag(
         "--tempo-level", "a relative-tempo model's TempoLevel (its tempo over the notated one, chosen once per "
@@ -147,7 +156,8 @@ class DecodeConfig:
     def check(self) -> None:
         """Raise ValueError naming the flag of a setting out of range."""
         for name, flag in (("min_key_down_ms", "--min-key-down-ms"), ("tempo_band", "--tempo-band"),
-                           ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band")):
+                           ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band"),
+                           ("tempo_plan", "--tempo-plan")):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{flag}: must be >= 0")
         if self.tempo_level not in TEMPO_LEVELS:

@@ -10,7 +10,8 @@ Face's logits processors). Every rule has the same small interface:
 :class:`DecodeRules` builds the list from a :class:`~museformer.decoding.config.DecodeConfig` and the
 dictionaries, in this order (each rule sees what the ones before it left):
 
-    grammar mask -> (tempo state) -> key-down floor -> tempo band -> fermata hold -> dynamics band
+    grammar mask -> (tempo state) -> key-down floor -> tempo band -> tempo plan -> fermata hold
+    -> dynamics band
     -> expected value -> unisons once -> type temperature
 
 The bands and the hold come before the expected value, which then takes the mean under the adjusted
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
-from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, dynamics_band_penalty, dynamics_level_update,
+from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, apply_prior, dynamics_band_penalty, dynamics_level_update,
                         expected_value_choice, fermata_hold, fermata_reference_bin, key_down_floor,
                         tempo_band_penalty, tempo_level_update)
 
@@ -394,6 +395,51 @@ class TempoBand(DecodeRule):
             sub, period, state["level"], table["slot_gap"][:, k], scale, self.band_bins, self.bin_log, ref=ref))
 
 
+class TempoPlanPrior(DecodeRule):
+    """Multiply each onset group's tempo distribution by a Gaussian of ``sigma_bins`` tempo bins around the
+    tempo plan's beat period for that group: a product of experts, the plan model's view of the whole piece
+    (``museformer.tempo_plan``) with the decoder's view of a few bars. The plan comes with the segment as
+    the ``tempo_plan`` prior, (B, G) log factors over the notated tempo per onset group of the segment
+    (NaN: none); rows without one are unchanged. Absolute encoding: the centre is 60 / ``QPM`` x e^factor
+    s per quarter; relative: the ``TempoRel`` token of e^factor (the plan relative to the level the row
+    chose)."""
+
+    def __init__(self, tables: TokenTables, sigma_bins: float, tempo_gaps):
+        if tempo_gaps is None:
+            raise ValueError("--tempo-plan: the grammar module gives no tempo_slot_gaps")
+        self.tables, self.tempo_gaps = tables, tempo_gaps
+        self.weight = 1.0 / (2.0 * float(sigma_bins) ** 2)  # logits lost per squared bin
+        self.bin_log = tempo_bin_log(tables.period)
+        self.columns = finite_columns(tables.period)  # (K,) the tempo tokens: the prior touches no other
+        self.column_periods = tables.period[self.columns]  # (K,) their beat periods, s per quarter
+
+    def prepare(self, rows, device, priors):
+        plan = priors.get("tempo_plan")  # (B, G) or None
+        if plan is None:
+            return {}
+        plan = plan.float().cpu()
+        centres = []
+        for i, row in enumerate(rows):
+            gaps, scales = self.tempo_gaps(row)
+            centre = [float("nan")] * len(gaps)
+            groups = [k for k, gap in enumerate(gaps) if gap == gap]  # the tempo slots, one per onset group
+            for g, k in enumerate(groups[: plan.shape[1]]):
+                factor = float(plan[i, g])
+                if factor == factor:  # the token's period: s per quarter (absolute), at 120 and level 1 (relative)
+                    centre[k] = 0.5 * torch.exp(torch.tensor(factor)).item() / (1.0 if self.tables.relative else scales[k])
+            centres.append(centre)
+        return {"plan_period": pad_rows(centres, float("nan"), torch.float, device)}
+
+    def __call__(self, logits, state, table, step):
+        if "plan_period" not in table or not table.acts("plan_period", step):
+            return logits
+        centre = at_step(table["plan_period"], step)  # (B,) s per quarter; NaN: no plan at this slot
+        period = self.column_periods.to(logits.device)  # (K,)
+        dist = torch.log(period.unsqueeze(0) / centre.unsqueeze(1)) / self.bin_log  # (B, K) bins
+        return on_columns(logits, self.columns.to(logits.device),
+                          lambda sub: apply_prior(sub, self.weight * dist.square()))
+
+
 class FermataHold(DecodeRule):
     """At a fermata's ``Tempo`` slot and the one after it (``fermata_slots``), move the tempo distribution
     ``lift_bins`` slower than the windowed level (``fermata_hold``)."""
@@ -561,6 +607,8 @@ class DecodeRules:
             rules.append(KeyDownFloor(tables, getattr(module, "art_nominal_q", None), config.min_key_down_ms / 1000.0))
         if config.tempo_band > 0:
             rules.append(TempoBand(tables, config.tempo_band, config.tempo_anchor, getattr(module, "states_tempo", None)))
+        if config.tempo_plan > 0:
+            rules.append(TempoPlanPrior(tables, config.tempo_plan, getattr(module, "tempo_slot_gaps", None)))
         if config.fermata_hold > 0:
             rules.append(FermataHold(tables, config.fermata_hold, getattr(module, "fermata_slots", None)))
         if config.dynamics_band > 0:

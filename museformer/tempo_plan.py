@@ -1,0 +1,284 @@
+"""The tempo plan: a small network that reads a whole score and predicts the shape of its tempo curve.
+
+What a listener hears first is the tempo, and the tempo curve of a piece is a plan over the whole
+piece: slower at the ends of sections, around fermatas and written ritardandos, at the notated tempo
+changes, faster in running passages. The renderer's decoder writes one local tempo per onset group,
+with a context of a few bars, sampled token by token: its beat tempo follows the pianists' less than
+the notated tempo alone does on many pieces (docs/experiments.md). The plan model is the hierarchy's
+top level (VirtuosoNet's measure level, ScorePerformer's bar level): one non-causal pass over the score's
+onset groups (a dilated residual 1-D convolution, about 500 groups of context either way), trained on
+the (n)ASAP training performances to predict each onset group's beat tempo, in log seconds per quarter,
+relative to the piece's mean (the level is the notated tempo's business: ``tempo_infer``). The decoder
+is steered to it by the tempo band (``--tempo-anchor plan``).
+
+Everything here is a pure function of the score tokens (:func:`group_features`), so the training build,
+the evaluation and the renderer cannot disagree. Units: score time in quarters, tempo as log seconds
+per quarter.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+
+# the score tokens a feature reads (markings appear only where the score has them: MusicXML)
+_FERMATA = V.tok(V.MARK, "fermata")
+_TEMPO_WORDS = {V.tok(V.TEMPO_WORD, w): i for i, w in enumerate(("slow", "moderate", "fast", "rit", "accel", "atempo"))}
+_TEMPO_MODES = {V.tok(V.TEMPO_MODE, "rit"): 0, V.tok(V.TEMPO_MODE, "accel"): 1}
+_DYN_LEVEL = {V.tok(V.DYN, d): (i - 4.5) / 4.5 for i, d in enumerate(V.DYN_VALUES)}
+
+FEATURE_NAMES = (
+    "notated_log_period",  # log s per quarter of the notated tempo at the group's bar, minus the piece mean
+    "position", "log_q_to_end", "log_q_from_start",  # where in the piece (fraction; log2(1 + quarters))
+    "log_ioi_next", "log_ioi_prev",  # log2 quarters to the next / from the previous onset group
+    "notes", "longest_dur", "mean_pitch", "pitch_span", "grace",  # the group's own notes
+    "beat_phase", "bar_phase", "bar_start",  # where in the beat / bar
+    "log_density",  # log2 onset groups per quarter over 8 quarters around, over the piece's
+    "log_q_to_qpm_change",  # log2(1 + quarters to the next change of the notated tempo), 0 at a change
+    "fermata", "after_fermata", "has_markings",
+    "word_slow", "word_moderate", "word_fast", "word_rit", "word_accel", "word_atempo",
+    "mode_rit", "mode_accel", "dynamic",
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+class TempoPlanError(Exception):
+    """A score the plan cannot read, or a plan file that cannot be loaded (the message names it)."""
+
+
+def _log2p(x: np.ndarray) -> np.ndarray:
+    return np.log2(1.0 + np.maximum(x, 0.0))
+
+
+def group_markings(tokens: Sequence[str], n_groups: int) -> Dict[str, np.ndarray]:
+    """Per onset group, from the marking tokens after its ``Pos`` (group markings) and its notes (note
+    markings), and from the bar header (marking state): fermata, tempo-word class, tempo mode (a rit. or
+    accel. in force), the last dynamic level (-1 pppp .. +1 ffff, 0 before any)."""
+    fermata = np.zeros(n_groups)
+    words = np.zeros((n_groups, len(_TEMPO_WORDS)))
+    modes = np.zeros((n_groups, len(_TEMPO_MODES)))
+    dynamic = np.zeros(n_groups)
+    g, mode, level, any_mark = -1, None, 0.0, False
+    for t in tokens:
+        if t.startswith(V.POS + "_"):
+            g += 1
+            dynamic[g] = level
+            if mode is not None:
+                modes[g, mode] = 1.0
+        elif t == V.BAR_TOKEN:
+            mode = None
+        elif t in _TEMPO_MODES:
+            mode = _TEMPO_MODES[t]
+        elif g < 0:
+            continue
+        elif t == _FERMATA:
+            fermata[g], any_mark = 1.0, True
+        elif t in _TEMPO_WORDS:
+            words[g, _TEMPO_WORDS[t]], any_mark = 1.0, True
+            if t in (V.tok(V.TEMPO_WORD, "rit"), V.tok(V.TEMPO_WORD, "accel")):
+                mode = _TEMPO_MODES[V.tok(V.TEMPO_MODE, t.split("_", 1)[1])]
+                modes[g, mode] = 1.0
+            elif t == V.tok(V.TEMPO_WORD, "atempo"):
+                mode = None
+        elif t in _DYN_LEVEL:
+            level = dynamic[g] = _DYN_LEVEL[t]
+            any_mark = True
+    return {"fermata": fermata, "words": words, "modes": modes, "dynamic": dynamic,
+            "has_markings": np.full(n_groups, 1.0 if any_mark else 0.0)}
+
+
+def group_features(tokens: Sequence[str]) -> np.ndarray:
+    """(G, N_FEATURES) float32 features of the score's onset groups, in token order (see FEATURE_NAMES).
+    Raises TempoPlanError for a score with no onset group."""
+    try:
+        tl = score_timeline(tokens)
+    except ValueError as e:
+        raise TempoPlanError(f"unreadable score tokens: {e}") from None
+    n = tl.n_groups
+    if n == 0:
+        raise TempoPlanError("the score has no notes")
+    q = tl.group_q.astype(float)
+    end_q = float(q.max() + 1.0)
+    bar_period = np.log(bar_notated_period_s(tokens))  # (n_bars,) log s per quarter
+    notated = bar_period[np.minimum(tl.group_bar, len(bar_period) - 1)]
+    ioi_next = np.append(np.diff(q), 1.0)
+    ioi_prev = np.insert(np.diff(q), 0, 1.0)
+    notes = np.bincount(tl.note_group, minlength=n).astype(float)
+    longest = np.zeros(n)
+    np.maximum.at(longest, tl.note_group, tl.note_dur_q)
+    pitch_sum = np.bincount(tl.note_group, weights=tl.note_pitch, minlength=n)
+    lo = np.full(n, 127.0)
+    hi = np.zeros(n)
+    np.minimum.at(lo, tl.note_group, tl.note_pitch)
+    np.maximum.at(hi, tl.note_group, tl.note_pitch)
+    grace = np.zeros(n)
+    np.maximum.at(grace, tl.note_group, (tl.note_dur_q == 0).astype(float))
+    bar_first_q = np.full(tl.n_bars, np.inf)
+    np.minimum.at(bar_first_q, tl.group_bar, q)
+    bar_start = (q == bar_first_q[tl.group_bar]).astype(float)
+    # the bar's length read off its groups: from the bar's first group to the next bar's first group
+    starts = np.where(np.isfinite(bar_first_q), bar_first_q, np.nan)
+    next_start = np.append(starts[1:], end_q)
+    bar_len = np.maximum(np.nan_to_num(next_start - starts, nan=4.0), 1.0)[tl.group_bar]
+    bar_phase = (q - starts[tl.group_bar]) / bar_len
+    # onset groups per quarter within 4 quarters either way, over the piece's mean rate
+    left = np.searchsorted(q, q - 4.0, side="left")
+    right = np.searchsorted(q, q + 4.0, side="right")
+    span = np.minimum(q + 4.0, end_q) - np.maximum(q - 4.0, q.min())
+    density = (right - left) / np.maximum(span, 1.0)
+    mean_rate = n / max(end_q - q.min(), 1.0)
+    changes = np.flatnonzero(np.diff(notated) != 0) + 1  # groups where the notated tempo changes
+    to_change = np.full(n, 1e4)
+    for c in changes[::-1]:
+        to_change[: c + 1] = np.minimum(to_change[: c + 1], q[c] - q[: c + 1])
+    m = group_markings(tokens, n)
+    after = np.insert(m["fermata"][:-1], 0, 0.0)
+    cols = [notated - notated.mean(), (q - q.min()) / max(end_q - q.min(), 1.0), _log2p(end_q - q),
+            _log2p(q - q.min()), np.log2(np.clip(ioi_next, 1 / 24, 16)), np.log2(np.clip(ioi_prev, 1 / 24, 16)),
+            np.log2(notes), np.log2(np.clip(longest, 1 / 24, 16)), (pitch_sum / notes - 64.0) / 24.0,
+            (hi - lo) / 24.0, grace, q - np.floor(q), bar_phase, bar_start, np.log2(density / mean_rate),
+            _log2p(to_change) / 10.0, m["fermata"], after, m["has_markings"], *m["words"].T, *m["modes"].T,
+            m["dynamic"]]
+    out = np.stack(cols, axis=1).astype(np.float32)  # (G, F)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class PlanNet(nn.Module):
+    """Non-causal dilated residual 1-D convolutions over the onset groups: (B, F, G) features -> (B, G)
+    log beat period relative to the piece's mean. Kernel 3 with dilations 1, 2, 4, ..., 2^(L-1) twice:
+    each output sees about 2 x 2^L groups either way."""
+
+    def __init__(self, n_features: int = N_FEATURES, channels: int = 48, levels: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.config = {"n_features": n_features, "channels": channels, "levels": levels, "dropout": dropout}
+        self.inp = nn.Conv1d(n_features, channels, 1)
+        self.blocks = nn.ModuleList()
+        for d in [2 ** i for i in range(levels)] * 2:
+            self.blocks.append(nn.Sequential(nn.GELU(), nn.Dropout(dropout),
+                                             nn.Conv1d(channels, channels, 3, padding=d, dilation=d)))
+        self.out = nn.Conv1d(channels, 1, 1)
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        """features (B, F, G), mask (B, G) True on real groups -> (B, G) centred prediction (0 on padding)."""
+        keep = mask.unsqueeze(1).to(features.dtype)  # (B, 1, G)
+        h = self.inp(features) * keep  # (B, C, G)
+        for block in self.blocks:
+            h = (h + block(h)) * keep  # (B, C, G); padding stays 0 so it adds nothing across a piece's end
+        y = self.out(h).squeeze(1) * mask  # (B, G)
+        mean = y.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+        return (y - mean) * mask
+
+
+@dataclass
+class TempoPlan:
+    """A fitted plan model with its feature scaling: ``predict(tokens)`` gives (G,) log seconds per
+    quarter relative to the piece's mean, per onset group in token order."""
+
+    net: PlanNet
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+
+    def predict(self, tokens: Sequence[str]) -> np.ndarray:
+        """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
+        return self.predict_features(group_features(tokens))
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """(G, F) :func:`group_features` -> (G,) log s per quarter relative to the piece's mean."""
+        x = (features - self.feature_mean) / self.feature_std  # (G, F)
+        with torch.no_grad():
+            self.net.eval()
+            t = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32)).unsqueeze(0)  # (1, F, G)
+            y = self.net(t, torch.ones(1, x.shape[0], dtype=torch.bool))  # (1, G)
+        return y[0].numpy().astype(np.float64)
+
+    def state(self) -> dict:
+        """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
+        return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
+                "feature_mean": torch.from_numpy(self.feature_mean.astype(np.float32)),
+                "feature_std": torch.from_numpy(self.feature_std.astype(np.float32)),
+                "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TempoPlan":
+        if list(state.get("feature_names", [])) != list(FEATURE_NAMES):
+            raise TempoPlanError("the plan was fitted on other features than this version computes")
+        net = PlanNet(**state["config"])
+        net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
+        net.eval()
+        return cls(net, state["feature_mean"].float().numpy(), state["feature_std"].float().numpy())
+
+
+def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-3, seed: int = 0,
+        batch: int = 16, progress=None, **net_kw) -> TempoPlan:
+    """Fit on ``pieces`` (each {"features": (G, F), "target": (G,) log s per quarter, NaN where no
+    performance says}): AdamW with a cosine learning-rate decay over ``epochs``, batches of pieces of
+    similar length (little padding), the centred squared error; keep the epoch with the best mean
+    per-piece correlation on ``valid``."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    allx = np.concatenate([p["features"] for p in pieces])
+    mean, std = allx.mean(0), allx.std(0) + 1e-3
+    net = PlanNet(**net_kw)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
+    by_length = np.argsort([len(p["target"]) for p in pieces], kind="stable")
+    batches = [by_length[i:i + batch] for i in range(0, len(by_length), batch)]  # pieces of similar length
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(batches)))
+    best, best_state = -math.inf, None
+    for epoch in range(epochs):
+        net.train()
+        for k in rng.permutation(len(batches)):
+            x, y, m = _batch([pieces[j] for j in batches[k]], mean, std)
+            loss = centred_mse(net(x, m), y, m)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            schedule.step()
+        plan = TempoPlan(net, mean, std)
+        score = float(np.nanmean([pearson(plan.predict_features(p["features"]), p["target"]) for p in valid]))
+        if progress:
+            progress(epoch, score)
+        if score > best:
+            best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    net.eval()
+    return TempoPlan(net, mean, std)
+
+
+def _batch(pieces: List[dict], mean: np.ndarray, std: np.ndarray):
+    g = max(len(p["target"]) for p in pieces)
+    x = torch.zeros(len(pieces), N_FEATURES, g)  # (B, F, G)
+    y = torch.full((len(pieces), g), float("nan"))  # (B, G)
+    m = torch.zeros(len(pieces), g, dtype=torch.bool)
+    for i, p in enumerate(pieces):
+        n = len(p["target"])
+        x[i, :, :n] = torch.from_numpy(((p["features"] - mean) / std).T.astype(np.float32))
+        y[i, :n] = torch.from_numpy(p["target"].astype(np.float32))
+        m[i, :n] = True
+    return x, y, m
+
+
+def centred_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error between the prediction and the target, each centred on the groups where the
+    target is finite (the level is not the plan's business)."""
+    ok = mask & torch.isfinite(target)
+    t = torch.where(ok, target, torch.zeros_like(target))
+    n = ok.sum(1, keepdim=True).clamp(min=1)
+    t = (t - t.sum(1, keepdim=True) / n) * ok
+    p = pred * ok
+    p = (p - p.sum(1, keepdim=True) / n) * ok
+    return ((p - t) ** 2).sum() / ok.sum().clamp(min=1)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Fit the tempo plan (``museformer.tempo_plan``) on a tokenized (n)ASAP build and store it in a release file.
+
+Reads the build's manifest (``instruct-tokenize build``: the performances of each split), encodes every
+performance's score as ``instruct-render`` gives it to the model (MusicXML markings and notated tempo,
+the estimate where the score states no mark) and, for training, once more without its markings (what a
+score MIDI gives), and takes each onset group's human beat tempo as the target. Trains on ``train``,
+keeps the epoch with the best mean correlation on ``valid`` and reports, on ``valid`` and ``test``, the
+per-note beat tempo r of the plan against each performance (``instruct-eval``'s beat tempo r, with the
+plan as the whole tempo curve), beside the notated tempo with its changes. ``--into FILE`` adds the plan
+to a release file (written atomically; the network's weights are untouched). Usage:
+
+    python scripts/fit_tempo_plan.py outputs/nasap/tok --into checkpoints/instruct-museformer.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from instruct_tokenizer import vocab as V  # noqa: E402
+from instruct_tokenizer.decode import decode_performance  # noqa: E402
+from instruct_tokenizer.metrics import beat_log_tempo, per_note_features  # noqa: E402
+
+MARKING_TYPES = {V.DYN, V.WEDGE, V.TEMPO_WORD, V.MARK, V.SLUR, V.DYN_LEVEL, V.WEDGE_OPEN, V.TEMPO_MODE, V.AFTER}
+
+
+def without_markings(tokens: List[str]) -> List[str]:
+    """The score tokens a score MIDI would give: no MusicXML markings."""
+    return [t for t in tokens if V.parse(t)[0] not in MARKING_TYPES]
+
+
+def performance_example(row: dict) -> dict:
+    """One performance: per score version ("marked", "plain") the plan's features, the human beat tempo per
+    onset group (log s per quarter: the target) and per note (for the per-note r); {"error": ...} when the
+    performance cannot be read."""
+    from instruct_tokenizer.encode import encode_match
+    from instruct_tokenizer.match import load_match
+    from instruct_tokenizer.tempo_infer import apply_notated_tempo
+    from museformer.eval_split import xml_score_info
+    from museformer.tempo_plan import group_features
+
+    try:
+        marks, qpm = xml_score_info(row["source"], {"markings": True, "notated_tempo": True}, report=lambda s: None)
+        enc = encode_match(load_match(row["source"]), marks=marks, qpm=qpm)
+        out = {"row": row}
+        for kind, score in (("marked", enc.score), ("plain", without_markings(enc.score))):
+            score = apply_notated_tempo(score)[0]
+            perf = decode_performance(score, enc.perf)
+            tl = perf.timeline
+            out[kind] = {"features": group_features(score), "target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
+                         "note_group": tl.note_group, "note_beat": per_note_features(score, enc.perf)["beat_tempo"],
+                         "score": score}
+        return out
+    except Exception as e:  # noqa: BLE001  (any unreadable performance is left out with its reason)
+        return {"row": row, "error": f"{type(e).__name__}: {e}"}
+
+
+def performances(tok_dir: Path) -> List[dict]:
+    """The manifest's performances (first row of each source, no augmented copies)."""
+    seen, out = set(), []
+    for line in (tok_dir / "manifest.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if not r["augment"] and r["source"] not in seen:
+            seen.add(r["source"])
+            out.append(r)
+    return out
+
+
+def first_per_piece(examples: List[dict], n: int) -> List[dict]:
+    """The first ``n`` performances of each piece (instruct-eval's ``--per-piece``)."""
+    count: Counter = Counter()
+    out = []
+    for e in examples:
+        key = (e["row"]["composer"], e["row"]["title"])
+        if count[key] < n:
+            count[key] += 1
+            out.append(e)
+    return out
+
+
+def note_r(example: dict, kind: str, group_curve: np.ndarray) -> float:
+    from museformer.tempo_plan import pearson
+
+    v = example[kind]
+    return pearson(group_curve[v["note_group"]], v["note_beat"])
+
+
+def report_rows(plan, examples: List[dict]) -> Dict[str, float]:
+    """Mean per-note beat tempo r over the performances: the plan (marked and plain scores), the notated
+    tempo with its changes (where it changes), and the plan on those same performances."""
+    out: Dict[str, float] = {"performances": len(examples)}
+    for kind in ("marked", "plain"):
+        plan_r = [note_r(e, kind, plan.predict(e[kind]["score"])) for e in examples]
+        notated_r = [note_r(e, kind, e[kind]["features"][:, 0].astype(float)) for e in examples]
+        where = [i for i, v in enumerate(notated_r) if np.isfinite(v)]
+        out[f"plan_{kind}"] = float(np.nanmean(plan_r))
+        out[f"notated_{kind}"] = float(np.nanmean(notated_r)) if where else float("nan")
+        out[f"plan_{kind}_where_notated"] = float(np.nanmean([plan_r[i] for i in where])) if where else float("nan")
+        out["notated_n"] = len(where)
+    return out
+
+
+def store(plan, path: str) -> int:
+    """Add the plan to a release file (``tempo_plan`` entry), atomically; the file's size in bytes."""
+    import argparse as _argparse
+
+    from scripts.release_checkpoint import save_released
+
+    with torch.serialization.safe_globals([_argparse.Namespace]):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state["tempo_plan"] = plan.state()
+    return save_released(state, path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from tqdm import tqdm
+
+    from museformer.tempo_plan import fit
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
+    p.add_argument("--into", help="a release file to store the plan in (its 'tempo_plan' entry)")
+    p.add_argument("--epochs", type=int, default=16, help="passes over the training performances (default 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="processes reading the performances (default 2)")
+    p.add_argument("--json", help="write the report here too")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, args.workers))
+    rows = performances(Path(args.tokens))
+    with Pool(args.workers) as pool:
+        examples = list(tqdm(pool.imap(performance_example, rows, chunksize=4), total=len(rows),
+                             desc="performances", unit="file"))
+    bad = [e for e in examples if "error" in e]
+    for e in bad:
+        print(f"fit_tempo_plan: skipped {e['row']['source']}: {e['error']}", file=sys.stderr)
+    examples = [e for e in examples if "error" not in e]
+    split = {s: [e for e in examples if e["row"]["split"] == s] for s in ("train", "valid", "test")}
+    train = [{"features": e[k]["features"], "target": e[k]["target"]} for e in split["train"] for k in ("marked", "plain")]
+    valid = [{"features": e["marked"]["features"], "target": e["marked"]["target"]} for e in split["valid"]]
+    start = time.time()
+    bar = tqdm(total=args.epochs, desc="fit", unit="epoch")
+
+    def progress(epoch: int, r: float) -> None:
+        bar.set_postfix(valid_r=f"{r:.3f}")
+        bar.update(1)
+
+    plan = fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+    bar.close()
+    report = {"train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
+              "valid": report_rows(plan, split["valid"]), "test": report_rows(plan, split["test"]),
+              "test_2_per_piece": report_rows(plan, first_per_piece(split["test"], 2))}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.into:
+        size = store(plan, args.into)
+        print(f"wrote the tempo plan into {args.into} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The tempo plan (``museformer.tempo_plan``): features of a score's onset groups, the network, its fit and
+its storage."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from instruct_tokenizer import vocab as V
+from museformer.tempo_plan import (FEATURE_NAMES, N_FEATURES, PlanNet, TempoPlan, TempoPlanError, centred_mse, fit,
+                                   group_features)
+
+
+def _score(bars=6, fermata_bar=None, qpm_change_bar=None, word=None):
+    """4/4 bars of four quarter-note onsets (C4 and E4 on the first beat), QPM 60 then 120 from
+    ``qpm_change_bar``; a fermata on the last onset of ``fermata_bar``."""
+    out = []
+    for b in range(bars):
+        out.append(V.BAR_TOKEN)
+        if b == 0:
+            out.append(V.tok(V.TIME_SIG, "4/4"))
+        out.append(V.tok(V.QPM, 120 if qpm_change_bar is not None and b >= qpm_change_bar else 60))
+        for beat in range(4):
+            out.append(V.tok(V.POS, beat * V.GRID))
+            if word and b == 0 and beat == 0:
+                out.append(V.tok(V.TEMPO_WORD, word))
+            pitches = (60, 64) if beat == 0 else (67,)
+            for p in pitches:
+                out += [V.tok(V.PITCH, p), V.tok(V.DUR, V.GRID), V.tok(V.STAFF, 1)]
+            if fermata_bar == b and beat == 3:
+                out.append(V.tok(V.MARK, "fermata"))
+    return out
+
+
+def _col(name):
+    return FEATURE_NAMES.index(name)
+
+
+def test_features_of_a_small_score():
+    f = group_features(_score(bars=6, fermata_bar=2, qpm_change_bar=3, word="rit"))
+    assert f.shape == (24, N_FEATURES) and f.dtype == np.float32 and np.isfinite(f).all()
+    notated = f[:, _col("notated_log_period")]
+    assert np.allclose(notated.mean(), 0.0, atol=1e-6)  # centred on the piece
+    assert np.allclose(notated[:12] - notated[12:].mean(), np.log(2.0), atol=1e-5)  # 60 then 120 per minute
+    assert f[11, _col("fermata")] == 1 and f[12, _col("after_fermata")] == 1 and f[:, _col("fermata")].sum() == 1
+    assert np.all(np.diff(f[:, _col("position")]) > 0)
+    assert f[0, _col("notes")] == 1.0 and f[1, _col("notes")] == 0.0  # log2 of 2 notes, then of 1
+    assert f[0, _col("word_rit")] == 1 and f[:4, _col("mode_rit")].all() and not f[4:, _col("mode_rit")].any()
+    assert f[:, _col("bar_start")].sum() == 6
+    assert f[11, _col("log_q_to_qpm_change")] > 0 and f[12, _col("log_q_to_qpm_change")] == 0
+    plain = group_features(_score(bars=6))
+    assert not plain[:, _col("has_markings")].any() and f[:, _col("has_markings")].all()
+
+
+def test_a_score_without_notes_is_a_plan_error():
+    with pytest.raises(TempoPlanError, match="no notes"):
+        group_features([V.BAR_TOKEN, V.tok(V.TIME_SIG, "4/4")])
+
+
+def test_prediction_is_centred_and_padding_does_not_leak():
+    torch.manual_seed(0)
+    net = PlanNet(channels=8, levels=3).eval()
+    a, b = torch.randn(1, N_FEATURES, 30), torch.randn(1, N_FEATURES, 50)
+    with torch.no_grad():
+        alone = net(a, torch.ones(1, 30, dtype=torch.bool))
+    assert abs(float(alone.mean())) < 1e-6
+    batch = torch.zeros(2, N_FEATURES, 50)  # (B, F, G)
+    batch[0, :, :30], batch[1] = a[0], b[0]
+    mask = torch.zeros(2, 50, dtype=torch.bool)
+    mask[0, :30], mask[1] = True, True
+    both = net(batch, mask)
+    assert torch.allclose(both[0, :30], alone[0], atol=1e-5) and both[0, 30:].eq(0).all()
+    assert torch.allclose(both[1], net(b, torch.ones(1, 50, dtype=torch.bool))[0], atol=1e-5)
+
+
+def test_centred_mse_ignores_the_level():
+    target = torch.tensor([[0.0, 1.0, 2.0, float("nan")]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    assert float(centred_mse(target.nan_to_num(0.0) + 5.0, target, mask)) < 1e-9
+    assert float(centred_mse(torch.zeros(1, 4), target, mask)) == pytest.approx(2 / 3)
+
+
+def _synthetic(n, seed):
+    """Pieces whose tempo slows by 0.5 (log) at fermatas and follows the notated tempo: a plan must
+    learn both from the features."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        f = rng.normal(size=(int(rng.integers(20, 60)), N_FEATURES)).astype(np.float32)
+        f[:, _col("fermata")] = rng.random(len(f)) < 0.1
+        out.append({"features": f, "target": 0.5 * f[:, _col("fermata")] + 0.3 * f[:, _col("notated_log_period")]})
+    return out
+
+
+def test_fit_learns_a_planted_curve_and_survives_the_safe_loader():
+    train, valid = _synthetic(64, 0), _synthetic(8, 1)
+    plan = fit(train, valid, epochs=30, lr=3e-3, seed=0, channels=16, levels=2, dropout=0.0)
+    r = [np.corrcoef(plan.predict_features(p["features"]), p["target"])[0, 1] for p in valid]
+    assert np.mean(r) > 0.9, r
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    again = TempoPlan.from_state(torch.load(buf, weights_only=True))
+    x = valid[0]["features"]
+    assert np.allclose(again.predict_features(x), plan.predict_features(x), atol=1e-6)
+    state = plan.state()
+    state["feature_names"] = state["feature_names"][:-1]
+    with pytest.raises(TempoPlanError, match="other features"):
+        TempoPlan.from_state(state)

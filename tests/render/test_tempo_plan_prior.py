@@ -1,0 +1,142 @@
+"""The tempo plan prior (``--tempo-plan``): each onset group's tempo distribution times a Gaussian around
+the plan's beat period for it."""
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import VIENNA, stderr_of
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.grammar import beat_period_s, target_slots, tempo_slot_gaps, token_type
+from museformer.decoding.functions import TEMPO_BAND_MAX_PENALTY
+from museformer.decoding.rules import TempoPlanPrior
+from museformer.render import DEFAULT_CHECKPOINT, RenderError, Renderer, Sampling, main, split_bars
+from museformer.tempo_plan import PlanNet, TempoPlan, N_FEATURES
+
+CHOPIN = VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"
+needs_release = pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
+
+
+def _rule(sigma=4.0):
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_plan=sigma)
+    return r, r.rules.get(TempoPlanPrior)
+
+
+@needs_release
+def test_prior_is_a_gaussian_around_the_centre_in_bins():
+    """One row centred on a Tempo token's period, one with no plan: the first loses w x d^2 (d: bins from
+    the centre, w = 1 / (2 sigma^2)) relative to the centre token, capped; the second is unchanged."""
+    _, rule = _rule(4.0)
+    ids, periods = rule.columns, rule.column_periods
+    centre_k = len(ids) // 2
+    logits = torch.zeros(2, 1, int(ids.max()) + 1)
+    table = {"plan_period": torch.tensor([[float(periods[centre_k])], [float("nan")]])}
+
+    class T(dict):
+        def acts(self, name, step, kind="finite"):
+            return bool(torch.isfinite(self[name][:, 0]).any())
+
+    out = rule(logits, {}, T(table), 0)
+    assert torch.equal(out[1], logits[1])
+    for k in (centre_k - 9, centre_k - 3, centre_k, centre_k + 5, centre_k + 40):
+        d = math.log(float(periods[k]) / float(periods[centre_k])) / rule.bin_log
+        want = -min(d * d / (2 * 4.0 ** 2), TEMPO_BAND_MAX_PENALTY)
+        assert float(out[0, 0, ids[k]]) == pytest.approx(want, abs=1e-4)
+
+
+def _random_plan(tokens=None, seed=0, std=0.2):
+    """An untrained plan whose curve over ``tokens`` has a standard deviation of ``std`` (log s per quarter)."""
+    torch.manual_seed(seed)
+    net = PlanNet(channels=8, levels=3, dropout=0.0).eval()
+    plan = TempoPlan(net, np.zeros(N_FEATURES, np.float32), np.ones(N_FEATURES, np.float32))
+    if tokens is not None:
+        with torch.no_grad():
+            net.out.weight.mul_(std / float(np.std(plan.predict(tokens))))
+    return plan
+
+
+def _with_plan(tmp_path, plan):
+    """A copy of the released model with ``plan`` stored in it, as scripts/fit_tempo_plan.py --into does."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from scripts.fit_tempo_plan import store
+
+    path = tmp_path / "with-plan.pt"
+    shutil.copy(DEFAULT_CHECKPOINT, path)
+    store(plan, str(path))
+    return path
+
+
+def _centre_distances(renderer, toks, perf):
+    """Per onset group: bins between the rendered beat period and the plan's centre for it."""
+    factors = renderer.tempo_planner.predict(toks)
+    gaps, scales = tempo_slot_gaps(toks)
+    out = []
+    groups = [k for k, gap in enumerate(gaps) if gap == gap]
+    bin_log = math.log(V.tempo_value(1) / V.tempo_value(0))
+    for g, k in enumerate(groups):
+        period = beat_period_s(perf[k])
+        centre = 0.5 * math.exp(factors[g]) / scales[k]
+        out.append(math.log(period / centre) / bin_log)
+    return np.array(out)
+
+
+@needs_release
+def test_rendering_follows_the_plan_across_segments(tmp_path):
+    """With a plan stored in the checkpoint and sigma 2 bins, every segment's Tempo tokens lie near the
+    plan's centres (its segments get their own groups' part of the whole score's plan); at --tempo-plan 0
+    the same model does not follow it."""
+    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
+    toks = prefix + [t for b in bars[:12] for t in b]
+    path = _with_plan(tmp_path, _random_plan(toks))
+    planned = Renderer.from_checkpoint(str(path), tempo_plan=2.0, tempo_band=0.0, fermata_hold=0.0)
+    free = Renderer.from_checkpoint(str(path), tempo_plan=0.0, tempo_band=0.0, fermata_hold=0.0)
+    assert planned.tempo_planner is not None
+    planned.max_positions = free.max_positions = 400
+    assert len(planned.plan(toks, 2)[2]) > 2
+    perf = planned.render_tokens(toks, Sampling(seed=0), progress=False)
+    assert [token_type(t) for t in perf] == target_slots(toks)
+    near = np.abs(_centre_distances(planned, toks, perf))
+    far = np.abs(_centre_distances(planned, toks, free.render_tokens(toks, Sampling(seed=0), progress=False)))
+    assert np.median(near) < 2.5 and np.percentile(near, 90) < 5.0, near
+    assert np.median(far) > 2 * np.median(near), (np.median(far), np.median(near))
+
+
+@needs_release
+def test_a_checkpoint_without_a_plan_renders_as_without_the_rule(tmp_path):
+    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN))
+    prefix, bars = split_bars(toks)
+    toks = prefix + [t for b in bars[:6] for t in b]
+    on = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_plan=3.0)
+    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_plan=0.0)
+    if on.tempo_planner is not None:
+        on.tempo_planner = None  # the released file may hold one: this test is about a file without
+    assert on.render_tokens(toks, Sampling(seed=1), progress=False) == off.render_tokens(toks, Sampling(seed=1),
+                                                                                         progress=False)
+
+
+@needs_release
+def test_negative_plan_width_is_one_error_line(tmp_path):
+    with pytest.raises(RenderError, match="--tempo-plan"):
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_plan=-1)
+    out = tmp_path / "out.mid"
+    code, err = stderr_of(main, [CHOPIN, "-o", out, "--tempo-plan", "-1"])
+    assert code == 1 and not out.exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--tempo-plan" in lines[0], err
+
+
+@needs_release
+def test_a_broken_plan_in_the_checkpoint_is_a_render_error(tmp_path):
+    path = _with_plan(tmp_path, _random_plan())
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(path, weights_only=True)
+    state["tempo_plan"]["feature_names"] = ["something else"]
+    torch.save(state, path)
+    with pytest.raises(RenderError, match="tempo plan"):
+        Renderer.from_checkpoint(str(path))
