@@ -124,6 +124,7 @@ class Renderer:
         self.decode: Optional[DecodeConfig] = None  # what they were built from
         self.tempo = None  # the notated tempo of the latest score_tokens (tempo_infer.TempoEstimate) or None
         self.tempo_planner = None  # the checkpoint's tempo plan model (museformer.tempo_plan.TempoPlan) or None
+        self.velocity_planner = None  # its velocity plan model (museformer.velocity_plan.VelocityPlan) or None
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
@@ -169,13 +170,7 @@ class Renderer:
         model.eval()
         renderer = cls([model], task, args)
         renderer.rules, renderer.decode = rules, config
-        if "tempo_plan" in state:
-            from .tempo_plan import TempoPlan, TempoPlanError
-
-            try:
-                renderer.tempo_planner = TempoPlan.from_state(state["tempo_plan"])
-            except (TempoPlanError, KeyError, RuntimeError) as e:
-                raise RenderError(f"{path}: cannot load its tempo plan: {e}") from None
+        renderer.tempo_planner, renderer.velocity_planner = plans_of(state, path)
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -295,12 +290,13 @@ class Renderer:
             if priors is not None and any(name in p for p in priors):
                 sample["net_input"][name] = torch.stack(
                     [p.get(name, torch.zeros(width)) for p in priors])  # (B, 4)
-        if priors is not None and any("tempo_plan" in p for p in priors):
-            plans = [p.get("tempo_plan", torch.zeros(0)) for p in priors]
-            table = torch.full((len(plans), max(len(x) for x in plans)), float("nan"))  # (B, G), NaN: no plan
-            for i, x in enumerate(plans):
-                table[i, : len(x)] = x
-            sample["net_input"]["tempo_plan"] = table
+        for name in ("tempo_plan", "velocity_plan"):
+            if priors is not None and any(name in p for p in priors):
+                plans = [p.get(name, torch.zeros(0)) for p in priors]
+                table = torch.full((len(plans), max(len(x) for x in plans)), float("nan"))  # (B, G or N), NaN: none
+                for i, x in enumerate(plans):
+                    table[i, : len(x)] = x
+                sample["net_input"][name] = table
         prefix = None
         if any(forced):
             p_width = max(len(f) for f in forced)
@@ -356,6 +352,7 @@ class Renderer:
         torch.manual_seed(sampling.seed)
         plans = [self.plan(p, overlap_bars) for p in pieces]
         tempo_plans = [self.tempo_plan_of(p) for p in pieces]  # (G,) and each group's bar, or None
+        velocity_plans = [self.velocity_plan_of(p) for p in pieces]  # (N,) and each note's bar, or None
         done: List[List[List[str]]] = [[] for _ in pieces]
         heads: List[List[str]] = [[] for _ in pieces]  # the tokens before the first bar of each performance
         jobs = sum(len(p[2]) for p in plans)
@@ -375,6 +372,10 @@ class Renderer:
                         factors, group_bar = tempo_plans[i]
                         keep = (group_bar >= start) & (group_bar < end)
                         priors[-1]["tempo_plan"] = torch.from_numpy(factors[keep]).float()  # (G_seg,)
+                    if velocity_plans[i] is not None:
+                        velocities, note_bar = velocity_plans[i]
+                        keep = (note_bar >= start) & (note_bar < end)
+                        priors[-1]["velocity_plan"] = torch.from_numpy(velocities[keep]).float()  # (N_seg,)
                 outs = self.generate_batch(scores, forced, sampling, priors)
                 for i, out in zip(chunk, outs):
                     start, end = plans[i][2][r]
@@ -398,6 +399,17 @@ class Renderer:
 
         return self.tempo_planner.predict(score_tokens), score_timeline(score_tokens).group_bar
 
+    def velocity_plan_of(self, score_tokens: Sequence[str]):
+        """(velocities, note_bar) of a whole score for the ``--velocity-plan`` rule: the velocity plan's MIDI
+        velocity per score note (``museformer.velocity_plan``) and each note's bar; None when the rule is
+        off or the checkpoint holds no velocity plan."""
+        if self.velocity_planner is None or self.decode is None or not self.decode.velocity_plan > 0:
+            return None
+        from instruct_tokenizer.score import score_timeline
+
+        tl = score_timeline(score_tokens)
+        return self.velocity_planner.predict(score_tokens), tl.group_bar[tl.note_group]
+
     def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
                      perf_bars: Sequence[Sequence[str]], perf_prefix: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
         """The (4,) states after the rendered bars before a segment: ``tempo_prior`` (the tempo band's and
@@ -413,6 +425,25 @@ class Renderer:
                       progress: bool = True) -> List[str]:
         """Whole-piece performance tokens: one pass when the piece fits, else stitched segments."""
         return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
+
+
+def plans_of(state: dict, path: str):
+    """(tempo plan, velocity plan) stored in a checkpoint's ``tempo_plan`` / ``velocity_plan`` entries, None
+    for a missing one (``museformer.tempo_plan``, ``museformer.velocity_plan``). Raises RenderError naming
+    the file for a plan that cannot be loaded."""
+    from .tempo_plan import TempoPlan, TempoPlanError
+    from .velocity_plan import VelocityPlan
+
+    out = []
+    for entry, kind in (("tempo_plan", TempoPlan), ("velocity_plan", VelocityPlan)):
+        if entry not in state:
+            out.append(None)
+            continue
+        try:
+            out.append(kind.from_state(state[entry]))
+        except (TempoPlanError, KeyError, RuntimeError, TypeError) as e:
+            raise RenderError(f"{path}: cannot load its {entry.replace('_', ' ')}: {e}") from None
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------- CLI

@@ -165,13 +165,17 @@ class PlanNet(nn.Module):
                                              nn.Conv1d(channels, channels, 3, padding=d, dilation=d)))
         self.out = nn.Conv1d(channels, 1, 1)
 
-    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
-        """features (B, F, G), mask (B, G) True on real groups -> (B, G) centred prediction (0 on padding)."""
+    def context(self, features: Tensor, mask: Tensor) -> Tensor:
+        """features (B, F, G), mask (B, G) True on real groups -> (B, C, G) each group's context (0 on padding)."""
         keep = mask.unsqueeze(1).to(features.dtype)  # (B, 1, G)
         h = self.inp(features) * keep  # (B, C, G)
         for block in self.blocks:
             h = (h + block(h)) * keep  # (B, C, G); padding stays 0 so it adds nothing across a piece's end
-        y = self.out(h).squeeze(1) * mask  # (B, G)
+        return h
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        """features (B, F, G), mask (B, G) True on real groups -> (B, G) centred prediction (0 on padding)."""
+        y = self.out(self.context(features, mask)).squeeze(1) * mask  # (B, G)
         mean = y.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
         return (y - mean) * mask
 

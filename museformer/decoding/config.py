@@ -43,6 +43,9 @@ DYNAMICS_BAND_BINS = 4.0
 # around the tempo plan's beat period for its onset group (museformer.tempo_plan: a network that reads the whole
 # score; docs/experiments.md section 18 has the measurements behind the default).
 TEMPO_PLAN_BINS = 0.0
+# Velocity plan (--velocity-plan): each note's velocity probability times a Gaussian of this many velocity bins
+# (2 MIDI velocities each) around the velocity plan's velocity for it (museformer.velocity_plan).
+VELOCITY_PLAN_BINS = 0.0
 TEMPO_LEVEL = "mean"
 TEMPO_LEVELS = ("mean", "sample")
 
@@ -103,6 +106,11 @@ class DecodeConfig:
         "steps) around the tempo plan's beat period for it (the notated tempo x the plan model's factor, from "
         "the whole score: museformer.tempo_plan; the checkpoint must hold a plan; 0: off; instruct-render's "
         f"default {TEMPO_PLAN_BINS:g})", TEMPO_PLAN_BINS, 0.0, type=float, metavar="BINS")
+    velocity_plan: float = _flag(
+        "--velocity-plan", "multiply each note's velocity distribution by a Gaussian of BINS velocity bins (2 MIDI "
+        "velocities each) around the velocity plan's velocity for it (from the whole score: "
+        "museformer.velocity_plan; the checkpoint must hold a plan; 0: off; instruct-render's default "
+        f"{VELOCITY_PLAN_BINS:g})", VELOCITY_PLAN_BINS, 0.0, type=float, metavar="BINS")
 
     tempo_level: str = _flag(
         "--tempo-level", "a relative-tempo model's TempoLevel (its tempo over the notated one, chosen once per "
@@ -157,7 +165,7 @@ class DecodeConfig:
         """Raise ValueError naming the flag of a setting out of range."""
         for name, flag in (("min_key_down_ms", "--min-key-down-ms"), ("tempo_band", "--tempo-band"),
                            ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band"),
-                           ("tempo_plan", "--tempo-plan")):
+                           ("tempo_plan", "--tempo-plan"), ("velocity_plan", "--velocity-plan")):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{flag}: must be >= 0")
         if self.tempo_level not in TEMPO_LEVELS:

@@ -11,7 +11,7 @@ Face's logits processors). Every rule has the same small interface:
 dictionaries, in this order (each rule sees what the ones before it left):
 
     grammar mask -> (tempo state) -> key-down floor -> tempo band -> tempo plan -> fermata hold
-    -> dynamics band
+    -> dynamics band -> velocity plan
     -> expected value -> unisons once -> type temperature
 
 The bands and the hold come before the expected value, which then takes the mean under the adjusted
@@ -32,6 +32,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from instruct_tokenizer.vocab import VEL_STEP
 
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
@@ -142,7 +144,7 @@ class DecodeState(dict):
 
 # the grammar functions that take ``relative`` (instruct_tokenizer.grammar, markings_baseline.dynamics_slot_refs)
 RELATIVE_FUNCTIONS = ("target_slots", "tempo_slot_gaps", "art_nominal_q", "fermata_slots", "unison_repeats",
-                      "dynamics_slot_refs", "note_values_at")
+                      "dynamics_slot_refs", "note_values_at", "velocity_slot_values")
 
 
 def dictionary_counts(d) -> Mapping[str, int]:
@@ -513,6 +515,38 @@ class DynamicsBand(DecodeRule):
         return dyn[0]
 
 
+class VelocityPlanPrior(DecodeRule):
+    """Multiply each note's velocity distribution by a Gaussian of ``sigma_bins`` velocity bins (2 MIDI
+    velocities each) around the velocity plan's velocity for that note (``museformer.velocity_plan``): the
+    plan's view of the whole score with the decoder's of a few bars. The plan comes with the segment as
+    the ``velocity_plan`` prior, (B, N) MIDI velocities per score note of the segment (NaN: none); rows
+    without one are unchanged. The deletion token (no value) is left as it is."""
+
+    def __init__(self, tables: TokenTables, sigma_bins: float, slot_values):
+        if not (slot_values and tables.value is not None):
+            raise ValueError("--velocity-plan: the grammar module gives no velocity_slot_values and token_value")
+        self.tables, self.slot_values = tables, slot_values
+        self.weight = 1.0 / (2.0 * float(sigma_bins) ** 2)  # logits lost per squared bin
+
+    def prepare(self, rows, device, priors):
+        plan = priors.get("velocity_plan")  # (B, N) or None
+        if plan is None:
+            return {}
+        plan = plan.float().cpu()
+        centres = []
+        for i, row in enumerate(rows):
+            per_note = ((plan[i] - (VEL_STEP - 1) / 2) / VEL_STEP).tolist()  # fractional bin: bin b spans 2b, 2b + 1
+            centres.append(self.slot_values(row, per_note))
+        return {"plan_vel": pad_rows(centres, float("nan"), torch.float, device)}
+
+    def __call__(self, logits, state, table, step):
+        if "plan_vel" not in table or not table.acts("plan_vel", step):
+            return logits
+        centre = at_step(table["plan_vel"], step)  # (B,) fractional velocity bin; NaN: no plan here
+        value = self.tables.value.to(logits.device)  # (V,) NaN: no value
+        return apply_prior(logits, self.weight * (value.unsqueeze(0) - centre.unsqueeze(1)).square())
+
+
 class ExpectedValue(DecodeRule):
     """For the types set to "mean" (``--type-temperature Vel=mean``), only the token nearest the expected
     value stays choosable (``expected_value_choice``)."""
@@ -613,6 +647,8 @@ class DecodeRules:
             rules.append(FermataHold(tables, config.fermata_hold, getattr(module, "fermata_slots", None)))
         if config.dynamics_band > 0:
             rules.append(DynamicsBand(tables, config.dynamics_band, dynamics_refs_of(module)))
+        if config.velocity_plan > 0:
+            rules.append(VelocityPlanPrior(tables, config.velocity_plan, getattr(module, "velocity_slot_values", None)))
         type_temperature = parse_type_temperature(config.type_temperature)
         unknown = sorted(set(type_temperature) - set(tables.names))
         if unknown:

@@ -1,5 +1,6 @@
-"""The tempo plan prior (``--tempo-plan``): each onset group's tempo distribution times a Gaussian around
-the plan's beat period for it."""
+"""The plan priors: ``--tempo-plan`` (each onset group's tempo distribution times a Gaussian around the
+tempo plan's beat period for it) and ``--velocity-plan`` (each note's velocity distribution times a
+Gaussian around the velocity plan's velocity for it)."""
 import argparse
 import math
 
@@ -57,18 +58,24 @@ def _random_plan(tokens=None, seed=0, std=0.2):
     return plan
 
 
-def _with_plan(tmp_path, plan):
-    """A copy of the released model with ``plan`` stored in it, as scripts/fit_tempo_plan.py --into does."""
-    import shutil
+def _store(plan, path, entry="tempo_plan"):
+    """Store ``plan`` in the release file ``path`` as scripts/fit_plan.py --into does."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from scripts.fit_tempo_plan import store
+    from scripts.fit_plan import store
+
+    store(plan, str(path), entry)
+
+
+def _with_plan(tmp_path, plan):
+    """A copy of the released model with ``plan`` stored in it as its tempo plan."""
+    import shutil
 
     path = tmp_path / "with-plan.pt"
     shutil.copy(DEFAULT_CHECKPOINT, path)
-    store(plan, str(path))
+    _store(plan, path)
     return path
 
 
@@ -140,3 +147,44 @@ def test_a_broken_plan_in_the_checkpoint_is_a_render_error(tmp_path):
     torch.save(state, path)
     with pytest.raises(RenderError, match="tempo plan"):
         Renderer.from_checkpoint(str(path))
+
+
+def _random_velocity_plan(tokens, seed=0):
+    """An untrained velocity plan whose velocities over ``tokens`` spread about 15 around 64."""
+    from museformer.velocity_plan import N_NOTE_FEATURES, VelocityNet, VelocityPlan
+
+    torch.manual_seed(seed)
+    net = VelocityNet(channels=8, levels=2, dropout=0.0).eval()
+    plan = VelocityPlan(net, np.zeros(N_FEATURES), np.ones(N_FEATURES), np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES))
+    with torch.no_grad():
+        v = plan.predict(tokens)
+        net.head[-1].weight.mul_(15.0 / max(float(np.std(v)), 1e-3))
+        net.head[-1].bias.zero_()
+    return plan
+
+
+@needs_release
+def test_rendering_follows_the_velocity_plan(tmp_path):
+    """With a velocity plan stored in the checkpoint and sigma 1 bin, the rendered velocities lie within a
+    few MIDI steps of the plan, across segments; at --velocity-plan 0 they do not."""
+    from instruct_tokenizer.decode import decode_performance
+
+    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
+    toks = prefix + [t for b in bars[:10] for t in b]
+    plan = _random_velocity_plan(toks)
+    path = tmp_path / "with-velocity-plan.pt"
+    import shutil
+
+    shutil.copy(DEFAULT_CHECKPOINT, path)
+    _store(plan, path, "velocity_plan")
+    planned = Renderer.from_checkpoint(str(path), velocity_plan=1.0, dynamics_band=0.0)
+    free = Renderer.from_checkpoint(str(path), velocity_plan=0.0, dynamics_band=0.0)
+    assert planned.velocity_planner is not None
+    planned.max_positions = free.max_positions = 400
+    assert len(planned.plan(toks, 2)[2]) > 2
+    want = plan.predict(toks)
+    perf = planned.render_tokens(toks, Sampling(seed=0), progress=False)
+    assert [token_type(t) for t in perf] == target_slots(toks)
+    near = np.abs(decode_performance(toks, perf).velocity - want)
+    far = np.abs(decode_performance(toks, free.render_tokens(toks, Sampling(seed=0), progress=False)).velocity - want)
+    assert np.median(near) <= 3.0 and np.median(far) > 2 * np.median(near), (np.median(near), np.median(far))

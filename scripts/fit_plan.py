@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Fit the tempo plan (``museformer.tempo_plan``) on a tokenized (n)ASAP build and store it in a release file.
+"""Fit the tempo or velocity plan (``museformer.tempo_plan``, ``museformer.velocity_plan``) on a tokenized build and store it in a release file.
 
 Reads the build's manifest (``instruct-tokenize build``: the performances of each split), encodes every
 performance's score as ``instruct-render`` gives it to the model (MusicXML markings and notated tempo,
 the estimate where the score states no mark) and, for training, once more without its markings (what a
-score MIDI gives), and takes each onset group's human beat tempo as the target. Trains on ``train``,
-keeps the epoch with the best mean correlation on ``valid`` and reports, on ``valid`` and ``test``, the
-per-note beat tempo r of the plan against each performance (``instruct-eval``'s beat tempo r, with the
-plan as the whole tempo curve), beside the notated tempo with its changes. ``--into FILE`` adds the plan
-to a release file (written atomically; the network's weights are untouched). Usage:
+score MIDI gives), and takes each onset group's human beat tempo (``--what tempo``) or each note's
+velocity (``--what velocity``) as the target. Trains on ``train``, keeps the epoch with the best mean
+correlation on ``valid`` and reports, on ``valid`` and ``test``, the per-note r of the plan against each
+performance (``instruct-eval``'s beat tempo r or velocity r, with the plan as the whole curve), beside
+the notated tempo with its changes (tempo). ``--into FILE``
+adds the plan to a release file (its ``tempo_plan`` or ``velocity_plan`` entry, written atomically; the
+network's weights are untouched). Usage:
 
-    python scripts/fit_tempo_plan.py outputs/nasap/tok --into checkpoints/instruct-museformer.pt
+    python scripts/fit_plan.py outputs/nasap/tok --what tempo --into checkpoints/instruct-museformer.pt
+    python scripts/fit_plan.py outputs/nasap/tok --what velocity --into checkpoints/instruct-museformer.pt
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ def performance_example(row: dict) -> dict:
     from instruct_tokenizer.tempo_infer import apply_notated_tempo
     from museformer.eval_split import xml_score_info
     from museformer.tempo_plan import group_features
+    from museformer.velocity_plan import note_features
 
     try:
         marks, qpm = xml_score_info(row["source"], {"markings": True, "notated_tempo": True}, report=lambda s: None)
@@ -59,6 +63,9 @@ def performance_example(row: dict) -> dict:
             perf = decode_performance(score, enc.perf)
             tl = perf.timeline
             out[kind] = {"features": group_features(score), "target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
+                         "target_onset": np.log(perf.group_period_s),
+                         "notes": note_features(score), "velocity": np.where(perf.played, perf.velocity, np.nan),
+                         "note_velocity": per_note_features(score, enc.perf)["velocity"],
                          "note_group": tl.note_group, "note_beat": per_note_features(score, enc.perf)["beat_tempo"],
                          "score": score}
         return out
@@ -96,6 +103,20 @@ def note_r(example: dict, kind: str, group_curve: np.ndarray) -> float:
     return pearson(group_curve[v["note_group"]], v["note_beat"])
 
 
+def velocity_rows(plan, examples: List[dict]) -> Dict[str, float]:
+    """Mean per-note velocity r over the performances: the plan, from the marked and the plain scores."""
+    from museformer.tempo_plan import pearson
+
+    out: Dict[str, float] = {"performances": len(examples)}
+    for kind in ("marked", "plain"):
+        rs = []
+        for e in examples:
+            v = e[kind]
+            rs.append(pearson(plan.predict_features(v["features"], v["notes"], v["note_group"]), v["note_velocity"]))
+        out[f"plan_{kind}"] = float(np.nanmean(rs))
+    return out
+
+
 def report_rows(plan, examples: List[dict]) -> Dict[str, float]:
     """Mean per-note beat tempo r over the performances: the plan (marked and plain scores), the notated
     tempo with its changes (where it changes), and the plan on those same performances."""
@@ -111,15 +132,15 @@ def report_rows(plan, examples: List[dict]) -> Dict[str, float]:
     return out
 
 
-def store(plan, path: str) -> int:
-    """Add the plan to a release file (``tempo_plan`` entry), atomically; the file's size in bytes."""
+def store(plan, path: str, entry: str = "tempo_plan") -> int:
+    """Add the plan to a release file (its ``entry``), atomically; the file's size in bytes."""
     import argparse as _argparse
 
     from scripts.release_checkpoint import save_released
 
     with torch.serialization.safe_globals([_argparse.Namespace]):
         state = torch.load(path, map_location="cpu", weights_only=True)
-    state["tempo_plan"] = plan.state()
+    state[entry] = plan.state()
     return save_released(state, path)
 
 
@@ -127,14 +148,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
     from museformer.tempo_plan import fit
+    from museformer.velocity_plan import fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
-    p.add_argument("--into", help="a release file to store the plan in (its 'tempo_plan' entry)")
-    p.add_argument("--epochs", type=int, default=16, help="passes over the training performances (default 16)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--into", help="a release file to store the plan in (its 'tempo_plan' or 'velocity_plan' entry)")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training performances (default 12)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate, decayed by a cosine (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed (default 0)")
     p.add_argument("--workers", type=int, default=2, help="processes reading the performances (default 2)")
+    p.add_argument("--what", choices=("tempo", "velocity"), default="tempo",
+                   help="the tempo plan (each onset group's beat tempo) or the velocity plan (each note's velocity)")
+    p.add_argument("--target", choices=("beat", "onset"), default="beat",
+                   help="what the plan predicts per onset group: the beat's tempo (beat: instruct-eval's beat tempo, "
+                        "smooth) or the group's own period (onset: what its Tempo token encodes); default beat")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.workers))
@@ -144,11 +171,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                              desc="performances", unit="file"))
     bad = [e for e in examples if "error" in e]
     for e in bad:
-        print(f"fit_tempo_plan: skipped {e['row']['source']}: {e['error']}", file=sys.stderr)
+        print(f"fit_plan: skipped {e['row']['source']}: {e['error']}", file=sys.stderr)
     examples = [e for e in examples if "error" not in e]
     split = {s: [e for e in examples if e["row"]["split"] == s] for s in ("train", "valid", "test")}
-    train = [{"features": e[k]["features"], "target": e[k]["target"]} for e in split["train"] for k in ("marked", "plain")]
-    valid = [{"features": e["marked"]["features"], "target": e["marked"]["target"]} for e in split["valid"]]
     start = time.time()
     bar = tqdm(total=args.epochs, desc="fit", unit="epoch")
 
@@ -156,17 +181,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         bar.set_postfix(valid_r=f"{r:.3f}")
         bar.update(1)
 
-    plan = fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+    if args.what == "tempo":
+        key = "target" if args.target == "beat" else "target_onset"
+        train = [{"features": e[k]["features"], "target": e[k][key]} for e in split["train"] for k in ("marked", "plain")]
+        valid = [{"features": e["marked"]["features"], "target": e["marked"][key]} for e in split["valid"]]
+        plan = fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+        rows = report_rows
+    else:
+        fields = ("features", "notes", "note_group", "velocity")
+        train = [{f: e[k][f] for f in fields} for e in split["train"] for k in ("marked", "plain")]
+        valid = [{f: e["marked"][f] for f in fields} for e in split["valid"]]
+        plan = fit_velocity(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+        rows = velocity_rows
     bar.close()
-    report = {"train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
-              "valid": report_rows(plan, split["valid"]), "test": report_rows(plan, split["test"]),
-              "test_2_per_piece": report_rows(plan, first_per_piece(split["test"], 2))}
+    report = {"what": args.what, "train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
+              "valid": rows(plan, split["valid"]), "test": rows(plan, split["test"]),
+              "test_2_per_piece": rows(plan, first_per_piece(split["test"], 2))}
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.into:
-        size = store(plan, args.into)
-        print(f"wrote the tempo plan into {args.into} ({size / 1e6:.2f} MB)")
+        size = store(plan, args.into, f"{args.what}_plan")
+        print(f"wrote the {args.what} plan into {args.into} ({size / 1e6:.2f} MB)")
     return 0
 
 

@@ -1,0 +1,212 @@
+"""The velocity plan: a small network that reads a whole score and predicts each note's velocity.
+
+The tempo plan's companion (``museformer.tempo_plan``; the same non-causal trunk over the score's onset
+groups, about 500 groups of context either way), with a head per note: the group's context joined with
+the note's own place (top or bottom of its chord, pitch, staff, duration, its articulation marks) and
+the dynamics in force (the last dynamic, an open crescendo or diminuendo, a sforzando). Trained on the
+(n)ASAP training performances to predict each played note's MIDI velocity. The decoder is steered to it
+by ``--velocity-plan``: each note's velocity distribution times a Gaussian around the plan's velocity.
+A pure function of the score tokens, like the tempo plan. Units: MIDI velocity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.score import score_timeline
+
+from .tempo_plan import N_FEATURES, PlanNet, TempoPlanError, group_features, pearson
+
+_NOTE_MARKS = {V.tok(V.MARK, m): i for i, m in enumerate(("accent", "staccato", "staccatissimo", "tenuto",
+                                                            "marcato", "fermata"))}
+_SLURS = {V.tok(V.SLUR, "start"): 0, V.tok(V.SLUR, "end"): 1}
+_WEDGES = {V.tok(V.WEDGE, "cresc"): 0, V.tok(V.WEDGE, "dim"): 1}
+_ACCENT_DYNS = {V.tok(V.DYN, "sf"): 0, V.tok(V.DYN, "fp"): 1}
+
+NOTE_FEATURE_NAMES = (
+    "pitch", "top", "bottom", "rank", "chord_size", "staff", "log_dur", "grace",
+    "accent", "staccato", "staccatissimo", "tenuto", "marcato", "fermata", "slur_start", "slur_end",
+    "cresc_open", "dim_open", "sf", "fp",
+)
+N_NOTE_FEATURES = len(NOTE_FEATURE_NAMES)
+VELOCITY_CENTRE, VELOCITY_SCALE = 64.0, 20.0  # the network's output unit: (velocity - 64) / 20
+
+
+def note_features(tokens: Sequence[str]) -> np.ndarray:
+    """(N, N_NOTE_FEATURES) float32 features of the score's notes, in token order (NOTE_FEATURE_NAMES).
+    Raises TempoPlanError for a score with no notes."""
+    try:
+        tl = score_timeline(tokens)
+    except ValueError as e:
+        raise TempoPlanError(f"unreadable score tokens: {e}") from None
+    n = tl.n_notes
+    if n == 0:
+        raise TempoPlanError("the score has no notes")
+    g, pitch = tl.note_group, tl.note_pitch.astype(float)
+    hi = np.full(tl.n_groups, -1.0)
+    lo = np.full(tl.n_groups, 200.0)
+    np.maximum.at(hi, g, pitch)
+    np.minimum.at(lo, g, pitch)
+    size = np.bincount(g, minlength=tl.n_groups).astype(float)
+    span = np.maximum(hi - lo, 1.0)
+    marks = np.zeros((n, len(_NOTE_MARKS) + len(_SLURS)))
+    state = np.zeros((tl.n_groups, len(_WEDGES) + len(_ACCENT_DYNS)))
+    note, group, wedge = -1, -1, None
+    for t in tokens:
+        if t.startswith(V.PITCH + "_"):
+            note += 1
+        elif t.startswith(V.POS + "_"):
+            group += 1
+            if wedge is not None:
+                state[group, wedge] = 1.0
+        elif t in _NOTE_MARKS and note >= 0:
+            marks[note, _NOTE_MARKS[t]] = 1.0
+        elif t in _SLURS and note >= 0:
+            marks[note, len(_NOTE_MARKS) + _SLURS[t]] = 1.0
+        elif group < 0:
+            continue
+        elif t in _WEDGES:
+            wedge = _WEDGES[t]
+            state[group, wedge] = 1.0
+        elif t == V.tok(V.WEDGE, "end") or (t.startswith(V.DYN + "_") and t not in _ACCENT_DYNS):
+            wedge = None
+        if t in _ACCENT_DYNS and group >= 0:
+            state[group, len(_WEDGES) + _ACCENT_DYNS[t]] = 1.0
+    cols = [(pitch - 64.0) / 24.0, (pitch == hi[g]).astype(float), (pitch == lo[g]).astype(float),
+            (pitch - lo[g]) / span[g], np.log2(size[g]), (tl.note_staff == 2).astype(float),
+            np.log2(np.clip(tl.note_dur_q, 1 / 24, 16)), (tl.note_dur_q == 0).astype(float)]
+    out = np.concatenate([np.stack(cols, axis=1), marks, state[g]], axis=1).astype(np.float32)  # (N, Fn)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class VelocityNet(nn.Module):
+    """The tempo plan's trunk over the onset groups, then per note its group's context joined with the
+    note's features: (B, F, G) group features, (B, Fn, N) note features, (B, N) each note's group ->
+    (B, N) velocity in (v - 64) / 20 units."""
+
+    def __init__(self, n_features: int = N_FEATURES, n_note_features: int = N_NOTE_FEATURES, channels: int = 48,
+                 levels: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.config = {"n_features": n_features, "n_note_features": n_note_features, "channels": channels,
+                       "levels": levels, "dropout": dropout}
+        self.trunk = PlanNet(n_features, channels, levels, dropout)
+        self.head = nn.Sequential(nn.Conv1d(channels + n_note_features, channels, 1), nn.GELU(),
+                                  nn.Conv1d(channels, 1, 1))
+
+    def forward(self, features: Tensor, mask: Tensor, notes: Tensor, note_group: Tensor) -> Tensor:
+        h = self.trunk.context(features, mask)  # (B, C, G)
+        index = note_group.unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, C, N)
+        x = torch.cat([h.gather(2, index), notes], dim=1)  # (B, C + Fn, N)
+        return self.head(x).squeeze(1)  # (B, N)
+
+
+@dataclass
+class VelocityPlan:
+    """A fitted velocity plan with its feature scaling: ``predict(tokens)`` gives (N,) MIDI velocities,
+    per score note in token order."""
+
+    net: VelocityNet
+    group_mean: np.ndarray
+    group_std: np.ndarray
+    note_mean: np.ndarray
+    note_std: np.ndarray
+
+    def predict(self, tokens: Sequence[str]) -> np.ndarray:
+        """(N,) MIDI velocity per score note."""
+        return self.predict_features(group_features(tokens), note_features(tokens),
+                                     score_timeline(tokens).note_group)
+
+    def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray) -> np.ndarray:
+        x, m, xn, ng = _tensors([(groups, notes, note_group)], self)
+        with torch.no_grad():
+            self.net.eval()
+            y = self.net(x, m, xn, ng)  # (1, N)
+        return (y[0].numpy().astype(np.float64) * VELOCITY_SCALE + VELOCITY_CENTRE).clip(1, 127)
+
+    def state(self) -> dict:
+        """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
+        f32 = lambda a: torch.from_numpy(np.asarray(a, np.float32))  # noqa: E731
+        from .tempo_plan import FEATURE_NAMES
+
+        return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
+                "note_feature_names": list(NOTE_FEATURE_NAMES), "group_mean": f32(self.group_mean),
+                "group_std": f32(self.group_std), "note_mean": f32(self.note_mean), "note_std": f32(self.note_std),
+                "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "VelocityPlan":
+        from .tempo_plan import FEATURE_NAMES
+
+        if (list(state.get("feature_names", [])) != list(FEATURE_NAMES)
+                or list(state.get("note_feature_names", [])) != list(NOTE_FEATURE_NAMES)):
+            raise TempoPlanError("the velocity plan was fitted on other features than this version computes")
+        net = VelocityNet(**state["config"])
+        net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
+        net.eval()
+        return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")))
+
+
+def _tensors(items, scale):
+    """[(group features (G, F), note features (N, Fn), note_group (N,))] -> padded (B, F, G), (B, G) mask,
+    (B, Fn, N), (B, N) group index (0 on padding)."""
+    g = max(len(a) for a, _, _ in items)
+    n = max(len(b) for _, b, _ in items)
+    x = torch.zeros(len(items), items[0][0].shape[1], g)  # (B, F, G)
+    m = torch.zeros(len(items), g, dtype=torch.bool)
+    xn = torch.zeros(len(items), items[0][1].shape[1], n)  # (B, Fn, N)
+    ng = torch.zeros(len(items), n, dtype=torch.long)
+    for i, (a, b, c) in enumerate(items):
+        x[i, :, : len(a)] = torch.from_numpy(((a - scale.group_mean) / scale.group_std).T.astype(np.float32))
+        m[i, : len(a)] = True
+        xn[i, :, : len(b)] = torch.from_numpy(((b - scale.note_mean) / scale.note_std).T.astype(np.float32))
+        ng[i, : len(c)] = torch.from_numpy(np.asarray(c, np.int64))
+    return x, m, xn, ng
+
+
+def fit_velocity(pieces: List[dict], valid: List[dict], epochs: int = 12, lr: float = 2e-3, seed: int = 0,
+                 batch: int = 16, progress=None, **net_kw) -> VelocityPlan:
+    """Fit on ``pieces`` (each {"features": (G, F), "notes": (N, Fn), "note_group": (N,), "velocity": (N,)
+    MIDI, NaN for a note not played}); AdamW with a cosine decay, batches of similar length, squared error;
+    keep the epoch with the best mean per-piece correlation on ``valid``."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gx = np.concatenate([p["features"] for p in pieces])
+    nx = np.concatenate([p["notes"] for p in pieces])
+    net = VelocityNet(**net_kw)
+    plan = VelocityPlan(net, gx.mean(0), gx.std(0) + 1e-3, nx.mean(0), nx.std(0) + 1e-3)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
+    order = np.argsort([len(p["velocity"]) for p in pieces], kind="stable")
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(batches)))
+    best, best_state = -math.inf, None
+    for epoch in range(epochs):
+        net.train()
+        for k in rng.permutation(len(batches)):
+            chunk = [pieces[j] for j in batches[k]]
+            x, m, xn, ng = _tensors([(p["features"], p["notes"], p["note_group"]) for p in chunk], plan)
+            y = torch.full(ng.shape, float("nan"))  # (B, N)
+            for i, p in enumerate(chunk):
+                y[i, : len(p["velocity"])] = torch.from_numpy((p["velocity"] - VELOCITY_CENTRE) / VELOCITY_SCALE)
+            ok = torch.isfinite(y)
+            pred = net(x, m, xn, ng)
+            loss = ((pred - y.nan_to_num(0.0)) ** 2 * ok).sum() / ok.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            schedule.step()
+        score = float(np.nanmean([pearson(plan.predict_features(p["features"], p["notes"], p["note_group"]),
+                                          p["velocity"]) for p in valid]))
+        if progress:
+            progress(epoch, score)
+        if score > best:
+            best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    net.eval()
+    return plan

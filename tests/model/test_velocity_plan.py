@@ -1,0 +1,83 @@
+"""The velocity plan (``museformer.velocity_plan``): per-note features, the network, its fit and storage."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from instruct_tokenizer import vocab as V
+from museformer.tempo_plan import N_FEATURES, TempoPlanError, group_features
+from museformer.velocity_plan import (N_NOTE_FEATURES, NOTE_FEATURE_NAMES, VelocityNet, VelocityPlan, fit_velocity,
+                                      note_features)
+
+
+def _col(name):
+    return NOTE_FEATURE_NAMES.index(name)
+
+
+def _score():
+    """One 4/4 bar: a C3-E4-G4 chord with an accent on G4, a cresc. from beat 2 (D5 on staff 1 and a grace C3
+    on staff 2 with a slur start), C4 on beat 3, D4 with sf on beat 4 (a sforzando does not close the wedge)."""
+    return [V.BAR_TOKEN, V.tok(V.TIME_SIG, "4/4"),
+            V.tok(V.POS, 0), *[x for p in (48, 64, 67) for x in (V.tok(V.PITCH, p), V.tok(V.DUR, 24), V.tok(V.STAFF, 1))],
+            V.tok(V.MARK, "accent"),
+            V.tok(V.POS, 24), V.tok(V.WEDGE, "cresc"), V.tok(V.PITCH, 74), V.tok(V.DUR, 12), V.tok(V.STAFF, 1),
+            V.tok(V.PITCH, 48), V.tok(V.DUR, 0), V.tok(V.STAFF, 2), V.tok(V.SLUR, "start"),
+            V.tok(V.POS, 48), V.tok(V.PITCH, 60), V.tok(V.DUR, 24), V.tok(V.STAFF, 1),
+            V.tok(V.POS, 72), V.tok(V.DYN, "sf"), V.tok(V.PITCH, 62), V.tok(V.DUR, 24), V.tok(V.STAFF, 1)]
+
+
+def test_note_features_of_a_small_score():
+    f = note_features(_score())
+    assert f.shape == (7, N_NOTE_FEATURES) and np.isfinite(f).all()
+    assert f[:3, _col("top")].tolist() == [0, 0, 1] and f[:3, _col("bottom")].tolist() == [1, 0, 0]
+    assert f[2, _col("accent")] == 1 and f[:, _col("accent")].sum() == 1
+    assert f[4, _col("staff")] == 1 and f[4, _col("grace")] == 1 and f[4, _col("slur_start")] == 1
+    assert f[:3, _col("cresc_open")].sum() == 0 and f[3:, _col("cresc_open")].all()
+    assert f[6, _col("sf")] == 1 and f[:6, _col("sf")].sum() == 0
+
+
+def test_a_score_without_notes_is_an_error():
+    with pytest.raises(TempoPlanError):
+        note_features([V.BAR_TOKEN])
+
+
+def _synthetic(n, seed):
+    """Pieces whose velocity is 70 + 20 x (top note) - 10 x staff 2: a plan must learn it from the notes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        g = int(rng.integers(10, 30))
+        note_group = np.sort(rng.integers(0, g, size=3 * g))
+        notes = rng.normal(size=(len(note_group), N_NOTE_FEATURES)).astype(np.float32)
+        notes[:, _col("top")] = rng.random(len(notes)) < 0.4
+        notes[:, _col("staff")] = rng.random(len(notes)) < 0.5
+        vel = 70 + 20 * notes[:, _col("top")] - 10 * notes[:, _col("staff")]
+        vel[::7] = np.nan  # notes not played
+        out.append({"features": rng.normal(size=(g, N_FEATURES)).astype(np.float32), "notes": notes,
+                    "note_group": note_group, "velocity": vel})
+    return out
+
+
+def test_fit_learns_a_planted_rule_and_survives_the_safe_loader():
+    train, valid = _synthetic(48, 0), _synthetic(6, 1)
+    plan = fit_velocity(train, valid, epochs=40, lr=1e-2, seed=0, batch=8, channels=16, levels=2, dropout=0.0)
+    p = valid[0]
+    pred = plan.predict_features(p["features"], p["notes"], p["note_group"])
+    ok = np.isfinite(p["velocity"])
+    assert np.corrcoef(pred[ok], p["velocity"][ok])[0, 1] > 0.9
+    assert np.abs(pred[ok] - p["velocity"][ok]).mean() < 5.0  # the level too, not only the shape
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    again = VelocityPlan.from_state(torch.load(buf, weights_only=True))
+    assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]), pred, atol=1e-5)
+
+
+def test_predict_reads_a_score():
+    torch.manual_seed(0)
+    plan = VelocityPlan(VelocityNet(channels=8, levels=2).eval(), np.zeros(N_FEATURES), np.ones(N_FEATURES),
+                        np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES))
+    v = plan.predict(_score())
+    assert v.shape == (7,) and ((v >= 1) & (v <= 127)).all()
+    assert group_features(_score()).shape[0] == 4
