@@ -6,13 +6,15 @@ the note's own place (top or bottom of its chord, pitch, staff, duration, its ar
 the dynamics in force (the last dynamic, an open crescendo or diminuendo, a sforzando). Trained on the
 (n)ASAP training performances to predict each played note's MIDI velocity. The decoder is steered to it
 by ``--velocity-plan``: each note's velocity distribution times a Gaussian around the plan's velocity.
-A pure function of the score tokens, like the tempo plan. Units: MIDI velocity.
+A squared-error fit shrinks its deviations towards the mean, so they are stretched back to the pianists'
+spread (:func:`fit_spread`, on the training pieces). A pure function of the score tokens, like the tempo
+plan. Units: MIDI velocity.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,18 +118,23 @@ class VelocityPlan:
     group_std: np.ndarray
     note_mean: np.ndarray
     note_std: np.ndarray
+    spread: float = 1.0  # deviations from the piece's mean are scaled by this (see fit_spread)
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(N,) MIDI velocity per score note."""
         return self.predict_features(group_features(tokens), note_features(tokens),
                                      score_timeline(tokens).note_group)
 
-    def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray) -> np.ndarray:
+    def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray,
+                         spread: Optional[float] = None) -> np.ndarray:
+        """(N,) MIDI velocity per note: the network's prediction, its deviations from the piece's mean
+        scaled by ``spread`` (default: the plan's own, see :func:`fit_spread`)."""
         x, m, xn, ng = _tensors([(groups, notes, note_group)], self)
         with torch.no_grad():
             self.net.eval()
-            y = self.net(x, m, xn, ng)  # (1, N)
-        return (y[0].numpy().astype(np.float64) * VELOCITY_SCALE + VELOCITY_CENTRE).clip(1, 127)
+            y = self.net(x, m, xn, ng)[0].numpy().astype(np.float64) * VELOCITY_SCALE + VELOCITY_CENTRE  # (N,)
+        k = self.spread if spread is None else spread
+        return (y.mean() + k * (y - y.mean())).clip(1, 127)
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
@@ -137,7 +144,7 @@ class VelocityPlan:
         return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
                 "note_feature_names": list(NOTE_FEATURE_NAMES), "group_mean": f32(self.group_mean),
                 "group_std": f32(self.group_std), "note_mean": f32(self.note_mean), "note_std": f32(self.note_std),
-                "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+                "spread": float(self.spread), "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "VelocityPlan":
@@ -149,7 +156,22 @@ class VelocityPlan:
         net = VelocityNet(**state["config"])
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
-        return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")))
+        return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")),
+                   spread=float(state.get("spread", 1.0)))
+
+
+def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
+    """The median over ``pieces`` of the human velocities' standard deviation over the plan's (spread 1).
+    A squared-error fit shrinks the deviations it cannot tell apart towards the mean (its predictions
+    vary about 0.6 as much as the pianists'); a Gaussian prior centred on them would narrow the rendered
+    velocities as much, so the plan is stretched back to the human spread (its r is unchanged)."""
+    ratios = []
+    for p in pieces:
+        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0)
+        human = p["velocity"][np.isfinite(p["velocity"])]
+        if len(human) > 1 and np.std(pred) > 0:
+            ratios.append(float(np.std(human) / np.std(pred)))
+    return float(np.median(ratios)) if ratios else 1.0
 
 
 def _tensors(items, scale):
@@ -201,7 +223,7 @@ def fit_velocity(pieces: List[dict], valid: List[dict], epochs: int = 12, lr: fl
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             schedule.step()
-        score = float(np.nanmean([pearson(plan.predict_features(p["features"], p["notes"], p["note_group"]),
+        score = float(np.nanmean([pearson(plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0),
                                           p["velocity"]) for p in valid]))
         if progress:
             progress(epoch, score)
@@ -209,4 +231,5 @@ def fit_velocity(pieces: List[dict], valid: List[dict], epochs: int = 12, lr: fl
             best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
     net.eval()
+    plan.spread = fit_spread(plan, pieces)
     return plan

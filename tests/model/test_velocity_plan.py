@@ -67,6 +67,9 @@ def test_fit_learns_a_planted_rule_and_survives_the_safe_loader():
     ok = np.isfinite(p["velocity"])
     assert np.corrcoef(pred[ok], p["velocity"][ok])[0, 1] > 0.9
     assert np.abs(pred[ok] - p["velocity"][ok]).mean() < 5.0  # the level too, not only the shape
+    assert 0.8 < plan.spread < 1.3  # a near-perfect fit is not shrunk, so it is hardly stretched
+    wide = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=2 * plan.spread)
+    assert np.allclose(wide - wide.mean(), 2 * (pred - pred.mean()), atol=1e-4) and wide.mean() == pytest.approx(pred.mean())
     buf = io.BytesIO()
     torch.save(plan.state(), buf)
     buf.seek(0)
