@@ -351,8 +351,7 @@ class Renderer:
         level per piece)."""
         torch.manual_seed(sampling.seed)
         plans = [self.plan(p, overlap_bars) for p in pieces]
-        tempo_plans = [self.tempo_plan_of(p) for p in pieces]  # (G,) and each group's bar, or None
-        velocity_plans = [self.velocity_plan_of(p) for p in pieces]  # (N,) and each note's bar, or None
+        whole_plans = [self.plans_of(p) for p in pieces]  # each piece's tempo and velocity plans (or None)
         done: List[List[List[str]]] = [[] for _ in pieces]
         heads: List[List[str]] = [[] for _ in pieces]  # the tokens before the first bar of each performance
         jobs = sum(len(p[2]) for p in plans)
@@ -367,15 +366,8 @@ class Renderer:
                     start, end = segs[r]
                     scores.append(prefix + [t for b in bars[start:end] for t in b])
                     forced.append(heads[i] + [t for b in done[i][start:] for t in b])
-                    priors.append(self.level_before(prefix, bars[:start], done[i][:start], heads[i]))
-                    if tempo_plans[i] is not None:
-                        factors, group_bar = tempo_plans[i]
-                        keep = (group_bar >= start) & (group_bar < end)
-                        priors[-1]["tempo_plan"] = torch.from_numpy(factors[keep]).float()  # (G_seg,)
-                    if velocity_plans[i] is not None:
-                        velocities, note_bar = velocity_plans[i]
-                        keep = (note_bar >= start) & (note_bar < end)
-                        priors[-1]["velocity_plan"] = torch.from_numpy(velocities[keep]).float()  # (N_seg,)
+                    priors.append({**self.level_before(prefix, bars[:start], done[i][:start], heads[i]),
+                                   **segment_plans(whole_plans[i], start, end)})
                 outs = self.generate_batch(scores, forced, sampling, priors)
                 for i, out in zip(chunk, outs):
                     start, end = plans[i][2][r]
@@ -388,6 +380,13 @@ class Renderer:
                 bar.update(len(chunk))
         bar.close()
         return [heads[i] + [t for b in d for t in b] for i, d in enumerate(done)]
+
+    def plans_of(self, score_tokens: Sequence[str]) -> Dict[str, tuple]:
+        """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
+        {"tempo_plan": (factors, group_bar), "velocity_plan": (velocities, note_bar)} (:func:`segment_plans`
+        cuts a segment's part)."""
+        out = {"tempo_plan": self.tempo_plan_of(score_tokens), "velocity_plan": self.velocity_plan_of(score_tokens)}
+        return {k: v for k, v in out.items() if v is not None}
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
         """(factors, group_bar) of a whole score for the ``--tempo-plan`` rule: the plan model's log factor
@@ -425,6 +424,13 @@ class Renderer:
                       progress: bool = True) -> List[str]:
         """Whole-piece performance tokens: one pass when the piece fits, else stitched segments."""
         return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
+
+
+def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, torch.Tensor]:
+    """The part of a whole score's plans (``Renderer.plans_of``) in bars ``[start, end)``: the priors of
+    that segment, (G_seg,) or (N_seg,) each."""
+    return {name: torch.from_numpy(values[(bar >= start) & (bar < end)]).float()
+            for name, (values, bar) in plans.items()}
 
 
 def plans_of(state: dict, path: str):

@@ -90,7 +90,7 @@ def render_bars(renderer, score_tokens: Sequence[str], sampling, base: Optional[
     from bar 0 (final: a later segment forces them as its prefix, so they can be heard while the rest
     renders). Raises PassageError on a bad range or base,
     ``museformer.render.RenderError`` when the model breaks the bar structure."""
-    from museformer.render import RenderError
+    from museformer.render import RenderError, segment_plans
 
     prefix, bars = split_bars(score_tokens)
     n = len(bars)
@@ -107,11 +107,12 @@ def render_bars(renderer, score_tokens: Sequence[str], sampling, base: Optional[
     first = max(start - overlap_bars, 0)
     segments = _plan(renderer, prefix, bars, first, end, overlap_bars)
     done = [list(b) for b in base_bars[:start]]
+    plans = renderer.plans_of(score_tokens)  # the whole score's tempo and velocity plans, as render_many
     torch.manual_seed(sampling.seed)
     for k, (a, b) in enumerate(segments):
         score = list(prefix) + _flat(bars[a:b])
         forced = _flat(done[a:])
-        prior = renderer.level_before(prefix, bars[:a], done[:a])
+        prior = {**renderer.level_before(prefix, bars[:a], done[:a]), **segment_plans(plans, a, b)}
         out = renderer.generate_batch([score], [forced], sampling, [prior])[0]
         out_bars = split_bars(out)[1]
         if len(out_bars) != b - a:

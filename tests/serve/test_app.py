@@ -286,3 +286,15 @@ def test_settings_reach_the_renderer(client, short_score):
     r = studio.renderer(Settings.from_json(settings))
     assert (r.decode.type_temperature, r.decode.tempo_band, r.decode.min_key_down_ms, r.decode.unisons_once) == \
         ("Tempo=mean,Vel=mean", 0.0, 40.0, False)
+
+
+def test_plan_settings_reach_the_renderer():
+    """The page's plan widths are instruct-render's, defaults included; out of range is one error."""
+    from museformer.decoding.config import TEMPO_PLAN_BINS, VELOCITY_PLAN_BINS
+    from museformer.serve.studio import Settings, StudioError
+
+    assert Settings().rules()["tempo_plan"] == TEMPO_PLAN_BINS and Settings().rules()["velocity_plan"] == VELOCITY_PLAN_BINS
+    rules = Settings.from_json({"tempo_plan": 0, "velocity_plan": 6}).rules()
+    assert (rules["tempo_plan"], rules["velocity_plan"]) == (0.0, 6.0)
+    with pytest.raises(StudioError, match="velocity_plan"):
+        Settings.from_json({"velocity_plan": -1})
