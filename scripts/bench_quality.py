@@ -233,7 +233,8 @@ def piece_timing(f) -> tuple:
 def timing_summary(rows: dict, human_paths: list, cache: Optional[dict] = None) -> dict:
     """Tempo level and key-down per row of one file per piece (``{i}.mid``): each piece's length over
     the median length of its human performances (``{i}-{k}.mid``; min, median, max over pieces), the
-    median key-down time (ms) and the share of notes held under 20 ms; the human row pools every
+    median key-down time (ms), the shares of notes held under 20 ms and over 500 ms, and how many pieces last
+    more than 1.5 times their human length either way; the human row pools every
     performance (its ratios are each performance's length over its piece's median). ``cache``:
     ``read_set``'s, so that files the metrics already read are not read again."""
     human = {}
@@ -242,10 +243,12 @@ def timing_summary(rows: dict, human_paths: list, cache: Optional[dict] = None) 
     median_len = {i: float(np.median([length for length, _ in runs])) for i, runs in human.items()}
 
     def summary(ratios, key_down) -> dict:
-        key_down = np.concatenate(key_down)
+        key_down, ratios = np.concatenate(key_down), np.asarray(ratios)
         return {"length_ratio_min": float(np.min(ratios)), "length_ratio_median": float(np.median(ratios)),
                 "length_ratio_max": float(np.max(ratios)), "key_down_median_ms": 1000 * float(np.median(key_down)),
-                "under_20ms_share": float(np.mean(key_down < 0.020))}
+                "under_20ms_share": float(np.mean(key_down < 0.020)),
+                "beyond_1_5x": int(np.sum((ratios > 1.5) | (ratios < 1 / 1.5))),  # too long or too short
+                "held_over_500ms_share": float(np.mean(key_down > 0.5))}
 
     out = {"human": summary([length / median_len[i] for i, runs in human.items() for length, _ in runs],
                             [kd for runs in human.values() for _, kd in runs])}
@@ -385,7 +388,8 @@ def main() -> int:
     for name, t in meta["timing"].items():
         print(f"{name}: length / median human length {t['length_ratio_min']:.2f} to {t['length_ratio_max']:.2f} "
               f"(median {t['length_ratio_median']:.2f}); median key-down {t['key_down_median_ms']:.0f} ms; "
-              f"notes under 20 ms {100 * t['under_20ms_share']:.2f} %")
+              f"notes under 20 ms {100 * t['under_20ms_share']:.2f} %, over 500 ms "
+              f"{100 * t['held_over_500ms_share']:.1f} %; pieces beyond 1.5 times either way {t['beyond_1_5x']}")
     plot_rows = [n for n in results if n.startswith(("ours", "markings", "training mean"))] + ["Pianist Transformer"]
     table = write_outputs(results, out, extra=extra, plot_rows=plot_rows, meta=meta,
                           title="Pianist Transformer test set: distribution metrics vs human")

@@ -43,7 +43,7 @@ DYNAMICS_BAND_BINS = 4.0
 # around the tempo plan's beat period for its onset group (museformer.tempo_plan: a network that reads the whole
 # score). Chosen on the 10 validation pieces spread across composers (4 against 6, 8 and off); on the test split's
 # 43 whole performances the sampled beat tempo r 0.199 -> 0.399, overall JS 0.109 -> 0.111; on the benchmark no
-# piece beyond 1.5 times the human length (seed 0; off: 3 to 6 per seed) (docs/experiments.md section 18).
+# piece longer than 1.49 times the human length (seed 0; off: up to 1.74-1.92) (docs/experiments.md section 18).
 TEMPO_PLAN_BINS = 4.0
 # Velocity plan (--velocity-plan): each note's velocity probability times a Gaussian of this many velocity bins
 # (2 MIDI velocities each) around the velocity plan's velocity for it (museformer.velocity_plan). Chosen on the same

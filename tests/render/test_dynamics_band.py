@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VIENNA, stderr_of
+from conftest import VIENNA, stderr_of, NO_PLANS
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.grammar import target_slots, token_type, token_value
 from instruct_tokenizer.markings_baseline import DYNAMICS_REF_SCALE, dynamics_slot_refs
@@ -108,7 +108,7 @@ def test_score_without_dynamics_has_no_band():
 def test_decoder_state_equals_dynamics_after():
     """The decoder's running dynamics state, fed a performance step by step, equals
     DecodeRules.state_after: the renderer's prior for the next segment continues it exactly."""
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=4.0)
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, dynamics_band=4.0)
     toks = r.score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:8] for t in b]
@@ -163,13 +163,13 @@ def test_band_holds_the_level_of_a_drifting_model():
     runs away from its offset so far; with a band of 3 bins it runs away less, across segments too (the
     state carries over), and the rendering keeps the grammar. (A soft band: a bias that large is only
     partly held: measured max deviation 10.8 bins free and 9.9 banded, mean past the half 9.8 and 7.8.)"""
-    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN))
+    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS).score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:16] for t in b]
     half = len(target_slots(toks)) // 2
     kw = dict(type_temperature="Vel=mean")
-    free = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=0.0, **kw), 6.0, half)
-    banded = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=3.0, **kw), 6.0, half)
+    free = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, dynamics_band=0.0, **kw), 6.0, half)
+    banded = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, dynamics_band=3.0, **kw), 6.0, half)
     banded.max_positions = free.max_positions = 400
     assert len(banded.plan(toks, 2)[2]) > 2
     free_dev = _windowed_devs(free, toks, free.render_tokens(toks, Sampling(seed=0), progress=False))
@@ -185,8 +185,8 @@ def test_band_holds_the_level_of_a_drifting_model():
 @needs_release
 def test_score_midi_renders_unchanged_by_the_band(tmp_path):
     """A score without dynamics (score MIDI) has no reference: the band changes nothing."""
-    r_on = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=3.0)
-    r_off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=0.0)
+    r_on = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, dynamics_band=3.0)
+    r_off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, dynamics_band=0.0)
     toks = [t for t in r_on.score_tokens(str(CHOPIN)) if not t.startswith("Dyn_")]
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:6] for t in b]
@@ -197,7 +197,7 @@ def test_score_midi_renders_unchanged_by_the_band(tmp_path):
 @needs_release
 def test_negative_band_is_one_error_line(tmp_path):
     with pytest.raises(RenderError, match="--dynamics-band"):
-        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), dynamics_band=-1)
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, dynamics_band=-1)
     out = tmp_path / "out.mid"
     code, err = stderr_of(main, [CHOPIN, "-o", out, "--dynamics-band", "-1"])
     assert code == 1 and not out.exists()

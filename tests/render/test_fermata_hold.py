@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import VIENNA, stderr_of
+from conftest import VIENNA, stderr_of, NO_PLANS
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.grammar import fermata_slots, target_slots, tempo_slot_gaps, token_type
 from museformer.decoding.rules import FermataHold
@@ -136,13 +136,13 @@ def test_rendering_holds_a_fermata():
     """A fermata put on the 20th onset group of a Chopin excerpt: decoded at the expected value, both held
     slots lie at least the hold (less one bin of rounding) slower than the reference; without the hold
     the same model lifts them less."""
-    base = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    base = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS)
     prefix, bars = split_bars(base.score_tokens(str(CHOPIN)))
     toks = _with_fermata(prefix + [t for b in bars[:8] for t in b], 20)
     assert sum(fermata_slots(toks)) == 2
     mean = "Tempo=mean,Vel=mean"
-    held = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature=mean)
-    free = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature=mean, fermata_hold=0.0)
+    held = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, type_temperature=mean)
+    free = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, type_temperature=mean, fermata_hold=0.0)
     perf = held.render_tokens(toks, Sampling(seed=0), progress=False)
     assert [token_type(t) for t in perf] == target_slots(toks)
     lifts = _lifts(held, toks, perf)
@@ -154,7 +154,7 @@ def test_rendering_holds_a_fermata():
 @needs_release
 def test_negative_hold_is_one_error_line(tmp_path):
     with pytest.raises(RenderError, match="--fermata-hold"):
-        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), fermata_hold=-1)
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, fermata_hold=-1)
     out = tmp_path / "out.mid"
     code, err = stderr_of(main, [CHOPIN, "-o", out, "--fermata-hold", "-1"])
     assert code == 1 and not out.exists()
@@ -164,8 +164,8 @@ def test_negative_hold_is_one_error_line(tmp_path):
 
 @needs_release
 def test_render_default_holds_fermatas():
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS)
     assert r.decode.fermata_hold == FERMATA_HOLD_BINS == 15.0 and r.decode.tracks_level
     assert r.rules.get(FermataHold).lift_bins == 15.0
-    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), fermata_hold=0, tempo_band=0)
+    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, fermata_hold=0, tempo_band=0)
     assert off.rules.get(FermataHold) is None and not off.decode.tracks_level

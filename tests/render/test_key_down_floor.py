@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VIENNA, stderr_of
+from conftest import VIENNA, stderr_of, NO_PLANS
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import decode_performance
 from instruct_tokenizer.encode import nominal_q
@@ -93,15 +93,15 @@ def test_rendered_notes_are_held_at_least_the_floor():
     """Hot sampling (T 2) with a high 60 ms floor: every note is held >= 60 ms (or has the longest
     articulation); without the floor the same renderings hold some notes shorter, so the test can fail.
     Six bars in forced-overlap segments: the floor follows the forced tempo tokens too."""
-    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN))
+    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS).score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:6] for t in b]
-    floored = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=60.0)
+    floored = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, min_key_down_ms=60.0)
     floored.max_positions = 160
     assert len(floored.plan(toks, 2)[2]) > 2
     for held, longest in _shortest_held_ms(floored, toks, range(2)):
         assert np.all((held >= 60.0 - 1e-3) | longest), np.sort(held)[:5]
-    free = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=0.0)
+    free = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, min_key_down_ms=0.0)
     free.max_positions = 160
     assert any((held < 60.0).any() for held, _ in _shortest_held_ms(free, toks, range(2)))
 
@@ -110,9 +110,9 @@ def test_rendered_notes_are_held_at_least_the_floor():
 def test_default_floor_is_the_grammar_constant():
     from museformer.decoding.rules import KeyDownFloor, TempoState
 
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS)
     assert r.rules.get(KeyDownFloor).min_key_down_s == pytest.approx(MIN_KEY_DOWN_MS / 1000)
-    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=0, tempo_band=0,
+    off = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, min_key_down_ms=0, tempo_band=0,
                                    fermata_hold=0)  # the band and the fermata hold read periods too
     assert off.rules.get(KeyDownFloor) is None and off.rules.get(TempoState) is None
 
@@ -120,7 +120,7 @@ def test_default_floor_is_the_grammar_constant():
 @needs_release
 def test_negative_floor_is_one_error_line(tmp_path):
     with pytest.raises(RenderError, match="--min-key-down-ms"):
-        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=-5)
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, min_key_down_ms=-5)
     out = tmp_path / "out.mid"
     code, err = stderr_of(main, [CHOPIN, "-o", out, "--min-key-down-ms", "-5"])
     assert code == 1 and not out.exists()
@@ -148,14 +148,14 @@ def test_unison_repeats_marks_all_but_the_longest_note_of_a_pitch_in_one_onset()
 def test_a_unison_is_played_once_unless_kept():
     from instruct_tokenizer.grammar import DELETION, unison_repeats
 
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS)
     prefix, _ = split_bars(r.score_tokens(str(CHOPIN)))
     toks = prefix + UNISON
     vel = [t for t in r.render_tokens(toks, Sampling(seed=0, temperature=2.0), progress=False)
            if token_type(t) == V.VEL]
     assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
     assert unison_repeats(toks).count(True) == 2
-    every = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), unisons_once=False)  # --keep-unisons
+    every = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, unisons_once=False)  # --keep-unisons
     from museformer.decoding.rules import UnisonsOnce
 
     assert every.rules.get(UnisonsOnce) is None
@@ -167,7 +167,7 @@ def test_unison_rule_holds_with_the_velocity_mean():
     """Vel=mean would otherwise pick a velocity bin at the repeated pitch's slot."""
     from instruct_tokenizer.grammar import DELETION
 
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature="Vel=mean")
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, type_temperature="Vel=mean")
     prefix, _ = split_bars(r.score_tokens(str(CHOPIN)))
     vel = [t for t in r.render_tokens(prefix + UNISON, Sampling(seed=0), progress=False) if token_type(t) == V.VEL]
     assert [t == DELETION for t in vel] == [True, False, False, False, True, False]
@@ -176,7 +176,7 @@ def test_unison_rule_holds_with_the_velocity_mean():
 @needs_release
 def test_floor_follows_each_beam_hypothesis():
     """Beam search reorders the decoder state, the tempo that the floor follows included."""
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), min_key_down_ms=60.0)
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, min_key_down_ms=60.0)
     prefix, bars = split_bars(r.score_tokens(str(CHOPIN)))
     toks = prefix + [t for b in bars[:3] for t in b]
     perf = r.render_tokens(toks, Sampling(beam=3), progress=False)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import VIENNA, stderr_of
+from conftest import VIENNA, stderr_of, NO_PLANS
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.grammar import beat_period_s, target_slots, tempo_slot_gaps, token_type
 from museformer.decoding.functions import (
@@ -124,7 +124,7 @@ def _windowed_devs(toks, perf):
 def test_decoder_level_state_equals_level_after():
     """The decoder's running level, fed a human performance step by step, equals DecodeRules.state_after:
     the renderer's prior for the next segment continues exactly what the decoder computed."""
-    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="self")
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=6.0, tempo_anchor="self")
     toks = r.score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:12] for t in b]  # 2/4: 24 quarters
@@ -165,12 +165,12 @@ def test_band_holds_the_level_of_a_drifting_model():
     """When the fastest tempo bins gain BIAS logits halfway through, the free rendering's windowed level runs
     far from its level so far; with a band of 6 bins it stays within 3 bins of the band,
     across segments too (the level carries over)."""
-    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN))
+    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS).score_tokens(str(CHOPIN))
     prefix, bars = split_bars(toks)
     toks = prefix + [t for b in bars[:20] for t in b]  # 2/4: 40 quarters
     half = len(target_slots(toks)) // 2
-    free = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=0.0), BIAS, half)
-    banded = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="self"),
+    free = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=0.0), BIAS, half)
+    banded = _drifting(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=6.0, tempo_anchor="self"),
                        BIAS, half)
     banded.max_positions = free.max_positions = 400
     assert len(banded.plan(toks, 2)[2]) > 2
@@ -185,7 +185,7 @@ def test_band_holds_the_level_of_a_drifting_model():
 @needs_release
 def test_negative_band_is_one_error_line(tmp_path):
     with pytest.raises(RenderError, match="--tempo-band"):
-        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=-1)
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=-1)
     out = tmp_path / "out.mid"
     code, err = stderr_of(main, [CHOPIN, "-o", out, "--tempo-band", "-1"])
     assert code == 1 and not out.exists()
@@ -220,7 +220,7 @@ def test_states_tempo_ignores_the_default_120():
 @needs_release
 def test_unknown_anchor_is_an_error():
     with pytest.raises(RenderError, match="--tempo-anchor"):
-        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=6.0, tempo_anchor="median")
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=6.0, tempo_anchor="median")
 
 
 @needs_release
@@ -230,6 +230,6 @@ def test_render_defaults_band_on_the_notated_tempo():
 
     from museformer.decoding.rules import TempoBand
 
-    band = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).rules.get(TempoBand)
+    band = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS).rules.get(TempoBand)
     assert (band.band_bins, band.anchor) == (TEMPO_BAND_BINS, TEMPO_ANCHOR) == (12.0, "notated")
-    assert Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), tempo_band=0).rules.get(TempoBand) is None
+    assert Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=0).rules.get(TempoBand) is None
