@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from instruct_tokenizer.vocab import VEL_STEP
+from instruct_tokenizer.vocab import VEL, VEL_STEP
 
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
@@ -527,6 +527,9 @@ class VelocityPlanPrior(DecodeRule):
             raise ValueError("--velocity-plan: the grammar module gives no velocity_slot_values and token_value")
         self.tables, self.slot_values = tables, slot_values
         self.weight = 1.0 / (2.0 * float(sigma_bins) ** 2)  # logits lost per squared bin
+        vel = [i for i, t in enumerate(tables.types) if t == VEL and bool(torch.isfinite(tables.value[i]))]
+        self.columns = torch.tensor(vel, dtype=torch.long)  # (K,) the velocity tokens: the prior touches no other
+        self.column_values = tables.value[self.columns]  # (K,) their bins
 
     def prepare(self, rows, device, priors):
         plan = priors.get("velocity_plan")  # (B, N) or None
@@ -543,8 +546,9 @@ class VelocityPlanPrior(DecodeRule):
         if "plan_vel" not in table or not table.acts("plan_vel", step):
             return logits
         centre = at_step(table["plan_vel"], step)  # (B,) fractional velocity bin; NaN: no plan here
-        value = self.tables.value.to(logits.device)  # (V,) NaN: no value
-        return apply_prior(logits, self.weight * (value.unsqueeze(0) - centre.unsqueeze(1)).square())
+        value = self.column_values.to(logits.device)  # (K,)
+        penalty = self.weight * (value.unsqueeze(0) - centre.unsqueeze(1)).square()  # (B, K)
+        return on_columns(logits, self.columns.to(logits.device), lambda sub: apply_prior(sub, penalty))
 
 
 class ExpectedValue(DecodeRule):
