@@ -170,7 +170,7 @@ class Renderer:
         model.eval()
         renderer = cls([model], task, args)
         renderer.rules, renderer.decode = rules, config
-        renderer.tempo_planner, renderer.velocity_planner = plans_of(state, path)
+        renderer.tempo_planner, renderer.velocity_planner = plan_models_of(state, path)
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -433,7 +433,7 @@ def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, to
             for name, (values, bar) in plans.items()}
 
 
-def plans_of(state: dict, path: str):
+def plan_models_of(state: dict, path: str):
     """(tempo plan, velocity plan) stored in a checkpoint's ``tempo_plan`` / ``velocity_plan`` entries, None
     for a missing one (``museformer.tempo_plan``, ``museformer.velocity_plan``). Raises RenderError naming
     the file for a plan that cannot be loaded."""
