@@ -94,16 +94,22 @@ def group_markings(tokens: Sequence[str], n_groups: int) -> Dict[str, np.ndarray
             "has_markings": np.full(n_groups, 1.0 if any_mark else 0.0)}
 
 
-def group_features(tokens: Sequence[str]) -> np.ndarray:
-    """(G, N_FEATURES) float32 features of the score's onset groups, in token order (see FEATURE_NAMES).
-    Raises TempoPlanError for a score with no onset group."""
+def read_timeline(tokens: Sequence[str]):
+    """``score_timeline`` of the tokens; TempoPlanError for unreadable tokens or a score with no notes."""
     try:
         tl = score_timeline(tokens)
     except ValueError as e:
         raise TempoPlanError(f"unreadable score tokens: {e}") from None
-    n = tl.n_groups
-    if n == 0:
+    if tl.n_notes == 0:
         raise TempoPlanError("the score has no notes")
+    return tl
+
+
+def group_features(tokens: Sequence[str]) -> np.ndarray:
+    """(G, N_FEATURES) float32 features of the score's onset groups, in token order (see FEATURE_NAMES).
+    Raises TempoPlanError for a score with no onset group."""
+    tl = read_timeline(tokens)
+    n = tl.n_groups
     q = tl.group_q.astype(float)
     end_q = float(q.max() + 1.0)
     bar_period = np.log(bar_notated_period_s(tokens))  # (n_bars,) log s per quarter
@@ -226,34 +232,51 @@ def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-
     similar length (little padding), the centred squared error; keep the epoch with the best mean
     per-piece correlation on ``valid``."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     allx = np.concatenate([p["features"] for p in pieces])
     mean, std = allx.mean(0), allx.std(0) + 1e-3
     net = PlanNet(**net_kw)
+    plan = TempoPlan(net, mean, std)
+
+    def batch_loss(chunk: List[dict]) -> Tensor:
+        x, y, m = _batch(chunk, mean, std)
+        return centred_mse(net(x, m), y, m)
+
+    def validate() -> float:
+        return float(np.nanmean([pearson(plan.predict_features(p["features"]), p["target"]) for p in valid]))
+
+    train_epochs(net, pieces, [len(p["target"]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
+                 progress)
+    return plan
+
+
+def train_epochs(net: nn.Module, pieces: List[dict], lengths: List[int], batch_loss, validate, epochs: int,
+                 lr: float, seed: int, batch: int, progress=None) -> None:
+    """The plans' training loop: AdamW with a cosine decay over ``epochs``, batches of ``batch`` pieces of
+    similar ``lengths`` (little padding) in a seeded order, ``batch_loss(pieces)`` minimised; after each
+    epoch ``validate()`` (higher is better), and the net left with the best epoch's weights, in eval mode."""
+    rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
-    by_length = np.argsort([len(p["target"]) for p in pieces], kind="stable")
-    batches = [by_length[i:i + batch] for i in range(0, len(by_length), batch)]  # pieces of similar length
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(batches)))
     best, best_state = -math.inf, None
     for epoch in range(epochs):
         net.train()
         for k in rng.permutation(len(batches)):
-            x, y, m = _batch([pieces[j] for j in batches[k]], mean, std)
-            loss = centred_mse(net(x, m), y, m)
+            loss = batch_loss([pieces[j] for j in batches[k]])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             schedule.step()
-        plan = TempoPlan(net, mean, std)
-        score = float(np.nanmean([pearson(plan.predict_features(p["features"]), p["target"]) for p in valid]))
+        net.eval()
+        score = validate()
         if progress:
             progress(epoch, score)
         if score > best:
             best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
     net.eval()
-    return TempoPlan(net, mean, std)
 
 
 def _batch(pieces: List[dict], mean: np.ndarray, std: np.ndarray):

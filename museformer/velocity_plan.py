@@ -12,7 +12,6 @@ plan. Units: MIDI velocity.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.score import score_timeline
 
-from .tempo_plan import N_FEATURES, PlanNet, TempoPlanError, group_features, pearson
+from .tempo_plan import N_FEATURES, PlanNet, TempoPlanError, group_features, pearson, read_timeline, train_epochs
 
 _NOTE_MARKS = {V.tok(V.MARK, m): i for i, m in enumerate(("accent", "staccato", "staccatissimo", "tenuto",
                                                             "marcato", "fermata"))}
@@ -43,13 +42,8 @@ VELOCITY_CENTRE, VELOCITY_SCALE = 64.0, 20.0  # the network's output unit: (velo
 def note_features(tokens: Sequence[str]) -> np.ndarray:
     """(N, N_NOTE_FEATURES) float32 features of the score's notes, in token order (NOTE_FEATURE_NAMES).
     Raises TempoPlanError for a score with no notes."""
-    try:
-        tl = score_timeline(tokens)
-    except ValueError as e:
-        raise TempoPlanError(f"unreadable score tokens: {e}") from None
+    tl = read_timeline(tokens)
     n = tl.n_notes
-    if n == 0:
-        raise TempoPlanError("the score has no notes")
     g, pitch = tl.note_group, tl.note_pitch.astype(float)
     hi = np.full(tl.n_groups, -1.0)
     lo = np.full(tl.n_groups, 200.0)
@@ -197,39 +191,25 @@ def fit_velocity(pieces: List[dict], valid: List[dict], epochs: int = 12, lr: fl
     MIDI, NaN for a note not played}); AdamW with a cosine decay, batches of similar length, squared error;
     keep the epoch with the best mean per-piece correlation on ``valid``."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     gx = np.concatenate([p["features"] for p in pieces])
     nx = np.concatenate([p["notes"] for p in pieces])
     net = VelocityNet(**net_kw)
     plan = VelocityPlan(net, gx.mean(0), gx.std(0) + 1e-3, nx.mean(0), nx.std(0) + 1e-3)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
-    order = np.argsort([len(p["velocity"]) for p in pieces], kind="stable")
-    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(batches)))
-    best, best_state = -math.inf, None
-    for epoch in range(epochs):
-        net.train()
-        for k in rng.permutation(len(batches)):
-            chunk = [pieces[j] for j in batches[k]]
-            x, m, xn, ng = _tensors([(p["features"], p["notes"], p["note_group"]) for p in chunk], plan)
-            y = torch.full(ng.shape, float("nan"))  # (B, N)
-            for i, p in enumerate(chunk):
-                y[i, : len(p["velocity"])] = torch.from_numpy((p["velocity"] - VELOCITY_CENTRE) / VELOCITY_SCALE)
-            ok = torch.isfinite(y)
-            pred = net(x, m, xn, ng)
-            loss = ((pred - y.nan_to_num(0.0)) ** 2 * ok).sum() / ok.sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            schedule.step()
-        score = float(np.nanmean([pearson(plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0),
-                                          p["velocity"]) for p in valid]))
-        if progress:
-            progress(epoch, score)
-        if score > best:
-            best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
-    net.load_state_dict(best_state)
-    net.eval()
+
+    def batch_loss(chunk: List[dict]) -> Tensor:
+        x, m, xn, ng = _tensors([(p["features"], p["notes"], p["note_group"]) for p in chunk], plan)
+        y = torch.full(ng.shape, float("nan"))  # (B, N)
+        for i, p in enumerate(chunk):
+            y[i, : len(p["velocity"])] = torch.from_numpy((p["velocity"] - VELOCITY_CENTRE) / VELOCITY_SCALE)
+        ok = torch.isfinite(y)
+        return ((net(x, m, xn, ng) - y.nan_to_num(0.0)) ** 2 * ok).sum() / ok.sum().clamp(min=1)
+
+    def validate() -> float:
+        rs = [pearson(plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0), p["velocity"])
+              for p in valid]
+        return float(np.nanmean(rs))
+
+    train_epochs(net, pieces, [len(p["velocity"]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
+                 progress)
     plan.spread = fit_spread(plan, pieces)
     return plan

@@ -35,7 +35,7 @@ from instruct_tokenizer import vocab as V  # noqa: E402
 from instruct_tokenizer.decode import decode_performance  # noqa: E402
 from instruct_tokenizer.metrics import beat_log_tempo, per_note_features  # noqa: E402
 
-MARKING_TYPES = {V.DYN, V.WEDGE, V.TEMPO_WORD, V.MARK, V.SLUR, V.DYN_LEVEL, V.WEDGE_OPEN, V.TEMPO_MODE, V.AFTER}
+MARKING_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + V.MARKING_STATE_TYPES + (V.AFTER,))
 
 
 def without_markings(tokens: List[str]) -> List[str]:
