@@ -123,7 +123,7 @@ class Renderer:
         self.rules: Optional[DecodeRules] = None  # the decoding rules (their state crosses segments)
         self.decode: Optional[DecodeConfig] = None  # what they were built from
         self.tempo = None  # the notated tempo of the latest score_tokens (tempo_infer.TempoEstimate) or None
-        self.tempo_planner = None  # the checkpoint's tempo plan model (museformer.tempo_plan.TempoPlan) or None
+        self.tempo_planner = None  # the checkpoint's tempo plan (tempo_plan.TempoPlan or TempoPlanEnsemble) or None
         self.velocity_planner = None  # its velocity plan model (museformer.velocity_plan.VelocityPlan) or None
 
     @classmethod
@@ -437,16 +437,16 @@ def plan_models_of(state: dict, path: str):
     """(tempo plan, velocity plan) stored in a checkpoint's ``tempo_plan`` / ``velocity_plan`` entries, None
     for a missing one (``museformer.tempo_plan``, ``museformer.velocity_plan``). Raises RenderError naming
     the file for a plan that cannot be loaded."""
-    from .tempo_plan import TempoPlan, TempoPlanError
+    from .tempo_plan import TempoPlanError, tempo_plan_from_state
     from .velocity_plan import VelocityPlan
 
     out = []
-    for entry, kind in (("tempo_plan", TempoPlan), ("velocity_plan", VelocityPlan)):
+    for entry, load in (("tempo_plan", tempo_plan_from_state), ("velocity_plan", VelocityPlan.from_state)):
         if entry not in state:
             out.append(None)
             continue
         try:
-            out.append(kind.from_state(state[entry]))
+            out.append(load(state[entry]))
         except (TempoPlanError, KeyError, RuntimeError, TypeError) as e:
             raise RenderError(f"{path}: cannot load its {entry.replace('_', ' ')}: {e}") from None
     return tuple(out)

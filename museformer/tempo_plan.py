@@ -9,7 +9,8 @@ top level (VirtuosoNet's measure level, ScorePerformer's bar level): one non-cau
 onset groups (a dilated residual 1-D convolution, about 500 groups of context either way), trained on
 the (n)ASAP training performances to predict each onset group's beat tempo, in log seconds per quarter,
 relative to the piece's mean (the level is the notated tempo's business: ``tempo_infer``). The decoder
-is steered to it by the tempo band (``--tempo-anchor plan``).
+is steered to it by ``TempoPlanPrior`` (``--tempo-plan``, ``museformer.decoding.rules``); the release holds
+the mean of several fits (:class:`TempoPlanEnsemble`).
 
 Everything here is a pure function of the score tokens (:func:`group_features`), so the training build,
 the evaluation and the renderer cannot disagree. Units: score time in quarters, tempo as log seconds
@@ -223,6 +224,41 @@ class TempoPlan:
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
         return cls(net, state["feature_mean"].float().numpy(), state["feature_std"].float().numpy())
+
+
+class TempoPlanEnsemble:
+    """Tempo plans of the same features fitted with different seeds: ``predict`` gives the mean of their
+    predictions, (G,) log s per quarter relative to the piece's mean. Each member's error is partly its own
+    (initialisation, batch order), so the mean follows the pianists better than any one member
+    (docs/experiments.md section 19)."""
+
+    def __init__(self, members: Sequence[TempoPlan]):
+        if not members:
+            raise TempoPlanError("a tempo plan ensemble needs at least one member")
+        self.members = list(members)
+
+    def predict(self, tokens: Sequence[str]) -> np.ndarray:
+        """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
+        return self.predict_features(group_features(tokens))
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """(G, F) :func:`group_features` -> (G,) the members' mean prediction."""
+        return np.mean([m.predict_features(features) for m in self.members], axis=0)  # (M, G) -> (G,)
+
+    def state(self) -> dict:
+        """What the release file stores: each member's :meth:`TempoPlan.state` (weights_only loadable)."""
+        return {"members": [m.state() for m in self.members]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TempoPlanEnsemble":
+        return cls([TempoPlan.from_state(s) for s in state["members"]])
+
+
+def tempo_plan_from_state(state: dict):
+    """A release file's ``tempo_plan`` entry: one plan (:class:`TempoPlan`) or several
+    (:class:`TempoPlanEnsemble`, a ``members`` list). Raises TempoPlanError for features this version does
+    not compute."""
+    return TempoPlanEnsemble.from_state(state) if "members" in state else TempoPlan.from_state(state)
 
 
 def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-3, seed: int = 0,

@@ -7,13 +7,14 @@ the dynamics in force (the last dynamic, an open crescendo or diminuendo, a sfor
 (n)ASAP training performances to predict each played note's MIDI velocity. The decoder is steered to it
 by ``--velocity-plan``: each note's velocity distribution times a Gaussian around the plan's velocity.
 A squared-error fit shrinks its deviations towards the mean, so they are stretched back to the pianists'
-spread (:func:`fit_spread`, on the training pieces). A pure function of the score tokens, like the tempo
+spread (:func:`fit_spread`, on the training pieces), and its level over a piece is calibrated on pieces it
+has not seen (:func:`fit_level`, on the validation pieces). A pure function of the score tokens, like the tempo
 plan. Units: MIDI velocity.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -113,6 +114,7 @@ class VelocityPlan:
     note_mean: np.ndarray
     note_std: np.ndarray
     spread: float = 1.0  # deviations from the piece's mean are scaled by this (see fit_spread)
+    level: Tuple[float, float] = (0.0, 1.0)  # the piece's level: a + b x the network's mean (see fit_level)
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(N,) MIDI velocity per score note."""
@@ -120,15 +122,17 @@ class VelocityPlan:
                                      score_timeline(tokens).note_group)
 
     def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray,
-                         spread: Optional[float] = None) -> np.ndarray:
+                         spread: Optional[float] = None, level: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """(N,) MIDI velocity per note: the network's prediction, its deviations from the piece's mean
-        scaled by ``spread`` (default: the plan's own, see :func:`fit_spread`)."""
+        scaled by ``spread`` (default: the plan's own, see :func:`fit_spread`), around the level ``a + b x``
+        its mean (``level`` (a, b); default: the plan's own, see :func:`fit_level`)."""
         x, m, xn, ng = _tensors([(groups, notes, note_group)], self)
         with torch.no_grad():
             self.net.eval()
             y = self.net(x, m, xn, ng)[0].numpy().astype(np.float64) * VELOCITY_SCALE + VELOCITY_CENTRE  # (N,)
         k = self.spread if spread is None else spread
-        return (y.mean() + k * (y - y.mean())).clip(1, 127)
+        a, b = self.level if level is None else level
+        return (a + b * y.mean() + k * (y - y.mean())).clip(1, 127)
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
@@ -138,7 +142,7 @@ class VelocityPlan:
         return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
                 "note_feature_names": list(NOTE_FEATURE_NAMES), "group_mean": f32(self.group_mean),
                 "group_std": f32(self.group_std), "note_mean": f32(self.note_mean), "note_std": f32(self.note_std),
-                "spread": float(self.spread), "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+                "spread": float(self.spread), "level": [float(x) for x in self.level], "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "VelocityPlan":
@@ -151,7 +155,7 @@ class VelocityPlan:
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
         return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")),
-                   spread=float(state.get("spread", 1.0)))
+                   spread=float(state.get("spread", 1.0)), level=tuple(float(x) for x in state.get("level", (0.0, 1.0))))
 
 
 def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
@@ -166,6 +170,27 @@ def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
         if len(human) > 1 and np.std(pred) > 0:
             ratios.append(float(np.std(human) / np.std(pred)))
     return float(np.median(ratios)) if ratios else 1.0
+
+
+def fit_level(plan: VelocityPlan, pieces: List[dict]) -> Tuple[float, float]:
+    """(a, b): the least-squares line from the network's mean velocity over a piece to the pianist's
+    mean velocity (MIDI), over ``pieces`` the network was not fitted on (the validation performances), its
+    slope kept in [0, 1]. On
+    pieces it has not seen, the network's level tells the pianist's less than its shape tells theirs
+    (it learns the training pieces' levels): the line shrinks it towards what it does tell (b < 1) and
+    removes its bias (docs/experiments.md section 19). The per-note r does not change."""
+    xs, ys = [], []
+    for p in pieces:
+        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0, level=(0.0, 1.0))
+        ok = np.isfinite(p["velocity"])
+        if ok.sum() > 1:
+            xs.append(float(pred.mean()))
+            ys.append(float(p["velocity"][ok].mean()))
+    if len(xs) < 3:
+        return (0.0, 1.0)
+    x, y = np.asarray(xs), np.asarray(ys)
+    b = float(np.clip(np.cov(x, y, bias=True)[0, 1] / max(float(x.var()), 1e-9), 0.0, 1.0))  # never amplified
+    return (float(y.mean() - b * x.mean()), b)
 
 
 def _tensors(items, scale):
@@ -212,4 +237,5 @@ def fit_velocity(pieces: List[dict], valid: List[dict], epochs: int = 12, lr: fl
     train_epochs(net, pieces, [len(p["velocity"]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
                  progress)
     plan.spread = fit_spread(plan, pieces)
+    plan.level = fit_level(plan, valid)
     return plan

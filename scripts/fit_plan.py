@@ -109,11 +109,16 @@ def velocity_rows(plan, examples: List[dict]) -> Dict[str, float]:
 
     out: Dict[str, float] = {"performances": len(examples)}
     for kind in ("marked", "plain"):
-        rs = []
+        rs, level_errors = [], []
         for e in examples:
             v = e[kind]
-            rs.append(pearson(plan.predict_features(v["features"], v["notes"], v["note_group"]), v["note_velocity"]))
+            pred = plan.predict_features(v["features"], v["notes"], v["note_group"])
+            rs.append(pearson(pred, v["note_velocity"]))
+            human = v["velocity"][np.isfinite(v["velocity"])]
+            level_errors.append(float(pred.mean() - human.mean()) if len(human) else float("nan"))
         out[f"plan_{kind}"] = float(np.nanmean(rs))
+        out[f"level_bias_{kind}"] = float(np.nanmean(level_errors))  # MIDI velocity, plan's mean - pianist's
+        out[f"level_mae_{kind}"] = float(np.nanmean(np.abs(level_errors)))
     return out
 
 
@@ -132,6 +137,15 @@ def report_rows(plan, examples: List[dict]) -> Dict[str, float]:
     return out
 
 
+def stored_plan(path: str, entry: str):
+    """The plan in a release file's ``entry`` (``tempo_plan`` or ``velocity_plan``)."""
+    from museformer.render import plan_models_of
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return plan_models_of(state, path)[0 if entry == "tempo_plan" else 1]
+
+
 def store(plan, path: str, entry: str = "tempo_plan") -> int:
     """Add the plan to a release file (its ``entry``), atomically; the file's size in bytes."""
     import argparse as _argparse
@@ -147,8 +161,8 @@ def store(plan, path: str, entry: str = "tempo_plan") -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
-    from museformer.tempo_plan import fit
-    from museformer.velocity_plan import fit_velocity
+    from museformer.tempo_plan import TempoPlanEnsemble, fit
+    from museformer.velocity_plan import fit_level, fit_spread, fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -156,14 +170,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--epochs", type=int, default=12, help="passes over the training performances (default 12)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate, decayed by a cosine (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed (default 0)")
+    p.add_argument("--members", type=int, default=1,
+                   help="tempo only: fit this many plans (seeds SEED, SEED+1, ...) and store their mean "
+                        "(museformer.tempo_plan.TempoPlanEnsemble); default 1")
     p.add_argument("--workers", type=int, default=2, help="processes reading the performances (default 2)")
     p.add_argument("--what", choices=("tempo", "velocity"), default="tempo",
                    help="the tempo plan (each onset group's beat tempo) or the velocity plan (each note's velocity)")
     p.add_argument("--target", choices=("beat", "onset"), default="beat",
                    help="what the plan predicts per onset group: the beat's tempo (beat: instruct-eval's beat tempo, "
                         "smooth) or the group's own period (onset: what its Tempo token encodes); default beat")
+    p.add_argument("--calibrate", action="store_true",
+                   help="velocity only: keep the network of the plan already in --into and re-fit only its spread "
+                        "(training pieces) and level (validation pieces) calibration")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
+    if args.members < 1 or (args.members > 1 and args.what != "tempo"):
+        p.error("--members: a positive count, above 1 only with --what tempo")
+    if args.calibrate and (args.what != "velocity" or not args.into):
+        p.error("--calibrate: only with --what velocity and --into FILE (the release file holding the plan)")
     torch.set_num_threads(max(1, args.workers))
     rows = performances(Path(args.tokens))
     with Pool(args.workers) as pool:
@@ -175,7 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     examples = [e for e in examples if "error" not in e]
     split = {s: [e for e in examples if e["row"]["split"] == s] for s in ("train", "valid", "test")}
     start = time.time()
-    bar = tqdm(total=args.epochs, desc="fit", unit="epoch")
+    bar = tqdm(total=args.epochs * args.members, desc="fit", unit="epoch")
 
     def progress(epoch: int, r: float) -> None:
         bar.set_postfix(valid_r=f"{r:.3f}")
@@ -185,18 +209,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         key = "target" if args.target == "beat" else "target_onset"
         train = [{"features": e[k]["features"], "target": e[k][key]} for e in split["train"] for k in ("marked", "plain")]
         valid = [{"features": e["marked"]["features"], "target": e["marked"][key]} for e in split["valid"]]
-        plan = fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+        members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress)
+                   for k in range(args.members)]
+        plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
         rows = report_rows
     else:
         fields = ("features", "notes", "note_group", "velocity")
         train = [{f: e[k][f] for f in fields} for e in split["train"] for k in ("marked", "plain")]
         valid = [{f: e["marked"][f] for f in fields} for e in split["valid"]]
-        plan = fit_velocity(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+        if args.calibrate:
+            plan = stored_plan(args.into, "velocity_plan")
+            plan.spread, plan.level = fit_spread(plan, train), fit_level(plan, valid)
+        else:
+            plan = fit_velocity(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+        print(f"velocity plan: spread {plan.spread:.3f}, level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the "
+              "network's mean", file=sys.stderr)
         rows = velocity_rows
     bar.close()
     report = {"what": args.what, "train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
               "valid": rows(plan, split["valid"]), "test": rows(plan, split["test"]),
               "test_2_per_piece": rows(plan, first_per_piece(split["test"], 2))}
+    if args.members > 1:
+        report["members"] = [{"seed": args.seed + k, "valid": rows(m, split["valid"]), "test": rows(m, split["test"])}
+                             for k, m in enumerate(members)]
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

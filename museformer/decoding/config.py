@@ -41,10 +41,10 @@ DYNAMICS_BAND_BINS = 4.0
 # (docs/experiments.md, section 11).
 # Tempo plan (--tempo-plan): each Tempo token's probability times a Gaussian of this many tempo bins (2.9 % steps)
 # around the tempo plan's beat period for its onset group (museformer.tempo_plan: a network that reads the whole
-# score). Chosen on the 10 validation pieces spread across composers (4 against 6, 8 and off); on the test split's
-# 43 whole performances the sampled beat tempo r 0.199 -> 0.399, overall JS 0.109 -> 0.111; on the benchmark no
-# piece longer than 1.49 times the human length (seed 0; off: up to 1.74-1.92) (docs/experiments.md section 18).
-TEMPO_PLAN_BINS = 4.0
+# score). Chosen on the 10 validation pieces spread across composers: 4 against 6, 8 and off with one plan
+# (docs/experiments.md section 18), 3 against 4 with the mean of three plans (section 19: beat tempo r 0.480 ->
+# 0.507, IOI JS 0.145 -> 0.152, overall JS 0.163 -> 0.165).
+TEMPO_PLAN_BINS = 3.0
 # Velocity plan (--velocity-plan): each note's velocity probability times a Gaussian of this many velocity bins
 # (2 MIDI velocities each) around the velocity plan's velocity for it (museformer.velocity_plan). Chosen on the same
 # validation pieces (3 against 2, 4 and 5); test split sampled velocity r 0.256 -> 0.543, benchmark velocity JS

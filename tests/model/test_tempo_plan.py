@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from instruct_tokenizer import vocab as V
-from museformer.tempo_plan import (FEATURE_NAMES, N_FEATURES, PlanNet, TempoPlan, TempoPlanError, centred_mse, fit,
-                                   group_features)
+from museformer.tempo_plan import (FEATURE_NAMES, N_FEATURES, PlanNet, TempoPlan, TempoPlanEnsemble, TempoPlanError,
+                                   centred_mse, fit, group_features, tempo_plan_from_state)
 
 
 def _score(bars=6, fermata_bar=None, qpm_change_bar=None, word=None):
@@ -107,3 +107,27 @@ def test_fit_learns_a_planted_curve_and_survives_the_safe_loader():
     state["feature_names"] = state["feature_names"][:-1]
     with pytest.raises(TempoPlanError, match="other features"):
         TempoPlan.from_state(state)
+
+
+def _plan(seed):
+    torch.manual_seed(seed)
+    return TempoPlan(PlanNet(channels=8, levels=2), np.zeros(N_FEATURES, np.float32), np.ones(N_FEATURES, np.float32))
+
+
+def test_an_ensemble_predicts_its_members_mean_and_survives_the_safe_loader():
+    members = [_plan(s) for s in (0, 1, 2)]
+    ensemble = TempoPlanEnsemble(members)
+    tokens = _score(bars=6, fermata_bar=2, qpm_change_bar=3)
+    each = np.stack([m.predict(tokens) for m in members])  # (3, G)
+    assert not np.allclose(each[0], each[1])  # the members differ, so the mean is not any one of them
+    assert np.allclose(ensemble.predict(tokens), each.mean(0))
+    buf = io.BytesIO()
+    torch.save(ensemble.state(), buf)
+    buf.seek(0)
+    again = tempo_plan_from_state(torch.load(buf, weights_only=True))
+    assert isinstance(again, TempoPlanEnsemble) and len(again.members) == 3
+    assert np.allclose(again.predict(tokens), each.mean(0), atol=1e-6)
+    single = tempo_plan_from_state(members[0].state())
+    assert isinstance(single, TempoPlan) and np.allclose(single.predict(tokens), each[0], atol=1e-6)
+    with pytest.raises(TempoPlanError, match="at least one"):
+        TempoPlanEnsemble([])

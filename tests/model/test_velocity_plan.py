@@ -7,8 +7,8 @@ import torch
 
 from instruct_tokenizer import vocab as V
 from museformer.tempo_plan import N_FEATURES, TempoPlanError, group_features
-from museformer.velocity_plan import (N_NOTE_FEATURES, NOTE_FEATURE_NAMES, VelocityNet, VelocityPlan, fit_velocity,
-                                      note_features)
+from museformer.velocity_plan import (N_NOTE_FEATURES, NOTE_FEATURE_NAMES, VelocityNet, VelocityPlan, fit_level,
+                                      fit_velocity, note_features)
 
 
 def _col(name):
@@ -74,6 +74,7 @@ def test_fit_learns_a_planted_rule_and_survives_the_safe_loader():
     torch.save(plan.state(), buf)
     buf.seek(0)
     again = VelocityPlan.from_state(torch.load(buf, weights_only=True))
+    assert again.level == pytest.approx(plan.level) and 0.0 <= plan.level[1] <= 1.0
     assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]), pred, atol=1e-5)
 
 
@@ -84,3 +85,44 @@ def test_predict_reads_a_score():
     v = plan.predict(_score())
     assert v.shape == (7,) and ((v >= 1) & (v <= 127)).all()
     assert group_features(_score()).shape[0] == 4
+
+
+class _LevelOnly:
+    """A stand-in plan whose network predicts, per piece, a given mean velocity (fit_level reads only that)."""
+
+    def __init__(self, means):
+        self.means = iter(means)
+
+    def predict_features(self, groups, notes, note_group, spread=None, level=None):
+        assert level == (0.0, 1.0)  # fit_level reads the network's own level
+        return np.full(len(notes), next(self.means))
+
+
+def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
+    rng = np.random.default_rng(0)
+    human = rng.normal(66.0, 6.0, size=200)  # the pianists' mean velocity per piece
+    network = human - 3.0 + rng.normal(0.0, 6.0, size=200)  # 3 too soft, and half its spread is noise
+    pieces = [{"features": None, "notes": np.zeros((4, 1)), "note_group": None, "velocity": np.full(4, h)} for h in human]
+    a, b = fit_level(_LevelOnly(network), pieces)
+    assert 0.35 < b < 0.65  # cov / var = 36 / 72
+    calibrated = a + b * network
+    assert abs(calibrated.mean() - human.mean()) < 1e-6 and abs((network - human).mean() + 3.0) < 1.5
+    assert np.mean((calibrated - human) ** 2) < 0.8 * np.mean((network - human) ** 2)
+    assert fit_level(_LevelOnly([60.0, 70.0]), pieces[:2]) == (0.0, 1.0)  # too few pieces: the identity
+    flat = [{**p, "velocity": np.full(4, 66.0)} for p in pieces[:10]]
+    assert fit_level(_LevelOnly(np.linspace(50, 80, 10)), flat) == pytest.approx((66.0, 0.0))  # never amplified
+
+
+@pytest.mark.parametrize("argv, flag", [(["--what", "velocity", "--members", "2"], "--members"),
+                                        (["--what", "tempo", "--calibrate", "--into", "x.pt"], "--calibrate"),
+                                        (["--what", "velocity", "--calibrate"], "--calibrate")])
+def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from scripts.fit_plan import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)] + argv)
+    assert e.value.code == 2 and flag in capsys.readouterr().err.strip().splitlines()[-1]

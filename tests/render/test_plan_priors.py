@@ -14,7 +14,7 @@ from instruct_tokenizer.grammar import beat_period_s, target_slots, tempo_slot_g
 from museformer.decoding.functions import TEMPO_BAND_MAX_PENALTY
 from museformer.decoding.rules import TempoPlanPrior
 from museformer.render import DEFAULT_CHECKPOINT, RenderError, Renderer, Sampling, main, split_bars
-from museformer.tempo_plan import PlanNet, TempoPlan, N_FEATURES
+from museformer.tempo_plan import N_FEATURES, PlanNet, TempoPlan, TempoPlanEnsemble
 
 CHOPIN = VIENNA / "musicxml" / "Chopin_op10_no3.musicxml"
 needs_release = pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no released checkpoint")
@@ -139,11 +139,15 @@ def test_negative_plan_width_is_one_error_line(tmp_path):
 
 
 @needs_release
-def test_a_broken_plan_in_the_checkpoint_is_a_render_error(tmp_path):
-    path = _with_plan(tmp_path, _random_plan())
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_broken_plan_in_the_checkpoint_is_a_render_error(tmp_path, members):
+    plan = _random_plan() if members == 1 else TempoPlanEnsemble([_random_plan(), _random_plan()])
+    path = _with_plan(tmp_path, plan)
+    assert type(Renderer.from_checkpoint(str(path)).tempo_planner) is type(plan)
     with torch.serialization.safe_globals([argparse.Namespace]):
         state = torch.load(path, weights_only=True)
-    state["tempo_plan"]["feature_names"] = ["something else"]
+    entry = state["tempo_plan"] if members == 1 else state["tempo_plan"]["members"][-1]
+    entry["feature_names"] = ["something else"]
     torch.save(state, path)
     with pytest.raises(RenderError, match="tempo plan"):
         Renderer.from_checkpoint(str(path))
