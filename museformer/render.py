@@ -27,6 +27,7 @@ from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import bar_ranges, split_bars
 from instruct_tokenizer.grammar import target_slots
 
+from .constants import PLAN_PRIORS
 from .decoding import DecodeConfig, DecodeRules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +126,7 @@ class Renderer:
         self.tempo = None  # the notated tempo of the latest score_tokens (tempo_infer.TempoEstimate) or None
         self.tempo_planner = None  # the checkpoint's tempo plan (tempo_plan.TempoPlan or TempoPlanEnsemble) or None
         self.velocity_planner = None  # its velocity plan model (museformer.velocity_plan.VelocityPlan) or None
+        self.articulation_planner = None  # its articulation plan (museformer.velocity_plan.ArticulationPlan) or None
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
@@ -170,7 +172,9 @@ class Renderer:
         model.eval()
         renderer = cls([model], task, args)
         renderer.rules, renderer.decode = rules, config
-        renderer.tempo_planner, renderer.velocity_planner = plan_models_of(state, path)
+        plans = plan_models_of(state, path)
+        renderer.tempo_planner, renderer.velocity_planner = plans["tempo_plan"], plans["velocity_plan"]
+        renderer.articulation_planner = plans["articulation_plan"]
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -290,7 +294,7 @@ class Renderer:
             if priors is not None and any(name in p for p in priors):
                 sample["net_input"][name] = torch.stack(
                     [p.get(name, torch.zeros(width)) for p in priors])  # (B, 4)
-        for name in ("tempo_plan", "velocity_plan"):
+        for name in PLAN_PRIORS:
             if priors is not None and any(name in p for p in priors):
                 plans = [p.get(name, torch.zeros(0)) for p in priors]
                 table = torch.full((len(plans), max(len(x) for x in plans)), float("nan"))  # (B, G or N), NaN: none
@@ -383,9 +387,13 @@ class Renderer:
 
     def plans_of(self, score_tokens: Sequence[str]) -> Dict[str, tuple]:
         """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
-        {"tempo_plan": (factors, group_bar), "velocity_plan": (velocities, note_bar)} (:func:`segment_plans`
-        cuts a segment's part)."""
-        out = {"tempo_plan": self.tempo_plan_of(score_tokens), "velocity_plan": self.velocity_plan_of(score_tokens)}
+        {"tempo_plan": (factors, group_bar), "velocity_plan": (velocities, note_bar), "articulation_plan":
+        (log2 ratios, note_bar)} (:func:`segment_plans` cuts a segment's part)."""
+        on = self.decode is not None
+        out = {"tempo_plan": self.tempo_plan_of(score_tokens),
+               "velocity_plan": note_plan_of(self.velocity_planner, on and self.decode.velocity_plan > 0, score_tokens),
+               "articulation_plan": note_plan_of(self.articulation_planner, on and self.decode.articulation_plan > 0,
+                                                 score_tokens)}
         return {k: v for k, v in out.items() if v is not None}
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
@@ -397,17 +405,6 @@ class Renderer:
         from instruct_tokenizer.score import score_timeline
 
         return self.tempo_planner.predict(score_tokens), score_timeline(score_tokens).group_bar
-
-    def velocity_plan_of(self, score_tokens: Sequence[str]):
-        """(velocities, note_bar) of a whole score for the ``--velocity-plan`` rule: the velocity plan's MIDI
-        velocity per score note (``museformer.velocity_plan``) and each note's bar; None when the rule is
-        off or the checkpoint holds no velocity plan."""
-        if self.velocity_planner is None or self.decode is None or not self.decode.velocity_plan > 0:
-            return None
-        from instruct_tokenizer.score import score_timeline
-
-        tl = score_timeline(score_tokens)
-        return self.velocity_planner.predict(score_tokens), tl.group_bar[tl.note_group]
 
     def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
                      perf_bars: Sequence[Sequence[str]], perf_prefix: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
@@ -426,6 +423,18 @@ class Renderer:
         return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
 
 
+def note_plan_of(planner, on: bool, score_tokens: Sequence[str]):
+    """(values, note_bar) of a whole score for a per-note plan rule (``--velocity-plan``: MIDI velocity;
+    ``--articulation-plan``: log2 ratio; ``museformer.velocity_plan``) and each note's bar; None when the
+    rule is off or the checkpoint holds no such plan."""
+    if planner is None or not on:
+        return None
+    from instruct_tokenizer.score import score_timeline
+
+    tl = score_timeline(score_tokens)
+    return planner.predict(score_tokens), tl.group_bar[tl.note_group]
+
+
 def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, torch.Tensor]:
     """The part of a whole score's plans (``Renderer.plans_of``) in bars ``[start, end)``: the priors of
     that segment, (G_seg,) or (N_seg,) each."""
@@ -433,23 +442,21 @@ def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, to
             for name, (values, bar) in plans.items()}
 
 
-def plan_models_of(state: dict, path: str):
-    """(tempo plan, velocity plan) stored in a checkpoint's ``tempo_plan`` / ``velocity_plan`` entries, None
-    for a missing one (``museformer.tempo_plan``, ``museformer.velocity_plan``). Raises RenderError naming
-    the file for a plan that cannot be loaded."""
+def plan_models_of(state: dict, path: str) -> Dict[str, object]:
+    """The plans stored in a checkpoint: {"tempo_plan", "velocity_plan", "articulation_plan"} -> the plan
+    model (``museformer.tempo_plan``, ``museformer.velocity_plan``), None for a missing one. Raises
+    RenderError naming the file for a plan that cannot be loaded."""
     from .tempo_plan import TempoPlanError, tempo_plan_from_state
-    from .velocity_plan import VelocityPlan
+    from .velocity_plan import ArticulationPlan, VelocityPlan
 
-    out = []
-    for entry, load in (("tempo_plan", tempo_plan_from_state), ("velocity_plan", VelocityPlan.from_state)):
-        if entry not in state:
-            out.append(None)
-            continue
+    out: Dict[str, object] = {}
+    for entry, load in (("tempo_plan", tempo_plan_from_state), ("velocity_plan", VelocityPlan.from_state),
+                        ("articulation_plan", ArticulationPlan.from_state)):
         try:
-            out.append(load(state[entry]))
+            out[entry] = load(state[entry]) if entry in state else None
         except (TempoPlanError, KeyError, RuntimeError, TypeError) as e:
             raise RenderError(f"{path}: cannot load its {entry.replace('_', ' ')}: {e}") from None
-    return tuple(out)
+    return out
 
 
 # --------------------------------------------------------------------------------------- CLI

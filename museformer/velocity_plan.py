@@ -1,4 +1,7 @@
-"""The velocity plan: a small network that reads a whole score and predicts each note's velocity.
+"""The per-note plans: small networks that read a whole score and predict each note's velocity (the
+velocity plan) or its key-down time (the articulation plan, :class:`ArticulationPlan`: the same network and
+calibration, with log2(key-down / notated length at the local tempo) as its target, what an ``Art`` token
+states; the decoder is steered to it by ``--articulation-plan``).
 
 The tempo plan's companion (``museformer.tempo_plan``; the same non-causal trunk over the score's onset
 groups, about 500 groups of context either way), with a head per note: the group's context joined with
@@ -14,7 +17,7 @@ plan. Units: MIDI velocity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import ClassVar, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -106,7 +109,14 @@ class VelocityNet(nn.Module):
 @dataclass
 class VelocityPlan:
     """A fitted velocity plan with its feature scaling: ``predict(tokens)`` gives (N,) MIDI velocities,
-    per score note in token order."""
+    per score note in token order. The per-note plans share it: a subclass sets what is predicted
+    (:class:`ArticulationPlan`)."""
+
+    TARGET: ClassVar[str] = "velocity"  # the per-note target a fit reads from each piece (MIDI velocity)
+    CENTRE: ClassVar[float] = VELOCITY_CENTRE  # the network's output unit: (target - CENTRE) / SCALE
+    SCALE: ClassVar[float] = VELOCITY_SCALE
+    LOW: ClassVar[float] = 1.0  # the target's range
+    HIGH: ClassVar[float] = 127.0
 
     net: VelocityNet
     group_mean: np.ndarray
@@ -117,22 +127,22 @@ class VelocityPlan:
     level: Tuple[float, float] = (0.0, 1.0)  # the piece's level: a + b x the network's mean (see fit_level)
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
-        """(N,) MIDI velocity per score note."""
+        """(N,) the target per score note (MIDI velocity; articulation: log2 ratio)."""
         return self.predict_features(group_features(tokens), note_features(tokens),
                                      score_timeline(tokens).note_group)
 
     def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray,
                          spread: Optional[float] = None, level: Optional[Tuple[float, float]] = None) -> np.ndarray:
-        """(N,) MIDI velocity per note: the network's prediction, its deviations from the piece's mean
+        """(N,) the target per note (MIDI velocity): the network's prediction, its deviations from the piece's mean
         scaled by ``spread`` (default: the plan's own, see :func:`fit_spread`), around the level ``a + b x``
         its mean (``level`` (a, b); default: the plan's own, see :func:`fit_level`)."""
         x, m, xn, ng = _tensors([(groups, notes, note_group)], self)
         with torch.no_grad():
             self.net.eval()
-            y = self.net(x, m, xn, ng)[0].numpy().astype(np.float64) * VELOCITY_SCALE + VELOCITY_CENTRE  # (N,)
+            y = self.net(x, m, xn, ng)[0].numpy().astype(np.float64) * self.SCALE + self.CENTRE  # (N,)
         k = self.spread if spread is None else spread
         a, b = self.level if level is None else level
-        return (a + b * y.mean() + k * (y - y.mean())).clip(1, 127)
+        return (a + b * y.mean() + k * (y - y.mean())).clip(self.LOW, self.HIGH)
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
@@ -150,12 +160,23 @@ class VelocityPlan:
 
         if (list(state.get("feature_names", [])) != list(FEATURE_NAMES)
                 or list(state.get("note_feature_names", [])) != list(NOTE_FEATURE_NAMES)):
-            raise TempoPlanError("the velocity plan was fitted on other features than this version computes")
+            raise TempoPlanError(f"the {cls.TARGET} plan was fitted on other features than this version computes")
         net = VelocityNet(**state["config"])
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
         return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")),
                    spread=float(state.get("spread", 1.0)), level=tuple(float(x) for x in state.get("level", (0.0, 1.0))))
+
+
+class ArticulationPlan(VelocityPlan):
+    """The articulation plan: the same network and calibration, predicting each note's key-down time as
+    the ``Art`` token states it, log2(played / notated at the local tempo) (``instruct_tokenizer.vocab``)."""
+
+    TARGET: ClassVar[str] = "articulation"
+    CENTRE: ClassVar[float] = -0.8  # about the training performances' mean log2 ratio
+    SCALE: ClassVar[float] = 1.0
+    LOW: ClassVar[float] = V.ART_MIN
+    HIGH: ClassVar[float] = V.ART_MAX
 
 
 def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
@@ -166,7 +187,7 @@ def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
     ratios = []
     for p in pieces:
         pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0)
-        human = p["velocity"][np.isfinite(p["velocity"])]
+        human = p[plan.TARGET][np.isfinite(p[plan.TARGET])]
         if len(human) > 1 and np.std(pred) > 0:
             ratios.append(float(np.std(human) / np.std(pred)))
     return float(np.median(ratios)) if ratios else 1.0
@@ -182,10 +203,10 @@ def fit_level(plan: VelocityPlan, pieces: List[dict]) -> Tuple[float, float]:
     xs, ys = [], []
     for p in pieces:
         pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0, level=(0.0, 1.0))
-        ok = np.isfinite(p["velocity"])
+        ok = np.isfinite(p[plan.TARGET])
         if ok.sum() > 1:
             xs.append(float(pred.mean()))
-            ys.append(float(p["velocity"][ok].mean()))
+            ys.append(float(p[plan.TARGET][ok].mean()))
     if len(xs) < 3:
         return (0.0, 1.0)
     x, y = np.asarray(xs), np.asarray(ys)
@@ -210,31 +231,46 @@ def _tensors(items, scale):
     return x, m, xn, ng
 
 
-def fit_velocity(pieces: List[dict], valid: List[dict], epochs: int = 12, lr: float = 2e-3, seed: int = 0,
-                 batch: int = 16, progress=None, **net_kw) -> VelocityPlan:
-    """Fit on ``pieces`` (each {"features": (G, F), "notes": (N, Fn), "note_group": (N,), "velocity": (N,)
-    MIDI, NaN for a note not played}); AdamW with a cosine decay, batches of similar length, squared error;
-    keep the epoch with the best mean per-piece correlation on ``valid``."""
+def fit_velocity(pieces: List[dict], valid: List[dict], **kw) -> VelocityPlan:
+    """:func:`fit_note_plan` of a :class:`VelocityPlan` (each piece's ``velocity``: (N,) MIDI, NaN for a
+    note not played)."""
+    return fit_note_plan(VelocityPlan, pieces, valid, **kw)
+
+
+def fit_articulation(pieces: List[dict], valid: List[dict], **kw) -> ArticulationPlan:
+    """:func:`fit_note_plan` of an :class:`ArticulationPlan` (each piece's ``articulation``: (N,) log2
+    ratio, NaN for a note not played)."""
+    return fit_note_plan(ArticulationPlan, pieces, valid, **kw)
+
+
+def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int = 12, lr: float = 2e-3,
+                  seed: int = 0, batch: int = 16, progress=None, **net_kw) -> VelocityPlan:
+    """Fit a per-note plan of class ``kind`` on ``pieces`` (each {"features": (G, F), "notes": (N, Fn),
+    "note_group": (N,), kind.TARGET: (N,), NaN for a note not played}); AdamW with a cosine decay, batches
+    of similar length, squared error; keep the epoch with the best mean per-piece correlation on
+    ``valid``; then the spread (:func:`fit_spread`, on ``pieces``) and the level (:func:`fit_level`, on
+    ``valid``)."""
     torch.manual_seed(seed)
     gx = np.concatenate([p["features"] for p in pieces])
     nx = np.concatenate([p["notes"] for p in pieces])
     net = VelocityNet(**net_kw)
-    plan = VelocityPlan(net, gx.mean(0), gx.std(0) + 1e-3, nx.mean(0), nx.std(0) + 1e-3)
+    plan = kind(net, gx.mean(0), gx.std(0) + 1e-3, nx.mean(0), nx.std(0) + 1e-3)
+    key = kind.TARGET
 
     def batch_loss(chunk: List[dict]) -> Tensor:
         x, m, xn, ng = _tensors([(p["features"], p["notes"], p["note_group"]) for p in chunk], plan)
         y = torch.full(ng.shape, float("nan"))  # (B, N)
         for i, p in enumerate(chunk):
-            y[i, : len(p["velocity"])] = torch.from_numpy((p["velocity"] - VELOCITY_CENTRE) / VELOCITY_SCALE)
+            y[i, : len(p[key])] = torch.from_numpy((p[key] - kind.CENTRE) / kind.SCALE)
         ok = torch.isfinite(y)
         return ((net(x, m, xn, ng) - y.nan_to_num(0.0)) ** 2 * ok).sum() / ok.sum().clamp(min=1)
 
     def validate() -> float:
-        rs = [pearson(plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0), p["velocity"])
+        rs = [pearson(plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0), p[key])
               for p in valid]
         return float(np.nanmean(rs))
 
-    train_epochs(net, pieces, [len(p["velocity"]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
+    train_epochs(net, pieces, [len(p[key]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
                  progress)
     plan.spread = fit_spread(plan, pieces)
     plan.level = fit_level(plan, valid)

@@ -1,19 +1,21 @@
 #!/usr/bin/env python
-"""Fit the tempo or velocity plan (``museformer.tempo_plan``, ``museformer.velocity_plan``) on a tokenized build and store it in a release file.
+"""Fit the tempo, velocity or articulation plan (``museformer.tempo_plan``, ``museformer.velocity_plan``) on a tokenized build and store it in a release file.
 
 Reads the build's manifest (``instruct-tokenize build``: the performances of each split), encodes every
 performance's score as ``instruct-render`` gives it to the model (MusicXML markings and notated tempo,
 the estimate where the score states no mark) and, for training, once more without its markings (what a
-score MIDI gives), and takes each onset group's human beat tempo (``--what tempo``) or each note's
-velocity (``--what velocity``) as the target. Trains on ``train``, keeps the epoch with the best mean
+score MIDI gives), and takes each onset group's human beat tempo (``--what tempo``), each note's
+velocity (``--what velocity``) or each note's articulation, log2(key-down / notated at the local tempo)
+(``--what articulation``) as the target. Trains on ``train``, keeps the epoch with the best mean
 correlation on ``valid`` and reports, on ``valid`` and ``test``, the per-note r of the plan against each
-performance (``instruct-eval``'s beat tempo r or velocity r, with the plan as the whole curve), beside
-the notated tempo with its changes (tempo). ``--into FILE``
-adds the plan to a release file (its ``tempo_plan`` or ``velocity_plan`` entry, written atomically; the
+performance (``instruct-eval``'s beat tempo, velocity or articulation r, with the plan as the whole
+curve), beside the notated tempo with its changes (tempo). ``--into FILE`` adds the plan to a release
+file (its ``tempo_plan``, ``velocity_plan`` or ``articulation_plan`` entry, written atomically; the
 network's weights are untouched). Usage:
 
-    python scripts/fit_plan.py outputs/nasap/tok --what tempo --into checkpoints/instruct-museformer.pt
+    python scripts/fit_plan.py outputs/nasap/tok --what tempo --members 3 --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what velocity --into checkpoints/instruct-museformer.pt
+    python scripts/fit_plan.py outputs/nasap/tok --what articulation --into checkpoints/instruct-museformer.pt
 """
 from __future__ import annotations
 
@@ -62,12 +64,13 @@ def performance_example(row: dict) -> dict:
             score = apply_notated_tempo(score)[0]
             perf = decode_performance(score, enc.perf)
             tl = perf.timeline
+            per_note = per_note_features(score, enc.perf)
             out[kind] = {"features": group_features(score), "target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
                          "target_onset": np.log(perf.group_period_s),
                          "notes": note_features(score), "velocity": np.where(perf.played, perf.velocity, np.nan),
-                         "note_velocity": per_note_features(score, enc.perf)["velocity"],
-                         "note_group": tl.note_group, "note_beat": per_note_features(score, enc.perf)["beat_tempo"],
-                         "score": score}
+                         "note_velocity": per_note["velocity"],
+                         "articulation": np.clip(per_note["articulation"], V.ART_MIN, V.ART_MAX),
+                         "note_group": tl.note_group, "note_beat": per_note["beat_tempo"], "score": score}
         return out
     except Exception as e:  # noqa: BLE001  (any unreadable performance is left out with its reason)
         return {"row": row, "error": f"{type(e).__name__}: {e}"}
@@ -103,21 +106,25 @@ def note_r(example: dict, kind: str, group_curve: np.ndarray) -> float:
     return pearson(group_curve[v["note_group"]], v["note_beat"])
 
 
-def velocity_rows(plan, examples: List[dict]) -> Dict[str, float]:
-    """Mean per-note velocity r over the performances: the plan, from the marked and the plain scores."""
+def note_rows(plan, examples: List[dict]) -> Dict[str, float]:
+    """Mean per-note r over the performances of a per-note plan (velocity: against instruct-eval's
+    velocity; articulation: its articulation), from the marked and the plain scores, and its level's error
+    (the plan's mean over a performance minus the pianist's: mean and mean absolute)."""
     from museformer.tempo_plan import pearson
 
+    target = plan.TARGET
+    per_note = "note_velocity" if target == "velocity" else target
     out: Dict[str, float] = {"performances": len(examples)}
     for kind in ("marked", "plain"):
         rs, level_errors = [], []
         for e in examples:
             v = e[kind]
             pred = plan.predict_features(v["features"], v["notes"], v["note_group"])
-            rs.append(pearson(pred, v["note_velocity"]))
-            human = v["velocity"][np.isfinite(v["velocity"])]
+            rs.append(pearson(pred, v[per_note]))
+            human = v[target][np.isfinite(v[target])]
             level_errors.append(float(pred.mean() - human.mean()) if len(human) else float("nan"))
         out[f"plan_{kind}"] = float(np.nanmean(rs))
-        out[f"level_bias_{kind}"] = float(np.nanmean(level_errors))  # MIDI velocity, plan's mean - pianist's
+        out[f"level_bias_{kind}"] = float(np.nanmean(level_errors))  # the target's unit, plan's mean - pianist's
         out[f"level_mae_{kind}"] = float(np.nanmean(np.abs(level_errors)))
     return out
 
@@ -138,12 +145,12 @@ def report_rows(plan, examples: List[dict]) -> Dict[str, float]:
 
 
 def stored_plan(path: str, entry: str):
-    """The plan in a release file's ``entry`` (``tempo_plan`` or ``velocity_plan``)."""
+    """The plan in a release file's ``entry`` (``tempo_plan``, ``velocity_plan``, ``articulation_plan``)."""
     from museformer.render import plan_models_of
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         state = torch.load(path, map_location="cpu", weights_only=True)
-    return plan_models_of(state, path)[0 if entry == "tempo_plan" else 1]
+    return plan_models_of(state, path)[entry]
 
 
 def store(plan, path: str, entry: str = "tempo_plan") -> int:
@@ -162,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
     from museformer.tempo_plan import TempoPlanEnsemble, fit
-    from museformer.velocity_plan import fit_level, fit_spread, fit_velocity
+    from museformer.velocity_plan import fit_articulation, fit_level, fit_spread, fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -174,20 +181,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="tempo only: fit this many plans (seeds SEED, SEED+1, ...) and store their mean "
                         "(museformer.tempo_plan.TempoPlanEnsemble); default 1")
     p.add_argument("--workers", type=int, default=2, help="processes reading the performances (default 2)")
-    p.add_argument("--what", choices=("tempo", "velocity"), default="tempo",
-                   help="the tempo plan (each onset group's beat tempo) or the velocity plan (each note's velocity)")
+    p.add_argument("--what", choices=("tempo", "velocity", "articulation"), default="tempo",
+                   help="the tempo plan (each onset group's beat tempo), the velocity plan (each note's velocity) or "
+                        "the articulation plan (each note's key-down time over its notated length at the local tempo)")
     p.add_argument("--target", choices=("beat", "onset"), default="beat",
                    help="what the plan predicts per onset group: the beat's tempo (beat: instruct-eval's beat tempo, "
                         "smooth) or the group's own period (onset: what its Tempo token encodes); default beat")
     p.add_argument("--calibrate", action="store_true",
-                   help="velocity only: keep the network of the plan already in --into and re-fit only its spread "
-                        "(training pieces) and level (validation pieces) calibration")
+                   help="velocity and articulation: keep the network of the plan already in --into and re-fit only its "
+                        "spread (training pieces) and level (validation pieces) calibration")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
         p.error("--members: a positive count, above 1 only with --what tempo")
-    if args.calibrate and (args.what != "velocity" or not args.into):
-        p.error("--calibrate: only with --what velocity and --into FILE (the release file holding the plan)")
+    if args.calibrate and (args.what == "tempo" or not args.into):
+        p.error("--calibrate: only with --what velocity or articulation and --into FILE (the release file holding "
+                "the plan)")
     torch.set_num_threads(max(1, args.workers))
     rows = performances(Path(args.tokens))
     with Pool(args.workers) as pool:
@@ -214,17 +223,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
         rows = report_rows
     else:
-        fields = ("features", "notes", "note_group", "velocity")
+        fields = ("features", "notes", "note_group", args.what)
         train = [{f: e[k][f] for f in fields} for e in split["train"] for k in ("marked", "plain")]
         valid = [{f: e["marked"][f] for f in fields} for e in split["valid"]]
         if args.calibrate:
-            plan = stored_plan(args.into, "velocity_plan")
+            plan = stored_plan(args.into, f"{args.what}_plan")
             plan.spread, plan.level = fit_spread(plan, train), fit_level(plan, valid)
         else:
-            plan = fit_velocity(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
-        print(f"velocity plan: spread {plan.spread:.3f}, level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the "
+            fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
+            plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+        print(f"{args.what} plan: spread {plan.spread:.3f}, level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the "
               "network's mean", file=sys.stderr)
-        rows = velocity_rows
+        rows = note_rows
     bar.close()
     report = {"what": args.what, "train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
               "valid": rows(plan, split["valid"]), "test": rows(plan, split["test"]),

@@ -44,9 +44,9 @@
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
 # OVERSAMPLE=TOKEN:TIMES repeats the training examples whose score holds TOKEN (scripts/oversample_lines.py),
 # e.g. After_fermata:8: a warm-started model sees the rare token often enough to learn it.
-# PLANS=1 (default) fits the tempo and velocity plans on $TOK after the release (scripts/fit_plan.py, about 35
-# minutes on 2 cores; the tempo plan is the mean of PLAN_MEMBERS=3 fits, seeds 0, 1, 2) and stores them in the
-# release file; PLANS=0 skips them (the plan rules then do nothing).
+# PLANS=1 (default) fits the tempo, velocity and articulation plans on $TOK after the release (scripts/fit_plan.py,
+# about 50 minutes on 2 cores; the tempo plan is the mean of PLAN_MEMBERS=3 fits, seeds 0, 1, 2) and stores them in
+# the release file; PLANS=0 skips them (the plan rules then do nothing).
 # EXTRA adds fairseq-train flags (e.g. --max-update); RELEASE=0 skips the release file. The cpu profile also
 # takes THREADS (2), SAVE_EVERY (1000) and MAX_TOKENS (4096).
 # FREERUN picks the released checkpoint by how it plays whole validation pieces free-running
@@ -161,6 +161,8 @@ $BIN/python scripts/release_checkpoint.py "$BEST" "$OUT/instruct-museformer.pt" 
 if [ "${PLANS:-1}" = 1 ] && [ -f "$TOK/manifest.jsonl" ]; then  # the tempo and velocity plans (docs/decoding.md)
   $BIN/python scripts/fit_plan.py "$TOK" --what tempo --members "${PLAN_MEMBERS:-3}" --json "$OUT/plan_tempo.json" \
       --into "$OUT/instruct-museformer.pt"
-  $BIN/python scripts/fit_plan.py "$TOK" --what velocity --json "$OUT/plan_velocity.json" --into "$OUT/instruct-museformer.pt"
+  for WHAT in velocity articulation; do
+    $BIN/python scripts/fit_plan.py "$TOK" --what "$WHAT" --json "$OUT/plan_$WHAT.json" --into "$OUT/instruct-museformer.pt"
+  done
 fi
 echo "released checkpoint: $BEST; release candidate: $OUT/instruct-museformer.pt"

@@ -50,6 +50,10 @@ TEMPO_PLAN_BINS = 3.0
 # validation pieces (3 against 2, 4 and 5); test split sampled velocity r 0.256 -> 0.543, benchmark velocity JS
 # 0.113 -> 0.144 from score MIDI (seed 0): a trade (docs/experiments.md section 18).
 VELOCITY_PLAN_BINS = 3.0
+# Articulation plan (--articulation-plan): each note's Art probability times a Gaussian of this many Art bins
+# (0.04 in log2, 2.8 %) around the articulation plan's log2(key-down / notated at the local tempo) for it
+# (museformer.velocity_plan.ArticulationPlan).
+ARTICULATION_PLAN_BINS = 10.0
 TEMPO_LEVEL = "mean"
 TEMPO_LEVELS = ("mean", "sample")
 
@@ -115,6 +119,12 @@ class DecodeConfig:
         "velocities each) around the velocity plan's velocity for it (from the whole score: "
         "museformer.velocity_plan; the checkpoint must hold a plan; 0: off; instruct-render's default "
         f"{VELOCITY_PLAN_BINS:g})", VELOCITY_PLAN_BINS, 0.0, type=float, metavar="BINS")
+    articulation_plan: float = _flag(
+        "--articulation-plan", "multiply each note's articulation distribution by a Gaussian of BINS Art bins "
+        "(0.04 in log2 each) around the articulation plan's key-down time for it (log2 of the notated length at "
+        "the local tempo, from the whole score: museformer.velocity_plan; the checkpoint must hold a plan; 0: off; "
+        f"instruct-render's default {ARTICULATION_PLAN_BINS:g})", ARTICULATION_PLAN_BINS, 0.0, type=float,
+        metavar="BINS")
 
     tempo_level: str = _flag(
         "--tempo-level", "a relative-tempo model's TempoLevel (its tempo over the notated one, chosen once per "
@@ -169,7 +179,8 @@ class DecodeConfig:
         """Raise ValueError naming the flag of a setting out of range."""
         for name, flag in (("min_key_down_ms", "--min-key-down-ms"), ("tempo_band", "--tempo-band"),
                            ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band"),
-                           ("tempo_plan", "--tempo-plan"), ("velocity_plan", "--velocity-plan")):
+                           ("tempo_plan", "--tempo-plan"), ("velocity_plan", "--velocity-plan"),
+                           ("articulation_plan", "--articulation-plan")):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{flag}: must be >= 0")
         if self.tempo_level not in TEMPO_LEVELS:

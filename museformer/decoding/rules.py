@@ -11,7 +11,7 @@ Face's logits processors). Every rule has the same small interface:
 dictionaries, in this order (each rule sees what the ones before it left):
 
     grammar mask -> (tempo state) -> key-down floor -> tempo band -> tempo plan -> fermata hold
-    -> dynamics band -> velocity plan
+    -> dynamics band -> velocity plan -> articulation plan
     -> expected value -> unisons once -> type temperature
 
 The bands and the hold come before the expected value, which then takes the mean under the adjusted
@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from instruct_tokenizer.vocab import VEL, VEL_STEP
+from instruct_tokenizer.vocab import ART, ART_STEP, VEL, VEL_STEP
 
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
@@ -144,7 +144,7 @@ class DecodeState(dict):
 
 # the grammar functions that take ``relative`` (instruct_tokenizer.grammar, markings_baseline.dynamics_slot_refs)
 RELATIVE_FUNCTIONS = ("target_slots", "tempo_slot_gaps", "art_nominal_q", "fermata_slots", "unison_repeats",
-                      "dynamics_slot_refs", "note_values_at", "velocity_slot_values")
+                      "dynamics_slot_refs", "note_values_at", "velocity_slot_values", "articulation_slot_values")
 
 
 def dictionary_counts(d) -> Mapping[str, int]:
@@ -515,40 +515,63 @@ class DynamicsBand(DecodeRule):
         return dyn[0]
 
 
-class VelocityPlanPrior(DecodeRule):
-    """Multiply each note's velocity distribution by a Gaussian of ``sigma_bins`` velocity bins (2 MIDI
-    velocities each) around the velocity plan's velocity for that note (``museformer.velocity_plan``): the
-    plan's view of the whole score with the decoder's of a few bars. The plan comes with the segment as
-    the ``velocity_plan`` prior, (B, N) MIDI velocities per score note of the segment (NaN: none); rows
-    without one are unchanged. The deletion token (no value) is left as it is."""
+class NotePlanPrior(DecodeRule):
+    """Multiply each note's distribution over the ``SLOT`` tokens by a Gaussian of ``sigma_bins`` bins
+    around a per-note plan's value for that note: the plan's view of the whole score with the decoder's of
+    a few bars. The plan comes with the segment as the ``PRIOR`` prior, (B, N) values per score note of
+    the segment (NaN: none); rows without one are unchanged, and so is every token without a value (the
+    deletion token). A subclass names the slot, the prior and how a plan value maps to the tokens' scale."""
+
+    SLOT, PRIOR, FLAG = "", "", ""
+    BIN = 1.0  # one bin on the tokens' value scale (token_value)
 
     def __init__(self, tables: TokenTables, sigma_bins: float, slot_values):
         if not (slot_values and tables.value is not None):
-            raise ValueError("--velocity-plan: the grammar module gives no velocity_slot_values and token_value")
+            raise ValueError(f"{self.FLAG}: the grammar module gives no note_values_at and token_value")
         self.tables, self.slot_values = tables, slot_values
-        self.weight = 1.0 / (2.0 * float(sigma_bins) ** 2)  # logits lost per squared bin
-        vel = [i for i, t in enumerate(tables.types) if t == VEL and bool(torch.isfinite(tables.value[i]))]
-        self.columns = torch.tensor(vel, dtype=torch.long)  # (K,) the velocity tokens: the prior touches no other
-        self.column_values = tables.value[self.columns]  # (K,) their bins
+        self.weight = 1.0 / (2.0 * (float(sigma_bins) * self.BIN) ** 2)  # logits lost per squared value unit
+        cols = [i for i, t in enumerate(tables.types) if t == self.SLOT and bool(torch.isfinite(tables.value[i]))]
+        self.columns = torch.tensor(cols, dtype=torch.long)  # (K,) the slot's tokens: the prior touches no other
+        self.column_values = tables.value[self.columns]  # (K,) their values
+
+    def token_scale(self, plan: Tensor) -> Tensor:
+        """(N,) plan values -> (N,) the same on the tokens' value scale."""
+        return plan
 
     def prepare(self, rows, device, priors):
-        plan = priors.get("velocity_plan")  # (B, N) or None
+        plan = priors.get(self.PRIOR)  # (B, N) or None
         if plan is None:
             return {}
         plan = plan.float().cpu()
-        centres = []
-        for i, row in enumerate(rows):
-            per_note = ((plan[i] - (VEL_STEP - 1) / 2) / VEL_STEP).tolist()  # fractional bin: bin b spans 2b, 2b + 1
-            centres.append(self.slot_values(row, per_note))
-        return {"plan_vel": pad_rows(centres, float("nan"), torch.float, device)}
+        centres = [self.slot_values(row, self.token_scale(plan[i]).tolist()) for i, row in enumerate(rows)]
+        return {self.PRIOR: pad_rows(centres, float("nan"), torch.float, device)}
 
     def __call__(self, logits, state, table, step):
-        if "plan_vel" not in table or not table.acts("plan_vel", step):
+        if self.PRIOR not in table or not table.acts(self.PRIOR, step):
             return logits
-        centre = at_step(table["plan_vel"], step)  # (B,) fractional velocity bin; NaN: no plan here
+        centre = at_step(table[self.PRIOR], step)  # (B,) on the tokens' scale; NaN: no plan here
         value = self.column_values.to(logits.device)  # (K,)
         penalty = self.weight * (value.unsqueeze(0) - centre.unsqueeze(1)).square()  # (B, K)
         return on_columns(logits, self.columns.to(logits.device), lambda sub: apply_prior(sub, penalty))
+
+
+class VelocityPlanPrior(NotePlanPrior):
+    """``--velocity-plan``: at each ``Vel`` slot, a Gaussian of ``sigma_bins`` velocity bins (2 MIDI
+    velocities each) around the velocity plan's MIDI velocity for that note (``museformer.velocity_plan``)."""
+
+    SLOT, PRIOR, FLAG = VEL, "velocity_plan", "--velocity-plan"
+
+    def token_scale(self, plan: Tensor) -> Tensor:
+        return (plan - (VEL_STEP - 1) / 2) / VEL_STEP  # fractional bin: bin b spans 2b, 2b + 1
+
+
+class ArticulationPlanPrior(NotePlanPrior):
+    """``--articulation-plan``: at each ``Art`` slot, a Gaussian of ``sigma_bins`` articulation bins
+    (``ART_STEP`` = 0.04 in log2, 2.8 %) around the articulation plan's log2(key-down / notated at the local
+    tempo) for that note (``museformer.velocity_plan.ArticulationPlan``)."""
+
+    SLOT, PRIOR, FLAG = ART, "articulation_plan", "--articulation-plan"
+    BIN = ART_STEP
 
 
 class ExpectedValue(DecodeRule):
@@ -653,6 +676,9 @@ class DecodeRules:
             rules.append(DynamicsBand(tables, config.dynamics_band, dynamics_refs_of(module)))
         if config.velocity_plan > 0:
             rules.append(VelocityPlanPrior(tables, config.velocity_plan, getattr(module, "velocity_slot_values", None)))
+        if config.articulation_plan > 0:
+            rules.append(ArticulationPlanPrior(tables, config.articulation_plan,
+                                               getattr(module, "articulation_slot_values", None)))
         type_temperature = parse_type_temperature(config.type_temperature)
         unknown = sorted(set(type_temperature) - set(tables.names))
         if unknown:

@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars, style_prefix
 from instruct_tokenizer.grammar import target_slots, unison_repeats
-from museformer.decoding.config import (DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS, TEMPO_ANCHOR,
-                                        TEMPO_BAND_BINS, TEMPO_PLAN_BINS, VELOCITY_PLAN_BINS)
+from museformer.decoding.config import (ARTICULATION_PLAN_BINS, DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS,
+                                        TEMPO_ANCHOR, TEMPO_BAND_BINS, TEMPO_PLAN_BINS, VELOCITY_PLAN_BINS)
 from instruct_tokenizer.scorefile import MIDI_SUFFIXES, XML_SUFFIXES
 
 from . import passage as P
@@ -83,6 +83,7 @@ class Settings:
     dynamics_band: float = DYNAMICS_BAND_BINS
     tempo_plan: float = TEMPO_PLAN_BINS
     velocity_plan: float = VELOCITY_PLAN_BINS
+    articulation_plan: float = ARTICULATION_PLAN_BINS
     keep_unisons: bool = False
     allow_deletions: bool = False
 
@@ -120,7 +121,8 @@ class Settings:
                    fermata_hold=_number(d, "fermata_hold", FERMATA_HOLD_BINS, 0.0, 160.0),
                    dynamics_band=_number(d, "dynamics_band", DYNAMICS_BAND_BINS, 0.0, 64.0),
                    tempo_plan=_number(d, "tempo_plan", TEMPO_PLAN_BINS, 0.0, 160.0),
-                   velocity_plan=_number(d, "velocity_plan", VELOCITY_PLAN_BINS, 0.0, 64.0), **flags)
+                   velocity_plan=_number(d, "velocity_plan", VELOCITY_PLAN_BINS, 0.0, 64.0),
+                   articulation_plan=_number(d, "articulation_plan", ARTICULATION_PLAN_BINS, 0.0, 275.0), **flags)
 
     def to_json(self) -> Dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,7 +135,8 @@ class Settings:
                     type_temperature=EXPECTED_VALUE if self.expected_value else "",
                     min_key_down_ms=self.min_key_down_ms, unisons_once=not self.keep_unisons,
                     tempo_band=self.tempo_band, tempo_anchor=self.tempo_anchor, fermata_hold=self.fermata_hold,
-                    dynamics_band=self.dynamics_band, tempo_plan=self.tempo_plan, velocity_plan=self.velocity_plan)
+                    dynamics_band=self.dynamics_band, tempo_plan=self.tempo_plan, velocity_plan=self.velocity_plan,
+                    articulation_plan=self.articulation_plan)
 
     def sampling(self):
         from museformer.render import Sampling

@@ -90,6 +90,8 @@ def test_predict_reads_a_score():
 class _LevelOnly:
     """A stand-in plan whose network predicts, per piece, a given mean velocity (fit_level reads only that)."""
 
+    TARGET = "velocity"
+
     def __init__(self, means):
         self.means = iter(means)
 
@@ -126,3 +128,30 @@ def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, ca
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path)] + argv)
     assert e.value.code == 2 and flag in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_the_articulation_plan_learns_a_planted_rule_in_log2():
+    """Pieces whose notes are held 2 ** -2 of their length where marked staccato, else 2 ** -0.5: the
+    articulation plan (same network, its own unit and range) learns it, and survives the safe loader."""
+    from museformer.velocity_plan import ArticulationPlan, fit_articulation
+
+    def pieces(n, seed):
+        out = _synthetic(n, seed)
+        for p in out:
+            p["notes"][:, _col("staccato")] = np.random.default_rng(seed).random(len(p["notes"])) < 0.3
+            p["articulation"] = np.where(p["notes"][:, _col("staccato")] > 0, -2.0, -0.5)
+            p["articulation"][np.isnan(p.pop("velocity"))] = np.nan
+        return out
+
+    train, valid = pieces(48, 0), pieces(6, 1)
+    plan = fit_articulation(train, valid, epochs=40, lr=1e-2, seed=0, batch=8, channels=16, levels=2, dropout=0.0)
+    assert isinstance(plan, ArticulationPlan)
+    p = valid[0]
+    pred = plan.predict_features(p["features"], p["notes"], p["note_group"])
+    ok = np.isfinite(p["articulation"])
+    assert np.abs(pred[ok] - p["articulation"][ok]).mean() < 0.2 and pred.min() >= V.ART_MIN
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    again = ArticulationPlan.from_state(torch.load(buf, weights_only=True))
+    assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]), pred, atol=1e-5)

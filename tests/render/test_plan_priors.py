@@ -192,3 +192,72 @@ def test_rendering_follows_the_velocity_plan(tmp_path):
     near = np.abs(decode_performance(toks, perf).velocity - want)
     far = np.abs(decode_performance(toks, free.render_tokens(toks, Sampling(seed=0), progress=False)).velocity - want)
     assert np.median(near) <= 3.0 and np.median(far) > 2 * np.median(near), (np.median(near), np.median(far))
+
+
+def _random_articulation_plan(tokens, seed=0):
+    """An untrained articulation plan whose log2 ratios over ``tokens`` spread about 0.6 around -1."""
+    from museformer.velocity_plan import N_NOTE_FEATURES, ArticulationPlan, VelocityNet
+
+    torch.manual_seed(seed)
+    net = VelocityNet(channels=8, levels=2, dropout=0.0).eval()
+    plan = ArticulationPlan(net, np.zeros(N_FEATURES), np.ones(N_FEATURES), np.zeros(N_NOTE_FEATURES),
+                            np.ones(N_NOTE_FEATURES))
+    with torch.no_grad():
+        a = plan.predict(tokens)
+        net.head[-1].weight.mul_(0.6 / max(float(np.std(a)), 1e-3))
+        net.head[-1].bias.fill_(-1.0 - ArticulationPlan.CENTRE)
+    return plan
+
+
+@needs_release
+def test_articulation_prior_is_a_gaussian_in_art_bins():
+    """At an Art slot, a token d Art bins (0.04 in log2 each) from the plan's value loses d^2 / (2 sigma^2)
+    against the one at the centre; a Vel token is untouched."""
+    from museformer.decoding.rules import ArticulationPlanPrior
+
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), articulation_plan=5.0)
+    rule = r.rules.get(ArticulationPlanPrior)
+    d = r.tgt_dict
+    centre, other = d.index(V.tok(V.ART, V.fmt_art(-1.0))), d.index(V.tok(V.ART, V.fmt_art(-0.6)))
+    vel = d.index(V.tok(V.VEL, 30))
+    assert centre != d.unk() and other != d.unk() and vel != d.unk()
+    logits = torch.zeros(1, 1, len(d))
+
+    class T(dict):
+        def acts(self, name, step, kind="finite"):
+            return True
+
+    out = rule(logits, {}, T({"articulation_plan": torch.tensor([[-1.0]])}), 0)
+    bins = 0.4 / V.ART_STEP
+    assert float(out[0, 0, centre] - out[0, 0, other]) == pytest.approx(bins ** 2 / (2 * 5.0 ** 2), rel=1e-3)
+    assert float(out[0, 0, vel]) == 0.0
+
+
+@needs_release
+def test_rendering_follows_the_articulation_plan(tmp_path):
+    """With an articulation plan stored in the checkpoint and sigma 2 bins, the rendered Art values lie
+    near the plan's, across segments; at --articulation-plan 0 they do not."""
+    import shutil
+
+    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
+    toks = prefix + [t for b in bars[:10] for t in b]
+    plan = _random_articulation_plan(toks)
+    path = tmp_path / "with-articulation-plan.pt"
+    shutil.copy(DEFAULT_CHECKPOINT, path)
+    _store(plan, path, "articulation_plan")
+    planned = Renderer.from_checkpoint(str(path), articulation_plan=2.0, min_key_down_ms=0.0)
+    free = Renderer.from_checkpoint(str(path), articulation_plan=0.0, min_key_down_ms=0.0)
+    assert planned.articulation_planner is not None
+    planned.max_positions = free.max_positions = 400
+    assert len(planned.plan(toks, 2)[2]) > 2
+    want = plan.predict(toks)
+    played = [i for i, t in enumerate(target_slots(toks)) if t == V.ART]
+
+    def arts(perf):
+        return np.array([float(V.parse(perf[i])[1]) for i in played])
+
+    perf = planned.render_tokens(toks, Sampling(seed=0), progress=False)
+    assert [token_type(t) for t in perf] == target_slots(toks) and len(played) == len(want)
+    near = np.abs(arts(perf) - want)
+    far = np.abs(arts(free.render_tokens(toks, Sampling(seed=0), progress=False)) - want)
+    assert np.median(near) <= 0.1 and np.median(far) > 2 * np.median(near), (np.median(near), np.median(far))
