@@ -33,8 +33,11 @@ TEMPO_ANCHORS = ("notated", "self")
 # +15.7 at the group after it (859) (scripts/fermata_lift.py --human-window --split train).
 FERMATA_HOLD_BINS = 15.0
 # Dynamics band (--dynamics-band): the windowed velocity level follows the notated dynamics' contour
-# (instruct_tokenizer.markings_baseline.dynamics_slot_refs) within 4 velocity bins of the rendering's own offset.
-DYNAMICS_BAND_BINS = 4.0
+# (instruct_tokenizer.markings_baseline.dynamics_slot_refs) within BINS velocity bins of the rendering's own offset.
+# Off by default since the velocity plan (which reads the dynamics over the whole score): on the 10 validation
+# pieces with every plan on, 4 bins gave velocity JS 0.153 and velocity r 0.508, off 0.093 and 0.512
+# (docs/experiments.md section 19); 4 was the default before.
+DYNAMICS_BAND_BINS = 0.0
 # Tempo level (--tempo-level): a relative-tempo model chooses its level over the notated tempo once per piece
 # (TempoLevel). Drawn, one token set the whole piece's pace by chance (Vienna 4x22 K331/1, three seeds: 0.57 to
 # 1.24 of the pianists' median); at the expected value it is the model's best guess for the score
