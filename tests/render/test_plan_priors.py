@@ -69,13 +69,13 @@ def _store(plan, path, entry="tempo_plan"):
     store(plan, str(path), entry)
 
 
-def _with_plan(tmp_path, plan):
-    """A copy of the released model with ``plan`` stored in it as its tempo plan."""
+def _with_plan(tmp_path, plan, entry="tempo_plan"):
+    """A copy of the released model with ``plan`` stored in it as its ``entry`` (its tempo plan by default)."""
     import shutil
 
-    path = tmp_path / "with-plan.pt"
+    path = tmp_path / f"with-{entry}.pt"
     shutil.copy(DEFAULT_CHECKPOINT, path)
-    _store(plan, path)
+    _store(plan, path, entry)
     return path
 
 
@@ -176,11 +176,7 @@ def test_rendering_follows_the_velocity_plan(tmp_path):
     prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
     toks = prefix + [t for b in bars[:10] for t in b]
     plan = _random_velocity_plan(toks)
-    path = tmp_path / "with-velocity-plan.pt"
-    import shutil
-
-    shutil.copy(DEFAULT_CHECKPOINT, path)
-    _store(plan, path, "velocity_plan")
+    path = _with_plan(tmp_path, plan, "velocity_plan")
     planned = Renderer.from_checkpoint(str(path), velocity_plan=1.0, dynamics_band=0.0)
     free = Renderer.from_checkpoint(str(path), velocity_plan=0.0, dynamics_band=0.0)
     assert planned.velocity_planner is not None
@@ -237,14 +233,10 @@ def test_articulation_prior_is_a_gaussian_in_art_bins():
 def test_rendering_follows_the_articulation_plan(tmp_path):
     """With an articulation plan stored in the checkpoint and sigma 2 bins, the rendered Art values lie
     near the plan's, across segments; at --articulation-plan 0 they do not."""
-    import shutil
-
     prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
     toks = prefix + [t for b in bars[:10] for t in b]
     plan = _random_articulation_plan(toks)
-    path = tmp_path / "with-articulation-plan.pt"
-    shutil.copy(DEFAULT_CHECKPOINT, path)
-    _store(plan, path, "articulation_plan")
+    path = _with_plan(tmp_path, plan, "articulation_plan")
     planned = Renderer.from_checkpoint(str(path), articulation_plan=2.0, min_key_down_ms=0.0)
     free = Renderer.from_checkpoint(str(path), articulation_plan=0.0, min_key_down_ms=0.0)
     assert planned.articulation_planner is not None
