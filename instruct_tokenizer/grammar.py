@@ -177,19 +177,6 @@ def note_values_at(score_tokens: Sequence[str], slot_type: str, per_note: Sequen
     return [next(notes) if slot == slot_type else fill for slot in target_slots(score_tokens, relative)]
 
 
-def velocity_slot_values(score_tokens: Sequence[str], per_note: Sequence[float], relative: bool = False) -> List[float]:
-    """Per performance slot: at each ``Vel`` slot its note's value from ``per_note`` (score notes in token
-    order, e.g. the velocity plan's MIDI velocities), NaN at every other slot."""
-    return note_values_at(score_tokens, V.VEL, per_note, float("nan"), relative)
-
-
-def articulation_slot_values(score_tokens: Sequence[str], per_note: Sequence[float],
-                             relative: bool = False) -> List[float]:
-    """Per performance slot: at each ``Art`` slot its note's value from ``per_note`` (score notes in token
-    order, e.g. the articulation plan's log2 ratios), NaN at every other slot."""
-    return note_values_at(score_tokens, V.ART, per_note, float("nan"), relative)
-
-
 def _tempo_slot(relative: bool) -> str:
     """The type of an onset group's tempo slot: ``TempoRel`` in the relative encoding, else ``Tempo``."""
     return V.TEMPO_REL if relative else V.TEMPO

@@ -144,7 +144,7 @@ class DecodeState(dict):
 
 # the grammar functions that take ``relative`` (instruct_tokenizer.grammar, markings_baseline.dynamics_slot_refs)
 RELATIVE_FUNCTIONS = ("target_slots", "tempo_slot_gaps", "art_nominal_q", "fermata_slots", "unison_repeats",
-                      "dynamics_slot_refs", "note_values_at", "velocity_slot_values", "articulation_slot_values")
+                      "dynamics_slot_refs", "note_values_at")
 
 
 def dictionary_counts(d) -> Mapping[str, int]:
@@ -525,10 +525,10 @@ class NotePlanPrior(DecodeRule):
     SLOT, PRIOR, FLAG = "", "", ""
     BIN = 1.0  # one bin on the tokens' value scale (token_value)
 
-    def __init__(self, tables: TokenTables, sigma_bins: float, slot_values):
-        if not (slot_values and tables.value is not None):
+    def __init__(self, tables: TokenTables, sigma_bins: float, note_values_at):
+        if not (note_values_at and tables.value is not None):
             raise ValueError(f"{self.FLAG}: the grammar module gives no note_values_at and token_value")
-        self.tables, self.slot_values = tables, slot_values
+        self.tables, self.note_values_at = tables, note_values_at
         self.weight = 1.0 / (2.0 * (float(sigma_bins) * self.BIN) ** 2)  # logits lost per squared value unit
         cols = [i for i, t in enumerate(tables.types) if t == self.SLOT and bool(torch.isfinite(tables.value[i]))]
         self.columns = torch.tensor(cols, dtype=torch.long)  # (K,) the slot's tokens: the prior touches no other
@@ -543,7 +543,8 @@ class NotePlanPrior(DecodeRule):
         if plan is None:
             return {}
         plan = plan.float().cpu()
-        centres = [self.slot_values(row, self.token_scale(plan[i]).tolist()) for i, row in enumerate(rows)]
+        centres = [self.note_values_at(row, self.SLOT, self.token_scale(plan[i]).tolist(), float("nan"))
+                   for i, row in enumerate(rows)]
         return {self.PRIOR: pad_rows(centres, float("nan"), torch.float, device)}
 
     def __call__(self, logits, state, table, step):
@@ -675,10 +676,9 @@ class DecodeRules:
         if config.dynamics_band > 0:
             rules.append(DynamicsBand(tables, config.dynamics_band, dynamics_refs_of(module)))
         if config.velocity_plan > 0:
-            rules.append(VelocityPlanPrior(tables, config.velocity_plan, getattr(module, "velocity_slot_values", None)))
+            rules.append(VelocityPlanPrior(tables, config.velocity_plan, getattr(module, "note_values_at", None)))
         if config.articulation_plan > 0:
-            rules.append(ArticulationPlanPrior(tables, config.articulation_plan,
-                                               getattr(module, "articulation_slot_values", None)))
+            rules.append(ArticulationPlanPrior(tables, config.articulation_plan, getattr(module, "note_values_at", None)))
         type_temperature = parse_type_temperature(config.type_temperature)
         unknown = sorted(set(type_temperature) - set(tables.names))
         if unknown:
