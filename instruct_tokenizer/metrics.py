@@ -423,3 +423,15 @@ def per_note_features(score_tokens: Sequence[str], perf_tokens: Sequence[str]) -
 
 def per_note_r(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str, float]:
     return {f"{k}_r": pearson(a[k], b[k]) for k in PER_NOTE}
+
+
+def tempo_spread(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> float:
+    """How much a performance's beat tempo varies over the piece against another's (``per_note_features``
+    of each, the same score): the standard deviation of the log beat tempo over the notes finite on both
+    sides, a's over b's (1: as varied; below: flatter). NaN when fewer than 3 notes are left or b's curve
+    is constant. The per-note r does not see it: a curve twice as wide correlates as well."""
+    x, y = np.asarray(a["beat_tempo"], float), np.asarray(b["beat_tempo"], float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or y[ok].std() < 1e-12:
+        return float("nan")
+    return float(x[ok].std() / y[ok].std())

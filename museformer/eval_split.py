@@ -24,7 +24,8 @@ from instruct_tokenizer.decode import decode_performance, performance_to_midi
 from instruct_tokenizer.encode import encode_match, split_bars, style_prefix
 from instruct_tokenizer.grammar import target_slots
 from instruct_tokenizer.match import load_match
-from instruct_tokenizer.metrics import PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms
+from instruct_tokenizer.metrics import (PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms,
+                                        tempo_spread)
 from instruct_tokenizer.metrics import midi_features
 from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
@@ -239,6 +240,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
             mine = per_note_features(s, pf)
             for k, v in per_note_r(mine, human_feats[i]).items():
                 by_perf[k][i] = v
+            by_perf["tempo_spread"][i] = tempo_spread(mine, human_feats[i])
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
         rs = {k: list(v.values()) for k, v in by_perf.items()}
@@ -268,6 +270,8 @@ def paired_r(model: Dict[str, Dict[int, float]], baseline: Dict[str, Dict[int, f
     markings row has no r where its rendering is constant (no dynamics, or no tempo change)."""
     out: Dict[str, float] = {}
     for k, by_perf in baseline.items():
+        if not k.endswith("_r"):  # the tempo spread is defined wherever the pianist's curve is
+            continue
         keep = [i for i, v in by_perf.items() if np.isfinite(v)]
         out[k] = nanmean([model.get(k, {}).get(i, float("nan")) for i in keep])
         out[f"{k}_n"] = len(keep)
@@ -292,6 +296,7 @@ def _human_ceiling(human, human_feats, out: Path) -> Dict[str, float]:
             if human[a][1] == human[b][1]:
                 for k, v in per_note_r(human_feats[a], human_feats[b]).items():
                     rs[k].append(v)
+                rs["tempo_spread"].append(tempo_spread(human_feats[a], human_feats[b]))
         for n, i in enumerate(idx):
             (even if n % 2 == 0 else odd).append(midi_features(str(out / "midi" / f"human-{i}.mid")))
     res = compare(pooled_histograms(odd), pooled_histograms(even)) if odd and even else {}
@@ -304,11 +309,12 @@ def defined_counts(rs) -> Dict[str, int]:
     return {f"{k}_n": int(np.isfinite(np.array(v, dtype=float)).sum()) for k, v in rs.items()}
 
 
-COLUMN_LABELS = {"beat_tempo_r": "beat tempo r", "log_tempo_r": "onset tempo r"}
+COLUMN_LABELS = {"beat_tempo_r": "beat tempo r", "log_tempo_r": "onset tempo r",
+                 "tempo_spread": "tempo spread"}  # the beat tempo's standard deviation over the pianist's
 
 
 def markdown(results: Dict[str, Dict[str, float]]) -> str:
-    cols = [f"{k}_r" for k in PER_NOTE] + ["velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"]
+    cols = [f"{k}_r" for k in PER_NOTE] + ["tempo_spread", "velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"]
     lines = ["| row | " + " | ".join(COLUMN_LABELS.get(c, c.replace("_", " ")) for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():

@@ -10,7 +10,8 @@ onset groups (a dilated residual 1-D convolution, about 500 groups of context ei
 the (n)ASAP training performances to predict each onset group's beat tempo, in log seconds per quarter,
 relative to the piece's mean (the level is the notated tempo's business: ``tempo_infer``). The decoder
 is steered to it by ``TempoPlanPrior`` (``--tempo-plan``, ``museformer.decoding.rules``); the release holds
-the mean of several fits (:class:`TempoPlanEnsemble`).
+the mean of several fits (:class:`TempoPlanEnsemble`), its curve stretched back to the pianists' spread
+(:func:`fit_spread`).
 
 Everything here is a pure function of the score tokens (:func:`group_features`), so the training build,
 the evaluation and the renderer cannot disagree. Units: score time in quarters, tempo as log seconds
@@ -50,8 +51,29 @@ FEATURE_NAMES = (
 N_FEATURES = len(FEATURE_NAMES)
 
 
+_IOI_NEXT = FEATURE_NAMES.index("log_ioi_next")
+
+
 class TempoPlanError(Exception):
     """A score the plan cannot read, or a plan file that cannot be loaded (the message names it)."""
+
+
+def stretch(curve: np.ndarray, features: np.ndarray, spread: float) -> np.ndarray:
+    """(G,) a plan's curve (log factors over the notated tempo) scaled by ``spread`` and shifted so that the
+    piece keeps the length the unscaled curve gives it: sum over groups of quarters to the next group x
+    e^factor unchanged. The curves are skewed (slowing at ends and fermatas is larger than any
+    hurrying), so a plain scaling would lengthen every piece; unscaled, the curve's length matches the
+    pianists' (docs/experiments.md section 20). ``features``: the (G, F) :func:`group_features`."""
+    if spread == 1.0 or len(curve) == 0:
+        return curve
+    quarters = 2.0 ** features[:, _IOI_NEXT]  # (G,) quarters to the next group, clipped to [1/24, 16]
+
+    def log_length(c: np.ndarray) -> float:
+        top = float(c.max())
+        return top + math.log(float(np.sum(quarters * np.exp(c - top))))
+
+    scaled = spread * curve
+    return scaled - (log_length(scaled) - log_length(curve))
 
 
 def _log2p(x: np.ndarray) -> np.ndarray:
@@ -195,25 +217,28 @@ class TempoPlan:
     net: PlanNet
     feature_mean: np.ndarray
     feature_std: np.ndarray
+    spread: float = 1.0  # the curve is scaled by this (see fit_spread)
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
         return self.predict_features(group_features(tokens))
 
-    def predict_features(self, features: np.ndarray) -> np.ndarray:
-        """(G, F) :func:`group_features` -> (G,) log s per quarter relative to the piece's mean."""
+    def predict_features(self, features: np.ndarray, spread: Optional[float] = None) -> np.ndarray:
+        """(G, F) :func:`group_features` -> (G,) log s per quarter relative to the piece's mean: the network's
+        curve scaled by ``spread`` (default: the plan's own, see :func:`fit_spread`) at the same length
+        (:func:`stretch`)."""
         x = (features - self.feature_mean) / self.feature_std  # (G, F)
         with torch.no_grad():
             self.net.eval()
             t = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32)).unsqueeze(0)  # (1, F, G)
             y = self.net(t, torch.ones(1, x.shape[0], dtype=torch.bool))  # (1, G)
-        return y[0].numpy().astype(np.float64)
+        return stretch(y[0].numpy().astype(np.float64), features, self.spread if spread is None else spread)
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
         return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
                 "feature_mean": torch.from_numpy(self.feature_mean.astype(np.float32)),
-                "feature_std": torch.from_numpy(self.feature_std.astype(np.float32)),
+                "feature_std": torch.from_numpy(self.feature_std.astype(np.float32)), "spread": float(self.spread),
                 "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
 
     @classmethod
@@ -223,7 +248,8 @@ class TempoPlan:
         net = PlanNet(**state["config"])
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
-        return cls(net, state["feature_mean"].float().numpy(), state["feature_std"].float().numpy())
+        return cls(net, state["feature_mean"].float().numpy(), state["feature_std"].float().numpy(),
+                   spread=float(state.get("spread", 1.0)))
 
 
 class TempoPlanEnsemble:
@@ -232,26 +258,30 @@ class TempoPlanEnsemble:
     (initialisation, batch order), so the mean follows the pianists better than any one member
     (docs/experiments.md section 19)."""
 
-    def __init__(self, members: Sequence[TempoPlan]):
+    def __init__(self, members: Sequence[TempoPlan], spread: float = 1.0):
         if not members:
             raise TempoPlanError("a tempo plan ensemble needs at least one member")
         self.members = list(members)
+        self.spread = spread  # the mean curve is scaled by this (see fit_spread)
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
         return self.predict_features(group_features(tokens))
 
-    def predict_features(self, features: np.ndarray) -> np.ndarray:
-        """(G, F) :func:`group_features` -> (G,) the members' mean prediction."""
-        return np.mean([m.predict_features(features) for m in self.members], axis=0)  # (M, G) -> (G,)
+    def predict_features(self, features: np.ndarray, spread: Optional[float] = None) -> np.ndarray:
+        """(G, F) :func:`group_features` -> (G,) the members' mean prediction scaled by ``spread`` (default:
+        the ensemble's own, see :func:`fit_spread`) at the same length (:func:`stretch`)."""
+        mean = np.mean([m.predict_features(features) for m in self.members], axis=0)  # (M, G) -> (G,)
+        return stretch(mean, features, self.spread if spread is None else spread)
 
     def state(self) -> dict:
-        """What the release file stores: each member's :meth:`TempoPlan.state` (weights_only loadable)."""
-        return {"members": [m.state() for m in self.members]}
+        """What the release file stores: each member's :meth:`TempoPlan.state` and the ensemble's spread
+        (weights_only loadable)."""
+        return {"members": [m.state() for m in self.members], "spread": float(self.spread)}
 
     @classmethod
     def from_state(cls, state: dict) -> "TempoPlanEnsemble":
-        return cls([TempoPlan.from_state(s) for s in state["members"]])
+        return cls([TempoPlan.from_state(s) for s in state["members"]], spread=float(state.get("spread", 1.0)))
 
 
 def tempo_plan_from_state(state: dict):
@@ -283,6 +313,21 @@ def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-
     train_epochs(net, pieces, [len(p["target"]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
                  progress)
     return plan
+
+
+def fit_spread(plan, pieces: List[dict]) -> float:
+    """The median over ``pieces`` (each {"features", "target"}, the training performances) of the human
+    curve's standard deviation over the plan's (spread 1), on the groups where the pianist has a tempo. A
+    squared-error fit shrinks what it cannot tell apart towards the piece's mean (the plans' curves vary
+    about 0.65 as much as the pianists'), and a decoder steered to that curve plays a flatter piece than
+    any pianist, so the curve is stretched back (its r is unchanged; docs/experiments.md section 20)."""
+    ratios = []
+    for p in pieces:
+        ok = np.isfinite(p["target"])
+        pred = plan.predict_features(p["features"], spread=1.0)[ok]
+        if ok.sum() > 2 and np.std(pred) > 0:
+            ratios.append(float(np.std(p["target"][ok]) / np.std(pred)))
+    return float(np.median(ratios)) if ratios else 1.0
 
 
 def train_epochs(net: nn.Module, pieces: List[dict], lengths: List[int], batch_loss, validate, epochs: int,

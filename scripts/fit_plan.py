@@ -169,6 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
     from museformer.tempo_plan import TempoPlanEnsemble, fit
+    from museformer.tempo_plan import fit_spread as fit_tempo_spread
     from museformer.velocity_plan import fit_articulation, fit_level, fit_spread, fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,15 +189,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="what the plan predicts per onset group: the beat's tempo (beat: instruct-eval's beat tempo, "
                         "smooth) or the group's own period (onset: what its Tempo token encodes); default beat")
     p.add_argument("--calibrate", action="store_true",
-                   help="velocity and articulation: keep the network of the plan already in --into and re-fit only its "
-                        "spread (training pieces) and level (validation pieces) calibration")
+                   help="keep the network(s) of the plan already in --into and re-fit only its calibration: the spread "
+                        "(training pieces) and, velocity and articulation, the level (validation pieces)")
+    p.add_argument("--spread", type=float,
+                   help="store this spread (the plan's deviations are scaled by it) instead of the fitted one, the "
+                        "median ratio of the pianists' spread to the plan's on the training pieces; the release's "
+                        "tempo plan: chosen on validation renderings (docs/experiments.md section 20)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
         p.error("--members: a positive count, above 1 only with --what tempo")
-    if args.calibrate and (args.what == "tempo" or not args.into):
-        p.error("--calibrate: only with --what velocity or articulation and --into FILE (the release file holding "
-                "the plan)")
+    if args.calibrate and not args.into:
+        p.error("--calibrate: only with --into FILE (the release file holding the plan)")
+    if args.spread is not None and not args.spread > 0:
+        p.error("--spread: a positive factor")
+    if args.calibrate and args.members > 1:
+        p.error("--calibrate keeps the stored plan: no --members")
     torch.set_num_threads(max(1, args.workers))
     rows = performances(Path(args.tokens))
     with Pool(args.workers) as pool:
@@ -218,9 +226,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         key = "target" if args.target == "beat" else "target_onset"
         train = [{"features": e[k]["features"], "target": e[k][key]} for e in split["train"] for k in ("marked", "plain")]
         valid = [{"features": e["marked"]["features"], "target": e["marked"][key]} for e in split["valid"]]
-        members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress)
-                   for k in range(args.members)]
-        plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
+        if args.calibrate:
+            plan = stored_plan(args.into, "tempo_plan")
+            members = getattr(plan, "members", [plan])
+        else:
+            members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress)
+                       for k in range(args.members)]
+            plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
+        plan.spread = fit_tempo_spread(plan, train)
+        print(f"tempo plan: fitted spread {plan.spread:.3f}", file=sys.stderr)
         rows = report_rows
     else:
         fields = ("features", "notes", "note_group", args.what)
@@ -232,14 +246,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
             plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
-        print(f"{args.what} plan: spread {plan.spread:.3f}, level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the "
+        print(f"{args.what} plan: fitted spread {plan.spread:.3f}, level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the "
               "network's mean", file=sys.stderr)
         rows = note_rows
     bar.close()
+    if args.spread is not None:
+        plan.spread = args.spread
+    print(f"stored spread {plan.spread:.3f}", file=sys.stderr)
     report = {"what": args.what, "train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
               "valid": rows(plan, split["valid"]), "test": rows(plan, split["test"]),
               "test_2_per_piece": rows(plan, first_per_piece(split["test"], 2))}
-    if args.members > 1:
+    if len(getattr(plan, "members", [])) > 1:
         report["members"] = [{"seed": args.seed + k, "valid": rows(m, split["valid"]), "test": rows(m, split["test"])}
                              for k, m in enumerate(members)]
     print(json.dumps(report, indent=2))

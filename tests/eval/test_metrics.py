@@ -206,3 +206,18 @@ def test_human_ceiling_is_far_below_methods(bench_results):
     assert m["overall_js"] < 0.04 and m["overall_inter"] > 0.96
     assert m["overall_js"] < bench_results["Pianist Transformer"]["metrics"]["overall_js"] / 4
 
+
+
+def test_tempo_spread_reads_how_wide_a_beat_tempo_curve_is_where_r_cannot():
+    from instruct_tokenizer.metrics import pearson, tempo_spread
+
+    rng = np.random.default_rng(0)
+    human = {"beat_tempo": rng.normal(-0.7, 0.1, size=50)}
+    human["beat_tempo"][[3, 9]] = np.nan
+    wide = {"beat_tempo": -0.7 + 2.0 * (human["beat_tempo"] + 0.7)}
+    wide["beat_tempo"][20] = np.nan  # a note only one side has is left out
+    assert tempo_spread(wide, human) == pytest.approx(2.0)
+    assert pearson(wide["beat_tempo"], human["beat_tempo"]) == pytest.approx(1.0)  # r cannot tell them apart
+    assert tempo_spread(human, wide) == pytest.approx(0.5)
+    flat = {"beat_tempo": np.full(50, -0.7)}
+    assert tempo_spread(flat, human) == pytest.approx(0.0, abs=1e-9) and np.isnan(tempo_spread(human, flat))

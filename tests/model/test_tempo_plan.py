@@ -8,7 +8,7 @@ import torch
 
 from instruct_tokenizer import vocab as V
 from museformer.tempo_plan import (FEATURE_NAMES, N_FEATURES, PlanNet, TempoPlan, TempoPlanEnsemble, TempoPlanError,
-                                   centred_mse, fit, group_features, tempo_plan_from_state)
+                                   centred_mse, fit, fit_spread, group_features, tempo_plan_from_state)
 
 
 def _score(bars=6, fermata_bar=None, qpm_change_bar=None, word=None):
@@ -131,3 +131,29 @@ def test_an_ensemble_predicts_its_members_mean_and_survives_the_safe_loader():
     assert isinstance(single, TempoPlan) and np.allclose(single.predict(tokens), each[0], atol=1e-6)
     with pytest.raises(TempoPlanError, match="at least one"):
         TempoPlanEnsemble([])
+
+
+@pytest.mark.parametrize("kind", ["single", "ensemble"])
+def test_fit_spread_stretches_a_shrunk_curve_back_and_the_files_keep_it(kind):
+    plan = _plan(0) if kind == "single" else TempoPlanEnsemble([_plan(s) for s in (0, 1)])
+    rng = np.random.default_rng(0)
+    pieces = []
+    for _ in range(12):  # pianists whose curves are 1.7 x the plan's, and a few groups without a tempo
+        f = rng.normal(size=(int(rng.integers(20, 50)), N_FEATURES)).astype(np.float32)
+        target = 1.7 * plan.predict_features(f, spread=1.0)
+        target[rng.random(len(f)) < 0.1] = np.nan
+        pieces.append({"features": f, "target": target})
+    plan.spread = fit_spread(plan, pieces)
+    assert plan.spread == pytest.approx(1.7, rel=1e-3)
+    x = pieces[0]["features"]
+    wide, narrow = plan.predict_features(x), plan.predict_features(x, spread=1.0)
+    assert np.allclose(wide - wide.mean(), 1.7 * (narrow - narrow.mean()))  # the shape, stretched
+    quarters = 2.0 ** x[:, FEATURE_NAMES.index("log_ioi_next")]
+    assert np.sum(quarters * np.exp(wide)) == pytest.approx(np.sum(quarters * np.exp(narrow)), rel=1e-9)  # the length kept
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    again = tempo_plan_from_state(torch.load(buf, weights_only=True))
+    assert again.spread == pytest.approx(plan.spread)
+    assert np.allclose(again.predict_features(x), plan.predict_features(x), atol=1e-5)
+    assert fit_spread(plan, [{"features": x[:2], "target": np.array([0.1, np.nan])}]) == 1.0  # nothing to read
