@@ -11,7 +11,9 @@ correlation on ``valid`` and reports, on ``valid`` and ``test``, the per-note r 
 performance (``instruct-eval``'s beat tempo, velocity or articulation r, with the plan as the whole
 curve), beside the notated tempo with its changes (tempo). ``--into FILE`` adds the plan to a release
 file (its ``tempo_plan``, ``velocity_plan`` or ``articulation_plan`` entry, written atomically; the
-network's weights are untouched). Usage:
+network's weights are untouched). Every plan's deviations are stretched by its spread, the median ratio of
+the pianists' spread to the plan's on the training pieces (``--spread`` stores another); ``--calibrate``
+re-fits only that calibration (and the per-note plans' level) of the plan already in the file. Usage:
 
     python scripts/fit_plan.py outputs/nasap/tok --what tempo --members 3 --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what velocity --into checkpoints/instruct-museformer.pt

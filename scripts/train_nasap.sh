@@ -46,7 +46,8 @@
 # e.g. After_fermata:8: a warm-started model sees the rare token often enough to learn it.
 # PLANS=1 (default) fits the tempo, velocity and articulation plans on $TOK after the release (scripts/fit_plan.py,
 # about 50 minutes on 2 cores; the tempo plan is the mean of PLAN_MEMBERS=3 fits, seeds 0, 1, 2) and stores them in
-# the release file; PLANS=0 skips them (the plan rules then do nothing).
+# the release file; PLANS=0 skips them (the plan rules then do nothing). TEMPO_SPREAD (1.75, chosen on the validation
+# renderings, docs/experiments.md section 20) stretches the tempo plan's curve; TEMPO_SPREAD=fit keeps the fitted one.
 # EXTRA adds fairseq-train flags (e.g. --max-update); RELEASE=0 skips the release file. The cpu profile also
 # takes THREADS (2), SAVE_EVERY (1000) and MAX_TOKENS (4096).
 # FREERUN picks the released checkpoint by how it plays whole validation pieces free-running
@@ -160,7 +161,7 @@ BEST="$OUT/ckpt/checkpoint_best_freerun.pt"
 $BIN/python scripts/release_checkpoint.py "$BEST" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
 if [ "${PLANS:-1}" = 1 ] && [ -f "$TOK/manifest.jsonl" ]; then  # the tempo and velocity plans (docs/decoding.md)
   $BIN/python scripts/fit_plan.py "$TOK" --what tempo --members "${PLAN_MEMBERS:-3}" --json "$OUT/plan_tempo.json" \
-      --into "$OUT/instruct-museformer.pt"
+      $([ "${TEMPO_SPREAD:-1.75}" != fit ] && echo --spread "${TEMPO_SPREAD:-1.75}") --into "$OUT/instruct-museformer.pt"
   for WHAT in velocity articulation; do
     $BIN/python scripts/fit_plan.py "$TOK" --what "$WHAT" --json "$OUT/plan_$WHAT.json" --into "$OUT/instruct-museformer.pt"
   done

@@ -1,7 +1,9 @@
 """Tempo out of (n)ASAP: the released model on Vienna 4x22's Mozart K331/1 and Schubert D783/15 (not among
 (n)ASAP's pieces, 22 pianists each), from the MusicXML markings, against every pianist: the rendering's
 tempo level over the pianist's (performed quarters per minute, time-weighted) and the beat-tempo r
-(``metrics.beat_log_tempo`` per note, Pearson), per seed, with and without the notated-tempo estimate.
+(``metrics.beat_log_tempo`` per note, Pearson) and the tempo spread (the standard deviation of the
+rendering's beat tempo over the pianist's, ``metrics.tempo_spread``), per seed, with and without the
+notated-tempo estimate.
 
 The score tokens are those of the match files (as ``instruct-eval`` uses them, so that every pianist's
 notes line up with the rendering's), the instruct prefix all "mid"; the notated tempo is the MusicXML's
@@ -30,7 +32,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from fit_tempo import human_qpm  # noqa: E402
 from instruct_tokenizer.encode import style_prefix  # noqa: E402
-from instruct_tokenizer.metrics import pearson, per_note_features  # noqa: E402
+from instruct_tokenizer.metrics import pearson, per_note_features, tempo_spread  # noqa: E402
 from instruct_tokenizer.tempo_infer import notated_tempo, with_qpm  # noqa: E402
 
 PIECES = ("Mozart_K331_1st-mov", "Schubert_D783_no15")
@@ -66,8 +68,9 @@ def main() -> int:
     DecodeConfig.add_args(ap)  # every decoding rule's flag at instruct-render's default
     a = ap.parse_args()
     renderer = Renderer.load(checkpoint=a.checkpoint, decode=DecodeConfig.from_args(a), threads=1)
-    print("| piece | notated tempo | seed | level / pianist: median (range) | beat-tempo r: mean (range) |")
-    print("|---|---|---|---|---|")
+    print("| piece | notated tempo | seed | level / pianist: median (range) | beat-tempo r: mean (range) "
+          "| tempo spread / pianist: median (range) |")
+    print("|---|---|---|---|---|---|")
     for title, perfs in pianists(a.tokens).items():
         _, score, _ = perfs[0]
         est = notated_tempo(score, override=120.0 if a.no_estimate and notated_tempo(score).source != "mark" else None)
@@ -77,16 +80,19 @@ def main() -> int:
             body = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
             mine_q = human_qpm(given, body)
             mine = per_note_features(given, body)
-            levels, rs = [], []
+            levels, rs, spreads = [], [], []
             for performer, s, p in tqdm(perfs, desc=f"{title} seed {seed}", unit="pianist", leave=False):
                 if s != score:  # a pianist whose match gives other score notes: not comparable note by note
                     continue
                 levels.append(mine_q / human_qpm(s, p))
-                rs.append(pearson(mine["beat_tempo"], per_note_features(s, p)["beat_tempo"]))
-            lv, r = np.array(levels), np.array(rs)
+                theirs = per_note_features(s, p)
+                rs.append(pearson(mine["beat_tempo"], theirs["beat_tempo"]))
+                spreads.append(tempo_spread(mine, theirs))
+            lv, r, sp = np.array(levels), np.array(rs), np.array(spreads)
             print(f"| {title} ({len(lv)} pianists) | {est.qpm:.0f} ({est.source}) | {seed} | "
                   f"{np.median(lv):.2f} ({lv.min():.2f}-{lv.max():.2f}) | {np.nanmean(r):.3f} "
-                  f"({np.nanmin(r):.2f} to {np.nanmax(r):.2f}) |", flush=True)
+                  f"({np.nanmin(r):.2f} to {np.nanmax(r):.2f}) | {np.nanmedian(sp):.2f} ({np.nanmin(sp):.2f}-"
+                  f"{np.nanmax(sp):.2f}) |", flush=True)
     return 0
 
 
