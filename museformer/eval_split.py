@@ -314,7 +314,8 @@ COLUMN_LABELS = {"beat_tempo_r": "beat tempo r", "log_tempo_r": "onset tempo r",
 
 
 def markdown(results: Dict[str, Dict[str, float]]) -> str:
-    cols = [f"{k}_r" for k in PER_NOTE] + ["tempo_spread", "velocity_js", "duration_js", "ioi_js", "pedal_js", "overall_js"]
+    cols = [f"{k}_r" for k in PER_NOTE] + ["tempo_spread", "velocity_js", "duration_js", "ioi_js", "pedal_js",
+                                           "overall_js"]
     lines = ["| row | " + " | ".join(COLUMN_LABELS.get(c, c.replace("_", " ")) for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():

@@ -248,8 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
             plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
-        print(f"{args.what} plan: fitted spread {plan.spread:.3f}, level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the "
-              "network's mean", file=sys.stderr)
+        print(f"{args.what} plan: fitted spread {plan.spread:.3f}, level {plan.level[0]:.2f} + "
+              f"{plan.level[1]:.3f} x the network's mean", file=sys.stderr)
         rows = note_rows
     bar.close()
     if args.spread is not None:

@@ -149,7 +149,8 @@ def test_fit_spread_stretches_a_shrunk_curve_back_and_the_files_keep_it(kind):
     wide, narrow = plan.predict_features(x), plan.predict_features(x, spread=1.0)
     assert np.allclose(wide - wide.mean(), 1.7 * (narrow - narrow.mean()))  # the shape, stretched
     quarters = 2.0 ** x[:, FEATURE_NAMES.index("log_ioi_next")]
-    assert np.sum(quarters * np.exp(wide)) == pytest.approx(np.sum(quarters * np.exp(narrow)), rel=1e-9)  # the length kept
+    # the piece's length at the notated tempo is kept
+    assert np.sum(quarters * np.exp(wide)) == pytest.approx(np.sum(quarters * np.exp(narrow)), rel=1e-9)
     buf = io.BytesIO()
     torch.save(plan.state(), buf)
     buf.seek(0)

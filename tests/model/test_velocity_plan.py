@@ -116,7 +116,8 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
 
 
 @pytest.mark.parametrize("argv, flag", [(["--what", "velocity", "--members", "2"], "--members"),
-                                        (["--what", "tempo", "--calibrate", "--members", "3", "--into", "x.pt"], "--calibrate"),
+                                        (["--what", "tempo", "--calibrate", "--members", "3", "--into", "x.pt"],
+                                         "--calibrate"),
                                         (["--what", "velocity", "--calibrate"], "--calibrate"),
                                         (["--what", "tempo", "--spread", "0"], "--spread")])
 def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, capsys):
