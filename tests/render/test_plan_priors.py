@@ -93,19 +93,29 @@ def _centre_distances(renderer, toks, perf):
     return np.array(out)
 
 
+def _planned_and_free(tmp_path, make_plan, entry, on, off, n_bars=10):
+    """The first ``n_bars`` bars of the Chopin score, a plan made for them stored in a copy of the release as its
+    ``entry``, and two renderers of that copy (``on`` / ``off``: their keyword arguments) that cut the
+    bars into several segments: (tokens, plan, planned, free)."""
+    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
+    toks = prefix + [t for b in bars[:n_bars] for t in b]
+    plan = make_plan(toks)
+    path = _with_plan(tmp_path, plan, entry)
+    planned, free = Renderer.from_checkpoint(str(path), **on), Renderer.from_checkpoint(str(path), **off)
+    planned.max_positions = free.max_positions = 400
+    assert len(planned.plan(toks, 2)[2]) > 2
+    return toks, plan, planned, free
+
+
 @needs_release
 def test_rendering_follows_the_plan_across_segments(tmp_path):
     """With a plan stored in the checkpoint and sigma 2 bins, every segment's Tempo tokens lie near the
     plan's centres (its segments get their own groups' part of the whole score's plan); at --tempo-plan 0
     the same model does not follow it."""
-    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
-    toks = prefix + [t for b in bars[:12] for t in b]
-    path = _with_plan(tmp_path, _random_plan(toks))
-    planned = Renderer.from_checkpoint(str(path), tempo_plan=2.0, tempo_band=0.0, fermata_hold=0.0)
-    free = Renderer.from_checkpoint(str(path), tempo_plan=0.0, tempo_band=0.0, fermata_hold=0.0)
+    toks, _, planned, free = _planned_and_free(tmp_path, _random_plan, "tempo_plan",
+                                               {"tempo_plan": 2.0, "tempo_band": 0.0, "fermata_hold": 0.0},
+                                               {"tempo_plan": 0.0, "tempo_band": 0.0, "fermata_hold": 0.0}, n_bars=12)
     assert planned.tempo_planner is not None
-    planned.max_positions = free.max_positions = 400
-    assert len(planned.plan(toks, 2)[2]) > 2
     perf = planned.render_tokens(toks, Sampling(seed=0), progress=False)
     assert [token_type(t) for t in perf] == target_slots(toks)
     near = np.abs(_centre_distances(planned, toks, perf))
@@ -153,18 +163,26 @@ def test_a_broken_plan_in_the_checkpoint_is_a_render_error(tmp_path, members):
         Renderer.from_checkpoint(str(path))
 
 
-def _random_velocity_plan(tokens, seed=0):
-    """An untrained velocity plan whose velocities over ``tokens`` spread about 15 around 64."""
-    from museformer.velocity_plan import N_NOTE_FEATURES, VelocityNet, VelocityPlan
+def _random_note_plan(kind, tokens, spread, bias, seed=0):
+    """An untrained per-note plan of class ``kind`` whose values over ``tokens`` spread about ``spread``,
+    its output layer's bias set to ``bias`` (network units)."""
+    from museformer.velocity_plan import N_NOTE_FEATURES, VelocityNet
 
     torch.manual_seed(seed)
     net = VelocityNet(channels=8, levels=2, dropout=0.0).eval()
-    plan = VelocityPlan(net, np.zeros(N_FEATURES), np.ones(N_FEATURES), np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES))
+    plan = kind(net, np.zeros(N_FEATURES), np.ones(N_FEATURES), np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES))
     with torch.no_grad():
-        v = plan.predict(tokens)
-        net.head[-1].weight.mul_(15.0 / max(float(np.std(v)), 1e-3))
-        net.head[-1].bias.zero_()
+        values = plan.predict(tokens)
+        net.head[-1].weight.mul_(spread / max(float(np.std(values)), 1e-3))
+        net.head[-1].bias.fill_(bias)
     return plan
+
+
+def _random_velocity_plan(tokens, seed=0):
+    """An untrained velocity plan whose velocities over ``tokens`` spread about 15 around 64."""
+    from museformer.velocity_plan import VelocityPlan
+
+    return _random_note_plan(VelocityPlan, tokens, 15.0, 0.0, seed)
 
 
 @needs_release
@@ -173,15 +191,10 @@ def test_rendering_follows_the_velocity_plan(tmp_path):
     few MIDI steps of the plan, across segments; at --velocity-plan 0 they do not."""
     from instruct_tokenizer.decode import decode_performance
 
-    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
-    toks = prefix + [t for b in bars[:10] for t in b]
-    plan = _random_velocity_plan(toks)
-    path = _with_plan(tmp_path, plan, "velocity_plan")
-    planned = Renderer.from_checkpoint(str(path), velocity_plan=1.0, dynamics_band=0.0)
-    free = Renderer.from_checkpoint(str(path), velocity_plan=0.0, dynamics_band=0.0)
+    toks, plan, planned, free = _planned_and_free(tmp_path, _random_velocity_plan, "velocity_plan",
+                                                  {"velocity_plan": 1.0, "dynamics_band": 0.0},
+                                                  {"velocity_plan": 0.0, "dynamics_band": 0.0})
     assert planned.velocity_planner is not None
-    planned.max_positions = free.max_positions = 400
-    assert len(planned.plan(toks, 2)[2]) > 2
     want = plan.predict(toks)
     perf = planned.render_tokens(toks, Sampling(seed=0), progress=False)
     assert [token_type(t) for t in perf] == target_slots(toks)
@@ -192,17 +205,9 @@ def test_rendering_follows_the_velocity_plan(tmp_path):
 
 def _random_articulation_plan(tokens, seed=0):
     """An untrained articulation plan whose log2 ratios over ``tokens`` spread about 0.6 around -1."""
-    from museformer.velocity_plan import N_NOTE_FEATURES, ArticulationPlan, VelocityNet
+    from museformer.velocity_plan import ArticulationPlan
 
-    torch.manual_seed(seed)
-    net = VelocityNet(channels=8, levels=2, dropout=0.0).eval()
-    plan = ArticulationPlan(net, np.zeros(N_FEATURES), np.ones(N_FEATURES), np.zeros(N_NOTE_FEATURES),
-                            np.ones(N_NOTE_FEATURES))
-    with torch.no_grad():
-        a = plan.predict(tokens)
-        net.head[-1].weight.mul_(0.6 / max(float(np.std(a)), 1e-3))
-        net.head[-1].bias.fill_(-1.0 - ArticulationPlan.CENTRE)
-    return plan
+    return _random_note_plan(ArticulationPlan, tokens, 0.6, -1.0 - ArticulationPlan.CENTRE, seed)
 
 
 @needs_release
@@ -233,15 +238,10 @@ def test_articulation_prior_is_a_gaussian_in_art_bins():
 def test_rendering_follows_the_articulation_plan(tmp_path):
     """With an articulation plan stored in the checkpoint and sigma 2 bins, the rendered Art values lie
     near the plan's, across segments; at --articulation-plan 0 they do not."""
-    prefix, bars = split_bars(Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).score_tokens(str(CHOPIN)))
-    toks = prefix + [t for b in bars[:10] for t in b]
-    plan = _random_articulation_plan(toks)
-    path = _with_plan(tmp_path, plan, "articulation_plan")
-    planned = Renderer.from_checkpoint(str(path), articulation_plan=2.0, min_key_down_ms=0.0)
-    free = Renderer.from_checkpoint(str(path), articulation_plan=0.0, min_key_down_ms=0.0)
+    toks, plan, planned, free = _planned_and_free(tmp_path, _random_articulation_plan, "articulation_plan",
+                                                  {"articulation_plan": 2.0, "min_key_down_ms": 0.0},
+                                                  {"articulation_plan": 0.0, "min_key_down_ms": 0.0})
     assert planned.articulation_planner is not None
-    planned.max_positions = free.max_positions = 400
-    assert len(planned.plan(toks, 2)[2]) > 2
     want = plan.predict(toks)
     played = [i for i, t in enumerate(target_slots(toks)) if t == V.ART]
 
