@@ -347,6 +347,17 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
                     group_bar=np.array(groups_bar, np.int64))
 
 
+def without_markings(tokens: Sequence[str]) -> List[str]:
+    """The score tokens a score MIDI of the same score gives: no marking tokens (``V.MARKING_TYPES``); the
+    notated tempo (``QPM``) kept."""
+    return [t for t in tokens if _parse_cached(t)[0] not in V.MARKING_TYPES]
+
+
+def has_markings(tokens: Sequence[str]) -> bool:
+    """Whether the score tokens hold any marking (a MusicXML's dynamics, tempo words, slurs, ...)."""
+    return any(_parse_cached(t)[0] in V.MARKING_TYPES for t in tokens)
+
+
 def bar_notated_period_s(tokens: Sequence[str]) -> np.ndarray:
     """Per bar of score tokens, the notated beat period in seconds per quarter note (60 / ``QPM``): the
     ``QPM`` token in the bar's header, else the previous bar's (``vocab.DEFAULT_QPM`` before the first

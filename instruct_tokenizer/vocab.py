@@ -357,6 +357,8 @@ def marking_state_tokens() -> List[str]:
 # fermata, and the performance stream's Tempo token of this onset is what encodes that gap
 AFTER_FERMATA = tok(AFTER, "fermata")
 FERMATA_MARK = tok(MARK, "fermata")
+# every type a MusicXML's markings give and a score MIDI lacks (score.without_markings)
+MARKING_TYPES = frozenset(GROUP_MARKING_TYPES + NOTE_MARKING_TYPES + MARKING_STATE_TYPES + (AFTER,))
 
 
 def after_fermata_tokens() -> List[str]:

@@ -27,6 +27,7 @@ from instruct_tokenizer.match import load_match
 from instruct_tokenizer.metrics import (PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms,
                                         tempo_spread)
 from instruct_tokenizer.metrics import midi_features
+from instruct_tokenizer.score import without_markings
 from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
 
@@ -196,7 +197,7 @@ def markings_rows(human, max_bars: Optional[int] = None, report=print) -> Dict[i
 
 def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sampling=None,
                    max_pieces: Optional[int] = None, per_piece: Optional[int] = None,
-                   max_bars: Optional[int] = None, markings: bool = True,
+                   max_bars: Optional[int] = None, markings: bool = True, plain: bool = False,
                    report=print) -> Dict[str, Dict[str, float]]:
     from museformer.render import Sampling
 
@@ -212,6 +213,8 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         marks, qpm = xml_score_info(p["source"], features, report)
         enc = encode_match(load_match(p["source"]), marks=marks, qpm=qpm)
         score = model_score(enc.score, features)
+        if plain:  # as a score MIDI of the piece gives it (its notated tempo mark kept)
+            score = without_markings(score)
         if features.get("notated_tempo"):  # a score without a mark: the tempo instruct-render would infer
             score = apply_notated_tempo(score)[0]
         human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))
@@ -221,7 +224,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     rows: Dict[str, Dict[int, List[str]]] = {
         "model": dict(enumerate(rendered)),
         "deadpan": {i: constant_perf(s, V.quantise_tempo(0.5), 64, 0.0) for i, s in enumerate(scores)}}
-    if markings:
+    if markings and not plain:
         marked = markings_rows(human, max_bars, report)
         if marked:
             rows["markings"] = marked

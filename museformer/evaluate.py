@@ -3,7 +3,7 @@
     instruct-eval PRED_DIR REF_DIR [--name NAME] [--baseline NAME=DIR ...] [--pairing pooled|per-reference]
                   [--out DIR] [--skip-bad]
     instruct-eval --tokens TOK_DIR --checkpoint CKPT [--split test] [--max-pieces P] [--per-piece N]
-                  [--max-bars B] [--no-markings]
+                  [--max-bars B] [--no-markings] [--plain-scores]
 
 Pianist Transformer's distribution metrics (velocity, key-release duration, IOI, sustain-pedal patterns;
 JS distance base 2 and intersection) of every ``*.mid`` under PRED_DIR, and of each baseline directory,
@@ -213,6 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--max-bars", type=int, default=None, metavar="B",
                     help="--tokens: only the first B bars of each performance (every row and the human reference)")
     ap.add_argument("--no-markings", action="store_true", help="--tokens: leave out the markings baseline row")
+    ap.add_argument("--plain-scores", action="store_true",
+                    help="--tokens: render each piece from its score without the MusicXML markings, as a score MIDI "
+                         "gives it (the notated tempo mark kept; without one, the estimate from the content); no "
+                         "markings row")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")
@@ -270,7 +274,8 @@ def eval_tokens(a: argparse.Namespace) -> int:
         return _error(f"{a.tokens}: no manifest.jsonl (not an instruct-tokenize build)")
     results = evaluate_split(a.tokens, renderer, a.out, a.split,
                              Sampling(seed=a.seed, temperature=a.temperature, generator=a.generator), a.max_pieces,
-                             per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings)
+                             per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings,
+                             plain=a.plain_scores)
     out = Path(a.out)
     table = markdown(results)
     (out / "results.md").write_text(f"# {a.split} split of {a.tokens}\n\n" + table)

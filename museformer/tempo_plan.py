@@ -58,6 +58,23 @@ class TempoPlanError(Exception):
     """A score the plan cannot read, or a plan file that cannot be loaded (the message names it)."""
 
 
+def spread_for(plan, tokens: Sequence[str]) -> Optional[float]:
+    """The spread a plan's ``predict`` uses for these score tokens: its ``spread_plain`` for a score without
+    any marking (a score MIDI's) where it has one, else None (its own ``spread``). A plan reads less from
+    a plain score and shrinks its deviations further: on the training pieces the pianists' spread over
+    the plan's is 1.04-1.14 times as large from the plain scores (docs/experiments.md section 21)."""
+    from instruct_tokenizer.score import has_markings
+
+    plain = getattr(plan, "spread_plain", None)
+    return plain if plain and not has_markings(tokens) else None
+
+
+def stored_spread_plain(state: dict) -> Optional[float]:
+    """A release file's ``spread_plain`` (0 or absent: none)."""
+    value = float(state.get("spread_plain", 0.0))
+    return value if value > 0 else None
+
+
 def stretch(curve: np.ndarray, features: np.ndarray, spread: float) -> np.ndarray:
     """(G,) a plan's curve (log factors over the notated tempo) scaled by ``spread`` and shifted so that the
     piece keeps the length the unscaled curve gives it: sum over groups of quarters to the next group x
@@ -218,10 +235,11 @@ class TempoPlan:
     feature_mean: np.ndarray
     feature_std: np.ndarray
     spread: float = 1.0  # the curve is scaled by this (see fit_spread)
+    spread_plain: Optional[float] = None  # ... from a score without markings (spread_for); None: spread
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
-        return self.predict_features(group_features(tokens))
+        return self.predict_features(group_features(tokens), spread_for(self, tokens))
 
     def predict_features(self, features: np.ndarray, spread: Optional[float] = None) -> np.ndarray:
         """(G, F) :func:`group_features` -> (G,) log s per quarter relative to the piece's mean: the network's
@@ -239,6 +257,7 @@ class TempoPlan:
         return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
                 "feature_mean": torch.from_numpy(self.feature_mean.astype(np.float32)),
                 "feature_std": torch.from_numpy(self.feature_std.astype(np.float32)), "spread": float(self.spread),
+                "spread_plain": float(self.spread_plain or 0.0),
                 "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
 
     @classmethod
@@ -249,7 +268,7 @@ class TempoPlan:
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
         return cls(net, state["feature_mean"].float().numpy(), state["feature_std"].float().numpy(),
-                   spread=float(state.get("spread", 1.0)))
+                   spread=float(state.get("spread", 1.0)), spread_plain=stored_spread_plain(state))
 
 
 class TempoPlanEnsemble:
@@ -258,15 +277,16 @@ class TempoPlanEnsemble:
     (initialisation, batch order), so the mean follows the pianists better than any one member
     (docs/experiments.md section 19)."""
 
-    def __init__(self, members: Sequence[TempoPlan], spread: float = 1.0):
+    def __init__(self, members: Sequence[TempoPlan], spread: float = 1.0, spread_plain: Optional[float] = None):
         if not members:
             raise TempoPlanError("a tempo plan ensemble needs at least one member")
         self.members = list(members)
         self.spread = spread  # the mean curve is scaled by this (see fit_spread)
+        self.spread_plain = spread_plain  # ... from a score without markings (spread_for); None: spread
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
-        return self.predict_features(group_features(tokens))
+        return self.predict_features(group_features(tokens), spread_for(self, tokens))
 
     def predict_features(self, features: np.ndarray, spread: Optional[float] = None) -> np.ndarray:
         """(G, F) :func:`group_features` -> (G,) the members' mean prediction scaled by ``spread`` (default:
@@ -277,11 +297,13 @@ class TempoPlanEnsemble:
     def state(self) -> dict:
         """What the release file stores: each member's :meth:`TempoPlan.state` and the ensemble's spread
         (weights_only loadable)."""
-        return {"members": [m.state() for m in self.members], "spread": float(self.spread)}
+        return {"members": [m.state() for m in self.members], "spread": float(self.spread),
+                "spread_plain": float(self.spread_plain or 0.0)}
 
     @classmethod
     def from_state(cls, state: dict) -> "TempoPlanEnsemble":
-        return cls([TempoPlan.from_state(s) for s in state["members"]], spread=float(state.get("spread", 1.0)))
+        return cls([TempoPlan.from_state(s) for s in state["members"]], spread=float(state.get("spread", 1.0)),
+                   spread_plain=stored_spread_plain(state))
 
 
 def tempo_plan_from_state(state: dict):

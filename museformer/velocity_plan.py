@@ -11,8 +11,11 @@ the dynamics in force (the last dynamic, an open crescendo or diminuendo, a sfor
 by ``--velocity-plan``: each note's velocity distribution times a Gaussian around the plan's velocity.
 A squared-error fit shrinks its deviations towards the mean, so they are stretched back to the pianists'
 spread (:func:`fit_spread`, on the training pieces), and its level over a piece is calibrated on pieces it
-has not seen (:func:`fit_level`, on the validation pieces). A pure function of the score tokens, like the tempo
-plan. Units: MIDI velocity.
+has not seen (:func:`fit_level`, on the validation pieces); a score without markings takes its own, wider
+spread (``tempo_plan.spread_for``). The articulation plan is also calibrated per notated-length class
+(:func:`fit_length_offsets`, validation pieces) and asks for no key-down longer than the pianists' 99.9th
+percentile (:func:`fit_max_key_down`, training pieces). A pure function of the score tokens, like the
+tempo plan. Units: MIDI velocity (articulation: log2 ratio).
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from instruct_tokenizer import vocab as V
-from instruct_tokenizer.score import score_timeline
+from instruct_tokenizer.score import bar_notated_period_s, score_timeline
 
-from .tempo_plan import N_FEATURES, PlanNet, TempoPlanError, group_features, pearson, read_timeline, train_epochs
+from .tempo_plan import (N_FEATURES, PlanNet, TempoPlanError, group_features, pearson, read_timeline, spread_for,
+                         stored_spread_plain, train_epochs)
 
 _NOTE_MARKS = {V.tok(V.MARK, m): i for i, m in enumerate(("accent", "staccato", "staccatissimo", "tenuto",
                                                             "marcato", "fermata"))}
@@ -41,6 +45,9 @@ NOTE_FEATURE_NAMES = (
 )
 N_NOTE_FEATURES = len(NOTE_FEATURE_NAMES)
 VELOCITY_CENTRE, VELOCITY_SCALE = 64.0, 20.0  # the network's output unit: (velocity - 64) / 20
+# the notated-length classes of the articulation plan's calibration (fit_length_offsets), upper edges in
+# quarters: up to a sixteenth (and grace notes), an eighth, a quarter, a half, a whole note, longer
+LENGTH_EDGES_Q = (0.3, 0.6, 1.1, 2.1, 4.1)
 
 
 def note_features(tokens: Sequence[str]) -> np.ndarray:
@@ -117,6 +124,7 @@ class VelocityPlan:
     SCALE: ClassVar[float] = VELOCITY_SCALE
     LOW: ClassVar[float] = 1.0  # the target's range
     HIGH: ClassVar[float] = 127.0
+    LENGTH_CALIBRATED: ClassVar[bool] = False  # whether a fit adds per notated-length offsets (fit_length_offsets)
 
     net: VelocityNet
     group_mean: np.ndarray
@@ -124,25 +132,35 @@ class VelocityPlan:
     note_mean: np.ndarray
     note_std: np.ndarray
     spread: float = 1.0  # deviations from the piece's mean are scaled by this (see fit_spread)
+    spread_plain: Optional[float] = None  # ... from a score without markings (tempo_plan.spread_for); None: spread
     level: Tuple[float, float] = (0.0, 1.0)  # the piece's level: a + b x the network's mean (see fit_level)
+    # added per notated-length class (LENGTH_EDGES_Q), the target's unit; () none (see fit_length_offsets)
+    length_offsets: Tuple[float, ...] = ()
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(N,) the target per score note (MIDI velocity; articulation: log2 ratio)."""
         return self.predict_features(group_features(tokens), note_features(tokens),
-                                     score_timeline(tokens).note_group)
+                                     score_timeline(tokens).note_group, spread=spread_for(self, tokens))
 
     def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray,
-                         spread: Optional[float] = None, level: Optional[Tuple[float, float]] = None) -> np.ndarray:
+                         spread: Optional[float] = None, level: Optional[Tuple[float, float]] = None,
+                         length_offsets: Optional[Sequence[float]] = None) -> np.ndarray:
         """(N,) the target per note (MIDI velocity): the network's prediction, its deviations from the piece's mean
         scaled by ``spread`` (default: the plan's own, see :func:`fit_spread`), around the level ``a + b x``
-        its mean (``level`` (a, b); default: the plan's own, see :func:`fit_level`)."""
+        its mean (``level`` (a, b); default: the plan's own, see :func:`fit_level`), plus the offset of each
+        note's notated-length class (``length_offsets``; default: the plan's own, see
+        :func:`fit_length_offsets`; () none)."""
         x, m, xn, ng = _tensors([(groups, notes, note_group)], self)
         with torch.no_grad():
             self.net.eval()
             y = self.net(x, m, xn, ng)[0].numpy().astype(np.float64) * self.SCALE + self.CENTRE  # (N,)
         k = self.spread if spread is None else spread
         a, b = self.level if level is None else level
-        return (a + b * y.mean() + k * (y - y.mean())).clip(self.LOW, self.HIGH)
+        offsets = self.length_offsets if length_offsets is None else length_offsets
+        value = a + b * y.mean() + k * (y - y.mean())
+        if len(offsets):
+            value = value + np.asarray(offsets, np.float64)[length_class(notes)]
+        return value.clip(self.LOW, self.HIGH)
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
@@ -152,7 +170,10 @@ class VelocityPlan:
         return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
                 "note_feature_names": list(NOTE_FEATURE_NAMES), "group_mean": f32(self.group_mean),
                 "group_std": f32(self.group_std), "note_mean": f32(self.note_mean), "note_std": f32(self.note_std),
-                "spread": float(self.spread), "level": [float(x) for x in self.level], "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+                "spread": float(self.spread), "spread_plain": float(self.spread_plain or 0.0),
+                "level": [float(x) for x in self.level],
+                "length_offsets": [float(x) for x in self.length_offsets],
+                "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "VelocityPlan":
@@ -165,18 +186,86 @@ class VelocityPlan:
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
         return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")),
-                   spread=float(state.get("spread", 1.0)), level=tuple(float(x) for x in state.get("level", (0.0, 1.0))))
+                   spread=float(state.get("spread", 1.0)), spread_plain=stored_spread_plain(state),
+                   level=tuple(float(x) for x in state.get("level", (0.0, 1.0))),
+                   length_offsets=tuple(float(x) for x in state.get("length_offsets", ())))
 
 
+@dataclass
 class ArticulationPlan(VelocityPlan):
     """The articulation plan: the same network and calibration, predicting each note's key-down time as
-    the ``Art`` token states it, log2(played / notated at the local tempo) (``instruct_tokenizer.vocab``)."""
+    the ``Art`` token states it, log2(played / notated at the local tempo) (``instruct_tokenizer.vocab``).
+    From a score (:meth:`predict`) no note is planned longer than ``max_key_down_s`` at the notated tempo."""
 
     TARGET: ClassVar[str] = "articulation"
     CENTRE: ClassVar[float] = -0.8  # about the training performances' mean log2 ratio
     SCALE: ClassVar[float] = 1.0
     LOW: ClassVar[float] = V.ART_MIN
     HIGH: ClassVar[float] = V.ART_MAX
+    LENGTH_CALIBRATED: ClassVar[bool] = True
+
+    # the longest key-down (seconds) the plan asks for, at the notated tempo; 0: no bound (fit_max_key_down)
+    max_key_down_s: float = 0.0
+
+    def predict(self, tokens: Sequence[str]) -> np.ndarray:
+        """(N,) log2 ratio per score note, no note's key-down over ``max_key_down_s`` at the notated tempo."""
+        return self.bounded(super().predict(tokens), tokens)
+
+    def bounded(self, values: np.ndarray, tokens: Sequence[str]) -> np.ndarray:
+        """``values`` (N,) log2 ratios, each at most log2(max_key_down_s / the note's notated length in
+        seconds at the score's notated tempo) (never under LOW; grace notes, notated 0, unbounded)."""
+        if not self.max_key_down_s > 0:
+            return values
+        tl = score_timeline(tokens)
+        notated_s = tl.note_dur_q * bar_notated_period_s(tokens)[tl.group_bar[tl.note_group]]  # (N,)
+        with np.errstate(divide="ignore"):
+            ceiling = np.log2(self.max_key_down_s / notated_s)  # +inf for a grace note
+        return np.minimum(values, np.maximum(ceiling, self.LOW))
+
+    def state(self) -> dict:
+        return {**super().state(), "max_key_down_s": float(self.max_key_down_s)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ArticulationPlan":
+        plan = super().from_state(state)
+        plan.max_key_down_s = float(state.get("max_key_down_s", 0.0))
+        return plan
+
+
+def length_class(notes: np.ndarray) -> np.ndarray:
+    """(N,) int: each note's notated-length class (0 .. len(LENGTH_EDGES_Q)), from the ``log_dur`` column of
+    :func:`note_features` (log2 quarters; a grace note falls in the shortest class)."""
+    log_dur = notes[:, NOTE_FEATURE_NAMES.index("log_dur")]
+    return np.searchsorted(np.log2(LENGTH_EDGES_Q), log_dur, side="left")
+
+
+def fit_length_offsets(plan: VelocityPlan, pieces: List[dict], min_notes: int = 100) -> Tuple[float, ...]:
+    """Per notated-length class (:data:`LENGTH_EDGES_Q`), the mean of (pianist - plan) over the notes of
+    ``pieces`` the network was not fitted on (the validation performances), with the plan's spread and
+    level and no offsets; 0 for a class with under ``min_notes`` notes. The stretch (:func:`fit_spread`)
+    scales the plan's dependence on the notated length with the rest, and the network already leans
+    short on long notes on unseen pieces: on the validation pieces the stretched articulation plan held
+    notes of a quarter to a whole note 0.3-0.4 log2 shorter than the pianists, those of a sixteenth
+    0.1 longer (docs/experiments.md section 21). The per-note r hardly moves."""
+    total = np.zeros(len(LENGTH_EDGES_Q) + 1)
+    count = np.zeros(len(LENGTH_EDGES_Q) + 1)
+    for p in pieces:
+        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], length_offsets=())
+        ok = np.isfinite(p[plan.TARGET])
+        cls = length_class(p["notes"])[ok]
+        np.add.at(total, cls, (p[plan.TARGET] - pred)[ok])
+        np.add.at(count, cls, 1.0)
+    return tuple(float(t / c) if c >= min_notes else 0.0 for t, c in zip(total, count))
+
+
+def fit_max_key_down(pieces: List[dict], quantile: float = 0.999) -> float:
+    """The ``quantile`` of the pianists' key-down times (seconds) over the notes of ``pieces`` (each's
+    ``key_down_s``: (N,), NaN for a note not played); 0 (no bound) when there are none. The stretched plan's
+    tail, in log2 of the notated length, means minutes on a long note at a slow tempo (a 9-quarter note
+    planned 150 s on a validation piece, docs/experiments.md section 21); no pianist's 0.1 % reaches that."""
+    held = np.concatenate([p["key_down_s"][np.isfinite(p["key_down_s"])] for p in pieces if "key_down_s" in p]
+                          or [np.zeros(0)])
+    return float(np.quantile(held, quantile)) if len(held) else 0.0
 
 
 def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
@@ -186,7 +275,7 @@ def fit_spread(plan: VelocityPlan, pieces: List[dict]) -> float:
     velocities as much, so the plan is stretched back to the human spread (its r is unchanged)."""
     ratios = []
     for p in pieces:
-        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0)
+        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0, length_offsets=())
         human = p[plan.TARGET][np.isfinite(p[plan.TARGET])]
         if len(human) > 1 and np.std(pred) > 0:
             ratios.append(float(np.std(human) / np.std(pred)))
@@ -202,7 +291,8 @@ def fit_level(plan: VelocityPlan, pieces: List[dict]) -> Tuple[float, float]:
     removes its bias (docs/experiments.md section 19). The per-note r does not change."""
     xs, ys = [], []
     for p in pieces:
-        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0, level=(0.0, 1.0))
+        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], spread=1.0, level=(0.0, 1.0),
+                                     length_offsets=())
         ok = np.isfinite(p[plan.TARGET])
         if ok.sum() > 1:
             xs.append(float(pred.mean()))
@@ -248,8 +338,7 @@ def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int
     """Fit a per-note plan of class ``kind`` on ``pieces`` (each {"features": (G, F), "notes": (N, Fn),
     "note_group": (N,), kind.TARGET: (N,), NaN for a note not played}); AdamW with a cosine decay, batches
     of similar length, squared error; keep the epoch with the best mean per-piece correlation on
-    ``valid``; then the spread (:func:`fit_spread`, on ``pieces``) and the level (:func:`fit_level`, on
-    ``valid``)."""
+    ``valid``; then its calibration (:func:`calibrate`)."""
     torch.manual_seed(seed)
     gx = np.concatenate([p["features"] for p in pieces])
     nx = np.concatenate([p["notes"] for p in pieces])
@@ -272,6 +361,16 @@ def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int
 
     train_epochs(net, pieces, [len(p[key]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
                  progress)
-    plan.spread = fit_spread(plan, pieces)
-    plan.level = fit_level(plan, valid)
+    calibrate(plan, pieces, valid)
     return plan
+
+
+def calibrate(plan: VelocityPlan, train: List[dict], valid: List[dict], spread: Optional[float] = None) -> None:
+    """Set the plan's calibration in order: its spread (fitted on ``train``, or ``spread``), its level and,
+    where the plan's class has them, its notated-length offsets (both fitted on ``valid``, pieces the
+    network was not fitted on); an articulation plan's key-down bound (:func:`fit_max_key_down`, ``train``)."""
+    plan.spread = fit_spread(plan, train) if spread is None else float(spread)
+    plan.level = fit_level(plan, valid)
+    plan.length_offsets = fit_length_offsets(plan, valid) if plan.LENGTH_CALIBRATED else ()
+    if isinstance(plan, ArticulationPlan):
+        plan.max_key_down_s = fit_max_key_down(train)

@@ -12,8 +12,11 @@ performance (``instruct-eval``'s beat tempo, velocity or articulation r, with th
 curve), beside the notated tempo with its changes (tempo). ``--into FILE`` adds the plan to a release
 file (its ``tempo_plan``, ``velocity_plan`` or ``articulation_plan`` entry, written atomically; the
 network's weights are untouched). Every plan's deviations are stretched by its spread, the median ratio of
-the pianists' spread to the plan's on the training pieces (``--spread`` stores another); ``--calibrate``
-re-fits only that calibration (and the per-note plans' level) of the plan already in the file. Usage:
+the pianists' spread to the plan's on the training pieces (``--spread`` stores another), and by that
+spread times the ratio of the plain scores' fit to the marked scores' for a score without markings
+(``spread_plain``); ``--calibrate`` re-fits only that calibration (and the per-note plans' level, the
+articulation plan's offsets per notated-length class and its key-down bound) of the plan already in
+the file. Usage:
 
     python scripts/fit_plan.py outputs/nasap/tok --what tempo --members 3 --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what velocity --into checkpoints/instruct-museformer.pt
@@ -38,13 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer import vocab as V  # noqa: E402
 from instruct_tokenizer.decode import decode_performance  # noqa: E402
 from instruct_tokenizer.metrics import beat_log_tempo, per_note_features  # noqa: E402
+from instruct_tokenizer.score import without_markings  # noqa: E402
 
-MARKING_TYPES = frozenset(V.GROUP_MARKING_TYPES + V.NOTE_MARKING_TYPES + V.MARKING_STATE_TYPES + (V.AFTER,))
-
-
-def without_markings(tokens: List[str]) -> List[str]:
-    """The score tokens a score MIDI would give: no MusicXML markings."""
-    return [t for t in tokens if V.parse(t)[0] not in MARKING_TYPES]
+KINDS = ("marked", "plain")  # each training performance's score versions: with its markings, and without
 
 
 def performance_example(row: dict) -> dict:
@@ -62,7 +61,7 @@ def performance_example(row: dict) -> dict:
         marks, qpm = xml_score_info(row["source"], {"markings": True, "notated_tempo": True}, report=lambda s: None)
         enc = encode_match(load_match(row["source"]), marks=marks, qpm=qpm)
         out = {"row": row}
-        for kind, score in (("marked", enc.score), ("plain", without_markings(enc.score))):
+        for kind, score in zip(KINDS, (enc.score, without_markings(enc.score))):
             score = apply_notated_tempo(score)[0]
             perf = decode_performance(score, enc.perf)
             tl = perf.timeline
@@ -72,10 +71,19 @@ def performance_example(row: dict) -> dict:
                          "notes": note_features(score), "velocity": np.where(perf.played, perf.velocity, np.nan),
                          "note_velocity": per_note["velocity"],
                          "articulation": np.clip(per_note["articulation"], V.ART_MIN, V.ART_MAX),
+                         "key_down_s": np.where(perf.played, perf.offset_s - perf.onset_s, np.nan),
                          "note_group": tl.note_group, "note_beat": per_note["beat_tempo"], "score": score}
         return out
     except Exception as e:  # noqa: BLE001  (any unreadable performance is left out with its reason)
         return {"row": row, "error": f"{type(e).__name__}: {e}"}
+
+
+def plain_spread(plan, fit_spread, train: List[dict]) -> float:
+    """The spread for a score without markings (``spread_plain``): the plan's spread times the ratio of the
+    spread ``fit_spread`` finds on the plain training scores to the one on the marked (``train``
+    alternates marked and plain versions of each performance, :data:`KINDS`)."""
+    marked, plain = train[0::2], train[1::2]
+    return float(plan.spread * fit_spread(plan, plain) / fit_spread(plan, marked))
 
 
 def performances(tok_dir: Path) -> List[dict]:
@@ -172,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from museformer.tempo_plan import TempoPlanEnsemble, fit
     from museformer.tempo_plan import fit_spread as fit_tempo_spread
-    from museformer.velocity_plan import fit_articulation, fit_level, fit_spread, fit_velocity
+    from museformer.velocity_plan import calibrate, fit_articulation, fit_spread, fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -192,7 +200,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "smooth) or the group's own period (onset: what its Tempo token encodes); default beat")
     p.add_argument("--calibrate", action="store_true",
                    help="keep the network(s) of the plan already in --into and re-fit only its calibration: the spread "
-                        "(training pieces) and, velocity and articulation, the level (validation pieces)")
+                        "(training pieces; from marked and from plain scores) and, velocity and articulation, the "
+                        "level (validation pieces); articulation: its offsets per notated-length class too "
+                        "(validation pieces) and its key-down bound (training pieces)")
     p.add_argument("--spread", type=float,
                    help="store this spread (the plan's deviations are scaled by it) instead of the fitted one, the "
                         "median ratio of the pianists' spread to the plan's on the training pieces; the release's "
@@ -226,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.what == "tempo":
         key = "target" if args.target == "beat" else "target_onset"
-        train = [{"features": e[k]["features"], "target": e[k][key]} for e in split["train"] for k in ("marked", "plain")]
+        train = [{"features": e[k]["features"], "target": e[k][key]} for e in split["train"] for k in KINDS]
         valid = [{"features": e["marked"]["features"], "target": e["marked"][key]} for e in split["valid"]]
         if args.calibrate:
             plan = stored_plan(args.into, "tempo_plan")
@@ -237,24 +247,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
         plan.spread = fit_tempo_spread(plan, train)
         print(f"tempo plan: fitted spread {plan.spread:.3f}", file=sys.stderr)
+        if args.spread is not None:
+            plan.spread = args.spread
+        plan.spread_plain = plain_spread(plan, fit_tempo_spread, train)
         rows = report_rows
     else:
-        fields = ("features", "notes", "note_group", args.what)
-        train = [{f: e[k][f] for f in fields} for e in split["train"] for k in ("marked", "plain")]
+        fields = ("features", "notes", "note_group", args.what, "key_down_s")
+        train = [{f: e[k][f] for f in fields} for e in split["train"] for k in KINDS]
         valid = [{f: e["marked"][f] for f in fields} for e in split["valid"]]
         if args.calibrate:
             plan = stored_plan(args.into, f"{args.what}_plan")
-            plan.spread, plan.level = fit_spread(plan, train), fit_level(plan, valid)
         else:
             fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
             plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
-        print(f"{args.what} plan: fitted spread {plan.spread:.3f}, level {plan.level[0]:.2f} + "
-              f"{plan.level[1]:.3f} x the network's mean", file=sys.stderr)
+        calibrate(plan, train, valid, args.spread)  # the level and offsets follow the stored spread
+        plan.spread_plain = plain_spread(plan, fit_spread, train)
+        print(f"{args.what} plan: level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the network's mean, "
+              f"notated-length offsets {[round(x, 3) for x in plan.length_offsets]}, key-down bound "
+              f"{getattr(plan, 'max_key_down_s', 0.0):.2f} s", file=sys.stderr)
         rows = note_rows
     bar.close()
-    if args.spread is not None:
-        plan.spread = args.spread
-    print(f"stored spread {plan.spread:.3f}", file=sys.stderr)
+    print(f"stored spread {plan.spread:.3f}, from a score without markings {plan.spread_plain:.3f}", file=sys.stderr)
     report = {"what": args.what, "train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
               "valid": rows(plan, split["valid"]), "test": rows(plan, split["test"]),
               "test_2_per_piece": rows(plan, first_per_piece(split["test"], 2))}

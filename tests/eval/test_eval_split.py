@@ -106,6 +106,23 @@ def test_model_gets_the_score_tokens_it_was_trained_on(tok_dir, tmp_path):
         assert (tmp_path / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
 
 
+def test_plain_scores_render_without_markings_and_keep_the_notated_tempo(tok_dir, tmp_path):
+    """--plain-scores: the model renders each score as a score MIDI gives it (no marking, the same QPM as
+    the marked score), there is no markings row, and the human reference is the same."""
+    marked, plain = RecordingRenderer(), RecordingRenderer()
+    evaluate_split(str(tok_dir), marked, str(tmp_path / "marked"), per_piece=1, max_bars=8, markings=False)
+    res = evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8, plain=True)
+    assert "markings" not in res and res["model"]["performances"] == 2
+    for m, p in zip(marked.scores, plain.scores):
+        types = {V.parse(t)[0] for t in p}
+        assert not types & V.MARKING_TYPES and V.QPM in types
+        assert [t for t in p if t.startswith(V.QPM + "_")] == [t for t in m if t.startswith(V.QPM + "_")]
+        assert [t for t in m if V.parse(t)[0] not in V.MARKING_TYPES] == p
+    for i in range(2):
+        name = f"midi/human-{i}.mid"
+        assert (tmp_path / "marked" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+
+
 @pytest.mark.parametrize("flag,value,message", [("--per-piece", "0", "--per-piece must be at least 1"),
                                                 ("--temperature", "0", "--temperature must be > 0")],
                          ids=lambda p: str(p))

@@ -158,3 +158,30 @@ def test_fit_spread_stretches_a_shrunk_curve_back_and_the_files_keep_it(kind):
     assert again.spread == pytest.approx(plan.spread)
     assert np.allclose(again.predict_features(x), plan.predict_features(x), atol=1e-5)
     assert fit_spread(plan, [{"features": x[:2], "target": np.array([0.1, np.nan])}]) == 1.0  # nothing to read
+
+
+@pytest.mark.parametrize("kind", ["single", "ensemble"])
+def test_a_score_without_markings_takes_the_plain_spread_and_the_files_keep_it(kind):
+    from instruct_tokenizer.score import has_markings, without_markings
+
+    plan = _plan(0) if kind == "single" else TempoPlanEnsemble([_plan(s) for s in (0, 1)])
+    marked = _score(bars=6, fermata_bar=2, word="rit")
+    plain = without_markings(marked)
+    assert has_markings(marked) and not has_markings(plain)
+    assert [t for t in marked if t not in plain] == [V.tok(V.TEMPO_WORD, "rit"), V.tok(V.MARK, "fermata")]
+    plan.spread, plan.spread_plain = 1.5, 2.5
+    assert np.allclose(plan.predict(marked), plan.predict_features(group_features(marked), spread=1.5))
+    assert np.allclose(plan.predict(plain), plan.predict_features(group_features(plain), spread=2.5))
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert tempo_plan_from_state(state).spread_plain == 2.5
+    assert np.allclose(tempo_plan_from_state(state).predict(plain), plan.predict(plain), atol=1e-6)
+    if kind == "single":
+        del state["spread_plain"]  # a file written before it: the same spread for every score
+    else:
+        state["spread_plain"] = 0.0  # none stored
+    again = tempo_plan_from_state(state)
+    assert again.spread_plain is None
+    assert np.allclose(again.predict(plain), plan.predict_features(group_features(plain), spread=1.5), atol=1e-6)

@@ -95,8 +95,8 @@ class _LevelOnly:
     def __init__(self, means):
         self.means = iter(means)
 
-    def predict_features(self, groups, notes, note_group, spread=None, level=None):
-        assert level == (0.0, 1.0)  # fit_level reads the network's own level
+    def predict_features(self, groups, notes, note_group, spread=None, level=None, length_offsets=None):
+        assert level == (0.0, 1.0) and length_offsets == ()  # fit_level reads the network's own level
         return np.full(len(notes), next(self.means))
 
 
@@ -157,3 +157,107 @@ def test_the_articulation_plan_learns_a_planted_rule_in_log2():
     buf.seek(0)
     again = ArticulationPlan.from_state(torch.load(buf, weights_only=True))
     assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]), pred, atol=1e-5)
+
+
+def _with_lengths(notes, durations_q):
+    """The note features with their ``log_dur`` column set to the given notated lengths (quarters)."""
+    out = notes.copy()
+    out[:, _col("log_dur")] = np.log2(np.clip(durations_q, 1 / 24, 16))
+    return out
+
+
+class _Shifted:
+    """A stand-in articulation plan: the pianist's value minus a planted offset per notated-length class."""
+
+    TARGET = "articulation"
+
+    def __init__(self, planted):
+        self.planted = np.asarray(planted)
+
+    def predict_features(self, groups, notes, note_group, spread=None, level=None, length_offsets=None):
+        from museformer.velocity_plan import length_class
+
+        assert length_offsets == ()  # the fit reads the plan without its own offsets
+        return notes[:, -1] - self.planted[length_class(notes)]  # the last column holds the pianist's value here
+
+
+def test_length_classes_and_offsets_fitted_per_notated_length():
+    from museformer.velocity_plan import LENGTH_EDGES_Q, fit_length_offsets, length_class
+
+    durations = np.array([0.0, 0.25, 1 / 6, 1 / 3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 12.0])
+    notes = _with_lengths(np.zeros((len(durations), N_NOTE_FEATURES), np.float32), durations)
+    assert length_class(notes).tolist() == [0, 0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 5]  # grace notes: shortest
+    assert len(LENGTH_EDGES_Q) == 5
+    rng = np.random.default_rng(0)
+    planted = np.array([0.1, -0.2, 0.3, 0.4, -0.5, 0.6])
+    pieces = []
+    for _ in range(20):
+        d = rng.choice([0.25, 0.5, 1.0, 2.0, 4.0], size=60)  # no note longer than a whole note
+        human = rng.normal(-1.0, 1.0, size=60)
+        human[::9] = np.nan  # notes not played
+        notes = _with_lengths(np.zeros((60, N_NOTE_FEATURES), np.float32), d)
+        notes[:, -1] = np.nan_to_num(human)
+        pieces.append({"features": None, "notes": notes, "note_group": None, "articulation": human})
+    offsets = fit_length_offsets(_Shifted(planted), pieces)
+    assert np.allclose(offsets[:5], planted[:5]) and offsets[5] == 0.0  # too few notes: no offset
+
+
+def test_the_offsets_add_per_class_and_survive_the_safe_loader():
+    from museformer.velocity_plan import ArticulationPlan
+
+    torch.manual_seed(0)
+    plan = ArticulationPlan(VelocityNet(channels=8, levels=2).eval(), np.zeros(N_FEATURES), np.ones(N_FEATURES),
+                            np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES))
+    p = _synthetic(1, 3)[0]
+    p["notes"] = _with_lengths(p["notes"], np.random.default_rng(3).choice([0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+                                                                          size=len(p["notes"])))
+    plain = plan.predict_features(p["features"], p["notes"], p["note_group"])
+    plan.length_offsets = (0.1, -0.2, 0.3, 0.4, -0.5, 0.6)
+    shifted = plan.predict_features(p["features"], p["notes"], p["note_group"])
+    from museformer.velocity_plan import length_class
+
+    assert np.allclose(shifted - plain, np.asarray(plan.length_offsets)[length_class(p["notes"])])
+    plan.max_key_down_s = 7.5
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    again = ArticulationPlan.from_state(state)
+    assert again.length_offsets == pytest.approx(plan.length_offsets) and again.max_key_down_s == 7.5
+    del state["length_offsets"], state["max_key_down_s"]  # a file written before them: none
+    old = ArticulationPlan.from_state(state)
+    assert old.length_offsets == () and old.max_key_down_s == 0
+
+
+def test_no_note_is_planned_longer_than_the_key_down_bound():
+    """_score() has no QPM: the default 120, 0.5 s a quarter. Bound 0.25 s: a quarter note at most 2 ** -1
+    of its length, the eighth (D5) 2 ** 0, the grace note unbounded; bound 0: none."""
+    from museformer.velocity_plan import ArticulationPlan, fit_max_key_down
+
+    plan = ArticulationPlan(VelocityNet(channels=8, levels=2).eval(), np.zeros(N_FEATURES), np.ones(N_FEATURES),
+                            np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES), max_key_down_s=0.25)
+    held = np.full(7, 1.5)  # every note planned 2 ** 1.5 its notated length
+    assert plan.bounded(held, _score()).tolist() == [-1.0, -1.0, -1.0, 0.0, 1.5, -1.0, -1.0]
+    plan.max_key_down_s = 0.0
+    assert plan.bounded(held, _score()).tolist() == held.tolist()
+    plan.max_key_down_s = 1e-4  # never under the Art range's floor
+    assert plan.bounded(held, _score()).min() == V.ART_MIN
+    pieces = [{"key_down_s": np.array([0.1, 0.2, np.nan, 0.3])}, {"key_down_s": np.linspace(0.0, 9.0, 10)}, {}]
+    assert fit_max_key_down(pieces, quantile=1.0) == 9.0 and fit_max_key_down([{}]) == 0.0
+    assert fit_max_key_down(pieces, quantile=0.5) == pytest.approx(np.median([0.1, 0.2, 0.3, *np.linspace(0, 9, 10)]))
+
+
+def test_a_score_without_markings_takes_the_plain_spread():
+    from instruct_tokenizer.score import score_timeline, without_markings
+
+    torch.manual_seed(0)
+    plan = VelocityPlan(VelocityNet(channels=8, levels=2).eval(), np.zeros(N_FEATURES), np.ones(N_FEATURES),
+                        np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES), spread=1.5, spread_plain=3.0)
+    for tokens, spread in ((_score(), 1.5), (without_markings(_score()), 3.0)):
+        expected = plan.predict_features(group_features(tokens), note_features(tokens),
+                                         score_timeline(tokens).note_group, spread=spread)
+        assert np.allclose(plan.predict(tokens), expected)
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    assert VelocityPlan.from_state(torch.load(buf, weights_only=True)).spread_plain == 3.0
