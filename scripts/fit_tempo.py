@@ -89,9 +89,11 @@ def pieces(tok_dir: Path, split: str) -> dict:
 
 
 def without_markings(score: list) -> list:
-    """What a score MIDI of the same score gives: no marking tokens, the default QPM."""
-    marks = set(V.marking_tokens()) | set(V.marking_state_tokens()) | set(V.after_fermata_tokens())
-    return [V.tok(V.QPM, int(V.DEFAULT_QPM)) if t.startswith(V.QPM + "_") else t for t in score if t not in marks]
+    """What a score MIDI of the same score gives when it states no tempo: no marking tokens
+    (``score.without_markings``), the default QPM."""
+    from instruct_tokenizer.score import without_markings as no_marks
+
+    return [V.tok(V.QPM, int(V.DEFAULT_QPM)) if t.startswith(V.QPM + "_") else t for t in no_marks(score)]
 
 
 @dataclass(frozen=True)
