@@ -390,10 +390,13 @@ class Renderer:
         {"tempo_plan": (factors, group_bar), "velocity_plan": (velocities, note_bar), "articulation_plan":
         (log2 ratios, note_bar)} (:func:`segment_plans` cuts a segment's part)."""
         on = self.decode is not None
-        out = {"tempo_plan": self.tempo_plan_of(score_tokens),
+        tempo = self.tempo_plan_of(score_tokens)
+        # the articulation plan's key-down bound in seconds reads the tempo plan's curve where it is on
+        local_tempo = {} if tempo is None else {"group_log_factor": tempo[0]}
+        out = {"tempo_plan": tempo,
                "velocity_plan": note_plan_of(self.velocity_planner, on and self.decode.velocity_plan > 0, score_tokens),
                "articulation_plan": note_plan_of(self.articulation_planner, on and self.decode.articulation_plan > 0,
-                                                 score_tokens)}
+                                                 score_tokens, **local_tempo)}
         return {k: v for k, v in out.items() if v is not None}
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
@@ -423,16 +426,17 @@ class Renderer:
         return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
 
 
-def note_plan_of(planner, on: bool, score_tokens: Sequence[str]):
+def note_plan_of(planner, on: bool, score_tokens: Sequence[str], **context):
     """(values, note_bar) of a whole score for a per-note plan rule (``--velocity-plan``: MIDI velocity;
     ``--articulation-plan``: log2 ratio; ``museformer.velocity_plan``) and each note's bar; None when the
-    rule is off or the checkpoint holds no such plan."""
+    rule is off or the checkpoint holds no such plan. ``context``: what the plan's ``predict`` also reads
+    (the articulation plan: ``group_log_factor``, the tempo plan's curve)."""
     if planner is None or not on:
         return None
     from instruct_tokenizer.score import score_timeline
 
     tl = score_timeline(score_tokens)
-    return planner.predict(score_tokens), tl.group_bar[tl.note_group]
+    return planner.predict(score_tokens, **context), tl.group_bar[tl.note_group]
 
 
 def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, torch.Tensor]:

@@ -195,7 +195,8 @@ class VelocityPlan:
 class ArticulationPlan(VelocityPlan):
     """The articulation plan: the same network and calibration, predicting each note's key-down time as
     the ``Art`` token states it, log2(played / notated at the local tempo) (``instruct_tokenizer.vocab``).
-    From a score (:meth:`predict`) no note is planned longer than ``max_key_down_s`` at the notated tempo."""
+    From a score (:meth:`predict`) no note is planned longer than ``max_key_down_s`` at the notated tempo
+    (times the tempo plan's curve where the renderer has one)."""
 
     TARGET: ClassVar[str] = "articulation"
     CENTRE: ClassVar[float] = -0.8  # about the training performances' mean log2 ratio
@@ -207,17 +208,23 @@ class ArticulationPlan(VelocityPlan):
     # the longest key-down (seconds) the plan asks for, at the notated tempo; 0: no bound (fit_max_key_down)
     max_key_down_s: float = 0.0
 
-    def predict(self, tokens: Sequence[str]) -> np.ndarray:
-        """(N,) log2 ratio per score note, no note's key-down over ``max_key_down_s`` at the notated tempo."""
-        return self.bounded(super().predict(tokens), tokens)
+    def predict(self, tokens: Sequence[str], group_log_factor: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N,) log2 ratio per score note, no note's key-down over ``max_key_down_s`` at the notated tempo
+        times e^``group_log_factor`` (G,) per onset group (the tempo plan's curve; None: the notated tempo)."""
+        return self.bounded(super().predict(tokens), tokens, group_log_factor)
 
-    def bounded(self, values: np.ndarray, tokens: Sequence[str]) -> np.ndarray:
+    def bounded(self, values: np.ndarray, tokens: Sequence[str],
+                group_log_factor: Optional[np.ndarray] = None) -> np.ndarray:
         """``values`` (N,) log2 ratios, each at most log2(max_key_down_s / the note's notated length in
-        seconds at the score's notated tempo) (never under LOW; grace notes, notated 0, unbounded)."""
+        seconds at the score's notated tempo, times e^``group_log_factor`` of its onset group where given)
+        (never under LOW; grace notes, notated 0, unbounded)."""
         if not self.max_key_down_s > 0:
             return values
         tl = score_timeline(tokens)
-        notated_s = tl.note_dur_q * bar_notated_period_s(tokens)[tl.group_bar[tl.note_group]]  # (N,)
+        period_s = bar_notated_period_s(tokens)[tl.group_bar]  # (G,) s per quarter
+        if group_log_factor is not None:
+            period_s = period_s * np.exp(np.asarray(group_log_factor, np.float64))
+        notated_s = tl.note_dur_q * period_s[tl.note_group]  # (N,)
         with np.errstate(divide="ignore"):
             ceiling = np.log2(self.max_key_down_s / notated_s)  # +inf for a grace note
         return np.minimum(values, np.maximum(ceiling, self.LOW))

@@ -238,6 +238,9 @@ def test_no_note_is_planned_longer_than_the_key_down_bound():
                             np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES), max_key_down_s=0.25)
     held = np.full(7, 1.5)  # every note planned 2 ** 1.5 its notated length
     assert plan.bounded(held, _score()).tolist() == [-1.0, -1.0, -1.0, 0.0, 1.5, -1.0, -1.0]
+    # the tempo plan's curve: twice as slow from the second onset group on, so those notes one lower
+    slower = np.log(np.array([1.0, 2.0, 2.0, 2.0]))
+    assert plan.bounded(held, _score(), slower).tolist() == pytest.approx([-1.0, -1.0, -1.0, -1.0, 1.5, -2.0, -2.0])
     plan.max_key_down_s = 0.0
     assert plan.bounded(held, _score()).tolist() == held.tolist()
     plan.max_key_down_s = 1e-4  # never under the Art range's floor

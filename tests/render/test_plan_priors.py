@@ -253,3 +253,23 @@ def test_rendering_follows_the_articulation_plan(tmp_path):
     near = np.abs(arts(perf) - want)
     far = np.abs(arts(free.render_tokens(toks, Sampling(seed=0), progress=False)) - want)
     assert np.median(near) <= 0.1 and np.median(far) > 2 * np.median(near), (np.median(near), np.median(far))
+
+
+@needs_release
+def test_the_articulation_plan_is_bounded_at_the_tempo_plan_s_local_tempo():
+    """The renderer hands the articulation plan the tempo plan's curve: with a bound of 0.5 s, every planned
+    note lasts at most 1 s at the notated tempo times that curve; without the tempo plan, at the notated tempo."""
+    from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    prefix, bars = split_bars(r.score_tokens(str(CHOPIN)))
+    toks = prefix + [t for b in bars[:12] for t in b]
+    r.articulation_planner.max_key_down_s = 0.5
+    tl = score_timeline(toks)
+    notated_s = tl.note_dur_q * bar_notated_period_s(toks)[tl.group_bar[tl.note_group]]
+    for tempo_plan, curve in ((3.0, r.tempo_planner.predict(toks)), (0.0, np.zeros(tl.n_groups))):
+        r.decode.tempo_plan = tempo_plan
+        planned = r.plans_of(toks)["articulation_plan"][0]
+        seconds = notated_s * np.exp(curve[tl.note_group]) * 2.0 ** planned
+        assert seconds.max() <= 0.5 + 1e-9 and (seconds > 0.49).any()  # bounded, and the bound acts here
+        assert np.array_equal(planned, r.articulation_planner.predict(toks, curve if tempo_plan else None))
