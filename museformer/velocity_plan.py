@@ -205,7 +205,7 @@ class ArticulationPlan(VelocityPlan):
     HIGH: ClassVar[float] = V.ART_MAX
     LENGTH_CALIBRATED: ClassVar[bool] = True
 
-    # the longest key-down (seconds) the plan asks for, at the notated tempo; 0: no bound (fit_max_key_down)
+    # the longest key-down (seconds) the plan asks for, at the local tempo (bounded); 0: no bound (fit_max_key_down)
     max_key_down_s: float = 0.0
 
     def predict(self, tokens: Sequence[str], group_log_factor: Optional[np.ndarray] = None) -> np.ndarray:
