@@ -124,7 +124,6 @@ class VelocityPlan:
     SCALE: ClassVar[float] = VELOCITY_SCALE
     LOW: ClassVar[float] = 1.0  # the target's range
     HIGH: ClassVar[float] = 127.0
-    LENGTH_CALIBRATED: ClassVar[bool] = False  # whether a fit adds per notated-length offsets (fit_length_offsets)
 
     net: VelocityNet
     group_mean: np.ndarray
@@ -161,6 +160,12 @@ class VelocityPlan:
         if len(offsets):
             value = value + np.asarray(offsets, np.float64)[length_class(notes)]
         return value.clip(self.LOW, self.HIGH)
+
+    def calibrate(self, train: List[dict], valid: List[dict], spread: Optional[float] = None) -> None:
+        """Set the calibration in order: the spread (:func:`fit_spread` on ``train``, or ``spread``), then the
+        level (:func:`fit_level` on ``valid``, pieces the network was not fitted on)."""
+        self.spread = fit_spread(self, train) if spread is None else float(spread)
+        self.level = fit_level(self, valid)
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
@@ -203,7 +208,6 @@ class ArticulationPlan(VelocityPlan):
     SCALE: ClassVar[float] = 1.0
     LOW: ClassVar[float] = V.ART_MIN
     HIGH: ClassVar[float] = V.ART_MAX
-    LENGTH_CALIBRATED: ClassVar[bool] = True
 
     # the longest key-down (seconds) the plan asks for, at the local tempo (bounded); 0: no bound (fit_max_key_down)
     max_key_down_s: float = 0.0
@@ -228,6 +232,13 @@ class ArticulationPlan(VelocityPlan):
         with np.errstate(divide="ignore"):
             ceiling = np.log2(self.max_key_down_s / notated_s)  # +inf for a grace note
         return np.minimum(values, np.maximum(ceiling, self.LOW))
+
+    def calibrate(self, train: List[dict], valid: List[dict], spread: Optional[float] = None) -> None:
+        """The velocity plan's calibration, then the offsets per notated-length class
+        (:func:`fit_length_offsets`, ``valid``) and the key-down bound (:func:`fit_max_key_down`, ``train``)."""
+        super().calibrate(train, valid, spread)
+        self.length_offsets = fit_length_offsets(self, valid)
+        self.max_key_down_s = fit_max_key_down(train)
 
     def state(self) -> dict:
         return {**super().state(), "max_key_down_s": float(self.max_key_down_s)}
@@ -345,7 +356,7 @@ def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int
     """Fit a per-note plan of class ``kind`` on ``pieces`` (each {"features": (G, F), "notes": (N, Fn),
     "note_group": (N,), kind.TARGET: (N,), NaN for a note not played}); AdamW with a cosine decay, batches
     of similar length, squared error; keep the epoch with the best mean per-piece correlation on
-    ``valid``; then its calibration (:func:`calibrate`)."""
+    ``valid``; then its calibration (:meth:`VelocityPlan.calibrate`)."""
     torch.manual_seed(seed)
     gx = np.concatenate([p["features"] for p in pieces])
     nx = np.concatenate([p["notes"] for p in pieces])
@@ -368,16 +379,5 @@ def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int
 
     train_epochs(net, pieces, [len(p[key]) for p in pieces], batch_loss, validate, epochs, lr, seed, batch,
                  progress)
-    calibrate(plan, pieces, valid)
+    plan.calibrate(pieces, valid)
     return plan
-
-
-def calibrate(plan: VelocityPlan, train: List[dict], valid: List[dict], spread: Optional[float] = None) -> None:
-    """Set the plan's calibration in order: its spread (fitted on ``train``, or ``spread``), its level and,
-    where the plan's class has them, its notated-length offsets (both fitted on ``valid``, pieces the
-    network was not fitted on); an articulation plan's key-down bound (:func:`fit_max_key_down`, ``train``)."""
-    plan.spread = fit_spread(plan, train) if spread is None else float(spread)
-    plan.level = fit_level(plan, valid)
-    plan.length_offsets = fit_length_offsets(plan, valid) if plan.LENGTH_CALIBRATED else ()
-    if isinstance(plan, ArticulationPlan):
-        plan.max_key_down_s = fit_max_key_down(train)

@@ -180,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from museformer.tempo_plan import TempoPlanEnsemble, fit
     from museformer.tempo_plan import fit_spread as fit_tempo_spread
-    from museformer.velocity_plan import calibrate, fit_articulation, fit_spread, fit_velocity
+    from museformer.velocity_plan import fit_articulation, fit_spread, fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -245,9 +245,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress)
                        for k in range(args.members)]
             plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
-        plan.spread = fit_tempo_spread(plan, train)
-        print(f"tempo plan: fitted spread {plan.spread:.3f}", file=sys.stderr)
-        if args.spread is not None:
+        if args.spread is None:
+            plan.spread = fit_tempo_spread(plan, train)
+            print(f"tempo plan: fitted spread {plan.spread:.3f}", file=sys.stderr)
+        else:
             plan.spread = args.spread
         plan.spread_plain = plain_spread(plan, fit_tempo_spread, train)
         rows = report_rows
@@ -260,7 +261,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
             plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
-        calibrate(plan, train, valid, args.spread)  # the level and offsets follow the stored spread
+        if args.calibrate or args.spread is not None:  # a fit calibrates with the fitted spread
+            plan.calibrate(train, valid, args.spread)  # the level and offsets follow the stored spread
         plan.spread_plain = plain_spread(plan, fit_spread, train)
         print(f"{args.what} plan: level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the network's mean, "
               f"notated-length offsets {[round(x, 3) for x in plan.length_offsets]}, key-down bound "
