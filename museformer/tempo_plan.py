@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,21 @@ FEATURE_NAMES = (
     "mode_rit", "mode_accel", "dynamic",
 )
 N_FEATURES = len(FEATURE_NAMES)
+# the phrase features (``group_features(tokens, TEMPO_FEATURE_NAMES)``), read by tempo plans that store these names:
+# pianists slow into the end of a phrase, which the score marks with a slur's end (MusicXML) and a rest
+PHRASE_FEATURE_NAMES = (
+    "log_rest_after",  # log2(1 + quarters of silence after the group: no note sounds until the next onset)
+    "slur_start", "slur_end",  # a note of the group starts / ends a slur
+    "log_q_to_phrase_end", "log_q_from_phrase_end",  # log2(1 + quarters) to the next / since the last phrase end:
+    # a slur's end or a rest of at least PHRASE_REST_Q
+    "bass_pitch",  # the group's lowest pitch, (MIDI - 64) / 24
+    "wedge_cresc", "wedge_dim",  # an open crescendo / diminuendo hairpin
+)
+TEMPO_FEATURE_NAMES = FEATURE_NAMES + PHRASE_FEATURE_NAMES
+FEATURE_SETS = (FEATURE_NAMES, TEMPO_FEATURE_NAMES)  # what group_features computes; a plan stores which it reads
+PHRASE_REST_Q = 0.25  # quarters of silence that end a phrase (a sixteenth rest or more)
+_SLUR_START, _SLUR_END = V.tok(V.SLUR, "start"), V.tok(V.SLUR, "end")
+_WEDGES = {V.tok(V.WEDGE, "cresc"): 0, V.tok(V.WEDGE, "dim"): 1, V.tok(V.WEDGE, "end"): None}
 
 
 _IOI_NEXT = FEATURE_NAMES.index("log_ioi_next")
@@ -145,10 +160,70 @@ def read_timeline(tokens: Sequence[str]):
     return tl
 
 
-def group_features(tokens: Sequence[str]) -> np.ndarray:
-    """(G, N_FEATURES) float32 features of the score's onset groups, in token order (see FEATURE_NAMES).
-    Raises TempoPlanError for a score with no onset group."""
+def group_features(tokens: Sequence[str], names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
+    """(G, len(names)) float32 features of the score's onset groups, in token order: ``names`` one of
+    :data:`FEATURE_SETS` (FEATURE_NAMES: the velocity and articulation plans' and the first tempo plans';
+    TEMPO_FEATURE_NAMES: those and the phrase features). Raises TempoPlanError for a score with no onset
+    group or an unknown feature set."""
+    if tuple(names) not in FEATURE_SETS:
+        raise TempoPlanError(f"unknown plan features {list(names)[len(FEATURE_NAMES):] or list(names)}")
     tl = read_timeline(tokens)
+    base = _base_features(tokens, tl)
+    if tuple(names) == FEATURE_NAMES:
+        return base
+    return np.concatenate([base, phrase_features(tokens, tl)], axis=1)  # (G, F + phrase)
+
+
+def phrase_features(tokens: Sequence[str], tl) -> np.ndarray:
+    """(G, len(PHRASE_FEATURE_NAMES)) float32: where the score's phrases end (slurs, rests), the bass and the
+    hairpins, per onset group (``tl``: the tokens' ``score_timeline``). Units in PHRASE_FEATURE_NAMES."""
+    n = tl.n_groups
+    q = tl.group_q.astype(float)
+    note_end = q[tl.note_group] + tl.note_dur_q  # (N,) quarters
+    sounding_until = np.full(n, -np.inf)
+    np.maximum.at(sounding_until, tl.note_group, note_end)
+    sounding_until = np.maximum.accumulate(sounding_until)  # (G,) the latest release of the notes so far
+    next_q = np.append(q[1:], sounding_until[-1])
+    rest_after = np.maximum(next_q - sounding_until, 0.0)  # (G,) quarters of silence before the next onset
+    lo = np.full(n, 127.0)
+    np.minimum.at(lo, tl.note_group, tl.note_pitch)
+    slur_start, slur_end, wedges = np.zeros(n), np.zeros(n), np.zeros((n, 2))
+    g, wedge = -1, None
+    for t in tokens:
+        if t.startswith(V.POS + "_"):
+            g += 1
+            if wedge is not None:
+                wedges[g, wedge] = 1.0
+        elif g < 0:
+            continue
+        elif t == _SLUR_START:
+            slur_start[g] = 1.0
+        elif t == _SLUR_END:
+            slur_end[g] = 1.0
+        elif t in _WEDGES:
+            wedge = _WEDGES[t]
+            if wedge is not None:
+                wedges[g, wedge] = 1.0
+    ends = (slur_end > 0) | (rest_after >= PHRASE_REST_Q)  # (G,) groups that end a phrase
+    to_end, from_end = np.full(n, 1e4), np.full(n, 1e4)
+    last = -np.inf
+    for i in range(n):  # since the last phrase end (before this group)
+        from_end[i] = q[i] - last
+        if ends[i]:
+            last = q[i]
+    following = np.inf
+    for i in range(n - 1, -1, -1):  # to the next phrase end (this group's own: 0)
+        if ends[i]:
+            following = q[i]
+        to_end[i] = following - q[i]
+    cols = [_log2p(rest_after), slur_start, slur_end, _log2p(np.minimum(to_end, 1e4)) / 4.0,
+            _log2p(np.minimum(from_end, 1e4)) / 4.0, (lo - 64.0) / 24.0, *wedges.T]
+    out = np.stack(cols, axis=1).astype(np.float32)  # (G, phrase)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _base_features(tokens: Sequence[str], tl) -> np.ndarray:
+    """(G, N_FEATURES) float32: the FEATURE_NAMES columns of :func:`group_features`."""
     n = tl.n_groups
     q = tl.group_q.astype(float)
     end_q = float(q.max() + 1.0)
@@ -236,10 +311,11 @@ class TempoPlan:
     feature_std: np.ndarray
     spread: float = 1.0  # the curve is scaled by this (see fit_spread)
     spread_plain: Optional[float] = None  # ... from a score without markings (spread_for); None: spread
+    feature_names: Tuple[str, ...] = FEATURE_NAMES  # which of FEATURE_SETS it reads (group_features)
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
-        return self.predict_features(group_features(tokens), spread_for(self, tokens))
+        return self.predict_features(group_features(tokens, self.feature_names), spread_for(self, tokens))
 
     def predict_features(self, features: np.ndarray, spread: Optional[float] = None) -> np.ndarray:
         """(G, F) :func:`group_features` -> (G,) log s per quarter relative to the piece's mean: the network's
@@ -254,7 +330,7 @@ class TempoPlan:
 
     def state(self) -> dict:
         """What the release file stores: plain tensors, lists and numbers only (weights_only loadable)."""
-        return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
+        return {"config": dict(self.net.config), "feature_names": list(self.feature_names),
                 "feature_mean": torch.from_numpy(self.feature_mean.astype(np.float32)),
                 "feature_std": torch.from_numpy(self.feature_std.astype(np.float32)), "spread": float(self.spread),
                 "spread_plain": float(self.spread_plain or 0.0),
@@ -262,13 +338,15 @@ class TempoPlan:
 
     @classmethod
     def from_state(cls, state: dict) -> "TempoPlan":
-        if list(state.get("feature_names", [])) != list(FEATURE_NAMES):
+        names = tuple(state.get("feature_names", []))
+        if names not in FEATURE_SETS:
             raise TempoPlanError("the plan was fitted on other features than this version computes")
         net = PlanNet(**state["config"])
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
         return cls(net, state["feature_mean"].float().numpy(), state["feature_std"].float().numpy(),
-                   spread=float(state.get("spread", 1.0)), spread_plain=stored_spread_plain(state))
+                   spread=float(state.get("spread", 1.0)), spread_plain=stored_spread_plain(state),
+                   feature_names=names)
 
 
 class TempoPlanEnsemble:
@@ -280,13 +358,16 @@ class TempoPlanEnsemble:
     def __init__(self, members: Sequence[TempoPlan], spread: float = 1.0, spread_plain: Optional[float] = None):
         if not members:
             raise TempoPlanError("a tempo plan ensemble needs at least one member")
+        if len({m.feature_names for m in members}) > 1:
+            raise TempoPlanError("a tempo plan ensemble's members read different features")
         self.members = list(members)
+        self.feature_names = members[0].feature_names
         self.spread = spread  # the mean curve is scaled by this (see fit_spread)
         self.spread_plain = spread_plain  # ... from a score without markings (spread_for); None: spread
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(G,) log s per quarter relative to the piece's mean, per onset group of the score tokens."""
-        return self.predict_features(group_features(tokens), spread_for(self, tokens))
+        return self.predict_features(group_features(tokens, self.feature_names), spread_for(self, tokens))
 
     def predict_features(self, features: np.ndarray, spread: Optional[float] = None) -> np.ndarray:
         """(G, F) :func:`group_features` -> (G,) the members' mean prediction scaled by ``spread`` (default:
@@ -314,16 +395,18 @@ def tempo_plan_from_state(state: dict):
 
 
 def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-3, seed: int = 0,
-        batch: int = 16, progress=None, **net_kw) -> TempoPlan:
-    """Fit on ``pieces`` (each {"features": (G, F), "target": (G,) log s per quarter, NaN where no
-    performance says}): AdamW with a cosine learning-rate decay over ``epochs``, batches of pieces of
-    similar length (little padding), the centred squared error; keep the epoch with the best mean
-    per-piece correlation on ``valid``."""
+        batch: int = 16, progress=None, feature_names: Sequence[str] = FEATURE_NAMES, **net_kw) -> TempoPlan:
+    """Fit on ``pieces`` (each {"features": (G, F) the ``feature_names`` columns of :func:`group_features`,
+    "target": (G,) log s per quarter, NaN where no performance says}): AdamW with a cosine learning-rate
+    decay over ``epochs``, batches of pieces of similar length (little padding), the centred squared error;
+    keep the epoch with the best mean per-piece correlation on ``valid``."""
     torch.manual_seed(seed)
     allx = np.concatenate([p["features"] for p in pieces])
+    if allx.shape[1] != len(feature_names):
+        raise TempoPlanError(f"{allx.shape[1]} feature columns for {len(feature_names)} feature names")
     mean, std = allx.mean(0), allx.std(0) + 1e-3
-    net = PlanNet(**net_kw)
-    plan = TempoPlan(net, mean, std)
+    net = PlanNet(n_features=len(feature_names), **net_kw)
+    plan = TempoPlan(net, mean, std, feature_names=tuple(feature_names))
 
     def batch_loss(chunk: List[dict]) -> Tensor:
         x, y, m = _batch(chunk, mean, std)
@@ -384,7 +467,7 @@ def train_epochs(net: nn.Module, pieces: List[dict], lengths: List[int], batch_l
 
 def _batch(pieces: List[dict], mean: np.ndarray, std: np.ndarray):
     g = max(len(p["target"]) for p in pieces)
-    x = torch.zeros(len(pieces), N_FEATURES, g)  # (B, F, G)
+    x = torch.zeros(len(pieces), len(mean), g)  # (B, F, G)
     y = torch.full((len(pieces), g), float("nan"))  # (B, G)
     m = torch.zeros(len(pieces), g, dtype=torch.bool)
     for i, p in enumerate(pieces):

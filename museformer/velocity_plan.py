@@ -13,7 +13,8 @@ A squared-error fit shrinks its deviations towards the mean, so they are stretch
 spread (:func:`fit_spread`, on the training pieces), and its level over a piece is calibrated on pieces it
 has not seen (:func:`fit_level`, on the validation pieces); a score without markings takes its own, wider
 spread (``tempo_plan.spread_for``). The articulation plan is also calibrated per notated-length class
-(:func:`fit_length_offsets`, validation pieces) and asks for no key-down longer than the pianists' 99.9th
+(:func:`fit_length_offsets`: the validation pieces, and the training pieces each read by a plan fitted
+without it, ``scripts/fit_plan.py --cross-fit``) and asks for no key-down longer than the pianists' 99.9th
 percentile (:func:`fit_max_key_down`, training pieces). A pure function of the score tokens, like the
 tempo plan. Units: MIDI velocity (articulation: log2 ratio).
 """
@@ -257,22 +258,26 @@ def length_class(notes: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.log2(LENGTH_EDGES_Q), log_dur, side="left")
 
 
-def fit_length_offsets(plan: VelocityPlan, pieces: List[dict], min_notes: int = 100) -> Tuple[float, ...]:
+def fit_length_offsets(plan: VelocityPlan, pieces: List[dict], min_notes: int = 100,
+                       out_of_fold: Sequence[Tuple[VelocityPlan, List[dict]]] = ()) -> Tuple[float, ...]:
     """Per notated-length class (:data:`LENGTH_EDGES_Q`), the mean of (pianist - plan) over the notes of
     ``pieces`` the network was not fitted on (the validation performances), with the plan's spread and
-    level and no offsets; 0 for a class with under ``min_notes`` notes. The stretch (:func:`fit_spread`)
+    level and no offsets; 0 for a class with under ``min_notes`` notes. ``out_of_fold``: more
+    (plan, pieces) pairs pooled in, each plan fitted without its pieces (``scripts/fit_plan.py
+    --cross-fit``: the training pieces, fold by fold). The stretch (:func:`fit_spread`)
     scales the plan's dependence on the notated length with the rest, and the network already leans
     short on long notes on unseen pieces: on the validation pieces the stretched articulation plan held
     notes of a quarter to a whole note 0.3-0.4 log2 shorter than the pianists, those of a sixteenth
     0.1 longer (docs/experiments.md section 21). The per-note r hardly moves."""
     total = np.zeros(len(LENGTH_EDGES_Q) + 1)
     count = np.zeros(len(LENGTH_EDGES_Q) + 1)
-    for p in pieces:
-        pred = plan.predict_features(p["features"], p["notes"], p["note_group"], length_offsets=())
-        ok = np.isfinite(p[plan.TARGET])
-        cls = length_class(p["notes"])[ok]
-        np.add.at(total, cls, (p[plan.TARGET] - pred)[ok])
-        np.add.at(count, cls, 1.0)
+    for source, source_pieces in [(plan, pieces), *out_of_fold]:
+        for p in source_pieces:
+            pred = source.predict_features(p["features"], p["notes"], p["note_group"], length_offsets=())
+            ok = np.isfinite(p[plan.TARGET])
+            cls = length_class(p["notes"])[ok]
+            np.add.at(total, cls, (p[plan.TARGET] - pred)[ok])
+            np.add.at(count, cls, 1.0)
     return tuple(float(t / c) if c >= min_notes else 0.0 for t, c in zip(total, count))
 
 

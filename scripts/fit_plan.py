@@ -21,6 +21,12 @@ the file. Usage:
     python scripts/fit_plan.py outputs/nasap/tok --what tempo --members 3 --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what velocity --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what articulation --into checkpoints/instruct-museformer.pt
+
+``--cross-fit K`` (articulation) fits the offsets per notated-length class on the training pieces too, each
+read by one of K plans fitted without its fold (measured with 3 folds, not released: docs/experiments.md
+section 22);
+``--phrase-features`` (tempo) lets the tempo plan read where the score's phrases end as well (rests, slur
+ends, the bass, hairpins: ``tempo_plan.PHRASE_FEATURE_NAMES``; measured, not released: section 22).
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ def performance_example(row: dict) -> dict:
     from instruct_tokenizer.match import load_match
     from instruct_tokenizer.tempo_infer import apply_notated_tempo
     from museformer.eval_split import xml_score_info
-    from museformer.tempo_plan import group_features
+    from museformer.tempo_plan import N_FEATURES, TEMPO_FEATURE_NAMES, group_features
     from museformer.velocity_plan import note_features
 
     try:
@@ -66,7 +72,9 @@ def performance_example(row: dict) -> dict:
             perf = decode_performance(score, enc.perf)
             tl = perf.timeline
             per_note = per_note_features(score, enc.perf)
-            out[kind] = {"features": group_features(score), "target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
+            every = group_features(score, TEMPO_FEATURE_NAMES)  # (G, F + phrase): the base columns first
+            out[kind] = {"features": every[:, :N_FEATURES], "all_features": every,
+                         "target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
                          "target_onset": np.log(perf.group_period_s),
                          "notes": note_features(score), "velocity": np.where(perf.played, perf.velocity, np.nan),
                          "note_velocity": per_note["velocity"],
@@ -106,6 +114,37 @@ def first_per_piece(examples: List[dict], n: int) -> List[dict]:
         if count[key] < n:
             count[key] += 1
             out.append(e)
+    return out
+
+
+def piece_folds(examples: List[dict], folds: int, seed: int) -> List[List[dict]]:
+    """``examples`` in ``folds`` groups by piece (composer, title): a piece's performances share a fold; the
+    pieces shuffled by ``seed``, then dealt round."""
+    keys = sorted({(e["row"]["composer"], e["row"]["title"]) for e in examples})
+    np.random.default_rng(seed).shuffle(keys)
+    fold_of = {key: i % folds for i, key in enumerate(keys)}
+    return [[e for e in examples if fold_of[(e["row"]["composer"], e["row"]["title"])] == k] for k in range(folds)]
+
+
+def out_of_fold_plans(plan, train: List[dict], valid: List[dict], folds: int, fit_kind, fields, **fit_kw) -> list:
+    """(plan, pieces) per fold of the training performances (``train``: examples, :func:`piece_folds`): a plan
+    fitted as ``plan`` was (``fit_kind``, same settings) on the other folds, with ``plan``'s spread and its
+    own level fitted on the fold it did not see, and that fold's marked scores. What
+    ``fit_length_offsets(out_of_fold=...)`` pools with the validation pieces: the offsets then rest on
+    every training piece, each read by a network that did not see it (the validation pieces alone: 20
+    pieces, the classes' bias moving by 0.1-0.4 log2 from piece to piece)."""
+    from museformer.velocity_plan import fit_level
+
+    out = []
+    by_fold = piece_folds(train, folds, seed=fit_kw.get("seed", 0))
+    for k, held_out in enumerate(by_fold):
+        others = [e for j, fold in enumerate(by_fold) if j != k for e in fold]
+        fold_train = [{f: e[kind][f] for f in fields} for e in others for kind in KINDS]
+        unseen = [{f: e["marked"][f] for f in fields} for e in held_out]
+        fold_plan = fit_kind(fold_train, valid, **fit_kw)
+        fold_plan.spread = plan.spread
+        fold_plan.level = fit_level(fold_plan, unseen)
+        out.append((fold_plan, unseen))
     return out
 
 
@@ -178,9 +217,9 @@ def store(plan, path: str, entry: str = "tempo_plan") -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
-    from museformer.tempo_plan import TempoPlanEnsemble, fit
+    from museformer.tempo_plan import FEATURE_NAMES, TEMPO_FEATURE_NAMES, TempoPlanEnsemble, fit
     from museformer.tempo_plan import fit_spread as fit_tempo_spread
-    from museformer.velocity_plan import fit_articulation, fit_spread, fit_velocity
+    from museformer.velocity_plan import fit_articulation, fit_length_offsets, fit_spread, fit_velocity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -207,6 +246,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="store this spread (the plan's deviations are scaled by it) instead of the fitted one, the "
                         "median ratio of the pianists' spread to the plan's on the training pieces; the release's "
                         "tempo plan: chosen on validation renderings (docs/experiments.md section 20)")
+    p.add_argument("--phrase-features", action="store_true",
+                   help="tempo: read the phrase features too (museformer.tempo_plan.PHRASE_FEATURE_NAMES: rests and "
+                        "slur ends, the distance to and from them, the bass, hairpins); default: the base features")
+    p.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                   help="articulation: fit the offsets per notated-length class on the training pieces too, each read "
+                        "by one of K more plans fitted on the other K-1 folds (by piece), pooled with the validation "
+                        "pieces (K x the fit's time); 0: the validation pieces only (default)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
@@ -215,6 +261,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--calibrate: only with --into FILE (the release file holding the plan)")
     if args.spread is not None and not args.spread > 0:
         p.error("--spread: a positive factor")
+    if args.phrase_features and (args.what != "tempo" or args.calibrate):
+        p.error("--phrase-features: only when fitting a tempo plan (--what tempo, no --calibrate)")
+    if args.cross_fit and (args.what != "articulation" or args.cross_fit < 2):
+        p.error("--cross-fit: 2 folds or more, only with --what articulation")
     if args.calibrate and args.members > 1:
         p.error("--calibrate keeps the stored plan: no --members")
     torch.set_num_threads(max(1, args.workers))
@@ -228,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     examples = [e for e in examples if "error" not in e]
     split = {s: [e for e in examples if e["row"]["split"] == s] for s in ("train", "valid", "test")}
     start = time.time()
-    bar = tqdm(total=args.epochs * args.members, desc="fit", unit="epoch")
+    bar = tqdm(total=args.epochs * ((0 if args.calibrate else args.members) + args.cross_fit), desc="fit", unit="epoch")
 
     def progress(epoch: int, r: float) -> None:
         bar.set_postfix(valid_r=f"{r:.3f}")
@@ -236,14 +286,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.what == "tempo":
         key = "target" if args.target == "beat" else "target_onset"
-        train = [{"features": e[k]["features"], "target": e[k][key]} for e in split["train"] for k in KINDS]
-        valid = [{"features": e["marked"]["features"], "target": e["marked"][key]} for e in split["valid"]]
+        plan = stored_plan(args.into, "tempo_plan") if args.calibrate else None
+        names = plan.feature_names if plan else TEMPO_FEATURE_NAMES if args.phrase_features else FEATURE_NAMES
+        train = [{"features": e[k]["all_features"][:, :len(names)], "target": e[k][key]}
+                 for e in split["train"] for k in KINDS]
+        valid = [{"features": e["marked"]["all_features"][:, :len(names)], "target": e["marked"][key]}
+                 for e in split["valid"]]
         if args.calibrate:
-            plan = stored_plan(args.into, "tempo_plan")
             members = getattr(plan, "members", [plan])
         else:
-            members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress)
-                       for k in range(args.members)]
+            members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress,
+                           feature_names=names) for k in range(args.members)]
             plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
         if args.spread is None:
             plan.spread = fit_tempo_spread(plan, train)
@@ -263,6 +316,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
         if args.calibrate or args.spread is not None:  # a fit calibrates with the fitted spread
             plan.calibrate(train, valid, args.spread)  # the level and offsets follow the stored spread
+        if args.cross_fit:
+            before = plan.length_offsets
+            folds = out_of_fold_plans(plan, split["train"], valid, args.cross_fit, fit_articulation, fields,
+                                      epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+            plan.length_offsets = fit_length_offsets(plan, valid, out_of_fold=folds)
+            print(f"articulation plan: offsets from the validation pieces {[round(x, 3) for x in before]}, with "
+                  f"{args.cross_fit} folds of the training pieces {[round(x, 3) for x in plan.length_offsets]}",
+                  file=sys.stderr)
         plan.spread_plain = plain_spread(plan, fit_spread, train)
         print(f"{args.what} plan: level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the network's mean, "
               f"notated-length offsets {[round(x, 3) for x in plan.length_offsets]}, key-down bound "

@@ -185,3 +185,65 @@ def test_a_score_without_markings_takes_the_plain_spread_and_the_files_keep_it(k
     again = tempo_plan_from_state(state)
     assert again.spread_plain is None
     assert np.allclose(again.predict(plain), plan.predict_features(group_features(plain), spread=1.5), atol=1e-6)
+
+
+def _phrased_score():
+    """Two 4/4 bars of quarter notes (bass C3 on each first beat): a slur over the first three beats of bar 1,
+    then a quarter rest on beat 4; a crescendo hairpin over bar 2."""
+    out = [V.BAR_TOKEN, V.tok(V.TIME_SIG, "4/4"), V.tok(V.QPM, 60)]
+    for beat in range(3):
+        out.append(V.tok(V.POS, beat * V.GRID))
+        out += [V.tok(V.PITCH, 67), V.tok(V.DUR, V.GRID), V.tok(V.STAFF, 1)]
+        if beat in (0, 2):
+            out.append(V.tok(V.SLUR, "start" if beat == 0 else "end"))
+        if beat == 0:
+            out += [V.tok(V.PITCH, 48), V.tok(V.DUR, V.GRID), V.tok(V.STAFF, 2)]
+    out += [V.BAR_TOKEN, V.tok(V.QPM, 60)]
+    for beat in range(4):
+        out.append(V.tok(V.POS, beat * V.GRID))
+        if beat == 0:
+            out.append(V.tok(V.WEDGE, "cresc"))
+        if beat == 3:
+            out.append(V.tok(V.WEDGE, "end"))
+        out += [V.tok(V.PITCH, 67 + beat), V.tok(V.DUR, V.GRID), V.tok(V.STAFF, 1)]
+    return out
+
+
+def test_phrase_features_read_rests_slurs_the_bass_and_hairpins():
+    from museformer.tempo_plan import PHRASE_FEATURE_NAMES, TEMPO_FEATURE_NAMES
+
+    tokens = _phrased_score()
+    base = group_features(tokens)
+    f = group_features(tokens, TEMPO_FEATURE_NAMES)
+    assert f.shape == (7, len(TEMPO_FEATURE_NAMES)) and np.array_equal(f[:, :N_FEATURES], base)
+    ph = {name: f[:, N_FEATURES + i] for i, name in enumerate(PHRASE_FEATURE_NAMES)}
+    assert np.allclose(ph["log_rest_after"], [0, 0, 1, 0, 0, 0, 0])  # log2(1 + the quarter rest) after beat 3
+    assert ph["slur_start"].tolist() == [1, 0, 0, 0, 0, 0, 0] and ph["slur_end"].tolist() == [0, 0, 1, 0, 0, 0, 0]
+    # the slur's end (and the rest) on the third onset: 2 and 1 quarters before it, 0 at it; after it 2, 3, 4, 5
+    assert np.allclose(ph["log_q_to_phrase_end"][:3] * 4, np.log2([3, 2, 1]))
+    assert np.allclose(ph["log_q_from_phrase_end"][3:] * 4, np.log2([1 + 2, 1 + 3, 1 + 4, 1 + 5]))
+    assert ph["bass_pitch"][0] == pytest.approx((48 - 64) / 24) and ph["bass_pitch"][1] == pytest.approx(3 / 24)
+    assert ph["wedge_cresc"].tolist() == [0, 0, 0, 1, 1, 1, 1] and not ph["wedge_dim"].any()
+    with pytest.raises(TempoPlanError, match="unknown plan features"):
+        group_features(tokens, FEATURE_NAMES + ("tempo_from_the_future",))
+
+
+def test_a_plan_reads_the_features_it_was_fitted_on_and_keeps_them_in_its_file():
+    from museformer.tempo_plan import TEMPO_FEATURE_NAMES
+
+    torch.manual_seed(0)
+    n = len(TEMPO_FEATURE_NAMES)
+    plan = TempoPlan(PlanNet(n_features=n, channels=8, levels=2), np.zeros(n, np.float32), np.ones(n, np.float32),
+                     feature_names=TEMPO_FEATURE_NAMES)
+    tokens = _phrased_score()
+    assert np.allclose(plan.predict(tokens), plan.predict_features(group_features(tokens, TEMPO_FEATURE_NAMES)))
+    buf = io.BytesIO()
+    torch.save(TempoPlanEnsemble([plan]).state(), buf)
+    buf.seek(0)
+    again = tempo_plan_from_state(torch.load(buf, weights_only=True))
+    assert again.feature_names == TEMPO_FEATURE_NAMES and np.allclose(again.predict(tokens), plan.predict(tokens))
+    with pytest.raises(TempoPlanError, match="different features"):
+        TempoPlanEnsemble([plan, _plan(1)])
+    pieces = [{"features": group_features(tokens), "target": np.linspace(-0.1, 0.1, 7)}]
+    with pytest.raises(TempoPlanError, match="feature columns"):
+        fit(pieces, pieces, epochs=1, feature_names=TEMPO_FEATURE_NAMES)

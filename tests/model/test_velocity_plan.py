@@ -119,7 +119,9 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
                                         (["--what", "tempo", "--calibrate", "--members", "3", "--into", "x.pt"],
                                          "--calibrate"),
                                         (["--what", "velocity", "--calibrate"], "--calibrate"),
-                                        (["--what", "tempo", "--spread", "0"], "--spread")])
+                                        (["--what", "tempo", "--spread", "0"], "--spread"),
+                                        (["--what", "velocity", "--cross-fit", "3"], "--cross-fit"),
+                                        (["--what", "articulation", "--cross-fit", "1"], "--cross-fit")])
 def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, capsys):
     import sys
     from pathlib import Path
@@ -200,6 +202,30 @@ def test_length_classes_and_offsets_fitted_per_notated_length():
         pieces.append({"features": None, "notes": notes, "note_group": None, "articulation": human})
     offsets = fit_length_offsets(_Shifted(planted), pieces)
     assert np.allclose(offsets[:5], planted[:5]) and offsets[5] == 0.0  # too few notes: no offset
+    # out-of-fold pairs pool their notes with the validation pieces': a whole-note class reaches 100 notes
+    longer = [{**p, "notes": _with_lengths(p["notes"], np.full(60, 8.0))} for p in pieces[:2]]
+    other = np.array([0.0, 0.0, 0.0, 0.0, 0.0, -0.3])
+    pooled = fit_length_offsets(_Shifted(planted), pieces, out_of_fold=[(_Shifted(other), longer)])
+    assert np.allclose(pooled[:5], planted[:5]) and pooled[5] == pytest.approx(-0.3)
+    assert fit_length_offsets(_Shifted(planted), pieces[:1], out_of_fold=[(_Shifted(planted), pieces[1:])]) == \
+        pytest.approx(offsets)  # the same notes, split between the sources: the same offsets
+
+
+def test_piece_folds_keep_a_pieces_performances_together():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from scripts.fit_plan import piece_folds
+
+    examples = [{"row": {"composer": c, "title": f"t{t}", "source": f"{c}{t}{k}"}}
+                for c in "ABC" for t in range(5) for k in range(1 + t % 3)]
+    folds = piece_folds(examples, 3, seed=0)
+    assert sorted(e["row"]["source"] for f in folds for e in f) == sorted(e["row"]["source"] for e in examples)
+    pieces = [{(e["row"]["composer"], e["row"]["title"]) for e in f} for f in folds]
+    assert all(not (a & b) for i, a in enumerate(pieces) for b in pieces[i + 1:])  # no piece in two folds
+    assert [len(p) for p in pieces] == [5, 5, 5]  # the 15 pieces dealt round
+    assert piece_folds(examples, 3, seed=0) == folds and piece_folds(examples, 3, seed=1) != folds
 
 
 def test_the_offsets_add_per_class_and_survive_the_safe_loader():
@@ -264,3 +290,41 @@ def test_a_score_without_markings_takes_the_plain_spread():
     torch.save(plan.state(), buf)
     buf.seek(0)
     assert VelocityPlan.from_state(torch.load(buf, weights_only=True)).spread_plain == 3.0
+
+
+def test_out_of_fold_plans_never_read_the_pieces_they_were_fitted_on():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from scripts.fit_plan import out_of_fold_plans
+
+    fitted = []
+
+    class _Plan(_LevelOnly):
+        TARGET = "articulation"
+
+        def __init__(self, seen):
+            super().__init__([0.0] * 100)
+            self.seen, self.spread = seen, 1.0
+
+    def fit_kind(train, valid, **kw):
+        fitted.append(kw)
+        return _Plan({p["source"] for p in train})
+
+    def version(source):
+        return {"source": source, "features": None, "notes": np.zeros((4, 1)), "note_group": None,
+                "articulation": np.zeros(4)}
+
+    examples = [{"row": {"composer": "C", "title": f"t{t}", "source": f"t{t}-{k}"},
+                 "marked": version(f"t{t}-{k}"), "plain": version(f"t{t}-{k}")} for t in range(9) for k in range(2)]
+    main_plan = _Plan(set())
+    main_plan.spread = 1.6
+    pairs = out_of_fold_plans(main_plan, examples, [], 3, fit_kind, ("source", "features", "notes", "note_group",
+                                                                       "articulation"), epochs=2, seed=0)
+    assert len(pairs) == 3 and all(kw == {"epochs": 2, "seed": 0} for kw in fitted)
+    unseen = [p["source"] for _, fold in pairs for p in fold]
+    assert sorted(unseen) == sorted(e["row"]["source"] for e in examples)  # every training piece read once
+    for plan, fold in pairs:
+        assert plan.spread == 1.6 and not plan.seen & {p["source"] for p in fold}
+        assert len(plan.seen) == 12  # the other two folds' performances (both score versions, one set)
