@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from instruct_tokenizer import vocab as V
-from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+from instruct_tokenizer.score import Timeline, bar_notated_period_s, score_timeline
 
 # the score tokens a feature reads (markings appear only where the score has them: MusicXML)
 _FERMATA = V.tok(V.MARK, "fermata")
@@ -149,7 +149,7 @@ def group_markings(tokens: Sequence[str], n_groups: int) -> Dict[str, np.ndarray
             "has_markings": np.full(n_groups, 1.0 if any_mark else 0.0)}
 
 
-def read_timeline(tokens: Sequence[str]):
+def read_timeline(tokens: Sequence[str]) -> Timeline:
     """``score_timeline`` of the tokens; TempoPlanError for unreadable tokens or a score with no notes."""
     try:
         tl = score_timeline(tokens)
@@ -174,7 +174,7 @@ def group_features(tokens: Sequence[str], names: Sequence[str] = FEATURE_NAMES) 
     return np.concatenate([base, phrase_features(tokens, tl)], axis=1)  # (G, F + phrase)
 
 
-def phrase_features(tokens: Sequence[str], tl) -> np.ndarray:
+def phrase_features(tokens: Sequence[str], tl: Timeline) -> np.ndarray:
     """(G, len(PHRASE_FEATURE_NAMES)) float32: where the score's phrases end (slurs, rests), the bass and the
     hairpins, per onset group (``tl``: the tokens' ``score_timeline``). Units in PHRASE_FEATURE_NAMES."""
     n = tl.n_groups
@@ -222,7 +222,7 @@ def phrase_features(tokens: Sequence[str], tl) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _base_features(tokens: Sequence[str], tl) -> np.ndarray:
+def _base_features(tokens: Sequence[str], tl: Timeline) -> np.ndarray:
     """(G, N_FEATURES) float32: the FEATURE_NAMES columns of :func:`group_features`."""
     n = tl.n_groups
     q = tl.group_q.astype(float)

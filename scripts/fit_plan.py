@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -126,7 +126,8 @@ def piece_folds(examples: List[dict], folds: int, seed: int) -> List[List[dict]]
     return [[e for e in examples if fold_of[(e["row"]["composer"], e["row"]["title"])] == k] for k in range(folds)]
 
 
-def out_of_fold_plans(plan, train: List[dict], valid: List[dict], folds: int, fit_kind, fields, **fit_kw) -> list:
+def out_of_fold_plans(plan, train: List[dict], valid: List[dict], folds: int, fit_kind: Callable, fields: Sequence[str],
+                      **fit_kw) -> List[tuple]:
     """(plan, pieces) per fold of the training performances (``train``: examples, :func:`piece_folds`): a plan
     fitted as ``plan`` was (``fit_kind``, same settings) on the other folds, with ``plan``'s spread and its
     own level fitted on the fold it did not see, and that fold's marked scores. What
