@@ -18,7 +18,7 @@ spread times the ratio of the plain scores' fit to the marked scores' for a scor
 articulation plan's offsets per notated-length class and its key-down bound) of the plan already in
 the file. Usage:
 
-    python scripts/fit_plan.py outputs/nasap/tok --what tempo --members 3 --into checkpoints/instruct-museformer.pt
+    python scripts/fit_plan.py outputs/nasap/tok --what tempo --members 3 --phrase-features --spread 1.75 --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what velocity --into checkpoints/instruct-museformer.pt
     python scripts/fit_plan.py outputs/nasap/tok --what articulation --into checkpoints/instruct-museformer.pt
 
@@ -26,7 +26,7 @@ the file. Usage:
 read by one of K plans fitted without its fold (measured with 3 folds, not released: docs/experiments.md
 section 22);
 ``--phrase-features`` (tempo) lets the tempo plan read where the score's phrases end as well (rests, slur
-ends, the bass, hairpins: ``tempo_plan.PHRASE_FEATURE_NAMES``; measured, not released: section 22).
+ends, the bass, hairpins: ``tempo_plan.PHRASE_FEATURE_NAMES``; the release's tempo plan: section 22).
 """
 from __future__ import annotations
 

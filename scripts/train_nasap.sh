@@ -48,6 +48,8 @@
 # about 50 minutes on 2 cores; the tempo plan is the mean of PLAN_MEMBERS=3 fits, seeds 0, 1, 2) and stores them in
 # the release file; PLANS=0 skips them (the plan rules then do nothing). TEMPO_SPREAD (1.75, chosen on the validation
 # renderings, docs/experiments.md section 20) stretches the tempo plan's curve; TEMPO_SPREAD=fit keeps the fitted one.
+# TEMPO_PHRASE=1 (default, the release's) lets the tempo plan read where phrases end (fit_plan.py --phrase-features,
+# docs/experiments.md section 22); TEMPO_PHRASE=0: the base features.
 # ART_FOLDS=K (0, the release's: off) fits the articulation plan's offsets per notated length on every training piece
 # too, read out of fold (fit_plan.py --cross-fit K; 3 folds: 17 more minutes on 2 cores; docs/experiments.md section 22).
 # EXTRA adds fairseq-train flags (e.g. --max-update); RELEASE=0 skips the release file. The cpu profile also
@@ -163,6 +165,7 @@ BEST="$OUT/ckpt/checkpoint_best_freerun.pt"
 $BIN/python scripts/release_checkpoint.py "$BEST" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
 if [ "${PLANS:-1}" = 1 ] && [ -f "$TOK/manifest.jsonl" ]; then  # the tempo and velocity plans (docs/decoding.md)
   $BIN/python scripts/fit_plan.py "$TOK" --what tempo --members "${PLAN_MEMBERS:-3}" --json "$OUT/plan_tempo.json" \
+      $([ "${TEMPO_PHRASE:-1}" = 1 ] && echo --phrase-features) \
       $([ "${TEMPO_SPREAD:-1.75}" != fit ] && echo --spread "${TEMPO_SPREAD:-1.75}") --into "$OUT/instruct-museformer.pt"
   $BIN/python scripts/fit_plan.py "$TOK" --what velocity --json "$OUT/plan_velocity.json" --into "$OUT/instruct-museformer.pt"
   $BIN/python scripts/fit_plan.py "$TOK" --what articulation $([ "${ART_FOLDS:-0}" != 0 ] && echo --cross-fit "$ART_FOLDS") \
