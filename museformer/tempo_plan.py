@@ -205,17 +205,11 @@ def phrase_features(tokens: Sequence[str], tl: Timeline) -> np.ndarray:
             if wedge is not None:
                 wedges[g, wedge] = 1.0
     ends = (slur_end > 0) | (rest_after >= PHRASE_REST_Q)  # (G,) groups that end a phrase
-    to_end, from_end = np.full(n, 1e4), np.full(n, 1e4)
-    last = -np.inf
-    for i in range(n):  # since the last phrase end (before this group)
-        from_end[i] = q[i] - last
-        if ends[i]:
-            last = q[i]
-    following = np.inf
-    for i in range(n - 1, -1, -1):  # to the next phrase end (this group's own: 0)
-        if ends[i]:
-            following = q[i]
-        to_end[i] = following - q[i]
+    index = np.arange(n)
+    last = np.insert(np.maximum.accumulate(np.where(ends, index, -1))[:-1], 0, -1)  # (G,) the last end before
+    following = np.minimum.accumulate(np.where(ends, index, n)[::-1])[::-1]  # (G,) the next end, this group's own
+    from_end = np.where(last >= 0, q - q[np.maximum(last, 0)], np.inf)  # quarters; inf: none
+    to_end = np.where(following < n, q[np.minimum(following, n - 1)] - q, np.inf)
     cols = [_log2p(rest_after), slur_start, slur_end, _log2p(np.minimum(to_end, 1e4)) / 4.0,
             _log2p(np.minimum(from_end, 1e4)) / 4.0, (lo - 64.0) / 24.0, *wedges.T]
     out = np.stack(cols, axis=1).astype(np.float32)  # (G, phrase)
