@@ -353,6 +353,46 @@ def without_markings(tokens: Sequence[str]) -> List[str]:
     return [t for t in tokens if _parse_cached(t)[0] not in V.MARKING_TYPES]
 
 
+# What a notation program's MIDI export plays for a note with this mark, as a share of its notated length
+# (MuseScore, whose exports (n)ASAP's and the benchmark's score MIDI files are: a staccato note half of it,
+# a staccatissimo note a third; docs/experiments.md section 23). The first that applies wins.
+PLAYBACK_LENGTH_SHARE = (("staccatissimo", 1.0 / 3.0), ("staccato", 0.5))
+
+
+def as_score_midi(tokens: Sequence[str]) -> List[str]:
+    """The score tokens a score MIDI exported by a notation program gives for the same score: no marking
+    tokens (:func:`without_markings`), and each staccato or staccatissimo note held for the share of its
+    notated length the program plays (:data:`PLAYBACK_LENGTH_SHARE`; the notes of one staff at one onset
+    with one length share a chord's marks, as the program plays a chord's articulation on all of them;
+    grace notes untouched). ``without_markings`` keeps the notated lengths, which no such file has: on the
+    benchmark's score MIDI files 20-30 % of some pieces' notes are written a half or a third of their
+    MusicXML length."""
+    notes: List[dict] = []  # per note: its Dur token's index, length (grid steps), onset group, staff, marks
+    group = -1
+    for i, t in enumerate(tokens):
+        kind, value = _parse_cached(t)
+        if kind == V.POS:
+            group += 1
+        elif kind == V.PITCH:
+            notes.append({"dur_at": None, "dur": 0, "group": group, "staff": None, "marks": set()})
+        elif kind == V.DUR and notes and notes[-1]["dur_at"] is None:
+            notes[-1].update(dur_at=i, dur=int(value))
+        elif kind == V.STAFF and notes and notes[-1]["staff"] is None:
+            notes[-1]["staff"] = value
+        elif kind == V.MARK and notes:
+            notes[-1]["marks"].add(value)
+    chord_marks: Dict[tuple, set] = {}
+    for n in notes:
+        chord_marks.setdefault((n["group"], n["staff"], n["dur"]), set()).update(n["marks"])
+    out = list(tokens)
+    for n in notes:
+        marks = chord_marks[(n["group"], n["staff"], n["dur"])]
+        share = next((s for mark, s in PLAYBACK_LENGTH_SHARE if mark in marks), None)
+        if share is not None and n["dur"] > 0 and n["dur_at"] is not None:
+            out[n["dur_at"]] = V.tok(V.DUR, V.quantise_dur(n["dur"] * share / V.GRID, grace=False))
+    return without_markings(out)
+
+
 def has_markings(tokens: Sequence[str]) -> bool:
     """Whether the score tokens hold any marking (a MusicXML's dynamics, tempo words, slurs, ...)."""
     return any(_parse_cached(t)[0] in V.MARKING_TYPES for t in tokens)

@@ -6,18 +6,20 @@ is what score MIDI files and MusicXML exporters write when nothing is stated: an
 Presto in 2/2 both got 120. The estimate is a line on the log2 tempo (quarter notes per minute); there
 are two, over these features of the score tokens (units in each name):
 
-- ``words`` (a score with a tempo word), least squares with a ridge: the first tempo word's class
-  (``TempoWord_slow|moderate|fast``: Adagio-, Andante-, Allegro-like), the meter of the first bar (log2
-  of its beat unit in quarters: 4 -> 0, 8 -> -1, 2 -> 1; whether it is compound: 6, 9, 12 over
-  anything), log2 of the median gap between onsets (quarters), log2 of onset groups per quarter and the
-  share of notes no longer than a sixteenth;
 - ``content`` (no tempo word: a score MIDI, most MusicXML without words), a Huber line (robust to the
   pieces played at twice or half the expected speed) with its ridge on standardised features, both
-  chosen by leave-one-piece-out cross-validation on the training pieces: log2 of the beat unit, log2 of
-  onset groups per quarter (its coefficient near -1: performers keep a roughly constant range of onsets
-  per second), the share of sixteenths or shorter, log2 of the 25th percentile of the onset gaps (the
-  shortest common note value, quarters), log2 of notes per onset (chord density: block chords read
-  slower) and log2 of the pitch range in semitones (a wide compass reads as a faster, virtuoso piece).
+  chosen by leave-one-piece-out cross-validation on the training pieces: the meter of the first bar
+  (log2 of its beat unit in quarters: 4 -> 0, 8 -> -1, 2 -> 1), log2 of onset groups per quarter (its
+  coefficient near -1: performers keep a roughly constant range of onsets per second), the share of
+  notes no longer than a sixteenth, log2 of the 25th percentile of the onset gaps (the shortest common
+  note value, quarters), log2 of notes per onset (chord density: block chords read slower) and log2 of
+  the pitch range in semitones (a wide compass reads as a faster, virtuoso piece);
+- ``words`` (a score with a tempo word): the first tempo word's class (``TempoWord_slow|moderate|fast``:
+  Adagio-, Andante-, Allegro-like) on top of the same content features, its loss and ridge chosen the
+  same way on the training pieces that have a word. (Until 2026-12-05 the words line read the word, the
+  meter, whether it is compound, the median onset gap, onsets per quarter and the share of sixteenths,
+  by least squares; a ``tempo_model.json`` stores the names its coefficients go with, so such a file
+  still loads and predicts as it did.)
 
 ``scripts/fit_tempo.py`` fits it on the training pieces of an ``instruct-tokenize build`` and writes the
 coefficients to ``instruct_tokenizer/data/tempo_model.json`` (shipped with the package); it also prints
@@ -39,12 +41,12 @@ from . import vocab as V
 from .score import score_timeline
 
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "tempo_model.json"
-FEATURES = ("bias", "word_slow", "word_moderate", "word_fast", "log2_beat_unit_q", "compound", "log2_median_ioi_q",
-            "log2_groups_per_q", "short_share")  # the words model
+WORD_CLASSES = ("slow", "moderate", "fast")
 CONTENT_FEATURES = ("bias", "log2_beat_unit_q", "log2_groups_per_q", "short_share", "log2_p25_ioi_q",
                     "log2_notes_per_onset", "log2_pitch_range")  # the content model (no words)
+FEATURES = ("bias",) + tuple(f"word_{c}" for c in WORD_CLASSES) + CONTENT_FEATURES[1:]  # the words model
 MODELS = {"words": FEATURES, "content": CONTENT_FEATURES}  # which model a score gets: words if it has one
-WORD_CLASSES = ("slow", "moderate", "fast")
+KNOWN_FEATURES = FEATURES + ("compound", "log2_median_ioi_q")  # every name score_features gives
 SHORT_Q = 0.25  # quarters: a sixteenth note
 SHORT_GAP_PERCENTILE = 25.0  # the "shortest common" onset gap: this percentile of the gaps
 QPM_RANGE = (30.0, 300.0)  # quarter notes per minute: an estimate is clamped here
@@ -169,15 +171,23 @@ def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2, huber_delta
 class TempoModel:
     """Two fitted lines (``tempo_model.json``): ``words`` for a score with a tempo word (``FEATURES``),
     ``content`` for one without (``CONTENT_FEATURES``: meter and content only, fitted on the training
-    pieces with their markings dropped, as a score MIDI gives them). ``predict`` gives quarter notes per minute."""
+    pieces with their markings dropped, as a score MIDI gives them). ``predict`` gives quarter notes per minute.
+
+    Each line reads the feature names its coefficients are stored under (any of ``KNOWN_FEATURES``, the
+    bias among them), so a file fitted on an older feature set predicts as it did."""
 
     def __init__(self, coef: Dict[str, Dict[str, float]], meta: Optional[dict] = None):
-        self.coef = {}
-        for kind, names in MODELS.items():
-            missing = [f for f in names if f not in coef.get(kind, {})]
-            if missing:
-                raise ValueError(f"tempo model {kind}: missing coefficients {', '.join(missing)}")
-            self.coef[kind] = np.array([coef[kind][f] for f in names], dtype=np.float64)
+        self.coef: Dict[str, np.ndarray] = {}
+        self.names: Dict[str, Tuple[str, ...]] = {}
+        for kind in MODELS:
+            line = coef.get(kind, {})
+            if "bias" not in line:
+                raise ValueError(f"tempo model {kind}: missing coefficients (no bias)")
+            unknown = [f for f in line if f not in KNOWN_FEATURES]
+            if unknown:
+                raise ValueError(f"tempo model {kind}: unknown features {', '.join(unknown)}")
+            self.names[kind] = tuple(line)
+            self.coef[kind] = np.array([line[f] for f in self.names[kind]], dtype=np.float64)
         self.meta = meta or {}
 
     @classmethod
@@ -187,7 +197,7 @@ class TempoModel:
 
     def save(self, path: Path = MODEL_PATH) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        coef = {kind: dict(zip(MODELS[kind], c.round(6).tolist())) for kind, c in self.coef.items()}
+        coef = {kind: dict(zip(self.names[kind], c.round(6).tolist())) for kind, c in self.coef.items()}
         path.write_text(json.dumps({"coef": coef, "meta": self.meta}, indent=1) + "\n")
 
     @staticmethod
@@ -196,7 +206,7 @@ class TempoModel:
 
     def predict(self, features: Dict[str, float]) -> float:
         kind = self.kind(features)
-        qpm = 2.0 ** float(feature_row(features, MODELS[kind]) @ self.coef[kind])
+        qpm = 2.0 ** float(feature_row(features, self.names[kind]) @ self.coef[kind])
         return float(min(max(qpm, QPM_RANGE[0]), QPM_RANGE[1]))
 
 

@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from collections import Counter
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -47,17 +48,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer import vocab as V  # noqa: E402
 from instruct_tokenizer.decode import decode_performance  # noqa: E402
 from instruct_tokenizer.metrics import beat_log_tempo, per_note_features  # noqa: E402
-from instruct_tokenizer.score import without_markings  # noqa: E402
+from instruct_tokenizer.score import as_score_midi, without_markings  # noqa: E402
 
 KINDS = ("marked", "plain")  # each training performance's score versions: with its markings, and without
 
 
-def performance_example(row: dict) -> dict:
-    """One performance: per score version ("marked", "plain") the plan's features, the human beat tempo per
-    onset group (log s per quarter: the target) and per note (for the per-note r); {"error": ...} when the
-    performance cannot be read."""
+PLAIN_VIEWS = ("score-midi", "markings-dropped")  # --plain-view: what a training score without markings is
+
+
+def plain_score(score: List[str], plain_view: str) -> List[str]:
+    """The training score without markings: the MusicXML's notated lengths with the markings dropped
+    (``markings-dropped``, the release's plans) or as a notation program's score MIDI gives it
+    (``score-midi``: ``score.as_score_midi``, staccato notes a half and staccatissimo a third of their
+    length)."""
+    return as_score_midi(score) if plain_view == "score-midi" else without_markings(score)
+
+
+def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict:
+    """One performance: per score version ("marked", "plain": :func:`plain_score`) the plan's features, the
+    human beat tempo per onset group (log s per quarter: the target) and per note (for the per-note r);
+    {"error": ...} when the performance cannot be read. Both versions have the same notes in the same
+    order; the plain version's articulation is the key-down over its own notated length (a staccato note
+    written half as long: one log2 unit more)."""
     from instruct_tokenizer.encode import encode_match
     from instruct_tokenizer.match import load_match
+    from instruct_tokenizer.score import score_timeline
     from instruct_tokenizer.tempo_infer import apply_notated_tempo
     from museformer.eval_split import xml_score_info
     from museformer.tempo_plan import N_FEATURES, TEMPO_FEATURE_NAMES, group_features
@@ -66,21 +81,25 @@ def performance_example(row: dict) -> dict:
     try:
         marks, qpm = xml_score_info(row["source"], {"markings": True, "notated_tempo": True}, report=lambda s: None)
         enc = encode_match(load_match(row["source"]), marks=marks, qpm=qpm)
+        marked = apply_notated_tempo(enc.score)[0]
+        perf = decode_performance(marked, enc.perf)
+        tl = perf.timeline
+        per_note = per_note_features(marked, enc.perf)
+        played = {"target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
+                  "target_onset": np.log(perf.group_period_s),
+                  "velocity": np.where(perf.played, perf.velocity, np.nan), "note_velocity": per_note["velocity"],
+                  "key_down_s": np.where(perf.played, perf.offset_s - perf.onset_s, np.nan),
+                  "note_group": tl.note_group, "note_beat": per_note["beat_tempo"]}
         out = {"row": row}
-        for kind, score in zip(KINDS, (enc.score, without_markings(enc.score))):
-            score = apply_notated_tempo(score)[0]
-            perf = decode_performance(score, enc.perf)
-            tl = perf.timeline
-            per_note = per_note_features(score, enc.perf)
+        plain = apply_notated_tempo(plain_score(enc.score, plain_view))[0]  # no tempo word: the content estimate
+        for kind, score in zip(KINDS, (marked, plain)):
+            with np.errstate(divide="ignore", invalid="ignore"):  # grace notes: notated 0 in both
+                shorter = np.log2(tl.note_dur_q / score_timeline(score).note_dur_q)
+            articulation = per_note["articulation"] + np.nan_to_num(shorter, nan=0.0, posinf=0.0, neginf=0.0)
             every = group_features(score, TEMPO_FEATURE_NAMES)  # (G, F + phrase): the base columns first
-            out[kind] = {"features": every[:, :N_FEATURES], "all_features": every,
-                         "target": beat_log_tempo(tl.group_q, perf.group_grid_s, tl.group_q),
-                         "target_onset": np.log(perf.group_period_s),
-                         "notes": note_features(score), "velocity": np.where(perf.played, perf.velocity, np.nan),
-                         "note_velocity": per_note["velocity"],
-                         "articulation": np.clip(per_note["articulation"], V.ART_MIN, V.ART_MAX),
-                         "key_down_s": np.where(perf.played, perf.offset_s - perf.onset_s, np.nan),
-                         "note_group": tl.note_group, "note_beat": per_note["beat_tempo"], "score": score}
+            out[kind] = {**played, "features": every[:, :N_FEATURES], "all_features": every,
+                         "notes": note_features(score), "articulation": np.clip(articulation, V.ART_MIN, V.ART_MAX),
+                         "score": score}
         return out
     except Exception as e:  # noqa: BLE001  (any unreadable performance is left out with its reason)
         return {"row": row, "error": f"{type(e).__name__}: {e}"}
@@ -254,6 +273,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="articulation: fit the offsets per notated-length class on the training pieces too, each read "
                         "by one of K more plans fitted on the other K-1 folds (by piece), pooled with the validation "
                         "pieces (K x the fit's time); 0: the validation pieces only (default)")
+    p.add_argument("--plain-view", choices=PLAIN_VIEWS, default="markings-dropped",
+                   help="what each training score without markings is: the MusicXML's lengths with the markings "
+                        "dropped (markings-dropped: the release's plans; default) or as a notation program's score "
+                        "MIDI gives it (score-midi: staccato notes a half, staccatissimo a third of their length)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
@@ -271,7 +294,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(max(1, args.workers))
     rows = performances(Path(args.tokens))
     with Pool(args.workers) as pool:
-        examples = list(tqdm(pool.imap(performance_example, rows, chunksize=4), total=len(rows),
+        examples = list(tqdm(pool.imap(partial(performance_example, plain_view=args.plain_view), rows, chunksize=4),
+                             total=len(rows),
                              desc="performances", unit="file"))
     bad = [e for e in examples if "error" in e]
     for e in bad:

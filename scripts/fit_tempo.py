@@ -10,10 +10,11 @@ human tempo)| (1.0 = a factor of 2).
         --max-tokens 4096 --overlap-bars 0 --instruct --notated-tempo --xml-markings
     python scripts/fit_tempo.py outputs/tempo_fit/tok --vienna outputs/tempo_fit/vienna --write
 
-The content model (no tempo words: a score MIDI) is chosen on the training pieces only: its loss (least
-squares or Huber) and ridge by leave-one-piece-out cross-validation (the mean over pieces of the error
-above); the test pieces, the benchmark and Vienna are reported, never tuned on. Each row is reported for
-120, the previous content model (``OLD_CONTENT``, refitted here by its own recipe) and the new one.
+Both lines are chosen on the training pieces only: each one's loss (least squares or Huber) and ridge
+by leave-one-piece-out cross-validation (the mean over pieces of the error above; the words line over the
+pieces that have a tempo word); the test pieces, the benchmark and Vienna are reported, never tuned on.
+Each row is reported for 120 (the mark, else 120), the lines shipped until 2026-12-04 and until
+2026-12-05 (``OLD_CONTENT``, ``OLD_WORDS``, refitted here by their own recipes) and the new ones.
 
 The human tempo of a performance is its time-weighted beat period (performed seconds over notated
 quarters, from its ``Tempo`` tokens), in quarter notes per minute; a piece's is the median over its
@@ -109,6 +110,9 @@ class Recipe:
 
 OLD_CONTENT = Recipe(("bias", "log2_beat_unit_q", "compound", "log2_median_ioi_q", "log2_groups_per_q",
                       "short_share"), ridge=1.0)  # the content model shipped until 2026-12-04
+OLD_WORDS = Recipe(("bias", "word_slow", "word_moderate", "word_fast", "log2_beat_unit_q", "compound",
+                    "log2_median_ioi_q", "log2_groups_per_q", "short_share"),
+                   ridge=1.0)  # the words model shipped until 2026-12-05
 
 
 def fit_recipe(recipe: "Recipe", feats: list, log2_human: np.ndarray) -> np.ndarray:
@@ -123,24 +127,29 @@ def predict_qpm(recipe: "Recipe", coef: np.ndarray, features: dict) -> float:
     return min(max(qpm, T.QPM_RANGE[0]), T.QPM_RANGE[1])
 
 
-def cv_errors(recipe: "Recipe", feats: list, log2_human: np.ndarray) -> np.ndarray:
-    """|log2(estimate / human)| of each training piece, from a fit on all the other pieces."""
+def cv_errors(recipe: "Recipe", feats: list, log2_human: np.ndarray, only: Optional[np.ndarray] = None) -> np.ndarray:
+    """|log2(estimate / human)| of each training piece (of those where ``only`` is true, if given), from a
+    fit on all the other pieces."""
     out = []
     for i in range(len(feats)):
+        if only is not None and not only[i]:
+            continue
         keep = np.arange(len(feats)) != i
         coef = fit_recipe(recipe, [f for f, k in zip(feats, keep) if k], log2_human[keep])
         out.append(abs(math.log2(predict_qpm(recipe, coef, feats[i])) - log2_human[i]))
     return np.array(out)
 
 
-def select_recipe(feats: list, log2_human: np.ndarray, ridges: list, deltas: list) -> tuple:
-    """The (recipe, its cross-validation errors) of least mean error over the grid; prints the grid."""
+def select_recipe(kind: str, feats: list, log2_human: np.ndarray, ridges: list, deltas: list,
+                  only: Optional[np.ndarray] = None) -> tuple:
+    """The (recipe, its cross-validation errors) of ``kind``'s line (``T.MODELS``) of least mean error
+    over the grid, the errors over the pieces where ``only`` is true (all if None); prints the grid."""
     best = None
     for ridge in ridges:
         for delta in deltas:
-            recipe = Recipe(T.CONTENT_FEATURES, ridge=ridge, huber_delta=delta or None, standardize=True)
-            e = cv_errors(recipe, feats, log2_human)
-            print(f"cv content ridge {ridge:g}, {'Huber ' + format(delta, 'g') if delta else 'least squares'}: "
+            recipe = Recipe(T.MODELS[kind], ridge=ridge, huber_delta=delta or None, standardize=True)
+            e = cv_errors(recipe, feats, log2_human, only)
+            print(f"cv {kind} ridge {ridge:g}, {'Huber ' + format(delta, 'g') if delta else 'least squares'}: "
                   f"median {np.median(e):.3f}, mean {np.mean(e):.3f}")
             if best is None or np.mean(e) < np.mean(best[1]):
                 best = (recipe, e)
@@ -173,13 +182,13 @@ def content_views(items: dict, drop_markings: bool) -> list:
     return out
 
 
-def policy_errors(views: list, content_qpm, words_model: Optional[T.TempoModel]) -> np.ndarray:
-    """instruct-render's policy: the mark, else the words model where there is a word (when given), else
+def policy_errors(views: list, content_qpm, words_qpm) -> np.ndarray:
+    """instruct-render's policy: the mark, else ``words_qpm`` where there is a word (when given), else
     ``content_qpm``."""
     out = []
     for f, log2_human, mark, has_word in views:
-        use_words = has_word and words_model is not None
-        qpm = mark if mark is not None else words_model.predict(f) if use_words else content_qpm(f)
+        use_words = has_word and words_qpm is not None
+        qpm = mark if mark is not None else words_qpm(f) if use_words else content_qpm(f)
         out.append(abs(math.log2(qpm) - log2_human))
     return np.array(out)
 
@@ -188,17 +197,17 @@ def cell(e: np.ndarray) -> str:
     return f"{np.median(e):.3f} ({np.mean(e):.3f})" if len(e) else "-"
 
 
-def comparison(rows: dict, models: dict, words_model: T.TempoModel) -> str:
-    """Markdown: per row, median (mean) |log2| for each content model (the ``120`` column: mark, else 120,
-    words or not)."""
+def comparison(rows: dict, models: dict) -> str:
+    """Markdown: per row, median (mean) |log2| for each model, a (words, content) pair of qpm functions
+    (words None: 120's column, the mark else 120, words or not)."""
     lines = ["| row | pieces | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for name, (views, policy) in rows.items():
         cells: list = []
-        for label, predict in models.items():
+        for words, content in models.values():
             if policy:
-                e = policy_errors(views, predict, None if label == "120" else words_model)
+                e = policy_errors(views, content, words)
             else:
-                e = np.array([abs(math.log2(predict(f)) - h) for f, h, _, _ in views])
+                e = np.array([abs(math.log2(content(f)) - h) for f, h, _, _ in views])
             cells.append(cell(e))
         lines.append(f"| {name} | {len(views)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -208,35 +217,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tokens", type=Path, help="the (n)ASAP build: train to fit, test to report")
     ap.add_argument("--vienna", type=Path, default=None, help="a Vienna 4x22 build (all in train) to report on")
-    ap.add_argument("--ridge", type=float, default=1.0, help="the words model's ridge penalty (all but the bias)")
     ap.add_argument("--cv-ridges", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0],
-                    help="the content model's ridge penalties to choose from (standardised features)")
+                    help="the ridge penalties (standardised features) both lines choose from")
     ap.add_argument("--cv-huber-deltas", type=float, nargs="+", default=[0.0, 0.05, 0.15, 0.25, 0.5],
-                    help="the content model's Huber thresholds (log2 units) to choose from; 0: least squares")
+                    help="the Huber thresholds (log2 units) both lines choose from; 0: least squares")
     ap.add_argument("--write", action="store_true", help="write instruct_tokenizer/data/tempo_model.json")
     a = ap.parse_args()
     train, test = pieces(a.tokens, "train"), pieces(a.tokens, "test")
     target = np.log2([h for _, h in train.values()])
     words_feats = [T.score_features(s) for s, _ in train.values()]
     content_feats = [T.score_features(without_markings(s)) for s, _ in train.values()]
-    recipe, cv_new = select_recipe(content_feats, target, a.cv_ridges, a.cv_huber_deltas)
-    cv_old = cv_errors(OLD_CONTENT, content_feats, target)
-    old_coef, new_coef = fit_recipe(OLD_CONTENT, content_feats, target), fit_recipe(recipe, content_feats, target)
-    coef = {"words": dict(zip(T.FEATURES, fit_recipe(Recipe(T.FEATURES, ridge=a.ridge), words_feats, target).tolist())),
-            "content": dict(zip(T.CONTENT_FEATURES, new_coef.tolist()))}
-    loss = f"Huber {recipe.huber_delta:g} (log2)" if recipe.huber_delta else "least squares"
+    has_word = np.array([T.TempoModel.kind(f) == "words" for f in words_feats])
+    content, cv_content = select_recipe("content", content_feats, target, a.cv_ridges, a.cv_huber_deltas)
+    words, cv_words = select_recipe("words", words_feats, target, a.cv_ridges, a.cv_huber_deltas, has_word)
+    cv_old_content = cv_errors(OLD_CONTENT, content_feats, target)
+    cv_old_words = cv_errors(OLD_WORDS, words_feats, target, has_word)
+    fitted = {r: fit_recipe(r, f, target) for r, f in ((OLD_CONTENT, content_feats), (OLD_WORDS, words_feats),
+                                                       (content, content_feats), (words, words_feats))}
+    coef = {"words": dict(zip(words.names, fitted[words].tolist())),
+            "content": dict(zip(content.names, fitted[content].tolist()))}
+
+    def loss(r: Recipe) -> str:
+        return f"{'Huber ' + format(r.huber_delta, 'g') + ' (log2)' if r.huber_delta else 'least squares'}, ridge {r.ridge:g}"
+
     model = T.TempoModel(coef, {"fitted_on": f"{len(train)} training pieces of {a.tokens} (content: their markings "
                                              f"dropped, as a score MIDI gives them)",
-                                "ridge": {"words": a.ridge, "content": recipe.ridge},
-                                "content_loss": f"{loss}, ridge on standardised features, chosen by "
-                                                f"leave-one-piece-out cross-validation",
+                                "ridge": {"words": words.ridge, "content": content.ridge},
+                                "loss": {"words": loss(words), "content": loss(content)},
+                                "chosen_by": "leave-one-piece-out cross-validation (words: over the pieces with a "
+                                             "tempo word), ridge on standardised features",
                                 "target": "log2 median human quarter notes per minute"})
     print("coefficients:", json.dumps({k: {n: round(v, 3) for n, v in c.items()} for k, c in coef.items()}))
-    print(f"chosen content model: {loss}, ridge {recipe.ridge:g}")
-    models = {"120": lambda f: V.DEFAULT_QPM,
-              "old content model": lambda f: predict_qpm(OLD_CONTENT, old_coef, f),
-              "new content model": lambda f: predict_qpm(recipe, new_coef, f)}
+    print(f"chosen content line: {loss(content)}; words line: {loss(words)}")
+
+    def qpm_of(recipe: Recipe):
+        return lambda f: predict_qpm(recipe, fitted[recipe], f)
+
+    models = {"120": (None, lambda f: V.DEFAULT_QPM),
+              "until 2026-12-04": (qpm_of(OLD_WORDS), qpm_of(OLD_CONTENT)),
+              "until 2026-12-05": (qpm_of(OLD_WORDS), qpm_of(content)),
+              "new": (qpm_of(words), qpm_of(content))}
     rows = {"(n)ASAP test, MusicXML (mark, else words, else content)": (content_views(test, False), True),
+            "(n)ASAP test, MusicXML, a tempo word and no mark: words": (
+                [v for v in content_views(test, False) if v[2] is None and v[3]], True),
             "(n)ASAP test, as score MIDI (marks and words dropped): content": (content_views(test, True), False)}
     if BENCH.is_dir():
         bench = content_views(bench_score_midi(test), False)
@@ -248,17 +271,20 @@ def main() -> int:
         rows["Vienna 4x22, marks and words dropped: content"] = (content_views(vienna, True), False)
         for (_, title), (score, human) in vienna.items():
             f = T.score_features(without_markings(score))
-            print(f"Vienna {title}, marks dropped: human median {human:.1f} qpm, old content model "
-                  f"{models['old content model'](f):.1f}, new {models['new content model'](f):.1f}, default 120")
+            print(f"Vienna {title}, marks dropped: human median {human:.1f} qpm, content line until 2026-12-04 "
+                  f"{models['until 2026-12-04'][1](f):.1f}, new {models['new'][1](f):.1f}, default 120")
         for (_, title), item in vienna.items():
             for dropped in (False, True):
                 rows[f"Vienna {title}, {'marks dropped' if dropped else 'MusicXML'}"] = (
                     content_views({title: item}, dropped), not dropped)
-    lines = comparison(rows, models, model).splitlines()
-    cv_row = f"| (n)ASAP train, leave-one-piece-out CV: content | {len(target)} | " + " | ".join(
-        cell(e) for e in (np.abs(target - math.log2(V.DEFAULT_QPM)), cv_old, cv_new)) + " |"
+    lines = comparison(rows, models).splitlines()
+    cv_rows = [f"| (n)ASAP train, leave-one-piece-out CV: content | {len(target)} | " + " | ".join(
+        cell(e) for e in (np.abs(target - math.log2(V.DEFAULT_QPM)), cv_old_content, cv_content, cv_content)) + " |",
+        f"| (n)ASAP train, leave-one-piece-out CV: words (the pieces with one) | {int(has_word.sum())} | " + " | ".join(
+        cell(e) for e in (np.abs(target[has_word] - math.log2(V.DEFAULT_QPM)), cv_old_words, cv_old_words,
+                          cv_words)) + " |"]
     print("median (mean) over pieces of |log2(estimate / median human tempo)|")
-    print("\n".join(lines[:2] + [cv_row] + lines[2:]))
+    print("\n".join(lines[:2] + cv_rows + lines[2:]))
     if a.write:
         model.save()
         print(f"wrote {T.MODEL_PATH}")

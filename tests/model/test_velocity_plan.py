@@ -328,3 +328,36 @@ def test_out_of_fold_plans_never_read_the_pieces_they_were_fitted_on():
     for plan, fold in pairs:
         assert plan.spread == 1.6 and not plan.seen & {p["source"] for p in fold}
         assert len(plan.seen) == 12  # the other two folds' performances (both score versions, one set)
+
+
+def test_the_plain_training_score_is_what_a_score_midi_gives():
+    """fit_plan's plain version of a training performance with ``--plain-view score-midi``: the
+    score with staccato notes written shorter; its articulation is the same key-down over that shorter
+    notated length (log2 units: +1 for half as long); the marked version and every played quantity as
+    with ``markings-dropped``."""
+    import sys
+    from pathlib import Path
+
+    from conftest import VIENNA
+    from instruct_tokenizer.score import score_timeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from fit_plan import performance_example
+
+    row = {"split": "train", "source": str(VIENNA / "match" / "Mozart_K331_1st-mov_p01.match"),
+           "composer": "Mozart", "title": "Mozart_K331_1st-mov", "performer": "p01", "augment": ""}
+    midi, dropped = performance_example(row, plain_view="score-midi"), performance_example(row)
+    assert "error" not in midi and "error" not in dropped
+    for f in ("features", "notes", "articulation", "key_down_s"):
+        assert np.array_equal(midi["marked"][f], dropped["marked"][f], equal_nan=True)
+    assert np.array_equal(midi["plain"]["key_down_s"], dropped["plain"]["key_down_s"], equal_nan=True)
+    short = score_timeline(midi["plain"]["score"]).note_dur_q
+    full = score_timeline(dropped["plain"]["score"]).note_dur_q
+    shorter = (short < full) & np.isfinite(dropped["plain"]["articulation"])
+    before = dropped["plain"]["articulation"]
+    unclipped = shorter & (before > V.ART_MIN) & (before + np.log2(full / np.maximum(short, 1e-9)) < V.ART_MAX)
+    assert unclipped.sum() > 10
+    assert np.allclose(midi["plain"]["articulation"][unclipped] - dropped["plain"]["articulation"][unclipped],
+                       np.log2(full[unclipped] / short[unclipped]))
+    assert np.array_equal(midi["plain"]["articulation"][~shorter], dropped["plain"]["articulation"][~shorter],
+                          equal_nan=True)

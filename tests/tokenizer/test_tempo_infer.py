@@ -137,3 +137,25 @@ def test_apply_notated_tempo_keeps_a_mark_and_sets_the_estimate_elsewhere():
     assert est.source == "words" and tokens == T.with_qpm(unmarked, est.qpm)
     assert {t for t in tokens if t.startswith("QPM_")} != {"QPM_120"}
     assert T.apply_notated_tempo(unmarked, override=90)[0] == T.with_qpm(unmarked, 90)
+
+
+def test_a_model_file_reads_the_feature_names_it_was_fitted_on(tmp_path):
+    """A tempo_model.json fitted on the words line's older feature set (until 2026-12-05: compound and
+    the median onset gap, no texture or range) still loads and predicts its own line; unknown names fail."""
+    old_words = {"bias": 7.0, "word_slow": -0.5, "compound": 0.25, "log2_median_ioi_q": 0.5}
+    content = dict(zip(T.CONTENT_FEATURES, [6.0] + [0.0] * (len(T.CONTENT_FEATURES) - 1)))
+    path = tmp_path / "tempo_model.json"
+    T.TempoModel({"words": old_words, "content": content}).save(path)
+    model = T.TempoModel.load(path)
+    f = T.score_features(score(word="slow", ts="6/8", dur=Q // 2, per_bar=6))  # median gap: an eighth
+    assert model.names["words"] == tuple(old_words)
+    assert math.isclose(model.predict(f), 2 ** (7.0 - 0.5 + 0.25 + 0.5 * -1), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="unknown features onsets_per_bar"):
+        T.TempoModel({"words": {"bias": 7.0, "onsets_per_bar": 1.0}, "content": content})
+
+
+def test_shipped_words_model_reads_the_texture_too():
+    """With the same tempo word: the same rhythm in block chords reads slower than a single line."""
+    line = T.notated_tempo(score(word="slow", dur=Q // 2, per_bar=8))
+    chords = T.notated_tempo(score(word="slow", dur=Q // 2, per_bar=8, chord=4))
+    assert line.source == chords.source == "words" and chords.qpm < line.qpm

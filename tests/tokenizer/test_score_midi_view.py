@@ -1,0 +1,43 @@
+"""``score.as_score_midi``: the score a notation program's MIDI export gives (markings dropped, staccato
+notes a half and staccatissimo notes a third of their notated length, a chord's notes sharing its marks),
+which the plans' plain training scores now are (``scripts/fit_plan.py --plain-view``)."""
+import numpy as np
+
+from conftest import VIENNA
+from instruct_tokenizer import vocab as V
+from instruct_tokenizer.encode import score_file_to_tokens
+from instruct_tokenizer.score import as_score_midi, has_markings, score_timeline, without_markings
+
+Q = V.GRID  # grid steps per quarter
+
+
+def _drawn():
+    """One bar: a staccato quarter; a two-note chord (staff 1) with the staccatissimo on its top note only,
+    beside a bass quarter (staff 2) with no mark; a grace note marked staccato; a slurred half note."""
+    return ["Bar_None", "TimeSig_4/4", "QPM_100",
+            "Pos_0", "Dyn_p", "Pitch_60", f"Dur_{Q}", "Staff_1", "Mark_staccato",
+            f"Pos_{Q}", "Pitch_48", f"Dur_{Q}", "Staff_2", "Pitch_64", f"Dur_{Q}", "Staff_1",
+            "Pitch_67", f"Dur_{Q}", "Staff_1", "Mark_staccatissimo",
+            f"Pos_{2 * Q}", "Pitch_71", "Dur_0", "Staff_1", "Mark_staccato",
+            "Pitch_72", f"Dur_{2 * Q}", "Staff_1", "Slur_start"]
+
+
+def test_marked_notes_are_shortened_as_a_notation_program_plays_them():
+    view = as_score_midi(_drawn())
+    assert not has_markings(view) and "QPM_100" in view
+    tl = score_timeline(view)
+    # staccato quarter -> an eighth; the chord's two staff-1 notes -> a third; the bass, grace and half kept
+    assert list(tl.note_dur_q) == [0.5, 1.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 2.0]
+    assert list(tl.note_pitch) == list(score_timeline(_drawn()).note_pitch)
+
+
+def test_on_a_real_musicxml_only_marked_notes_change_length():
+    """Vienna's Mozart K331 (staccato notes in it): the view has the notes of ``without_markings`` in the
+    same order, shorter exactly where a chord at that onset, staff and length carries a staccato."""
+    marked = score_file_to_tokens(str(VIENNA / "musicxml" / "Mozart_K331_1st-mov.musicxml"), markings=True)
+    plain, view = score_timeline(without_markings(marked)), score_timeline(as_score_midi(marked))
+    assert np.array_equal(plain.note_pitch, view.note_pitch) and np.array_equal(plain.note_group, view.note_group)
+    shorter = view.note_dur_q < plain.note_dur_q
+    assert 0 < shorter.sum() < len(shorter) // 2 and not (view.note_dur_q > plain.note_dur_q).any()
+    ratios = set(np.round(view.note_dur_q[shorter] / plain.note_dur_q[shorter], 2))
+    assert ratios <= {0.5, 0.33, 0.34, 0.32}, ratios  # a half or a third, to the grid
