@@ -348,8 +348,9 @@ def score_timeline(tokens: Sequence[str]) -> Timeline:
 
 
 def without_markings(tokens: Sequence[str]) -> List[str]:
-    """The score tokens a score MIDI of the same score gives: no marking tokens (``V.MARKING_TYPES``); the
-    notated tempo (``QPM``) kept."""
+    """The score tokens without their marking tokens (``V.MARKING_TYPES``), the notated lengths and tempo
+    (``QPM``) kept: a score MIDI of the same score as far as it carries no markings (a notation program's
+    export also writes staccato notes shorter: :func:`as_score_midi`)."""
     return [t for t in tokens if _parse_cached(t)[0] not in V.MARKING_TYPES]
 
 

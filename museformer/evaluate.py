@@ -214,9 +214,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="--tokens: only the first B bars of each performance (every row and the human reference)")
     ap.add_argument("--no-markings", action="store_true", help="--tokens: leave out the markings baseline row")
     ap.add_argument("--plain-scores", action="store_true",
-                    help="--tokens: render each piece from its score without the MusicXML markings, as a score MIDI "
-                         "gives it (the notated tempo mark kept; without one, the estimate from the content); no "
-                         "markings row")
+                    help="--tokens: render each piece from its score without the MusicXML markings, at their "
+                         "notated lengths (the notated tempo mark kept; without one, the estimate from the content); "
+                         "no markings row. A notation program's score MIDI also writes staccato notes shorter "
+                         "(instruct_tokenizer.score.as_score_midi)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")

@@ -26,7 +26,11 @@ the file. Usage:
 read by one of K plans fitted without its fold (measured with 3 folds, not released: docs/experiments.md
 section 22);
 ``--phrase-features`` (tempo) lets the tempo plan read where the score's phrases end as well (rests, slur
-ends, the bass, hairpins: ``tempo_plan.PHRASE_FEATURE_NAMES``; the release's tempo plan: section 22).
+ends, the bass, hairpins: ``tempo_plan.PHRASE_FEATURE_NAMES``; the release's tempo plan: section 22);
+``--plain-view score-midi`` makes each training score without markings what a notation program's score MIDI
+gives (``score.as_score_midi``: staccato notes a half, staccatissimo a third of their length) instead of
+the MusicXML's lengths with the markings dropped (measured for the tempo and articulation plans, not
+released: section 23).
 """
 from __future__ import annotations
 
