@@ -29,7 +29,7 @@ from . import vocab as V
 from .encode import Encoded, encode_match, segment_ranges, split_bars
 from .match import MatchFile, MatchParseError, load_match
 from .musicxml import xml_info_of_match
-from .score import with_marking_state
+from .score import as_score_midi, with_marking_state
 
 SPLITS = ("train", "valid", "test")
 MIN_MATCHED_SHARE = 0.5  # played score notes / (score notes + insertions)
@@ -118,6 +118,9 @@ class BuildConfig:
     xml_markings: bool = False  # add MusicXML markings to the score stream where the XML is found
     cache_dir: Optional[str] = None  # parsed-XML cache (default musicxml.default_cache_dir())
     markings_dropout: float = 0.0  # share of performances built without their markings (seeded by file)
+    # what such a performance's score is: "markings-dropped" (the notated lengths) or "score-midi" (as a notation
+    # program's score MIDI writes it: staccato notes shorter, score.as_score_midi)
+    dropout_view: str = "markings-dropped"
     notated_tempo: bool = False  # a QPM token (notated tempo from the MusicXML) in every bar header
     relative_tempo: bool = False  # TempoLevel + TempoRel (relative to the QPM) instead of Tempo; needs notated_tempo
     infer_tempo: bool = False  # with notated_tempo: a score without a metronome mark gets tempo_infer's estimate, not 120
@@ -246,18 +249,21 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
         warning += ": built without markings (notated tempo: " + \
             ("inferred from the notes)" if cfg.infer_tempo else "the default 120)")
     drop = augment and drops_markings(source, cfg)  # training performances only: evaluation keeps them
-    marks = info.marks if info is not None and cfg.xml_markings and not drop else None
+    as_midi = drop and cfg.dropout_view == "score-midi"  # the markings read for the lengths, then dropped
+    marks = info.marks if info is not None and cfg.xml_markings and (not drop or as_midi) else None
+    view = as_score_midi if as_midi and marks is not None else None
     qpm = (info.qpm if info is not None else {}) if cfg.notated_tempo else None
     items = []
     try:
-        qpm, default_qpm = renderer_notated_tempo(mf, marks, qpm, cfg)
+        qpm, default_qpm = renderer_notated_tempo(mf, marks, qpm, cfg, view)
     except (ValueError, IndexError) as e:
         return {"source": source, "error": f"cannot encode: {e}"}
     for name, variant, qpm_scale in (augmentations(mf, cfg) if augment else [("", mf, 1.0)]):
         try:
             variant_qpm = {k: v * qpm_scale for k, v in qpm.items()} if qpm is not None else None
             enc: Encoded = encode_match(variant, marks=marks, qpm=variant_qpm, relative_tempo=cfg.relative_tempo,
-                                        default_qpm=default_qpm * qpm_scale, beat_grid=cfg.beat_grid)
+                                        default_qpm=default_qpm * qpm_scale, beat_grid=cfg.beat_grid,
+                                        score_view=view)
         except (ValueError, IndexError) as e:
             return {"source": source, "error": f"cannot encode: {e}"}
         if not name:
@@ -275,19 +281,21 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
 
 
 def renderer_notated_tempo(mf: MatchFile, marks: Optional[Dict], qpm: Optional[Dict[str, float]],
-                           cfg: BuildConfig) -> Tuple[Optional[Dict[str, float]], float]:
+                           cfg: BuildConfig, score_view=None) -> Tuple[Optional[Dict[str, float]], float]:
     """(notated tempo by XML note id, the tempo where it gives none), both in quarter notes per minute,
     as the renderer will give them (``--infer-tempo``): where the score states no metronome mark,
     ``tempo_infer``'s estimate from its tokens (so a performance built without its markings gets the
     content estimate, as a score MIDI does at render time), every ``QPM`` scaled by one ratio as
     ``tempo_infer.with_qpm`` does. Without ``--infer-tempo``, or for a score with a mark: as read (120
     where it states none). Decided once per file, on the unscaled performance, so that tempo-scaled
-    copies (:func:`augmentations`) scale this tempo and are not mistaken for marked scores."""
+    copies (:func:`augmentations`) scale this tempo and are not mistaken for marked scores. ``score_view``:
+    as :func:`encode.encode_match`'s (the estimate reads the score the performance is encoded against)."""
     if qpm is None or not (cfg.notated_tempo and cfg.infer_tempo):
         return qpm, V.DEFAULT_QPM
     from .tempo_infer import notated_tempo
 
-    enc = encode_match(mf, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo, beat_grid=cfg.beat_grid)
+    enc = encode_match(mf, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo, beat_grid=cfg.beat_grid,
+                       score_view=score_view)
     estimate = notated_tempo(enc.score)
     if estimate.source == "mark":
         return qpm, V.DEFAULT_QPM

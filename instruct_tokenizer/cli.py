@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--markings-dropout", type=float, default=0.0,
                    help="with --xml-markings: share of performances built without markings (seeded by file), "
                         "so that the model also learns to render score MIDI, which has none")
+    b.add_argument("--dropout-view", choices=("markings-dropped", "score-midi"), default="markings-dropped",
+                   help="with --markings-dropout: what such a performance's score is: its notated lengths without "
+                        "the markings (markings-dropped, default) or as a notation program's score MIDI writes it "
+                        "(score-midi: staccato notes a half, staccatissimo a third of their length, then the "
+                        "markings dropped; each Art over the written length)")
     b.add_argument("--notated-tempo", action="store_true",
                    help="a QPM token (the score's notated tempo, from the MusicXML beside the match file; 120 "
                         "when it states none) in every bar header")
@@ -100,9 +105,13 @@ def cmd_build(a: argparse.Namespace) -> int:
                       workers=a.workers, test_pieces=a.test_pieces, instruct=a.instruct,
                       meta=tuple(m for m in a.meta.split(",") if m), transpose=a.augment_transpose,
                       tempo_scale=a.augment_tempo, progress=not a.no_progress, xml_markings=a.xml_markings,
-                      cache_dir=a.cache_dir, markings_dropout=a.markings_dropout,
+                      cache_dir=a.cache_dir, markings_dropout=a.markings_dropout, dropout_view=a.dropout_view,
                       notated_tempo=a.notated_tempo, marking_state=a.marking_state,
                       relative_tempo=a.relative_tempo, infer_tempo=a.infer_tempo, beat_grid=a.beat_grid)
+    if cfg.dropout_view != "markings-dropped" and not (cfg.markings_dropout > 0 and cfg.xml_markings):
+        print("instruct-tokenize: error: --dropout-view needs --markings-dropout above 0 and --xml-markings",
+              file=sys.stderr)
+        return 2
     if cfg.infer_tempo and not cfg.notated_tempo:
         print("instruct-tokenize: error: --infer-tempo needs --notated-tempo", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import bisect
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -674,15 +674,20 @@ def _early_start(needed_s: float, first_dev_s: np.ndarray) -> float:
 
 def encode_match(mf: MatchFile, prefix: Sequence[str] = (), marks: Optional[Dict] = None,
                  qpm: Optional[Dict[str, float]] = None, relative_tempo: bool = False,
-                 default_qpm: float = V.DEFAULT_QPM, beat_grid: bool = False) -> Encoded:
+                 default_qpm: float = V.DEFAULT_QPM, beat_grid: bool = False,
+                 score_view: Optional[Callable[[List[str]], List[str]]] = None) -> Encoded:
     """Encode an aligned performance. Performed times are shifted so the first group's grid is ORIGIN_S.
     ``marks`` / ``qpm`` (optional): MusicXML markings / notated tempo by note id, added to the score
     stream (:func:`match_score_notes`). ``relative_tempo``: the relative tempo encoding (a
     ``TempoLevel`` token, then ``TempoRel`` per onset group), relative to the score tokens' ``QPM``
     (120 where they carry none); ``default_qpm``: the notated tempo where ``qpm`` gives none;
-    ``beat_grid``: one tempo per quarter-note beat (:func:`beat_grid_targets`)."""
+    ``beat_grid``: one tempo per quarter-note beat (:func:`beat_grid_targets`); ``score_view``: a
+    function of the score tokens that keeps their notes, order and onsets (``score.as_score_midi``):
+    the performance is encoded against the score it returns (each ``Art`` over the lengths it writes)."""
     notes, order = match_score_notes(mf, marks, qpm, default_qpm)
     score = score_tokens(notes, prefix)
+    if score_view is not None:
+        score = score_view(score)
     tl = score_timeline(score)
     onset = mf.onset_s[order]
     played = mf.played[order]

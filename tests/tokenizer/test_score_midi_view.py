@@ -41,3 +41,36 @@ def test_on_a_real_musicxml_only_marked_notes_change_length():
     assert 0 < shorter.sum() < len(shorter) // 2 and not (view.note_dur_q > plain.note_dur_q).any()
     ratios = set(np.round(view.note_dur_q[shorter] / plain.note_dur_q[shorter], 2))
     assert ratios <= {0.5, 0.33, 0.34, 0.32}, ratios  # a half or a third, to the grid
+
+
+def test_a_performance_encoded_against_the_score_midi_view_decodes_to_the_same_notes():
+    """``encode_match(score_view=as_score_midi)`` (``instruct-tokenize build --dropout-view score-midi``):
+    the score is the view of the marked score; the onsets decode identically and each key-down within
+    one ``Art`` step (log2 0.04) of the notated-length encoding's, the shortened notes' ``Art`` larger."""
+    from instruct_tokenizer.decode import decode_performance
+    from instruct_tokenizer.encode import encode_match
+    from instruct_tokenizer.match import load_match
+    from instruct_tokenizer.musicxml import xml_info_of_match
+
+    path = str(VIENNA / "match" / "Mozart_K331_1st-mov_p01.match")
+    info, warning = xml_info_of_match(path)
+    assert info is not None, warning
+    mf = load_match(path)
+    marked = encode_match(mf, marks=info.marks)
+    view = encode_match(mf, marks=info.marks, score_view=as_score_midi)
+    assert view.score == as_score_midi(marked.score)
+    a, b = decode_performance(marked.score, marked.perf), decode_performance(view.score, view.perf)
+    played = a.played & b.played
+    assert played.sum() > 100 and np.array_equal(a.played, b.played)
+    assert np.allclose(a.onset_s[played], b.onset_s[played])
+    ratio = np.log2((b.offset_s - b.onset_s)[played] / (a.offset_s - a.onset_s)[played])
+    assert np.abs(ratio).max() <= V.ART_STEP + 1e-6
+    shorter = score_timeline(view.score).note_dur_q < score_timeline(marked.score).note_dur_q
+    assert shorter.sum() > 10
+
+
+def test_build_refuses_a_dropout_view_without_dropout(tmp_path, capsys):
+    from instruct_tokenizer.cli import main
+
+    rc = main(["build", str(VIENNA), "--out", str(tmp_path / "tok"), "--dropout-view", "score-midi"])
+    assert rc == 2 and "--dropout-view needs --markings-dropout" in capsys.readouterr().err
