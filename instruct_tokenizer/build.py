@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -281,7 +281,8 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
 
 
 def renderer_notated_tempo(mf: MatchFile, marks: Optional[Dict], qpm: Optional[Dict[str, float]],
-                           cfg: BuildConfig, score_view=None) -> Tuple[Optional[Dict[str, float]], float]:
+                           cfg: BuildConfig, score_view: Optional[Callable[[List[str]], List[str]]] = None
+                           ) -> Tuple[Optional[Dict[str, float]], float]:
     """(notated tempo by XML note id, the tempo where it gives none), both in quarter notes per minute,
     as the renderer will give them (``--infer-tempo``): where the score states no metronome mark,
     ``tempo_infer``'s estimate from its tokens (so a performance built without its markings gets the
