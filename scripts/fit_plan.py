@@ -96,10 +96,11 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
                   "note_group": tl.note_group, "note_beat": per_note["beat_tempo"]}
         out = {"row": row}
         plain = apply_notated_tempo(plain_score(enc.score, plain_view))[0]  # no tempo word: the content estimate
+        with np.errstate(divide="ignore", invalid="ignore"):  # grace notes: notated 0 in both
+            shorter = np.log2(tl.note_dur_q / score_timeline(plain).note_dur_q)  # (N,) log2 notated / written
+        shift = {"marked": 0.0, "plain": np.nan_to_num(shorter, nan=0.0, posinf=0.0, neginf=0.0)}
         for kind, score in zip(KINDS, (marked, plain)):
-            with np.errstate(divide="ignore", invalid="ignore"):  # grace notes: notated 0 in both
-                shorter = np.log2(tl.note_dur_q / score_timeline(score).note_dur_q)
-            articulation = per_note["articulation"] + np.nan_to_num(shorter, nan=0.0, posinf=0.0, neginf=0.0)
+            articulation = per_note["articulation"] + shift[kind]
             every = group_features(score, TEMPO_FEATURE_NAMES)  # (G, F + phrase): the base columns first
             out[kind] = {**played, "features": every[:, :N_FEATURES], "all_features": every,
                          "notes": note_features(score), "articulation": np.clip(articulation, V.ART_MIN, V.ART_MAX),
