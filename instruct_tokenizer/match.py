@@ -257,7 +257,9 @@ def beat_segments(ts_beats: List[Tuple[int, float, int]]) -> List[Tuple[int, flo
 def _assemble(path, version, info, time_sigs, rows, n_ins, sustain, soft, ts_beats=()) -> MatchFile:
     n = len(rows)
     measure = np.empty(n, np.int64)
-    pos_q = np.empty(n)
+    beat = np.empty(n, np.int64)
+    offset_whole = np.empty(n)
+    den_of = np.empty(n, np.int64)
     onset_q = np.empty(n)
     dur_q = np.empty(n)
     pitch = np.empty(n, np.int64)
@@ -268,24 +270,25 @@ def _assemble(path, version, info, time_sigs, rows, n_ins, sustain, soft, ts_bea
     vel = np.zeros(n, np.int64)
     ppitch = np.full(n, -1, np.int64)
     den_cache: Dict[int, int] = {}
-    for i, (anchor, meas, beat, offset, dur, onset_b, p, st, perf) in enumerate(rows):
+    for i, (anchor, meas, beat_, offset, dur, onset_b, p, st, perf) in enumerate(rows):
         den = den_cache.get(meas)
         if den is None:
             den = den_cache[meas] = _den_at(time_sigs, meas)
-        measure[i] = meas
-        pos_q[i] = ((beat - 1) / den + offset) * 4.0
+        measure[i], beat[i], offset_whole[i], den_of[i] = meas, beat_, offset, den
         onset_q[i] = onset_b * 4.0 / den
         dur_q[i] = dur * 4.0
         pitch[i], staff[i] = p, st
         if perf is not None:
             played[i] = True
             ppitch[i], onset_t[i], offset_t[i], vel[i] = perf
-    return _finish(path, version, info, time_sigs, [r[0] for r in rows], measure, pos_q, onset_q, dur_q, pitch,
-                   staff, played, onset_t, offset_t, vel, ppitch, n_ins, sustain, soft, ts_beats)
+    return _finish(path, version, info, time_sigs, [r[0] for r in rows], measure, (beat, offset_whole, den_of),
+                   onset_q, dur_q, pitch, staff, played, onset_t, offset_t, vel, ppitch, n_ins, sustain, soft, ts_beats)
 
 
-def _finish(path, version, info, time_sigs, anchors, measure, pos_q, onset_q, dur_q, pitch, staff, played,
+def _finish(path, version, info, time_sigs, anchors, measure, bar_beat, onset_q, dur_q, pitch, staff, played,
             onset_t, offset_t, vel, ppitch, n_ins, sustain, soft, ts_beats=()) -> MatchFile:
+    """``bar_beat``: per note the ``Bar:Beat`` field's beat (1-based), its ``Offset`` (whole notes) and the
+    denominator of the time signature in force (see :func:`bar_positions`)."""
     try:
         units = float(info.get("midiClockUnits", 480))
         rate = float(info.get("midiClockRate", 500000))
@@ -300,6 +303,7 @@ def _finish(path, version, info, time_sigs, anchors, measure, pos_q, onset_q, du
     rp_cache: Dict[str, int] = {}
     repeat_pass = np.fromiter((rp_cache[a] if a in rp_cache else rp_cache.setdefault(a, _repeat_pass(a))
                                for a in anchors), np.int64, len(anchors))
+    pos_q = bar_positions(measure, repeat_pass, *bar_beat, onset_q)
     return MatchFile(
         path=path, version=version, info=info, time_sigs=time_sigs, anchor=anchors, measure=measure,
         repeat_pass=repeat_pass, pos_q=pos_q, onset_q=onset_q,
@@ -307,6 +311,41 @@ def _finish(path, version, info, time_sigs, anchors, measure, pos_q, onset_q, du
         offset_s=offset_t * s_per_tick, velocity=vel, perf_pitch=ppitch, n_insertions=n_ins,
         sustain=_scale_pedal(sustain, s_per_tick), soft=_scale_pedal(soft, s_per_tick),
     )
+
+
+def bar_positions(measure: np.ndarray, repeat_pass: np.ndarray, beat: np.ndarray, offset_whole: np.ndarray,
+                  den: np.ndarray, onset_q: np.ndarray) -> np.ndarray:
+    """(N,) each score note's position in its bar, quarter notes, from its ``Bar:Beat`` and ``Offset``.
+
+    The ``Beat`` field counts beats of the time signature's denominator in the "5.0" files (a 6/8 bar has
+    beats 1-6, each an eighth) and quarter notes in (n)ASAP's 1.0.0 files (a 9/8 bar has beats 1-5; 159 of
+    its 380 1.0.0 files are in a meter over 8, 16 or 2, e.g. Bach's Fugue BWV 864: beat 3 is the fifth
+    eighth). Both readings are tried where they differ, and the one whose positions agree with
+    ``OnsetInBeats`` (``onset_q``: within a measure and repeat pass, onset minus position is one bar start)
+    for more notes is kept; with a quarter-note denominator they are the same. ``offset_whole``: the
+    ``Offset`` field, whole notes; ``den``: the denominator in force at each note's measure."""
+    by_denominator = ((beat - 1) / den + offset_whole) * 4.0
+    if np.all(den == 4) or len(beat) == 0:
+        return by_denominator
+    by_quarter = (beat - 1) + offset_whole * 4.0
+    if _off_bar_start(measure, repeat_pass, by_quarter, onset_q) < _off_bar_start(measure, repeat_pass, by_denominator,
+                                                                                  onset_q):
+        return by_quarter
+    return by_denominator
+
+
+def _off_bar_start(measure: np.ndarray, repeat_pass: np.ndarray, pos_q: np.ndarray, onset_q: np.ndarray) -> int:
+    """How many notes' bar start (onset minus position, quarters) differs from the median of their
+    measure and repeat pass by more than a 48th of a quarter."""
+    start_q = onset_q - pos_q
+    keys = np.stack([measure, repeat_pass], axis=1)
+    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.lexsort((start_q, inverse))
+    counts = np.bincount(inverse)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    median = start_q[order][first + (counts - 1) // 2]  # (K,) the lower median per measure and pass
+    return int(np.sum(np.abs(start_q - median[inverse]) > 1.0 / 48))
 
 
 def _mixed_meter_onsets(onset_q: np.ndarray, measure: np.ndarray, ts_beats) -> np.ndarray:
@@ -413,10 +452,9 @@ def _parse_fast(text: str, path: str) -> MatchFile:
     den_cache: Dict[int, int] = {}
     den = np.fromiter((den_cache[m] if m in den_cache else den_cache.setdefault(m, _den_at(time_sigs, m))
                        for m in measure.tolist()), np.int64, n)
-    pos_q = ((beat - 1) / den + offset) * 4.0
     onset_q = onset_b * 4.0 / den
     dur_q = dur * 4.0
-    return _finish(path, version, info, time_sigs, anchors, measure, pos_q, onset_q, dur_q, pitch, staff,
+    return _finish(path, version, info, time_sigs, anchors, measure, (beat, offset, den), onset_q, dur_q, pitch, staff,
                    played, onset_t, offset_t, vel, ppitch, n_ins,
                    [(int(t), int(v)) for t, v in sustain], [(int(t), int(v)) for t, v in soft], ts_beats)
 

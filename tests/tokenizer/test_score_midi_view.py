@@ -66,7 +66,7 @@ def test_a_performance_encoded_against_the_score_midi_view_decodes_to_the_same_n
     ratio = np.log2((b.offset_s - b.onset_s)[played] / (a.offset_s - a.onset_s)[played])
     assert np.abs(ratio).max() <= V.ART_STEP + 1e-6
     shorter = score_timeline(view.score).note_dur_q < score_timeline(marked.score).note_dur_q
-    assert shorter.sum() > 10
+    assert shorter.sum() == 8  # the excerpt's MusicXML holds 8 staccato marks, each on a single note
 
 
 def test_build_refuses_a_dropout_view_without_dropout(tmp_path, capsys):
