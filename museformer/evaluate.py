@@ -203,9 +203,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--skip-bad", action="store_true", help="leave out unreadable files instead of stopping")
     ap.add_argument("--out", default="outputs/eval", help="output directory")
     ap.add_argument("--tokens", default=None, metavar="DIR",
-                    help="evaluate on a split of this instruct-tokenize build instead (needs --checkpoint)")
+                    help="evaluate on a split of this instruct-tokenize build instead (rendered with --checkpoint)")
     ap.add_argument("--split", default="test", help="split of --tokens to evaluate")
-    ap.add_argument("--checkpoint", default=None, help="model checkpoint for --tokens")
+    ap.add_argument("--checkpoint", default=None,
+                    help="model checkpoint for --tokens (default: the released model, as instruct-render's)")
     ap.add_argument("--data", default=None, help="fairseq data dir (dictionaries) for --checkpoint")
     ap.add_argument("--max-pieces", type=int, default=None, help="evaluate at most this many pieces")
     ap.add_argument("--per-piece", type=int, default=None, metavar="N",
@@ -260,10 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def eval_tokens(a: argparse.Namespace) -> int:
     """``--tokens``: render a tokenized split with a checkpoint and evaluate it (museformer.eval_split)."""
     from museformer.eval_split import evaluate_split, markdown
-    from museformer.render import Renderer, RenderError, Sampling
+    from museformer.render import DEFAULT_CHECKPOINT, Renderer, RenderError, Sampling
 
     try:
-        renderer = Renderer.from_checkpoint(a.checkpoint, a.data, decode=DecodeConfig.from_args(a))
+        renderer = Renderer.from_checkpoint(a.checkpoint or str(DEFAULT_CHECKPOINT), a.data,
+                                            decode=DecodeConfig.from_args(a))
     except RenderError as e:
         return _error(str(e))
     for flag, value in (("--per-piece", a.per_piece), ("--max-bars", a.max_bars), ("--max-pieces", a.max_pieces)):

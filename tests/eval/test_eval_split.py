@@ -133,6 +133,14 @@ def test_cli_bad_limit_is_one_line(tok_dir, tmp_path, flag, value, message):
     assert proc.returncode == 1 and proc.stderr.strip() == f"instruct-eval: error: {message}"
 
 
+def test_cli_checkpoint_defaults_to_the_release(tok_dir, tmp_path):
+    """--tokens without --checkpoint renders with the released model, as instruct-render does (it loads,
+    then the bad limit is the one error line, not a traceback)."""
+    proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok_dir), "--per-piece", "0",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == "instruct-eval: error: --per-piece must be at least 1"
+
+
 def test_cli_tiny_model_run(tok_dir, tmp_path):
     proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok_dir), "--checkpoint",
                            str(REPO / "checkpoints" / "instruct-museformer.pt"), "--max-pieces", "1",
