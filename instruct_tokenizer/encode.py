@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import vocab as V
-from .match import MatchFile
+from .match import MatchFile, middle_per_bar
 from .score import (ScoreNotes, Timeline, bar_notated_period_s, score_timeline, score_tokens, sort_order,
                     split_long_bars, with_marking_state)
 
@@ -45,18 +45,8 @@ class Encoded:
 def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]]]:
     """Bar index per score note (bars keyed by (measure, repeat pass), in performance order), actual
     bar lengths (quarters) and time signatures per bar."""
-    start_q = mf.onset_q - mf.pos_q
-    keys2 = np.stack([mf.measure, mf.repeat_pass], axis=1)
-    uniq, inv = np.unique(keys2, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    # median start per key: sort by (key, start), take the middle one (or the mean of the middle two)
-    o = np.lexsort((start_q, inv))
-    counts = np.bincount(inv, minlength=len(uniq))
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    s = start_q[o]
-    lo = s[first + (counts - 1) // 2]
-    hi = s[first + counts // 2]
-    med = np.where(counts % 2 == 1, hi, 0.5 * (lo + hi))
+    uniq, inv, lo, hi = middle_per_bar(mf.measure, mf.repeat_pass, mf.onset_q - mf.pos_q)
+    med = 0.5 * (lo + hi)  # (K,) the median bar start per (measure, repeat pass), quarters
     ordered_idx = np.lexsort((uniq[:, 0], uniq[:, 1], np.round(med * V.GRID)))
     rank = np.empty(len(uniq), np.int64)
     rank[ordered_idx] = np.arange(len(uniq))

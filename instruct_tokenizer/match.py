@@ -335,17 +335,24 @@ def bar_positions(measure: np.ndarray, repeat_pass: np.ndarray, beat: np.ndarray
 
 
 def _off_bar_start(measure: np.ndarray, repeat_pass: np.ndarray, pos_q: np.ndarray, onset_q: np.ndarray) -> int:
-    """How many notes' bar start (onset minus position, quarters) differs from the median of their
+    """How many notes' bar start (onset minus position, quarters) differs from the lower median of their
     measure and repeat pass by more than a 48th of a quarter."""
     start_q = onset_q - pos_q
-    keys = np.stack([measure, repeat_pass], axis=1)
-    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    _, inverse, lower, _ = middle_per_bar(measure, repeat_pass, start_q)
+    return int(np.sum(np.abs(start_q - lower[inverse]) > 1.0 / 48))
+
+
+def middle_per_bar(measure: np.ndarray, repeat_pass: np.ndarray, values: np.ndarray
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per (measure, repeat pass): its keys (K, 2) in sorted order, each note's key index (N,), and the
+    lower and upper middle of its notes' ``values`` (K,) (equal for an odd count; their mean is the median)."""
+    keys, inverse = np.unique(np.stack([measure, repeat_pass], axis=1), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    order = np.lexsort((start_q, inverse))
-    counts = np.bincount(inverse)
+    order = np.lexsort((values, inverse))
+    counts = np.bincount(inverse, minlength=len(keys))
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    median = start_q[order][first + (counts - 1) // 2]  # (K,) the lower median per measure and pass
-    return int(np.sum(np.abs(start_q - median[inverse]) > 1.0 / 48))
+    ordered = values[order]
+    return keys, inverse, ordered[first + (counts - 1) // 2], ordered[first + counts // 2]
 
 
 def _mixed_meter_onsets(onset_q: np.ndarray, measure: np.ndarray, ts_beats) -> np.ndarray:
