@@ -1,7 +1,12 @@
 """The decoding layer reproduces the renderings recorded before it was refactored, token for token
 (tests/render/golden/make_golden.py wrote them with the code of b47a760): released model, fixed seeds,
 several segments per piece so that the rules' state crosses segment joins, instruct-render's default
-rules (key-down floor, unisons once, tempo band, fermata hold, dynamics band) and the expected value."""
+rules (key-down floor, unisons once, tempo band, fermata hold, dynamics band) and the expected value.
+
+torch's CPU kernels round differently by instruction set (``torch.backends.cpu.get_cpu_capability()``),
+so a draw that falls at a bin edge can differ between machines: a case may hold, beside ``sha256``, the
+digest the same code renders on another instruction set (``sha256_by_cpu``; D783 on AVX2, recorded
+2026-12-06 with the code of beb955f, whose suite passed the ``sha256`` on the machine before)."""
 import json
 import sys
 from pathlib import Path
@@ -21,4 +26,8 @@ def test_rendering_is_token_identical(name, rel, bars, seed, tt):
         pytest.skip(f"{G.BENCH}: the benchmark is not there")
     tokens = G.render_case(rel, bars, seed, tt)
     assert len(tokens) == EXPECTED[name]["tokens"]
-    assert G.digest(tokens) == EXPECTED[name]["sha256"]
+    import torch
+
+    expected = {EXPECTED[name]["sha256"], EXPECTED[name].get("sha256_by_cpu", {}).get(
+        torch.backends.cpu.get_cpu_capability(), EXPECTED[name]["sha256"])}
+    assert G.digest(tokens) in expected
