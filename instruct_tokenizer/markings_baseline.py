@@ -290,16 +290,18 @@ class MarkingsError(Exception):
 
 @functools.lru_cache(maxsize=64)
 def xml_qpm(path: str) -> Optional[float]:
-    """The first metronome mark (MusicXML ``<sound tempo>``, quarter notes per minute), or None (cached
-    per path within a process)."""
+    """The first metronome mark (MusicXML ``<sound tempo>``, else a printed ``<metronome>``; quarter notes per
+    minute), or None (cached per path within a process)."""
     import warnings
 
     import partitura as pt
 
+    from .musicxml import load_partitura
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parts = list(pt.load_musicxml(str(path)).parts)
+            parts = list(load_partitura(str(path)).parts)
     except Exception as e:  # partitura/lxml raise many types on broken XML
         raise MarkingsError(f"{path}: cannot parse MusicXML ({type(e).__name__}: {str(e)[:120]})") from None
     tempos = sorted((t.start.t, float(t.bpm)) for p in parts for t in p.iter_all(pt.score.Tempo)

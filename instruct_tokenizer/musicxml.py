@@ -13,23 +13,28 @@ A marking becomes a score token (built in :mod:`vocab`) attached to the notes it
 Repeat passes share the markings of their XML note: match anchor ``n6-2`` uses XML note ``n6``.
 The same parse gives each note's notated tempo (``<sound tempo>``, quarter notes per minute, in force at
 the note; ``vocab.DEFAULT_QPM`` before any), for the ``QPM`` bar tokens of ``--notated-tempo`` corpora.
+A printed metronome mark (``<metronome>``) without a ``<sound tempo>`` beside it is read as one
+(:func:`load_partitura`; partitura itself ignores ``<metronome>``).
 Time in partitura divisions (only compared, never converted).
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import json
 import os
+import re
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-2"  # entries hold markings and notated tempo per note id
+CACHE_VERSION = "markings-3"  # entries hold markings and notated tempo per note id (3: <metronome> read)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -142,12 +147,74 @@ def parse_xml_info(path: str) -> XmlInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parts = list(pt.load_musicxml(str(p)).parts)
+            parts = list(load_partitura(str(p)).parts)
             return XmlInfo(_markings_of_parts(parts, pt), _qpm_of_parts(parts, pt))
     except MusicXMLError:
         raise
     except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
         raise MusicXMLError(f"cannot parse MusicXML ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _xml_bytes(path: str) -> bytes:
+    """The score document of a MusicXML file or of a compressed .mxl (its container's root file), at most
+    ``MAX_XML_BYTES`` unpacked. Raises MusicXMLError."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return Path(path).read_bytes()
+        with zipfile.ZipFile(path) as z:
+            with z.open("META-INF/container.xml") as container:
+                root = re.search(rb'full-path="([^"]+)"', container.read(MAX_XML_BYTES))
+            if root is None:
+                raise MusicXMLError("compressed MusicXML without a root file in META-INF/container.xml")
+            name = root.group(1).decode("utf-8", "replace")
+            if z.getinfo(name).file_size > MAX_XML_BYTES:
+                raise MusicXMLError(f"compressed MusicXML of more than {MAX_XML_BYTES // 2**20} MiB unpacked")
+            return z.read(name)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise MusicXMLError(f"cannot read: {e}") from None
+
+
+def metronome_qpm(metronome) -> Optional[float]:
+    """A ``<metronome>`` element's tempo in quarter notes per minute (``<beat-unit>`` with its
+    ``<beat-unit-dot>``s times ``<per-minute>``, its first number: "c. 60" is 60), or None where it states
+    none (a metric modulation, unit = unit, has no ``<per-minute>``; an unknown unit)."""
+    unit, per_minute = metronome.findtext("beat-unit"), metronome.findtext("per-minute")
+    number = re.search(r"\d+(?:\.\d+)?", per_minute or "")
+    if unit is None or number is None or unit.strip() not in _UNIT_QUARTERS:
+        return None
+    dots = len(metronome.findall("beat-unit-dot"))
+    return qpm_of_tempo(float(number.group()), unit.strip() + "." * dots) or None
+
+
+def with_metronome_sound(xml: bytes) -> Optional[bytes]:
+    """The MusicXML document with a ``<sound tempo>`` (quarter notes per minute) added to every direction
+    whose printed ``<metronome>`` mark has none, or None when no direction needs one. Parsed with entity
+    resolution off."""
+    from lxml import etree
+
+    if b"<metronome" not in xml:
+        return None
+    parser = etree.XMLParser(resolve_entities=False, huge_tree=False, no_network=True)
+    root = etree.fromstring(xml, parser)
+    changed = False
+    for direction in root.iter("direction"):
+        if any(s.get("tempo") for s in direction.findall("sound")):
+            continue
+        marks = [q for m in direction.iter("metronome") for q in [metronome_qpm(m)] if q]
+        if marks:
+            etree.SubElement(direction, "sound", tempo=f"{marks[0]:g}")
+            changed = True
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if changed else None
+
+
+def load_partitura(path: str):
+    """``partitura.load_musicxml`` of the file (entities unresolved), its printed metronome marks read
+    as tempi (:func:`with_metronome_sound`): partitura reads ``<sound tempo>`` and ignores ``<metronome>``,
+    which some notation programs write alone. Raises MusicXMLError for a file it cannot read."""
+    import partitura as pt
+
+    amended = with_metronome_sound(_xml_bytes(path))
+    return pt.load_musicxml(io.BytesIO(amended) if amended is not None else str(path))
 
 
 def _markings_of_parts(parts, pt) -> Dict[str, Marks]:

@@ -16,7 +16,7 @@ from typing import List, Tuple
 import numpy as np
 
 from . import vocab as V
-from .musicxml import qpm_of_tempo
+from .musicxml import MusicXMLError, load_partitura, qpm_of_tempo
 from .score import LONG_BAR_SPLIT_Q, ScoreNotes, bar_qpm_from_changes, nominal_bar_len_q, sort_order, split_long_bars
 
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -171,7 +171,7 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # partitura warns about every dangling slur
-            score = pt.load_musicxml(str(path))
+            score = load_partitura(str(path))
             parts = list(score.parts)
             part = pt.score.merge_parts(parts) if len(parts) > 1 else parts[0]
             if unfold_repeats:
@@ -184,6 +184,8 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
                          for t in part.iter_all(pt.score.Tempo)]
     except ScoreReadError:
         raise
+    except MusicXMLError as e:
+        raise ScoreReadError(str(e)) from None
     except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
         raise ScoreReadError(f"cannot parse MusicXML ({type(e).__name__}: {str(e)[:120]})") from None
     if len(na) == 0:
@@ -198,7 +200,7 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
     staff = na["staff"].astype(np.int64) if "staff" in na.dtype.names else np.where(na["pitch"] >= 60, 1, 2)
     marks = None
     if markings:
-        from .musicxml import MusicXMLError, load_markings, marks_for_anchor
+        from .musicxml import load_markings, marks_for_anchor
 
         try:
             by_id = load_markings(path)

@@ -123,3 +123,49 @@ def test_build_drops_markings_in_train_only_and_writes_qpm(tmp_path):
         assert lines
         assert all(" QPM_" in line for line in lines)
         assert any(token_type(t) in marking_types for line in lines for t in line.split()) == has_marks
+
+
+def _one_bar_xml(direction: str) -> str:
+    """A 6/8 bar of two dotted quarters, with ``direction`` (MusicXML) before the first note."""
+    note = ("<note><pitch><step>C</step><octave>4</octave></pitch><duration>3</duration><type>quarter</type>"
+            "<dot/></note>")
+    return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
+            '<part-name>Piano</part-name></score-part></part-list><part id="P1"><measure number="1"><attributes>'
+            "<divisions>2</divisions><time><beats>6</beats><beat-type>8</beat-type></time></attributes>"
+            f"{direction}{note}{note}</measure></part></score-partwise>")
+
+
+def _metronome(unit: str, dots: int, per_minute: str, sound: str = "") -> str:
+    return (f'<direction><direction-type><metronome><beat-unit>{unit}</beat-unit>{"<beat-unit-dot/>" * dots}'
+            f"<per-minute>{per_minute}</per-minute></metronome></direction-type>{sound}</direction>")
+
+
+@pytest.mark.parametrize("direction, qpm", [
+    (_metronome("quarter", 1, "60"), 90),  # a printed dotted-quarter mark alone (partitura ignores it)
+    (_metronome("half", 0, "c. 40"), 80),  # the first number of free text
+    (_metronome("quarter", 1, "60", '<sound tempo="101"/>'), 101),  # the playback tempo beside it wins
+    ("<direction><direction-type><metronome><beat-unit>quarter</beat-unit><beat-unit>eighth</beat-unit>"
+     "</metronome></direction-type></direction>", None),  # a metric modulation states no tempo
+])
+def test_a_printed_metronome_mark_is_the_notated_tempo(tmp_path, direction, qpm):
+    import zipfile
+
+    from instruct_tokenizer.markings_baseline import xml_qpm
+    from instruct_tokenizer.tempo_infer import apply_notated_tempo
+
+    xml = tmp_path / "score.musicxml"
+    xml.write_text(_one_bar_xml(direction))
+    mxl = tmp_path / "score.mxl"  # the same, compressed
+    with zipfile.ZipFile(mxl, "w") as z:
+        z.writestr("META-INF/container.xml", '<container><rootfiles><rootfile full-path="s.xml"/></rootfiles>'
+                                             "</container>")
+        z.writestr("s.xml", xml.read_text())
+    for path in (xml, mxl):
+        tokens = score_file_to_tokens(str(path), notated_tempo=True)
+        estimate = apply_notated_tempo(tokens)[1]
+        if qpm is None:
+            assert estimate.source != "mark" and _bar_qpm(tokens) == [[V.tok(V.QPM, int(V.DEFAULT_QPM))]]
+        else:
+            assert (estimate.source, estimate.qpm) == ("mark", qpm) and _bar_qpm(tokens) == [[V.tok(V.QPM, qpm)]]
+    assert set(load_xml_info(str(xml), cache_dir=str(tmp_path / "cache")).qpm.values()) == {qpm or V.DEFAULT_QPM}
+    assert xml_qpm(str(xml)) == qpm
