@@ -136,11 +136,23 @@ class VelocityPlan:
     level: Tuple[float, float] = (0.0, 1.0)  # the piece's level: a + b x the network's mean (see fit_level)
     # added per notated-length class (LENGTH_EDGES_Q), the target's unit; () none (see fit_length_offsets)
     length_offsets: Tuple[float, ...] = ()
+    # ... for a score without markings (a score MIDI's), fitted on the validation pieces as such a file gives
+    # them (fit_plan.py --plain-offsets); () the marked scores' length_offsets
+    length_offsets_plain: Tuple[float, ...] = ()
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(N,) the target per score note (MIDI velocity; articulation: log2 ratio)."""
+        spread = spread_for(self, tokens)
         return self.predict_features(group_features(tokens), note_features(tokens),
-                                     score_timeline(tokens).note_group, spread=spread_for(self, tokens))
+                                     score_timeline(tokens).note_group, spread=spread,
+                                     length_offsets=self.offsets_for(tokens))
+
+    def offsets_for(self, tokens: Sequence[str]) -> Optional[Tuple[float, ...]]:
+        """The offsets per notated-length class for these score tokens: ``length_offsets_plain`` for a score
+        without any marking where the plan has them, else None (its ``length_offsets``)."""
+        from instruct_tokenizer.score import has_markings
+
+        return self.length_offsets_plain if self.length_offsets_plain and not has_markings(tokens) else None
 
     def predict_features(self, groups: np.ndarray, notes: np.ndarray, note_group: np.ndarray,
                          spread: Optional[float] = None, level: Optional[Tuple[float, float]] = None,
@@ -179,6 +191,7 @@ class VelocityPlan:
                 "spread": float(self.spread), "spread_plain": float(self.spread_plain or 0.0),
                 "level": [float(x) for x in self.level],
                 "length_offsets": [float(x) for x in self.length_offsets],
+                "length_offsets_plain": [float(x) for x in self.length_offsets_plain],
                 "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
 
     @classmethod
@@ -194,7 +207,8 @@ class VelocityPlan:
         return cls(net, *(state[k].float().numpy() for k in ("group_mean", "group_std", "note_mean", "note_std")),
                    spread=float(state.get("spread", 1.0)), spread_plain=stored_spread_plain(state),
                    level=tuple(float(x) for x in state.get("level", (0.0, 1.0))),
-                   length_offsets=tuple(float(x) for x in state.get("length_offsets", ())))
+                   length_offsets=tuple(float(x) for x in state.get("length_offsets", ())),
+                   length_offsets_plain=tuple(float(x) for x in state.get("length_offsets_plain", ())))
 
 
 @dataclass
@@ -259,7 +273,8 @@ def length_class(notes: np.ndarray) -> np.ndarray:
 
 
 def fit_length_offsets(plan: VelocityPlan, pieces: List[dict], min_notes: int = 100,
-                       out_of_fold: Sequence[Tuple[VelocityPlan, List[dict]]] = ()) -> Tuple[float, ...]:
+                       out_of_fold: Sequence[Tuple[VelocityPlan, List[dict]]] = (),
+                       spread: Optional[float] = None) -> Tuple[float, ...]:
     """Per notated-length class (:data:`LENGTH_EDGES_Q`), the mean of (pianist - plan) over the notes of
     ``pieces`` the network was not fitted on (the validation performances), with the plan's spread and
     level and no offsets; 0 for a class with under ``min_notes`` notes. ``out_of_fold``: more
@@ -268,12 +283,14 @@ def fit_length_offsets(plan: VelocityPlan, pieces: List[dict], min_notes: int = 
     scales the plan's dependence on the notated length with the rest, and the network already leans
     short on long notes on unseen pieces: on the validation pieces the stretched articulation plan held
     notes of a quarter to a whole note 0.3-0.4 log2 shorter than the pianists, those of a sixteenth
-    0.1 longer (docs/experiments.md section 21). The per-note r hardly moves."""
+    0.1 longer (docs/experiments.md section 21). The per-note r hardly moves. ``spread``: the plans'
+    spread for these pieces (default: each plan's own; a score without markings: its ``spread_plain``)."""
     total = np.zeros(len(LENGTH_EDGES_Q) + 1)
     count = np.zeros(len(LENGTH_EDGES_Q) + 1)
     for source, source_pieces in [(plan, pieces), *out_of_fold]:
         for p in source_pieces:
-            pred = source.predict_features(p["features"], p["notes"], p["note_group"], length_offsets=())
+            pred = source.predict_features(p["features"], p["notes"], p["note_group"], spread=spread,
+                                           length_offsets=())
             ok = np.isfinite(p[plan.TARGET])
             cls = length_class(p["notes"])[ok]
             np.add.at(total, cls, (p[plan.TARGET] - pred)[ok])

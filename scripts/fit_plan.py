@@ -30,7 +30,10 @@ ends, the bass, hairpins: ``tempo_plan.PHRASE_FEATURE_NAMES``; the release's tem
 ``--plain-view score-midi`` makes each training score without markings what a notation program's score MIDI
 gives (``score.as_score_midi``: staccato notes a half, staccatissimo a third of their length) instead of
 the MusicXML's lengths with the markings dropped (measured for the tempo and articulation plans, not
-released: section 23).
+released: section 23);
+``--plain-offsets score-midi`` (articulation) gives a score without markings its own offsets per
+notated-length class, fitted on the validation pieces as a score MIDI gives them, with the plain spread
+(section 26).
 """
 from __future__ import annotations
 
@@ -108,6 +111,17 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
         return out
     except Exception as e:  # noqa: BLE001  (any unreadable performance is left out with its reason)
         return {"row": row, "error": f"{type(e).__name__}: {e}"}
+
+
+def plain_validation(valid: List[dict], view: str, plain_view: str, fields: Sequence[str], workers: int) -> List[dict]:
+    """The validation performances' scores without markings in ``view`` (:data:`PLAIN_VIEWS`), as per-note
+    plan pieces (``fields``): their ``plain`` version where it is that view already (``plain_view``), else
+    read again in it."""
+    if view != plain_view:
+        with Pool(workers) as pool:
+            valid = [e for e in pool.imap(partial(performance_example, plain_view=view), [e["row"] for e in valid],
+                                          chunksize=4) if "error" not in e]
+    return [{f: e["plain"][f] for f in fields} for e in valid]
 
 
 def plain_spread(plan, fit_spread, train: List[dict]) -> float:
@@ -193,7 +207,9 @@ def note_rows(plan, examples: List[dict]) -> Dict[str, float]:
         rs, level_errors = [], []
         for e in examples:
             v = e[kind]
-            pred = plan.predict_features(v["features"], v["notes"], v["note_group"])
+            plain_offsets = getattr(plan, "length_offsets_plain", ()) if kind == "plain" else ()
+            pred = plan.predict_features(v["features"], v["notes"], v["note_group"],
+                                         length_offsets=plain_offsets or None)
             rs.append(pearson(pred, v[per_note]))
             human = v[target][np.isfinite(v[target])]
             level_errors.append(float(pred.mean() - human.mean()) if len(human) else float("nan"))
@@ -282,6 +298,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="what each training score without markings is: the MusicXML's lengths with the markings "
                         "dropped (markings-dropped: the release's plans; default) or as a notation program's score "
                         "MIDI gives it (score-midi: staccato notes a half, staccatissimo a third of their length)")
+    p.add_argument("--plain-offsets", choices=(*PLAIN_VIEWS, "none"), default="none",
+                   help="articulation: fit separate offsets per notated-length class for a score without markings, "
+                        "on the validation pieces in this view (score-midi: as a notation program's score MIDI gives "
+                        "them), with the plan's spread for such a score; none: such a score takes the marked scores' "
+                        "offsets (default)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
@@ -294,6 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--phrase-features: only when fitting a tempo plan (--what tempo, no --calibrate)")
     if args.cross_fit and (args.what != "articulation" or args.cross_fit < 2):
         p.error("--cross-fit: 2 folds or more, only with --what articulation")
+    if args.plain_offsets != "none" and args.what != "articulation":
+        p.error("--plain-offsets: only with --what articulation")
     if args.calibrate and args.members > 1:
         p.error("--calibrate keeps the stored plan: no --members")
     torch.set_num_threads(max(1, args.workers))
@@ -355,6 +378,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{args.cross_fit} folds of the training pieces {[round(x, 3) for x in plan.length_offsets]}",
                   file=sys.stderr)
         plan.spread_plain = plain_spread(plan, fit_spread, train)
+        if args.plain_offsets != "none":
+            plan.length_offsets_plain = fit_length_offsets(
+                plan, plain_validation(split["valid"], args.plain_offsets, args.plain_view, fields, args.workers),
+                spread=plan.spread_plain)
+            print(f"articulation plan: offsets for a score without markings ({args.plain_offsets} view of the "
+                  f"validation pieces) {[round(x, 3) for x in plan.length_offsets_plain]}", file=sys.stderr)
         print(f"{args.what} plan: level {plan.level[0]:.2f} + {plan.level[1]:.3f} x the network's mean, "
               f"notated-length offsets {[round(x, 3) for x in plan.length_offsets]}, key-down bound "
               f"{getattr(plan, 'max_key_down_s', 0.0):.2f} s", file=sys.stderr)

@@ -121,7 +121,8 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
                                         (["--what", "velocity", "--calibrate"], "--calibrate"),
                                         (["--what", "tempo", "--spread", "0"], "--spread"),
                                         (["--what", "velocity", "--cross-fit", "3"], "--cross-fit"),
-                                        (["--what", "articulation", "--cross-fit", "1"], "--cross-fit")])
+                                        (["--what", "articulation", "--cross-fit", "1"], "--cross-fit"),
+                                        (["--what", "velocity", "--plain-offsets", "score-midi"], "--plain-offsets")])
 def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, capsys):
     import sys
     from pathlib import Path
@@ -290,6 +291,55 @@ def test_a_score_without_markings_takes_the_plain_spread():
     torch.save(plan.state(), buf)
     buf.seek(0)
     assert VelocityPlan.from_state(torch.load(buf, weights_only=True)).spread_plain == 3.0
+
+
+def test_a_score_without_markings_takes_the_plain_offsets():
+    """An articulation plan with offsets for plain scores adds them (with the plain spread) to a score
+    without markings and its own offsets to a marked one; without plain offsets both take its own; a file
+    written before them loads with none."""
+    from instruct_tokenizer.score import score_timeline, without_markings
+    from museformer.velocity_plan import ArticulationPlan, length_class
+
+    torch.manual_seed(0)
+    plan = ArticulationPlan(VelocityNet(channels=8, levels=2).eval(), np.zeros(N_FEATURES), np.ones(N_FEATURES),
+                            np.zeros(N_NOTE_FEATURES), np.ones(N_NOTE_FEATURES), spread=1.5, spread_plain=2.0,
+                            length_offsets=(0.1,) * 6)
+    marked, plain = _score(), without_markings(_score())
+
+    def bare(tokens, spread):
+        return plan.predict_features(group_features(tokens), note_features(tokens), score_timeline(tokens).note_group,
+                                     spread=spread, length_offsets=())
+
+    assert np.allclose(plan.predict(plain) - bare(plain, 2.0), 0.1)  # no plain offsets: the marked ones
+    plan.length_offsets_plain = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
+    assert np.allclose(plan.predict(marked) - bare(marked, 1.5), 0.1)
+    classes = length_class(note_features(plain))
+    assert len(set(classes.tolist())) >= 2  # the grace note, the eighth, the quarters
+    assert np.allclose(plan.predict(plain) - bare(plain, 2.0), np.asarray(plan.length_offsets_plain)[classes])
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert ArticulationPlan.from_state(state).length_offsets_plain == pytest.approx(plan.length_offsets_plain)
+    del state["length_offsets_plain"]
+    assert ArticulationPlan.from_state(state).length_offsets_plain == ()
+
+
+def test_fit_length_offsets_reads_the_plans_with_the_spread_given():
+    from museformer.velocity_plan import fit_length_offsets
+
+    class Spy:
+        TARGET = "articulation"
+        seen = []
+
+        def predict_features(self, groups, notes, note_group, spread=None, level=None, length_offsets=None):
+            self.seen.append((spread, length_offsets))
+            return np.zeros(len(notes))
+
+    p = _synthetic(1, 4)[0]
+    p["articulation"] = np.ones(len(p["notes"]))
+    offsets = fit_length_offsets(Spy(), [p], min_notes=1, spread=2.5)
+    assert Spy.seen == [(2.5, ())] and set(offsets) <= {0.0, 1.0} and 1.0 in offsets
 
 
 def test_out_of_fold_plans_never_read_the_pieces_they_were_fitted_on():
