@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-3"  # entries hold markings and notated tempo per note id (3: <metronome> read)
+CACHE_VERSION = "markings-4"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -70,12 +70,24 @@ def impulsive_value(text: str) -> str:
 
 
 def tempo_word_value(text: str) -> str:
-    """A constant tempo text (e.g. ``Allegro``) -> ``slow``/``moderate``/``fast``/``other``."""
+    """A constant tempo text (``Allegro``, ``Allegro con brio ed appassionato``, ``Langsam``, ``Modéré``) ->
+    ``slow``/``moderate``/``fast``/``other`` (``vocab.TEMPO_WORD_CLASSES``: the first class with a word
+    that starts a word of the text)."""
     t = (text or "").lower()
+    if any(re.search(r"\b" + re.escape(w), t) for w in V.TEMPO_WORD_ELSEWHERE):
+        return "other"  # "attacca subito l'Allegro": the next movement's
     for value, words in V.TEMPO_WORD_CLASSES:
-        if any(w in t for w in words):
+        if any(re.search(r"\b" + re.escape(w), t) for w in words):
             return value
     return "other"
+
+
+def _words_tokens(w) -> List[Tuple[int, str]]:
+    """(start time in divs, token) for a text partitura leaves as plain ``Words`` (its grammar reads
+    ``Allegro molto`` but not ``Allegro con brio ed appassionato``, ``Presto (``, ``Lento, ma non troppo 1)``
+    nor any German, French or English tempo): a ``TempoWord`` where the text names a constant tempo."""
+    value = tempo_word_value(getattr(w, "text", ""))
+    return [(w.start.t, V.tok(V.TEMPO_WORD, value))] if value != "other" else []
 
 
 def _direction_tokens(d, pt) -> List[Tuple[int, str]]:
@@ -226,11 +238,12 @@ def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
             continue
         onsets = sorted({n.start.t for n in notes})
         group: Dict[int, List[str]] = {}
-        for d in part.iter_all(pt.score.Direction, include_subclasses=True):
-            for t, token in _direction_tokens(d, pt):
-                at = _first_at_or_after(onsets, t)
-                if at is not None:
-                    group.setdefault(at, []).append(token)
+        timed = [x for d in part.iter_all(pt.score.Direction, include_subclasses=True) for x in _direction_tokens(d, pt)]
+        timed += [x for w in part.iter_all(pt.score.Words) for x in _words_tokens(w)]
+        for t, token in timed:
+            at = _first_at_or_after(onsets, t)
+            if at is not None:
+                group.setdefault(at, []).append(token)
         for n in notes:
             out[str(n.id)] = (canonical(group.get(n.start.t, ())), canonical(_note_tokens(n)))
     if not out:

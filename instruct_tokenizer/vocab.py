@@ -320,12 +320,19 @@ NOTE_MARKING_TYPES = tuple(NOTE_MARKINGS)
 MARK_ALIASES = {"staccato": "staccato", "staccatissimo": "staccatissimo", "spiccato": "staccatissimo",
                 "tenuto": "tenuto", "detached-legato": "tenuto", "accent": "accent",
                 "strong-accent": "marcato"}
-# constant tempo words -> TempoWord values (first match wins)
+# constant tempo words -> TempoWord values: the first class with a word that starts a word of the text
+# (lower case; "andant" reads Andante and Andantino, "lent" Lent and lentement but not violent). Italian, and the
+# German, French and English words that composers and editors write instead (Langsam, Nicht schnell, Modéré,
+# Vif, Slowly); a negated fast word is moderate (its class is read first)
 TEMPO_WORD_CLASSES = (
-    ("slow", ("grave", "largo", "larghetto", "lento", "adagio")),
-    ("moderate", ("andant", "moderato", "allegretto", "comodo")),
-    ("fast", ("allegro", "vivace", "vivo", "presto", "prestissimo")),
+    ("slow", ("grave", "largo", "larghetto", "lento", "adagio", "langsam", "getragen", "lent", "slow")),
+    ("moderate", ("andant", "moderato", "allegretto", "comodo", "mässig", "mäßig", "massig", "gehend",
+                  "nicht schnell", "nicht zu schnell", "nicht zu rasch", "nicht zu geschwind", "modéré", "modere",
+                  "moderate", "not fast", "not too fast")),
+    ("fast", ("allegro", "vivace", "vivo", "presto", "prestissimo", "schnell", "rasch", "lebhaft", "geschwind",
+              "vif", "vite", "animé", "fast", "quick", "lively")),
 )
+TEMPO_WORD_ELSEWHERE = ("attacca",)  # a text with one of these names the next movement's tempo: other
 
 
 def marking_tokens() -> List[str]:

@@ -126,13 +126,13 @@ def test_build_drops_markings_in_train_only_and_writes_qpm(tmp_path):
 
 
 def _one_bar_xml(direction: str) -> str:
-    """A 6/8 bar of two dotted quarters, with ``direction`` (MusicXML) before the first note."""
-    note = ("<note><pitch><step>C</step><octave>4</octave></pitch><duration>3</duration><type>quarter</type>"
+    """A 6/8 bar of two dotted quarters (ids n1, n2), with ``direction`` (MusicXML) before the first note."""
+    note = ('<note id="n{}"><pitch><step>C</step><octave>4</octave></pitch><duration>3</duration><type>quarter</type>'
             "<dot/></note>")
     return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
             '<part-name>Piano</part-name></score-part></part-list><part id="P1"><measure number="1"><attributes>'
             "<divisions>2</divisions><time><beats>6</beats><beat-type>8</beat-type></time></attributes>"
-            f"{direction}{note}{note}</measure></part></score-partwise>")
+            f"{direction}{note.format(1)}{note.format(2)}</measure></part></score-partwise>")
 
 
 def _metronome(unit: str, dots: int, per_minute: str, sound: str = "") -> str:
@@ -169,3 +169,33 @@ def test_a_printed_metronome_mark_is_the_notated_tempo(tmp_path, direction, qpm)
             assert (estimate.source, estimate.qpm) == ("mark", qpm) and _bar_qpm(tokens) == [[V.tok(V.QPM, qpm)]]
     assert set(load_xml_info(str(xml), cache_dir=str(tmp_path / "cache")).qpm.values()) == {qpm or V.DEFAULT_QPM}
     assert xml_qpm(str(xml)) == qpm
+
+
+@pytest.mark.parametrize("text, value", [
+    ("Allegro", "fast"), ("Allegretto", "moderate"), ("Andantino", "moderate"), ("Larghetto", "slow"),
+    ("Allegro con brio ed appassionato", "fast"), ("Lento, ma non troppo 1)", "slow"), ("Presto (", "fast"),
+    ("Langsam", "slow"), ("Nicht schnell", "moderate"), ("Sehr rasch", "fast"), ("Lent et douloureux", "slow"),
+    ("Modéré", "moderate"), ("Assez vif", "fast"), ("Slowly", "slow"), ("not too fast", "moderate"),
+    ("Violento", "other"), ("Tempo di Minuetto", "other"), ("attacca subito l'Allegro", "other"), ("dolce", "other"),
+])
+def test_tempo_words_in_italian_german_french_and_english(text, value):
+    from instruct_tokenizer.musicxml import tempo_word_value
+
+    assert tempo_word_value(text) == value
+
+
+@pytest.mark.parametrize("text, word", [("Allegro con brio ed appassionata", "fast"),  # partitura: plain Words
+                                        ("Langsam", "slow"), ("Allegro molto", "fast"),  # ... its tempo direction
+                                        ("con espressione", None)])
+def test_a_tempo_text_partitura_leaves_as_words_is_a_tempo_word(tmp_path, text, word):
+    from instruct_tokenizer.tempo_infer import apply_notated_tempo
+
+    xml = tmp_path / "score.musicxml"
+    xml.write_text(_one_bar_xml(f"<direction><direction-type><words>{text}</words></direction-type></direction>"))
+    tokens = score_file_to_tokens(str(xml), notated_tempo=True, markings=True)
+    words = [t for t in tokens if token_type(t) == V.TEMPO_WORD]
+    estimate = apply_notated_tempo(tokens)[1]
+    if word is None:
+        assert words == [] and estimate.source == "content"
+    else:
+        assert words == [V.tok(V.TEMPO_WORD, word)] and estimate.source == "words"
