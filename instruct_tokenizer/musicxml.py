@@ -70,7 +70,7 @@ def impulsive_value(text: str) -> str:
 
 
 def tempo_word_value(text: str) -> str:
-    """A constant tempo text (``Allegro``, ``Allegro con brio ed appassionato``, ``Langsam``, ``Modéré``) ->
+    """A constant tempo text (``Allegro``, ``Allegro con brio ed appassionata``, ``Langsam``, ``Modéré``) ->
     ``slow``/``moderate``/``fast``/``other`` (``vocab.TEMPO_WORD_CLASSES``: the first class with a word
     that starts a word of the text)."""
     t = (text or "").lower()
@@ -84,7 +84,7 @@ def tempo_word_value(text: str) -> str:
 
 def _words_tokens(w) -> List[Tuple[int, str]]:
     """(start time in divs, token) for a text partitura leaves as plain ``Words`` (its grammar reads
-    ``Allegro molto`` but not ``Allegro con brio ed appassionato``, ``Presto (``, ``Lento, ma non troppo 1)``
+    ``Allegro molto`` but not ``Allegro con brio ed appassionata``, ``Presto (``, ``Lento, ma non troppo 1)``
     nor any German, French or English tempo): a ``TempoWord`` where the text names a constant tempo."""
     value = tempo_word_value(getattr(w, "text", ""))
     return [(w.start.t, V.tok(V.TEMPO_WORD, value))] if value != "other" else []
