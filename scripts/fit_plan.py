@@ -378,6 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{args.cross_fit} folds of the training pieces {[round(x, 3) for x in plan.length_offsets]}",
                   file=sys.stderr)
         plan.spread_plain = plain_spread(plan, fit_spread, train)
+        plan.length_offsets_plain = ()  # none: a score without markings takes length_offsets
         if args.plain_offsets != "none":
             plan.length_offsets_plain = fit_length_offsets(
                 plan, plain_validation(split["valid"], args.plain_offsets, args.plain_view, fields, args.workers),
