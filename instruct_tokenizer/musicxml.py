@@ -212,21 +212,22 @@ def with_metronome_sound(xml: bytes) -> Optional[bytes]:
     for direction in root.iter("direction"):
         if any(s.get("tempo") for s in direction.findall("sound")):
             continue
-        marks = [q for m in direction.iter("metronome") for q in [metronome_qpm(m)] if q]
-        if marks:
-            etree.SubElement(direction, "sound", tempo=f"{marks[0]:g}")
+        qpm = next((q for q in map(metronome_qpm, direction.iter("metronome")) if q), None)
+        if qpm:
+            etree.SubElement(direction, "sound", tempo=f"{qpm:g}")
             changed = True
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if changed else None
 
 
 def load_partitura(path: str):
-    """``partitura.load_musicxml`` of the file (entities unresolved), its printed metronome marks read
-    as tempi (:func:`with_metronome_sound`): partitura reads ``<sound tempo>`` and ignores ``<metronome>``,
-    which some notation programs write alone. Raises MusicXMLError for a file it cannot read."""
+    """``partitura.load_musicxml`` of the file's score document (read once, .mxl unpacked here; entities
+    unresolved), its printed metronome marks read as tempi (:func:`with_metronome_sound`): partitura reads
+    ``<sound tempo>`` and ignores ``<metronome>``, which some notation programs write alone. Raises
+    MusicXMLError for a file it cannot read."""
     import partitura as pt
 
-    amended = with_metronome_sound(_xml_bytes(path))
-    return pt.load_musicxml(io.BytesIO(amended) if amended is not None else str(path))
+    xml = _xml_bytes(path)
+    return pt.load_musicxml(io.BytesIO(with_metronome_sound(xml) or xml))
 
 
 def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
