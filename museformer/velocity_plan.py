@@ -45,15 +45,25 @@ NOTE_FEATURE_NAMES = (
     "cresc_open", "dim_open", "sf", "fp",
 )
 N_NOTE_FEATURES = len(NOTE_FEATURE_NAMES)
+# what the notated tempo makes of a note (the articulation plan's, fit_plan.py --tempo-note-features): the
+# note's notated length in seconds at the score's notated tempo (log2; a grace note: a 24th of a quarter)
+# and the notated tempo at its bar (log2 seconds per quarter). The base features state lengths in quarters
+# only and the group features the notated tempo centred on the piece's, so a plan without these cannot
+# tell an Adagio from a Presto (docs/experiments.md section 27)
+TEMPO_NOTE_FEATURE_NAMES = ("log_notated_s", "log_period_s")
+NOTE_FEATURE_SETS = (NOTE_FEATURE_NAMES, NOTE_FEATURE_NAMES + TEMPO_NOTE_FEATURE_NAMES)
 VELOCITY_CENTRE, VELOCITY_SCALE = 64.0, 20.0  # the network's output unit: (velocity - 64) / 20
 # the notated-length classes of the articulation plan's calibration (fit_length_offsets), upper edges in
 # quarters: up to a sixteenth (and grace notes), an eighth, a quarter, a half, a whole note, longer
 LENGTH_EDGES_Q = (0.3, 0.6, 1.1, 2.1, 4.1)
 
 
-def note_features(tokens: Sequence[str]) -> np.ndarray:
-    """(N, N_NOTE_FEATURES) float32 features of the score's notes, in token order (NOTE_FEATURE_NAMES).
-    Raises TempoPlanError for a score with no notes."""
+def note_features(tokens: Sequence[str], names: Sequence[str] = NOTE_FEATURE_NAMES) -> np.ndarray:
+    """(N, len(names)) float32 features of the score's notes, in token order: ``names`` one of
+    :data:`NOTE_FEATURE_SETS` (NOTE_FEATURE_NAMES, or those and TEMPO_NOTE_FEATURE_NAMES). Raises
+    TempoPlanError for a score with no notes or an unknown feature set."""
+    if tuple(names) not in NOTE_FEATURE_SETS:
+        raise TempoPlanError(f"unknown note features {list(names)[N_NOTE_FEATURES:] or list(names)}")
     tl = read_timeline(tokens)
     n = tl.n_notes
     g, pitch = tl.note_group, tl.note_pitch.astype(float)
@@ -89,8 +99,21 @@ def note_features(tokens: Sequence[str]) -> np.ndarray:
     cols = [(pitch - 64.0) / 24.0, (pitch == hi[g]).astype(float), (pitch == lo[g]).astype(float),
             (pitch - lo[g]) / span[g], np.log2(size[g]), (tl.note_staff == 2).astype(float),
             np.log2(np.clip(tl.note_dur_q, 1 / 24, 16)), (tl.note_dur_q == 0).astype(float)]
-    out = np.concatenate([np.stack(cols, axis=1), marks, state[g]], axis=1).astype(np.float32)  # (N, Fn)
+    parts = [np.stack(cols, axis=1), marks, state[g]]
+    if len(names) > N_NOTE_FEATURES:
+        parts.append(tempo_note_features(tokens, tl))
+    out = np.concatenate(parts, axis=1).astype(np.float32)  # (N, Fn)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def tempo_note_features(tokens: Sequence[str], tl) -> np.ndarray:
+    """(N, len(TEMPO_NOTE_FEATURE_NAMES)): each note's notated length in log2 seconds at the score's notated
+    tempo (a grace note, notated 0, as a 24th of a quarter) and that tempo at its bar in log2 seconds per
+    quarter (``score.bar_notated_period_s``; ``tl``: the tokens' ``score_timeline``)."""
+    bar_period_s = bar_notated_period_s(tokens)  # (n_bars,) s per quarter
+    period_s = bar_period_s[np.minimum(tl.group_bar[tl.note_group], len(bar_period_s) - 1)]  # (N,)
+    notated_s = np.maximum(tl.note_dur_q, 1.0 / 24) * period_s  # (N,)
+    return np.stack([np.log2(notated_s), np.log2(period_s)], axis=1)
 
 
 class VelocityNet(nn.Module):
@@ -139,11 +162,13 @@ class VelocityPlan:
     # ... for a score without markings (a score MIDI's), fitted on the validation pieces as such a file gives
     # them (fit_plan.py --plain-offsets); () the marked scores' length_offsets
     length_offsets_plain: Tuple[float, ...] = ()
+    # the note features the network reads (one of NOTE_FEATURE_SETS)
+    note_feature_names: Tuple[str, ...] = NOTE_FEATURE_NAMES
 
     def predict(self, tokens: Sequence[str]) -> np.ndarray:
         """(N,) the target per score note (MIDI velocity; articulation: log2 ratio)."""
         spread = spread_for(self, tokens)
-        return self.predict_features(group_features(tokens), note_features(tokens),
+        return self.predict_features(group_features(tokens), note_features(tokens, self.note_feature_names),
                                      score_timeline(tokens).note_group, spread=spread,
                                      length_offsets=self.offsets_for(tokens))
 
@@ -186,7 +211,7 @@ class VelocityPlan:
         from .tempo_plan import FEATURE_NAMES
 
         return {"config": dict(self.net.config), "feature_names": list(FEATURE_NAMES),
-                "note_feature_names": list(NOTE_FEATURE_NAMES), "group_mean": f32(self.group_mean),
+                "note_feature_names": list(self.note_feature_names), "group_mean": f32(self.group_mean),
                 "group_std": f32(self.group_std), "note_mean": f32(self.note_mean), "note_std": f32(self.note_std),
                 "spread": float(self.spread), "spread_plain": float(self.spread_plain or 0.0),
                 "level": [float(x) for x in self.level],
@@ -198,9 +223,12 @@ class VelocityPlan:
     def from_state(cls, state: dict) -> "VelocityPlan":
         from .tempo_plan import FEATURE_NAMES
 
-        if (list(state.get("feature_names", [])) != list(FEATURE_NAMES)
-                or list(state.get("note_feature_names", [])) != list(NOTE_FEATURE_NAMES)):
+        note_names = tuple(state.get("note_feature_names", ()))
+        if list(state.get("feature_names", [])) != list(FEATURE_NAMES) or note_names not in NOTE_FEATURE_SETS:
             raise TempoPlanError(f"the {cls.TARGET} plan was fitted on other features than this version computes")
+        if int(state["config"].get("n_note_features", N_NOTE_FEATURES)) != len(note_names):
+            raise TempoPlanError(f"the {cls.TARGET} plan's network reads {state['config'].get('n_note_features')} "
+                                 f"note features, its file names {len(note_names)}")
         net = VelocityNet(**state["config"])
         net.load_state_dict({k: v.float() for k, v in state["weights"].items()})
         net.eval()
@@ -208,7 +236,8 @@ class VelocityPlan:
                    spread=float(state.get("spread", 1.0)), spread_plain=stored_spread_plain(state),
                    level=tuple(float(x) for x in state.get("level", (0.0, 1.0))),
                    length_offsets=tuple(float(x) for x in state.get("length_offsets", ())),
-                   length_offsets_plain=tuple(float(x) for x in state.get("length_offsets_plain", ())))
+                   length_offsets_plain=tuple(float(x) for x in state.get("length_offsets_plain", ())),
+                   note_feature_names=note_names)
 
 
 @dataclass
@@ -374,16 +403,23 @@ def fit_articulation(pieces: List[dict], valid: List[dict], **kw) -> Articulatio
 
 
 def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int = 12, lr: float = 2e-3,
-                  seed: int = 0, batch: int = 16, progress=None, **net_kw) -> VelocityPlan:
+                  seed: int = 0, batch: int = 16, progress=None,
+                  note_feature_names: Sequence[str] = NOTE_FEATURE_NAMES, **net_kw) -> VelocityPlan:
     """Fit a per-note plan of class ``kind`` on ``pieces`` (each {"features": (G, F), "notes": (N, Fn),
     "note_group": (N,), kind.TARGET: (N,), NaN for a note not played}); AdamW with a cosine decay, batches
     of similar length, squared error; keep the epoch with the best mean per-piece correlation on
-    ``valid``; then its calibration (:meth:`VelocityPlan.calibrate`)."""
+    ``valid``; then its calibration (:meth:`VelocityPlan.calibrate`). ``note_feature_names``: what the
+    pieces' ``notes`` columns are (one of :data:`NOTE_FEATURE_SETS`)."""
+    if tuple(note_feature_names) not in NOTE_FEATURE_SETS:
+        raise TempoPlanError(f"unknown note features {list(note_feature_names)}")
     torch.manual_seed(seed)
     gx = np.concatenate([p["features"] for p in pieces])
     nx = np.concatenate([p["notes"] for p in pieces])
-    net = VelocityNet(**net_kw)
-    plan = kind(net, gx.mean(0), gx.std(0) + 1e-3, nx.mean(0), nx.std(0) + 1e-3)
+    if nx.shape[1] != len(note_feature_names):
+        raise TempoPlanError(f"the pieces have {nx.shape[1]} note features, {len(note_feature_names)} named")
+    net = VelocityNet(n_note_features=len(note_feature_names), **net_kw)
+    plan = kind(net, gx.mean(0), gx.std(0) + 1e-3, nx.mean(0), nx.std(0) + 1e-3,
+                note_feature_names=tuple(note_feature_names))
     key = kind.TARGET
 
     def batch_loss(chunk: List[dict]) -> Tensor:

@@ -33,7 +33,10 @@ the MusicXML's lengths with the markings dropped (measured for the tempo and art
 released: section 23);
 ``--plain-offsets score-midi`` (articulation) gives a score without markings its own offsets per
 notated-length class, fitted on the validation pieces as a score MIDI gives them, with the plain spread
-(section 26).
+(section 26);
+``--tempo-note-features`` (velocity, articulation) lets the plan read each note's notated length in seconds
+at the notated tempo and that tempo (``velocity_plan.TEMPO_NOTE_FEATURE_NAMES``; measured for the
+articulation plan, not released: section 27).
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
     from instruct_tokenizer.tempo_infer import apply_notated_tempo
     from museformer.eval_split import xml_score_info
     from museformer.tempo_plan import N_FEATURES, TEMPO_FEATURE_NAMES, group_features
-    from museformer.velocity_plan import note_features
+    from museformer.velocity_plan import NOTE_FEATURE_SETS, note_features
 
     try:
         marks, qpm = xml_score_info(row["source"], {"markings": True, "notated_tempo": True}, report=lambda s: None)
@@ -105,23 +108,35 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
         for kind, score in zip(KINDS, (marked, plain)):
             articulation = per_note["articulation"] + shift[kind]
             every = group_features(score, TEMPO_FEATURE_NAMES)  # (G, F + phrase): the base columns first
+            every_note = note_features(score, NOTE_FEATURE_SETS[-1])  # (N, Fn + tempo): the base columns first
             out[kind] = {**played, "features": every[:, :N_FEATURES], "all_features": every,
-                         "notes": note_features(score), "articulation": np.clip(articulation, V.ART_MIN, V.ART_MAX),
+                         "notes": every_note[:, : len(NOTE_FEATURE_SETS[0])], "all_notes": every_note,
+                         "articulation": np.clip(articulation, V.ART_MIN, V.ART_MAX),
                          "score": score}
         return out
     except Exception as e:  # noqa: BLE001  (any unreadable performance is left out with its reason)
         return {"row": row, "error": f"{type(e).__name__}: {e}"}
 
 
-def plain_validation(valid: List[dict], view: str, plain_view: str, fields: Sequence[str], workers: int) -> List[dict]:
+def use_note_features(examples: List[dict], names: Sequence[str]) -> List[dict]:
+    """``examples`` with each score version's ``notes`` the first ``len(names)`` columns of its ``all_notes``
+    (every note feature; ``names`` one of ``velocity_plan.NOTE_FEATURE_SETS``, which extend each other)."""
+    for e in examples:
+        for kind in KINDS:
+            e[kind]["notes"] = e[kind]["all_notes"][:, : len(names)]
+    return examples
+
+
+def plain_validation(valid: List[dict], view: str, plain_view: str, fields: Sequence[str], workers: int,
+                     note_names: Sequence[str]) -> List[dict]:
     """The validation performances' scores without markings in ``view`` (:data:`PLAIN_VIEWS`), as per-note
-    plan pieces (``fields``): their ``plain`` version where it is that view already (``plain_view``), else
-    read again in it."""
+    plan pieces (``fields``, the note features ``note_names``): their ``plain`` version where it is that view
+    already (``plain_view``), else read again in it."""
     if view != plain_view:
         with Pool(workers) as pool:
             valid = [e for e in pool.imap(partial(performance_example, plain_view=view), [e["row"] for e in valid],
                                           chunksize=4) if "error" not in e]
-    return [{f: e["plain"][f] for f in fields} for e in valid]
+    return [{f: e["plain"][f] for f in fields} for e in use_note_features(valid, note_names)]
 
 
 def plain_spread(plan, fit_spread, train: List[dict]) -> float:
@@ -260,7 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from museformer.tempo_plan import FEATURE_NAMES, TEMPO_FEATURE_NAMES, TempoPlanEnsemble, fit
     from museformer.tempo_plan import fit_spread as fit_tempo_spread
-    from museformer.velocity_plan import fit_articulation, fit_length_offsets, fit_spread, fit_velocity
+    from museformer.velocity_plan import (NOTE_FEATURE_NAMES, NOTE_FEATURE_SETS, fit_articulation, fit_length_offsets,
+                                          fit_spread, fit_velocity)
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -303,6 +319,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "on the validation pieces in this view (score-midi: as a notation program's score MIDI gives "
                         "them), with the plan's spread for such a score; none: such a score takes the marked scores' "
                         "offsets (default)")
+    p.add_argument("--tempo-note-features", action="store_true",
+                   help="velocity or articulation: the plan reads what the notated tempo makes of each note too, its "
+                        "notated length in seconds and the notated tempo at its bar (museformer.velocity_plan."
+                        "TEMPO_NOTE_FEATURE_NAMES); default: lengths in quarters only (the base note features)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
@@ -317,6 +337,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--cross-fit: 2 folds or more, only with --what articulation")
     if args.plain_offsets != "none" and args.what != "articulation":
         p.error("--plain-offsets: only with --what articulation")
+    if args.tempo_note_features and (args.what == "tempo" or args.calibrate):
+        p.error("--tempo-note-features: only when fitting a velocity or articulation plan (no --calibrate)")
     if args.calibrate and args.members > 1:
         p.error("--calibrate keeps the stored plan: no --members")
     torch.set_num_threads(max(1, args.workers))
@@ -360,19 +382,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows = report_rows
     else:
         fields = ("features", "notes", "note_group", args.what, "key_down_s")
+        plan = stored_plan(args.into, f"{args.what}_plan") if args.calibrate else None
+        note_names = (plan.note_feature_names if plan else NOTE_FEATURE_SETS[-1] if args.tempo_note_features
+                      else NOTE_FEATURE_NAMES)
+        use_note_features(examples, note_names)
         train = [{f: e[k][f] for f in fields} for e in split["train"] for k in KINDS]
         valid = [{f: e["marked"][f] for f in fields} for e in split["valid"]]
-        if args.calibrate:
-            plan = stored_plan(args.into, f"{args.what}_plan")
-        else:
+        if not args.calibrate:
             fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
-            plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+            plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress,
+                            note_feature_names=note_names)
         if args.calibrate or args.spread is not None:  # a fit calibrates with the fitted spread
             plan.calibrate(train, valid, args.spread)  # the level and offsets follow the stored spread
         if args.cross_fit:
             before = plan.length_offsets
             folds = out_of_fold_plans(plan, split["train"], valid, args.cross_fit, fit_articulation, fields,
-                                      epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress)
+                                      epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress,
+                                      note_feature_names=note_names)
             plan.length_offsets = fit_length_offsets(plan, valid, out_of_fold=folds)
             print(f"articulation plan: offsets from the validation pieces {[round(x, 3) for x in before]}, with "
                   f"{args.cross_fit} folds of the training pieces {[round(x, 3) for x in plan.length_offsets]}",
@@ -381,7 +407,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan.length_offsets_plain = ()  # none: a score without markings takes length_offsets
         if args.plain_offsets != "none":
             plan.length_offsets_plain = fit_length_offsets(
-                plan, plain_validation(split["valid"], args.plain_offsets, args.plain_view, fields, args.workers),
+                plan, plain_validation(split["valid"], args.plain_offsets, args.plain_view, fields, args.workers,
+                                 note_names),
                 spread=plan.spread_plain)
             print(f"articulation plan: offsets for a score without markings ({args.plain_offsets} view of the "
                   f"validation pieces) {[round(x, 3) for x in plan.length_offsets_plain]}", file=sys.stderr)

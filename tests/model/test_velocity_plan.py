@@ -122,7 +122,10 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
                                         (["--what", "tempo", "--spread", "0"], "--spread"),
                                         (["--what", "velocity", "--cross-fit", "3"], "--cross-fit"),
                                         (["--what", "articulation", "--cross-fit", "1"], "--cross-fit"),
-                                        (["--what", "velocity", "--plain-offsets", "score-midi"], "--plain-offsets")])
+                                        (["--what", "velocity", "--plain-offsets", "score-midi"], "--plain-offsets"),
+                                        (["--what", "tempo", "--tempo-note-features"], "--tempo-note-features"),
+                                        (["--what", "articulation", "--calibrate", "--tempo-note-features", "--into",
+                                          "x.pt"], "--tempo-note-features")])
 def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, capsys):
     import sys
     from pathlib import Path
@@ -411,3 +414,75 @@ def test_the_plain_training_score_is_what_a_score_midi_gives():
                        np.log2(full[unclipped] / short[unclipped]))
     assert np.array_equal(midi["plain"]["articulation"][~shorter], dropped["plain"]["articulation"][~shorter],
                           equal_nan=True)
+
+
+def _with_qpm(tokens, qpm):
+    """``tokens`` with a QPM token in the first bar's header (quarter notes per minute)."""
+    return [tokens[0], V.tok(V.QPM, qpm), *tokens[1:]]
+
+
+def test_the_tempo_note_features_state_seconds_at_the_notated_tempo():
+    from museformer.velocity_plan import NOTE_FEATURE_SETS, TEMPO_NOTE_FEATURE_NAMES
+
+    names = NOTE_FEATURE_SETS[-1]
+    assert names[: N_NOTE_FEATURES] == NOTE_FEATURE_NAMES and names[N_NOTE_FEATURES:] == TEMPO_NOTE_FEATURE_NAMES
+    slow, fast = note_features(_with_qpm(_score(), 40), names), note_features(_with_qpm(_score(), 160), names)
+    assert slow.shape == (7, N_NOTE_FEATURES + 2) and np.isfinite(slow).all()
+    assert np.array_equal(slow[:, :N_NOTE_FEATURES], note_features(_score()))  # the base columns unchanged
+    notated_s, period_s = slow[:, N_NOTE_FEATURES], slow[:, N_NOTE_FEATURES + 1]
+    assert np.allclose(period_s, np.log2(1.5))  # 40 per minute: 1.5 s a quarter
+    # quarters: 1.5 s; the eighth D5 0.75 s; the grace note as a 24th of a quarter
+    assert np.allclose(notated_s, np.log2([1.5, 1.5, 1.5, 0.75, 1.5 / 24, 1.5, 1.5]), atol=1e-6)
+    assert np.allclose(slow[:, N_NOTE_FEATURES:] - fast[:, N_NOTE_FEATURES:], 2.0, atol=1e-6)  # 4 times slower
+    with pytest.raises(TempoPlanError, match="unknown note features"):
+        note_features(_score(), NOTE_FEATURE_NAMES + ("log_period_s",))
+
+
+def test_a_plan_reading_the_tempo_note_features_tells_a_slow_score_from_a_fast_one():
+    """Pieces whose notes are held 2 ** -0.3 of their length when a quarter lasts over 0.75 s, else 2 ** -1:
+    a plan on the base features cannot see it, one on the tempo note features learns it; it keeps its
+    feature names through the safe loader, and a file whose network and names disagree is refused."""
+    from museformer.velocity_plan import NOTE_FEATURE_SETS, ArticulationPlan, fit_articulation
+
+    names = NOTE_FEATURE_SETS[-1]
+    rng = np.random.default_rng(5)
+
+    def pieces(n):
+        out = []
+        for _ in range(n):
+            qpm = float(rng.choice([40, 60, 150, 200]))
+            p = _synthetic(1, int(rng.integers(1 << 30)))[0]
+            notes = np.zeros((len(p["notes"]), len(names)), np.float32)
+            notes[:, :N_NOTE_FEATURES] = p["notes"]
+            notes[:, -1] = np.log2(60.0 / qpm)
+            notes[:, -2] = notes[:, -1] + notes[:, _col("log_dur")]
+            art = np.where(60.0 / qpm > 0.75, -0.3, -1.0)
+            out.append({**p, "notes": notes, "articulation": np.full(len(notes), art)})
+        return out
+
+    train, valid = pieces(40), pieces(8)
+    plan = fit_articulation(train, valid, epochs=30, lr=1e-2, seed=0, batch=8, channels=16, levels=2, dropout=0.0,
+                            note_feature_names=names)
+    base = fit_articulation([{**p, "notes": p["notes"][:, :N_NOTE_FEATURES]} for p in train],
+                            [{**p, "notes": p["notes"][:, :N_NOTE_FEATURES]} for p in valid],
+                            epochs=30, lr=1e-2, seed=0, batch=8, channels=16, levels=2, dropout=0.0)
+
+    def level_error(plan, cut):
+        return np.mean([abs(plan.predict_features(p["features"], p["notes"][:, :cut], p["note_group"]).mean()
+                            - p["articulation"].mean()) for p in valid])
+
+    assert level_error(plan, len(names)) < 0.12 < 0.25 < level_error(base, N_NOTE_FEATURES)
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    again = ArticulationPlan.from_state(state)
+    assert again.note_feature_names == names
+    p = valid[0]
+    assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]),
+                       plan.predict_features(p["features"], p["notes"], p["note_group"]), atol=1e-5)
+    state["note_feature_names"] = list(NOTE_FEATURE_NAMES)
+    with pytest.raises(TempoPlanError, match="note features"):
+        ArticulationPlan.from_state(state)
+    with pytest.raises(TempoPlanError, match="note features"):
+        fit_articulation(train, valid, note_feature_names=NOTE_FEATURE_NAMES)  # 22 columns, 20 named
