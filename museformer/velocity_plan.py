@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from instruct_tokenizer import vocab as V
-from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+from instruct_tokenizer.score import Timeline, bar_notated_period_s, score_timeline
 
 from .tempo_plan import (N_FEATURES, PlanNet, TempoPlanError, group_features, pearson, read_timeline, spread_for,
                          stored_spread_plain, train_epochs)
@@ -106,7 +106,7 @@ def note_features(tokens: Sequence[str], names: Sequence[str] = NOTE_FEATURE_NAM
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def tempo_note_features(tokens: Sequence[str], tl) -> np.ndarray:
+def tempo_note_features(tokens: Sequence[str], tl: Timeline) -> np.ndarray:
     """(N, len(TEMPO_NOTE_FEATURE_NAMES)): each note's notated length in log2 seconds at the score's notated
     tempo (a grace note, notated 0, as a 24th of a quarter) and that tempo at its bar in log2 seconds per
     quarter (``score.bar_notated_period_s``; ``tl``: the tokens' ``score_timeline``)."""
