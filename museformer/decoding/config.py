@@ -22,7 +22,10 @@ MIN_KEY_DOWN_MS = 25.0
 # notated tempo where the score states one. A line's human level lies within 12 bins of a stated notated tempo
 # in 85 % of the (n)ASAP training lines (scripts/tempo_level_stats.py); on the benchmark's whole pieces it
 # shortened the too-long renderings (median length / human 1.30 -> 1.18 with seed 0, 1.13 -> 1.10 with seed 1)
-# and lowered duration and IOI JS on both seeds (docs/experiments.md).
+# and lowered duration and IOI JS on both seeds (docs/experiments.md). It acts only where no tempo plan steers the
+# rendering (a checkpoint without a plan, or --tempo-plan 0): with the release's plan on, the band measured no
+# different (test split beat tempo r 0.484 with it, 0.488 without; benchmark overall JS 0.099 / 0.104 with it,
+# 0.100 / 0.104 without, the same lengths; docs/experiments.md section 28).
 TEMPO_BAND_BINS = 12.0
 TEMPO_ANCHOR = "notated"
 TEMPO_ANCHORS = ("notated", "self")
@@ -95,7 +98,8 @@ class DecodeConfig:
         f"key-down times)", MIN_KEY_DOWN_MS, 0.0, type=float, metavar="MS")
     tempo_band: float = _flag(
         "--tempo-band", "keep the tempo level over about 8 quarters within BINS tempo bins (3%% steps) of the "
-        f"reference (--tempo-anchor), after the first 16 quarters: a soft Gaussian prior against tempo drift "
+        f"reference (--tempo-anchor), after the first 16 quarters, where no tempo plan steers the rendering (a "
+        f"checkpoint without a plan, or --tempo-plan 0): a soft Gaussian prior against tempo drift "
         f"(0: off; instruct-render's default {TEMPO_BAND_BINS:g})", TEMPO_BAND_BINS, 0.0, type=float,
         metavar="BINS")
     tempo_anchor: str = _flag(

@@ -37,7 +37,8 @@ from instruct_tokenizer.vocab import ART, ART_STEP, VEL, VEL_STEP
 
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
-from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, apply_prior, dynamics_band_penalty, dynamics_level_update,
+from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, apply_prior, band_reference, dynamics_band_penalty,
+                        dynamics_level_update,
                         expected_value_choice, fermata_hold, fermata_reference_bin, key_down_floor,
                         tempo_band_penalty, tempo_level_update)
 
@@ -362,11 +363,24 @@ class KeyDownFloor(DecodeRule):
             sub, value, at_step(table["slot_q"], step), state["period"], self.min_key_down_s))
 
 
+def planned_rows(plan: Optional[Tensor], n_rows: int) -> Tensor:
+    """(B,) bool: the rows a tempo plan steers, those of the (B, G) ``tempo_plan`` prior (log factors per
+    onset group, NaN padding) with a finite factor; all False without a prior."""
+    if plan is None:
+        return torch.zeros(n_rows, dtype=torch.bool)
+    return torch.isfinite(plan.float().cpu()).any(1)  # (B,)
+
+
 class TempoBand(DecodeRule):
     """Keep the windowed tempo level within ``band_bins`` of the reference (``tempo_band_penalty``): the
     notated tempo where the score states one (``anchor`` "notated"; no band elsewhere) or the level so far.
     Relative encoding: "notated" is the notated tempo x the level the row chose (``TempoLevel``), for
-    every score, stated tempo or not."""
+    every score, stated tempo or not.
+
+    The band is the fallback for a row that no tempo plan steers: a row with a ``tempo_plan`` prior (the
+    ``--tempo-plan`` rule's, from a checkpoint holding a plan) is left unchanged. With the plan on, the band
+    measured no different on the test split and the benchmark (docs/experiments.md section 28); without a
+    plan it keeps a sampled tempo from drifting (section 14)."""
 
     def __init__(self, tables: TokenTables, band_bins: float, anchor: str, states_tempo):
         if anchor == "notated" and states_tempo is None:
@@ -377,11 +391,16 @@ class TempoBand(DecodeRule):
         self.column_periods = tables.period[self.columns]  # (K,) their beat periods, s per quarter
 
     def prepare(self, rows, device, priors):
+        out = {}
+        planned = planned_rows(priors.get("tempo_plan"), len(rows))  # (B,) bool
+        if bool(planned.any()):
+            out["band_planned"] = planned.to(device)
         if self.anchor != "notated" or self.tables.relative:
-            return {}
+            return out
         # 0.5 s per quarter: the notated tempo, in the level's units
-        return {"tempo_ref": torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
-                                          device=device)}  # (B,)
+        out["tempo_ref"] = torch.tensor([0.5 if self.states_tempo(r) else float("nan") for r in rows],
+                                        device=device)  # (B,)
+        return out
 
     def __call__(self, logits, state, table, step):
         if not table.acts("slot_gap", step, "positive"):  # no row at a Tempo slot with a gap to weigh
@@ -393,6 +412,8 @@ class TempoBand(DecodeRule):
             scale = state["level_factor"]
         else:
             ref, scale = table.get("tempo_ref"), table["slot_scale"][:, k]
+        if "band_planned" in table:  # a NaN reference leaves its row unchanged: the plan steers those rows
+            ref = band_reference(state["level"], ref).masked_fill(table["band_planned"], float("nan"))  # (B,)
         return on_columns(logits, self.columns.to(logits.device), lambda sub: tempo_band_penalty(
             sub, period, state["level"], table["slot_gap"][:, k], scale, self.band_bins, self.bin_log, ref=ref))
 

@@ -225,7 +225,8 @@ def test_unknown_anchor_is_an_error():
 
 @needs_release
 def test_render_defaults_band_on_the_notated_tempo():
-    """instruct-render's defaults: the band of decoding.config.TEMPO_BAND_BINS around the notated tempo; 0 turns it off."""
+    """instruct-render's defaults: the band of decoding.config.TEMPO_BAND_BINS around the notated tempo (where no
+    tempo plan steers: test_band_leaves_the_rows_a_tempo_plan_steers); 0 turns it off."""
     from museformer.decoding.config import TEMPO_ANCHOR, TEMPO_BAND_BINS
 
     from museformer.decoding.rules import TempoBand
@@ -233,3 +234,23 @@ def test_render_defaults_band_on_the_notated_tempo():
     band = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS).rules.get(TempoBand)
     assert (band.band_bins, band.anchor) == (TEMPO_BAND_BINS, TEMPO_ANCHOR) == (12.0, "notated")
     assert Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS, tempo_band=0).rules.get(TempoBand) is None
+
+
+@needs_release
+def test_band_leaves_the_rows_a_tempo_plan_steers():
+    """The band is the fallback for a rendering no tempo plan steers: with the release's tempo plan on, a
+    band narrow enough to act everywhere (0.5 bins around the level so far) renders exactly the tokens of
+    no band; with the plan off, the same band changes them."""
+    toks = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **NO_PLANS).score_tokens(str(CHOPIN))
+    prefix, bars = split_bars(toks)
+    toks = prefix + [t for b in bars[:20] for t in b]  # 2/4: 40 quarters
+
+    def render(tempo_plan: float, tempo_band: float) -> list:
+        r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), **{**NO_PLANS, "tempo_plan": tempo_plan},
+                                     tempo_band=tempo_band, tempo_anchor="self")
+        return r.render_tokens(toks, Sampling(seed=0), progress=False)
+
+    planned = render(3.0, 0.0)
+    assert max(_windowed_devs(toks, planned)) > 2.0  # the level moves: a 0.5-bin band would act on it
+    assert render(3.0, 0.5) == planned
+    assert render(0.0, 0.5) != render(0.0, 0.0)
