@@ -38,9 +38,8 @@ from instruct_tokenizer.vocab import ART, ART_STEP, VEL, VEL_STEP
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
 from .functions import (DYN_FIELDS, FORCEABLE_LOGIT, LEVEL_FIELDS, apply_prior, band_reference, dynamics_band_penalty,
-                        dynamics_level_update,
-                        expected_value_choice, fermata_hold, fermata_reference_bin, key_down_floor,
-                        tempo_band_penalty, tempo_level_update)
+                        dynamics_level_update, expected_value_choice, fermata_hold, fermata_reference_bin,
+                        key_down_floor, tempo_band_penalty, tempo_level_update)
 
 Rows = List[List[str]]
 
