@@ -408,7 +408,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.plain_offsets != "none":
             plan.length_offsets_plain = fit_length_offsets(
                 plan, plain_validation(split["valid"], args.plain_offsets, args.plain_view, fields, args.workers,
-                                 note_names),
+                                       note_names),
                 spread=plan.spread_plain)
             print(f"articulation plan: offsets for a score without markings ({args.plain_offsets} view of the "
                   f"validation pieces) {[round(x, 3) for x in plan.length_offsets_plain]}", file=sys.stderr)
