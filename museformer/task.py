@@ -68,6 +68,13 @@ class MuseformerS2PTask(TranslationTask):
         config = self.decode_config()
         return self.build_rules(config) if config.constrained else None
 
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's training step; a criterion with a schedule (``museformer_scheduled_sampling``) is told
+        the update number first (fairseq 0.10.2's trainer tells the model only)."""
+        if hasattr(criterion, "set_num_updates"):
+            criterion.set_num_updates(update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):
         rules = self.generation_rules()
         for model in models:

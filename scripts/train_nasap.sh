@@ -39,6 +39,9 @@
 # ANCHOR=FILE (with INIT) fine-tunes with --criterion museformer_anchored_ce: every target type but
 # ANCHOR_FREE (default Tempo) is pulled towards FILE's predictions by a KL term of weight ANCHOR_WEIGHT (1),
 # so that the tempo learns from the data and the rest stays where FILE has it (docs/experiments.md section 16).
+# SS_RATE=P trains with --criterion museformer_scheduled_sampling: up to a share P of the decoder's previous
+# performance tokens are its own type-constrained samples from a first pass (exposure bias), ramped from 0 over
+# SS_RAMP (1000) updates (docs/experiments.md section 29). ANCHOR and SS_RATE are exclusive.
 # HOURS is fairseq's --stop-time-hours: cumulative training time, including that of a restored checkpoint.
 # DATA_BIN=DIR trains on an existing fairseq-preprocess output (skips tokenize and preprocess); BIN is the
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
@@ -118,6 +121,10 @@ fi
 CRITERION=(--criterion label_smoothed_cross_entropy)
 [ -n "${ANCHOR:-}" ] && CRITERION=(--criterion museformer_anchored_ce --anchor-model "$ANCHOR"
   --anchor-weight "${ANCHOR_WEIGHT:-1}" --anchor-free-types "${ANCHOR_FREE:-Tempo}")
+if [ -n "${SS_RATE:-}" ]; then
+  [ -n "${ANCHOR:-}" ] && { echo "train_nasap: error: ANCHOR and SS_RATE cannot be combined" >&2; exit 1; }
+  CRITERION=(--criterion museformer_scheduled_sampling --ss-rate "$SS_RATE" --ss-ramp-updates "${SS_RAMP:-1000}")
+fi
 COMMON=(--user-dir museformer --task museformer_s2p "${CRITERION[@]}"
   --label-smoothing 0.05 --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 1.0
   --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-500}" --dropout 0.1 --share-all-embeddings --style-embed --align-source

@@ -60,6 +60,22 @@ def test_anchored_fine_tune_of_a_checkpoint(trained):
     assert (root / "ckpt_anchored" / "checkpoint_last.pt").is_file()
 
 
+@pytest.mark.slow
+def test_scheduled_sampling_fine_tune_of_a_checkpoint(trained):
+    """fairseq builds the scheduled-sampling criterion from its flags, the task tells it the update number
+    (the share of changed inputs is logged and grows with the ramp) and validation stays teacher-forced."""
+    root, _ = trained
+    log = run([BIN / "fairseq-train", "bin", *TRAIN, "--criterion", "museformer_scheduled_sampling",
+               "--ss-rate", "0.5", "--ss-ramp-updates", "4", "--restore-file", "ckpt/checkpoint_last.pt",
+               "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters",
+               "--max-update", "4", "--save-dir", "ckpt_ss"], root)
+    changed = [float(x.split("ss_changed=")[1].split(",")[0]) for x in log.splitlines() if "ss_changed=" in x]
+    assert len(changed) >= 3 and changed[0] == 0.0 and changed[-1] > 0.0, changed
+    valid_line = log.split("valid on 'valid' subset")[1].split("\n")[0]
+    assert "| ss_changed 0 |" in valid_line, valid_line  # validation: the gold inputs
+    assert (root / "ckpt_ss" / "checkpoint_last.pt").is_file()
+
+
 def _valid_rate(root, gen_log):
     src = (root / "tok" / "test.score").read_text().splitlines()
     hyps = {}
