@@ -23,12 +23,18 @@ from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import decode_performance, performance_to_midi
 from instruct_tokenizer.encode import encode_match, split_bars, style_prefix
 from instruct_tokenizer.grammar import target_slots
-from instruct_tokenizer.match import load_match
+from instruct_tokenizer.match import MatchParseError, load_match
 from instruct_tokenizer.metrics import (PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms,
                                         tempo_spread)
 from instruct_tokenizer.metrics import midi_features
 from instruct_tokenizer.score import without_markings
 from instruct_tokenizer.tempo_infer import apply_notated_tempo
+
+
+class SplitSourceError(Exception):
+    """A file of the build that cannot be used: a match file of the split that cannot be read (moved,
+    deleted, unreadable) or a ``train.perf`` without performance tokens; the message names the file and
+    the reason."""
 
 
 def constant_perf(score_tokens: Sequence[str], tempo_bin: int, vel: int, art: float,
@@ -64,6 +70,9 @@ def training_means(tok_dir: Path) -> Dict[str, Optional[float]]:
                     art.append(float(value))
     bins = sorted((rel or tempo).elements())
     levels = sorted(level.elements())
+    if not bins or not vel or not art:
+        raise SplitSourceError(f"{tok_dir / 'train.perf'}: no training performance tokens (the training-mean "
+                               f"baseline needs them)")
     return {"tempo_bin": bins[len(bins) // 2], "level": levels[len(levels) // 2] if levels else None,
             "velocity": float(np.mean(vel)), "art": float(np.median(art))}
 
@@ -202,7 +211,6 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     from museformer.render import Sampling
 
     tok, out = Path(tok_dir), Path(out_dir)
-    (out / "midi").mkdir(parents=True, exist_ok=True)
     perfs = select_performances(test_performances(tok, split), max_pieces, per_piece)
     means = training_means(tok)
     # the score tokens the model was trained on: markings and notated tempo from the MusicXML when it
@@ -211,7 +219,11 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     human = []
     for p in perfs:
         marks, qpm = xml_score_info(p["source"], features, report)
-        enc = encode_match(load_match(p["source"]), marks=marks, qpm=qpm)
+        try:
+            enc = encode_match(load_match(p["source"]), marks=marks, qpm=qpm)
+        except MatchParseError as e:
+            raise SplitSourceError(f"{p['source']}: {e} (the build's manifest.jsonl names it: is the corpus "
+                                   f"where the build was made?)") from None
         score = model_score(enc.score, features)
         if plain:  # as a score MIDI of the piece gives it (its notated tempo mark kept)
             score = without_markings(score)
@@ -220,6 +232,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))
     prefix = style_prefix({}) if features.get("instruct", True) else []
     scores = [prefix + s for _, s, _ in human]
+    (out / "midi").mkdir(parents=True, exist_ok=True)
     rendered = renderer.render_many(scores, sampling or Sampling())
     rows: Dict[str, Dict[int, List[str]]] = {
         "model": dict(enumerate(rendered)),

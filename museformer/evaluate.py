@@ -260,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def eval_tokens(a: argparse.Namespace) -> int:
     """``--tokens``: render a tokenized split with a checkpoint and evaluate it (museformer.eval_split)."""
-    from museformer.eval_split import evaluate_split, markdown
+    from museformer.eval_split import SplitSourceError, evaluate_split, markdown
     from museformer.render import DEFAULT_CHECKPOINT, Renderer, RenderError, Sampling
 
     try:
@@ -275,10 +275,13 @@ def eval_tokens(a: argparse.Namespace) -> int:
         return _error("--temperature must be > 0")
     if not (Path(a.tokens) / "manifest.jsonl").is_file():
         return _error(f"{a.tokens}: no manifest.jsonl (not an instruct-tokenize build)")
-    results = evaluate_split(a.tokens, renderer, a.out, a.split,
-                             Sampling(seed=a.seed, temperature=a.temperature, generator=a.generator), a.max_pieces,
-                             per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings,
-                             plain=a.plain_scores)
+    try:
+        results = evaluate_split(a.tokens, renderer, a.out, a.split,
+                                 Sampling(seed=a.seed, temperature=a.temperature, generator=a.generator), a.max_pieces,
+                                 per_piece=a.per_piece, max_bars=a.max_bars, markings=not a.no_markings,
+                                 plain=a.plain_scores)
+    except SplitSourceError as e:
+        return _error(str(e))
     out = Path(a.out)
     table = markdown(results)
     (out / "results.md").write_text(f"# {a.split} split of {a.tokens}\n\n" + table)

@@ -150,3 +150,36 @@ def test_cli_tiny_model_run(tok_dir, tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["model"]["performances"] == 1 and "markings" in res
     assert "| markings (1) |" in (tmp_path / "results.md").read_text()
+
+
+def test_cli_missing_match_file_is_one_line_and_writes_nothing(tmp_path):
+    """A build whose manifest names a match file that is gone (a corpus not unpacked here): one error line
+    naming the file, no traceback, no output folder."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    gone = tmp_path / "corpus" / "Bach" / "gone.match"
+    (tok / "manifest.jsonl").write_text(json.dumps({"split": "test", "source": str(gone), "composer": "Bach",
+                                                    "title": "gone", "performer": "p", "augment": ""}) + "\n")
+    enc = encode_match(load_match(str(VIENNA / "match" / "Schubert_D783_no15_p03.match")))
+    (tok / "train.perf").write_text(" ".join(enc.perf) + "\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok), "--checkpoint",
+                           str(REPO / "checkpoints" / "instruct-museformer.pt"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"instruct-eval: error: {gone}: cannot read"), lines
+    assert not out.exists()
+
+
+def test_cli_build_without_training_tokens_is_one_line(tok_dir, tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "manifest.jsonl").write_text((tok_dir / "manifest.jsonl").read_text())
+    (tok / "train.perf").write_text("")
+    proc = subprocess.run([str(BIN / "instruct-eval"), "--tokens", str(tok), "--checkpoint",
+                           str(REPO / "checkpoints" / "instruct-museformer.pt"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": str(BIN)})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0] == f"instruct-eval: error: {tok / 'train.perf'}: no training performance tokens (the training-mean baseline needs them)"
