@@ -1,6 +1,7 @@
 """A tiny model on a synthetic bar-structured dictionary, built without any data files."""
 import argparse
 
+import numpy as np
 import torch
 from fairseq.data import Dictionary
 
@@ -127,3 +128,15 @@ def tiny_with_rules():
     pairs = [random_pair(d, n_bars, rng) for n_bars in (9, 2, 5, 7)]
     return model, d, pairs, DecodeRules.build(DecodeConfig.defaults("task"), d, d, grammar)
 
+
+
+def training_sample(d, seed=0, n_pairs=3, n_bars=4):
+    """A fairseq training sample (net_input, right-padded target with EOS, ntokens) of random pairs."""
+    rng = np.random.default_rng(seed)
+    pairs = [random_pair(d, n_bars, rng) for _ in range(n_pairs)]
+    src, lengths, prev = batch(d, pairs)
+    target = torch.full_like(prev, d.pad())  # (B, T)
+    for i, (_, t) in enumerate(pairs):
+        target[i, :len(t) + 1] = encode(d, t)
+    return {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+            "target": target, "ntokens": int(target.ne(d.pad()).sum())}

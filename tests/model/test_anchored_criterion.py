@@ -2,23 +2,11 @@
 target positions whose type is not free."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 
-from helpers import FakeTask, batch, encode, make_model, random_pair
+from helpers import FakeTask, make_model, training_sample
 from museformer import criterion as C
-
-
-def _sample(d, seed=0):
-    rng = np.random.default_rng(seed)
-    pairs = [random_pair(d, 4, rng) for _ in range(3)]
-    src, lengths, prev = batch(d, pairs)
-    target = torch.full_like(prev, d.pad())  # (B, T)
-    for i, (_, t) in enumerate(pairs):
-        target[i, :len(t) + 1] = encode(d, t)
-    return {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
-            "target": target, "ntokens": int(target.ne(d.pad()).sum())}
 
 
 def _criterion(monkeypatch, model, d, anchor, free="V", weight=1.0):
@@ -29,7 +17,7 @@ def _criterion(monkeypatch, model, d, anchor, free="V", weight=1.0):
 def test_the_model_itself_as_anchor_adds_nothing(monkeypatch):
     model, d = make_model()
     crit = _criterion(monkeypatch, model, d, model, free="")
-    sample = _sample(d)
+    sample = training_sample(d)
     loss, _, log = crit(model, sample)
     plain, _ = crit.compute_loss(model, model(**sample["net_input"]), sample)
     assert float(log["anchor_kl"]) == pytest.approx(0.0, abs=1e-5)
@@ -40,7 +28,7 @@ def test_the_model_itself_as_anchor_adds_nothing(monkeypatch):
 def test_only_positions_of_anchored_types_count(monkeypatch):
     model, d = make_model(seed=0)
     anchor, _ = make_model(seed=1)  # another model: KL > 0 wherever anchored
-    sample = _sample(d)
+    sample = training_sample(d)
     v_positions = sum(1 for i in sample["target"].flatten().tolist() if d[i].startswith("V_"))
     free_v = _criterion(monkeypatch, model, d, anchor, free="V")
     _, _, log = free_v(model, sample)
@@ -57,7 +45,7 @@ def test_the_kl_pulls_the_model_towards_the_anchor(monkeypatch):
     anchor = copy.deepcopy(model)
     torch.nn.init.normal_(anchor.decoder.layers[0].ffn.fc1.weight, std=0.5)  # a different reference
     crit = _criterion(monkeypatch, model, d, anchor, free="", weight=1.0)
-    sample = _sample(d)
+    sample = training_sample(d)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # the KL is summed over about 45 positions
     kls = []
     for _ in range(5):

@@ -1,23 +1,11 @@
 """--criterion museformer_scheduled_sampling: decoder inputs mixed with the model's own type-constrained
 samples from a first pass, at a rate ramped over the run's first updates."""
-import numpy as np
 import pytest
 import torch
 
-from helpers import FakeTask, batch, encode, make_model, random_pair
+from helpers import FakeTask, make_model, training_sample
 from museformer import scheduled_sampling as S
 from museformer.task import MuseformerS2PTask
-
-
-def _sample(d, seed=0):
-    rng = np.random.default_rng(seed)
-    pairs = [random_pair(d, 4, rng) for _ in range(3)]
-    src, lengths, prev = batch(d, pairs)
-    target = torch.full_like(prev, d.pad())  # (B, T)
-    for i, (_, t) in enumerate(pairs):
-        target[i, :len(t) + 1] = encode(d, t)
-    return {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
-            "target": target, "ntokens": int(target.ne(d.pad()).sum())}
 
 
 def _criterion(d, rate=0.25, ramp=0, temperature=1.0):
@@ -28,7 +16,7 @@ def test_the_inputs_are_the_targets_shifted_right():
     """What mix_inputs relies on: input t + 1 is target t (fairseq's layout) wherever target t is a token
     (not the closing EOS, whose next input is padding, nor padding)."""
     _, d = make_model()
-    sample = _sample(d)
+    sample = training_sample(d)
     prev, target = sample["net_input"]["prev_output_tokens"], sample["target"]
     real = target[:, :-1].ne(d.pad()) & target[:, :-1].ne(d.eos())
     assert torch.equal(prev[:, 1:][real], target[:, :-1][real])
@@ -82,7 +70,7 @@ def test_the_rate_ramps_linearly():
 
 def test_rate_zero_and_evaluation_are_plain_teacher_forcing():
     model, d = make_model()
-    sample = _sample(d)
+    sample = training_sample(d)
     plain, _ = _criterion(d).compute_loss(model, model(**sample["net_input"]), sample)
     model.train()  # dropout is 0 in the helpers' model: the passes are deterministic
     off = _criterion(d, rate=0.0)
@@ -97,7 +85,7 @@ def test_rate_one_feeds_the_models_own_samples_but_keeps_the_bars():
     model, d = make_model()
     model.train()
     crit = _criterion(d, rate=1.0)
-    sample = _sample(d)
+    sample = training_sample(d)
     torch.manual_seed(0)
     mixed, changed, replaceable = crit.mixed_net_input(model, sample)
     prev, new = sample["net_input"]["prev_output_tokens"], mixed["prev_output_tokens"]
@@ -119,7 +107,7 @@ def test_the_task_tells_the_criterion_the_update_number():
     model, d = make_model()
     crit = _criterion(d, rate=0.4, ramp=100)
     task = object.__new__(MuseformerS2PTask)  # train_step reads nothing of the task's own state
-    task.train_step(_sample(d), model, crit, _Optimizer(), update_num=25)
+    task.train_step(training_sample(d), model, crit, _Optimizer(), update_num=25)
     assert crit.num_updates == 25 and crit.rate() == pytest.approx(0.1)
 
 
