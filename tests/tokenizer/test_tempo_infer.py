@@ -49,7 +49,23 @@ def test_shipped_model_orders_the_tempo_words():
     slow, moderate, fast = (T.notated_tempo(score(word=w)) for w in ("slow", "moderate", "fast"))
     assert slow.source == moderate.source == fast.source == "words"
     assert slow.qpm < moderate.qpm < fast.qpm
-    assert "tempo word (slow)" in slow.reason
+    assert "tempo word in force over most of the score (slow)" in slow.reason
+
+
+def test_the_word_over_most_of_the_score_sets_the_tempo():
+    """A Grave of two bars before an Allegro of ten is an Allegro (the first word's class would make it
+    a Grave); a pickup before the first word is played in it; a tie goes to the first word."""
+    intro_then_allegro = score(word="slow", bars=2) + score(word="fast", bars=10)
+    assert T.first_tempo_word(intro_then_allegro) == "slow"
+    assert T.dominant_tempo_word(intro_then_allegro) == "fast"
+    est = T.notated_tempo(intro_then_allegro)
+    assert est.source == "words" and "(fast)" in est.reason
+    assert est.qpm == pytest.approx(T.notated_tempo(score(word="fast", bars=12)).qpm, rel=0.05)
+    assert T.dominant_tempo_word(score(word="slow", bars=10) + score(word="fast", bars=2)) == "slow"
+    assert T.dominant_tempo_word(score(word="moderate", bars=3) + score(word="fast", bars=3)) == "moderate"
+    pickup = ["Bar_None", "TimeSig_4/4", "Pos_72", "Pitch_60", "Dur_24", "Staff_1"] + score(word="slow", bars=1)
+    assert T.group_tempo_words(pickup) == ["slow"] * 5
+    assert T.dominant_tempo_word(score()) is None and T.group_tempo_words(score(bars=1)) == [None] * 4
 
 
 def test_the_beat_unit_of_the_meter_counts():
