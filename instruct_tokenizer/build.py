@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import vocab as V
 from .encode import Encoded, encode_match, segment_ranges, split_bars
 from .match import MatchFile, MatchParseError, load_match
-from .musicxml import xml_info_of_match
+from .musicxml import for_anchor, xml_info_of_match
 from .score import as_score_midi, with_marking_state
 
 SPLITS = ("train", "valid", "test")
@@ -302,7 +302,26 @@ def renderer_notated_tempo(mf: MatchFile, marks: Optional[Dict], qpm: Optional[D
         return qpm, V.DEFAULT_QPM
     first = next(float(t.partition("_")[2]) for t in enc.score if t.startswith(V.QPM + "_"))
     ratio = estimate.qpm / first
-    return {k: v * ratio for k, v in qpm.items()}, V.DEFAULT_QPM * ratio
+    scaled = {k: v * ratio for k, v in qpm.items()}
+    if estimate.bar_qpm and enc.order is not None:
+        scaled.update(section_qpm_by_id(qpm, [mf.anchor[i] for i in enc.order], enc.bar_of_note, estimate.bar_qpm))
+    return scaled, V.DEFAULT_QPM * ratio
+
+
+def section_qpm_by_id(qpm: Dict[str, float], anchors: Sequence[str], bar_of_note: Sequence[int],
+                      bar_qpm: Sequence[float]) -> Dict[str, float]:
+    """Notated tempo by XML note id where the estimate has tempo sections (``tempo_infer.section_tempi``):
+    each note of ``qpm`` found among the score's notes (``anchors``, in token order, ``bar_of_note`` their
+    bars) gets its bar's tempo (the first pass of a repeat decides), so that each bar's ``QPM`` is its
+    section's, as the renderer gives it."""
+    from .musicxml import for_anchor
+
+    out: Dict[str, float] = {}
+    for anchor, bar in zip(anchors, bar_of_note):
+        key = anchor if anchor in qpm else anchor.rpartition("-")[0] if for_anchor(qpm, anchor) is not None else None
+        if key is not None and key not in out:
+            out[key] = float(bar_qpm[min(int(bar), len(bar_qpm) - 1)])
+    return out
 
 
 def drops_markings(source: Source, cfg: BuildConfig) -> bool:

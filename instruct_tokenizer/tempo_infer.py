@@ -62,6 +62,7 @@ class TempoEstimate:
     qpm: float
     source: str
     reason: str
+    bar_qpm: Optional[List[float]] = None  # per bar, where sections differ (:func:`tempo_sections`)
 
 
 def first_tempo_word(score_tokens: Sequence[str]) -> Optional[str]:
@@ -117,6 +118,105 @@ def dominant_tempo_word(score_tokens: Sequence[str], group_q: Optional[np.ndarra
     spans = np.append(np.maximum(np.diff(onsets), 0.0), 1.0)  # quarters each group's word holds
     quarters = {c: float(spans[[w == c for w in words]].sum()) for c in WORD_CLASSES}
     return max(WORD_CLASSES, key=lambda c: (quarters[c], c == words[0]))
+
+
+@dataclass
+class TempoSection:
+    """A run of bars under one tempo word's class, and its estimated notated tempo."""
+
+    first_bar: int  # 0-based bar index
+    n_bars: int
+    word: str  # slow, moderate or fast
+    quarters: float  # notated length of its onset groups (each to the next onset), quarters
+    qpm: float = float("nan")  # quarter notes per minute
+
+
+def bar_tempo_words(score_tokens: Sequence[str], group_bar: Optional[np.ndarray] = None,
+                    n_bars: Optional[int] = None) -> List[Optional[str]]:
+    """Per bar, the class of the tempo word in force over most of its onset groups (ties: the later
+    group's); a bar without an onset takes the bar before's. None for every bar of a score without one."""
+    words = group_tempo_words(score_tokens)
+    if group_bar is None or n_bars is None:
+        tl = score_timeline(score_tokens)
+        group_bar, n_bars = tl.group_bar, tl.n_bars
+    per_bar: List[List[str]] = [[] for _ in range(n_bars)]
+    for bar, word in zip(np.asarray(group_bar).tolist(), words):
+        if word is not None and 0 <= bar < n_bars:
+            per_bar[bar].append(word)
+    out: List[Optional[str]] = []
+    for ws in per_bar:
+        out.append(max(reversed(ws), key=ws.count) if ws else (out[-1] if out else None))
+    first = next((w for w in out if w is not None), None)
+    return [w or first for w in out]
+
+
+def tempo_sections(score_tokens: Sequence[str]) -> List[TempoSection]:
+    """The score cut into runs of bars of one tempo word's class (:func:`bar_tempo_words`): a Grave
+    introduction, its Allegro, a return of the Grave are three sections. Empty for a score without a
+    tempo word; one section when its words are all of one class."""
+    tl = score_timeline(score_tokens)
+    words = bar_tempo_words(score_tokens, tl.group_bar, tl.n_bars)
+    if not words or words[0] is None:
+        return []
+    onsets = np.asarray(tl.group_q, dtype=np.float64)
+    spans = np.append(np.maximum(np.diff(onsets), 0.0), 1.0)  # quarters, as dominant_tempo_word counts them
+    bar_quarters = np.bincount(tl.group_bar, weights=spans, minlength=tl.n_bars) if len(onsets) else np.zeros(tl.n_bars)
+    out: List[TempoSection] = []
+    for bar, word in enumerate(words):
+        if out and out[-1].word == word:
+            out[-1].n_bars += 1
+            out[-1].quarters += float(bar_quarters[bar])
+        else:
+            out.append(TempoSection(bar, 1, word, float(bar_quarters[bar])))
+    return out
+
+
+def bar_slices(score_tokens: Sequence[str]) -> List[List[str]]:
+    """The tokens of each bar (from its ``Bar`` token to the next), each with the ``TimeSig`` in force
+    where the bar states none (so a slice read alone has its meter); the prefix is left out."""
+    out: List[List[str]] = []
+    meter: Optional[str] = None
+    for t in score_tokens:
+        if t.startswith(V.BAR + "_"):
+            out.append([t] + ([meter] if meter else []))
+            continue
+        if not out:
+            continue
+        if t.startswith(V.TIME_SIG + "_"):
+            meter = t
+            if len(out[-1]) > 1 and out[-1][1] == t:
+                continue  # stated where it was carried: once
+            if len(out[-1]) > 1 and out[-1][1].startswith(V.TIME_SIG + "_"):
+                out[-1][1] = t  # the bar's own meter replaces the one carried in
+                continue
+        out[-1].append(t)
+    return out
+
+
+def section_tempi(score_tokens: Sequence[str], model: Optional["TempoModel"] = None) -> List[TempoSection]:
+    """:func:`tempo_sections`, each with the words line's estimate read on its own bars with its own
+    word: an introduction's Grave and its Allegro each get theirs (docs/experiments.md section 30: on
+    the (n)ASAP pieces with several, per-section error against the pianists' tempo of each section
+    well under one tempo for the whole score)."""
+    sections = tempo_sections(score_tokens)
+    if len(sections) < 2:
+        return sections
+    m = model or default_model()
+    bars = bar_slices(score_tokens)
+    for sec in sections:
+        tokens = [t for b in bars[sec.first_bar:sec.first_bar + sec.n_bars] for t in b]
+        features = score_features(tokens)
+        features.update({f"word_{c}": float(c == sec.word) for c in WORD_CLASSES})
+        sec.qpm = m.predict(features)
+    return sections
+
+
+def piece_qpm(sections: Sequence[TempoSection]) -> float:
+    """The one tempo at which the whole score takes as long as at its sections' tempi (their notated
+    quarters over their minutes), quarter notes per minute."""
+    quarters = sum(s.quarters for s in sections)
+    minutes = sum(s.quarters / s.qpm for s in sections)
+    return quarters / minutes if minutes > 0 else float(sections[0].qpm)
 
 
 def first_time_signature(score_tokens: Sequence[str]) -> tuple:
@@ -270,14 +370,24 @@ def default_model() -> TempoModel:
 def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
                   model: Optional[TempoModel] = None) -> TempoEstimate:
     """The tempo a rendering of ``score_tokens`` starts from: ``override`` (``--qpm``), else the score's
-    metronome mark (a ``QPM`` other than 120), else the fitted estimate from its words, meter and content."""
-    if override is not None:
-        if not (override > 0 and math.isfinite(override)):
-            raise ValueError(f"--qpm: expected a positive number of quarter notes per minute, got {override}")
-        return TempoEstimate(float(override), "override", f"--qpm {override:g}")
+    metronome mark (a ``QPM`` other than 120), else the fitted estimate from its words, meter and content.
+    A score without a mark whose tempo words change class (Grave, then Allegro) gets one estimate per
+    section (:func:`section_tempi`) in ``bar_qpm``, and ``qpm`` the whole score's (:func:`piece_qpm`);
+    ``override`` then sets the first section's tempo and keeps the ratios between them."""
+    if override is not None and not (override > 0 and math.isfinite(override)):
+        raise ValueError(f"--qpm: expected a positive number of quarter notes per minute, got {override}")
     mark = stated_qpm(score_tokens)
-    if mark is not None:
+    if override is None and mark is not None:
         return TempoEstimate(mark, "mark", f"the score's metronome mark ({mark:g} quarter notes per minute)")
+    sections = section_tempi(score_tokens, model) if mark is None else []
+    if override is not None:
+        scale = float(override) / sections[0].qpm if len(sections) > 1 else None
+        return TempoEstimate(float(override), "override", f"--qpm {override:g}" + (
+            f" (its {len(sections)} tempo sections keep their ratios)" if scale else ""),
+            bar_tempi(sections, scale) if scale else None)
+    if len(sections) > 1:
+        return TempoEstimate(piece_qpm(sections), "words", "estimated per section from its tempo word and "
+                             "content (no metronome mark): " + describe_sections(sections), bar_tempi(sections))
     features = score_features(score_tokens)
     qpm = (model or default_model()).predict(features)
     word = next((c for c in WORD_CLASSES if features[f"word_{c}"]), None)
@@ -292,6 +402,19 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
                                          f"mark or tempo word")
 
 
+def bar_tempi(sections: Sequence[TempoSection], scale: Optional[float] = None) -> List[float]:
+    """Per bar, its section's tempo (times ``scale``), quarter notes per minute."""
+    return [sec.qpm * (scale or 1.0) for sec in sections for _ in range(sec.n_bars)]
+
+
+def describe_sections(sections: Sequence[TempoSection], most: int = 6) -> str:
+    """``bars 1-10 slow 30 qpm, bars 11-132 fast 190 qpm`` (1-based bars in token order), at most
+    ``most`` of them, then how many more."""
+    parts = [f"bars {s.first_bar + 1}-{s.first_bar + s.n_bars} {s.word} {s.qpm:.0f} qpm" for s in sections[:most]]
+    more = len(sections) - most
+    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
 def with_qpm(score_tokens: Sequence[str], qpm: float) -> List[str]:
     """The score tokens with the first ``QPM`` set to ``qpm`` and every later one scaled with it (a tempo
     change keeps its ratio), quantised: the notated tempo the model reads. A stream without ``QPM`` tokens
@@ -304,10 +427,29 @@ def with_qpm(score_tokens: Sequence[str], qpm: float) -> List[str]:
             for t in score_tokens]
 
 
+def with_bar_qpm(score_tokens: Sequence[str], bar_qpm: Sequence[float]) -> List[str]:
+    """The score tokens with each bar's ``QPM`` set to ``bar_qpm`` of that bar (quantised; bars past the
+    list keep the last value). A stream without ``QPM`` tokens is returned unchanged."""
+    out: List[str] = []
+    bar = -1
+    for t in score_tokens:
+        if t.startswith(V.BAR + "_"):
+            bar += 1
+        elif t.startswith(V.QPM + "_") and bar >= 0 and bar_qpm:
+            t = V.tok(V.QPM, V.quantise_qpm(bar_qpm[min(bar, len(bar_qpm) - 1)]))
+        out.append(t)
+    return out
+
+
 def apply_notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None) -> Tuple[List[str], TempoEstimate]:
     """The score tokens with the notated tempo a rendering starts from (:func:`notated_tempo`): unchanged
     where the score states a metronome mark, else with every ``QPM`` set from the estimate (or
-    ``override``) by :func:`with_qpm`; and the estimate. What ``instruct-render``, ``instruct-eval`` and
+    ``override``): per bar where the estimate has sections (:func:`with_bar_qpm`), else by
+    :func:`with_qpm`; and the estimate. What ``instruct-render``, ``instruct-eval`` and
     ``instruct-tokenize build --infer-tempo`` all give a model that reads ``QPM``."""
     tempo = notated_tempo(score_tokens, override=override)
-    return (list(score_tokens) if tempo.source == "mark" else with_qpm(score_tokens, tempo.qpm)), tempo
+    if tempo.source == "mark":
+        return list(score_tokens), tempo
+    if tempo.bar_qpm:
+        return with_bar_qpm(score_tokens, tempo.bar_qpm), tempo
+    return with_qpm(score_tokens, tempo.qpm), tempo

@@ -16,6 +16,10 @@ pieces that have a tempo word); the test pieces, the benchmark and Vienna are re
 Each row is reported for 120 (the mark, else 120), the lines shipped until 2026-12-04 and until
 2026-12-05 (``OLD_CONTENT``, ``OLD_WORDS``, refitted here by their own recipes) and the new ones.
 
+Its last line: the test and validation pieces whose tempo words change class (``tempo_infer.tempo_sections``),
+marks dropped, per section against the pianists' tempo of that section: one tempo for the whole score
+against each section's own (``tempo_infer.section_tempi``); ``scripts/section_tempo.py`` renders them.
+
 The human tempo of a performance is its time-weighted beat period (performed seconds over notated
 quarters, from its ``Tempo`` tokens), in quarter notes per minute; a piece's is the median over its
 performances. Score MIDI rows use the benchmark's own score MIDI files (no words: content only).
@@ -156,6 +160,56 @@ def select_recipe(kind: str, feats: list, log2_human: np.ndarray, ridges: list, 
     return best
 
 
+def section_pieces(tok_dir: Path, split: str) -> dict:
+    """piece key -> (score tokens with the metronome marks dropped, QPM 120 everywhere; the tempo
+    sections of ``tempo_infer.tempo_sections``; the median human tempo of each section, quarter notes per
+    minute, over the piece's performances of that same score) for the pieces whose tempo words change
+    class (two sections or more)."""
+    from instruct_tokenizer.score import score_timeline
+
+    perfs: dict = defaultdict(list)
+    scores: dict = {}
+    for key, score, perf in performances(tok_dir, split).values():
+        scores.setdefault(key, score)
+        if score == scores[key]:
+            perfs[key].append(perf)
+    out = {}
+    for key, score in scores.items():
+        unmarked = [V.tok(V.QPM, int(V.DEFAULT_QPM)) if t.startswith(V.QPM + "_") else t for t in score]
+        sections = T.tempo_sections(unmarked)
+        if len(sections) < 2:
+            continue
+        group_bar = score_timeline(score).group_bar
+        gaps, _ = tempo_slot_gaps(score)
+        tempo_gaps = [g for g in gaps if g == g]  # one per onset group
+        human = []
+        for sec in sections:
+            in_section = (group_bar >= sec.first_bar) & (group_bar < sec.first_bar + sec.n_bars)
+            qpms = []
+            for perf in perfs[key]:
+                periods = [beat_period_s(t) for t, g in zip(perf, gaps) if g == g]
+                secs = sum(g * p for g, p, k in zip(tempo_gaps, periods, in_section) if k and g > 0)
+                quarters = sum(g for g, k in zip(tempo_gaps, in_section) if k and g > 0)
+                if secs > 0:
+                    qpms.append(60.0 * quarters / secs)
+            human.append(float(np.median(qpms)) if qpms else float("nan"))
+        out[key] = (unmarked, sections, human)
+    return out
+
+
+def section_errors(items: dict, model: "T.TempoModel") -> tuple:
+    """|log2(estimate / human)| of every tempo section with a human tempo: (one tempo for the whole score
+    from the words line, as before sections; each section's own ``section_tempi`` estimate)."""
+    whole, own = [], []
+    for unmarked, _, human in items.values():
+        one = model.predict(T.score_features(unmarked))
+        for sec, h in zip(T.section_tempi(unmarked, model), human):
+            if h == h:
+                whole.append(abs(math.log2(one / h)))
+                own.append(abs(math.log2(sec.qpm / h)))
+    return np.array(whole), np.array(own)
+
+
 def bench_score_midi(test: dict) -> dict:
     """The benchmark's score MIDI files, with the human tempo of the same (n)ASAP piece from ``test``."""
     from instruct_tokenizer.encode import score_file_to_tokens
@@ -285,6 +339,12 @@ def main() -> int:
                           cv_words)) + " |"]
     print("median (mean) over pieces of |log2(estimate / median human tempo)|")
     print("\n".join(lines[:2] + cv_rows + lines[2:]))
+    held_out = {**section_pieces(a.tokens, "test"), **section_pieces(a.tokens, "valid")}
+    if held_out:
+        whole, own = section_errors(held_out, model)
+        print(f"tempo sections of the {len(held_out)} (n)ASAP test and validation pieces whose tempo words change "
+              f"class, marks dropped ({len(own)} sections): median (mean) |log2(estimate / the pianists' tempo "
+              f"of the section)|: one tempo for the score {cell(whole)}, each section its own {cell(own)}")
     if a.write:
         model.save()
         print(f"wrote {T.MODEL_PATH}")

@@ -2,6 +2,7 @@
 every segment of a performance) and a ``TempoRel`` token per onset group, relative to the score's notated
 tempo (``QPM``) x the level; lossless within the absolute encoding's roundtrip bounds; its grammar."""
 import json
+import math
 import subprocess
 import sys
 
@@ -287,6 +288,18 @@ def test_infer_tempo_build_gives_unmarked_scores_the_renderers_estimate(tmp_path
     np.testing.assert_array_equal(a.velocity, b.velocity)
 
 
+def test_a_build_gives_each_tempo_section_its_estimate():
+    """``--infer-tempo`` on a score with tempo sections (``tempo_infer.section_tempi``): each XML note the
+    performance's score holds takes its bar's tempo, a repeated note (``n2-1``, ``n2-2``) its first pass's;
+    a note the performance lacks is left to the caller's single ratio."""
+    from instruct_tokenizer.build import section_qpm_by_id
+
+    qpm = {"n1": 120.0, "n2": 120.0, "n3": 120.0, "n9": 120.0}
+    anchors = ["n1", "n2-1", "n3", "n2-2"]
+    got = section_qpm_by_id(qpm, anchors, [0, 1, 2, 3], [40.0, 40.0, 180.0, 180.0])
+    assert got == {"n1": 40.0, "n2": 40.0, "n3": 180.0}
+
+
 def test_performed_qpm_reads_both_encodings():
     """scripts/fit_tempo.human_qpm (the tempo level of vienna_tempo.py and the tempo fit) on a relative
     stream: level +1 octave under QPM 60 is 30 quarter notes per minute, as decode plays it."""
@@ -298,3 +311,20 @@ def test_performed_qpm_reads_both_encodings():
     perf = ["TempoLevel_24", "Bar_None", "TempoRel_0"] + group + ["TempoRel_0"] + group
     assert human_qpm(score, perf) == pytest.approx(30.0)
     assert human_qpm(score, perf) == pytest.approx(60.0 / np.diff(decode_performance(score, perf).onset_s)[0])
+
+
+def test_section_tempo_script_reads_each_sections_tempo():
+    """scripts/section_tempo.py: a rendering at one steady tempo (level +1 octave under QPM 60: 30 quarter
+    notes per minute) reads 30 in each section; a section of one onset group has none (NaN)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from section_tempo import rendered_section_qpm
+
+    from instruct_tokenizer.tempo_infer import TempoSection
+
+    bar = ["Bar_None", "QPM_60"] + [t for q in range(4) for t in (f"Pos_{24 * q}", "Pitch_60", "Dur_24", "Staff_1")]
+    score = bar + bar + ["Bar_None", "QPM_60", "Pos_0", "Pitch_60", "Dur_24", "Staff_1"]
+    group = ["Sus_None"] * 3 + ["Soft_None"] + ["Vel_32", "Time_0", "Art_0.00"]
+    perf = ["TempoLevel_24"] + (["Bar_None"] + (["TempoRel_0"] + group) * 4) * 2 + ["Bar_None", "TempoRel_0"] + group
+    sections = [TempoSection(0, 1, "slow", 4.0), TempoSection(1, 1, "fast", 4.0), TempoSection(2, 1, "slow", 1.0)]
+    got = rendered_section_qpm(score, perf, sections)
+    assert got[:2] == pytest.approx([30.0, 30.0]) and math.isnan(got[2])

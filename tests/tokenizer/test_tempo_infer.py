@@ -58,9 +58,8 @@ def test_the_word_over_most_of_the_score_sets_the_tempo():
     intro_then_allegro = score(word="slow", bars=2) + score(word="fast", bars=10)
     assert T.first_tempo_word(intro_then_allegro) == "slow"
     assert T.dominant_tempo_word(intro_then_allegro) == "fast"
-    est = T.notated_tempo(intro_then_allegro)
-    assert est.source == "words" and "(fast)" in est.reason
-    assert est.qpm == pytest.approx(T.notated_tempo(score(word="fast", bars=12)).qpm, rel=0.05)
+    features = T.score_features(intro_then_allegro)
+    assert (features["word_fast"], features["word_slow"]) == (1.0, 0.0)
     assert T.dominant_tempo_word(score(word="slow", bars=10) + score(word="fast", bars=2)) == "slow"
     assert T.dominant_tempo_word(score(word="moderate", bars=3) + score(word="fast", bars=3)) == "moderate"
     pickup = ["Bar_None", "TimeSig_4/4", "Pos_72", "Pitch_60", "Dur_24", "Staff_1"] + score(word="slow", bars=1)
@@ -175,3 +174,47 @@ def test_shipped_words_model_reads_the_texture_too():
     line = T.notated_tempo(score(word="slow", dur=Q // 2, per_bar=8))
     chords = T.notated_tempo(score(word="slow", dur=Q // 2, per_bar=8, chord=4))
     assert line.source == chords.source == "words" and chords.qpm < line.qpm
+
+
+def qpm_values(tokens):
+    return [int(t.partition("_")[2]) for t in tokens if t.startswith("QPM_")]
+
+
+def test_each_tempo_section_gets_its_own_estimate():
+    """No mark, a Grave of two bars, an Allegro of ten, the Grave again for two: three sections, each bar's
+    QPM its section's estimate (read on its own bars with its own word), the Grave slower; the whole
+    score's tempo lies between; the reason names the sections; --qpm sets the first and keeps the ratio."""
+    piece = score(word="slow", bars=2, qpm=120) + score(word="fast", bars=10, qpm=120) + score(word="slow", bars=2, qpm=120)
+    sections = T.section_tempi(piece)
+    assert [(s.first_bar, s.n_bars, s.word) for s in sections] == [(0, 2, "slow"), (2, 10, "fast"), (12, 2, "slow")]
+    alone = T.notated_tempo(score(word="slow", bars=2)).qpm
+    assert sections[0].qpm == pytest.approx(alone) and sections[0].qpm < sections[1].qpm
+    tokens, est = T.apply_notated_tempo(piece)
+    assert est.source == "words" and "per section" in est.reason and "bars 3-12 fast" in est.reason
+    assert sections[0].qpm < est.qpm < sections[1].qpm
+    bars = qpm_values(tokens)
+    assert len(bars) == 14 and bars[:2] == [V.quantise_qpm(sections[0].qpm)] * 2
+    assert bars[2:12] == [V.quantise_qpm(sections[1].qpm)] * 10 and bars[12] < bars[11]
+    override_tokens, override = T.apply_notated_tempo(piece, override=40)
+    assert override.source == "override" and qpm_values(override_tokens)[0] == V.quantise_qpm(40)
+    ratio = sections[1].qpm / sections[0].qpm
+    assert qpm_values(override_tokens)[2] == V.quantise_qpm(40 * ratio)
+
+
+def test_one_class_of_tempo_word_is_one_section_and_a_mark_wins():
+    """An Allegro, then Presto (both fast): one estimate for the whole score, as before sections; a mark
+    anywhere keeps the score's own tempi."""
+    one_class = score(word="fast", bars=3, qpm=120) + score(word="fast", bars=3, qpm=120)
+    est = T.notated_tempo(one_class)
+    assert est.bar_qpm is None and len(T.tempo_sections(one_class)) == 1
+    assert T.notated_tempo(score(word="slow", bars=2, qpm=60) + score(word="fast", bars=4, qpm=60)).source == "mark"
+    assert T.tempo_sections(score()) == []
+
+
+def test_bar_slices_carry_the_meter():
+    """Each bar's tokens alone, with the meter in force (a slice read alone keeps its beat unit)."""
+    toks = ["IDyn_mid", "Bar_None", "TimeSig_6/8", "QPM_120", "Pos_0", "Bar_None", "QPM_120", "Pos_0",
+            "Bar_None", "TimeSig_2/4", "QPM_120", "Pos_0"]
+    assert T.bar_slices(toks) == [["Bar_None", "TimeSig_6/8", "QPM_120", "Pos_0"],
+                                  ["Bar_None", "TimeSig_6/8", "QPM_120", "Pos_0"],
+                                  ["Bar_None", "TimeSig_2/4", "QPM_120", "Pos_0"]]
