@@ -17,11 +17,16 @@ are two, over these features of the score tokens (units in each name):
 - ``words`` (a score with a tempo word): the class (``TempoWord_slow|moderate|fast``: Adagio-, Andante-,
   Allegro-like) of the tempo word in force over the most notated quarters (:func:`dominant_tempo_word`:
   a Grave introduction does not make its Allegro slow; until 2026-12-06 the first word's class, which
-  did, in 18 of the 104 training pieces with a word), on top of the same content features, its loss and
+  did, in 13 of the 120 training pieces with a word), on top of the same content features, its loss and
   ridge chosen the same way on the training pieces that have a word. (Until 2026-12-05 the words line read the word, the
   meter, whether it is compound, the median onset gap, onsets per quarter and the share of sixteenths,
   by least squares; a ``tempo_model.json`` stores the names its coefficients go with, so such a file
   still loads and predicts as it did.)
+
+A score without a mark whose tempo words change class (Grave, Allegro, Grave again) is cut into **tempo
+sections** (:func:`tempo_sections`), each estimated by the words line on its own bars with its own word
+(:func:`section_tempi`) and written into its bars' ``QPM`` (:func:`with_bar_qpm`), as a score that states a
+tempo at each change already gives the model.
 
 ``scripts/fit_tempo.py`` fits it on the training pieces of an ``instruct-tokenize build`` and writes the
 coefficients to ``instruct_tokenizer/data/tempo_model.json`` (shipped with the package); it also prints
@@ -78,9 +83,10 @@ def first_tempo_word(score_tokens: Sequence[str]) -> Optional[str]:
 def group_tempo_words(score_tokens: Sequence[str]) -> List[Optional[str]]:
     """Per onset group (``Pos`` token), the class of the constant tempo word in force there: the last one
     at or before it, else the first one of the score (a pickup before the first word is played in it);
-    None for every group of a score without one. ``TempoWord_atempo`` (a tempo, Tempo I) right after a
-    change of word returns to the word before it (an Adagio episode in an Allegro ends there); after a
-    ``rit``/``accel`` it ends the ramp and the word stays."""
+    None for every group of a score without one. ``TempoWord_atempo`` right after a change of word returns
+    to the word before it (an Adagio episode in an Allegro ends at its "a tempo"); after a ``rit``/``accel``
+    it ends the ramp and the word stays. (partitura reads "Tempo primo" as the same reset, so after two
+    changes it returns to the word before the last, not to the first.)"""
     words: List[Optional[str]] = []
     current: Optional[str] = None
     before: Optional[str] = None  # the word in force before the last change of word
