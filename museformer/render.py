@@ -407,7 +407,9 @@ class Renderer:
             return None
         from instruct_tokenizer.score import score_timeline
 
-        return self.tempo_planner.predict(score_tokens), score_timeline(score_tokens).group_bar
+        from .tempo_plan import factors_over_notated
+
+        return factors_over_notated(self.tempo_planner, score_tokens), score_timeline(score_tokens).group_bar
 
     def level_before(self, prefix: Sequence[str], score_bars: Sequence[Sequence[str]],
                      perf_bars: Sequence[Sequence[str]], perf_prefix: Sequence[str] = ()) -> Dict[str, torch.Tensor]:

@@ -67,6 +67,7 @@ _WEDGES = {V.tok(V.WEDGE, "cresc"): 0, V.tok(V.WEDGE, "dim"): 1, V.tok(V.WEDGE, 
 
 
 _IOI_NEXT = FEATURE_NAMES.index("log_ioi_next")
+NOTATED = FEATURE_NAMES.index("notated_log_period")
 
 
 class TempoPlanError(Exception):
@@ -90,8 +91,23 @@ def stored_spread_plain(state: dict) -> Optional[float]:
     return value if value > 0 else None
 
 
+def factors_over_notated(plan, tokens: Sequence[str]) -> np.ndarray:
+    """(G,) a tempo plan's curve for the score tokens as log factors over each onset group's notated tempo:
+    what ``TempoPlanPrior`` and the articulation plan's key-down bound multiply the group's notated period
+    (60 / ``QPM`` of its bar) by. A plan is fitted to the pianists' log beat period relative to the
+    piece's mean (:func:`centred_mse`) and reads the notated period's own offset from that mean
+    (``notated_log_period``), so its curve already holds the score's tempo changes; over each bar's notated
+    period they counted twice (until 2026-12-06: Beethoven op. 31/3's Allegro section asked at twice its
+    mark, op. 111's Maestoso at a third; docs/experiments.md section 31). Less that offset, the level is the
+    notated tempo's mean over the groups and the curve's shape the plan's. A score at one notated tempo
+    is unchanged."""
+    features = group_features(tokens, plan.feature_names)
+    curve = plan.predict_features(features, spread_for(plan, tokens))  # (G,) relative to the piece's mean
+    return curve - features[:, NOTATED].astype(np.float64)
+
+
 def stretch(curve: np.ndarray, features: np.ndarray, spread: float) -> np.ndarray:
-    """(G,) a plan's curve (log factors over the notated tempo) scaled by ``spread`` and shifted so that the
+    """(G,) a plan's curve (log s per quarter relative to the piece's mean) scaled by ``spread`` and shifted so that the
     piece keeps the length the unscaled curve gives it: sum over groups of quarters to the next group x
     e^factor unchanged. The curves are skewed (slowing at ends and fermatas is larger than any
     hurrying), so a plain scaling would lengthen every piece; unscaled, the curve's length matches the

@@ -247,3 +247,20 @@ def test_a_plan_reads_the_features_it_was_fitted_on_and_keeps_them_in_its_file()
     pieces = [{"features": group_features(tokens), "target": np.linspace(-0.1, 0.1, 7)}]
     with pytest.raises(TempoPlanError, match="feature columns"):
         fit(pieces, pieces, epochs=1, feature_names=TEMPO_FEATURE_NAMES)
+
+
+def test_the_decoder_gets_the_curve_over_each_bars_notated_tempo_counted_once():
+    """factors_over_notated: a plan's curve is relative to the piece's mean and already holds the notated
+    tempo changes (it reads them); over each bar's notated period the decoder must get it less the bar's
+    own offset, so that notated period x e^factor is the curve over the piece's mean notated period. A score
+    at one tempo gets the curve unchanged."""
+    from museformer.tempo_plan import factors_over_notated
+
+    plan = _plan(0)
+    steady = _score(bars=6)
+    assert np.allclose(factors_over_notated(plan, steady), plan.predict(steady))
+    changing = _score(bars=6, qpm_change_bar=3)  # QPM 60 for three bars, then 120
+    factors, curve = factors_over_notated(plan, changing), plan.predict(changing)
+    notated = np.log(np.where(np.arange(len(curve)) < 12, 1.0, 0.5))  # (G,) log s per quarter of each group's bar
+    assert np.allclose(notated + factors, notated.mean() + curve, atol=1e-6)
+    assert np.allclose(curve - factors, group_features(changing)[:, _col("notated_log_period")])
