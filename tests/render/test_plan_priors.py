@@ -80,8 +80,11 @@ def _with_plan(tmp_path, plan, entry="tempo_plan"):
 
 
 def _centre_distances(renderer, toks, perf):
-    """Per onset group: bins between the rendered beat period and the plan's centre for it."""
-    factors = renderer.tempo_planner.predict(toks)
+    """Per onset group: bins between the rendered beat period and the plan's centre for it (the notated
+    period x e^factor, ``factors_over_notated``)."""
+    from museformer.tempo_plan import factors_over_notated
+
+    factors = factors_over_notated(renderer.tempo_planner, toks)
     gaps, scales = tempo_slot_gaps(toks)
     out = []
     groups = [k for k, gap in enumerate(gaps) if gap == gap]
@@ -257,9 +260,11 @@ def test_rendering_follows_the_articulation_plan(tmp_path):
 
 @needs_release
 def test_the_articulation_plan_is_bounded_at_the_tempo_plan_s_local_tempo():
-    """The renderer hands the articulation plan the tempo plan's curve: with a bound of 0.5 s, every planned
-    note lasts at most 1 s at the notated tempo times that curve; without the tempo plan, at the notated tempo."""
+    """The renderer hands the articulation plan the tempo plan's curve over the notated tempo
+    (``factors_over_notated``): with a bound of 0.5 s, every planned note lasts at most 1 s at the notated
+    tempo times that factor; without the tempo plan, at the notated tempo."""
     from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+    from museformer.tempo_plan import factors_over_notated
 
     r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
     prefix, bars = split_bars(r.score_tokens(str(CHOPIN)))
@@ -267,7 +272,7 @@ def test_the_articulation_plan_is_bounded_at_the_tempo_plan_s_local_tempo():
     r.articulation_planner.max_key_down_s = 0.5
     tl = score_timeline(toks)
     notated_s = tl.note_dur_q * bar_notated_period_s(toks)[tl.group_bar[tl.note_group]]
-    for tempo_plan, curve in ((3.0, r.tempo_planner.predict(toks)), (0.0, np.zeros(tl.n_groups))):
+    for tempo_plan, curve in ((3.0, factors_over_notated(r.tempo_planner, toks)), (0.0, np.zeros(tl.n_groups))):
         r.decode.tempo_plan = tempo_plan
         planned = r.plans_of(toks)["articulation_plan"][0]
         seconds = notated_s * np.exp(curve[tl.note_group]) * 2.0 ** planned
