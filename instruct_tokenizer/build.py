@@ -314,8 +314,6 @@ def section_qpm_by_id(qpm: Dict[str, float], anchors: Sequence[str], bar_of_note
     each note of ``qpm`` found among the score's notes (``anchors``, in token order, ``bar_of_note`` their
     bars) gets its bar's tempo (the first pass of a repeat decides), so that each bar's ``QPM`` is its
     section's, as the renderer gives it."""
-    from .musicxml import for_anchor
-
     out: Dict[str, float] = {}
     for anchor, bar in zip(anchors, bar_of_note):
         key = anchor if anchor in qpm else anchor.rpartition("-")[0] if for_anchor(qpm, anchor) is not None else None
