@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-4"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words)
+CACHE_VERSION = "markings-5"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
+# 5: "Tempo primo" read as the first tempo word)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -82,12 +83,51 @@ def tempo_word_value(text: str) -> str:
     return "other"
 
 
+TEMPO_PRIMO = "tempo primo"  # a return to the first tempo word, resolved by resolve_tempo_primo: never a token
+_PRIMO_RE = re.compile(r"\btempo\s*(i|1|primo)\b|\b(primo|1\s*[°º.]?)\s*tempo\b|\bcome\s+prima\b"
+                       r"|\bwie\s+(vorher|zuerst|anfangs)\b|\b1er\s+mouvement\b|\bmouvement\s+initial\b")
+_NOT_A_RESET_RE = re.compile(r"\bdoppio\s+movimento\b")  # twice as fast: a change, not a return
+
+
+def tempo_reset_value(text: str) -> Optional[str]:
+    """What a text partitura reads as a tempo reset asks: :data:`TEMPO_PRIMO` for a return to the piece's
+    first tempo (``Tempo I``, ``Tempo primo``, ``Primo tempo``, ``a tempo (come prima)``, ``Wie vorher``),
+    None for ``doppio movimento`` (twice as fast: a change, which partitura's grammar also reads as a
+    reset), else ``atempo`` (``a tempo``, ``in tempo``: the end of a ritardando or of an episode)."""
+    t = (text or "").lower()
+    if _NOT_A_RESET_RE.search(t):
+        return None
+    return TEMPO_PRIMO if _PRIMO_RE.search(t) else "atempo"
+
+
 def _words_tokens(w) -> List[Tuple[int, str]]:
     """(start time in divs, token) for a text partitura leaves as plain ``Words`` (its grammar reads
-    ``Allegro molto`` but not ``Allegro con brio ed appassionata``, ``Presto (``, ``Lento, ma non troppo 1)``
-    nor any German, French or English tempo): a ``TempoWord`` where the text names a constant tempo."""
-    value = tempo_word_value(getattr(w, "text", ""))
-    return [(w.start.t, V.tok(V.TEMPO_WORD, value))] if value != "other" else []
+    ``Allegro molto`` but not ``Allegro con brio ed appassionata``, ``Presto (``, ``Lento, ma non troppo 1)``,
+    ``Primo tempo`` nor any German, French or English tempo): a ``TempoWord`` where the text names a
+    constant tempo, :data:`TEMPO_PRIMO` where it returns to the first one."""
+    text = getattr(w, "text", "")
+    value = tempo_word_value(text)
+    if value != "other":
+        return [(w.start.t, V.tok(V.TEMPO_WORD, value))]
+    return [(w.start.t, TEMPO_PRIMO)] if tempo_reset_value(text) == TEMPO_PRIMO else []
+
+
+def first_constant_word(timed: List[Tuple[int, str]], until: Optional[int] = None) -> Optional[str]:
+    """The earliest constant tempo word token (``TempoWord_slow|moderate|fast``) of (time, token) pairs, at
+    or before ``until`` when given; None when there is none."""
+    constant = {V.tok(V.TEMPO_WORD, c) for c in ("slow", "moderate", "fast")}
+    at = [(t, tok) for t, tok in timed if tok in constant and (until is None or t <= until)]
+    return min(at, key=lambda x: x[0])[1] if at else None
+
+
+def resolve_tempo_primo(timed: List[Tuple[int, str]], fallback: Optional[str] = None) -> List[Tuple[int, str]]:
+    """(time, token) pairs with every :data:`TEMPO_PRIMO` replaced by the first constant tempo word at or
+    before it (``Allegro ... Lento ... rit. ... Tempo I`` is the Allegro again, where ``atempo`` after the
+    ritardando would have kept the Lento), else ``fallback`` (the score's first word, from another part),
+    else ``TempoWord_atempo``."""
+    atempo = V.tok(V.TEMPO_WORD, "atempo")
+    return [(t, (first_constant_word(timed, until=t) or fallback or atempo) if tok == TEMPO_PRIMO else tok)
+            for t, tok in timed]
 
 
 def _direction_tokens(d, pt) -> List[Tuple[int, str]]:
@@ -106,7 +146,10 @@ def _direction_tokens(d, pt) -> List[Tuple[int, str]]:
             out.append((end, V.tok(V.WEDGE, "end")))
         return out
     if isinstance(d, s.ResetTempoDirection):
-        return [(start, V.tok(V.TEMPO_WORD, "atempo"))]
+        value = tempo_reset_value(d.text)
+        if value is None:
+            return []
+        return [(start, TEMPO_PRIMO if value == TEMPO_PRIMO else V.tok(V.TEMPO_WORD, value))]
     if isinstance(d, s.DecreasingTempoDirection):
         return [(start, V.tok(V.TEMPO_WORD, "rit"))]
     if isinstance(d, s.IncreasingTempoDirection):
@@ -230,18 +273,24 @@ def load_partitura(path: str):
     return pt.load_musicxml(io.BytesIO(with_metronome_sound(xml) or xml))
 
 
+def _timed_tokens(part, pt) -> List[Tuple[int, str]]:
+    """(start time in divs, group token) of a part's directions and tempo-word texts, "Tempo primo" unresolved."""
+    timed = [x for d in part.iter_all(pt.score.Direction, include_subclasses=True) for x in _direction_tokens(d, pt)]
+    return timed + [x for w in part.iter_all(pt.score.Words) for x in _words_tokens(w)]
+
+
 def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
     out: Dict[str, Marks] = {}
-    for part in parts:
+    timed_by_part = [_timed_tokens(part, pt) for part in parts]
+    first_word = next((w for w in map(first_constant_word, timed_by_part) if w is not None), None)
+    for part, timed in zip(parts, timed_by_part):
         notes = [n for n in part.iter_all(pt.score.GenericNote, include_subclasses=True)
                  if isinstance(n, pt.score.Note)]
         if not notes:
             continue
         onsets = sorted({n.start.t for n in notes})
         group: Dict[int, List[str]] = {}
-        timed = [x for d in part.iter_all(pt.score.Direction, include_subclasses=True) for x in _direction_tokens(d, pt)]
-        timed += [x for w in part.iter_all(pt.score.Words) for x in _words_tokens(w)]
-        for t, token in timed:
+        for t, token in resolve_tempo_primo(timed, fallback=first_word):
             at = _first_at_or_after(onsets, t)
             if at is not None:
                 group.setdefault(at, []).append(token)

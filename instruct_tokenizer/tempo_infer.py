@@ -85,8 +85,8 @@ def group_tempo_words(score_tokens: Sequence[str]) -> List[Optional[str]]:
     at or before it, else the first one of the score (a pickup before the first word is played in it);
     None for every group of a score without one. ``TempoWord_atempo`` right after a change of word returns
     to the word before it (an Adagio episode in an Allegro ends at its "a tempo"); after a ``rit``/``accel``
-    it ends the ramp and the word stays. (partitura reads "Tempo primo" as the same reset, so after two
-    changes it returns to the word before the last, not to the first.)"""
+    it ends the ramp and the word stays. ("Tempo I" is not a ``TempoWord_atempo``: the MusicXML reader writes
+    the first tempo word's class there, ``musicxml.resolve_tempo_primo``.)"""
     words: List[Optional[str]] = []
     current: Optional[str] = None
     before: Optional[str] = None  # the word in force before the last change of word
@@ -112,6 +112,12 @@ def group_tempo_words(score_tokens: Sequence[str]) -> List[Optional[str]]:
     return [w or first for w in words]
 
 
+def group_spans_q(group_q: np.ndarray) -> np.ndarray:
+    """(G,) the notated quarters each onset group holds: its gap to the next group, the last group one quarter."""
+    onsets = np.asarray(group_q, dtype=np.float64)
+    return np.append(np.maximum(np.diff(onsets), 0.0), 1.0) if len(onsets) else np.zeros(0)
+
+
 def dominant_tempo_word(score_tokens: Sequence[str], group_q: Optional[np.ndarray] = None) -> Optional[str]:
     """The class of the constant tempo word in force over the most notated quarters (each onset group
     counts its gap to the next; the last group one quarter), None when there is none. A slow introduction
@@ -120,8 +126,7 @@ def dominant_tempo_word(score_tokens: Sequence[str], group_q: Optional[np.ndarra
     words = group_tempo_words(score_tokens)
     if not words or words[0] is None:
         return None
-    onsets = np.asarray(group_q if group_q is not None else score_timeline(score_tokens).group_q, dtype=np.float64)
-    spans = np.append(np.maximum(np.diff(onsets), 0.0), 1.0)  # quarters each group's word holds
+    spans = group_spans_q(group_q if group_q is not None else score_timeline(score_tokens).group_q)
     quarters = {c: float(spans[[w == c for w in words]].sum()) for c in WORD_CLASSES}
     return max(WORD_CLASSES, key=lambda c: (quarters[c], c == words[0]))
 
@@ -156,17 +161,17 @@ def bar_tempo_words(score_tokens: Sequence[str], group_bar: Optional[np.ndarray]
     return [w or first for w in out]
 
 
-def tempo_sections(score_tokens: Sequence[str]) -> List[TempoSection]:
+def tempo_sections(score_tokens: Sequence[str], tl=None) -> List[TempoSection]:
     """The score cut into runs of bars of one tempo word's class (:func:`bar_tempo_words`): a Grave
     introduction, its Allegro, a return of the Grave are three sections. Empty for a score without a
-    tempo word; one section when its words are all of one class."""
-    tl = score_timeline(score_tokens)
+    tempo word; one section when its words are all of one class. ``tl``: its ``score_timeline``, when the
+    caller has it."""
+    tl = tl if tl is not None else score_timeline(score_tokens)
     words = bar_tempo_words(score_tokens, tl.group_bar, tl.n_bars)
     if not words or words[0] is None:
         return []
-    onsets = np.asarray(tl.group_q, dtype=np.float64)
-    spans = np.append(np.maximum(np.diff(onsets), 0.0), 1.0)  # quarters, as dominant_tempo_word counts them
-    bar_quarters = np.bincount(tl.group_bar, weights=spans, minlength=tl.n_bars) if len(onsets) else np.zeros(tl.n_bars)
+    spans = group_spans_q(tl.group_q)  # quarters, as dominant_tempo_word counts them
+    bar_quarters = np.bincount(tl.group_bar, weights=spans, minlength=tl.n_bars) if len(spans) else np.zeros(tl.n_bars)
     out: List[TempoSection] = []
     for bar, word in enumerate(words):
         if out and out[-1].word == word:
@@ -199,12 +204,12 @@ def bar_slices(score_tokens: Sequence[str]) -> List[List[str]]:
     return out
 
 
-def section_tempi(score_tokens: Sequence[str], model: Optional["TempoModel"] = None) -> List[TempoSection]:
+def section_tempi(score_tokens: Sequence[str], model: Optional["TempoModel"] = None, tl=None) -> List[TempoSection]:
     """:func:`tempo_sections`, each with the words line's estimate read on its own bars with its own
     word: an introduction's Grave and its Allegro each get theirs (docs/experiments.md section 30: on
     the (n)ASAP pieces with several, per-section error against the pianists' tempo of each section
-    well under one tempo for the whole score)."""
-    sections = tempo_sections(score_tokens)
+    well under one tempo for the whole score). ``tl``: the score's ``score_timeline``, when the caller has it."""
+    sections = tempo_sections(score_tokens, tl)
     if len(sections) < 2:
         return sections
     m = model or default_model()
@@ -263,9 +268,10 @@ def pitch_range_semitones(note_pitch: np.ndarray) -> float:
     return float(max(np.ptp(note_pitch), 1)) if len(note_pitch) else 1.0
 
 
-def score_features(score_tokens: Sequence[str]) -> Dict[str, float]:
-    """The features of the module docstring for one score (whole piece or a long excerpt)."""
-    tl = score_timeline(score_tokens)
+def score_features(score_tokens: Sequence[str], tl=None) -> Dict[str, float]:
+    """The features of the module docstring for one score (whole piece or a long excerpt). ``tl``: its
+    ``score_timeline``, when the caller has it."""
+    tl = tl if tl is not None else score_timeline(score_tokens)
     word = dominant_tempo_word(score_tokens, tl.group_q)
     num, den = first_time_signature(score_tokens)
     onsets = np.unique(tl.group_q)
@@ -385,7 +391,8 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
     mark = stated_qpm(score_tokens)
     if override is None and mark is not None:
         return TempoEstimate(mark, "mark", f"the score's metronome mark ({mark:g} quarter notes per minute)")
-    sections = section_tempi(score_tokens, model) if mark is None else []
+    tl = score_timeline(score_tokens) if mark is None else None  # parsed once for sections and features
+    sections = section_tempi(score_tokens, model, tl) if mark is None else []
     if override is not None:
         scale = float(override) / sections[0].qpm if len(sections) > 1 else None
         return TempoEstimate(float(override), "override", f"--qpm {override:g}" + (
@@ -394,7 +401,7 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
     if len(sections) > 1:
         return TempoEstimate(piece_qpm(sections), "words", "estimated per section from its tempo word and "
                              "content (no metronome mark): " + describe_sections(sections), bar_tempi(sections))
-    features = score_features(score_tokens)
+    features = score_features(score_tokens, tl)
     qpm = (model or default_model()).predict(features)
     word = next((c for c in WORD_CLASSES if features[f"word_{c}"]), None)
     num, den = first_time_signature(score_tokens)

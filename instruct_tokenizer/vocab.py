@@ -329,7 +329,7 @@ TEMPO_WORD_CLASSES = (
     ("moderate", ("andant", "moderato", "allegretto", "comodo", "mässig", "mäßig", "massig", "gehend",
                   "nicht schnell", "nicht zu schnell", "nicht zu rasch", "nicht zu geschwind", "modéré", "modere",
                   "moderate", "not fast", "not too fast")),
-    ("fast", ("allegro", "vivace", "vivo", "presto", "prestissimo", "schnell", "rasch", "lebhaft", "geschwind",
+    ("fast", ("allegro", "vivac", "vivo", "presto", "prestissimo", "schnell", "rasch", "lebhaft", "geschwind",
               "vif", "vite", "animé", "fast", "quick", "lively")),
 )
 TEMPO_WORD_ELSEWHERE = ("attacca",)  # a text with one of these names the next movement's tempo: other

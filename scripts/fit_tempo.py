@@ -93,6 +93,12 @@ def pieces(tok_dir: Path, split: str) -> dict:
     return {k: (scores[k], float(np.median(v))) for k, v in by_piece.items()}
 
 
+def without_marks(score: list) -> list:
+    """The score tokens with every metronome mark dropped (``QPM`` 120 in every bar), its words kept: a
+    MusicXML that says Adagio but states no tempo."""
+    return [V.tok(V.QPM, int(V.DEFAULT_QPM)) if t.startswith(V.QPM + "_") else t for t in score]
+
+
 def without_markings(score: list) -> list:
     """What a score MIDI of the same score gives when it states no tempo: no marking tokens
     (``score.without_markings``), the default QPM."""
@@ -175,23 +181,20 @@ def section_pieces(tok_dir: Path, split: str) -> dict:
             perfs[key].append(perf)
     out = {}
     for key, score in scores.items():
-        unmarked = [V.tok(V.QPM, int(V.DEFAULT_QPM)) if t.startswith(V.QPM + "_") else t for t in score]
+        unmarked = without_marks(score)
         sections = T.tempo_sections(unmarked)
         if len(sections) < 2:
             continue
         group_bar = score_timeline(score).group_bar
         gaps, _ = tempo_slot_gaps(score)
-        tempo_gaps = [g for g in gaps if g == g]  # one per onset group
+        tempo_gaps = np.array([g for g in gaps if g == g])  # (G,) quarters, one per onset group
+        counted = tempo_gaps > 0
+        periods = [np.array([beat_period_s(t) for t, g in zip(perf, gaps) if g == g]) for perf in perfs[key]]  # (G,) s each
         human = []
         for sec in sections:
-            in_section = (group_bar >= sec.first_bar) & (group_bar < sec.first_bar + sec.n_bars)
-            qpms = []
-            for perf in perfs[key]:
-                periods = [beat_period_s(t) for t, g in zip(perf, gaps) if g == g]
-                secs = sum(g * p for g, p, k in zip(tempo_gaps, periods, in_section) if k and g > 0)
-                quarters = sum(g for g, k in zip(tempo_gaps, in_section) if k and g > 0)
-                if secs > 0:
-                    qpms.append(60.0 * quarters / secs)
+            keep = counted & (group_bar >= sec.first_bar) & (group_bar < sec.first_bar + sec.n_bars)
+            quarters = float(tempo_gaps[keep].sum())
+            qpms = [60.0 * quarters / secs for secs in (float((tempo_gaps * p)[keep].sum()) for p in periods) if secs > 0]
             human.append(float(np.median(qpms)) if qpms else float("nan"))
         out[key] = (unmarked, sections, human)
     return out
@@ -226,11 +229,12 @@ def bench_score_midi(test: dict) -> dict:
     return out
 
 
-def content_views(items: dict, drop_markings: bool) -> list:
-    """(features, log2 human qpm, stated mark or None, words model applies) per piece."""
+def content_views(items: dict, drop_markings: bool, drop_marks: bool = False) -> list:
+    """(features, log2 human qpm, stated mark or None, words model applies) per piece; ``drop_markings``:
+    as a score MIDI gives it (no marks, no words), ``drop_marks``: its metronome marks dropped, words kept."""
     out = []
     for score, human in items.values():
-        s = without_markings(score) if drop_markings else score
+        s = without_markings(score) if drop_markings else without_marks(score) if drop_marks else score
         f = T.score_features(s)
         out.append((f, math.log2(human), T.stated_qpm(s), T.TempoModel.kind(f) == "words"))
     return out
@@ -315,6 +319,10 @@ def main() -> int:
             "(n)ASAP test, MusicXML, a tempo word and no mark: words": (
                 [v for v in content_views(test, False) if v[2] is None and v[3]], True),
             "(n)ASAP test, as score MIDI (marks and words dropped): content": (content_views(test, True), False)}
+    valid = pieces(a.tokens, "valid")
+    for name, items in (("test", test), ("validation", valid)):
+        words_only = [v for v in content_views(items, False, drop_marks=True) if v[3]]
+        rows[f"(n)ASAP {name}, MusicXML with a tempo word, its marks dropped: words"] = (words_only, True)
     if BENCH.is_dir():
         bench = content_views(bench_score_midi(test), False)
         rows["benchmark score MIDI, all (mark, else content)"] = (bench, True)

@@ -176,6 +176,7 @@ def test_a_printed_metronome_mark_is_the_notated_tempo(tmp_path, direction, qpm)
     ("Allegro con brio ed appassionato", "fast"), ("Lento, ma non troppo 1)", "slow"), ("Presto (", "fast"),
     ("Langsam", "slow"), ("Nicht schnell", "moderate"), ("Sehr rasch", "fast"), ("Lent et douloureux", "slow"),
     ("Modéré", "moderate"), ("Assez vif", "fast"), ("Slowly", "slow"), ("not too fast", "moderate"),
+    ("Vivacissimamente", "fast"), ("Prestissimo", "fast"),
     ("Violento", "other"), ("Tempo di Minuetto", "other"), ("attacca subito l'Allegro", "other"), ("dolce", "other"),
 ])
 def test_tempo_words_in_italian_german_french_and_english(text, value):
@@ -199,3 +200,46 @@ def test_a_tempo_text_partitura_leaves_as_words_is_a_tempo_word(tmp_path, text, 
         assert words == [] and estimate.source == "content"
     else:
         assert words == [V.tok(V.TEMPO_WORD, word)] and estimate.source == "words"
+
+
+@pytest.mark.parametrize("text, value", [
+    ("Tempo I", "tempo primo"), ("tempo primo", "tempo primo"), ("Primo tempo", "tempo primo"),
+    ("a tempo (come prima)", "tempo primo"), ("Tempo 1", "tempo primo"), ("Wie vorher", "tempo primo"),
+    ("a tempo", "atempo"), ("in tempo", "atempo"), ("Doppio movimento", None),
+])
+def test_a_return_to_the_first_tempo_is_told_from_a_tempo(text, value):
+    from instruct_tokenizer.musicxml import tempo_reset_value
+
+    assert tempo_reset_value(text) == value
+
+
+def _bars_xml(directions) -> str:
+    """4/4 bars of four quarter notes (ids n0, n1, ...), ``directions[k]`` (a words text or None) before bar
+    k's first note."""
+    note = '<note id="n{}"><pitch><step>C</step><octave>4</octave></pitch><duration>1</duration><type>quarter</type></note>'
+    bars = []
+    for k, text in enumerate(directions):
+        head = "<attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time></attributes>" if k == 0 else ""
+        words = f"<direction><direction-type><words>{text}</words></direction-type></direction>" if text else ""
+        notes = "".join(note.format(4 * k + i) for i in range(4))
+        bars.append(f'<measure number="{k + 1}">{head}{words}{notes}</measure>')
+    return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
+            '<part-name>Piano</part-name></score-part></part-list><part id="P1">' + "".join(bars) + "</part></score-partwise>")
+
+
+@pytest.mark.parametrize("reset, word_in_last_bar, last_bar_class", [
+    ("Tempo I", "fast", "fast"),  # partitura: a tempo reset; the first tempo again
+    ("Primo tempo", "fast", "fast"),  # partitura: plain words
+    ("a tempo", "atempo", "slow"),  # after the ritardando: ends the ramp, the Lento stays
+    ("Doppio movimento", None, "slow"),  # a change partitura calls a reset: no token
+])
+def test_tempo_primo_returns_to_the_first_tempo_word(tmp_path, reset, word_in_last_bar, last_bar_class):
+    from instruct_tokenizer.tempo_infer import bar_tempo_words
+
+    xml = tmp_path / "score.musicxml"
+    xml.write_text(_bars_xml(["Allegro", None, "Lento", "rit.", reset, None]))
+    tokens = score_file_to_tokens(str(xml), notated_tempo=True, markings=True)
+    _, bars = split_bars(tokens)
+    in_bar5 = [t.partition("_")[2] for t in bars[4] if token_type(t) == V.TEMPO_WORD]
+    assert in_bar5 == ([word_in_last_bar] if word_in_last_bar else [])
+    assert bar_tempo_words(tokens) == ["fast", "fast", "slow", "slow", last_bar_class, last_bar_class]
