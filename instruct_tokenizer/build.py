@@ -298,13 +298,16 @@ def renderer_notated_tempo(mf: MatchFile, marks: Optional[Dict], qpm: Optional[D
     enc = encode_match(mf, marks=marks, qpm=qpm, relative_tempo=cfg.relative_tempo, beat_grid=cfg.beat_grid,
                        score_view=score_view)
     estimate = notated_tempo(enc.score)
-    if estimate.source == "mark":
+    anchors = [mf.anchor[i] for i in enc.order] if enc.order is not None else None
+    if estimate.source == "mark":  # bars before a late first mark: their estimate (tempo_infer.opening_before_mark)
+        if estimate.bar_qpm and anchors is not None:
+            qpm = {**qpm, **section_qpm_by_id(qpm, anchors, enc.bar_of_note, estimate.bar_qpm)}
         return qpm, V.DEFAULT_QPM
     first = next(float(t.partition("_")[2]) for t in enc.score if t.startswith(V.QPM + "_"))
     ratio = estimate.qpm / first
     scaled = {k: v * ratio for k, v in qpm.items()}
-    if estimate.bar_qpm and enc.order is not None:
-        scaled.update(section_qpm_by_id(qpm, [mf.anchor[i] for i in enc.order], enc.bar_of_note, estimate.bar_qpm))
+    if estimate.bar_qpm and anchors is not None:
+        scaled.update(section_qpm_by_id(qpm, anchors, enc.bar_of_note, estimate.bar_qpm))
     return scaled, V.DEFAULT_QPM * ratio
 
 

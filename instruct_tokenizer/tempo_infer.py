@@ -57,6 +57,8 @@ KNOWN_FEATURES = FEATURES + ("compound", "log2_median_ioi_q")  # every name scor
 SHORT_Q = 0.25  # quarters: a sixteenth note
 SHORT_GAP_PERCENTILE = 25.0  # the "shortest common" onset gap: this percentile of the gaps
 QPM_RANGE = (30.0, 300.0)  # quarter notes per minute: an estimate is clamped here
+OPENING_BARS = 4  # bars: a first metronome mark this close to the start holds from the start (a pickup, an
+# opening chord); an opening this long or longer before it is a section that states no tempo and gets an estimate
 
 
 @dataclass
@@ -251,6 +253,42 @@ def stated_qpm(score_tokens: Sequence[str]) -> Optional[float]:
     return None
 
 
+def stated_bar_qpm(score_tokens: Sequence[str]) -> List[Optional[float]]:
+    """Per bar, the metronome mark in force (quarter notes per minute): its ``QPM`` header, else the bar
+    before's; None before the first ``QPM`` other than the default 120 (a bar that states no tempo)."""
+    out: List[Optional[float]] = []
+    default = V.tok(V.QPM, int(V.DEFAULT_QPM))
+    for t in score_tokens:
+        if t.startswith(V.BAR + "_"):
+            out.append(out[-1] if out else None)
+        elif t.startswith(V.QPM + "_") and out and (t != default or out[-1] is not None):
+            out[-1] = float(t.partition("_")[2])
+    return out
+
+
+def opening_before_mark(score_tokens: Sequence[str], model: Optional["TempoModel"] = None) -> Optional[TempoSection]:
+    """The bars before a score's first metronome mark, when they are :data:`OPENING_BARS` or more (a mark
+    stated only at bar 192's Più allegro, or at an Allegro after an unmarked introduction), with the
+    estimate of their own words and content (the words line where they have a tempo word); None when the
+    score has no mark or states it within the first bars."""
+    marks = stated_bar_qpm(score_tokens)
+    first = next((b for b, q in enumerate(marks) if q is not None), None)
+    if first is None or first < OPENING_BARS:
+        return None
+    tokens = [t for bar in bar_slices(score_tokens)[:first] for t in bar]
+    word = dominant_tempo_word(tokens) or "none"
+    section = TempoSection(0, first, word, float(group_spans_q(score_timeline(tokens).group_q).sum()))
+    section.qpm = (model or default_model()).predict(score_features(tokens))
+    return section
+
+
+def with_opening(marks: Sequence[Optional[float]], opening: Optional[TempoSection]) -> List[float]:
+    """Per bar, the stated tempo (``stated_bar_qpm``) with the bars before the first mark given the
+    ``opening``'s estimate, or the first mark itself when there is none (a pickup is played in it)."""
+    first = next(q for q in marks if q is not None)
+    return [q if q is not None else (opening.qpm if opening is not None else first) for q in marks]
+
+
 def onset_gaps_q(group_q: np.ndarray) -> np.ndarray:
     """The positive gaps between successive distinct onsets, in quarters."""
     gaps = np.diff(np.unique(group_q))
@@ -385,12 +423,15 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
     metronome mark (a ``QPM`` other than 120), else the fitted estimate from its words, meter and content.
     A score without a mark whose tempo words change class (Grave, then Allegro) gets one estimate per
     section (:func:`section_tempi`) in ``bar_qpm``, and ``qpm`` the whole score's (:func:`piece_qpm`);
-    ``override`` then sets the first section's tempo and keeps the ratios between them."""
+    ``override`` then sets the first section's tempo and keeps the ratios between them. A score whose
+    first mark comes later holds it from the start when it is within :data:`OPENING_BARS`, else the bars
+    before it get their own estimate (:func:`opening_before_mark`), both in ``bar_qpm``; until 2026-12-06
+    they were played at 120 (Beethoven op. 28's finale, marked only at its Più allegro in bar 193)."""
     if override is not None and not (override > 0 and math.isfinite(override)):
         raise ValueError(f"--qpm: expected a positive number of quarter notes per minute, got {override}")
     mark = stated_qpm(score_tokens)
-    if override is None and mark is not None:
-        return TempoEstimate(mark, "mark", f"the score's metronome mark ({mark:g} quarter notes per minute)")
+    if mark is not None:
+        return _marked_tempo(score_tokens, mark, override, model)
     tl = score_timeline(score_tokens) if mark is None else None  # parsed once for sections and features
     sections = section_tempi(score_tokens, model, tl) if mark is None else []
     if override is not None:
@@ -413,6 +454,27 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
                                            f"({content}); no metronome mark")
     return TempoEstimate(qpm, "content", f"estimated from {num}/{den} and the content ({content}); no metronome "
                                          f"mark or tempo word")
+
+
+def _marked_tempo(score_tokens: Sequence[str], mark: float, override: Optional[float],
+                  model: Optional["TempoModel"]) -> TempoEstimate:
+    """:func:`notated_tempo` for a score that states a metronome mark: the marks, per bar where bars before
+    the first one state none (:func:`with_opening`), all scaled by ``override`` over the first bar's."""
+    marks = stated_bar_qpm(score_tokens)
+    opening = opening_before_mark(score_tokens, model)
+    bar_qpm = with_opening(marks, opening)
+    filled = bar_qpm != marks
+    if override is not None:
+        scale = float(override) / bar_qpm[0]
+        return TempoEstimate(float(override), "override", f"--qpm {override:g} (the score's metronome marks keep "
+                             "their ratios)", [q * scale for q in bar_qpm])
+    reason = f"the score's metronome mark ({mark:g} quarter notes per minute)"
+    if opening is not None:
+        reason += (f"; bars 1-{opening.n_bars} before it state none: {opening.qpm:.0f} estimated from their "
+                   + (f"tempo word ({opening.word}) and content" if opening.word != "none" else "content"))
+    elif marks[0] is None:
+        reason += f", from the first bar (stated in bar {next(b for b, q in enumerate(marks) if q is not None) + 1})"
+    return TempoEstimate(mark, "mark", reason, bar_qpm if filled else None)
 
 
 def bar_tempi(sections: Sequence[TempoSection], scale: Optional[float] = None) -> List[float]:
@@ -456,12 +518,12 @@ def with_bar_qpm(score_tokens: Sequence[str], bar_qpm: Sequence[float]) -> List[
 
 def apply_notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None) -> Tuple[List[str], TempoEstimate]:
     """The score tokens with the notated tempo a rendering starts from (:func:`notated_tempo`): unchanged
-    where the score states a metronome mark, else with every ``QPM`` set from the estimate (or
-    ``override``): per bar where the estimate has sections (:func:`with_bar_qpm`), else by
-    :func:`with_qpm`; and the estimate. What ``instruct-render``, ``instruct-eval`` and
+    where the score states a metronome mark from its first bars, else with every ``QPM`` set from the
+    estimate (or ``override``): per bar where the estimate has sections or an opening before the first
+    mark (:func:`with_bar_qpm`), else by :func:`with_qpm`; and the estimate. What ``instruct-render``, ``instruct-eval`` and
     ``instruct-tokenize build --infer-tempo`` all give a model that reads ``QPM``."""
     tempo = notated_tempo(score_tokens, override=override)
-    if tempo.source == "mark":
+    if tempo.source == "mark" and not tempo.bar_qpm:
         return list(score_tokens), tempo
     if tempo.bar_qpm:
         return with_bar_qpm(score_tokens, tempo.bar_qpm), tempo

@@ -97,8 +97,8 @@ def factors_over_notated(plan, tokens: Sequence[str]) -> np.ndarray:
     (60 / ``QPM`` of its bar) by. A plan is fitted to the pianists' log beat period relative to the
     piece's mean (:func:`centred_mse`) and reads the notated period's own offset from that mean
     (``notated_log_period``), so its curve already holds the score's tempo changes; over each bar's notated
-    period they counted twice (until 2026-12-06 Beethoven op. 31/3's finale played its marked slow opening at
-    about a quarter of its mark and its last section at twice it; docs/experiments.md section 31). Less that
+    period they counted twice (until 2026-12-06 Beethoven op. 110's Adagio and fugue played its marked slow
+    opening at about a quarter of its mark and its last section at twice it; docs/experiments.md section 31). Less that
     offset, the level is the notated tempo's mean over the groups and the curve's shape the plan's. A score
     at one notated tempo is unchanged."""
     features = group_features(tokens, plan.feature_names)

@@ -189,12 +189,14 @@ def section_pieces(tok_dir: Path, split: str) -> dict:
         gaps, _ = tempo_slot_gaps(score)
         tempo_gaps = np.array([g for g in gaps if g == g])  # (G,) quarters, one per onset group
         counted = tempo_gaps > 0
-        periods = [np.array([beat_period_s(t) for t, g in zip(perf, gaps) if g == g]) for perf in perfs[key]]  # (G,) s each
+        periods = [np.array([beat_period_s(t) for t, g in zip(perf, gaps) if g == g])  # (G,) s per quarter
+                   for perf in perfs[key]]
         human = []
         for sec in sections:
             keep = counted & (group_bar >= sec.first_bar) & (group_bar < sec.first_bar + sec.n_bars)
             quarters = float(tempo_gaps[keep].sum())
-            qpms = [60.0 * quarters / secs for secs in (float((tempo_gaps * p)[keep].sum()) for p in periods) if secs > 0]
+            seconds = [float((tempo_gaps * p)[keep].sum()) for p in periods]
+            qpms = [60.0 * quarters / secs for secs in seconds if secs > 0]
             human.append(float(np.median(qpms)) if qpms else float("nan"))
         out[key] = (unmarked, sections, human)
     return out

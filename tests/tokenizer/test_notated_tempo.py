@@ -216,15 +216,18 @@ def test_a_return_to_the_first_tempo_is_told_from_a_tempo(text, value):
 def _bars_xml(directions) -> str:
     """4/4 bars of four quarter notes (ids n0, n1, ...), ``directions[k]`` (a words text or None) before bar
     k's first note."""
-    note = '<note id="n{}"><pitch><step>C</step><octave>4</octave></pitch><duration>1</duration><type>quarter</type></note>'
+    note = ('<note id="n{}"><pitch><step>C</step><octave>4</octave></pitch><duration>1</duration>'
+            "<type>quarter</type></note>")
     bars = []
     for k, text in enumerate(directions):
-        head = "<attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time></attributes>" if k == 0 else ""
+        head = ("<attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time>"
+                "</attributes>") if k == 0 else ""
         words = f"<direction><direction-type><words>{text}</words></direction-type></direction>" if text else ""
         notes = "".join(note.format(4 * k + i) for i in range(4))
         bars.append(f'<measure number="{k + 1}">{head}{words}{notes}</measure>')
     return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
-            '<part-name>Piano</part-name></score-part></part-list><part id="P1">' + "".join(bars) + "</part></score-partwise>")
+            '<part-name>Piano</part-name></score-part></part-list><part id="P1">' + "".join(bars)
+            + "</part></score-partwise>")
 
 
 @pytest.mark.parametrize("reset, word_in_last_bar, last_bar_class", [
@@ -243,3 +246,33 @@ def test_tempo_primo_returns_to_the_first_tempo_word(tmp_path, reset, word_in_la
     in_bar5 = [t.partition("_")[2] for t in bars[4] if token_type(t) == V.TEMPO_WORD]
     assert in_bar5 == ([word_in_last_bar] if word_in_last_bar else [])
     assert bar_tempo_words(tokens) == ["fast", "fast", "slow", "slow", last_bar_class, last_bar_class]
+
+
+def test_bars_before_a_late_first_mark_get_an_estimate_not_120(tmp_path):
+    from instruct_tokenizer.tempo_infer import OPENING_BARS, apply_notated_tempo, notated_tempo
+
+    assert OPENING_BARS <= 5
+    tokens = score_file_to_tokens(str(_score_midi(tmp_path / "late.mid", [(5, 160)])), notated_tempo=True)
+    assert _bar_qpm(tokens)[:5] == [["QPM_120"]] * 5  # as read: the first five bars state nothing
+    opening = notated_tempo([t if t != "QPM_160" else "QPM_120" for t in tokens]).qpm  # those bars alone
+    applied, estimate = apply_notated_tempo(tokens)
+    assert estimate.source == "mark" and "bars 1-5 before it state none" in estimate.reason
+    per_bar = [bar[0] for bar in _bar_qpm(applied)]
+    assert per_bar[5:] == ["QPM_160"] * 3 and len(set(per_bar[:5])) == 1 and per_bar[0] != "QPM_120"
+    assert abs(float(per_bar[0].partition("_")[2]) / opening - 1) < 0.1  # the content estimate of the same notes
+    # --qpm sets the first bar and keeps the ratio to the later mark
+    first = float(per_bar[0].partition("_")[2])
+    scaled = [float(bar[0].partition("_")[2]) for bar in _bar_qpm(apply_notated_tempo(tokens, override=60.0)[0])]
+    assert abs(scaled[0] - 60.0) <= 1.0 and abs(scaled[-1] / scaled[0] - 160.0 / first) < 0.05
+
+
+def test_a_mark_in_the_second_bar_holds_from_the_first(tmp_path):
+    from instruct_tokenizer.tempo_infer import apply_notated_tempo
+
+    tokens = score_file_to_tokens(str(_score_midi(tmp_path / "pickup.mid", [(1, 72)])), notated_tempo=True)
+    mark = V.tok(V.QPM, V.quantise_qpm(72.0))
+    applied, estimate = apply_notated_tempo(tokens)
+    assert estimate.source == "mark" and V.tok(V.QPM, int(estimate.qpm)) == mark
+    assert "from the first bar" in estimate.reason and _bar_qpm(applied) == [[mark]] * 8
+    marked = score_file_to_tokens(str(_score_midi(tmp_path / "marked.mid", [(0, 72)])), notated_tempo=True)
+    assert apply_notated_tempo(marked)[0] == marked  # a mark from bar 1: the tokens as read
