@@ -268,7 +268,7 @@ def stated_bar_qpm(score_tokens: Sequence[str]) -> List[Optional[float]]:
 
 def opening_before_mark(score_tokens: Sequence[str], model: Optional["TempoModel"] = None) -> Optional[TempoSection]:
     """The bars before a score's first metronome mark, when they are :data:`OPENING_BARS` or more (a mark
-    stated only at bar 192's Più allegro, or at an Allegro after an unmarked introduction), with the
+    stated only at a later section, or an exporter's 120 until then, which reads as no mark), with the
     estimate of their own words and content (the words line where they have a tempo word); None when the
     score has no mark or states it within the first bars."""
     marks = stated_bar_qpm(score_tokens)
@@ -426,14 +426,14 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
     ``override`` then sets the first section's tempo and keeps the ratios between them. A score whose
     first mark comes later holds it from the start when it is within :data:`OPENING_BARS`, else the bars
     before it get their own estimate (:func:`opening_before_mark`), both in ``bar_qpm``; until 2026-12-06
-    they were played at 120 (Beethoven op. 28's finale, marked only at its Più allegro in bar 193)."""
+    they were played at 120 (Chopin's Polonaise op. 53 in (n)ASAP: 120, which reads as no mark, until bar 57)."""
     if override is not None and not (override > 0 and math.isfinite(override)):
         raise ValueError(f"--qpm: expected a positive number of quarter notes per minute, got {override}")
     mark = stated_qpm(score_tokens)
     if mark is not None:
         return _marked_tempo(score_tokens, mark, override, model)
-    tl = score_timeline(score_tokens) if mark is None else None  # parsed once for sections and features
-    sections = section_tempi(score_tokens, model, tl) if mark is None else []
+    tl = score_timeline(score_tokens)  # parsed once for the sections and the features
+    sections = section_tempi(score_tokens, model, tl)
     if override is not None:
         scale = float(override) / sections[0].qpm if len(sections) > 1 else None
         return TempoEstimate(float(override), "override", f"--qpm {override:g}" + (
@@ -520,8 +520,8 @@ def apply_notated_tempo(score_tokens: Sequence[str], override: Optional[float] =
     """The score tokens with the notated tempo a rendering starts from (:func:`notated_tempo`): unchanged
     where the score states a metronome mark from its first bars, else with every ``QPM`` set from the
     estimate (or ``override``): per bar where the estimate has sections or an opening before the first
-    mark (:func:`with_bar_qpm`), else by :func:`with_qpm`; and the estimate. What ``instruct-render``, ``instruct-eval`` and
-    ``instruct-tokenize build --infer-tempo`` all give a model that reads ``QPM``."""
+    mark (:func:`with_bar_qpm`), else by :func:`with_qpm`; and the estimate. What ``instruct-render``,
+    ``instruct-eval`` and ``instruct-tokenize build --infer-tempo`` all give a model that reads ``QPM``."""
     tempo = notated_tempo(score_tokens, override=override)
     if tempo.source == "mark" and not tempo.bar_qpm:
         return list(score_tokens), tempo
