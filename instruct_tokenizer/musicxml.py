@@ -34,8 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-5"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
-# 5: "Tempo primo" read as the first tempo word)
+CACHE_VERSION = "markings-6"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
+# 5: "Tempo primo" read as the first tempo word; 6: German, French and English returns)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -84,8 +84,11 @@ def tempo_word_value(text: str) -> str:
 
 
 TEMPO_PRIMO = "tempo primo"  # a return to the first tempo word, resolved by resolve_tempo_primo: never a token
-_PRIMO_RE = re.compile(r"\btempo\s*(i|1|primo)\b|\b(primo|1\s*[°º.]?)\s*tempo\b|\bcome\s+prima\b"
-                       r"|\bwie\s+(vorher|zuerst|anfangs)\b|\b1er\s+mouvement\b|\bmouvement\s+initial\b")
+_PRIMO_RE = re.compile(  # a return to the first tempo: Italian, German, French, English
+    r"\btempo\s*(i|1|primo)\b|\b(primo|1\s*[°º.]?|i\.)\s*tempo\b|\bcome\s+prima\b"
+    r"|\bwie\s+(vorher|zuerst|anfangs|am\s+anfang)\b|\b(des|vom)\s+anfangs?\b|\bersten?\s+zeitma(ß|ss|ass)"
+    r"|\b(1er|premier)\s+mouvement\b|\bmouvement\s+(initial|du\s+d[ée]but)\b|\bas\s+at\s+first\b|\boriginal\s+tempo\b")
+_ATEMPO_RE = re.compile(r"\b(im|in|a)\s+tempo\b(?!\s+d[ie]\b)|\bau\s+mouvement\b|\bwieder\s+im\s+zeitma")  # a tempo
 _NOT_A_RESET_RE = re.compile(r"\bdoppio\s+movimento\b")  # twice as fast: a change, not a return
 
 
@@ -104,12 +107,15 @@ def _words_tokens(w) -> List[Tuple[int, str]]:
     """(start time in divs, token) for a text partitura leaves as plain ``Words`` (its grammar reads
     ``Allegro molto`` but not ``Allegro con brio ed appassionata``, ``Presto (``, ``Lento, ma non troppo 1)``,
     ``Primo tempo`` nor any German, French or English tempo): a ``TempoWord`` where the text names a
-    constant tempo, :data:`TEMPO_PRIMO` where it returns to the first one."""
+    constant tempo, :data:`TEMPO_PRIMO` where it returns to the first one (``Im ersten Zeitmaß``),
+    ``TempoWord_atempo`` where it returns from an episode (``Im Tempo``, ``Au mouvement``)."""
     text = getattr(w, "text", "")
     value = tempo_word_value(text)
     if value != "other":
         return [(w.start.t, V.tok(V.TEMPO_WORD, value))]
-    return [(w.start.t, TEMPO_PRIMO)] if tempo_reset_value(text) == TEMPO_PRIMO else []
+    if tempo_reset_value(text) == TEMPO_PRIMO:
+        return [(w.start.t, TEMPO_PRIMO)]
+    return [(w.start.t, V.tok(V.TEMPO_WORD, "atempo"))] if _ATEMPO_RE.search(text.lower()) else []
 
 
 def first_constant_word(timed: List[Tuple[int, str]], until: Optional[int] = None) -> Optional[str]:

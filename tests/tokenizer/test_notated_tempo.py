@@ -205,7 +205,8 @@ def test_a_tempo_text_partitura_leaves_as_words_is_a_tempo_word(tmp_path, text, 
 @pytest.mark.parametrize("text, value", [
     ("Tempo I", "tempo primo"), ("tempo primo", "tempo primo"), ("Primo tempo", "tempo primo"),
     ("a tempo (come prima)", "tempo primo"), ("Tempo 1", "tempo primo"), ("Wie vorher", "tempo primo"),
-    ("a tempo", "atempo"), ("in tempo", "atempo"), ("Doppio movimento", None),
+    ("Im ersten Zeitmaß", "tempo primo"), ("Wie am Anfang", "tempo primo"), ("1er mouvement", "tempo primo"),
+    ("I. Tempo", "tempo primo"), ("a tempo", "atempo"), ("in tempo", "atempo"), ("Doppio movimento", None),
 ])
 def test_a_return_to_the_first_tempo_is_told_from_a_tempo(text, value):
     from instruct_tokenizer.musicxml import tempo_reset_value
@@ -233,7 +234,10 @@ def _bars_xml(directions) -> str:
 @pytest.mark.parametrize("reset, word_in_last_bar, last_bar_class", [
     ("Tempo I", "fast", "fast"),  # partitura: a tempo reset; the first tempo again
     ("Primo tempo", "fast", "fast"),  # partitura: plain words
+    ("Im ersten Zeitmaß", "fast", "fast"),  # German, plain words
     ("a tempo", "atempo", "slow"),  # after the ritardando: ends the ramp, the Lento stays
+    ("Im Tempo", "atempo", "slow"),  # German, plain words
+    ("Au mouvement", "atempo", "slow"),  # French, plain words
     ("Doppio movimento", None, "slow"),  # a change partitura calls a reset: no token
 ])
 def test_tempo_primo_returns_to_the_first_tempo_word(tmp_path, reset, word_in_last_bar, last_bar_class):
