@@ -266,27 +266,34 @@ def stated_bar_qpm(score_tokens: Sequence[str]) -> List[Optional[float]]:
     return out
 
 
-def opening_before_mark(score_tokens: Sequence[str], model: Optional["TempoModel"] = None) -> Optional[TempoSection]:
+def opening_before_mark(score_tokens: Sequence[str], model: Optional["TempoModel"] = None) -> List[TempoSection]:
     """The bars before a score's first metronome mark, when they are :data:`OPENING_BARS` or more (a mark
-    stated only at a later section, or an exporter's 120 until then, which reads as no mark), with the
-    estimate of their own words and content (the words line where they have a tempo word); None when the
-    score has no mark or states it within the first bars."""
+    stated only at a later section, or an exporter's 120 until then, which reads as no mark), estimated as
+    a score without a mark is: one section with the estimate of their words and content, or their tempo
+    sections (:func:`section_tempi`) where their words change class. Empty when the score has no mark or
+    states it within the first bars."""
     marks = stated_bar_qpm(score_tokens)
     first = next((b for b, q in enumerate(marks) if q is not None), None)
     if first is None or first < OPENING_BARS:
-        return None
+        return []
     tokens = [t for bar in bar_slices(score_tokens)[:first] for t in bar]
-    word = dominant_tempo_word(tokens) or "none"
-    section = TempoSection(0, first, word, float(group_spans_q(score_timeline(tokens).group_q).sum()))
-    section.qpm = (model or default_model()).predict(score_features(tokens))
-    return section
+    tl = score_timeline(tokens)
+    sections = section_tempi(tokens, model, tl)
+    if len(sections) > 1:
+        return sections
+    section = TempoSection(0, first, dominant_tempo_word(tokens, tl.group_q) or "none",
+                           float(group_spans_q(tl.group_q).sum()))
+    section.qpm = (model or default_model()).predict(score_features(tokens, tl))
+    return [section]
 
 
-def with_opening(marks: Sequence[Optional[float]], opening: Optional[TempoSection]) -> List[float]:
+def with_opening(marks: Sequence[Optional[float]], opening: Sequence[TempoSection]) -> List[float]:
     """Per bar, the stated tempo (``stated_bar_qpm``) with the bars before the first mark given the
-    ``opening``'s estimate, or the first mark itself when there is none (a pickup is played in it)."""
+    ``opening``'s sections' estimates, or the first mark itself where there are none (a pickup is played
+    in it)."""
     first = next(q for q in marks if q is not None)
-    return [q if q is not None else (opening.qpm if opening is not None else first) for q in marks]
+    estimated = bar_tempi(opening)
+    return [q if q is not None else (estimated[b] if b < len(estimated) else first) for b, q in enumerate(marks)]
 
 
 def onset_gaps_q(group_q: np.ndarray) -> np.ndarray:
@@ -469,9 +476,12 @@ def _marked_tempo(score_tokens: Sequence[str], mark: float, override: Optional[f
         return TempoEstimate(float(override), "override", f"--qpm {override:g} (the score's metronome marks keep "
                              "their ratios)", [q * scale for q in bar_qpm])
     reason = f"the score's metronome mark ({mark:g} quarter notes per minute)"
-    if opening is not None:
-        reason += (f"; bars 1-{opening.n_bars} before it state none: {opening.qpm:.0f} estimated from their "
-                   + (f"tempo word ({opening.word}) and content" if opening.word != "none" else "content"))
+    if len(opening) > 1:
+        reason += (f"; bars 1-{sum(sec.n_bars for sec in opening)} before it state none, estimated per section "
+                   "from their tempo words and content: " + describe_sections(opening))
+    elif opening:
+        reason += (f"; bars 1-{opening[0].n_bars} before it state none: {opening[0].qpm:.0f} estimated from their "
+                   + (f"tempo word ({opening[0].word}) and content" if opening[0].word != "none" else "content"))
     elif marks[0] is None:
         reason += f", from the first bar (stated in bar {next(b for b, q in enumerate(marks) if q is not None) + 1})"
     return TempoEstimate(mark, "mark", reason, bar_qpm if filled else None)

@@ -215,16 +215,16 @@ def test_a_return_to_the_first_tempo_is_told_from_a_tempo(text, value):
 
 
 def _bars_xml(directions) -> str:
-    """4/4 bars of four quarter notes (ids n0, n1, ...), ``directions[k]`` (a words text or None) before bar
-    k's first note."""
-    note = ('<note id="n{}"><pitch><step>C</step><octave>4</octave></pitch><duration>1</duration>'
+    """4/4 bars of four quarter notes (ids n0, n1, ...; a scale over three octaves), ``directions[k]`` (a
+    words text or None) before bar k's first note."""
+    note = ('<note id="n{}"><pitch><step>{}</step><octave>{}</octave></pitch><duration>1</duration>'
             "<type>quarter</type></note>")
     bars = []
     for k, text in enumerate(directions):
         head = ("<attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time>"
                 "</attributes>") if k == 0 else ""
         words = f"<direction><direction-type><words>{text}</words></direction-type></direction>" if text else ""
-        notes = "".join(note.format(4 * k + i) for i in range(4))
+        notes = "".join(note.format(4 * k + i, "CDEFGAB"[(4 * k + i) % 7], 3 + (4 * k + i) // 7 % 3) for i in range(4))
         bars.append(f'<measure number="{k + 1}">{head}{words}{notes}</measure>')
     return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
             '<part-name>Piano</part-name></score-part></part-list><part id="P1">' + "".join(bars)
@@ -280,3 +280,19 @@ def test_a_mark_in_the_second_bar_holds_from_the_first(tmp_path):
     assert "from the first bar" in estimate.reason and _bar_qpm(applied) == [[mark]] * 8
     marked = score_file_to_tokens(str(_score_midi(tmp_path / "marked.mid", [(0, 72)])), notated_tempo=True)
     assert apply_notated_tempo(marked)[0] == marked  # a mark from bar 1: the tokens as read
+
+
+def test_an_opening_before_a_late_mark_gets_its_tempo_sections(tmp_path):
+    from instruct_tokenizer.tempo_infer import apply_notated_tempo
+
+    xml = _bars_xml(["Allegro", None, None, None, "Adagio", None, None, None, None, None])
+    sound = '<direction><direction-type><words> </words></direction-type><sound tempo="80"/></direction>'
+    path = tmp_path / "late.musicxml"
+    path.write_text(xml.replace('<measure number="9">', '<measure number="9">' + sound))
+    tokens = score_file_to_tokens(str(path), notated_tempo=True, markings=True)
+    applied, estimate = apply_notated_tempo(tokens)
+    assert estimate.source == "mark" and "estimated per section" in estimate.reason
+    qpm = [float(bar[0].partition("_")[2]) for bar in _bar_qpm(applied)]
+    mark = float(V.quantise_qpm(80.0))
+    assert len(set(qpm[:4])) == 1 and len(set(qpm[4:8])) == 1 and qpm[8:] == [mark, mark]
+    assert qpm[0] > 1.15 * qpm[4]  # the Allegro section estimated faster than the Adagio
