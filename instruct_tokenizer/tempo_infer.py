@@ -270,14 +270,16 @@ def opening_before_mark(score_tokens: Sequence[str], model: Optional["TempoModel
     """The bars before a score's first metronome mark, when they are :data:`OPENING_BARS` or more (a mark
     stated only at a later section, or an exporter's 120 until then, which reads as no mark), estimated as
     a score without a mark is: one section with the estimate of their words and content, or their tempo
-    sections (:func:`section_tempi`) where their words change class. Empty when the score has no mark or
-    states it within the first bars."""
+    sections (:func:`section_tempi`) where their words change class. Empty when the score has no mark,
+    states it within the first bars or has no note before it."""
     marks = stated_bar_qpm(score_tokens)
     first = next((b for b, q in enumerate(marks) if q is not None), None)
     if first is None or first < OPENING_BARS:
         return []
     tokens = [t for bar in bar_slices(score_tokens)[:first] for t in bar]
     tl = score_timeline(tokens)
+    if tl.n_groups == 0:
+        return []  # rests only: nothing to estimate from, the mark holds from the start
     sections = section_tempi(tokens, model, tl)
     if len(sections) > 1:
         return sections

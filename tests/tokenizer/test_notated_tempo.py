@@ -296,3 +296,12 @@ def test_an_opening_before_a_late_mark_gets_its_tempo_sections(tmp_path):
     mark = float(V.quantise_qpm(80.0))
     assert len(set(qpm[:4])) == 1 and len(set(qpm[4:8])) == 1 and qpm[8:] == [mark, mark]
     assert qpm[0] > 1.15 * qpm[4]  # the Allegro section estimated faster than the Adagio
+
+
+def test_a_late_mark_after_rests_only_holds_from_the_start():
+    from instruct_tokenizer.tempo_infer import apply_notated_tempo
+
+    tokens = ["Bar_None", "TimeSig_4/4", "QPM_120"] + ["Bar_None", "QPM_120"] * 4 + [
+        "Bar_None", "QPM_80", "Pos_0", "Pitch_60", "Dur_24", "Staff_1"]
+    applied, estimate = apply_notated_tempo(tokens)
+    assert estimate.source == "mark" and [t for t in applied if token_type(t) == V.QPM] == ["QPM_80"] * 6
