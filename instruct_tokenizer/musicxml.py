@@ -84,6 +84,7 @@ def tempo_word_value(text: str) -> str:
 
 
 TEMPO_PRIMO = "tempo primo"  # a return to the first tempo word, resolved by resolve_tempo_primo: never a token
+_CONSTANT_WORDS = frozenset(V.tok(V.TEMPO_WORD, c) for c, _ in V.TEMPO_WORD_CLASSES)  # TempoWord_slow|moderate|fast
 _PRIMO_RE = re.compile(  # a return to the first tempo: Italian, German, French, English
     r"\btempo\s*(i|1|primo)\b|\b(primo|1\s*[°º.]?|i\.)\s*tempo\b|\bcome\s+prima\b"
     r"|\bwie\s+(vorher|zuerst|anfangs|am\s+anfang)\b|\b(des|vom)\s+anfangs?\b|\bersten?\s+zeitma(ß|ss|ass)"
@@ -121,8 +122,7 @@ def _words_tokens(w) -> List[Tuple[int, str]]:
 def first_constant_word(timed: List[Tuple[int, str]], until: Optional[int] = None) -> Optional[str]:
     """The earliest constant tempo word token (``TempoWord_slow|moderate|fast``) of (time, token) pairs, at
     or before ``until`` when given; None when there is none."""
-    constant = {V.tok(V.TEMPO_WORD, c) for c in ("slow", "moderate", "fast")}
-    at = [(t, tok) for t, tok in timed if tok in constant and (until is None or t <= until)]
+    at = [(t, tok) for t, tok in timed if tok in _CONSTANT_WORDS and (until is None or t <= until)]
     return min(at, key=lambda x: x[0])[1] if at else None
 
 

@@ -98,17 +98,17 @@ def factors_over_notated(plan, tokens: Sequence[str]) -> np.ndarray:
     piece's mean (:func:`centred_mse`) and reads the notated period's own offset from that mean
     (``notated_log_period``), so its curve already holds the score's tempo changes; over each bar's notated
     period they counted twice (until 2026-12-06 Beethoven op. 110's Adagio and fugue played its marked slow
-    opening at about a quarter of its mark and its last section at twice it; docs/experiments.md section 31). Less that
-    offset, the level is the notated tempo's mean over the groups and the curve's shape the plan's. A score
-    at one notated tempo is unchanged."""
+    opening at about a quarter of its mark and its last section at twice it; docs/experiments.md section
+    31). Less that offset, the level is the notated tempo's mean over the groups and the curve's shape the
+    plan's. A score at one notated tempo is unchanged."""
     features = group_features(tokens, plan.feature_names)
     curve = plan.predict_features(features, spread_for(plan, tokens))  # (G,) relative to the piece's mean
     return curve - features[:, NOTATED].astype(np.float64)
 
 
 def stretch(curve: np.ndarray, features: np.ndarray, spread: float) -> np.ndarray:
-    """(G,) a plan's curve (log s per quarter relative to the piece's mean) scaled by ``spread`` and shifted so that the
-    piece keeps the length the unscaled curve gives it: sum over groups of quarters to the next group x
+    """(G,) a plan's curve (log s per quarter relative to the piece's mean) scaled by ``spread`` and shifted
+    so that the piece keeps the length the unscaled curve gives it: sum over groups of quarters to the next group x
     e^factor unchanged. The curves are skewed (slowing at ends and fermatas is larger than any
     hurrying), so a plain scaling would lengthen every piece; unscaled, the curve's length matches the
     pianists' (docs/experiments.md section 20). ``features``: the (G, F) :func:`group_features`."""

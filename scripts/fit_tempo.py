@@ -104,7 +104,7 @@ def without_markings(score: list) -> list:
     (``score.without_markings``), the default QPM."""
     from instruct_tokenizer.score import without_markings as no_marks
 
-    return [V.tok(V.QPM, int(V.DEFAULT_QPM)) if t.startswith(V.QPM + "_") else t for t in no_marks(score)]
+    return without_marks(no_marks(score))
 
 
 @dataclass(frozen=True)
