@@ -354,6 +354,23 @@ def without_markings(tokens: Sequence[str]) -> List[str]:
     return [t for t in tokens if _parse_cached(t)[0] not in V.MARKING_TYPES]
 
 
+# What a score without markings is taken to be (fit_plan.py --plain-view / --plain-offsets, instruct-eval
+# --plain-scores): the MusicXML's notated lengths with its markings dropped, or what a notation program's
+# score MIDI export gives (staccato notes written shorter)
+PLAIN_VIEWS = ("markings-dropped", "score-midi")
+
+
+def plain_view(tokens: Sequence[str], view: str) -> List[str]:
+    """The score tokens without markings, in ``view`` (:data:`PLAIN_VIEWS`): ``markings-dropped``
+    (:func:`without_markings`) or ``score-midi`` (:func:`as_score_midi`). Raises ValueError for another
+    view."""
+    if view == "markings-dropped":
+        return without_markings(tokens)
+    if view == "score-midi":
+        return as_score_midi(tokens)
+    raise ValueError(f"unknown plain view {view!r} (one of {', '.join(PLAIN_VIEWS)})")
+
+
 # What a notation program's MIDI export plays for a note with this mark, as a share of its notated length
 # (MuseScore, whose exports (n)ASAP's and the benchmark's score MIDI files are: a staccato note half of it,
 # a staccatissimo note a third; docs/experiments.md section 23). The first that applies wins.

@@ -27,7 +27,7 @@ from instruct_tokenizer.match import MatchParseError, load_match
 from instruct_tokenizer.metrics import (PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms,
                                         tempo_spread)
 from instruct_tokenizer.metrics import midi_features
-from instruct_tokenizer.score import without_markings
+from instruct_tokenizer.score import plain_view
 from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
 
@@ -206,7 +206,7 @@ def markings_rows(human, max_bars: Optional[int] = None, report=print) -> Dict[i
 
 def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sampling=None,
                    max_pieces: Optional[int] = None, per_piece: Optional[int] = None,
-                   max_bars: Optional[int] = None, markings: bool = True, plain: bool = False,
+                   max_bars: Optional[int] = None, markings: bool = True, plain: Optional[str] = None,
                    report=print) -> Dict[str, Dict[str, float]]:
     from museformer.render import Sampling
 
@@ -225,8 +225,8 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
             raise SplitSourceError(f"{p['source']}: {e} (the build's manifest.jsonl names it: is the corpus "
                                    f"where the build was made?)") from None
         score = model_score(enc.score, features)
-        if plain:  # as a score MIDI of the piece gives it (its notated tempo mark kept)
-            score = without_markings(score)
+        if plain:  # without markings, as score.plain_view's view ``plain`` gives it (its tempo mark kept)
+            score = plain_view(score, plain)
         if features.get("notated_tempo"):  # a score without a mark: the tempo instruct-render would infer
             score = apply_notated_tempo(score)[0]
         human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))

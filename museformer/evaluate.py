@@ -3,7 +3,7 @@
     instruct-eval PRED_DIR REF_DIR [--name NAME] [--baseline NAME=DIR ...] [--pairing pooled|per-reference]
                   [--out DIR] [--skip-bad]
     instruct-eval --tokens TOK_DIR --checkpoint CKPT [--split test] [--max-pieces P] [--per-piece N]
-                  [--max-bars B] [--no-markings] [--plain-scores]
+                  [--max-bars B] [--no-markings] [--plain-scores [VIEW]]
 
 Pianist Transformer's distribution metrics (velocity, key-release duration, IOI, sustain-pedal patterns;
 JS distance base 2 and intersection) of every ``*.mid`` under PRED_DIR, and of each baseline directory,
@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from museformer.decoding import DecodeConfig
+from instruct_tokenizer.score import PLAIN_VIEWS
 from instruct_tokenizer.metrics import (FEATURES, BINS, MidiReadError, NoteFeatures, compare, fmt, midi_features,
                                         pooled_histograms)
 
@@ -214,11 +215,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--max-bars", type=int, default=None, metavar="B",
                     help="--tokens: only the first B bars of each performance (every row and the human reference)")
     ap.add_argument("--no-markings", action="store_true", help="--tokens: leave out the markings baseline row")
-    ap.add_argument("--plain-scores", action="store_true",
-                    help="--tokens: render each piece from its score without the MusicXML markings, at their "
-                         "notated lengths (the notated tempo mark kept; without one, the estimate from the content); "
-                         "no markings row. A notation program's score MIDI also writes staccato notes shorter "
-                         "(instruct_tokenizer.score.as_score_midi)")
+    ap.add_argument("--plain-scores", nargs="?", const="markings-dropped", default=None, choices=PLAIN_VIEWS,
+                    metavar="VIEW",
+                    help="--tokens: render each piece from its score without the MusicXML markings (the notated "
+                         "tempo mark kept; without one, the estimate from the content); no markings row. VIEW: "
+                         "markings-dropped (the default: the notated lengths) or score-midi (as a notation "
+                         "program's score MIDI export writes it: staccato notes a half, staccatissimo a third of "
+                         "their length; instruct_tokenizer.score.as_score_midi)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")

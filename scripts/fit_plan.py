@@ -58,24 +58,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer import vocab as V  # noqa: E402
 from instruct_tokenizer.decode import decode_performance  # noqa: E402
 from instruct_tokenizer.metrics import beat_log_tempo, per_note_features  # noqa: E402
-from instruct_tokenizer.score import as_score_midi, without_markings  # noqa: E402
+from instruct_tokenizer.score import PLAIN_VIEWS, plain_view as in_plain_view  # noqa: E402
 
 KINDS = ("marked", "plain")  # each training performance's score versions: with its markings, and without
 
 
-PLAIN_VIEWS = ("score-midi", "markings-dropped")  # --plain-view: what a training score without markings is
-
-
-def plain_score(score: List[str], plain_view: str) -> List[str]:
-    """The training score without markings: the MusicXML's notated lengths with the markings dropped
-    (``markings-dropped``, the release's plans) or as a notation program's score MIDI gives it
-    (``score-midi``: ``score.as_score_midi``, staccato notes a half and staccatissimo a third of their
-    length)."""
-    return as_score_midi(score) if plain_view == "score-midi" else without_markings(score)
-
-
 def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict:
-    """One performance: per score version ("marked", "plain": :func:`plain_score`) the plan's features, the
+    """One performance: per score version ("marked", "plain": `score.plain_view`) the plan's features, the
     human beat tempo per onset group (log s per quarter: the target) and per note (for the per-note r);
     {"error": ...} when the performance cannot be read. Both versions have the same notes in the same
     order; the plain version's articulation is the key-down over its own notated length (a staccato note
@@ -101,7 +90,7 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
                   "key_down_s": np.where(perf.played, perf.offset_s - perf.onset_s, np.nan),
                   "note_group": tl.note_group, "note_beat": per_note["beat_tempo"]}
         out = {"row": row}
-        plain = apply_notated_tempo(plain_score(enc.score, plain_view))[0]  # no tempo word: the content estimate
+        plain = apply_notated_tempo(in_plain_view(enc.score, plain_view))[0]  # no tempo word: the content estimate
         with np.errstate(divide="ignore", invalid="ignore"):  # grace notes: notated 0 in both
             shorter = np.log2(tl.note_dur_q / score_timeline(plain).note_dur_q)  # (N,) log2 notated / written
         shift = {"marked": 0.0, "plain": np.nan_to_num(shorter, nan=0.0, posinf=0.0, neginf=0.0)}

@@ -111,7 +111,7 @@ def test_plain_scores_render_without_markings_and_keep_the_notated_tempo(tok_dir
     the marked score), there is no markings row, and the human reference is the same."""
     marked, plain = RecordingRenderer(), RecordingRenderer()
     evaluate_split(str(tok_dir), marked, str(tmp_path / "marked"), per_piece=1, max_bars=8, markings=False)
-    res = evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8, plain=True)
+    res = evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8, plain="markings-dropped")
     assert "markings" not in res and res["model"]["performances"] == 2
     for m, p in zip(marked.scores, plain.scores):
         types = {V.parse(t)[0] for t in p}
@@ -183,3 +183,32 @@ def test_cli_build_without_training_tokens_is_one_line(tok_dir, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0] == f"instruct-eval: error: {tok / 'train.perf'}: no training performance tokens (the training-mean baseline needs them)"
+
+
+def test_plain_scores_in_the_score_midi_view(tmp_path):
+    """--plain-scores score-midi: each score as a notation program's score MIDI export writes it
+    (score.as_score_midi: staccato notes shorter), the same notes and notated tempo as the markings-dropped
+    view, and the same human reference."""
+    from instruct_tokenizer.score import as_score_midi
+
+    tok_dir = tmp_path / "tok"  # Vienna's K331 excerpt: the one with staccato notes
+    tok_dir.mkdir()
+    rows = [{"split": "test", "source": str(VIENNA / "match" / f"Mozart_K331_1st-mov_p0{k}.match"),
+             "composer": "Mozart", "title": "K331", "performer": f"p0{k}", "augment": ""} for k in (1, 2)]
+    (tok_dir / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tok_dir / "train.perf").write_text(" ".join(encode_match(load_match(rows[1]["source"])).perf) + "\n")
+    marked, dropped, exported = RecordingRenderer(), RecordingRenderer(), RecordingRenderer()
+    evaluate_split(str(tok_dir), marked, str(tmp_path / "marked"), per_piece=1, markings=False)
+    evaluate_split(str(tok_dir), dropped, str(tmp_path / "dropped"), per_piece=1, plain="markings-dropped")
+    res = evaluate_split(str(tok_dir), exported, str(tmp_path / "exported"), per_piece=1, plain="score-midi")
+    assert "markings" not in res and res["model"]["performances"] == 1
+    shorter = 0
+    for m, d, e in zip(marked.scores, dropped.scores, exported.scores):
+        assert e == as_score_midi(m) and len(e) == len(d)
+        kinds = [(V.parse(a)[0], V.parse(b)[0]) for a, b in zip(d, e)]
+        assert all(a == b for a, b in kinds)  # token for token the same types: only lengths differ
+        shorter += sum(V.parse(a)[0] == V.DUR and int(V.parse(b)[1]) < int(V.parse(a)[1]) for a, b in zip(d, e))
+    assert shorter > 0  # the excerpts' staccato notes
+    with pytest.raises(ValueError, match="plain view"):
+        evaluate_split(str(tok_dir), RecordingRenderer(), str(tmp_path / "bad"), per_piece=1,
+                       plain="deadpan")

@@ -2,11 +2,13 @@
 notes a half and staccatissimo notes a third of their notated length, a chord's notes sharing its marks),
 which the plans' plain training scores now are (``scripts/fit_plan.py --plain-view``)."""
 import numpy as np
+import pytest
 
 from conftest import VIENNA
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import score_file_to_tokens
-from instruct_tokenizer.score import as_score_midi, has_markings, score_timeline, without_markings
+from instruct_tokenizer.score import (PLAIN_VIEWS, as_score_midi, has_markings, plain_view, score_timeline,
+                                      without_markings)
 
 Q = V.GRID  # grid steps per quarter
 
@@ -74,3 +76,13 @@ def test_build_refuses_a_dropout_view_without_dropout(tmp_path, capsys):
 
     rc = main(["build", str(VIENNA), "--out", str(tmp_path / "tok"), "--dropout-view", "score-midi"])
     assert rc == 2 and "--dropout-view needs --markings-dropout" in capsys.readouterr().err
+
+
+def test_plain_view_names_each_view():
+    """``plain_view``: the one place a plain view's name is read (fit_plan.py, instruct-eval --plain-scores)."""
+    drawn = _drawn()
+    assert plain_view(drawn, "markings-dropped") == without_markings(drawn)
+    assert plain_view(drawn, "score-midi") == as_score_midi(drawn) != without_markings(drawn)
+    assert set(PLAIN_VIEWS) == {"markings-dropped", "score-midi"}
+    with pytest.raises(ValueError, match="unknown plain view 'deadpan'"):
+        plain_view(drawn, "deadpan")
