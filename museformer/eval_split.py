@@ -21,13 +21,13 @@ import numpy as np
 
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.decode import decode_performance, performance_to_midi
-from instruct_tokenizer.encode import encode_match, split_bars, style_prefix
+from instruct_tokenizer.encode import encode_match, nominal_q, split_bars, style_prefix
 from instruct_tokenizer.grammar import target_slots
 from instruct_tokenizer.match import MatchParseError, load_match
 from instruct_tokenizer.metrics import (PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms,
                                         tempo_spread)
 from instruct_tokenizer.metrics import midi_features
-from instruct_tokenizer.score import plain_view
+from instruct_tokenizer.score import plain_view, score_timeline
 from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
 
@@ -216,7 +216,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     # the score tokens the model was trained on: markings and notated tempo from the MusicXML when it
     # was trained with them, the instruct prefix (every level "mid") when it was trained with one
     features = getattr(renderer, "score_features", {"instruct": True})
-    human = []
+    human, notated = [], []  # (performance, the model's score, the pianist's tokens); the notated score
     for p in perfs:
         marks, qpm = xml_score_info(p["source"], features, report)
         try:
@@ -224,12 +224,13 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         except MatchParseError as e:
             raise SplitSourceError(f"{p['source']}: {e} (the build's manifest.jsonl names it: is the corpus "
                                    f"where the build was made?)") from None
-        score = model_score(enc.score, features)
-        if plain:  # without markings, as score.plain_view's view ``plain`` gives it (its tempo mark kept)
-            score = plain_view(score, plain)
+        marked = model_score(enc.score, features)
+        # the model's input: without markings, as score.plain_view's view ``plain`` gives it (its tempo mark kept)
+        score = plain_view(marked, plain) if plain else marked
         if features.get("notated_tempo"):  # a score without a mark: the tempo instruct-render would infer
-            score = apply_notated_tempo(score)[0]
+            score, marked = apply_notated_tempo(score)[0], apply_notated_tempo(marked)[0]
         human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))
+        notated.append(first_bars(marked, max_bars))  # the lengths the pianist's tokens are relative to
     prefix = style_prefix({}) if features.get("instruct", True) else []
     scores = [prefix + s for _, s, _ in human]
     (out / "midi").mkdir(parents=True, exist_ok=True)
@@ -243,8 +244,8 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
             rows["markings"] = marked
     rows["training mean"] = {i: constant_perf(s, means["tempo_bin"], int(means["velocity"]), means["art"],
                                               means.get("level")) for i, s in enumerate(scores)}
-    human_feats = [per_note_features(s, pf) for _, s, pf in human]
-    human_midi = [performance_to_midi(decode_performance(s, pf)) for _, s, pf in human]
+    human_feats = [per_note_features(n, pf) for n, (_, _, pf) in zip(notated, human)]
+    human_midi = [performance_to_midi(decode_performance(n, pf)) for n, (_, _, pf) in zip(notated, human)]
     results: Dict[str, Dict[str, float]] = {}
     r_by_row: Dict[str, Dict[str, Dict[int, float]]] = {}
     ref_hist = pooled_histograms([_features_of(m, out / "midi" / f"human-{i}.mid") for i, m in enumerate(human_midi)])
@@ -253,7 +254,7 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         feats = []
         for i, pf in perf_rows.items():
             p, s, _ = human[i]
-            mine = per_note_features(s, pf)
+            mine = features_on_notated(s, pf, notated[i])
             for k, v in per_note_r(mine, human_feats[i]).items():
                 by_perf[k][i] = v
             by_perf["tempo_spread"][i] = tempo_spread(mine, human_feats[i])
@@ -269,10 +270,23 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     for j in range(0, len(human), max(1, len(human) // 4)):
         p, s, _ = human[j]
         curves = {"human": human_feats[j]}
-        curves.update({name: per_note_features(s, rows[name][j]) for name in ("model", "markings", "deadpan")
-                       if name in rows and j in rows[name]})
+        curves.update({name: features_on_notated(s, rows[name][j], notated[j])
+                       for name in ("model", "markings", "deadpan") if name in rows and j in rows[name]})
         plot_curves(out / f"curves-{j}.png", f"{p['composer']} {p['title']} ({p['performer']})", curves)
     return results
+
+
+def features_on_notated(score: Sequence[str], perf: Sequence[str], notated: Sequence[str]) -> Dict[str, np.ndarray]:
+    """``per_note_features`` of a performance of ``score`` with its articulation (log2 key-down over the
+    notated length at the local tempo) on the lengths of ``notated``, the same notes as the pianist's
+    tokens read them: a score MIDI view (``--plain-scores score-midi``) writes staccato notes shorter, and
+    a key-down is compared with the pianist's over the same notated length."""
+    feats = per_note_features(score, perf)
+    given, written = score_timeline(score).note_dur_q, score_timeline(notated).note_dur_q
+    if not np.array_equal(given, written):
+        nominal = np.vectorize(nominal_q, otypes=[float])
+        feats["articulation"] = feats["articulation"] + np.log2(nominal(given) / nominal(written))
+    return feats
 
 
 def _features_of(midi, path: Path):

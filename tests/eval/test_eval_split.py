@@ -209,6 +209,25 @@ def test_plain_scores_in_the_score_midi_view(tmp_path):
         assert all(a == b for a, b in kinds)  # token for token the same types: only lengths differ
         shorter += sum(V.parse(a)[0] == V.DUR and int(V.parse(b)[1]) < int(V.parse(a)[1]) for a, b in zip(d, e))
     assert shorter > 0  # the excerpts' staccato notes
+    # the pianist is decoded on the notated lengths (the tokens' own), not on the view's shorter ones
+    name = "midi/human-0.mid"
+    assert (tmp_path / "marked" / name).read_bytes() == (tmp_path / "exported" / name).read_bytes()
     with pytest.raises(ValueError, match="plain view"):
         evaluate_split(str(tok_dir), RecordingRenderer(), str(tmp_path / "bad"), per_piece=1,
                        plain="deadpan")
+
+
+def test_articulation_is_compared_on_the_notated_lengths():
+    """A key-down given on a score MIDI view (a staccato quarter written as an eighth) reads, on the notated
+    score, one octave shorter in log2: the same seconds over twice the length."""
+    from instruct_tokenizer.score import as_score_midi
+    from museformer.eval_split import features_on_notated
+
+    q = V.GRID
+    notated = ["Bar_None", "TimeSig_4/4", "QPM_100", "Pos_0", "Pitch_60", f"Dur_{q}", "Staff_1", "Mark_staccato",
+               f"Pos_{q}", "Pitch_62", f"Dur_{q}", "Staff_1"]
+    view = as_score_midi(notated)
+    perf = constant_perf(view, V.quantise_tempo(0.6), 70, -0.2)
+    on_view = features_on_notated(view, perf, view)["articulation"]
+    on_notated = features_on_notated(view, perf, notated)["articulation"]
+    assert np.allclose(on_notated - on_view, [-1.0, 0.0])
