@@ -33,7 +33,8 @@ the MusicXML's lengths with the markings dropped (measured for the tempo and art
 released: section 23);
 ``--plain-offsets score-midi`` (articulation) gives a score without markings its own offsets per
 notated-length class, fitted on the validation pieces as a score MIDI gives them, with the plain spread
-(section 26);
+(section 26); with ``--plain-offsets-only --into FILE`` only those offsets are fitted and stored, the rest of
+the stored plan kept (the release's: section 33);
 ``--tempo-note-features`` (velocity, articulation) lets the plan read each note's notated length in seconds
 at the notated tempo and that tempo (``velocity_plan.TEMPO_NOTE_FEATURE_NAMES``; measured for the
 articulation plan, not released: section 27).
@@ -259,6 +260,34 @@ def store(plan, path: str, entry: str = "tempo_plan") -> int:
     return save_released(state, path)
 
 
+def store_plain_offsets(args: argparse.Namespace) -> int:
+    """``--plain-offsets-only``: the stored articulation plan's offsets for a score without markings, fitted
+    on the validation performances in the view ``args.plain_offsets`` with the stored plain spread; the rest
+    of the plan (network, level, marked offsets, spreads, key-down bound) kept as stored."""
+    from tqdm import tqdm
+
+    from museformer.velocity_plan import fit_length_offsets
+
+    plan = stored_plan(args.into, "articulation_plan")
+    rows = [r for r in performances(Path(args.tokens)) if r["split"] == "valid"]
+    with Pool(args.workers) as pool:
+        examples = list(tqdm(pool.imap(partial(performance_example, plain_view=args.plain_offsets), rows),
+                             total=len(rows), desc="validation performances", unit="file"))
+    for e in examples:
+        if "error" in e:
+            print(f"fit_plan: skipped {e['row']['source']}: {e['error']}", file=sys.stderr)
+    fields = ("features", "notes", "note_group", "articulation", "key_down_s")
+    valid = [{f: e["plain"][f] for f in fields}
+             for e in use_note_features([e for e in examples if "error" not in e], plan.note_feature_names)]
+    plan.length_offsets_plain = fit_length_offsets(plan, valid, spread=plan.spread_plain)
+    print(f"articulation plan: offsets for a score without markings ({args.plain_offsets} view of "
+          f"{len(valid)} validation performances) {[round(x, 3) for x in plan.length_offsets_plain]}; the "
+          f"marked scores' {[round(x, 3) for x in plan.length_offsets]} kept")
+    size = store(plan, args.into, "articulation_plan")
+    print(f"wrote the articulation plan into {args.into} ({size / 1e6:.2f} MB)")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
@@ -308,6 +337,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "on the validation pieces in this view (score-midi: as a notation program's score MIDI gives "
                         "them), with the plan's spread for such a score; none: such a score takes the marked scores' "
                         "offsets (default)")
+    p.add_argument("--plain-offsets-only", action="store_true",
+                   help="articulation, with --into and --plain-offsets VIEW: fit only the offsets for a score without "
+                        "markings (validation pieces in VIEW, the stored plain spread) and keep everything else of the "
+                        "stored plan (the release's: docs/experiments.md section 33)")
     p.add_argument("--tempo-note-features", action="store_true",
                    help="velocity or articulation: the plan reads what the notated tempo makes of each note too, its "
                         "notated length in seconds and the notated tempo at its bar (museformer.velocity_plan."
@@ -326,6 +359,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--cross-fit: 2 folds or more, only with --what articulation")
     if args.plain_offsets != "none" and args.what != "articulation":
         p.error("--plain-offsets: only with --what articulation")
+    if args.plain_offsets_only and not (args.what == "articulation" and args.into and args.plain_offsets != "none"):
+        p.error("--plain-offsets-only: only with --what articulation, --into FILE and --plain-offsets VIEW")
+    if args.plain_offsets_only:
+        return store_plain_offsets(args)
     if args.tempo_note_features and (args.what == "tempo" or args.calibrate):
         p.error("--tempo-note-features: only when fitting a velocity or articulation plan (no --calibrate)")
     if args.calibrate and args.members > 1:

@@ -124,6 +124,10 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
                                         (["--what", "articulation", "--cross-fit", "1"], "--cross-fit"),
                                         (["--what", "velocity", "--plain-offsets", "score-midi"], "--plain-offsets"),
                                         (["--what", "tempo", "--tempo-note-features"], "--tempo-note-features"),
+                                        (["--what", "articulation", "--plain-offsets-only", "--into", "x.pt"],
+                                         "--plain-offsets-only"),
+                                        (["--what", "articulation", "--plain-offsets-only", "--plain-offsets",
+                                          "score-midi"], "--plain-offsets-only"),
                                         (["--what", "articulation", "--calibrate", "--tempo-note-features", "--into",
                                           "x.pt"], "--tempo-note-features")])
 def test_fit_plan_rejects_flags_that_do_not_go_together(argv, flag, tmp_path, capsys):
