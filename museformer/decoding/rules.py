@@ -594,6 +594,18 @@ class ArticulationPlanPrior(NotePlanPrior):
     SLOT, PRIOR, FLAG = ART, "articulation_plan", "--articulation-plan"
     BIN = ART_STEP
 
+    def __init__(self, tables: TokenTables, sigma_bins: float, note_values_at, network_weight: float = 1.0):
+        super().__init__(tables, sigma_bins, note_values_at)
+        self.network_weight = float(network_weight)  # --articulation-network: the network's Art logits times it
+
+    def __call__(self, logits, state, table, step):
+        if self.network_weight != 1.0 and self.PRIOR in table and table.acts(self.PRIOR, step):
+            planned = torch.isfinite(at_step(table[self.PRIOR], step)).view(-1, 1, 1)  # (B, 1, 1)
+            weight = self.network_weight
+            logits = on_columns(logits, self.columns.to(logits.device),
+                                lambda sub: torch.where(planned & torch.isfinite(sub), sub * weight, sub))
+        return super().__call__(logits, state, table, step)
+
 
 class ExpectedValue(DecodeRule):
     """For the types set to "mean" (``--type-temperature Vel=mean``), only the token nearest the expected
@@ -698,7 +710,8 @@ class DecodeRules:
         if config.velocity_plan > 0:
             rules.append(VelocityPlanPrior(tables, config.velocity_plan, getattr(module, "note_values_at", None)))
         if config.articulation_plan > 0:
-            rules.append(ArticulationPlanPrior(tables, config.articulation_plan, getattr(module, "note_values_at", None)))
+            rules.append(ArticulationPlanPrior(tables, config.articulation_plan,
+                                               getattr(module, "note_values_at", None), config.articulation_network))
         type_temperature = parse_type_temperature(config.type_temperature)
         unknown = sorted(set(type_temperature) - set(tables.names))
         if unknown:

@@ -278,3 +278,33 @@ def test_the_articulation_plan_is_bounded_at_the_tempo_plan_s_local_tempo():
         seconds = notated_s * np.exp(curve[tl.note_group]) * 2.0 ** planned
         assert seconds.max() <= 0.5 + 1e-9 and (seconds > 0.49).any()  # bounded, and the bound acts here
         assert np.array_equal(planned, r.articulation_planner.predict(toks, curve if tempo_plan else None))
+
+
+@needs_release
+def test_articulation_network_weight_scales_only_planned_art_logits():
+    """--articulation-network W: at an Art slot of a note with a plan value the network's Art logits are
+    multiplied by W before the Gaussian; a row without a plan value, and every other token, are untouched;
+    W = 1 is the rule as before."""
+    from museformer.decoding.rules import ArticulationPlanPrior
+
+    d = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT)).tgt_dict
+    arts = [d.index(V.tok(V.ART, V.fmt_art(a))) for a in (-1.0, -0.6, 0.0)]
+    vel = d.index(V.tok(V.VEL, 30))
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, len(d))
+
+    class T(dict):
+        def acts(self, name, step, kind="finite"):
+            return True
+
+    table = T({"articulation_plan": torch.tensor([[-1.0], [float("nan")]])})
+    plain, weighted = (Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), articulation_plan=5.0,
+                                                articulation_network=w).rules.get(ArticulationPlanPrior)
+                       for w in (1.0, 0.25))
+    before, after = plain(logits, {}, table, 0), weighted(logits, {}, table, 0)
+    penalty = logits[0, 0, arts] - before[0, 0, arts]  # the Gaussian's loss per Art token
+    assert torch.allclose(after[0, 0, arts], 0.25 * logits[0, 0, arts] - penalty, atol=1e-5)
+    assert torch.equal(after[1], before[1]) and torch.equal(before[1], logits[1])  # no plan value: untouched
+    assert after[0, 0, vel] == logits[0, 0, vel]
+    with pytest.raises(RenderError, match="--articulation-network"):
+        Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), articulation_network=-0.5)
