@@ -224,13 +224,13 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         except MatchParseError as e:
             raise SplitSourceError(f"{p['source']}: {e} (the build's manifest.jsonl names it: is the corpus "
                                    f"where the build was made?)") from None
-        marked = model_score(enc.score, features)
+        as_read = model_score(enc.score, features)
         # the model's input: without markings, as score.plain_view's view ``plain`` gives it (its tempo mark kept)
-        score = plain_view(marked, plain) if plain else marked
+        score = plain_view(as_read, plain) if plain else as_read
         if features.get("notated_tempo"):  # a score without a mark: the tempo instruct-render would infer
-            score, marked = apply_notated_tempo(score)[0], apply_notated_tempo(marked)[0]
+            score, as_read = apply_notated_tempo(score)[0], apply_notated_tempo(as_read)[0]
         human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))
-        notated.append(first_bars(marked, max_bars))  # the lengths the pianist's tokens are relative to
+        notated.append(first_bars(as_read, max_bars))  # the lengths the pianist's tokens are relative to
     prefix = style_prefix({}) if features.get("instruct", True) else []
     scores = [prefix + s for _, s, _ in human]
     (out / "midi").mkdir(parents=True, exist_ok=True)

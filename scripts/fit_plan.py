@@ -34,7 +34,7 @@ released: section 23);
 ``--plain-offsets score-midi`` (articulation) gives a score without markings its own offsets per
 notated-length class, fitted on the validation pieces as a score MIDI gives them, with the plain spread
 (section 26); with ``--plain-offsets-only --into FILE`` only those offsets are fitted and stored, the rest of
-the stored plan kept (the release's: section 33);
+the stored plan kept (measured in section 33, not released);
 ``--tempo-note-features`` (velocity, articulation) lets the plan read each note's notated length in seconds
 at the notated tempo and that tempo (``velocity_plan.TEMPO_NOTE_FEATURE_NAMES``; measured for the
 articulation plan, not released: section 27).
@@ -340,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--plain-offsets-only", action="store_true",
                    help="articulation, with --into and --plain-offsets VIEW: fit only the offsets for a score without "
                         "markings (validation pieces in VIEW, the stored plain spread) and keep everything else of the "
-                        "stored plan (the release's: docs/experiments.md section 33)")
+                        "stored plan (docs/experiments.md section 33)")
     p.add_argument("--tempo-note-features", action="store_true",
                    help="velocity or articulation: the plan reads what the notated tempo makes of each note too, its "
                         "notated length in seconds and the notated tempo at its bar (museformer.velocity_plan."

@@ -111,7 +111,8 @@ def test_plain_scores_render_without_markings_and_keep_the_notated_tempo(tok_dir
     the marked score), there is no markings row, and the human reference is the same."""
     marked, plain = RecordingRenderer(), RecordingRenderer()
     evaluate_split(str(tok_dir), marked, str(tmp_path / "marked"), per_piece=1, max_bars=8, markings=False)
-    res = evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8, plain="markings-dropped")
+    res = evaluate_split(str(tok_dir), plain, str(tmp_path / "plain"), per_piece=1, max_bars=8,
+                         plain="markings-dropped")
     assert "markings" not in res and res["model"]["performances"] == 2
     for m, p in zip(marked.scores, plain.scores):
         types = {V.parse(t)[0] for t in p}
