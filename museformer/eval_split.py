@@ -216,6 +216,10 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     # the score tokens the model was trained on: markings and notated tempo from the MusicXML when it
     # was trained with them, the instruct prefix (every level "mid") when it was trained with one
     features = getattr(renderer, "score_features", {"instruct": True})
+
+    def with_tempo(score: List[str]) -> List[str]:  # a score without a mark: the tempo instruct-render would infer
+        return apply_notated_tempo(score)[0] if features.get("notated_tempo") else score
+
     human, notated = [], []  # (performance, the model's score, the pianist's tokens); the notated score
     for p in perfs:
         marks, qpm = xml_score_info(p["source"], features, report)
@@ -224,11 +228,10 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
         except MatchParseError as e:
             raise SplitSourceError(f"{p['source']}: {e} (the build's manifest.jsonl names it: is the corpus "
                                    f"where the build was made?)") from None
-        as_read = model_score(enc.score, features)
+        read = model_score(enc.score, features)
+        as_read = with_tempo(read)
         # the model's input: without markings, as score.plain_view's view ``plain`` gives it (its tempo mark kept)
-        score = plain_view(as_read, plain) if plain else as_read
-        if features.get("notated_tempo"):  # a score without a mark: the tempo instruct-render would infer
-            score, as_read = apply_notated_tempo(score)[0], apply_notated_tempo(as_read)[0]
+        score = with_tempo(plain_view(read, plain)) if plain else as_read
         human.append((p, first_bars(score, max_bars), first_bars(enc.perf, max_bars)))
         notated.append(first_bars(as_read, max_bars))  # the lengths the pianist's tokens are relative to
     prefix = style_prefix({}) if features.get("instruct", True) else []
@@ -282,6 +285,8 @@ def features_on_notated(score: Sequence[str], perf: Sequence[str], notated: Sequ
     tokens read them: a score MIDI view (``--plain-scores score-midi``) writes staccato notes shorter, and
     a key-down is compared with the pianist's over the same notated length."""
     feats = per_note_features(score, perf)
+    if list(score) == list(notated):  # the notated score itself (no plain view)
+        return feats
     given, written = score_timeline(score).note_dur_q, score_timeline(notated).note_dur_q
     if not np.array_equal(given, written):
         nominal = np.vectorize(nominal_q, otypes=[float])
