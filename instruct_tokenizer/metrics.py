@@ -232,6 +232,36 @@ def distribution_metrics(pred: Sequence[NoteFeatures], ref: Sequence[NoteFeature
 
 
 # ------------------------------------------------------------------------------- per-note correlation
+HELD_S = 0.5  # s: a note held longer than this is past the duration histogram's last bin (500 ms)
+SHORT_S = 0.020  # s: a key-down this short barely sounds
+LENGTH_FACTOR = 1.5  # a rendering longer or shorter than its pianist's by more than this factor is off
+
+
+def length_s(f: NoteFeatures) -> float:
+    """A performance's length in seconds: its first onset to its last release (normalised notes)."""
+    return float((f.onset_ms + f.duration_ms).max() - f.onset_ms.min()) / 1000.0
+
+
+def key_down_summary(feats: Iterable[NoteFeatures]) -> Dict[str, float]:
+    """Key-down times (note off - note on, ms, normalised notes: a key struck again while it sounds is
+    released at the new onset, as the duration feature reads it) pooled over ``feats``: their median (ms),
+    the share under :data:`SHORT_S` and the share over :data:`HELD_S` (which the duration JS, binned to
+    500 ms, does not see)."""
+    key_down_s = np.concatenate([f.duration_ms for f in feats]) / 1000.0
+    return {"key_down_median_ms": 1000.0 * float(np.median(key_down_s)),
+            "under_20ms_share": float(np.mean(key_down_s < SHORT_S)),
+            "held_over_500ms_share": float(np.mean(key_down_s > HELD_S))}
+
+
+def length_summary(ratios: Sequence[float]) -> Dict[str, float]:
+    """Lengths over their references' (one ratio per rendering): min, median, max, and how many lie beyond
+    :data:`LENGTH_FACTOR` either way (too slow or too fast)."""
+    r = np.asarray(ratios, np.float64)
+    return {"length_ratio_min": float(np.min(r)), "length_ratio_median": float(np.median(r)),
+            "length_ratio_max": float(np.max(r)),
+            "beyond_1_5x": int(np.sum((r > LENGTH_FACTOR) | (r < 1.0 / LENGTH_FACTOR)))}
+
+
 def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     """Pearson r over the positions finite on both sides; NaN (shown as n/a) when either side has zero
     variance or fewer than 3 values are left."""

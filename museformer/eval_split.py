@@ -26,7 +26,7 @@ from instruct_tokenizer.grammar import target_slots
 from instruct_tokenizer.match import MatchParseError, load_match
 from instruct_tokenizer.metrics import (PER_NOTE, compare, fmt, per_note_features, per_note_r, pooled_histograms,
                                         tempo_spread)
-from instruct_tokenizer.metrics import midi_features
+from instruct_tokenizer.metrics import key_down_summary, length_s, length_summary, midi_features
 from instruct_tokenizer.score import plain_view, score_timeline
 from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
@@ -251,10 +251,11 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
     human_midi = [performance_to_midi(decode_performance(n, pf)) for n, (_, _, pf) in zip(notated, human)]
     results: Dict[str, Dict[str, float]] = {}
     r_by_row: Dict[str, Dict[str, Dict[int, float]]] = {}
-    ref_hist = pooled_histograms([_features_of(m, out / "midi" / f"human-{i}.mid") for i, m in enumerate(human_midi)])
+    human_notes = [_features_of(m, out / "midi" / f"human-{i}.mid") for i, m in enumerate(human_midi)]
+    ref_hist = pooled_histograms(human_notes)
     for name, perf_rows in rows.items():
         r_by_row[name] = by_perf = defaultdict(dict)  # {feature: {performance: r}}
-        feats = []
+        feats, length_ratios = [], []
         for i, pf in perf_rows.items():
             p, s, _ = human[i]
             mine = features_on_notated(s, pf, notated[i])
@@ -263,13 +264,14 @@ def evaluate_split(tok_dir: str, renderer, out_dir: str, split: str = "test", sa
             by_perf["tempo_spread"][i] = tempo_spread(mine, human_feats[i])
             midi = performance_to_midi(decode_performance(s, pf))
             feats.append(_features_of(midi, out / "midi" / f"{name.replace(' ', '_')}-{i}.mid"))
+            length_ratios.append(length_s(feats[-1]) / length_s(human_notes[i]))  # over its own pianist's
         rs = {k: list(v.values()) for k, v in by_perf.items()}
         results[name] = {**compare(pooled_histograms(feats), ref_hist), **{k: nanmean(v) for k, v in rs.items()},
-                         **defined_counts(rs),
+                         **defined_counts(rs), **key_down_summary(feats), **length_summary(length_ratios),
                          "performances": len(perf_rows)}
     if "markings" in r_by_row:
         results["model, where markings has r"] = paired_r(r_by_row["model"], r_by_row["markings"])
-    results["human"] = _human_ceiling(human, human_feats, out)
+    results["human"] = {**_human_ceiling(human, human_feats, out), **key_down_summary(human_notes)}
     for j in range(0, len(human), max(1, len(human) // 4)):
         p, s, _ = human[j]
         curves = {"human": human_feats[j]}
@@ -356,4 +358,19 @@ def markdown(results: Dict[str, Dict[str, float]]) -> str:
     for name, r in results.items():
         n = f" ({r['performances']})" if "performances" in r else ""
         lines.append(f"| {name}{n} | " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols) + " |")
+    return "\n".join(lines) + "\n\n" + timing_markdown(results)
+
+
+def timing_markdown(results: Dict[str, Dict[str, float]]) -> str:
+    """Key-down times and lengths per row (``metrics.key_down_summary``, ``metrics.length_summary``: each
+    rendering's length over its own pianist's), the second table of results.md."""
+    lines = ["| row | median key-down ms | under 20 ms | held over 500 ms | length / pianist's: median (min-max) "
+             "| beyond 1.5x |", "|---" * 6 + "|"]
+    for name, r in results.items():
+        if "key_down_median_ms" not in r:
+            continue
+        length = (f"{r['length_ratio_median']:.2f} ({r['length_ratio_min']:.2f}-{r['length_ratio_max']:.2f})"
+                  if "length_ratio_median" in r else "n/a")
+        lines.append(f"| {name} | {r['key_down_median_ms']:.0f} | {100 * r['under_20ms_share']:.2f} % | "
+                     f"{100 * r['held_over_500ms_share']:.2f} % | {length} | {r.get('beyond_1_5x', 'n/a')} |")
     return "\n".join(lines) + "\n"

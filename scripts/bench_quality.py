@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from instruct_tokenizer.decode import tokens_to_midi  # noqa: E402
 from instruct_tokenizer.encode import score_file_to_tokens  # noqa: E402
-from instruct_tokenizer.metrics import midi_features  # noqa: E402
+from instruct_tokenizer.metrics import key_down_summary, length_s, length_summary, midi_features  # noqa: E402
 from museformer.decoding import DecodeConfig  # noqa: E402
 from museformer.evaluate import evaluate_sets, read_set, write_outputs  # noqa: E402
 
@@ -223,41 +223,28 @@ def music_seconds(paths, cache: Optional[dict] = None) -> float:
     return float(sum((f.onset_ms + f.duration_ms).max() / 1000.0 for f in read_set(paths, cache=cache)))
 
 
-def piece_timing(f) -> tuple:
-    """A file's length in seconds (first onset to last release) and its notes' key-down times in
-    seconds, both of the benchmark's normalised notes (``NoteFeatures``: a key struck again while it
-    sounds is released at the new onset), so that they agree with the duration feature."""
-    return float((f.onset_ms + f.duration_ms).max() - f.onset_ms.min()) / 1000.0, f.duration_ms / 1000.0
-
-
 def timing_summary(rows: dict, human_paths: list, cache: Optional[dict] = None) -> dict:
     """Tempo level and key-down per row of one file per piece (``{i}.mid``): each piece's length over
-    the median length of its human performances (``{i}-{k}.mid``; min, median, max over pieces), the
-    median key-down time (ms), the shares of notes held under 20 ms and over 500 ms, and how many pieces last
-    more than 1.5 times their human length either way; the human row pools every
-    performance (its ratios are each performance's length over its piece's median). ``cache``:
-    ``read_set``'s, so that files the metrics already read are not read again."""
+    the median length of its human performances (``{i}-{k}.mid``; ``metrics.length_summary``: min, median,
+    max over pieces and how many pieces last more than 1.5 times their human length either way) and
+    ``metrics.key_down_summary`` (the median key-down time, the shares held under 20 ms and over 500 ms);
+    the human row pools every performance (its ratios are each performance's length over its piece's
+    median). ``cache``: ``read_set``'s, so that files the metrics already read are not read again."""
     human = {}
     for path, f in zip(human_paths, read_set(human_paths, cache=cache)):
-        human.setdefault(int(path.name.split("-")[0]), []).append(piece_timing(f))
-    median_len = {i: float(np.median([length for length, _ in runs])) for i, runs in human.items()}
+        human.setdefault(int(path.name.split("-")[0]), []).append(f)
+    median_len = {i: float(np.median([length_s(f) for f in runs])) for i, runs in human.items()}
 
-    def summary(ratios, key_down) -> dict:
-        key_down, ratios = np.concatenate(key_down), np.asarray(ratios)
-        return {"length_ratio_min": float(np.min(ratios)), "length_ratio_median": float(np.median(ratios)),
-                "length_ratio_max": float(np.max(ratios)), "key_down_median_ms": 1000 * float(np.median(key_down)),
-                "under_20ms_share": float(np.mean(key_down < 0.020)),
-                "beyond_1_5x": int(np.sum((ratios > 1.5) | (ratios < 1 / 1.5))),  # too long or too short
-                "held_over_500ms_share": float(np.mean(key_down > 0.5))}
+    def summary(ratios, feats) -> dict:
+        return {**length_summary(ratios), **key_down_summary(feats)}
 
-    out = {"human": summary([length / median_len[i] for i, runs in human.items() for length, _ in runs],
-                            [kd for runs in human.values() for _, kd in runs])}
+    out = {"human": summary([length_s(f) / median_len[i] for i, runs in human.items() for f in runs],
+                            [f for runs in human.values() for f in runs])}
     for name, paths in rows.items():
         paths = [p for p in paths if p.stem.isdigit() and int(p.stem) in median_len]
-        timed = {int(p.stem): piece_timing(f) for p, f in zip(paths, read_set(paths, cache=cache))}
+        timed = {int(p.stem): f for p, f in zip(paths, read_set(paths, cache=cache))}
         if timed:
-            out[name] = summary([length / median_len[i] for i, (length, _) in timed.items()],
-                                [kd for _, kd in timed.values()])
+            out[name] = summary([length_s(f) / median_len[i] for i, f in timed.items()], list(timed.values()))
     return out
 
 

@@ -9,7 +9,8 @@ from conftest import BIN, REPO, VIENNA
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import encode_match
 from instruct_tokenizer.match import load_match
-from museformer.eval_split import constant_perf, evaluate_split, first_bars, paired_r, select_performances
+from museformer.eval_split import (constant_perf, evaluate_split, first_bars, markdown, paired_r,
+                                   select_performances)
 
 PIECES = ("Schubert_D783_no15", "Chopin_op10_no3")
 
@@ -68,6 +69,14 @@ def test_markings_row_per_piece_max_bars(tok_dir, tmp_path):
     assert list(tmp_path.glob("curves-*.png"))
     paired = res["model, where markings has r"]  # the constant model has no r where markings has one
     assert paired["velocity_r_n"] == res["markings"]["velocity_r_n"] and not np.isfinite(paired["velocity_r"])
+    # key-down and length per row: the model plays every beat 0.6 s, deadpan 0.5 s, so each rendering lasts
+    # 1.2 times deadpan's over the same pianist's; the human row has key-downs but no length ratio
+    ratio = np.array(res["model"]["length_ratio_median"]) / res["deadpan"]["length_ratio_median"]
+    assert ratio == pytest.approx(1.2, rel=0.05)
+    assert "length_ratio_median" not in res["human"]
+    assert 0 < res["human"]["held_over_500ms_share"] < 1 and res["human"]["key_down_median_ms"] > 20
+    table = markdown(res)
+    assert "held over 500 ms" in table and f"| human | {res['human']['key_down_median_ms']:.0f} |" in table
 
 
 def test_paired_r_uses_the_baseline_s_defined_performances_only():

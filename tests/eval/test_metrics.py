@@ -221,3 +221,23 @@ def test_tempo_spread_reads_how_wide_a_beat_tempo_curve_is_where_r_cannot():
     assert tempo_spread(human, wide) == pytest.approx(0.5)
     flat = {"beat_tempo": np.full(50, -0.7)}
     assert tempo_spread(flat, human) == pytest.approx(0.0, abs=1e-9) and np.isnan(tempo_spread(human, flat))
+
+
+def test_key_down_and_length_summaries():
+    """Key-downs pooled over files (ms): the shares under 20 ms and over 500 ms, the median; lengths from the
+    first onset to the last release, and renderings beyond 1.5 times their reference either way."""
+    from instruct_tokenizer.metrics import NoteFeatures, key_down_summary, length_s, length_summary
+
+    def notes(onsets, durations):
+        n = len(onsets)
+        return NoteFeatures(np.array(onsets, float), np.array(durations, float), np.full(n, 64), np.full(n, 60),
+                            np.zeros(n, int))
+
+    a, b = notes([0, 100, 200], [10, 600, 90]), notes([1000, 3000], [501, 500])
+    s = key_down_summary([a, b])
+    assert s["under_20ms_share"] == pytest.approx(1 / 5) and s["held_over_500ms_share"] == pytest.approx(2 / 5)
+    assert s["key_down_median_ms"] == pytest.approx(500)  # 10, 90, 500, 501, 600: exactly 500 is not "over"
+    assert length_s(a) == pytest.approx(0.7) and length_s(b) == pytest.approx(2.5)
+    t = length_summary([1.0, 1.49, 0.5, 2.0, 1 / 1.5])
+    assert t["beyond_1_5x"] == 2 and t["length_ratio_median"] == pytest.approx(1.0)
+    assert t["length_ratio_min"] == pytest.approx(0.5) and t["length_ratio_max"] == pytest.approx(2.0)
