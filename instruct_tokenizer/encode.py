@@ -729,10 +729,11 @@ def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, comp
                          performer: Optional[str] = None, unfold_repeats: bool = True,
                          markings: bool = False, instruct: bool = True,
                          notated_tempo: bool = False, marking_state: bool = False,
-                         after_fermata: bool = True) -> List[str]:
+                         after_fermata: bool = True, midi_velocities: bool = True) -> List[str]:
     """A MusicXML or score MIDI file -> score tokens with the instruct prefix (raises ScoreReadError).
-    ``markings``: add MusicXML markings (as for a corpus built with ``--xml-markings``; score MIDI has
-    none); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``); ``notated_tempo``:
+    ``markings``: add MusicXML markings (as for a corpus built with ``--xml-markings``; from a score MIDI,
+    the dynamic levels its note velocities state, ``scorefile.midi_dynamics``, unless ``midi_velocities``
+    is False); ``instruct=False``: no prefix (a corpus built with ``--no-instruct``); ``notated_tempo``:
     a ``QPM`` token in every bar header (``--notated-tempo`` corpora; from MIDI set-tempo events or
     MusicXML ``<sound tempo>``, 120 when the score states none); ``marking_state``: with ``markings``,
     the markings in force at each bar start in every bar header (``--marking-state`` corpora), with
@@ -743,7 +744,7 @@ def score_file_to_tokens(path: str, style: Optional[Dict[str, str]] = None, comp
         prefix = style_prefix(style, composer, performer) if instruct else []
     except ValueError as e:
         raise ScoreReadError(str(e)) from None
-    notes = load_score(path, unfold_repeats, markings=markings)
+    notes = load_score(path, unfold_repeats, markings=markings, midi_velocities=midi_velocities)
     if not notated_tempo:
         notes.bar_qpm = None
     tokens = score_tokens(notes, prefix)

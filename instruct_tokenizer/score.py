@@ -357,7 +357,7 @@ def without_markings(tokens: Sequence[str]) -> List[str]:
 # What a score without markings is taken to be (fit_plan.py --plain-view / --plain-offsets, instruct-eval
 # --plain-scores): the MusicXML's notated lengths with its markings dropped, or what a notation program's
 # score MIDI export gives (staccato notes written shorter)
-PLAIN_VIEWS = ("markings-dropped", "score-midi")
+PLAIN_VIEWS = ("markings-dropped", "score-midi", "score-midi-dynamics")
 
 
 def plain_view(tokens: Sequence[str], view: str) -> List[str]:
@@ -368,6 +368,8 @@ def plain_view(tokens: Sequence[str], view: str) -> List[str]:
         return without_markings(tokens)
     if view == "score-midi":
         return as_score_midi(tokens)
+    if view == "score-midi-dynamics":
+        return as_score_midi_with_dynamics(tokens)
     raise ValueError(f"unknown plain view {view!r} (one of {', '.join(PLAIN_VIEWS)})")
 
 
@@ -409,6 +411,46 @@ def as_score_midi(tokens: Sequence[str]) -> List[str]:
         if share is not None and n["dur"] > 0 and n["dur_at"] is not None:
             out[n["dur_at"]] = V.tok(V.DUR, V.quantise_dur(n["dur"] * share / V.GRID, grace=False))
     return without_markings(out)
+
+
+def as_score_midi_with_dynamics(tokens: Sequence[str]) -> List[str]:
+    """:func:`as_score_midi`, with the dynamics such an export plays as note velocities read back as
+    ``instruct-render`` reads a score MIDI's (``scorefile.midi_dynamics``): each note played at the
+    velocity of the dynamic level in force (``vocab.EXPORT_DYN_VELOCITY``; mf before the first, pppp and
+    ffff as ppp and fff; sf, fp and other dynamics change no level), and a ``Dyn`` token after the ``Pos``
+    of each onset group where the level read back changes. Wedges, words and note marks stay dropped."""
+    from .scorefile import midi_dynamics
+
+    velocity_of = dict(V.EXPORT_DYN_VELOCITY)
+    velocity_of.update({"pppp": velocity_of["ppp"], "ffff": velocity_of["fff"]})
+    level, group = "mf", -1
+    note_group, note_velocity = [], []
+    for t in tokens:
+        kind, value = _parse_cached(t)
+        if kind == V.POS:
+            group += 1
+        elif kind == V.DYN and value in velocity_of:
+            level = value
+        elif kind == V.PITCH:
+            note_group.append(group)
+            note_velocity.append(velocity_of[level])
+    marks = midi_dynamics(np.array(note_group, np.float64), np.array(note_velocity)) if note_group else None
+    stated = {g: m[0] for g, m in zip(note_group, marks or []) if m[0]}  # onset group -> its Dyn token
+    out, group = [], -1
+    for t in as_score_midi(tokens):
+        out.append(t)
+        if _parse_cached(t)[0] == V.POS:
+            group += 1
+            out += list(stated.get(group, ()))
+    return out
+
+
+def dynamics_only(tokens: Sequence[str]) -> bool:
+    """Whether the score tokens' only markings are dynamic levels (``Dyn`` of ``vocab.DYN_VALUES``): what a
+    score MIDI's velocities state (``scorefile.midi_dynamics``), with no word, slur, wedge or note mark."""
+    kinds = [_parse_cached(t) for t in tokens]
+    marks = [(k, v) for k, v in kinds if k in V.MARKING_TYPES]
+    return bool(marks) and all(k == V.DYN and v in V.DYN_VALUES for k, v in marks)
 
 
 def has_markings(tokens: Sequence[str]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import warnings
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -79,7 +79,43 @@ def _assemble(onset_q, dur_q, pitch, staff, grace, bar_starts, bar_ts, marks=Non
                       bar_qpm=bar_qpm_from_changes(starts[cut.source] + cut.offset_q, tempo_changes))
 
 
-def load_score_midi(path: str) -> ScoreNotes:
+def velocity_levels(velocity: np.ndarray) -> np.ndarray:
+    """(N,) the dynamic level (index into ``vocab.EXPORT_DYN_VELOCITY``) nearest each MIDI velocity."""
+    table = np.array([v for _, v in V.EXPORT_DYN_VELOCITY], dtype=np.float64)
+    return np.abs(np.asarray(velocity, np.float64)[:, None] - table[None, :]).argmin(axis=1)
+
+
+def midi_dynamics(onset_q: np.ndarray, velocity: np.ndarray) -> Optional[List[Tuple[Tuple[str, ...], Tuple[str, ...]]]]:
+    """The dynamics a notation program's score MIDI export states in its note velocities, as per-note marks
+    (group tokens, note tokens), or None where its velocities tell none (one level throughout: a score
+    without dynamics, or a file that is not such an export).
+
+    Each onset (``onset_q``, quarters) takes the level most of its notes are played at
+    (:func:`velocity_levels`); a ``Dyn`` token marks the onset where the level changes to one that the
+    next onset keeps too, so an accented or sforzando chord (one onset louder) is no new dynamic, and a
+    hairpin, which an export plays as a velocity ramp, reads as the levels it passes through. A file whose
+    velocities are not an export's (``vocab.EXPORT_LEVELS_SHARE``: a recorded performance) states none."""
+    counts = np.sort(np.unique(np.asarray(velocity), return_counts=True)[1])[::-1]
+    if counts[:V.EXPORT_LEVELS_MAX].sum() < V.EXPORT_LEVELS_SHARE * len(velocity):
+        return None
+    levels = velocity_levels(velocity)
+    onsets, group = np.unique(np.round(np.asarray(onset_q, np.float64), 6), return_inverse=True)
+    group_level = np.array([np.bincount(levels[group == g]).argmax() for g in range(len(onsets))])
+    stated: dict = {}
+    current = None
+    for g, level in enumerate(group_level):
+        lasting = g + 1 == len(group_level) or group_level[g + 1] == level
+        if level != current and lasting:
+            stated[g] = V.tok(V.DYN, V.EXPORT_DYN_VELOCITY[level][0])
+            current = level
+    if len(set(stated.values())) < 2:
+        return None
+    return [((stated[g],) if g in stated else (), ()) for g in group.tolist()]
+
+
+def load_score_midi(path: str, dynamics: bool = False) -> ScoreNotes:
+    """Score MIDI -> ScoreNotes; ``dynamics``: the dynamics its note velocities state as ``Dyn`` marks
+    (:func:`midi_dynamics`; none where they state none)."""
     import miditoolkit
 
     try:
@@ -93,7 +129,7 @@ def load_score_midi(path: str) -> ScoreNotes:
     rows = []
     for k, inst in enumerate(tracks):
         for n in inst.notes:
-            rows.append((n.start / tpq, max(n.end - n.start, 0) / tpq, n.pitch, k))
+            rows.append((n.start / tpq, max(n.end - n.start, 0) / tpq, n.pitch, k, n.velocity))
     arr = np.array(rows)
     onset_q, dur_q, pitch = arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int64)
     if len(tracks) >= 2:
@@ -104,7 +140,8 @@ def load_score_midi(path: str) -> ScoreNotes:
     ts_changes.sort(key=lambda x: x[0])
     bar_starts, bar_ts = _bars_from_time_sigs(ts_changes, float(onset_q.max()))
     tempo_changes = [(t.time / tpq, float(t.tempo)) for t in midi.tempo_changes]  # MIDI tempo is per quarter
-    return _assemble(onset_q, dur_q, pitch, staff, np.zeros(len(pitch), bool), bar_starts, bar_ts,
+    marks = midi_dynamics(onset_q, arr[:, 4]) if dynamics else None
+    return _assemble(onset_q, dur_q, pitch, staff, np.zeros(len(pitch), bool), bar_starts, bar_ts, marks,
                      tempo_changes=tempo_changes)
 
 
@@ -211,8 +248,10 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
                      np.clip(staff, 1, 2), grace, sorted(m_starts), bar_ts, marks, tempo_changes)
 
 
-def load_score(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
-    """MusicXML or score MIDI by suffix. Raises ScoreReadError with a one-line reason."""
+def load_score(path: str, unfold_repeats: bool = True, markings: bool = False,
+               midi_velocities: bool = True) -> ScoreNotes:
+    """MusicXML or score MIDI by suffix (``markings``: a MusicXML's markings, and a score MIDI's dynamics read
+    from its velocities unless ``midi_velocities`` is False). Raises ScoreReadError with a one-line reason."""
     p = Path(path)
     if not p.is_file():
         raise ScoreReadError("file not found")
@@ -220,7 +259,7 @@ def load_score(path: str, unfold_repeats: bool = True, markings: bool = False) -
         raise ScoreReadError("empty file")
     suffix = p.suffix.lower()
     if suffix in MIDI_SUFFIXES:
-        return load_score_midi(path)
+        return load_score_midi(path, dynamics=markings and midi_velocities)
     if suffix in XML_SUFFIXES:
         return load_musicxml(path, unfold_repeats, markings)
     raise ScoreReadError(f"unknown score format {suffix!r} (MusicXML or MIDI)")

@@ -305,6 +305,15 @@ def meta_value(name: str) -> str:
 
 # ----------------------------------------------------------------------------------------- markings
 DYN_VALUES = ("pppp", "ppp", "pp", "p", "mp", "mf", "f", "ff", "fff", "ffff")
+# The note velocity a notation program's MIDI export plays for each dynamic level (MuseScore's table, which
+# (n)ASAP's and the benchmark's score MIDI files follow; other programs' levels lie near these): a score
+# MIDI's velocities are read back as these levels (scorefile.midi_dynamics)
+EXPORT_DYN_VELOCITY = (("ppp", 16), ("pp", 33), ("p", 49), ("mp", 64), ("mf", 80), ("f", 96), ("ff", 112),
+                       ("fff", 126))
+# ... read only from a file whose velocities are an export's: its EXPORT_LEVELS_MAX most common velocities
+# play at least EXPORT_LEVELS_SHARE of its notes (the benchmark's score MIDI files: 0.8 and more; a recorded
+# performance spreads its velocities over dozens of values)
+EXPORT_LEVELS_MAX, EXPORT_LEVELS_SHARE = 12, 0.75
 GROUP_MARKINGS = {
     DYN: DYN_VALUES + ("sf", "fp", "other"),
     WEDGE: ("cresc", "dim", "end"),

@@ -219,9 +219,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     metavar="VIEW",
                     help="--tokens: render each piece from its score without the MusicXML markings (the notated "
                          "tempo mark kept; without one, the estimate from the content); no markings row. VIEW: "
-                         "markings-dropped (the default: the notated lengths) or score-midi (as a notation "
+                         "markings-dropped (the default: the notated lengths), score-midi (as a notation "
                          "program's score MIDI export writes it: staccato notes a half, staccatissimo a third of "
-                         "their length; instruct_tokenizer.score.as_score_midi)")
+                         "their length; instruct_tokenizer.score.as_score_midi) or score-midi-dynamics (that, with "
+                         "the dynamic levels its velocities state read back, as instruct-render reads them)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="--tokens: sampling temperature of the model row (1.0: the instruct-render default)")

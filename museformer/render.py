@@ -193,17 +193,18 @@ class Renderer:
     def render(self, score_path: str, style: Union[None, str, Dict[str, str]] = None, seed: int = 0,
                out: Optional[str] = None, sampling: Optional[Sampling] = None, composer: Optional[str] = None,
                performer: Optional[str] = None, unfold_repeats: bool = True, progress: bool = False,
-               qpm: Optional[float] = None) -> Performance:
+               qpm: Optional[float] = None, midi_velocities: bool = True) -> Performance:
         """Render one score file (MusicXML .musicxml/.xml/.mxl or score MIDI .mid). ``style``: instruct
         levels, ``"tempo=fast,dynamics=loud"`` or ``{"tempo": "fast"}`` (keys tempo, dynamics, range, rubato,
         articulation); ``seed``: the sampling seed (``sampling`` overrides temperature, top-p, beam);
         ``out``: also write the MIDI there (atomically); ``qpm``: the notated tempo (quarter notes per minute)
-        instead of the score's mark or the estimate. Raises RenderError or ScoreReadError (bad file)."""
+        instead of the score's mark or the estimate; ``midi_velocities=False``: a score MIDI's note velocities
+        are not read as its dynamics. Raises RenderError or ScoreReadError (bad file)."""
         from instruct_tokenizer.decode import tokens_to_midi
 
         style_map = parse_style(style) if isinstance(style, str) or style is None else dict(style)
         score_tokens = self.score_tokens(str(score_path), style=style_map, composer=composer, performer=performer,
-                                         unfold_repeats=unfold_repeats, qpm=qpm)
+                                         unfold_repeats=unfold_repeats, qpm=qpm, midi_velocities=midi_velocities)
         sampling = sampling or Sampling(seed=seed)
         tokens = self.render_tokens(score_tokens, sampling, progress=progress)
         path = None
@@ -243,11 +244,13 @@ class Renderer:
 
     def score_tokens(self, path: str, style: Optional[Dict[str, str]] = None, composer: Optional[str] = None,
                      performer: Optional[str] = None, unfold_repeats: bool = True,
-                     qpm: Optional[float] = None) -> List[str]:
+                     qpm: Optional[float] = None, midi_velocities: bool = True) -> List[str]:
         """A MusicXML or score MIDI file -> score tokens with the optional tokens this model was trained
         with (:attr:`score_features`). For a model that reads the notated tempo (``QPM``), a score without a
         metronome mark gets the estimate of ``instruct_tokenizer.tempo_infer`` instead of 120, ``qpm``
-        (quarter notes per minute) overrides both; :attr:`tempo` says which and why. Raises ScoreReadError."""
+        (quarter notes per minute) overrides both; :attr:`tempo` says which and why. A model that reads
+        markings gets a score MIDI's dynamics from its note velocities unless ``midi_velocities`` is False
+        (``instruct_tokenizer.scorefile.midi_dynamics``). Raises ScoreReadError."""
         from instruct_tokenizer.encode import score_file_to_tokens
         from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
@@ -255,7 +258,8 @@ class Renderer:
         tokens = score_file_to_tokens(path, style=style, composer=composer, performer=performer,
                                       unfold_repeats=unfold_repeats, markings=f["markings"],
                                       instruct=f["instruct"], notated_tempo=f["notated_tempo"],
-                                      marking_state=f["marking_state"], after_fermata=f["after_fermata"])
+                                      marking_state=f["marking_state"], after_fermata=f["after_fermata"],
+                                      midi_velocities=midi_velocities)
         if not f["notated_tempo"]:
             self.tempo = None
             return tokens
@@ -389,14 +393,19 @@ class Renderer:
         """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
         {"tempo_plan": (factors, group_bar), "velocity_plan": (velocities, note_bar), "articulation_plan":
         (log2 ratios, note_bar)} (:func:`segment_plans` cuts a segment's part)."""
+        from instruct_tokenizer.score import dynamics_only, without_markings
+
         on = self.decode is not None
-        tempo = self.tempo_plan_of(score_tokens)
+        # a score whose only markings are dynamic levels (a score MIDI's velocities) is a plain score to the
+        # tempo and articulation plans, whose marked scores always came with the MusicXML's other markings
+        timing = without_markings(score_tokens) if dynamics_only(score_tokens) else score_tokens
+        tempo = self.tempo_plan_of(timing)
         # the articulation plan's key-down bound in seconds reads the tempo plan's curve where it is on
         local_tempo = {} if tempo is None else {"group_log_factor": tempo[0]}
         out = {"tempo_plan": tempo,
                "velocity_plan": note_plan_of(self.velocity_planner, on and self.decode.velocity_plan > 0, score_tokens),
                "articulation_plan": note_plan_of(self.articulation_planner, on and self.decode.articulation_plan > 0,
-                                                 score_tokens, **local_tempo)}
+                                                 timing, **local_tempo)}
         return {k: v for k, v in out.items() if v is not None}
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
@@ -439,6 +448,15 @@ def note_plan_of(planner, on: bool, score_tokens: Sequence[str], **context):
 
     tl = score_timeline(score_tokens)
     return planner.predict(score_tokens, **context), tl.group_bar[tl.note_group]
+
+
+def midi_dynamics_line(tokens: Sequence[str]) -> Optional[str]:
+    """The render log's line on a score MIDI's dynamics read from its note velocities, or None (none read)."""
+    levels = [t.split("_", 1)[1] for t in tokens if t.startswith("Dyn_")]
+    if not levels:
+        return None
+    return (f"dynamics: {len(levels)} marks read from the note velocities ({', '.join(dict.fromkeys(levels))}; "
+            "--no-midi-velocities to ignore them)")
 
 
 def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, torch.Tensor]:
@@ -506,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composer", default=None, help="composer meta token (if the model was trained with it)")
     p.add_argument("--performer", default=None, help="performer meta token (if the model was trained with it)")
     p.add_argument("--no-repeats", action="store_true", help="play each repeated section once")
+    p.add_argument("--no-midi-velocities", action="store_true",
+                   help="do not read a score MIDI's note velocities as its dynamics (by default the levels a "
+                        "notation program's export plays, p 49, f 96, ..., become the dynamics the model reads)")
     p.add_argument("--qpm", type=float, default=None, metavar="Q",
                    help="the notated tempo in quarter notes per minute (default: the score's metronome mark, "
                         "else an estimate from its tempo words, meter and content; the output says which)")
@@ -593,7 +614,7 @@ def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
         try:
             tokens = renderer.score_tokens(str(score), style=parse_style(args.style), composer=args.composer,
                                            performer=args.performer, unfold_repeats=not args.no_repeats,
-                                           qpm=args.qpm)
+                                           qpm=args.qpm, midi_velocities=not args.no_midi_velocities)
             renderer.encode(tokens, renderer.src_dict, "score")  # unknown tokens: this score's error
         except (ScoreReadError, RenderError) as e:
             errors.append(f"{score}: {e}")
@@ -601,6 +622,9 @@ def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
         if renderer.tempo is not None:
             name = f"{score}: " if len(scores) > 1 else ""
             print(f"{name}tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
+        dynamics = midi_dynamics_line(tokens) if score.suffix.lower() in (".mid", ".midi") else None
+        if dynamics:
+            print(f"{f'{score}: ' if len(scores) > 1 else ''}{dynamics}")
         todo.append((tokens, paths))
     written = []
     for k in range(args.n):

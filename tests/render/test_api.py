@@ -46,3 +46,47 @@ def test_load_takes_decoding_settings_and_rejects_bad_ones():
         Renderer.load(tempo_band=-1)
     with pytest.raises(ValueError, match="unknown settings"):
         DecodeConfig().replace(tempo_bnd=3)
+
+
+@needs_release
+def test_a_score_midi_s_dynamics_come_from_its_velocities(renderer, tmp_path):
+    """Two bars exported at p (velocity 49), two at f (96): read as ``Dyn_p`` / ``Dyn_f`` and played louder
+    where f than the same score read without them (``midi_velocities=False``, no ``Dyn``)."""
+    import miditoolkit
+
+    path = tmp_path / "pf.mid"
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    midi.time_signature_changes.append(miditoolkit.TimeSignature(4, 4, 0))
+    piano = miditoolkit.Instrument(program=0)
+    piano.notes = [miditoolkit.Note(velocity=49 if k < 8 else 96, pitch=60 + (0, 4, 7, 12)[k % 4], start=480 * k,
+                                    end=480 * k + 400) for k in range(16)]
+    midi.instruments.append(piano)
+    midi.dump(str(path))
+
+    def loud_minus_soft(perf) -> float:
+        vel = [n.velocity for n in sorted(perf.midi.instruments[0].notes, key=lambda n: n.start)]
+        return (sum(vel[8:]) - sum(vel[:8])) / 8
+
+    read = renderer.render(path, seed=1)
+    plain = renderer.render(path, seed=1, midi_velocities=False)
+    assert [t for t in read.score_tokens if t.startswith("Dyn_")] == ["Dyn_p", "Dyn_f"]
+    assert not [t for t in plain.score_tokens if t.startswith("Dyn_")]
+    assert loud_minus_soft(read) > loud_minus_soft(plain) + 5
+
+
+@needs_release
+def test_dynamics_alone_leave_the_tempo_and_articulation_plans_plain(renderer):
+    """A score whose only markings are dynamic levels (a score MIDI's velocities) is a plain score to the tempo
+    and articulation plans, and a marked one to the velocity plan (K331 with its other markings dropped)."""
+    import numpy as np
+
+    from instruct_tokenizer.score import dynamics_only, without_markings
+
+    marked = renderer.score_tokens(str(MOZART))
+    dyn = [t for t in marked if t.split("_")[0] not in V.MARKING_TYPES or t in ("Dyn_p", "Dyn_f")]
+    plain = without_markings(marked)
+    assert dynamics_only(dyn) and not dynamics_only(marked) and not dynamics_only(plain)
+    with_dyn, without = renderer.plans_of(dyn), renderer.plans_of(plain)
+    for name in ("tempo_plan", "articulation_plan"):
+        assert np.array_equal(with_dyn[name][0], without[name][0])
+    assert not np.allclose(with_dyn["velocity_plan"][0], without["velocity_plan"][0])

@@ -7,8 +7,8 @@ import pytest
 from conftest import VIENNA
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import score_file_to_tokens
-from instruct_tokenizer.score import (PLAIN_VIEWS, as_score_midi, has_markings, plain_view, score_timeline,
-                                      without_markings)
+from instruct_tokenizer.score import (PLAIN_VIEWS, as_score_midi, as_score_midi_with_dynamics, has_markings,
+                                      plain_view, score_timeline, without_markings)
 
 Q = V.GRID  # grid steps per quarter
 
@@ -83,6 +83,51 @@ def test_plain_view_names_each_view():
     drawn = _drawn()
     assert plain_view(drawn, "markings-dropped") == without_markings(drawn)
     assert plain_view(drawn, "score-midi") == as_score_midi(drawn) != without_markings(drawn)
-    assert set(PLAIN_VIEWS) == {"markings-dropped", "score-midi"}
+    assert plain_view(drawn, "score-midi-dynamics") == as_score_midi_with_dynamics(drawn)
+    assert set(PLAIN_VIEWS) == {"markings-dropped", "score-midi", "score-midi-dynamics"}
     with pytest.raises(ValueError, match="unknown plain view 'deadpan'"):
         plain_view(drawn, "deadpan")
+
+
+def test_the_dynamics_view_keeps_the_levels_an_export_plays_and_reads_back():
+    """``score-midi-dynamics``: the export's lengths, and a ``Dyn`` after the ``Pos`` of each onset group where
+    the played level changes: p, then f (an sf changes no level, a restated f states nothing); the first
+    level held before any dynamic is mf (as MuseScore plays it). No other marking survives."""
+    q = V.GRID
+    bar = ["Bar_None", "TimeSig_4/4", "QPM_100"]
+    notes = lambda pos, *marks: [f"Pos_{pos}", *marks, "Pitch_60", f"Dur_{q}", "Staff_1"]  # noqa: E731
+    drawn = (bar + notes(0) + notes(q) + notes(2 * q, "Dyn_p", "Wedge_cresc") + notes(3 * q)
+             + bar + notes(0, "Dyn_sf") + notes(q, "Dyn_f") + notes(2 * q, "Dyn_f", "Slur_start") + notes(3 * q))
+    view = as_score_midi_with_dynamics(drawn)
+    assert [t for t in view if has_markings([t])] == ["Dyn_mf", "Dyn_p", "Dyn_f"]
+    assert view.index("Dyn_p") == view.index(f"Pos_{2 * q}") + 1 and view[view.index("Dyn_f") - 1] == f"Pos_{q}"
+    assert [t for t in view if not has_markings([t])] == as_score_midi(drawn)
+    # one level throughout (only p, or no dynamic at all): the velocities state nothing
+    assert as_score_midi_with_dynamics(bar + notes(0, "Dyn_p") + notes(q)) == as_score_midi(bar + notes(0) + notes(q))
+
+
+def test_a_score_midi_s_velocities_are_read_as_dynamics(tmp_path):
+    """A MuseScore export's velocities (p 49, f 96): ``Dyn`` where the level changes and holds; a single
+    louder chord (an accent) is no new level; a file at one velocity, or read without markings, has none."""
+    import miditoolkit
+
+    from instruct_tokenizer.scorefile import load_score_midi, midi_dynamics
+
+    velocities = [49, 49, 112, 49, 96, 96, 96, 49, 49]  # p, an accented chord, p, f, p
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    inst = miditoolkit.Instrument(program=0)
+    inst.notes = [miditoolkit.Note(velocity=v, pitch=60, start=480 * k, end=480 * (k + 1)) for k, v in enumerate(velocities)]
+    midi.instruments = [inst]
+    midi.dump(str(tmp_path / "s.mid"))
+    tokens = score_file_to_tokens(str(tmp_path / "s.mid"), markings=True, instruct=False)
+    assert [t for t in tokens if t.startswith("Dyn_")] == ["Dyn_p", "Dyn_f", "Dyn_p"]
+    assert tokens[tokens.index("Dyn_f") - 1] == f"Pos_{0}" and tokens.index("Dyn_f") > tokens.index("Bar_None", 1)
+    assert not has_markings(score_file_to_tokens(str(tmp_path / "s.mid"), markings=False, instruct=False))
+    assert midi_dynamics(np.arange(4.0), np.array([80, 80, 96, 80])) is None  # one level with an accent
+    # a recorded performance's velocities (dozens of values; the benchmark's human files: at most 58 % of
+    # notes on their 12 commonest) state no dynamics, even where they swing from soft to loud
+    played = np.concatenate([np.arange(30, 70), np.arange(70, 110)])  # 80 notes, 80 values
+    assert midi_dynamics(np.arange(80.0), played) is None
+    exported = np.repeat([49, 96], 40)  # the same swing as an export plays it
+    assert [m[0] for m in midi_dynamics(np.arange(80.0), exported) if m[0]] == [("Dyn_p",), ("Dyn_f",)]
+    assert load_score_midi(str(tmp_path / "s.mid")).marks is None

@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 
 from museformer.render import DEFAULT_CHECKPOINT, Renderer, Sampling  # noqa: E402
 from instruct_tokenizer.encode import split_bars  # noqa: E402
+from instruct_tokenizer.score import without_markings  # noqa: E402
 
 import os  # noqa: E402
 
@@ -47,6 +48,8 @@ def render_case(rel: str, bars: int, seed: int, type_temperature: str) -> list:
     tokens = renderer.score_tokens(str(score_path(rel)))
     if renderer.tempo is not None and renderer.tempo.source != "mark":  # the goldens predate tempo_infer:
         tokens = renderer.score_tokens(str(score_path(rel)), qpm=120.0)  # a score without a mark got 120
+    if rel.startswith("BENCH/"):  # ... and the dynamics read from a score MIDI's velocities (scorefile.midi_dynamics)
+        tokens = without_markings(tokens)
     prefix, score_bars = split_bars(tokens)
     tokens = list(prefix) + [t for b in score_bars[:bars] for t in b]
     return renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
