@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from . import vocab as V
-from .musicxml import MusicXMLError, load_partitura, qpm_of_tempo
+from .musicxml import Marks, MusicXMLError, load_partitura, qpm_of_tempo
 from .score import LONG_BAR_SPLIT_Q, ScoreNotes, bar_qpm_from_changes, nominal_bar_len_q, sort_order, split_long_bars
 
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -85,7 +85,7 @@ def velocity_levels(velocity: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(velocity, np.float64)[:, None] - table[None, :]).argmin(axis=1)
 
 
-def midi_dynamics(onset_q: np.ndarray, velocity: np.ndarray) -> Optional[List[Tuple[Tuple[str, ...], Tuple[str, ...]]]]:
+def midi_dynamics(onset_q: np.ndarray, velocity: np.ndarray) -> Optional[List[Marks]]:
     """The dynamics a notation program's score MIDI export states in its note velocities, as per-note marks
     (group tokens, note tokens), or None where its velocities tell none (one level throughout: a score
     without dynamics, or a file that is not such an export).
@@ -100,7 +100,9 @@ def midi_dynamics(onset_q: np.ndarray, velocity: np.ndarray) -> Optional[List[Tu
         return None
     levels = velocity_levels(velocity)
     onsets, group = np.unique(np.round(np.asarray(onset_q, np.float64), 6), return_inverse=True)
-    group_level = np.array([np.bincount(levels[group == g]).argmax() for g in range(len(onsets))])
+    votes = np.zeros((len(onsets), len(V.EXPORT_DYN_VELOCITY)), np.int64)  # (onsets, levels) notes per level
+    np.add.at(votes, (group, levels), 1)
+    group_level = votes.argmax(axis=1)  # (onsets,) the level most of its notes are played at
     stated: dict = {}
     current = None
     for g, level in enumerate(group_level):
