@@ -231,7 +231,7 @@ def distribution_metrics(pred: Sequence[NoteFeatures], ref: Sequence[NoteFeature
     return compare(pooled_histograms(pred), pooled_histograms(ref))
 
 
-# ------------------------------------------------------------------------------- per-note correlation
+# ------------------------------------------------------------------------------- key-downs and lengths
 HELD_S = 0.5  # s: a note held longer than this is past the duration histogram's last bin (500 ms)
 SHORT_S = 0.020  # s: a key-down this short barely sounds
 LENGTH_FACTOR = 1.5  # a rendering longer or shorter than its pianist's by more than this factor is off
@@ -262,6 +262,7 @@ def length_summary(ratios: Sequence[float]) -> Dict[str, float]:
             "beyond_1_5x": int(np.sum((r > LENGTH_FACTOR) | (r < 1.0 / LENGTH_FACTOR)))}
 
 
+# ------------------------------------------------------------------------------- per-note correlation
 def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     """Pearson r over the positions finite on both sides; NaN (shown as n/a) when either side has zero
     variance or fewer than 3 values are left."""
