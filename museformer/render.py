@@ -26,6 +26,7 @@ from tqdm import tqdm
 from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import bar_ranges, split_bars
 from instruct_tokenizer.grammar import target_slots
+from instruct_tokenizer.scorefile import MIDI_SUFFIXES
 
 from .constants import PLAN_PRIORS
 from .decoding import DecodeConfig, DecodeRules
@@ -452,7 +453,7 @@ def note_plan_of(planner, on: bool, score_tokens: Sequence[str], **context):
 
 def midi_dynamics_line(tokens: Sequence[str]) -> Optional[str]:
     """The render log's line on a score MIDI's dynamics read from its note velocities, or None (none read)."""
-    levels = [t.split("_", 1)[1] for t in tokens if t.startswith("Dyn_")]
+    levels = [value for kind, value in map(V.parse, tokens) if kind == V.DYN]
     if not levels:
         return None
     return (f"dynamics: {len(levels)} marks read from the note velocities ({', '.join(dict.fromkeys(levels))}; "
@@ -622,7 +623,7 @@ def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
         if renderer.tempo is not None:
             name = f"{score}: " if len(scores) > 1 else ""
             print(f"{name}tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
-        dynamics = midi_dynamics_line(tokens) if score.suffix.lower() in (".mid", ".midi") else None
+        dynamics = midi_dynamics_line(tokens) if score.suffix.lower() in MIDI_SUFFIXES else None
         if dynamics:
             print(f"{f'{score}: ' if len(scores) > 1 else ''}{dynamics}")
         todo.append((tokens, paths))
