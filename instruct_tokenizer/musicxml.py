@@ -34,8 +34,8 @@ from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-6"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
-# 5: "Tempo primo" read as the first tempo word; 6: German, French and English returns)
+CACHE_VERSION = "markings-7"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
+# 5: "Tempo primo" read as the first tempo word; 6: German, French and English returns; 7: ids for id-less notes)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -276,7 +276,25 @@ def load_partitura(path: str):
     import partitura as pt
 
     xml = _xml_bytes(path)
-    return pt.load_musicxml(io.BytesIO(with_metronome_sound(xml) or xml))
+    return with_note_ids(pt.load_musicxml(io.BytesIO(with_metronome_sound(xml) or xml)), pt)
+
+
+AUTO_ID_PREFIX = "auto"  # the ids with_note_ids gives notes the file names none: auto-p{part}-n{k}
+
+
+def with_note_ids(score, pt):
+    """The partitura score with an id on every note that has none: ``auto-p{part}-n{k}``, k counting the
+    part's notes in document order (the same on every read of the file). MusicXML's note ``id`` attribute
+    is optional and most notation programs write none ((n)ASAP's files have them: its match files name
+    them). Markings and notated tempi are keyed by note id (:func:`parse_xml_info`), so without ids every
+    note took the last note's markings (a score's dynamics, slurs and tempo words lost, or the final
+    fermata on every note), and partitura's ``note_array`` fails on such a score's grace notes."""
+    for part_index, part in enumerate(score.parts):
+        notes = list(part.iter_all(pt.score.GenericNote, include_subclasses=True))
+        for k, note in enumerate(notes):
+            if not note.id:
+                note.id = f"{AUTO_ID_PREFIX}-p{part_index}-n{k}"
+    return score
 
 
 def _timed_tokens(part, pt) -> List[Tuple[int, str]]:
