@@ -3,12 +3,13 @@
 MusicXML is parsed by partitura, whose reader uses lxml with ``resolve_entities=False`` (no external
 entities, no expansion bombs); a file whose DOCTYPE declares entities, or an .mxl that unpacks to more than
 ``MAX_XML_BYTES``, is refused before that. Repeats are unfolded as a performer plays them unless
-``unfold_repeats=False``. Score MIDI carries no staff: the first two instrument tracks are staff 1/2 when
+``unfold_repeats=False`` (as written, with a warning, where partitura cannot unfold them). Score MIDI carries no staff: the first two instrument tracks are staff 1/2 when
 present, else notes at or above middle C are staff 1. Score time in quarter notes.
 """
 from __future__ import annotations
 
 import bisect
+import logging
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -195,6 +196,30 @@ def _unpacked_bytes(path: str) -> int:
         return 0
 
 
+def merged_part(parts: list, pt):
+    """A score's parts as one part. A grand staff written as two parts of one staff each (one per hand, as
+    some exports write a piano score) keeps its hands apart: the first part is staff 1, the second staff 2,
+    as a score MIDI's two tracks are (:func:`load_score_midi`); otherwise partitura's staves (a piano part's
+    two, a voice part's one)."""
+    if len(parts) == 1:
+        return parts[0]
+    two_hands = len(parts) == 2 and all(p.number_of_staves <= 1 for p in parts)
+    return pt.score.merge_parts(parts, reassign="staff" if two_hands else "voice")
+
+
+def unfolded(part, path: str, pt):
+    """The part with its repeats unfolded as a performer plays them; as written (each bar once) when
+    partitura cannot unfold them (an ending without a number, a jump it cannot follow), with a warning that
+    names the file: the score is still rendered."""
+    try:
+        return pt.score.unfold_part_maximal(part)
+    except Exception as e:  # partitura raises IndexError, ValueError, ... on repeat structures it cannot follow
+        logging.getLogger(__name__).warning(
+            "%s: its repeats could not be unfolded (%s: %s); read as written, each bar once", path,
+            type(e).__name__, str(e)[:80])
+        return part
+
+
 def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False) -> ScoreNotes:
     """MusicXML -> ScoreNotes; ``markings`` adds the notes' MusicXML markings (cached on disk). A file that
     declares XML entities is refused (:func:`declared_entities`)."""
@@ -211,10 +236,9 @@ def load_musicxml(path: str, unfold_repeats: bool = True, markings: bool = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # partitura warns about every dangling slur
             score = load_partitura(str(path))
-            parts = list(score.parts)
-            part = pt.score.merge_parts(parts) if len(parts) > 1 else parts[0]
+            part = merged_part(list(score.parts), pt)
             if unfold_repeats:
-                part = pt.score.unfold_part_maximal(part)
+                part = unfolded(part, path, pt)
             na = part.note_array(include_staff=True, include_grace_notes=True)
         measures = list(part.iter_all(pt.score.Measure))
         m_starts = [float(q) for q in part.quarter_map([m.start.t for m in measures])] if measures else [0.0]

@@ -1,0 +1,80 @@
+"""MusicXML layouts that notation programs write and (n)ASAP's files do not: a piano score as one part per
+hand, and repeats whose endings partitura cannot follow."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from instruct_tokenizer.encode import score_file_to_tokens
+from instruct_tokenizer.scorefile import load_score
+
+HEAD = ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list>{parts}</part-list>')
+ATTRIBUTES = ("<attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time>"
+              "{staves}</attributes>")
+
+
+def _notes(steps: str, octave: int, staff: int = 0) -> str:
+    tag = f"<staff>{staff}</staff>" if staff else ""
+    return "".join(f"<note><pitch><step>{s}</step><octave>{octave}</octave></pitch><duration>1</duration>"
+                   f"<voice>1</voice><type>quarter</type>{tag}</note>" for s in steps)
+
+
+def _one_part_two_staves() -> str:
+    bar = (ATTRIBUTES.format(staves="<staves>2</staves>") + _notes("CDEF", 5, staff=1)
+           + "<backup><duration>4</duration></backup>" + _notes("CDEF", 3, staff=2))
+    return (HEAD.format(parts='<score-part id="P1"><part-name>Piano</part-name></score-part>')
+            + f'<part id="P1"><measure number="1">{bar}</measure></part></score-partwise>')
+
+
+def _one_part_per_hand() -> str:
+    parts = ('<score-part id="P1"><part-name>Right</part-name></score-part>'
+             '<score-part id="P2"><part-name>Left</part-name></score-part>')
+    right = f'<part id="P1"><measure number="1">{ATTRIBUTES.format(staves="")}{_notes("CDEF", 5)}</measure></part>'
+    left = f'<part id="P2"><measure number="1">{ATTRIBUTES.format(staves="")}{_notes("CDEF", 3)}</measure></part>'
+    return HEAD.format(parts=parts) + right + left + "</score-partwise>"
+
+
+def test_a_piano_score_written_as_one_part_per_hand_keeps_its_hands_apart(tmp_path):
+    per_hand, grand = tmp_path / "per_hand.musicxml", tmp_path / "grand.musicxml"
+    per_hand.write_text(_one_part_per_hand())
+    grand.write_text(_one_part_two_staves())
+    score = load_score(str(per_hand))
+    assert {int(p): int(s) for p, s in zip(score.pitch, score.staff)} == {
+        72: 1, 74: 1, 76: 1, 77: 1, 48: 2, 50: 2, 52: 2, 53: 2}
+    assert score_file_to_tokens(str(per_hand), instruct=False) == score_file_to_tokens(str(grand), instruct=False)
+
+
+def _repeated_with_ending(stop_number: str) -> str:
+    """Bar 1, then bar 2 under a first ending with a backward repeat, then bar 3 under a second ending:
+    played 1 2 1 3. ``stop_number`` "": the first ending's stop has an empty number and no start (as
+    Finale's Dolet exports write it: music21's corpus, Mozart's K458)."""
+    bar1 = ('<measure number="1">' + ATTRIBUTES.format(staves="") + _notes("CDEF", 4) + "</measure>")
+    start = '<barline location="left"><ending number="1" type="start"/></barline>' if stop_number else ""
+    bar2 = (f'<measure number="2">{start}'
+            + _notes("GABG", 4) + f'<barline location="right"><bar-style>light-heavy</bar-style>'
+            f'<ending number="{stop_number}" type="stop"/><repeat direction="backward"/></barline></measure>')
+    bar3 = ('<measure number="3"><barline location="left"><ending number="2" type="start"/></barline>'
+            + _notes("CCCC", 5) + '<barline location="right"><ending number="2" type="discontinue"/></barline>'
+            "</measure>")
+    return (HEAD.format(parts='<score-part id="P1"><part-name>Piano</part-name></score-part>')
+            + f'<part id="P1">{bar1}{bar2}{bar3}</part></score-partwise>')
+
+
+def test_repeats_partitura_cannot_unfold_are_read_as_written_with_a_warning(tmp_path, caplog):
+    good, bad = tmp_path / "good.musicxml", tmp_path / "bad.musicxml"
+    good.write_text(_repeated_with_ending("1"))
+    bad.write_text(_repeated_with_ending(""))  # as Finale's Dolet exports write an ending's stop
+    assert len(load_score(str(good)).pitch) == 16  # 1 2 1 3
+    with caplog.at_level(logging.WARNING, logger="instruct_tokenizer.scorefile"):
+        as_written = load_score(str(bad))
+    assert len(as_written.pitch) == 12  # 1 2 3: each bar once
+    assert any(str(bad) in r.getMessage() and "repeats could not be unfolded" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("stop_number", ["1", ""])
+def test_unfold_repeats_off_reads_each_bar_once(tmp_path, stop_number):
+    path = tmp_path / "score.musicxml"
+    path.write_text(_repeated_with_ending(stop_number))
+    assert len(load_score(str(path), unfold_repeats=False).pitch) == 12
