@@ -646,7 +646,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="instruct-render: %(levelname)s: %(message)s")
     try:
         written, errors = render_file(args)
     except RenderError as e:

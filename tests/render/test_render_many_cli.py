@@ -67,3 +67,33 @@ def test_bad_score_lists_are_one_line_and_write_nothing(case, folder, tmp_path):
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.mid").exists()
 
+
+
+def _musicxml_without_ids_or_unfoldable_repeats() -> str:
+    """Two 4/4 bars of quarters and no note ids (as notation programs write MusicXML): "Adagio", p, a grace
+    note; the second bar ends a first ending that has no start and no number (Finale's Dolet exports)."""
+    def notes(steps, octave):
+        return "".join(f"<note><pitch><step>{s}</step><octave>{octave}</octave></pitch><duration>1</duration>"
+                       f"<voice>1</voice><type>quarter</type></note>" for s in steps)
+
+    grace = "<note><grace/><pitch><step>B</step><octave>3</octave></pitch><voice>1</voice><type>eighth</type></note>"
+    bar1 = ('<measure number="1"><attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type>'
+            "</time></attributes><direction><direction-type><words>Adagio</words></direction-type></direction>"
+            "<direction><direction-type><dynamics><p/></dynamics></direction-type></direction>"
+            + grace + notes("CDEF", 4) + "</measure>")
+    bar2 = ('<measure number="2">' + notes("GABG", 4) + '<barline location="right"><ending number="" type="stop"/>'
+            '<repeat direction="backward"/></barline></measure>')
+    return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
+            f'<part-name>Piano</part-name></score-part></part-list><part id="P1">{bar1}{bar2}</part></score-partwise>')
+
+
+@needs_release
+def test_a_musicxml_as_notation_programs_write_it_is_rendered(tmp_path, capsys, caplog):
+    score = tmp_path / "export.musicxml"
+    score.write_text(_musicxml_without_ids_or_unfoldable_repeats())
+    out = tmp_path / "export.mid"
+    code, err = stderr_of(main, [score, "-o", out])
+    assert code == 0 and "Traceback" not in err, err
+    assert "estimated from the tempo word" in capsys.readouterr().out  # its Adagio read (no note ids)
+    assert any(str(score) in r.getMessage() and "could not be unfolded" in r.getMessage() for r in caplog.records)
+    assert len(miditoolkit.MidiFile(str(out)).instruments[0].notes) == 9  # each bar once, the grace note too
