@@ -283,17 +283,24 @@ AUTO_ID_PREFIX = "auto"  # the ids with_note_ids gives notes the file names none
 
 
 def with_note_ids(score, pt):
-    """The partitura score with an id on every note that has none: ``auto-p{part}-n{k}``, k counting the
-    part's notes in document order (the same on every read of the file). MusicXML's note ``id`` attribute
-    is optional and most notation programs write none ((n)ASAP's files have them: its match files name
-    them). Markings and notated tempi are keyed by note id (:func:`parse_xml_info`), so without ids every
-    note took the last note's markings (a score's dynamics, slurs and tempo words lost, or the final
-    fermata on every note), and partitura's ``note_array`` fails on such a score's grace notes."""
-    for part_index, part in enumerate(score.parts):
-        notes = list(part.iter_all(pt.score.GenericNote, include_subclasses=True))
+    """The partitura score with a unique id on every note: a note with none, or with one an earlier note
+    already has, gets ``auto-p{part}-n{k}``, k counting the part's notes in document order (the same on
+    every read of the file). MusicXML's note ``id`` attribute is optional and most notation programs write
+    none ((n)ASAP's files have them, all unique: its match files name them). Markings and notated tempi are
+    keyed by note id (:func:`parse_xml_info`), so without ids every note took the last note's markings (a
+    score's dynamics, slurs and tempo words lost, or the final fermata on every note), and partitura's
+    ``note_array`` fails on such a score's grace notes."""
+    notes_of = [list(part.iter_all(pt.score.GenericNote, include_subclasses=True)) for part in score.parts]
+    taken = {n.id for notes in notes_of for n in notes if n.id}
+    seen = set()
+    for part_index, notes in enumerate(notes_of):
         for k, note in enumerate(notes):
-            if not note.id:
+            if not note.id or note.id in seen:
                 note.id = f"{AUTO_ID_PREFIX}-p{part_index}-n{k}"
+                while note.id in taken:  # a file that names its own notes so: keep the new id unique
+                    note.id += "x"
+                taken.add(note.id)
+            seen.add(note.id)
     return score
 
 

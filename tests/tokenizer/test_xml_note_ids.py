@@ -102,3 +102,14 @@ def test_given_ids_are_the_same_on_every_read(tmp_path):
              for _ in range(2)]
     assert reads[0] == reads[1] and len(set(reads[0])) == len(reads[0]) == 9
     assert all(i.startswith("auto-p0-n") for i in reads[0])
+
+
+def test_notes_that_share_an_id_keep_their_own_markings(tmp_path, cache):
+    """Two notes written with the same id (a converter numbering each part from n1): the second gets its own."""
+    xml = _score_xml(with_ids=True).replace('id="n2"', 'id="n0"')  # E4 (staccato) now shares C4's id (slur start)
+    path = tmp_path / "dup.musicxml"
+    path.write_text(xml)
+    score = load_score(str(path), markings=True)
+    by_pitch = {int(p): marks for p, marks, g in zip(score.pitch, score.marks, score.grace) if not g}
+    assert by_pitch[64][1] == (V.tok(V.MARK, "staccato"),)
+    assert V.tok(V.SLUR, "start") in by_pitch[60][1] and V.tok(V.MARK, "staccato") not in by_pitch[60][1]
