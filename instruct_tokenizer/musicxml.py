@@ -30,6 +30,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
@@ -282,7 +283,7 @@ def load_partitura(path: str):
 AUTO_ID_PREFIX = "auto"  # the ids with_note_ids gives notes the file names none: auto-p{part}-n{k}
 
 
-def with_note_ids(score, pt):
+def with_note_ids(score: "partitura.score.Score", pt: ModuleType) -> "partitura.score.Score":
     """The partitura score with a unique id on every note: a note with none, or with one an earlier note
     already has, gets ``auto-p{part}-n{k}``, k counting the part's notes in document order (the same on
     every read of the file). MusicXML's note ``id`` attribute is optional and most notation programs write

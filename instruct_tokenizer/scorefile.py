@@ -3,8 +3,9 @@
 MusicXML is parsed by partitura, whose reader uses lxml with ``resolve_entities=False`` (no external
 entities, no expansion bombs); a file whose DOCTYPE declares entities, or an .mxl that unpacks to more than
 ``MAX_XML_BYTES``, is refused before that. Repeats are unfolded as a performer plays them unless
-``unfold_repeats=False`` (as written, with a warning, where partitura cannot unfold them). Score MIDI carries no staff: the first two instrument tracks are staff 1/2 when
-present, else notes at or above middle C are staff 1. Score time in quarter notes.
+``unfold_repeats=False`` (read as written, with a warning, where partitura cannot unfold them). Score MIDI
+carries no staff: the first two instrument tracks are staff 1/2 when present, else notes at or above middle
+C are staff 1. Score time in quarter notes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import bisect
 import logging
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -196,7 +198,7 @@ def _unpacked_bytes(path: str) -> int:
         return 0
 
 
-def merged_part(parts: list, pt):
+def merged_part(parts: List["partitura.score.Part"], pt: ModuleType) -> "partitura.score.Part":
     """A score's parts as one part. A grand staff written as two parts of one staff each (one per hand, as
     some exports write a piano score) keeps its hands apart: the first part is staff 1, the second staff 2,
     as a score MIDI's two tracks are (:func:`load_score_midi`); otherwise partitura's staves (a piano part's
@@ -207,7 +209,7 @@ def merged_part(parts: list, pt):
     return pt.score.merge_parts(parts, reassign="staff" if two_hands else "voice")
 
 
-def unfolded(part, path: str, pt):
+def unfolded(part: "partitura.score.Part", path: str, pt: ModuleType) -> "partitura.score.Part":
     """The part with its repeats unfolded as a performer plays them; as written (each bar once) when
     partitura cannot unfold them (an ending without a number, a jump it cannot follow), with a warning that
     names the file: the score is still rendered."""
