@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -460,6 +461,26 @@ def midi_dynamics_line(tokens: Sequence[str]) -> Optional[str]:
             "--no-midi-velocities to ignore them)")
 
 
+def markings_line(tokens: Sequence[str]) -> str:
+    """The render log's line on what a MusicXML's markings gave the model (as played: a repeated section's
+    twice): counts of dynamics, hairpins, tempo texts, slurs, articulations and fermatas, or that it gave
+    none (a file whose markings are not read shows here: docs/experiments.md section 35)."""
+    counts = Counter()
+    for kind, value in map(V.parse, tokens):
+        if kind == V.MARK:
+            counts["fermatas" if value == "fermata" else "articulations"] += 1
+        elif (kind, value) in ((V.WEDGE, "cresc"), (V.WEDGE, "dim")):
+            counts["hairpins"] += 1
+        elif kind in (V.DYN, V.TEMPO_WORD) or (kind, value) == (V.SLUR, "start"):
+            counts[{V.DYN: "dynamics", V.TEMPO_WORD: "tempo texts", V.SLUR: "slurs"}[kind]] += 1
+    if not counts:
+        return "markings: none read (no dynamics, hairpins, tempo words, slurs, articulations or fermatas)"
+    singular = {"dynamics": "dynamic", "hairpins": "hairpin", "tempo texts": "tempo text", "slurs": "slur",
+                "articulations": "articulation", "fermatas": "fermata"}  # in the line's order
+    return "markings: " + ", ".join(f"{counts[name]} {name if counts[name] > 1 else one}"
+                                    for name, one in singular.items() if counts[name])
+
+
 def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, torch.Tensor]:
     """The part of a whole score's plans (``Renderer.plans_of``) in bars ``[start, end)``: the priors of
     that segment, (G_seg,) or (N_seg,) each."""
@@ -623,9 +644,12 @@ def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
         if renderer.tempo is not None:
             name = f"{score}: " if len(scores) > 1 else ""
             print(f"{name}tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
-        dynamics = midi_dynamics_line(tokens) if score.suffix.lower() in MIDI_SUFFIXES else None
-        if dynamics:
-            print(f"{f'{score}: ' if len(scores) > 1 else ''}{dynamics}")
+        if score.suffix.lower() in MIDI_SUFFIXES:
+            read = midi_dynamics_line(tokens)
+        else:  # a model that reads no markings is given none
+            read = markings_line(tokens) if renderer.score_features.get("markings") else None
+        if read:
+            print(f"{f'{score}: ' if len(scores) > 1 else ''}{read}")
         todo.append((tokens, paths))
     written = []
     for k in range(args.n):

@@ -94,6 +94,17 @@ def test_a_musicxml_as_notation_programs_write_it_is_rendered(tmp_path, capsys, 
     out = tmp_path / "export.mid"
     code, err = stderr_of(main, [score, "-o", out])
     assert code == 0 and "Traceback" not in err, err
-    assert "estimated from the tempo word" in capsys.readouterr().out  # its Adagio read (no note ids)
+    log = capsys.readouterr().out
+    assert "estimated from the tempo word" in log  # its Adagio read (no note ids)
+    assert "markings: 1 dynamic, 1 tempo text\n" in log  # its p and Adagio, said
     assert any(str(score) in r.getMessage() and "could not be unfolded" in r.getMessage() for r in caplog.records)
     assert len(miditoolkit.MidiFile(str(out)).instruments[0].notes) == 9  # each bar once, the grace note too
+
+
+def test_the_markings_line_counts_what_a_score_gives_the_model():
+    from museformer.render import markings_line
+
+    tokens = ("Bar_None Pos_0 Dyn_p TempoWord_slow Wedge_cresc Pitch_60 Mark_staccato Slur_start Pos_4 Wedge_end "
+              "Pitch_62 Mark_accent Slur_end Bar_None DynLevel_p Pos_0 Dyn_f Pitch_64 Mark_fermata").split()
+    assert markings_line(tokens) == "markings: 2 dynamics, 1 hairpin, 1 tempo text, 1 slur, 2 articulations, 1 fermata"
+    assert markings_line("Bar_None Pos_0 Pitch_60".split()).startswith("markings: none read")
