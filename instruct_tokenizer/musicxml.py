@@ -35,8 +35,9 @@ from typing import Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-7"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
-# 5: "Tempo primo" read as the first tempo word; 6: German, French and English returns; 7: ids for id-less notes)
+CACHE_VERSION = "markings-8"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
+# 5: "Tempo primo" read as the first tempo word; 6: German, French and English returns; 7: ids for id-less notes;
+# 8: a tempo word from the headings)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -210,7 +211,8 @@ def parse_xml_info(path: str) -> XmlInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parts = list(load_partitura(str(p)).parts)
-            return XmlInfo(_markings_of_parts(parts, pt), _qpm_of_parts(parts, pt))
+            heading = heading_tempo_word(_xml_bytes(str(p)))
+            return XmlInfo(_markings_of_parts(parts, pt, heading), _qpm_of_parts(parts, pt))
     except MusicXMLError:
         raise
     except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
@@ -269,6 +271,35 @@ def with_metronome_sound(xml: bytes) -> Optional[bytes]:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if changed else None
 
 
+HEADING_CREDIT_TYPES = ("title", "subtitle")  # credits whose words may name the movement's tempo ("II. Andante")
+
+
+def heading_tempo_word(xml: bytes) -> Optional[str]:
+    """The ``TempoWord`` token of a tempo word in the score's headings, None when they name none: the
+    ``<movement-title>``, then the title and subtitle credits (a credit that states no type too; not the
+    composer's, lyricist's or rights line), then the ``<work-title>``. Such a score may print its tempo only
+    there ("Second movement, Poco adagio": C. P. E. Bach's H186 in music21's corpus); :func:`parse_xml_info`
+    reads it where the music states no tempo word. Parsed with entity resolution off."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, huge_tree=False, no_network=True)
+    try:
+        root = etree.fromstring(xml, parser)
+    except etree.XMLSyntaxError:
+        return None  # partitura's reading says why
+    texts = [e.text for e in root.iter("movement-title")]
+    for credit in root.iter("credit"):
+        types = [t.text for t in credit.iter("credit-type")]
+        if not types or any(t in HEADING_CREDIT_TYPES for t in types):
+            texts += [w.text for w in credit.iter("credit-words")]
+    texts += [e.text for e in root.iter("work-title")]
+    for text in texts:
+        token = V.tok(V.TEMPO_WORD, tempo_word_value(text or ""))
+        if token in _CONSTANT_WORDS:
+            return token
+    return None
+
+
 def load_partitura(path: str):
     """``partitura.load_musicxml`` of the file's score document (read once, .mxl unpacked here; entities
     unresolved), its printed metronome marks read as tempi (:func:`with_metronome_sound`): partitura reads
@@ -311,10 +342,17 @@ def _timed_tokens(part, pt) -> List[Tuple[int, str]]:
     return timed + [x for w in part.iter_all(pt.score.Words) for x in _words_tokens(w)]
 
 
-def _markings_of_parts(parts, pt) -> Dict[str, Marks]:
+def _markings_of_parts(parts, pt, heading_word: Optional[str] = None) -> Dict[str, Marks]:
+    """Markings per note id. ``heading_word``: a ``TempoWord`` the score's headings name
+    (:func:`heading_tempo_word`), given to the first note where the music states no constant tempo word."""
     out: Dict[str, Marks] = {}
     timed_by_part = [_timed_tokens(part, pt) for part in parts]
     first_word = next((w for w in map(first_constant_word, timed_by_part) if w is not None), None)
+    with_notes = [k for k, part in enumerate(parts) if any(True for _ in part.iter_all(pt.score.Note))]
+    if first_word is None and heading_word is not None and with_notes:
+        first_word = heading_word
+        k = with_notes[0]
+        timed_by_part[k] = [(-10 ** 9, heading_word)] + timed_by_part[k]  # at its first part's first onset
     for part, timed in zip(parts, timed_by_part):
         notes = [n for n in part.iter_all(pt.score.GenericNote, include_subclasses=True)
                  if isinstance(n, pt.score.Note)]

@@ -78,3 +78,43 @@ def test_unfold_repeats_off_reads_each_bar_once(tmp_path, stop_number):
     path = tmp_path / "score.musicxml"
     path.write_text(_repeated_with_ending(stop_number))
     assert len(load_score(str(path), unfold_repeats=False).pitch) == 12
+
+
+def _with_heading(heading: str, words: str = "") -> str:
+    """One 4/4 bar of quarters under ``heading`` (MusicXML header elements), ``words`` (a direction's text)
+    before its first note."""
+    direction = f"<direction><direction-type><words>{words}</words></direction-type></direction>" if words else ""
+    bar = '<measure number="1">' + ATTRIBUTES.format(staves="") + direction + _notes("CDEF", 4) + "</measure>"
+    return (HEAD.format(parts='<score-part id="P1"><part-name>Piano</part-name></score-part>')
+            .replace("<part-list>", heading + "<part-list>")
+            + f'<part id="P1">{bar}</part></score-partwise>')
+
+
+@pytest.mark.parametrize("heading, word", [
+    ("<movement-title>II. Adagio</movement-title>", "slow"),
+    ('<credit page="1"><credit-type>subtitle</credit-type><credit-words>Second movement, Poco adagio'
+     "</credit-words></credit>", "slow"),
+    ('<credit page="1"><credit-words>Rondo. Allegro</credit-words></credit>', "fast"),
+    ("<work><work-title>Andante favori</work-title></work>", "moderate"),
+    ('<credit page="1"><credit-type>composer</credit-type><credit-words>Lento Allegro</credit-words></credit>', None),
+    ("<movement-title>Menuetto</movement-title>", None),
+])
+def test_a_tempo_word_in_the_headings_is_the_scores_where_the_music_states_none(tmp_path, heading, word):
+    from instruct_tokenizer import vocab as V
+    from instruct_tokenizer.tempo_infer import notated_tempo
+
+    path = tmp_path / "heading.musicxml"
+    path.write_text(_with_heading(heading))
+    tokens = score_file_to_tokens(str(path), markings=True, instruct=False, notated_tempo=True)
+    words = [t for t in tokens if t.startswith(V.TEMPO_WORD + "_")]
+    assert words == ([V.tok(V.TEMPO_WORD, word)] if word else [])
+    assert notated_tempo(tokens).source == ("words" if word else "content")
+
+
+def test_the_musics_own_tempo_word_wins_over_the_headings(tmp_path):
+    from instruct_tokenizer import vocab as V
+
+    path = tmp_path / "both.musicxml"
+    path.write_text(_with_heading("<movement-title>Allegro</movement-title>", words="Adagio"))
+    tokens = score_file_to_tokens(str(path), markings=True, instruct=False)
+    assert [t for t in tokens if t.startswith(V.TEMPO_WORD + "_")] == [V.tok(V.TEMPO_WORD, "slow")]
