@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import vocab as V
 
@@ -210,9 +210,10 @@ def parse_xml_info(path: str) -> XmlInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parts = list(load_partitura(str(p)).parts)
-            heading = heading_tempo_word(_xml_bytes(str(p)))
-            return XmlInfo(_markings_of_parts(parts, pt, heading), _qpm_of_parts(parts, pt))
+            xml = _xml_bytes(str(p))  # read (and unpacked) once: the notes and the headings
+            parts = list(partitura_of(xml).parts)
+            marks = _markings_of_parts(parts, pt, lambda: heading_tempo_word(xml))
+            return XmlInfo(marks, _qpm_of_parts(parts, pt))
     except MusicXMLError:
         raise
     except Exception as e:  # partitura/lxml raise many types on hostile or broken XML
@@ -305,9 +306,13 @@ def load_partitura(path: str):
     unresolved), its printed metronome marks read as tempi (:func:`with_metronome_sound`): partitura reads
     ``<sound tempo>`` and ignores ``<metronome>``, which some notation programs write alone. Raises
     MusicXMLError for a file it cannot read."""
+    return partitura_of(_xml_bytes(path))
+
+
+def partitura_of(xml: bytes):
+    """:func:`load_partitura` of a score document already read (:func:`_xml_bytes`)."""
     import partitura as pt
 
-    xml = _xml_bytes(path)
     return with_note_ids(pt.load_musicxml(io.BytesIO(with_metronome_sound(xml) or xml)), pt)
 
 
@@ -342,23 +347,23 @@ def _timed_tokens(part, pt) -> List[Tuple[int, str]]:
     return timed + [x for w in part.iter_all(pt.score.Words) for x in _words_tokens(w)]
 
 
-def _markings_of_parts(parts, pt, heading_word: Optional[str] = None) -> Dict[str, Marks]:
-    """Markings per note id. ``heading_word``: a ``TempoWord`` the score's headings name
-    (:func:`heading_tempo_word`), given to the first note where the music states no constant tempo word."""
+def _markings_of_parts(parts, pt, heading_word: Callable[[], Optional[str]] = lambda: None) -> Dict[str, Marks]:
+    """Markings per note id. ``heading_word()``: the ``TempoWord`` the score's headings name
+    (:func:`heading_tempo_word`), read only where the music states no constant tempo word and then given to
+    the first note of the first part with notes."""
     out: Dict[str, Marks] = {}
     timed_by_part = [_timed_tokens(part, pt) for part in parts]
     first_word = next((w for w in map(first_constant_word, timed_by_part) if w is not None), None)
-    with_notes = [k for k, part in enumerate(parts) if any(True for _ in part.iter_all(pt.score.Note))]
-    if first_word is None and heading_word is not None and with_notes:
-        first_word = heading_word
-        k = with_notes[0]
-        timed_by_part[k] = [(-10 ** 9, heading_word)] + timed_by_part[k]  # at its first part's first onset
+    from_heading = heading_word() if first_word is None else None
+    first_word = first_word or from_heading
     for part, timed in zip(parts, timed_by_part):
         notes = [n for n in part.iter_all(pt.score.GenericNote, include_subclasses=True)
                  if isinstance(n, pt.score.Note)]
         if not notes:
             continue
         onsets = sorted({n.start.t for n in notes})
+        if from_heading is not None:  # at this part's first onset, once
+            timed, from_heading = [(onsets[0], from_heading)] + timed, None
         group: Dict[int, List[str]] = {}
         for t, token in resolve_tempo_primo(timed, fallback=first_word):
             at = _first_at_or_after(onsets, t)

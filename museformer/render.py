@@ -465,20 +465,26 @@ def markings_line(tokens: Sequence[str]) -> str:
     """The render log's line on what a MusicXML's markings gave the model (as played: a repeated section's
     twice): counts of dynamics, hairpins, tempo texts, slurs, articulations and fermatas, or that it gave
     none (a file whose markings are not read shows here: docs/experiments.md section 35)."""
-    counts = Counter()
-    for kind, value in map(V.parse, tokens):
-        if kind == V.MARK:
-            counts["fermatas" if value == "fermata" else "articulations"] += 1
-        elif (kind, value) in ((V.WEDGE, "cresc"), (V.WEDGE, "dim")):
-            counts["hairpins"] += 1
-        elif kind in (V.DYN, V.TEMPO_WORD) or (kind, value) == (V.SLUR, "start"):
-            counts[{V.DYN: "dynamics", V.TEMPO_WORD: "tempo texts", V.SLUR: "slurs"}[kind]] += 1
+    counts = Counter(name for name in (_marking_name(k, v) for k, v in map(V.parse, tokens)) if name)
     if not counts:
         return "markings: none read (no dynamics, hairpins, tempo words, slurs, articulations or fermatas)"
-    singular = {"dynamics": "dynamic", "hairpins": "hairpin", "tempo texts": "tempo text", "slurs": "slur",
-                "articulations": "articulation", "fermatas": "fermata"}  # in the line's order
-    return "markings: " + ", ".join(f"{counts[name]} {name if counts[name] > 1 else one}"
-                                    for name, one in singular.items() if counts[name])
+    return "markings: " + ", ".join(f"{counts[name]} {name}{'s' if counts[name] > 1 else ''}"
+                                    for name in MARKING_NAMES if counts[name])
+
+
+MARKING_NAMES = ("dynamic", "hairpin", "tempo text", "slur", "articulation", "fermata")  # the log line's order
+
+
+def _marking_name(kind: str, value: str) -> Optional[str]:
+    """What :func:`markings_line` counts a score token as (one of MARKING_NAMES), None for no marking or a
+    marking's end (a hairpin's or slur's end, counted at its start)."""
+    if kind == V.MARK:
+        return "fermata" if value == "fermata" else "articulation"
+    if kind == V.WEDGE:
+        return "hairpin" if value in ("cresc", "dim") else None
+    if kind == V.SLUR:
+        return "slur" if value == "start" else None
+    return {V.DYN: "dynamic", V.TEMPO_WORD: "tempo text"}.get(kind)
 
 
 def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, torch.Tensor]:
@@ -641,15 +647,15 @@ def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
         except (ScoreReadError, RenderError) as e:
             errors.append(f"{score}: {e}")
             continue
+        name = f"{score}: " if len(scores) > 1 else ""
         if renderer.tempo is not None:
-            name = f"{score}: " if len(scores) > 1 else ""
             print(f"{name}tempo: {renderer.tempo.qpm:.0f} quarter notes per minute: {renderer.tempo.reason}")
         if score.suffix.lower() in MIDI_SUFFIXES:
             read = midi_dynamics_line(tokens)
         else:  # a model that reads no markings is given none
             read = markings_line(tokens) if renderer.score_features.get("markings") else None
         if read:
-            print(f"{f'{score}: ' if len(scores) > 1 else ''}{read}")
+            print(f"{name}{read}")
         todo.append((tokens, paths))
     written = []
     for k in range(args.n):
