@@ -12,8 +12,13 @@ are two, over these features of the score tokens (units in each name):
   (log2 of its beat unit in quarters: 4 -> 0, 8 -> -1, 2 -> 1), log2 of onset groups per quarter (its
   coefficient near -1: performers keep a roughly constant range of onsets per second), the share of
   notes no longer than a sixteenth, log2 of the 25th percentile of the onset gaps (the shortest common
-  note value, quarters), log2 of notes per onset (chord density: block chords read slower) and log2 of
-  the pitch range in semitones (a wide compass reads as a faster, virtuoso piece);
+  note value, quarters), log2 of notes per onset (chord density: block chords read slower), log2 of
+  the pitch range in semitones (a wide compass reads as a faster, virtuoso piece) and the spread of the
+  notes' lengths (standard deviation of their log2, in octaves: an Adagio mixes long notes with 32nd-note
+  figures, an Allegro runs in even sixteenths; since 2026-12-07). It is fitted on the training pieces as a
+  notation program's score MIDI export gives them (``score.as_score_midi``: no markings, staccato notes
+  written short), the input most scores without a tempo word come as (until 2026-12-07: at their notated
+  lengths);
 - ``words`` (a score with a tempo word): the class (``TempoWord_slow|moderate|fast``: Adagio-, Andante-,
   Allegro-like) of the tempo word in force over the most notated quarters (:func:`dominant_tempo_word`:
   a Grave introduction does not make its Allegro slow; until 2026-12-06 the first word's class, which
@@ -50,7 +55,7 @@ from .score import score_timeline
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "tempo_model.json"
 WORD_CLASSES = ("slow", "moderate", "fast")
 CONTENT_FEATURES = ("bias", "log2_beat_unit_q", "log2_groups_per_q", "short_share", "log2_p25_ioi_q",
-                    "log2_notes_per_onset", "log2_pitch_range")  # the content model (no words)
+                    "log2_notes_per_onset", "log2_pitch_range", "length_spread")  # the content model (no words)
 FEATURES = ("bias",) + tuple(f"word_{c}" for c in WORD_CLASSES) + CONTENT_FEATURES[1:]  # the words model
 MODELS = {"words": FEATURES, "content": CONTENT_FEATURES}  # which model a score gets: words if it has one
 KNOWN_FEATURES = FEATURES + ("compound", "log2_median_ioi_q")  # every name score_features gives
@@ -315,6 +320,15 @@ def pitch_range_semitones(note_pitch: np.ndarray) -> float:
     return float(max(np.ptp(note_pitch), 1)) if len(note_pitch) else 1.0
 
 
+def length_spread_octaves(note_dur_q: np.ndarray) -> float:
+    """Standard deviation of log2 of the notes' notated lengths (octaves; grace notes, length 0, left out;
+    0.0 for fewer than two notes): 0 for a piece of even sixteenths, about 1 where quarters, sixteenths
+    and 32nds mix."""
+    lengths = np.asarray(note_dur_q, dtype=np.float64)
+    lengths = lengths[lengths > 0]
+    return float(np.std(np.log2(lengths))) if len(lengths) > 1 else 0.0
+
+
 def score_features(score_tokens: Sequence[str], tl=None) -> Dict[str, float]:
     """The features of the module docstring for one score (whole piece or a long excerpt). ``tl``: its
     ``score_timeline``, when the caller has it."""
@@ -338,7 +352,8 @@ def score_features(score_tokens: Sequence[str], tl=None) -> Dict[str, float]:
             "log2_groups_per_q": math.log2(groups_per_q),
             "short_share": short,
             "log2_notes_per_onset": math.log2(notes_per_onset(tl)),
-            "log2_pitch_range": math.log2(pitch_range_semitones(tl.note_pitch))}
+            "log2_pitch_range": math.log2(pitch_range_semitones(tl.note_pitch)),
+            "length_spread": length_spread_octaves(tl.note_dur_q)}
 
 
 def feature_row(features: Dict[str, float], names: Sequence[str] = FEATURES) -> np.ndarray:
@@ -377,7 +392,7 @@ def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2, huber_delta
 class TempoModel:
     """Two fitted lines (``tempo_model.json``): ``words`` for a score with a tempo word (``FEATURES``),
     ``content`` for one without (``CONTENT_FEATURES``: meter and content only, fitted on the training
-    pieces with their markings dropped, as a score MIDI gives them). ``predict`` gives quarter notes per minute.
+    pieces as a score MIDI export gives them). ``predict`` gives quarter notes per minute.
 
     Each line reads the feature names its coefficients are stored under (any of ``KNOWN_FEATURES``, the
     bias among them), so a file fitted on an older feature set predicts as it did."""

@@ -14,7 +14,9 @@ Both lines are chosen on the training pieces only: each one's loss (least square
 by leave-one-piece-out cross-validation (the mean over pieces of the error above; the words line over the
 pieces that have a tempo word); the test pieces, the benchmark and Vienna are reported, never tuned on.
 Each row is reported for 120 (the mark, else 120), the lines shipped until 2026-12-04 and until
-2026-12-05 (``OLD_CONTENT``, ``OLD_WORDS``, refitted here by their own recipes) and the new ones.
+2026-12-07 (``OLD_*``, ``PREVIOUS_*``, refitted here by their own recipes: their content lines on the
+notated lengths, without the lengths' spread) and the new ones. Every content row reads the scores as a
+notation program's score MIDI export gives them (``without_markings``), the content line's input.
 
 Its last line: the test and validation pieces whose tempo words change class (``tempo_infer.tempo_sections``),
 marks dropped, per section against the pianists' tempo of that section: one tempo for the whole score
@@ -100,8 +102,17 @@ def without_marks(score: list) -> list:
 
 
 def without_markings(score: list) -> list:
-    """What a score MIDI of the same score gives when it states no tempo: no marking tokens
-    (``score.without_markings``), the default QPM."""
+    """What a notation program's score MIDI export of the same score gives when it states no tempo: no
+    marking tokens, staccato notes written short (``score.as_score_midi``; until 2026-12-07 the notated
+    lengths, ``score.without_markings``, which no such file has), the default QPM."""
+    from instruct_tokenizer.score import as_score_midi
+
+    return without_marks(as_score_midi(score))
+
+
+def notated_lengths(score: list) -> list:
+    """The score without marking tokens at its notated lengths (``score.without_markings``) and the
+    default QPM: the view the content line was fitted on until 2026-12-07."""
     from instruct_tokenizer.score import without_markings as no_marks
 
     return without_marks(no_marks(score))
@@ -123,6 +134,11 @@ OLD_CONTENT = Recipe(("bias", "log2_beat_unit_q", "compound", "log2_median_ioi_q
 OLD_WORDS = Recipe(("bias", "word_slow", "word_moderate", "word_fast", "log2_beat_unit_q", "compound",
                     "log2_median_ioi_q", "log2_groups_per_q", "short_share"),
                    ridge=1.0)  # the words model shipped until 2026-12-05
+_NO_SPREAD = tuple(n for n in T.CONTENT_FEATURES if n != "length_spread")
+PREVIOUS_CONTENT = Recipe(_NO_SPREAD, ridge=1.0, huber_delta=0.05, standardize=True)  # shipped until 2026-12-07,
+# fitted on the notated lengths (``notated_lengths``)
+PREVIOUS_WORDS = Recipe(("bias",) + tuple(f"word_{c}" for c in T.WORD_CLASSES) + _NO_SPREAD[1:], ridge=3.0,
+                        standardize=True)  # shipped until 2026-12-07
 
 
 def fit_recipe(recipe: "Recipe", feats: list, log2_human: np.ndarray) -> np.ndarray:
@@ -137,15 +153,18 @@ def predict_qpm(recipe: "Recipe", coef: np.ndarray, features: dict) -> float:
     return min(max(qpm, T.QPM_RANGE[0]), T.QPM_RANGE[1])
 
 
-def cv_errors(recipe: "Recipe", feats: list, log2_human: np.ndarray, only: Optional[np.ndarray] = None) -> np.ndarray:
+def cv_errors(recipe: "Recipe", feats: list, log2_human: np.ndarray, only: Optional[np.ndarray] = None,
+              fit_feats: Optional[list] = None) -> np.ndarray:
     """|log2(estimate / human)| of each training piece (of those where ``only`` is true, if given), from a
-    fit on all the other pieces."""
+    fit on all the other pieces; ``fit_feats``: the features the fit reads where they differ from the
+    held-out piece's (another view of the same pieces)."""
+    fit_feats = feats if fit_feats is None else fit_feats
     out = []
     for i in range(len(feats)):
         if only is not None and not only[i]:
             continue
         keep = np.arange(len(feats)) != i
-        coef = fit_recipe(recipe, [f for f, k in zip(feats, keep) if k], log2_human[keep])
+        coef = fit_recipe(recipe, [f for f, k in zip(fit_feats, keep) if k], log2_human[keep])
         out.append(abs(math.log2(predict_qpm(recipe, coef, feats[i])) - log2_human[i]))
     return np.array(out)
 
@@ -290,9 +309,14 @@ def main() -> int:
     has_word = np.array([T.TempoModel.kind(f) == "words" for f in words_feats])
     content, cv_content = select_recipe("content", content_feats, target, a.cv_ridges, a.cv_huber_deltas)
     words, cv_words = select_recipe("words", words_feats, target, a.cv_ridges, a.cv_huber_deltas, has_word)
-    cv_old_content = cv_errors(OLD_CONTENT, content_feats, target)
+    notated_feats = [T.score_features(notated_lengths(s)) for s, _ in train.values()]
+    cv_old_content = cv_errors(OLD_CONTENT, content_feats, target, fit_feats=notated_feats)
     cv_old_words = cv_errors(OLD_WORDS, words_feats, target, has_word)
-    fitted = {r: fit_recipe(r, f, target) for r, f in ((OLD_CONTENT, content_feats), (OLD_WORDS, words_feats),
+    cv_previous_content = cv_errors(PREVIOUS_CONTENT, content_feats, target, fit_feats=notated_feats)
+    cv_previous_words = cv_errors(PREVIOUS_WORDS, words_feats, target, has_word)
+    fitted = {r: fit_recipe(r, f, target) for r, f in ((OLD_CONTENT, notated_feats), (OLD_WORDS, words_feats),
+                                                       (PREVIOUS_CONTENT, notated_feats),
+                                                       (PREVIOUS_WORDS, words_feats),
                                                        (content, content_feats), (words, words_feats))}
     coef = {"words": dict(zip(words.names, fitted[words].tolist())),
             "content": dict(zip(content.names, fitted[content].tolist()))}
@@ -300,8 +324,9 @@ def main() -> int:
     def loss(r: Recipe) -> str:
         return f"{'Huber ' + format(r.huber_delta, 'g') + ' (log2)' if r.huber_delta else 'least squares'}, ridge {r.ridge:g}"
 
-    model = T.TempoModel(coef, {"fitted_on": f"{len(train)} training pieces of {a.tokens} (content: their markings "
-                                             f"dropped, as a score MIDI gives them)",
+    model = T.TempoModel(coef, {"fitted_on": f"{len(train)} training pieces of {a.tokens} (content: as a notation "
+                                             f"program's score MIDI export gives them, no markings, staccato "
+                                             f"notes written short)",
                                 "ridge": {"words": words.ridge, "content": content.ridge},
                                 "loss": {"words": loss(words), "content": loss(content)},
                                 "chosen_by": "leave-one-piece-out cross-validation (words: over the pieces with a "
@@ -315,7 +340,7 @@ def main() -> int:
 
     models = {"120": (None, lambda f: V.DEFAULT_QPM),
               "until 2026-12-04": (qpm_of(OLD_WORDS), qpm_of(OLD_CONTENT)),
-              "until 2026-12-05": (qpm_of(OLD_WORDS), qpm_of(content)),
+              "until 2026-12-07": (qpm_of(PREVIOUS_WORDS), qpm_of(PREVIOUS_CONTENT)),
               "new": (qpm_of(words), qpm_of(content))}
     rows = {"(n)ASAP test, MusicXML (mark, else words, else content)": (content_views(test, False), True),
             "(n)ASAP test, MusicXML, a tempo word and no mark: words": (
@@ -335,18 +360,19 @@ def main() -> int:
         rows["Vienna 4x22, marks and words dropped: content"] = (content_views(vienna, True), False)
         for (_, title), (score, human) in vienna.items():
             f = T.score_features(without_markings(score))
-            print(f"Vienna {title}, marks dropped: human median {human:.1f} qpm, content line until 2026-12-04 "
-                  f"{models['until 2026-12-04'][1](f):.1f}, new {models['new'][1](f):.1f}, default 120")
+            print(f"Vienna {title}, marks dropped: human median {human:.1f} qpm, content line until 2026-12-07 "
+                  f"{models['until 2026-12-07'][1](f):.1f}, new {models['new'][1](f):.1f}, default 120")
         for (_, title), item in vienna.items():
             for dropped in (False, True):
                 rows[f"Vienna {title}, {'marks dropped' if dropped else 'MusicXML'}"] = (
                     content_views({title: item}, dropped), not dropped)
     lines = comparison(rows, models).splitlines()
     cv_rows = [f"| (n)ASAP train, leave-one-piece-out CV: content | {len(target)} | " + " | ".join(
-        cell(e) for e in (np.abs(target - math.log2(V.DEFAULT_QPM)), cv_old_content, cv_content, cv_content)) + " |",
+        cell(e) for e in (np.abs(target - math.log2(V.DEFAULT_QPM)), cv_old_content, cv_previous_content,
+                          cv_content)) + " |",
         f"| (n)ASAP train, leave-one-piece-out CV: words (the pieces with one) | {int(has_word.sum())} | " + " | ".join(
-        cell(e) for e in (np.abs(target[has_word] - math.log2(V.DEFAULT_QPM)), cv_old_words, cv_old_words,
-                          cv_words)) + " |"]
+        cell(e) for e in (np.abs(target[has_word] - math.log2(V.DEFAULT_QPM)), cv_old_words,
+                          cv_previous_words, cv_words)) + " |"]
     print("median (mean) over pieces of |log2(estimate / median human tempo)|")
     print("\n".join(lines[:2] + cv_rows + lines[2:]))
     held_out = {**section_pieces(a.tokens, "test"), **section_pieces(a.tokens, "valid")}

@@ -214,17 +214,21 @@ def test_a_return_to_the_first_tempo_is_told_from_a_tempo(text, value):
     assert tempo_reset_value(text) == value
 
 
-def _bars_xml(directions) -> str:
-    """4/4 bars of four quarter notes (ids n0, n1, ...; a scale over three octaves), ``directions[k]`` (a
-    words text or None) before bar k's first note."""
-    note = ('<note id="n{}"><pitch><step>{}</step><octave>{}</octave></pitch><duration>1</duration>'
-            "<type>quarter</type></note>")
+def _bars_xml(directions, lengths=(2, 2, 2, 2), cycle=None) -> str:
+    """4/4 bars of four notes (ids n0, n1, ...; a scale over three octaves, starting again every ``cycle``
+    notes when given) of ``lengths`` (eighths; four quarters by default), ``directions[k]`` (a words text
+    or None) before bar k's first note."""
+    types = {1: "eighth", 2: "quarter", 3: "quarter", 4: "half", 6: "half"}
+    note = ('<note id="n{}"><pitch><step>{}</step><octave>{}</octave></pitch><duration>{}</duration>'
+            "<type>{}</type>{}</note>")
     bars = []
     for k, text in enumerate(directions):
-        head = ("<attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time>"
+        head = ("<attributes><divisions>2</divisions><time><beats>4</beats><beat-type>4</beat-type></time>"
                 "</attributes>") if k == 0 else ""
         words = f"<direction><direction-type><words>{text}</words></direction-type></direction>" if text else ""
-        notes = "".join(note.format(4 * k + i, "CDEFGAB"[(4 * k + i) % 7], 3 + (4 * k + i) // 7 % 3) for i in range(4))
+        steps = [(4 * k + i) % cycle if cycle else 4 * k + i for i in range(4)]
+        notes = "".join(note.format(4 * k + i, "CDEFGAB"[j % 7], 3 + j // 7 % 3, lengths[i], types[lengths[i]],
+                                    "<dot/>" if lengths[i] in (3, 6) else "") for i, j in enumerate(steps))
         bars.append(f'<measure number="{k + 1}">{head}{words}{notes}</measure>')
     return ('<?xml version="1.0" encoding="UTF-8"?><score-partwise version="3.1"><part-list><score-part id="P1">'
             '<part-name>Piano</part-name></score-part></part-list><part id="P1">' + "".join(bars)
@@ -285,7 +289,8 @@ def test_a_mark_in_the_second_bar_holds_from_the_first(tmp_path):
 def test_an_opening_before_a_late_mark_gets_its_tempo_sections(tmp_path):
     from instruct_tokenizer.tempo_infer import apply_notated_tempo
 
-    xml = _bars_xml(["Allegro", None, None, None, "Adagio", None, None, None, None, None])
+    xml = _bars_xml(["Allegro", None, None, None, "Adagio", None, None, None, None, None], lengths=(3, 1, 2, 2),
+                    cycle=16)
     sound = '<direction><direction-type><words> </words></direction-type><sound tempo="80"/></direction>'
     path = tmp_path / "late.musicxml"
     path.write_text(xml.replace('<measure number="9">', '<measure number="9">' + sound))
