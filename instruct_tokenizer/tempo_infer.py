@@ -471,7 +471,8 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
     word = next((c for c in WORD_CLASSES if features[f"word_{c}"]), None)
     num, den = first_time_signature(score_tokens)
     content = (f"median onset gap {2 ** features['log2_median_ioi_q']:g} quarters, "
-               f"{100 * features['short_share']:.0f} % of notes sixteenths or shorter")
+               f"{100 * features['short_share']:.0f} % of notes sixteenths or shorter, "
+               f"written lengths spread over {features['length_spread']:.2f} octaves")
     if word is not None:
         return TempoEstimate(qpm, "words", f"estimated from the tempo word in force over most of the score ({word}), "
                                            f"{num}/{den} and the content "

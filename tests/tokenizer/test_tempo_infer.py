@@ -261,6 +261,7 @@ def test_shipped_lines_read_a_wide_spread_of_lengths_as_slower():
     second slower (their coefficient on ``length_spread`` is negative)."""
     even, mixed = lengths_score([Q // 2]), lengths_score([Q * 2, Q // 8, Q // 8, Q])
     assert T.notated_tempo(mixed).qpm < T.notated_tempo(even).qpm
+    assert "written lengths spread over 0.00 octaves" in T.notated_tempo(even).reason
     word = ["TempoWord_moderate"]
     with_word = [even[:3] + word + even[3:], mixed[:3] + word + mixed[3:]]
     est_even, est_mixed = (T.notated_tempo(s) for s in with_word)
