@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import vocab as V
 from .encode import Encoded, encode_match, segment_ranges, split_bars
-from .match import MatchFile, MatchParseError, load_match
+from .match import STRANDED_BARS, MatchFile, MatchParseError, load_match, stranded_rows, without_rows
 from .musicxml import for_anchor, xml_info_of_match
 from .score import as_score_midi, with_marking_state
 
@@ -243,11 +243,18 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
     reason = hygiene(mf)
     if reason:
         return {"source": source, "error": reason}
+    stranded = stranded_rows(mf)  # a writer's overflowed positions: left out, with their performed notes
+    stranded_played = int(mf.played[stranded].sum())
+    mf = without_rows(mf, stranded) if stranded.any() else mf
     wants_xml = cfg.xml_markings or cfg.notated_tempo
     info, warning = xml_info_of_match(source.path, cfg.cache_dir) if wants_xml else (None, None)
     if warning:
         warning += ": built without markings (notated tempo: " + \
             ("inferred from the notes)" if cfg.infer_tempo else "the default 120)")
+    if stranded.any():
+        warning = "; ".join(filter(None, [warning, (
+            f"{int(stranded.sum())} score notes ({stranded_played} played) left out: their positions lie more "
+            f"than {STRANDED_BARS} bars past their measure's start (a writer's overflowed backup)")]))
     drop = augment and drops_markings(source, cfg)  # training performances only: evaluation keeps them
     as_midi = drop and cfg.dropout_view == "score-midi"  # the markings read for the lengths, then dropped
     marks = info.marks if info is not None and cfg.xml_markings and (not drop or as_midi) else None

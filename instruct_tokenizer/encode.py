@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import vocab as V
-from .match import MatchFile, middle_per_bar
+from .match import STRANDED_BARS, MatchFile, middle_per_bar
 from .score import (ScoreNotes, Timeline, bar_notated_period_s, score_timeline, score_tokens, sort_order,
                     split_long_bars, with_marking_state)
 
@@ -44,17 +44,33 @@ class Encoded:
 # ----------------------------------------------------------------------------------------- bars
 def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]]]:
     """Bar index per score note (bars keyed by (measure, repeat pass), in performance order), actual
-    bar lengths (quarters) and time signatures per bar."""
+    bar lengths (quarters) and time signatures per bar.
+
+    Keys whose bar starts at the same score time are one bar: a measure that ends one pass of a repeat
+    and holds the upbeat of the next (Vienna 4x22's Schubert D783: ``8:1`` in pass 1, the upbeat ``8:3``
+    in pass 2, both starting at beat 21). Until 2026-12-07 each was a bar of its own, the first given
+    the nominal length where the starts left it none, which put a bar of silence into the score before
+    every such upbeat (three in D783, none in (n)ASAP). A bar whose next bar starts more than
+    ``match.STRANDED_BARS`` bar lengths later ends where its notes do, at its nominal length or later: the
+    starts after a stranded note (:func:`match.stranded_rows`, dropped by the build) carry its writer's
+    overflow."""
     uniq, inv, lo, hi = middle_per_bar(mf.measure, mf.repeat_pass, mf.onset_q - mf.pos_q)
-    med = 0.5 * (lo + hi)  # (K,) the median bar start per (measure, repeat pass), quarters
-    ordered_idx = np.lexsort((uniq[:, 0], uniq[:, 1], np.round(med * V.GRID)))
+    med = 0.5 * (lo + hi)  # (K,) the median bar start per key, quarters
+    start_grid = np.round(med * V.GRID)  # (K,) the same on the grid
+    ordered_idx = np.lexsort((uniq[:, 0], uniq[:, 1], start_grid))
+    _, first_key, rank_of_start = np.unique(start_grid[ordered_idx], return_index=True,
+                                                 return_inverse=True)  # (B,) one bar per distinct start
     rank = np.empty(len(uniq), np.int64)
-    rank[ordered_idx] = np.arange(len(uniq))
+    rank[ordered_idx] = rank_of_start.reshape(-1)
     bar = rank[inv]
-    begin = med[ordered_idx]
-    ts = [_ts_at(mf.time_sigs, int(m)) for m in uniq[ordered_idx, 0]]
+    begin = med[ordered_idx[first_key]]  # (B,) quarters: the start of each bar's first key
+    ts = [_ts_at(mf.time_sigs, int(m)) for m in uniq[ordered_idx[first_key], 0]]
     lengths = np.diff(begin, append=begin[-1] + ts[-1][0] * 4.0 / ts[-1][1]) if len(begin) else begin
     nominal = np.array([t[0] * 4.0 / t[1] for t in ts])
+    extent = np.zeros(len(begin))
+    np.maximum.at(extent, bar, mf.pos_q + mf.dur_q)  # (B,) quarters: where the bar's last note ends
+    stranded = lengths > STRANDED_BARS * nominal  # the next bar's start carries a writer's overflow
+    lengths = np.where(stranded, np.maximum(nominal, extent), lengths)
     lengths = np.where(lengths > 0, lengths, nominal)
     return bar, lengths, ts
 

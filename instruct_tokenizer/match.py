@@ -12,7 +12,7 @@ Units: score time in quarter notes, performance time in seconds (``midiClockRate
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -75,6 +75,34 @@ class MatchFile:
     @property
     def n_played(self) -> int:
         return int(self.played.sum())
+
+
+STRANDED_BARS = 32  # nominal bar lengths: a score note further than this past its measure's start is stranded
+_ROW_FIELDS = ("measure", "repeat_pass", "pos_q", "onset_q", "dur_q", "grace", "pitch", "staff", "played",
+               "onset_s", "offset_s", "velocity", "perf_pitch")  # MatchFile's per-row arrays (and ``anchor``)
+
+
+def nominal_bar_q(time_sigs: List[Tuple[int, int, int]], measures: np.ndarray) -> np.ndarray:
+    """(N,) the length in quarters that the time signature in force gives each measure (4/4 without one)."""
+    sigs = sorted(time_sigs) or [(0, 4, 4)]
+    starts = np.array([m for m, _, _ in sigs])
+    quarters = np.array([num * 4.0 / den for _, num, den in sigs])
+    return quarters[np.clip(np.searchsorted(starts, measures, side="right") - 1, 0, None)]
+
+
+def stranded_rows(mf: MatchFile) -> np.ndarray:
+    """(N,) bool: the score notes whose position lies more than ``STRANDED_BARS`` bar lengths past their
+    measure's start. No score writes that (a cadenza written as one measure runs a few bars long); a writer
+    that overflowed a backup wrote it, and the match files made from its score keep it: (n)ASAP's Beethoven
+    op. 57/i puts a run and its bass 661 quarters into 12 of its measures, in all 17 performances."""
+    return mf.pos_q > STRANDED_BARS * nominal_bar_q(mf.time_sigs, mf.measure)
+
+
+def without_rows(mf: MatchFile, drop: np.ndarray) -> MatchFile:
+    """The match file without the rows (score notes, each with its performed note) where ``drop`` is true."""
+    keep = ~np.asarray(drop, dtype=bool)
+    rows = {name: getattr(mf, name)[keep] for name in _ROW_FIELDS}
+    return replace(mf, anchor=[a for a, k in zip(mf.anchor, keep) if k], **rows)
 
 
 _FRAC_CACHE: Dict[str, float] = {}

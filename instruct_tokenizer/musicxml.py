@@ -35,9 +35,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import vocab as V
 
-CACHE_VERSION = "markings-8"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
+CACHE_VERSION = "markings-9"  # entries hold markings and notated tempo per note id (3: <metronome>; 4: tempo Words;
 # 5: "Tempo primo" read as the first tempo word; 6: German, French and English returns; 7: ids for id-less notes;
-# 8: a tempo word from the headings)
+# 8: a tempo word from the headings; 9: overflowing backups and forwards shortened)
 MAX_XML_BYTES = 50 * 1024 * 1024
 Marks = Tuple[Tuple[str, ...], Tuple[str, ...]]  # (group tokens, note tokens)
 
@@ -272,6 +272,63 @@ def with_metronome_sound(xml: bytes) -> Optional[bytes]:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if changed else None
 
 
+_MOVE = re.compile(rb"<(?:backup|forward)>\s*<duration>\s*(\d+)")
+_DIVISIONS = re.compile(rb"<divisions>\s*(\d+)")
+MOVE_OVERFLOW_QUARTERS = 64  # a <backup> or <forward> longer than this can only be a writer's overflow
+
+
+def with_backups_in_measure(xml: bytes) -> Optional[bytes]:
+    """The MusicXML document with every ``<backup>`` that steps back past its measure's start shortened to
+    reach the start, and the ``<forward>`` after it that returns past everything written in the measure
+    shortened by the same amount; None when no move is longer than ``MOVE_OVERFLOW_QUARTERS`` quarters (the
+    only files this reads further). A writer that computes positions without clamping writes such pairs:
+    (n)ASAP's Beethoven op. 57/i steps back 667 quarters and forward 664 in twelve measures, to put a
+    run 3 quarters into the bar. partitura clamps the backup alone and puts the run 664 quarters on (the
+    score 2,285 quarters long instead of 1,572); with the pair shortened the run is where the writer's
+    arithmetic puts it. Units: the file's divisions. Parsed with entity resolution off."""
+    divisions = [int(d) for d in _DIVISIONS.findall(xml)]
+    moves = [int(d) for d in _MOVE.findall(xml)]
+    if not moves or not divisions or max(moves) <= MOVE_OVERFLOW_QUARTERS * max(divisions):
+        return None
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, huge_tree=False, no_network=True)
+    try:
+        root = etree.fromstring(xml, parser)
+    except etree.XMLSyntaxError:
+        return None  # partitura's reading says why
+    changed = False
+    for measure in root.iter("measure"):
+        changed |= _mend_measure_moves(measure)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if changed else None
+
+
+def _mend_measure_moves(measure) -> bool:
+    """Shorten, in place, one measure's backups past its start and the forwards that undo them (see
+    :func:`with_backups_in_measure`); whether it changed any. Positions as partitura counts them: a note
+    advances by its ``<duration>`` unless it is a chord's later note or a grace note."""
+    position = extent = owed = 0  # divisions from the measure's start; owed: what clamped backups cut
+    changed = False
+    for element in measure:
+        duration = element.find("duration")
+        length = int(duration.text) if duration is not None and (duration.text or "").strip().isdigit() else 0
+        if element.tag == "note" and element.find("chord") is None and element.find("grace") is None:
+            position += length
+        elif element.tag == "backup" and length > position:
+            owed += length - position
+            duration.text, position, changed = str(position), 0, True
+        elif element.tag == "backup":
+            position -= length
+        elif element.tag == "forward":
+            if owed and position + length > extent:
+                cut = min(owed, length)
+                owed, length = owed - cut, length - cut
+                duration.text, changed = str(length), True
+            position += length
+        extent = max(extent, position)
+    return changed
+
+
 HEADING_CREDIT_TYPES = ("title", "subtitle")  # credits whose words may name the movement's tempo ("II. Andante")
 
 
@@ -304,8 +361,9 @@ def heading_tempo_word(xml: bytes) -> Optional[str]:
 def load_partitura(path: str):
     """``partitura.load_musicxml`` of the file's score document (read once, .mxl unpacked here; entities
     unresolved), its printed metronome marks read as tempi (:func:`with_metronome_sound`): partitura reads
-    ``<sound tempo>`` and ignores ``<metronome>``, which some notation programs write alone. Raises
-    MusicXMLError for a file it cannot read."""
+    ``<sound tempo>`` and ignores ``<metronome>``, which some notation programs write alone; a writer's
+    overflowing backup and forward pairs shortened (:func:`with_backups_in_measure`). Raises MusicXMLError
+    for a file it cannot read."""
     return partitura_of(_xml_bytes(path))
 
 
@@ -313,6 +371,7 @@ def partitura_of(xml: bytes):
     """:func:`load_partitura` of a score document already read (:func:`_xml_bytes`)."""
     import partitura as pt
 
+    xml = with_backups_in_measure(xml) or xml
     return with_note_ids(pt.load_musicxml(io.BytesIO(with_metronome_sound(xml) or xml)), pt)
 
 

@@ -55,3 +55,80 @@ def test_vienna_positions_agree_with_onsets(path):
         assert np.ptp(start_q[k]) < 1e-6, (path.name, key)
     bar_q = {m: n * 4.0 / d for m, n, d in mf.time_sigs}
     assert mf.pos_q.min() >= 0 and mf.pos_q.max() < max(bar_q.values()) + 1e-6
+
+
+HEADER_3_4 = ["info(matchFileVersion,1.0.0).", "info(midiClockUnits,480).", "info(midiClockRate,500000).",
+              "scoreprop(timeSignature,3/4,1:1,0,0.0000)."]
+
+
+def _pass_note(k: int, repeat_pass: int, bar: int, beat: int, onset_q: float, dur: str = "1/4") -> str:
+    tick = 480 + int(onset_q * 480)
+    return (f"snote(n{k}-{repeat_pass},[C,n],4,{bar}:{beat},0,{dur},{onset_q:.4f},{onset_q + 1:.4f},"
+            f"[v1,staff1])-note(m{k}x{repeat_pass},{60 + k},{tick},{tick + 300},64,0,0).")
+
+
+def test_repeat_upbeat_shares_its_bar():
+    """A measure that ends the first pass (a half note on beat 1) and holds the repeat's upbeat (beat 3,
+    pass 2), as Vienna 4x22's D783 writes it: one bar of 3 quarters, not two (until 2026-12-07 a bar of
+    silence came before the upbeat)."""
+    from instruct_tokenizer.encode import encode_match, match_bars
+    from instruct_tokenizer.score import score_timeline
+
+    lines = [_pass_note(0, 1, 1, 1, 0.0), _pass_note(1, 1, 1, 2, 1.0), _pass_note(2, 1, 1, 3, 2.0),
+             _pass_note(3, 1, 2, 1, 3.0, "1/2"), _pass_note(0, 2, 2, 3, 5.0), _pass_note(1, 2, 3, 1, 6.0)]
+    mf = parse_lines(HEADER_3_4 + lines)
+    bar, lengths, _ = match_bars(mf)
+    assert bar.tolist() == [0, 0, 0, 1, 1, 2]
+    np.testing.assert_allclose(lengths, [3, 3, 3])
+    tl = score_timeline(encode_match(mf).score)
+    np.testing.assert_allclose(tl.group_q, [0, 1, 2, 3, 5, 6])
+
+
+def test_vienna_d783_match_has_the_scores_bars():
+    """Every D783 match file (its repeats played, three upbeats in a pass-ending measure) gives the bars and
+    onsets of its MusicXML score."""
+    from instruct_tokenizer.encode import encode_match, score_file_to_tokens
+    from instruct_tokenizer.score import score_timeline
+
+    xml = score_timeline(score_file_to_tokens(str(VIENNA / "musicxml" / "Schubert_D783_no15.musicxml"),
+                                              markings=False, instruct=False))
+    for path in sorted((VIENNA / "match").glob("Schubert_D783_no15_p*.match")):
+        tl = score_timeline(encode_match(load_match(str(path))).score)
+        assert tl.n_bars == xml.n_bars, path.name
+        np.testing.assert_allclose(np.unique(tl.group_q), np.unique(xml.group_q), err_msg=path.name)
+
+
+def test_stranded_notes_are_found_and_left_out_with_their_bar_at_its_length():
+    """A 3/4 measure whose second voice a writer's overflowed backup put 661 quarters on (as in (n)ASAP's
+    op. 57/i), the next measure's onsets carrying the overflow: the stranded note is found, and without it
+    the measure is 3 quarters long, the next bar right after it."""
+    from instruct_tokenizer.encode import encode_match, match_bars
+    from instruct_tokenizer.match import stranded_rows, without_rows
+    from instruct_tokenizer.score import score_timeline
+
+    lines = [_pass_note(0, 1, 1, 1, 0.0), _pass_note(1, 1, 1, 2, 1.0), _pass_note(2, 1, 1, 1323, 661.0),
+             _pass_note(3, 1, 2, 1, 664.0), _pass_note(4, 1, 2, 2, 665.0)]
+    mf = parse_lines(HEADER_3_4 + lines)
+    stranded = stranded_rows(mf)
+    assert stranded.tolist() == [False, False, True, False, False]
+    kept = without_rows(mf, stranded)
+    assert kept.anchor == [mf.anchor[i] for i in (0, 1, 3, 4)] and kept.perf_pitch.tolist() == [60, 61, 63, 64]
+    np.testing.assert_allclose(match_bars(kept)[1], [3, 3])
+    np.testing.assert_allclose(score_timeline(encode_match(kept).score).group_q, [0, 1, 3, 4])
+
+
+def test_build_leaves_out_op57s_stranded_notes(tmp_path):
+    """(n)ASAP's op. 57/i as built: the score as long as its MusicXML (264 bars, 1,567.5 quarters), with a
+    warning naming the notes left out."""
+    from conftest import SHARED
+    from instruct_tokenizer.build import BuildConfig, Source, process
+    from instruct_tokenizer.score import score_timeline
+
+    path = SHARED / "datasets" / "nasap" / "Beethoven" / "Piano_Sonatas" / "23-1" / "Cai01.match"
+    if not path.exists():
+        pytest.skip(f"(n)ASAP not unpacked: {path}")
+    res = process((Source(str(path), "Beethoven", "Piano_Sonatas_23-1", "Cai01"),
+                   BuildConfig(max_tokens=100000, overlap_bars=0), False))
+    assert "left out" in res["warning"] and "bars past their measure's start" in res["warning"]
+    tl = score_timeline(" ".join(res["items"][0].score_bars).split())
+    assert tl.n_bars == 264 and tl.group_q[-1] == 1567.5

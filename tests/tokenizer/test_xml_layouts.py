@@ -118,3 +118,37 @@ def test_the_musics_own_tempo_word_wins_over_the_headings(tmp_path):
     path.write_text(_with_heading("<movement-title>Allegro</movement-title>", words="Adagio"))
     tokens = score_file_to_tokens(str(path), markings=True, instruct=False)
     assert [t for t in tokens if t.startswith(V.TEMPO_WORD + "_")] == [V.tok(V.TEMPO_WORD, "slow")]
+
+
+def _overflowing_moves(back: int, forward: int) -> str:
+    """Bar 1: four quarters in the right hand, then a backup of ``back`` quarters, an invisible quarter and
+    a forward of ``forward`` quarters before the left hand's half note; bar 2: a whole note. A writer that
+    does not clamp at the bar's start means the half note 4 - back + 1 + forward quarters in."""
+    hidden = ('<note print-object="no"><pitch><step>G</step><octave>4</octave></pitch><duration>1</duration>'
+              '<voice>2</voice><type>quarter</type><staff>1</staff></note>')
+    half = ('<note><pitch><step>C</step><octave>3</octave></pitch><duration>2</duration><voice>5</voice>'
+            '<type>half</type><staff>2</staff></note>')
+    whole = ('<note><pitch><step>C</step><octave>4</octave></pitch><duration>4</duration><voice>1</voice>'
+             '<type>whole</type><staff>1</staff></note>')
+    bar1 = (ATTRIBUTES.format(staves="<staves>2</staves>") + _notes("CDEF", 5, staff=1)
+            + f"<backup><duration>{back}</duration></backup>{hidden}<forward><duration>{forward}</duration>"
+            f"</forward>{half}")
+    return (HEAD.format(parts='<score-part id="P1"><part-name>Piano</part-name></score-part>')
+            + f'<part id="P1"><measure number="1">{bar1}</measure><measure number="2">{whole}</measure></part>'
+            "</score-partwise>")
+
+
+@pytest.mark.parametrize("back, forward, half_at", [(100004, 100001, 2), (5, 1, 2)])
+def test_a_writers_overflowing_backup_and_forward_are_read_as_it_counts(tmp_path, back, forward, half_at):
+    """(n)ASAP's op. 57/i: a backup of hundreds of quarters past the bar's start and a forward that undoes
+    it put the left hand where the writer's unclamped arithmetic does (partitura alone: 100,001 quarters
+    on, the score that long). A backup only a little too long is left to partitura (clamped at the
+    bar's start), its forward as written."""
+    from instruct_tokenizer.score import score_timeline
+
+    path = tmp_path / "moves.musicxml"
+    path.write_text(_overflowing_moves(back, forward))
+    tl = score_timeline(score_file_to_tokens(str(path), instruct=False))
+    assert tl.n_bars == 2
+    onset_of = {int(p): float(tl.group_q[g]) for p, g in zip(tl.note_pitch, tl.note_group)}
+    assert onset_of[48] == half_at and onset_of[60] == 4.0
