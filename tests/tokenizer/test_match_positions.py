@@ -117,16 +117,13 @@ def test_stranded_notes_are_found_and_left_out_with_their_bar_at_its_length():
     np.testing.assert_allclose(score_timeline(encode_match(kept).score).group_q, [0, 1, 3, 4])
 
 
-def test_build_leaves_out_op57s_stranded_notes(tmp_path):
+def test_build_leaves_out_op57s_stranded_notes(nasap):
     """(n)ASAP's op. 57/i as built: the score as long as its MusicXML (264 bars, 1,567.5 quarters), with a
     warning naming the notes left out."""
-    from conftest import SHARED
     from instruct_tokenizer.build import BuildConfig, Source, process
     from instruct_tokenizer.score import score_timeline
 
-    path = SHARED / "datasets" / "nasap" / "Beethoven" / "Piano_Sonatas" / "23-1" / "Cai01.match"
-    if not path.exists():
-        pytest.skip(f"(n)ASAP not unpacked: {path}")
+    path = nasap / "Beethoven" / "Piano_Sonatas" / "23-1" / "Cai01.match"
     res = process((Source(str(path), "Beethoven", "Piano_Sonatas_23-1", "Cai01"),
                    BuildConfig(max_tokens=100000, overlap_bars=0), False))
     assert "left out" in res["warning"] and "bars past their measure's start" in res["warning"]

@@ -152,3 +152,14 @@ def test_a_writers_overflowing_backup_and_forward_are_read_as_it_counts(tmp_path
     assert tl.n_bars == 2
     onset_of = {int(p): float(tl.group_q[g]) for p, g in zip(tl.note_pitch, tl.note_group)}
     assert onset_of[48] == half_at and onset_of[60] == 4.0
+
+
+def test_op57s_musicxml_has_its_264_bars(nasap, tmp_path, monkeypatch):
+    """(n)ASAP's MusicXML of op. 57/i, whose twelve overflowing backup and forward pairs partitura alone reads
+    as 2,285 quarters in 316 bars."""
+    from instruct_tokenizer.score import score_timeline
+
+    monkeypatch.setenv("INSTRUCT_TOKENIZER_CACHE", str(tmp_path))
+    path = nasap / "Beethoven" / "Piano_Sonatas" / "23-1" / "xml_score.musicxml"
+    tl = score_timeline(score_file_to_tokens(str(path), instruct=False))
+    assert tl.n_bars == 264 and tl.group_q[-1] == 1567.5
