@@ -58,8 +58,8 @@ def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, i
     med = 0.5 * (lo + hi)  # (K,) the median bar start per key, quarters
     start_grid = np.round(med * V.GRID)  # (K,) the same on the grid
     ordered_idx = np.lexsort((uniq[:, 0], uniq[:, 1], start_grid))
-    _, first_key, rank_of_start = np.unique(start_grid[ordered_idx], return_index=True,
-                                                 return_inverse=True)  # (B,) one bar per distinct start
+    # one bar per distinct start: the first key (in that order) of each start, each key's bar
+    _, first_key, rank_of_start = np.unique(start_grid[ordered_idx], return_index=True, return_inverse=True)
     rank = np.empty(len(uniq), np.int64)
     rank[ordered_idx] = rank_of_start.reshape(-1)
     bar = rank[inv]

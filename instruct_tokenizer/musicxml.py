@@ -284,7 +284,7 @@ def with_backups_in_measure(xml: bytes) -> Optional[bytes]:
     only files this reads further). A writer that computes positions without clamping writes such pairs:
     (n)ASAP's Beethoven op. 57/i steps back 667 quarters and forward 664 in twelve measures, to put a
     run 3 quarters into the bar. partitura clamps the backup alone and puts the run 664 quarters on (the
-    score 2,285 quarters long instead of 1,572); with the pair shortened the run is where the writer's
+    score 2,285 quarters long instead of 1,567.5); with the pair shortened the run is where the writer's
     arithmetic puts it. Units: the file's divisions. Parsed with entity resolution off."""
     divisions = [int(d) for d in _DIVISIONS.findall(xml)]
     moves = [int(d) for d in _MOVE.findall(xml)]
