@@ -245,7 +245,7 @@ def process(job: Tuple[Source, BuildConfig, bool]) -> dict:
         return {"source": source, "error": reason}
     stranded = stranded_rows(mf)  # a writer's overflowed positions: left out, with their performed notes
     stranded_played = int(mf.played[stranded].sum())
-    mf = without_rows(mf, stranded) if stranded.any() else mf
+    mf = without_rows(mf, stranded)
     wants_xml = cfg.xml_markings or cfg.notated_tempo
     info, warning = xml_info_of_match(source.path, cfg.cache_dir) if wants_xml else (None, None)
     if warning:

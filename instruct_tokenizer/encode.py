@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import vocab as V
-from .match import STRANDED_BARS, MatchFile, middle_per_bar
+from .match import STRANDED_BARS, MatchFile, middle_per_bar, time_signature_at
 from .score import (ScoreNotes, Timeline, bar_notated_period_s, score_timeline, score_tokens, sort_order,
                     split_long_bars, with_marking_state)
 
@@ -64,29 +64,19 @@ def match_bars(mf: MatchFile) -> Tuple[np.ndarray, np.ndarray, List[Tuple[int, i
     rank[ordered_idx] = rank_of_start.reshape(-1)
     bar = rank[inv]
     begin = med[ordered_idx[first_key]]  # (B,) quarters: the start of each bar's first key
-    ts = [_ts_at(mf.time_sigs, int(m)) for m in uniq[ordered_idx[first_key], 0]]
+    ts = [time_signature_at(mf.time_sigs, int(m)) for m in uniq[ordered_idx[first_key], 0]]
     lengths = np.diff(begin, append=begin[-1] + ts[-1][0] * 4.0 / ts[-1][1]) if len(begin) else begin
     nominal = np.array([t[0] * 4.0 / t[1] for t in ts])
     extent = np.zeros(len(begin))
     np.maximum.at(extent, bar, mf.pos_q + mf.dur_q)  # (B,) quarters: where the bar's last note ends
     stranded = lengths > STRANDED_BARS * nominal  # the next bar's start carries a writer's overflow
-    lengths = np.where(stranded, np.maximum(nominal, extent), lengths)
-    lengths = np.where(lengths > 0, lengths, nominal)
-    return bar, lengths, ts
+    return bar, np.where(stranded, np.maximum(nominal, extent), lengths), ts
 
 
 def _median(values: List[float]) -> float:
     v = sorted(values)
     n = len(v)
     return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
-
-
-def _ts_at(time_sigs, measure: int) -> Tuple[int, int]:
-    ts = (time_sigs[0][1], time_sigs[0][2]) if time_sigs else (4, 4)
-    for m, num, den in time_sigs:
-        if m <= measure:
-            ts = (num, den)
-    return ts
 
 
 def match_score_notes(mf: MatchFile, marks: Optional[Dict] = None,

@@ -82,12 +82,21 @@ _ROW_FIELDS = ("measure", "repeat_pass", "pos_q", "onset_q", "dur_q", "grace", "
                "onset_s", "offset_s", "velocity", "perf_pitch")  # MatchFile's per-row arrays (and ``anchor``)
 
 
+def time_signature_at(time_sigs: List[Tuple[int, int, int]], measure: int) -> Tuple[int, int]:
+    """(numerator, denominator) in force at a measure: the last change at or before it in ``time_sigs``
+    (sorted by measure), the first one before any, 4/4 without one."""
+    ts = (time_sigs[0][1], time_sigs[0][2]) if time_sigs else (4, 4)
+    for m, num, den in time_sigs:
+        if m <= measure:
+            ts = (num, den)
+    return ts
+
+
 def nominal_bar_q(time_sigs: List[Tuple[int, int, int]], measures: np.ndarray) -> np.ndarray:
-    """(N,) the length in quarters that the time signature in force gives each measure (4/4 without one)."""
-    sigs = sorted(time_sigs) or [(0, 4, 4)]
-    starts = np.array([m for m, _, _ in sigs])
-    quarters = np.array([num * 4.0 / den for _, num, den in sigs])
-    return quarters[np.clip(np.searchsorted(starts, measures, side="right") - 1, 0, None)]
+    """(N,) the length in quarters that the time signature in force gives each measure."""
+    quarters = {m: num * 4.0 / den for m in np.unique(measures).tolist()
+                for num, den in [time_signature_at(time_sigs, m)]}
+    return np.array([quarters[m] for m in np.asarray(measures).tolist()], dtype=np.float64)
 
 
 def stranded_rows(mf: MatchFile) -> np.ndarray:
@@ -99,8 +108,11 @@ def stranded_rows(mf: MatchFile) -> np.ndarray:
 
 
 def without_rows(mf: MatchFile, drop: np.ndarray) -> MatchFile:
-    """The match file without the rows (score notes, each with its performed note) where ``drop`` is true."""
+    """The match file without the rows (score notes, each with its performed note) where ``drop`` is true
+    (the same object where none is)."""
     keep = ~np.asarray(drop, dtype=bool)
+    if keep.all():
+        return mf
     rows = {name: getattr(mf, name)[keep] for name in _ROW_FIELDS}
     return replace(mf, anchor=[a for a, k in zip(mf.anchor, keep) if k], **rows)
 
@@ -143,11 +155,7 @@ def _repeat_pass(anchor: str) -> int:
 
 
 def _den_at(time_sigs: List[Tuple[int, int, int]], measure: int) -> int:
-    den = time_sigs[0][2] if time_sigs else 4
-    for m, _, d in time_sigs:
-        if m <= measure:
-            den = d
-    return den
+    return time_signature_at(time_sigs, measure)[1]
 
 
 def _header_line(line: str, info: Dict[str, str], time_sigs: List[Tuple[int, int, int]],

@@ -113,8 +113,7 @@ def as_built(path: str):
     """The match file as ``instruct-tokenize build`` encodes it: its stranded notes left out (a writer's
     overflowed positions, ``match.stranded_rows``: op. 57/i's runs 661 quarters into their measures)."""
     mf = load_match(path)
-    stranded = stranded_rows(mf)
-    return without_rows(mf, stranded) if stranded.any() else mf
+    return without_rows(mf, stranded_rows(mf))
 
 
 def one(path, relative_tempo: bool = False):
