@@ -117,6 +117,12 @@ def without_rows(mf: MatchFile, drop: np.ndarray) -> MatchFile:
     return replace(mf, anchor=[a for a, k in zip(mf.anchor, keep) if k], **rows)
 
 
+def without_stranded(mf: MatchFile) -> MatchFile:
+    """The match file as ``instruct-tokenize build`` encodes it: its stranded notes (:func:`stranded_rows`)
+    left out, each with its performed note."""
+    return without_rows(mf, stranded_rows(mf))
+
+
 _FRAC_CACHE: Dict[str, float] = {}
 
 

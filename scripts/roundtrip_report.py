@@ -9,7 +9,7 @@ silent ones after it: ``roundtrip.sound_end_s``), and with ``--diagnose`` the ca
 ``--relative-tempo`` measures the relative tempo encoding (``instruct-tokenize build --notated-tempo
 --relative-tempo``): each file's notated tempo comes from the MusicXML beside it (through the parsed-XML
 cache; 120 where there is none or it states none). Each file is read as the build encodes it: its stranded
-notes left out (``match.stranded_rows``; until 2026-12-07 not, and op. 57/i's performances, whose runs a
+notes left out (``match.without_stranded``; until 2026-12-07 not, and op. 57/i's performances, whose runs a
 writer's overflowed backups put 661 quarters into their measures, had an onset p99 up to 277 ms).
 
 Causes (notes): ``time_range`` the note is more than the Time range (2 s) from its group's grid;
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from instruct_tokenizer import vocab as V  # noqa: E402
-from instruct_tokenizer.match import MatchParseError, load_match, stranded_rows, without_rows  # noqa: E402
+from instruct_tokenizer.match import MatchParseError, load_match, without_stranded  # noqa: E402
 from instruct_tokenizer.roundtrip import roundtrip_errors, sound_end_s  # noqa: E402
 
 TOL_MS = 20.0
@@ -109,24 +109,17 @@ COLS = ["onset_median_ms", "onset_p99_ms", "onset_start_ms", "onset_end_ms", "ve
 HIGHER_IS_BETTER = {"pedal_within_20ms", "soft_within_20ms"}
 
 
-def as_built(path: str):
-    """The match file as ``instruct-tokenize build`` encodes it: its stranded notes left out (a writer's
-    overflowed positions, ``match.stranded_rows``: op. 57/i's runs 661 quarters into their measures)."""
-    mf = load_match(path)
-    return without_rows(mf, stranded_rows(mf))
-
-
 def one(path, relative_tempo: bool = False):
     try:
         qpm = _qpm(str(path), relative_tempo)
-        return str(path), roundtrip_errors(as_built(str(path)), qpm, relative_tempo)
+        return str(path), roundtrip_errors(without_stranded(load_match(str(path))), qpm, relative_tempo)
     except (MatchParseError, ValueError) as e:
         return str(path), str(e)
 
 
 def one_diag(path, relative_tempo: bool = False):
     try:
-        mf = as_built(str(path))
+        mf = without_stranded(load_match(str(path)))
         qpm = _qpm(str(path), relative_tempo)
         r = roundtrip_errors(mf, qpm, relative_tempo)
         r["causes"] = diagnose(mf, qpm, relative_tempo)

@@ -134,9 +134,9 @@ def test_build_leaves_out_op57s_stranded_notes(nasap):
 def test_op57_roundtrips_within_bounds_as_built(nasap):
     """Op. 57/i's worst file (Yeletskiy01: onset p99 277 ms read whole, its stranded runs played in a second
     over 661 quarters) roundtrips within the bounds once its stranded notes are left out, as the build does."""
-    from instruct_tokenizer.match import stranded_rows, without_rows
+    from instruct_tokenizer.match import without_stranded
     from instruct_tokenizer.roundtrip import roundtrip_errors
 
     mf = load_match(str(nasap / "Beethoven" / "Piano_Sonatas" / "23-1" / "Yeletskiy01.match"))
-    err = roundtrip_errors(without_rows(mf, stranded_rows(mf)))
+    err = roundtrip_errors(without_stranded(mf))
     assert err["onset_p99_ms"] <= 20 and err["onset_median_ms"] <= 3
