@@ -28,6 +28,13 @@ are two, over these features of the score tokens (units in each name):
   by least squares; a ``tempo_model.json`` stores the names its coefficients go with, so such a file
   still loads and predicts as it did.)
 
+**No extrapolation.** Each line also stores the range of every content feature over the training pieces
+it was fitted on (``ranges`` in ``tempo_model.json``, since 2026-12-08), and :meth:`TempoModel.predict` reads
+a feature outside it at the range's edge (:meth:`TempoModel.within_range`): a straight line has no support
+there. Whole-note triads (a quarter of an onset per quarter note, four times sparser than any training
+piece) read 300 quarters per minute, the clamp's ceiling, without it; Schoenberg's op. 19/6, a few chords
+in nine bars, 233. The render log names the features read at an edge.
+
 A score without a mark whose tempo words change class (Grave, Allegro, Grave again) is cut into **tempo
 sections** (:func:`tempo_sections`), each estimated by the words line on its own bars with its own word
 (:func:`section_tempi`) and written into its bars' ``QPM`` (:func:`with_bar_qpm`), as a score that states a
@@ -62,6 +69,11 @@ KNOWN_FEATURES = FEATURES + ("compound", "log2_median_ioi_q")  # every name scor
 SHORT_Q = 0.25  # quarters: a sixteenth note
 SHORT_GAP_PERCENTILE = 25.0  # the "shortest common" onset gap: this percentile of the gaps
 QPM_RANGE = (30.0, 300.0)  # quarter notes per minute: an estimate is clamped here
+FEATURE_WORDS = {"log2_beat_unit_q": "the beat unit", "log2_groups_per_q": "onsets per quarter",
+                 "short_share": "the share of sixteenths", "log2_p25_ioi_q": "the shortest common onset gap",
+                 "log2_notes_per_onset": "notes per onset", "log2_pitch_range": "the pitch range",
+                 "length_spread": "the spread of the written lengths", "compound": "compound meter",
+                 "log2_median_ioi_q": "the median onset gap"}  # for the render log: a feature read at its edge
 OPENING_BARS = 4  # bars: a first metronome mark this close to the start holds from the start (a pickup, an
 # opening chord); an opening this long or longer before it is a section that states no tempo and gets an estimate
 
@@ -360,6 +372,13 @@ def feature_row(features: Dict[str, float], names: Sequence[str] = FEATURES) -> 
     return np.array([features[name] for name in names], dtype=np.float64)
 
 
+def feature_ranges(features: Sequence[Dict[str, float]], names: Sequence[str]) -> Dict[str, Tuple[float, float]]:
+    """(lowest, highest) of each of ``names`` over the ``features`` of the pieces a line is fitted on, the
+    bias and the word flags left out (they take no value outside their own)."""
+    return {n: (min(f[n] for f in features), max(f[n] for f in features))
+            for n in names if n != "bias" and not n.startswith("word_")}
+
+
 def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2, huber_delta: Optional[float] = None,
         standardize: bool = False, iterations: int = 100) -> np.ndarray:
     """Coefficients of log2 qpm on the feature rows (first column the bias, which is not penalised).
@@ -395,9 +414,13 @@ class TempoModel:
     pieces as a score MIDI export gives them). ``predict`` gives quarter notes per minute.
 
     Each line reads the feature names its coefficients are stored under (any of ``KNOWN_FEATURES``, the
-    bias among them), so a file fitted on an older feature set predicts as it did."""
+    bias among them), so a file fitted on an older feature set predicts as it did. ``ranges``: per line,
+    the (lowest, highest) value of each feature over its training pieces (:func:`feature_ranges`); a
+    feature outside is read at the edge (:meth:`within_range`). A file without them (until 2026-12-08)
+    predicts as it did, on the raw features."""
 
-    def __init__(self, coef: Dict[str, Dict[str, float]], meta: Optional[dict] = None):
+    def __init__(self, coef: Dict[str, Dict[str, float]], meta: Optional[dict] = None,
+                 ranges: Optional[Dict[str, Dict[str, Sequence[float]]]] = None):
         self.coef: Dict[str, np.ndarray] = {}
         self.names: Dict[str, Tuple[str, ...]] = {}
         for kind in MODELS:
@@ -409,25 +432,49 @@ class TempoModel:
                 raise ValueError(f"tempo model {kind}: unknown features {', '.join(unknown)}")
             self.names[kind] = tuple(line)
             self.coef[kind] = np.array([line[f] for f in self.names[kind]], dtype=np.float64)
+        self.ranges: Dict[str, Dict[str, Tuple[float, float]]] = {}
+        for kind, line_ranges in (ranges or {}).items():
+            if kind not in MODELS:
+                raise ValueError(f"tempo model ranges: unknown line {kind}")
+            for name, bounds in line_ranges.items():
+                if name not in self.names[kind] or len(bounds) != 2 or not bounds[0] <= bounds[1]:
+                    raise ValueError(f"tempo model {kind}: range of {name} must be (low, high) of one of its "
+                                     f"features, got {bounds}")
+            self.ranges[kind] = {n: (float(lo), float(hi)) for n, (lo, hi) in line_ranges.items()}
         self.meta = meta or {}
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> "TempoModel":
         data = json.loads(Path(path).read_text())
-        return cls(data["coef"], data.get("meta"))
+        return cls(data["coef"], data.get("meta"), data.get("ranges"))
 
     def save(self, path: Path = MODEL_PATH) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         coef = {kind: dict(zip(self.names[kind], c.round(6).tolist())) for kind, c in self.coef.items()}
-        path.write_text(json.dumps({"coef": coef, "meta": self.meta}, indent=1) + "\n")
+        data = {"coef": coef, "meta": self.meta}
+        if self.ranges:
+            data["ranges"] = {kind: {n: [round(lo, 6), round(hi, 6)] for n, (lo, hi) in r.items()}
+                              for kind, r in self.ranges.items()}
+        path.write_text(json.dumps(data, indent=1) + "\n")
 
     @staticmethod
     def kind(features: Dict[str, float]) -> str:
         return "words" if any(features[f"word_{c}"] for c in WORD_CLASSES) else "content"
 
+    def within_range(self, features: Dict[str, float]) -> Tuple[Dict[str, float], List[str]]:
+        """The features with each one outside its line's training range set to the nearer edge, and the
+        names so set (none for a line stored without ranges)."""
+        ranges = self.ranges.get(self.kind(features), {})
+        clamped = {n: min(max(features[n], lo), hi) for n, (lo, hi) in ranges.items()}
+        moved = [n for n, v in clamped.items() if v != features[n]]
+        return {**features, **clamped}, moved
+
     def predict(self, features: Dict[str, float]) -> float:
+        """Quarter notes per minute from the line of the features' kind, each feature read within its
+        training range (:meth:`within_range`), the result within :data:`QPM_RANGE`."""
         kind = self.kind(features)
-        qpm = 2.0 ** float(feature_row(features, self.names[kind]) @ self.coef[kind])
+        inside, _ = self.within_range(features)
+        qpm = 2.0 ** float(feature_row(inside, self.names[kind]) @ self.coef[kind])
         return float(min(max(qpm, QPM_RANGE[0]), QPM_RANGE[1]))
 
 
@@ -467,12 +514,16 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
         return TempoEstimate(piece_qpm(sections), "words", "estimated per section from its tempo word and "
                              "content (no metronome mark): " + describe_sections(sections), bar_tempi(sections))
     features = score_features(score_tokens, tl)
-    qpm = (model or default_model()).predict(features)
+    model = model or default_model()
+    qpm = model.predict(features)
     word = next((c for c in WORD_CLASSES if features[f"word_{c}"]), None)
     num, den = first_time_signature(score_tokens)
     content = (f"median onset gap {2 ** features['log2_median_ioi_q']:g} quarters, "
                f"{100 * features['short_share']:.0f} % of notes sixteenths or shorter, "
                f"written lengths spread over {features['length_spread']:.2f} octaves")
+    edges = [FEATURE_WORDS.get(n, n) for n in model.within_range(features)[1]]
+    if edges:
+        content += f"; {', '.join(edges)} beyond the training pieces', read at their edge"
     if word is not None:
         return TempoEstimate(qpm, "words", f"estimated from the tempo word in force over most of the score ({word}), "
                                            f"{num}/{den} and the content "

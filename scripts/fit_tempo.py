@@ -147,25 +147,31 @@ def fit_recipe(recipe: "Recipe", feats: list, log2_human: np.ndarray) -> np.ndar
                  standardize=recipe.standardize)
 
 
-def predict_qpm(recipe: "Recipe", coef: np.ndarray, features: dict) -> float:
-    """Quarter notes per minute, clamped to ``T.QPM_RANGE`` as ``TempoModel.predict`` does."""
+def predict_qpm(recipe: "Recipe", coef: np.ndarray, features: dict, ranges: Optional[dict] = None) -> float:
+    """Quarter notes per minute, clamped to ``T.QPM_RANGE`` as ``TempoModel.predict`` does; ``ranges``
+    (``T.feature_ranges``): each feature read within them first, as the shipped model does."""
+    if ranges:
+        features = {**features, **{n: min(max(features[n], lo), hi) for n, (lo, hi) in ranges.items()}}
     qpm = 2.0 ** float(T.feature_row(features, recipe.names) @ coef)
     return min(max(qpm, T.QPM_RANGE[0]), T.QPM_RANGE[1])
 
 
 def cv_errors(recipe: "Recipe", feats: list, log2_human: np.ndarray, only: Optional[np.ndarray] = None,
-              fit_feats: Optional[list] = None) -> np.ndarray:
+              fit_feats: Optional[list] = None, within_range: bool = False) -> np.ndarray:
     """|log2(estimate / human)| of each training piece (of those where ``only`` is true, if given), from a
     fit on all the other pieces; ``fit_feats``: the features the fit reads where they differ from the
-    held-out piece's (another view of the same pieces)."""
+    held-out piece's (another view of the same pieces); ``within_range``: the held-out piece's features
+    read within the other pieces' range, as the shipped model reads a score (since 2026-12-08)."""
     fit_feats = feats if fit_feats is None else fit_feats
     out = []
     for i in range(len(feats)):
         if only is not None and not only[i]:
             continue
         keep = np.arange(len(feats)) != i
-        coef = fit_recipe(recipe, [f for f, k in zip(fit_feats, keep) if k], log2_human[keep])
-        out.append(abs(math.log2(predict_qpm(recipe, coef, feats[i])) - log2_human[i]))
+        others = [f for f, k in zip(fit_feats, keep) if k]
+        coef = fit_recipe(recipe, others, log2_human[keep])
+        ranges = T.feature_ranges(others, recipe.names) if within_range else None
+        out.append(abs(math.log2(predict_qpm(recipe, coef, feats[i], ranges)) - log2_human[i]))
     return np.array(out)
 
 
@@ -320,6 +326,10 @@ def main() -> int:
                                                        (content, content_feats), (words, words_feats))}
     coef = {"words": dict(zip(words.names, fitted[words].tolist())),
             "content": dict(zip(content.names, fitted[content].tolist()))}
+    ranges = {"words": T.feature_ranges(words_feats, words.names),
+              "content": T.feature_ranges(content_feats, content.names)}
+    cv_content_within = cv_errors(content, content_feats, target, within_range=True)
+    cv_words_within = cv_errors(words, words_feats, target, has_word, within_range=True)
 
     def loss(r: Recipe) -> str:
         return f"{'Huber ' + format(r.huber_delta, 'g') + ' (log2)' if r.huber_delta else 'least squares'}, ridge {r.ridge:g}"
@@ -331,17 +341,21 @@ def main() -> int:
                                 "loss": {"words": loss(words), "content": loss(content)},
                                 "chosen_by": "leave-one-piece-out cross-validation (words: over the pieces with a "
                                              "tempo word), ridge on standardised features",
-                                "target": "log2 median human quarter notes per minute"})
+                                "target": "log2 median human quarter notes per minute",
+                                "ranges": "each feature's lowest and highest value over the training pieces "
+                                          "its line was fitted on; a score's feature outside is read at the "
+                                          "edge"}, ranges)
     print("coefficients:", json.dumps({k: {n: round(v, 3) for n, v in c.items()} for k, c in coef.items()}))
     print(f"chosen content line: {loss(content)}; words line: {loss(words)}")
 
-    def qpm_of(recipe: Recipe):
-        return lambda f: predict_qpm(recipe, fitted[recipe], f)
+    def qpm_of(recipe: Recipe, within: Optional[dict] = None):
+        return lambda f: predict_qpm(recipe, fitted[recipe], f, within)
 
     models = {"120": (None, lambda f: V.DEFAULT_QPM),
               "until 2026-12-04": (qpm_of(OLD_WORDS), qpm_of(OLD_CONTENT)),
               "until 2026-12-07": (qpm_of(PREVIOUS_WORDS), qpm_of(PREVIOUS_CONTENT)),
-              "new": (qpm_of(words), qpm_of(content))}
+              "new, features as given": (qpm_of(words), qpm_of(content)),
+              "new": (qpm_of(words, ranges["words"]), qpm_of(content, ranges["content"]))}
     rows = {"(n)ASAP test, MusicXML (mark, else words, else content)": (content_views(test, False), True),
             "(n)ASAP test, MusicXML, a tempo word and no mark: words": (
                 [v for v in content_views(test, False) if v[2] is None and v[3]], True),
@@ -369,10 +383,10 @@ def main() -> int:
     lines = comparison(rows, models).splitlines()
     cv_rows = [f"| (n)ASAP train, leave-one-piece-out CV: content | {len(target)} | " + " | ".join(
         cell(e) for e in (np.abs(target - math.log2(V.DEFAULT_QPM)), cv_old_content, cv_previous_content,
-                          cv_content)) + " |",
+                          cv_content, cv_content_within)) + " |",
         f"| (n)ASAP train, leave-one-piece-out CV: words (the pieces with one) | {int(has_word.sum())} | " + " | ".join(
         cell(e) for e in (np.abs(target[has_word] - math.log2(V.DEFAULT_QPM)), cv_old_words,
-                          cv_previous_words, cv_words)) + " |"]
+                          cv_previous_words, cv_words, cv_words_within)) + " |"]
     print("median (mean) over pieces of |log2(estimate / median human tempo)|")
     print("\n".join(lines[:2] + cv_rows + lines[2:]))
     held_out = {**section_pieces(a.tokens, "test"), **section_pieces(a.tokens, "valid")}

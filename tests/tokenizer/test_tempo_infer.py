@@ -266,3 +266,46 @@ def test_shipped_lines_read_a_wide_spread_of_lengths_as_slower():
     with_word = [even[:3] + word + even[3:], mixed[:3] + word + mixed[3:]]
     est_even, est_mixed = (T.notated_tempo(s) for s in with_word)
     assert est_even.source == est_mixed.source == "words" and est_mixed.qpm < est_even.qpm
+
+
+def test_a_feature_beyond_the_training_range_is_read_at_its_edge(tmp_path):
+    """A line stored with ranges reads a feature outside them at the nearer edge (a straight line has no
+    support there); the same line without ranges extrapolates; the ranges survive save and load, and a
+    range that is not (low, high) of one of the line's features fails."""
+    content = dict(zip(T.CONTENT_FEATURES, [6.0] + [0.0] * (len(T.CONTENT_FEATURES) - 1)))
+    content["log2_groups_per_q"] = -1.0
+    words = dict(zip(T.FEATURES, [6.0] + [0.0] * (len(T.FEATURES) - 1)))
+    ranges = {"content": {"log2_groups_per_q": [0.0, 3.0]}}
+    bounded = T.TempoModel({"words": words, "content": content}, ranges=ranges)
+    free = T.TempoModel({"words": words, "content": content})
+    sparse = T.score_features(score(dur=4 * Q, per_bar=1, chord=3))  # whole-note triads: a quarter onset per quarter
+    assert math.isclose(sparse["log2_groups_per_q"], -2.0)
+    assert math.isclose(free.predict(sparse), 2 ** 8.0)  # 256 quarters per minute, extrapolated
+    assert math.isclose(bounded.predict(sparse), 2 ** 6.0)  # read at the edge: 0
+    assert bounded.within_range(sparse)[1] == ["log2_groups_per_q"]
+    dense = T.score_features(score(dur=Q // 4, per_bar=16))  # four onsets per quarter: inside
+    assert bounded.within_range(dense)[1] == [] and bounded.predict(dense) == free.predict(dense)
+    path = tmp_path / "tempo_model.json"
+    bounded.save(path)
+    assert T.TempoModel.load(path).predict(sparse) == bounded.predict(sparse)
+    with pytest.raises(ValueError, match="range of log2_groups_per_q"):
+        T.TempoModel({"words": words, "content": content}, ranges={"content": {"log2_groups_per_q": [3.0, 0.0]}})
+    with pytest.raises(ValueError, match="range of onsets_per_bar"):
+        T.TempoModel({"words": words, "content": content}, ranges={"content": {"onsets_per_bar": [0.0, 1.0]}})
+
+
+def test_shipped_model_keeps_sparse_chords_off_the_ceiling():
+    """Whole-note triads, no tempo word: four times sparser than any training piece. Read at the edge of
+    the training range the shipped content line gives a tempo inside its clamp, not the 300 ceiling it
+    extrapolated to; the reason names the feature read at its edge. Every content feature of each line has
+    a stored range."""
+    model = T.default_model()
+    for kind, names in T.MODELS.items():
+        assert set(model.ranges[kind]) == {n for n in names if n != "bias" and not n.startswith("word_")}
+    est = T.notated_tempo(score(dur=4 * Q, per_bar=1, chord=3, pitches=(48, 52, 55, 60, 64, 67, 72, 76, 79)))
+    assert est.source == "content" and est.qpm < 0.8 * T.QPM_RANGE[1]
+    edges = est.reason.partition("written lengths spread over 0.00 octaves; ")[2]
+    assert edges.startswith("onsets per quarter, ") and "beyond the training pieces', read at their edge" in edges
+    free = T.TempoModel({k: dict(zip(model.names[k], model.coef[k])) for k in T.MODELS})
+    sparse = T.score_features(score(dur=4 * Q, per_bar=1, chord=3, pitches=(48, 52, 55, 60, 64, 67, 72, 76, 79)))
+    assert free.predict(sparse) == T.QPM_RANGE[1]

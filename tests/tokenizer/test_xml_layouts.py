@@ -1,5 +1,5 @@
 """MusicXML layouts that notation programs write and (n)ASAP's files do not: a piano score as one part per
-hand, and repeats whose endings partitura cannot follow."""
+hand, repeats whose endings partitura cannot follow, and parts whose repeats disagree."""
 from __future__ import annotations
 
 import logging
@@ -71,6 +71,40 @@ def test_repeats_partitura_cannot_unfold_are_read_as_written_with_a_warning(tmp_
     assert len(as_written.pitch) == 12  # 1 2 3: each bar once
     assert any(str(bad) in r.getMessage() and "repeats could not be unfolded" in r.getMessage()
                for r in caplog.records)
+
+
+def _two_repeated_halves_per_hand(left_first_bar: str) -> str:
+    """One part per hand, four bars, ||: 1 2 :||: 3 4 :||, each hand's repeats on its own bar lines; the
+    left hand's first bar holds ``left_first_bar``'s quarters (three: a short bar, as a writer may leave)."""
+    def hand(pid: str, octave: int, first: str) -> str:
+        return (f'<part id="{pid}"><measure number="1">{ATTRIBUTES.format(staves="")}{_notes(first, octave)}'
+                f'</measure><measure number="2">{_notes("GABG", octave)}<barline location="right">'
+                '<repeat direction="backward"/></barline></measure><measure number="3"><barline location="left">'
+                f'<repeat direction="forward"/></barline>{_notes("CCCC", octave)}</measure><measure number="4">'
+                f'{_notes("DDDD", octave)}<barline location="right"><repeat direction="backward"/></barline>'
+                '</measure></part>')
+    parts = ('<score-part id="P1"><part-name>Right</part-name></score-part>'
+             '<score-part id="P2"><part-name>Left</part-name></score-part>')
+    return HEAD.format(parts=parts) + hand("P1", 5, "CDEF") + hand("P2", 3, left_first_bar) + "</score-partwise>"
+
+
+def test_repeats_of_parts_whose_bars_disagree_unfold_once(tmp_path, caplog):
+    """Every part carries its own repeats; where one part's bar is short its copies fall off the first
+    part's bar lines, and partitura unfolded the overlapping copies into each other (182 notes here, 62,866
+    from 1,946 in a Haydn quartet movement). The first part's repeats are unfolded, once, with a warning
+    naming the file; parts whose bars agree unfold as before, without one."""
+    even, short = tmp_path / "even.musicxml", tmp_path / "short.musicxml"
+    even.write_text(_two_repeated_halves_per_hand("CDEF"))
+    short.write_text(_two_repeated_halves_per_hand("CDE"))
+    with caplog.at_level(logging.WARNING, logger="instruct_tokenizer.scorefile"):
+        assert len(load_score(str(even)).pitch) == 64  # 2 hands x 16 notes, each half twice
+        assert not caplog.records
+        # the right hand 32; the left's notes within the first part's spans [0, 8) and [8, 16) quarters,
+        # each twice: 8 (C D E, G A B G, C) and 7 (C C C, D D D D)
+        assert len(load_score(str(short)).pitch) == 32 + 2 * 8 + 2 * 7
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{short}: 2 repeat(s) of its other parts fall off the first part's bar lines (bars of unequal length "
+        "across parts); the first part's repeats unfolded"]
 
 
 @pytest.mark.parametrize("stop_number", ["1", ""])
