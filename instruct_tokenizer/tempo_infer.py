@@ -28,12 +28,16 @@ are two, over these features of the score tokens (units in each name):
   by least squares; a ``tempo_model.json`` stores the names its coefficients go with, so such a file
   still loads and predicts as it did.)
 
-**No extrapolation.** Each line also stores the range of every content feature over the training pieces
-it was fitted on (``ranges`` in ``tempo_model.json``, since 2026-12-08), and :meth:`TempoModel.predict` reads
-a feature outside it at the range's edge (:meth:`TempoModel.within_range`): a straight line has no support
-there. Whole-note triads (a quarter of an onset per quarter note, four times sparser than any training
-piece) read 300 quarters per minute, the clamp's ceiling, without it; Schoenberg's op. 19/6, a few chords
-in nine bars, 233. The render log names the features read at an edge.
+**No extrapolation.** Each line also stores the range of its features (:data:`BOUNDED_FEATURES`: all but
+the pitch range) over the training pieces it was fitted on (``ranges`` in ``tempo_model.json``, since
+2026-12-07), and :meth:`TempoModel.predict` reads such a feature outside it at the range's edge
+(:meth:`TempoModel.within_range`): a straight line has no support there. The rhythm's coefficients say that
+pianists keep a roughly constant onset rate, which holds over the training pieces and not beyond:
+whole-note triads (a quarter of an onset per quarter note, four times sparser than any training piece)
+read 300 quarters per minute, the clamp's ceiling, without it, Schoenberg's op. 19/6 (a few chords in
+nine bars) 233. The pitch range is read as given: every training piece spans 40 semitones or more, and
+read at that edge a melody (a lead sheet) came out faster than any piano piece of its rhythm, 165 -> 300
+(docs/experiments.md section 39). The render log names the features read at an edge.
 
 A score without a mark whose tempo words change class (Grave, Allegro, Grave again) is cut into **tempo
 sections** (:func:`tempo_sections`), each estimated by the words line on its own bars with its own word
@@ -69,6 +73,8 @@ KNOWN_FEATURES = FEATURES + ("compound", "log2_median_ioi_q")  # every name scor
 SHORT_Q = 0.25  # quarters: a sixteenth note
 SHORT_GAP_PERCENTILE = 25.0  # the "shortest common" onset gap: this percentile of the gaps
 QPM_RANGE = (30.0, 300.0)  # quarter notes per minute: an estimate is clamped here
+BOUNDED_FEATURES = ("log2_beat_unit_q", "log2_groups_per_q", "short_share", "log2_p25_ioi_q",
+                    "log2_notes_per_onset", "length_spread")  # read within the training pieces' range
 FEATURE_WORDS = {"log2_beat_unit_q": "the beat unit", "log2_groups_per_q": "onsets per quarter",
                  "short_share": "the share of sixteenths", "log2_p25_ioi_q": "the shortest common onset gap",
                  "log2_notes_per_onset": "notes per onset", "log2_pitch_range": "the pitch range",
@@ -372,11 +378,11 @@ def feature_row(features: Dict[str, float], names: Sequence[str] = FEATURES) -> 
     return np.array([features[name] for name in names], dtype=np.float64)
 
 
-def feature_ranges(features: Sequence[Dict[str, float]], names: Sequence[str]) -> Dict[str, Tuple[float, float]]:
-    """(lowest, highest) of each of ``names`` over the ``features`` of the pieces a line is fitted on, the
-    bias and the word flags left out (they take no value outside their own)."""
-    return {n: (min(f[n] for f in features), max(f[n] for f in features))
-            for n in names if n != "bias" and not n.startswith("word_")}
+def feature_ranges(features: Sequence[Dict[str, float]], names: Sequence[str],
+                   bounded: Sequence[str] = BOUNDED_FEATURES) -> Dict[str, Tuple[float, float]]:
+    """(lowest, highest) of each of ``names`` that is ``bounded`` over the ``features`` of the pieces a
+    line is fitted on."""
+    return {n: (min(f[n] for f in features), max(f[n] for f in features)) for n in names if n in bounded}
 
 
 def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2, huber_delta: Optional[float] = None,
@@ -416,7 +422,7 @@ class TempoModel:
     Each line reads the feature names its coefficients are stored under (any of ``KNOWN_FEATURES``, the
     bias among them), so a file fitted on an older feature set predicts as it did. ``ranges``: per line,
     the (lowest, highest) value of each feature over its training pieces (:func:`feature_ranges`); a
-    feature outside is read at the edge (:meth:`within_range`). A file without them (until 2026-12-08)
+    feature outside is read at the edge (:meth:`within_range`). A file without them (until 2026-12-07)
     predicts as it did, on the raw features."""
 
     def __init__(self, coef: Dict[str, Dict[str, float]], meta: Optional[dict] = None,

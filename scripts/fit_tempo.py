@@ -161,7 +161,7 @@ def cv_errors(recipe: "Recipe", feats: list, log2_human: np.ndarray, only: Optio
     """|log2(estimate / human)| of each training piece (of those where ``only`` is true, if given), from a
     fit on all the other pieces; ``fit_feats``: the features the fit reads where they differ from the
     held-out piece's (another view of the same pieces); ``within_range``: the held-out piece's features
-    read within the other pieces' range, as the shipped model reads a score (since 2026-12-08)."""
+    read within the other pieces' range, as the shipped model reads a score (since 2026-12-07)."""
     fit_feats = feats if fit_feats is None else fit_feats
     out = []
     for i in range(len(feats)):
@@ -342,9 +342,9 @@ def main() -> int:
                                 "chosen_by": "leave-one-piece-out cross-validation (words: over the pieces with a "
                                              "tempo word), ridge on standardised features",
                                 "target": "log2 median human quarter notes per minute",
-                                "ranges": "each feature's lowest and highest value over the training pieces "
-                                          "its line was fitted on; a score's feature outside is read at the "
-                                          "edge"}, ranges)
+                                "ranges": "each bounded feature's (tempo_infer.BOUNDED_FEATURES) lowest and "
+                                          "highest value over the training pieces its line was fitted on; a "
+                                          "score's feature outside is read at the edge"}, ranges)
     print("coefficients:", json.dumps({k: {n: round(v, 3) for n, v in c.items()} for k, c in coef.items()}))
     print(f"chosen content line: {loss(content)}; words line: {loss(words)}")
 

@@ -295,13 +295,14 @@ def test_a_feature_beyond_the_training_range_is_read_at_its_edge(tmp_path):
 
 
 def test_shipped_model_keeps_sparse_chords_off_the_ceiling():
-    """Whole-note triads, no tempo word: four times sparser than any training piece. Read at the edge of
-    the training range the shipped content line gives a tempo inside its clamp, not the 300 ceiling it
-    extrapolated to; the reason names the feature read at its edge. Every content feature of each line has
-    a stored range."""
+    """Whole-note triads, no tempo word: four times sparser than any training piece. Its content read at
+    the edge of the training range, the shipped content line gives a tempo inside its clamp, not the 300
+    ceiling it extrapolated to; the reason names the features read at their edge. Each line stores the
+    ranges of ``BOUNDED_FEATURES``, not of the pitch range."""
     model = T.default_model()
     for kind, names in T.MODELS.items():
-        assert set(model.ranges[kind]) == {n for n in names if n != "bias" and not n.startswith("word_")}
+        assert set(model.ranges[kind]) == set(T.BOUNDED_FEATURES) <= set(names)
+        assert "log2_pitch_range" in names and "log2_pitch_range" not in model.ranges[kind]
     est = T.notated_tempo(score(dur=4 * Q, per_bar=1, chord=3, pitches=(48, 52, 55, 60, 64, 67, 72, 76, 79)))
     assert est.source == "content" and est.qpm < 0.8 * T.QPM_RANGE[1]
     edges = est.reason.partition("written lengths spread over 0.00 octaves; ")[2]
