@@ -3,7 +3,8 @@
 tempo level over the pianist's (performed quarters per minute, time-weighted) and the beat-tempo r
 (``metrics.beat_log_tempo`` per note, Pearson) and the tempo spread (the standard deviation of the
 rendering's beat tempo over the pianist's, ``metrics.tempo_spread``), per seed, with and without the
-notated-tempo estimate.
+notated-tempo estimate; and the same figures for each pianist against every other pianist (the row
+"pianist against pianist": what one human performance scores where the rendering stands).
 
 The score tokens are those of the match files (as ``instruct-eval`` uses them, so that every pianist's
 notes line up with the rendering's), the instruct prefix all "mid"; the notated tempo is the MusicXML's
@@ -56,6 +57,27 @@ def pianists(tok_dir: Path) -> dict:
     return out
 
 
+def pianist_against_pianist(perfs: list) -> tuple:
+    """Each pianist against every other one of the same score notes, as a rendering is measured: (tempo
+    levels, beat-tempo r's, tempo spreads) over the ordered pairs."""
+    feats = [(s, p, per_note_features(s, p), human_qpm(s, p)) for _, s, p in perfs]
+    levels, rs, spreads = [], [], []
+    for i, (s_i, _, mine, q_i) in enumerate(feats):
+        for j, (s_j, _, theirs, q_j) in enumerate(feats):
+            if i == j or s_i != s_j:
+                continue
+            levels.append(q_i / q_j)
+            rs.append(pearson(mine["beat_tempo"], theirs["beat_tempo"]))
+            spreads.append(tempo_spread(mine, theirs))
+    return np.array(levels), np.array(rs), np.array(spreads)
+
+
+def row(title: str, n: int, tempo: str, seed: str, lv: np.ndarray, r: np.ndarray, sp: np.ndarray) -> str:
+    return (f"| {title} ({n} pianists) | {tempo} | {seed} | {np.median(lv):.2f} ({lv.min():.2f}-{lv.max():.2f}) | "
+            f"{np.nanmean(r):.3f} ({np.nanmin(r):.2f} to {np.nanmax(r):.2f}) | {np.nanmedian(sp):.2f} "
+            f"({np.nanmin(sp):.2f}-{np.nanmax(sp):.2f}) |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tokens", type=Path, help="the Vienna 4x22 build (all performances in train)")
@@ -76,6 +98,8 @@ def main() -> int:
         est = notated_tempo(score, override=120.0 if a.no_estimate and notated_tempo(score).source != "mark" else None)
         given = with_qpm(score, est.qpm)  # what the model reads (a relative model's tempo is relative to it)
         tokens = style_prefix({}) + given
+        same = [x for x in perfs if x[1] == score]
+        print(row(title, len(same), "their own", "pianist against pianist", *pianist_against_pianist(same)), flush=True)
         for seed in a.seeds:
             body = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
             mine_q = human_qpm(given, body)
@@ -88,11 +112,8 @@ def main() -> int:
                 theirs = per_note_features(s, p)
                 rs.append(pearson(mine["beat_tempo"], theirs["beat_tempo"]))
                 spreads.append(tempo_spread(mine, theirs))
-            lv, r, sp = np.array(levels), np.array(rs), np.array(spreads)
-            print(f"| {title} ({len(lv)} pianists) | {est.qpm:.0f} ({est.source}) | {seed} | "
-                  f"{np.median(lv):.2f} ({lv.min():.2f}-{lv.max():.2f}) | {np.nanmean(r):.3f} "
-                  f"({np.nanmin(r):.2f} to {np.nanmax(r):.2f}) | {np.nanmedian(sp):.2f} ({np.nanmin(sp):.2f}-"
-                  f"{np.nanmax(sp):.2f}) |", flush=True)
+            print(row(title, len(levels), f"{est.qpm:.0f} ({est.source})", str(seed), np.array(levels),
+                      np.array(rs), np.array(spreads)), flush=True)
     return 0
 
 
