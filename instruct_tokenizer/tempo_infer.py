@@ -529,7 +529,8 @@ def notated_tempo(score_tokens: Sequence[str], override: Optional[float] = None,
                f"written lengths spread over {features['length_spread']:.2f} octaves")
     edges = [FEATURE_WORDS.get(n, n) for n in model.within_range(features)[1]]
     if edges:
-        content += f"; {', '.join(edges)} beyond the training pieces', read at their edge"
+        content += (f"; {', '.join(edges)} beyond the training pieces', read at their edge: a rough estimate, "
+                    "--qpm sets the tempo")
     if word is not None:
         return TempoEstimate(qpm, "words", f"estimated from the tempo word in force over most of the score ({word}), "
                                            f"{num}/{den} and the content "
