@@ -328,3 +328,31 @@ def test_section_tempo_script_reads_each_sections_tempo():
     sections = [TempoSection(0, 1, "slow", 4.0), TempoSection(1, 1, "fast", 4.0), TempoSection(2, 1, "slow", 1.0)]
     got = rendered_section_qpm(score, perf, sections)
     assert got[:2] == pytest.approx([30.0, 30.0]) and math.isnan(got[2])
+
+
+def test_vienna_pianist_against_pianist_pairs_every_other_pianist():
+    """scripts/vienna_tempo.py's human row: every ordered pair of pianists of the same score notes, as a
+    rendering is measured against each. Two pianists who shape the beat alike at levels an octave apart
+    and a third who shapes it the other way: levels 2 and 1/2 between the first two, beat tempo r +1
+    between them and -1 against the third; a pianist of other score notes is not paired."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from vienna_tempo import pianist_against_pianist
+
+    bar = ["Bar_None", "QPM_60"] + [t for q in range(4) for t in (f"Pos_{24 * q}", "Pitch_60", "Dur_24", "Staff_1")]
+    score = bar * 2
+    group = ["Sus_None"] * 3 + ["Soft_None"] + ["Vel_32", "Time_0", "Art_0.00"]
+
+    def played(level: int, steps) -> list:
+        """One onset group per step, four to a bar."""
+        rel = iter(steps)
+        return [f"TempoLevel_{level}"] + [t for _ in range(len(steps) // 4) for t in ["Bar_None"] + [
+            x for _ in range(4) for x in [f"TempoRel_{next(rel)}"] + group]]
+
+    shape = [0, 12, -12, 0, 6, 24, -6, 0]
+    perfs = [("a", score, played(0, shape)), ("b", score, played(24, shape)),
+             ("c", score, played(0, [-s for s in shape])), ("d", bar, played(0, shape[:4]))]
+    levels, rs, spreads = pianist_against_pianist(perfs)
+    assert len(levels) == len(rs) == len(spreads) == 6  # a, b, c: ordered pairs; d's notes differ
+    # pairs in order (a, b), (a, c), (b, a), (b, c), (c, a), (c, b)
+    assert (levels[0], levels[2]) == (pytest.approx(2.0, rel=1e-6), pytest.approx(0.5, rel=1e-6))
+    assert np.round(rs, 6).tolist() == [1.0, -1.0, 1.0, -1.0, -1.0, -1.0]
