@@ -385,6 +385,12 @@ def feature_ranges(features: Sequence[Dict[str, float]], names: Sequence[str],
     return {n: (min(f[n] for f in features), max(f[n] for f in features)) for n in names if n in bounded}
 
 
+def within(features: Dict[str, float], ranges: Dict[str, Tuple[float, float]]) -> Dict[str, float]:
+    """The features with each one that has a range (:func:`feature_ranges`) set to its nearer edge where
+    it lies outside."""
+    return {**features, **{n: min(max(features[n], lo), hi) for n, (lo, hi) in ranges.items()}}
+
+
 def fit(rows: np.ndarray, log2_qpm: np.ndarray, ridge: float = 1e-2, huber_delta: Optional[float] = None,
         standardize: bool = False, iterations: int = 100) -> np.ndarray:
     """Coefficients of log2 qpm on the feature rows (first column the bias, which is not penalised).
@@ -421,7 +427,7 @@ class TempoModel:
 
     Each line reads the feature names its coefficients are stored under (any of ``KNOWN_FEATURES``, the
     bias among them), so a file fitted on an older feature set predicts as it did. ``ranges``: per line,
-    the (lowest, highest) value of each feature over its training pieces (:func:`feature_ranges`); a
+    the (lowest, highest) value of each bounded feature over its training pieces (:func:`feature_ranges`); a
     feature outside is read at the edge (:meth:`within_range`). A file without them (until 2026-12-07)
     predicts as it did, on the raw features."""
 
@@ -471,9 +477,8 @@ class TempoModel:
         """The features with each one outside its line's training range set to the nearer edge, and the
         names so set (none for a line stored without ranges)."""
         ranges = self.ranges.get(self.kind(features), {})
-        clamped = {n: min(max(features[n], lo), hi) for n, (lo, hi) in ranges.items()}
-        moved = [n for n, v in clamped.items() if v != features[n]]
-        return {**features, **clamped}, moved
+        inside = within(features, ranges)
+        return inside, [n for n in ranges if inside[n] != features[n]]
 
     def predict(self, features: Dict[str, float]) -> float:
         """Quarter notes per minute from the line of the features' kind, each feature read within its

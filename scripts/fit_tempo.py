@@ -151,7 +151,7 @@ def predict_qpm(recipe: "Recipe", coef: np.ndarray, features: dict, ranges: Opti
     """Quarter notes per minute, clamped to ``T.QPM_RANGE`` as ``TempoModel.predict`` does; ``ranges``
     (``T.feature_ranges``): each feature read within them first, as the shipped model does."""
     if ranges:
-        features = {**features, **{n: min(max(features[n], lo), hi) for n, (lo, hi) in ranges.items()}}
+        features = T.within(features, ranges)
     qpm = 2.0 ** float(T.feature_row(features, recipe.names) @ coef)
     return min(max(qpm, T.QPM_RANGE[0]), T.QPM_RANGE[1])
 

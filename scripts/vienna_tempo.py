@@ -25,7 +25,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,13 +56,18 @@ def pianists(tok_dir: Path) -> dict:
     return out
 
 
-def pianist_against_pianist(perfs: list) -> tuple:
-    """Each pianist against every other one of the same score notes, as a rendering is measured: (tempo
-    levels, beat-tempo r's, tempo spreads) over the ordered pairs."""
-    feats = [(s, p, per_note_features(s, p), human_qpm(s, p)) for _, s, p in perfs]
+def pianist_features(perfs: list) -> list:
+    """Per pianist (performer, score tokens, perf tokens): (score tokens, ``per_note_features``, tempo level
+    in quarter notes per minute), read once per piece."""
+    return [(s, per_note_features(s, p), human_qpm(s, p)) for _, s, p in perfs]
+
+
+def pianist_against_pianist(feats: list) -> tuple:
+    """Each pianist (:func:`pianist_features`) against every other one of the same score notes, as a
+    rendering is measured: (tempo levels, beat-tempo r's, tempo spreads) over the ordered pairs."""
     levels, rs, spreads = [], [], []
-    for i, (s_i, _, mine, q_i) in enumerate(feats):
-        for j, (s_j, _, theirs, q_j) in enumerate(feats):
+    for i, (s_i, mine, q_i) in enumerate(feats):
+        for j, (s_j, theirs, q_j) in enumerate(feats):
             if i == j or s_i != s_j:
                 continue
             levels.append(q_i / q_j)
@@ -98,20 +102,16 @@ def main() -> int:
         est = notated_tempo(score, override=120.0 if a.no_estimate and notated_tempo(score).source != "mark" else None)
         given = with_qpm(score, est.qpm)  # what the model reads (a relative model's tempo is relative to it)
         tokens = style_prefix({}) + given
-        same = [x for x in perfs if x[1] == score]
+        # a pianist whose match gives other score notes is not comparable note by note
+        same = [f for f in pianist_features(perfs) if f[0] == score]
         print(row(title, len(same), "their own", "pianist against pianist", *pianist_against_pianist(same)), flush=True)
         for seed in a.seeds:
             body = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
             mine_q = human_qpm(given, body)
             mine = per_note_features(given, body)
-            levels, rs, spreads = [], [], []
-            for performer, s, p in tqdm(perfs, desc=f"{title} seed {seed}", unit="pianist", leave=False):
-                if s != score:  # a pianist whose match gives other score notes: not comparable note by note
-                    continue
-                levels.append(mine_q / human_qpm(s, p))
-                theirs = per_note_features(s, p)
-                rs.append(pearson(mine["beat_tempo"], theirs["beat_tempo"]))
-                spreads.append(tempo_spread(mine, theirs))
+            levels = [mine_q / q for _, _, q in same]
+            rs = [pearson(mine["beat_tempo"], theirs["beat_tempo"]) for _, theirs, _ in same]
+            spreads = [tempo_spread(mine, theirs) for _, theirs, _ in same]
             print(row(title, len(levels), f"{est.qpm:.0f} ({est.source})", str(seed), np.array(levels),
                       np.array(rs), np.array(spreads)), flush=True)
     return 0

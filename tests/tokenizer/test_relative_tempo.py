@@ -336,7 +336,7 @@ def test_vienna_pianist_against_pianist_pairs_every_other_pianist():
     and a third who shapes it the other way: levels 2 and 1/2 between the first two, beat tempo r +1
     between them and -1 against the third; a pianist of other score notes is not paired."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from vienna_tempo import pianist_against_pianist
+    from vienna_tempo import pianist_against_pianist, pianist_features
 
     bar = ["Bar_None", "QPM_60"] + [t for q in range(4) for t in (f"Pos_{24 * q}", "Pitch_60", "Dur_24", "Staff_1")]
     score = bar * 2
@@ -351,7 +351,7 @@ def test_vienna_pianist_against_pianist_pairs_every_other_pianist():
     shape = [0, 12, -12, 0, 6, 24, -6, 0]
     perfs = [("a", score, played(0, shape)), ("b", score, played(24, shape)),
              ("c", score, played(0, [-s for s in shape])), ("d", bar, played(0, shape[:4]))]
-    levels, rs, spreads = pianist_against_pianist(perfs)
+    levels, rs, spreads = pianist_against_pianist(pianist_features(perfs))
     assert len(levels) == len(rs) == len(spreads) == 6  # a, b, c: ordered pairs; d's notes differ
     # pairs in order (a, b), (a, c), (b, a), (b, c), (c, a), (c, b)
     assert (levels[0], levels[2]) == (pytest.approx(2.0, rel=1e-6), pytest.approx(0.5, rel=1e-6))
