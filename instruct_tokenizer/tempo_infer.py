@@ -87,7 +87,8 @@ OPENING_BARS = 4  # bars: a first metronome mark this close to the start holds f
 @dataclass
 class TempoEstimate:
     """A score's notated tempo in quarter notes per minute, where it came from (``mark``, ``words``,
-    ``content``, ``override``, ``default``) and why, in words (for the render log)."""
+    ``content``, ``override``, ``default``; the renderer's ``performance``: a MIDI file that reads as a
+    performance, at its own tempo) and why, in words (for the render log)."""
 
     qpm: float
     source: str

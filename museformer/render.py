@@ -250,11 +250,14 @@ class Renderer:
         """A MusicXML or score MIDI file -> score tokens with the optional tokens this model was trained
         with (:attr:`score_features`). For a model that reads the notated tempo (``QPM``), a score without a
         metronome mark gets the estimate of ``instruct_tokenizer.tempo_infer`` instead of 120, ``qpm``
-        (quarter notes per minute) overrides both; :attr:`tempo` says which and why. A model that reads
-        markings gets a score MIDI's dynamics from its note velocities unless ``midi_velocities`` is False
+        (quarter notes per minute) overrides both; :attr:`tempo` says which and why. A MIDI file whose onsets
+        are not on a notated grid reads as a performance (``instruct_tokenizer.scorefile.performance_midi``)
+        and is played at its own MIDI tempo, with a warning (its content would read its rubato as note
+        values). A model that reads markings gets a score MIDI's dynamics from its note velocities unless ``midi_velocities`` is False
         (``instruct_tokenizer.scorefile.midi_dynamics``). Raises ScoreReadError."""
         from instruct_tokenizer.encode import score_file_to_tokens
-        from instruct_tokenizer.tempo_infer import apply_notated_tempo
+        from instruct_tokenizer.scorefile import performance_midi
+        from instruct_tokenizer.tempo_infer import TempoEstimate, apply_notated_tempo
 
         f = self.score_features
         tokens = score_file_to_tokens(path, style=style, composer=composer, performer=performer,
@@ -265,10 +268,17 @@ class Renderer:
         if not f["notated_tempo"]:
             self.tempo = None
             return tokens
+        performance = performance_midi(path) if Path(path).suffix.lower() in MIDI_SUFFIXES else None
+        if performance is not None:
+            logger.warning(performance.warning(path))
         try:
-            tokens, self.tempo = apply_notated_tempo(tokens, override=qpm)
+            tokens, self.tempo = apply_notated_tempo(tokens, override=qpm if qpm is not None or performance is None
+                                                     else performance.qpm)
         except ValueError as e:
             raise RenderError(str(e)) from None
+        if performance is not None and qpm is None:
+            self.tempo = TempoEstimate(performance.qpm, "performance", "the file's own MIDI tempo: it reads as a "
+                                       "performance, not a score", self.tempo.bar_qpm)
         return tokens
 
     def encode(self, tokens: Sequence[str], dictionary, what: str) -> torch.Tensor:

@@ -90,3 +90,37 @@ def test_dynamics_alone_leave_the_tempo_and_articulation_plans_plain(renderer):
     for name in ("tempo_plan", "articulation_plan"):
         assert np.array_equal(with_dyn[name][0], without[name][0])
     assert not np.allclose(with_dyn["velocity_plan"][0], without["velocity_plan"][0])
+
+
+@needs_release
+def test_a_performance_given_as_a_score_is_played_at_its_own_tempo(renderer, tmp_path, caplog):
+    """A pianist's K331 opening written as a MIDI file at 120 beats per minute, as recordings and
+    transcriptions are (onsets off any notated grid; 120 reads as no metronome mark): warned about, played
+    at 120, not at a tempo estimated from its rubato read as note values (108 here: 1.28 times its length),
+    so the rendering keeps about the pianist's length (1.16); ``qpm`` still overrides."""
+    import logging
+
+    import miditoolkit
+    from instruct_tokenizer.match import load_match
+
+    played = load_match(str(REPO / "data" / "vienna4x22" / "match" / "Mozart_K331_1st-mov_p01.match"))
+    keep = played.played & (played.onset_s < 30.0)
+    path = tmp_path / "played.mid"
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    midi.tempo_changes = [miditoolkit.TempoChange(120.0, 0)]
+    piano = miditoolkit.Instrument(program=0)
+    beats = lambda s: int(round(s * 2 * 480))  # noqa: E731  s -> ticks at 120 beats per minute
+    piano.notes = [miditoolkit.Note(velocity=int(v), pitch=int(p), start=beats(a), end=beats(b))
+                   for a, b, p, v in zip(played.onset_s[keep], played.offset_s[keep], played.perf_pitch[keep],
+                                         played.velocity[keep])]
+    midi.instruments.append(piano)
+    midi.dump(str(path))
+    with caplog.at_level(logging.WARNING):
+        perf = renderer.render(path, seed=0)
+    assert any("reads as a performance" in r.getMessage() for r in caplog.records)
+    assert renderer.tempo.source == "performance" and renderer.tempo.qpm == pytest.approx(120.0)
+    length_s = perf.midi.get_tick_to_time_mapping()[perf.midi.max_tick] if perf.midi.max_tick else 0.0
+    given_s = float(played.offset_s[keep].max() - played.onset_s[keep].min())
+    assert 0.8 < length_s / given_s < 1.25
+    renderer.render(path, seed=0, qpm=60.0)
+    assert renderer.tempo.source == "override" and renderer.tempo.qpm == 60.0
