@@ -181,6 +181,7 @@ class Session:
     prefix: List[str]  # the default style prefix (decoding ignores it)
     bars: List[List[str]]  # score tokens of every bar
     reference: List[str]  # deadpan / markings-rules performance tokens
+    tempo: Optional[str] = None  # the notated tempo it is rendered from and why (instruct-render's tempo line)
     takes: "OrderedDict[int, Take]" = field(default_factory=OrderedDict)
     kept: Optional[int] = None
     counter: Any = field(default_factory=lambda: itertools.count(1))
@@ -307,6 +308,7 @@ class Studio:
             path.write_bytes(data)
             renderer = self.renderer()
             tokens = renderer.score_tokens(str(path))
+            tempo = renderer.tempo
             renderer.encode(tokens, renderer.src_dict, name)
             reference = self._reference(tokens, path)
         except ScoreReadError as e:
@@ -321,7 +323,8 @@ class Studio:
         finally:
             path.unlink(missing_ok=True)
         prefix, bars = split_bars(tokens)
-        session = Session(id=sid, name=name, folder=folder, prefix=prefix, bars=bars, reference=reference)
+        session = Session(id=sid, name=name, folder=folder, prefix=prefix, bars=bars, reference=reference,
+                          tempo=f"{tempo.qpm:.0f} quarter notes per minute: {tempo.reason}" if tempo else None)
         with self._lock:
             self.sessions[sid] = session
             while len(self.sessions) > self.max_sessions:
@@ -560,6 +563,7 @@ class Studio:
             takes = list(session.takes.values())
         return {"id": session.id, "name": session.name, "bars": len(session.bars), "notes": len(repeats),
                 "notes_to_play": len(repeats) - sum(repeats), "kept": session.kept, "rules": rules_that_apply(score),
+                "tempo": session.tempo,
                 "takes": [self.take_json(session, t) for t in takes]}
 
     def take_json(self, session: Session, take: Take) -> Dict[str, Any]:

@@ -120,6 +120,7 @@ def test_render_passage_keep_and_download(client, short_score, tmp_path):
     assert session["bars"] == 6 and session["notes"] == 6 * 4 * 3 + 1 and session["notes_to_play"] == 72
     # a score MIDI at 90 quarters per minute: a stated tempo, no fermata, no dynamics
     assert session["rules"] == {"notated_tempo": True, "fermata_hold": False, "dynamics_band": False}
+    assert session["tempo"].startswith("90 quarter notes per minute: the score's metronome mark")
     assert files_under(studio.root) == [], "the upload is deleted once read"
     job = c.post("/api/render", json={"session": sid, "settings": {"seed": 1}}).json()
     job = wait(c, job)
@@ -300,3 +301,24 @@ def test_plan_settings_reach_the_renderer():
         Settings.from_json({"articulation_plan": -1})
     with pytest.raises(StudioError, match="velocity_plan"):
         Settings.from_json({"velocity_plan": -1})
+
+
+def test_the_page_says_which_tempo_and_why_a_played_file_keeps_its_own(client, short_score, tmp_path):
+    """The short score's tempo line is its mark; the same notes played (onsets off the grid by a few
+    milliseconds, the file at 120 beats per minute, which reads as no mark) keep the file's own tempo
+    and the page says why, as instruct-render's log does."""
+    import miditoolkit
+    import numpy as np
+
+    _, c = client
+    midi = miditoolkit.MidiFile(str(short_score))
+    midi.tempo_changes = [miditoolkit.TempoChange(120.0, 0)]
+    jitter = np.random.default_rng(0).integers(3, 40, size=sum(len(i.notes) for i in midi.instruments))
+    for note, shift in zip((n for i in midi.instruments for n in i.notes), jitter):
+        note.start, note.end = note.start + int(shift), note.end + int(shift)
+    played = tmp_path / "played.mid"
+    midi.dump(str(played))
+    r = c.post("/api/open?name=played.mid", content=played.read_bytes())
+    assert r.status_code == 200, r.text
+    assert r.json()["tempo"] == ("120 quarter notes per minute: the file's own MIDI tempo: it reads as a "
+                                 "performance, not a score")

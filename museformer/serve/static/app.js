@@ -105,7 +105,8 @@ function setSession(session) {
   state.session = session;
   state.viewing = null;
   $("score-info").textContent = `${session.name}: ${session.bars} bars, ${session.notes} notes` +
-    (session.notes_to_play !== session.notes ? ` (${session.notes - session.notes_to_play} unison repeats struck once)` : "");
+    (session.notes_to_play !== session.notes ? ` (${session.notes - session.notes_to_play} unison repeats struck once)` : "") +
+    (session.tempo ? `. Tempo: ${session.tempo}` : "");
   $("render").disabled = state.busy;
   const idle = [];
   if (!session.rules.notated_tempo) idle.push("the tempo band's notated centre (the score states no tempo)");
