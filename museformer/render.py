@@ -403,7 +403,7 @@ class Renderer:
 
     def plans_of(self, score_tokens: Sequence[str]) -> Dict[str, tuple]:
         """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
-        {"tempo_plan": (factors, group_bar), "velocity_plan": (velocities, note_bar), "articulation_plan":
+        {"tempo_plan": (factors for each group's Tempo token, ``tempo_plan.gap_factors``, group_bar), "velocity_plan": (velocities, note_bar), "articulation_plan":
         (log2 ratios, note_bar)} (:func:`segment_plans` cuts a segment's part)."""
         from instruct_tokenizer.score import dynamics_only, without_markings
 
@@ -414,6 +414,10 @@ class Renderer:
         tempo = self.tempo_plan_of(timing)
         # the articulation plan's key-down bound in seconds reads the tempo plan's curve where it is on
         local_tempo = {} if tempo is None else {"group_log_factor": tempo[0]}
+        if tempo is not None:  # each Tempo token plays the gap that ends at its group: the plan over that gap
+            from .tempo_plan import gap_factors
+
+            tempo = (gap_factors(tempo[0], timing), tempo[1])
         out = {"tempo_plan": tempo,
                "velocity_plan": note_plan_of(self.velocity_planner, on and self.decode.velocity_plan > 0, score_tokens),
                "articulation_plan": note_plan_of(self.articulation_planner, on and self.decode.articulation_plan > 0,

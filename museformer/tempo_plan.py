@@ -106,6 +106,47 @@ def factors_over_notated(plan, tokens: Sequence[str]) -> np.ndarray:
     return curve - features[:, NOTATED].astype(np.float64)
 
 
+def gap_factors(factors: np.ndarray, tokens: Sequence[str]) -> np.ndarray:
+    """(G,) log factors over each onset group's notated tempo for the **gap that ends at the group**: what
+    its ``Tempo`` token plays, since decoding times the gap from the previous group to this one by the
+    token's beat period (``tempo_slot_gaps``). A plan predicts each group's *beat* tempo
+    (``metrics.beat_log_tempo``: the beat its onset lies in, so mostly the time from the group on), so a
+    token centred on its own group's factor played each beat's tempo one onset group early. Here each
+    beat takes the mean period of the plan's groups in it (a beat without one: the beat before's), and
+    group g's token the mean of those periods over the score time from group g-1 to g; the first group,
+    which ends no gap, keeps its own. Decoded, these tokens give back the plan's beat tempo (tested).
+
+    Example (one group a beat, the third beat twice as slow)::
+
+        group q (quarters)         0     1     2     3
+        factors (beat tempo)       0     0     ln 2  0
+        gap_factors (its token)    0     0     0     ln 2   <- the gap [2, 3) ends at the group at q = 3
+
+    Until 2026-12-07 the rule read ``factors`` directly: Schubert's D783/15 (a waltz, about one group a
+    beat) followed its 22 pianists with beat tempo r 0.34 where the plan alone reads 0.52
+    (docs/experiments.md section 41)."""
+    tl = score_timeline(tokens)
+    q = tl.group_q.astype(np.float64)  # (G,) quarters, ascending
+    factors = np.asarray(factors, np.float64)
+    if len(q) < 2:
+        return factors.copy()
+    notated = bar_notated_period_s(tokens)[tl.group_bar]  # (G,) s per quarter
+    period = notated * np.exp(factors)  # (G,) the plan's beat period at each group, s per quarter
+    first = int(np.floor(q[0]))
+    beat = np.floor(q).astype(np.int64) - first  # (G,) each group's beat, from 0
+    n_beats = int(beat[-1]) + 1
+    counts = np.bincount(beat, minlength=n_beats)
+    beat_period = np.bincount(beat, weights=period, minlength=n_beats) / np.maximum(counts, 1)  # (n_beats,)
+    seen = np.maximum.accumulate(np.where(counts > 0, np.arange(n_beats), 0))  # beat 0 always holds group 0
+    beat_period = beat_period[seen]  # a beat without a group: the beat before's
+    start_s = np.concatenate([[0.0], np.cumsum(beat_period)])  # (n_beats + 1,) time at each beat's start
+    time_s = start_s[beat] + (q - first - beat) * beat_period[beat]  # (G,) the plan's time at each group
+    gap_q = np.diff(q)  # (G - 1,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap_period = np.where(gap_q > 0, np.diff(time_s) / np.where(gap_q > 0, gap_q, 1.0), period[:-1])
+    return np.concatenate([factors[:1], np.log(gap_period) - np.log(notated[1:])])
+
+
 def stretch(curve: np.ndarray, features: np.ndarray, spread: float) -> np.ndarray:
     """(G,) a plan's curve (log s per quarter relative to the piece's mean) scaled by ``spread`` and shifted
     so that the piece keeps the length the unscaled curve gives it: sum over groups of quarters to the next group x

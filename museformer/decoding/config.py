@@ -46,8 +46,8 @@ DYNAMICS_BAND_BINS = 0.0
 # 1.24 of the pianists' median); at the expected value it is the model's best guess for the score
 # (docs/experiments.md, section 11).
 # Tempo plan (--tempo-plan): each Tempo token's probability times a Gaussian of this many tempo bins (2.9 % steps)
-# around the tempo plan's beat period for its onset group (museformer.tempo_plan: a network that reads the whole
-# score). Chosen on the 10 validation pieces spread across composers: 4 against 6, 8 and off with one plan
+# around the tempo plan's beat period for the gap that ends at its onset group (museformer.tempo_plan: a network
+# that reads the whole score; tempo_plan.gap_factors: until 2026-12-07 the group's own beat, one group early). Chosen on the 10 validation pieces spread across composers: 4 against 6, 8 and off with one plan
 # (docs/experiments.md section 18), 3 against 4 with the mean of three plans (section 19: beat tempo r 0.480 ->
 # 0.507, IOI JS 0.145 -> 0.152, overall JS 0.163 -> 0.165).
 TEMPO_PLAN_BINS = 3.0
@@ -125,8 +125,9 @@ class DecodeConfig:
         DYNAMICS_BAND_BINS, 0.0, type=float, metavar="BINS")
     tempo_plan: float = _flag(
         "--tempo-plan", "multiply each onset group's tempo distribution by a Gaussian of BINS tempo bins (2.9%% "
-        "steps) around the tempo plan's beat period for it (the notated tempo x the plan model's factor, from "
-        "the whole score: museformer.tempo_plan; the checkpoint must hold a plan; 0: off; instruct-render's "
+        "steps) around the tempo plan's beat period for the gap that ends at it (the notated tempo x the plan "
+        "model's factor, from the whole score: museformer.tempo_plan; the checkpoint must hold a plan; 0: off; "
+        "instruct-render's "
         f"default {TEMPO_PLAN_BINS:g})", TEMPO_PLAN_BINS, 0.0, type=float, metavar="BINS")
     velocity_plan: float = _flag(
         "--velocity-plan", "multiply each note's velocity distribution by a Gaussian of BINS velocity bins (2 MIDI "

@@ -264,3 +264,58 @@ def test_the_decoder_gets_the_curve_over_each_bars_notated_tempo_counted_once():
     notated = np.log(np.where(np.arange(len(curve)) < 12, 1.0, 0.5))  # (G,) log s per quarter of each group's bar
     assert np.allclose(notated + factors, notated.mean() + curve, atol=1e-6)
     assert np.allclose(curve - factors, group_features(changing)[:, _col("notated_log_period")])
+
+
+def _beats_score(onsets_q, qpm=(60,)):
+    """4/4 bars with one C4 at each onset (quarters from the start), QPM per bar from ``qpm`` (the last
+    value holds on)."""
+    out, bar = [], -1
+    for q in onsets_q:
+        while int(q // 4) > bar:
+            bar += 1
+            out.append(V.BAR_TOKEN)
+            if bar == 0:
+                out.append(V.tok(V.TIME_SIG, "4/4"))
+            out.append(V.tok(V.QPM, qpm[min(bar, len(qpm) - 1)]))
+        out += [V.tok(V.POS, int(round((q - 4 * bar) * V.GRID))), V.tok(V.PITCH, 60), V.tok(V.DUR, V.GRID // 2),
+                V.tok(V.STAFF, 1)]
+    return out
+
+
+def _decoded_times(tokens, token_factors):
+    """Per group, the time (s) at which a performance whose Tempo tokens play notated period x
+    e^token_factors over the gap ending at each group reaches it (what decoding does with them)."""
+    from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+
+    tl = score_timeline(tokens)
+    token_period = bar_notated_period_s(tokens)[tl.group_bar] * np.exp(token_factors)  # (G,) s per quarter
+    return np.concatenate([[0.0], np.cumsum(np.diff(tl.group_q) * token_period[1:])])
+
+
+@pytest.mark.parametrize("onsets_q, qpm", [
+    ([0, 1, 2, 3, 4, 5, 6, 7, 8], (60,)),  # a group a beat (a waltz's bass and chords)
+    ([0, 0.5, 1.5, 2, 3.5, 4, 5, 5.25, 5.5, 6, 8, 9], (60, 120, 90)),  # off-beat groups, a held beat, tempo changes
+])
+def test_tokens_centred_on_gap_factors_play_the_plan_s_beat_tempo(onsets_q, qpm):
+    """The plan predicts each group's beat tempo (constant within a beat, as its targets are); decoding
+    times the gap that ends at a group by that group's token. Centred on ``gap_factors``, the tokens reach
+    every group when the plan's beat periods, laid end to end, do (a beat without a group keeps the beat
+    before's), so that one group a beat plays the plan's beat tempo exactly; centred on the plan's own
+    factors, such a score played each beat's tempo a beat early."""
+    from instruct_tokenizer.metrics import beat_log_tempo
+    from instruct_tokenizer.score import bar_notated_period_s, score_timeline
+    from museformer.tempo_plan import gap_factors
+
+    tokens = _beats_score(onsets_q, qpm)
+    tl = score_timeline(tokens)
+    q = tl.group_q
+    beat_period = np.array([1.0, 1.0, 2.0, 1.0, 0.7, 1.3, 1.0, 1.0, 0.8, 1.0])  # s per quarter; beat 7 holds no group
+    factors = np.log(beat_period[np.floor(q).astype(int)] / bar_notated_period_s(tokens)[tl.group_bar])
+    plan_time = np.array([beat_period[: int(x)].sum() + (x - int(x)) * beat_period[int(x)] for x in q])
+    assert np.allclose(_decoded_times(tokens, gap_factors(factors, tokens)), plan_time, atol=1e-9)
+    if len(set(np.floor(q))) == len(q):  # a group a beat
+        measured = slice(0, len(q) - 1)  # the last group's beat ends with the score: not measured
+        played = beat_log_tempo(q, _decoded_times(tokens, gap_factors(factors, tokens)), q)
+        assert np.allclose(played[measured], np.log(beat_period[: len(q) - 1]), atol=1e-9)
+        early = beat_log_tempo(q, _decoded_times(tokens, factors), q)
+        assert np.allclose(early[: len(q) - 2], np.log(beat_period[1: len(q) - 1]), atol=1e-9)

@@ -81,10 +81,11 @@ def _with_plan(tmp_path, plan, entry="tempo_plan"):
 
 def _centre_distances(renderer, toks, perf):
     """Per onset group: bins between the rendered beat period and the plan's centre for it (the notated
-    period x e^factor, ``factors_over_notated``)."""
-    from museformer.tempo_plan import factors_over_notated
+    period x e^factor, the plan's curve over the gap that ends at the group: ``gap_factors`` of
+    ``factors_over_notated``)."""
+    from museformer.tempo_plan import factors_over_notated, gap_factors
 
-    factors = factors_over_notated(renderer.tempo_planner, toks)
+    factors = gap_factors(factors_over_notated(renderer.tempo_planner, toks), toks)
     gaps, scales = tempo_slot_gaps(toks)
     out = []
     groups = [k for k, gap in enumerate(gaps) if gap == gap]
