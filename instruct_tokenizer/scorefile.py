@@ -177,9 +177,9 @@ def performance_midi(path: str) -> Optional[PerformanceMidi]:
     """A MIDI file whose onsets are not on a notated grid (:func:`grid_share` under
     :data:`PERFORMANCE_GRID_SHARE`): what it is and its tempo; None for a score MIDI, for a file of under
     :data:`MIN_JUDGED_TPQ` ticks per quarter or :data:`MIN_JUDGED_ONSETS` notes (too few to tell) and for
-    one that cannot be read (the
-    score reader says why). Its beats are not notated quarters, so a tempo estimated from its content
-    reads its performer's rubato as note values: the renderer plays such a file at its own tempo."""
+    one that cannot be read (the score reader says why). Its beats are not notated quarters, so a tempo
+    estimated from its content reads its performer's rubato as note values: the renderer plays such a file
+    at its own tempo."""
     import miditoolkit
 
     try:

@@ -253,8 +253,8 @@ class Renderer:
         (quarter notes per minute) overrides both; :attr:`tempo` says which and why. A MIDI file whose onsets
         are not on a notated grid reads as a performance (``instruct_tokenizer.scorefile.performance_midi``)
         and is played at its own MIDI tempo, with a warning (its content would read its rubato as note
-        values). A model that reads markings gets a score MIDI's dynamics from its note velocities unless ``midi_velocities`` is False
-        (``instruct_tokenizer.scorefile.midi_dynamics``). Raises ScoreReadError."""
+        values). A model that reads markings gets a score MIDI's dynamics from its note velocities unless
+        ``midi_velocities`` is False (``instruct_tokenizer.scorefile.midi_dynamics``). Raises ScoreReadError."""
         from instruct_tokenizer.encode import score_file_to_tokens
         from instruct_tokenizer.scorefile import performance_midi
         from instruct_tokenizer.tempo_infer import TempoEstimate, apply_notated_tempo
@@ -403,8 +403,9 @@ class Renderer:
 
     def plans_of(self, score_tokens: Sequence[str]) -> Dict[str, tuple]:
         """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
-        {"tempo_plan": (factors for each group's Tempo token, ``tempo_plan.gap_factors``, group_bar), "velocity_plan": (velocities, note_bar), "articulation_plan":
-        (log2 ratios, note_bar)} (:func:`segment_plans` cuts a segment's part)."""
+        {"tempo_plan": (factors for each group's Tempo token, ``tempo_plan.gap_factors``, group_bar),
+        "velocity_plan": (velocities, note_bar), "articulation_plan": (log2 ratios, note_bar)}
+        (:func:`segment_plans` cuts a segment's part)."""
         from instruct_tokenizer.score import dynamics_only, without_markings
 
         on = self.decode is not None

@@ -47,7 +47,8 @@ DYNAMICS_BAND_BINS = 0.0
 # (docs/experiments.md, section 11).
 # Tempo plan (--tempo-plan): each Tempo token's probability times a Gaussian of this many tempo bins (2.9 % steps)
 # around the tempo plan's beat period for the gap that ends at its onset group (museformer.tempo_plan: a network
-# that reads the whole score; tempo_plan.gap_factors: until 2026-12-07 the group's own beat, one group early). Chosen on the 10 validation pieces spread across composers: 4 against 6, 8 and off with one plan
+# that reads the whole score; tempo_plan.gap_factors: until 2026-12-07 the group's own beat, one group early).
+# Chosen on the 10 validation pieces spread across composers: 4 against 6, 8 and off with one plan
 # (docs/experiments.md section 18), 3 against 4 with the mean of three plans (section 19: beat tempo r 0.480 ->
 # 0.507, IOI JS 0.145 -> 0.152, overall JS 0.163 -> 0.165).
 TEMPO_PLAN_BINS = 3.0

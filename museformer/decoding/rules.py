@@ -420,12 +420,12 @@ class TempoBand(DecodeRule):
 class TempoPlanPrior(DecodeRule):
     """Multiply each onset group's tempo distribution by a Gaussian of ``sigma_bins`` tempo bins around the
     tempo plan's beat period for the gap that ends at that group (the gap its ``Tempo`` token times:
-    ``tempo_plan.gap_factors``, applied by ``Renderer.plans_of``): a product of experts, the plan model's view of the whole piece
-    (``museformer.tempo_plan``) with the decoder's view of a few bars. The plan comes with the segment as
-    the ``tempo_plan`` prior, (B, G) log factors over the notated tempo per onset group of the segment
-    (NaN: none); rows without one are unchanged. Absolute encoding: the centre is 60 / ``QPM`` x e^factor
-    s per quarter; relative: the ``TempoRel`` token of e^factor (the plan relative to the level the row
-    chose)."""
+    ``tempo_plan.gap_factors``, applied by ``Renderer.plans_of``): a product of experts, the plan model's
+    view of the whole piece (``museformer.tempo_plan``) with the decoder's view of a few bars. The plan
+    comes with the segment as the ``tempo_plan`` prior, (B, G) log factors over the notated tempo per
+    onset group of the segment (NaN: none); rows without one are unchanged. Absolute encoding: the centre
+    is 60 / ``QPM`` x e^factor s per quarter; relative: the ``TempoRel`` token of e^factor (the plan
+    relative to the level the row chose)."""
 
     def __init__(self, tables: TokenTables, sigma_bins: float, tempo_gaps):
         if tempo_gaps is None:
