@@ -50,8 +50,10 @@ DYNAMICS_BAND_BINS = 0.0
 # that reads the whole score; tempo_plan.gap_factors: until 2026-12-07 the group's own beat, one group early).
 # Chosen on the 10 validation pieces spread across composers: 4 against 6, 8 and off with one plan
 # (docs/experiments.md section 18), 3 against 4 with the mean of three plans (section 19: beat tempo r 0.480 ->
-# 0.507, IOI JS 0.145 -> 0.152, overall JS 0.163 -> 0.165).
-TEMPO_PLAN_BINS = 3.0
+# 0.507, IOI JS 0.145 -> 0.152, overall JS 0.163 -> 0.165); 2 against 3 and 4 once the prior was centred on the
+# gap (section 41: validation beat tempo r 0.561 / 0.546 / 0.528, overall JS 0.094 / 0.092 / 0.094; Vienna K331
+# and D783 higher on every seed).
+TEMPO_PLAN_BINS = 2.0
 # Velocity plan (--velocity-plan): each note's velocity probability times a Gaussian of this many velocity bins
 # (2 MIDI velocities each) around the velocity plan's velocity for it (museformer.velocity_plan). Chosen on the same
 # validation pieces (3 against 2, 4 and 5); test split sampled velocity r 0.256 -> 0.543, benchmark velocity JS
