@@ -151,9 +151,8 @@ def grid_share(onset_q: np.ndarray) -> float:
     if len(candidates) > 256:  # a fine resolution: the 64 commonest of 256 phase bins
         counts, edges = np.histogram(phase, bins=256, range=(0.0, 1.0))
         candidates = edges[np.argsort(-counts)[:64]]
-    dist = np.abs(phase[None, :] - candidates[:, None])  # (C, N) grid steps
-    dist_q = np.minimum(dist, 1.0 - dist) / SCORE_GRID_PER_Q
-    phase_share = float((dist_q <= GRID_TOLERANCE_Q + 1e-9).mean(axis=1).max())
+    shifted_q = onset_q[None, :] - candidates[:, None] / SCORE_GRID_PER_Q  # (C, N) each onset less each phase
+    phase_share = float((_off_grid_q(shifted_q) <= GRID_TOLERANCE_Q + 1e-9).mean(axis=1).max())
     gaps_q = np.diff(np.unique(onset_q))
     gap_share = float(np.mean(_off_grid_q(gaps_q) <= GRID_TOLERANCE_Q + 1e-9)) if len(gaps_q) else 1.0
     return max(phase_share, gap_share)

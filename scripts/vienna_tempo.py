@@ -62,18 +62,21 @@ def pianist_features(perfs: list) -> list:
     return [(s, per_note_features(s, p), human_qpm(s, p)) for _, s, p in perfs]
 
 
+def against(mine: dict, mine_qpm: float, others: list) -> tuple:
+    """One performance's ``per_note_features`` and tempo level against each of ``others``
+    (:func:`pianist_features` of the same score notes): (tempo levels, beat-tempo r's, tempo spreads)."""
+    return (np.array([mine_qpm / q for _, _, q in others]),
+            np.array([pearson(mine["beat_tempo"], theirs["beat_tempo"]) for _, theirs, _ in others]),
+            np.array([tempo_spread(mine, theirs) for _, theirs, _ in others]))
+
+
 def pianist_against_pianist(feats: list) -> tuple:
     """Each pianist (:func:`pianist_features`) against every other one of the same score notes, as a
-    rendering is measured: (tempo levels, beat-tempo r's, tempo spreads) over the ordered pairs."""
-    levels, rs, spreads = [], [], []
-    for i, (s_i, mine, q_i) in enumerate(feats):
-        for j, (s_j, theirs, q_j) in enumerate(feats):
-            if i == j or s_i != s_j:
-                continue
-            levels.append(q_i / q_j)
-            rs.append(pearson(mine["beat_tempo"], theirs["beat_tempo"]))
-            spreads.append(tempo_spread(mine, theirs))
-    return np.array(levels), np.array(rs), np.array(spreads)
+    rendering is measured (:func:`against`): (tempo levels, beat-tempo r's, tempo spreads) over the ordered
+    pairs."""
+    pairs = [against(mine, q_i, [f for j, f in enumerate(feats) if j != i and f[0] == s_i])
+             for i, (s_i, mine, q_i) in enumerate(feats)]
+    return tuple(np.concatenate([p[k] for p in pairs]) if pairs else np.array([]) for k in range(3))
 
 
 def row(title: str, n: int, tempo: str, seed: str, lv: np.ndarray, r: np.ndarray, sp: np.ndarray) -> str:
@@ -109,11 +112,8 @@ def main() -> int:
             body = renderer.render_tokens(tokens, Sampling(seed=seed), progress=False)
             mine_q = human_qpm(given, body)
             mine = per_note_features(given, body)
-            levels = [mine_q / q for _, _, q in same]
-            rs = [pearson(mine["beat_tempo"], theirs["beat_tempo"]) for _, theirs, _ in same]
-            spreads = [tempo_spread(mine, theirs) for _, theirs, _ in same]
-            print(row(title, len(levels), f"{est.qpm:.0f} ({est.source})", str(seed), np.array(levels),
-                      np.array(rs), np.array(spreads)), flush=True)
+            print(row(title, len(same), f"{est.qpm:.0f} ({est.source})", str(seed), *against(mine, mine_q, same)),
+                  flush=True)
     return 0
 
 
