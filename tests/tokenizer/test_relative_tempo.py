@@ -356,3 +356,25 @@ def test_vienna_pianist_against_pianist_pairs_every_other_pianist():
     # pairs in order (a, b), (a, c), (b, a), (b, c), (c, a), (c, b)
     assert (levels[0], levels[2]) == (pytest.approx(2.0, rel=1e-6), pytest.approx(0.5, rel=1e-6))
     assert np.round(rs, 6).tolist() == [1.0, -1.0, 1.0, -1.0, -1.0, -1.0]
+
+
+def test_vienna_curves_centred_and_plotted(tmp_path):
+    """scripts/vienna_tempo.py --plot: each curve is a performance's beat tempo less its own mean (two
+    pianists an octave apart in level give the same curve), drawn as a PNG with one panel per piece."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from vienna_tempo import centred_beat_tempo, pianist_features, plot_curves
+
+    score = ["Bar_None", "QPM_60"] + [t for q in range(4) for t in (f"Pos_{24 * q}", "Pitch_60", "Dur_24", "Staff_1")]
+    group = ["Sus_None"] * 3 + ["Soft_None"] + ["Vel_32", "Time_0", "Art_0.00"]
+    shape = [0, 12, -12, 0]
+
+    def played(level: int) -> list:
+        return [f"TempoLevel_{level}", "Bar_None"] + [x for s in shape for x in [f"TempoRel_{s}"] + group]
+
+    (_, slow, _), (_, fast, _) = pianist_features([("a", score, played(24)), ("b", score, played(0))])
+    assert np.nanmean(centred_beat_tempo(slow)) == pytest.approx(0.0, abs=1e-9)
+    assert np.allclose(centred_beat_tempo(slow), centred_beat_tempo(fast), equal_nan=True)
+    assert np.nanstd(centred_beat_tempo(slow)) > 0.1
+    out = tmp_path / "curves.png"
+    plot_curves(out, [("drawn piece", score, [slow, fast], fast)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
