@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -408,21 +409,30 @@ class Renderer:
         (:func:`segment_plans` cuts a segment's part)."""
         from instruct_tokenizer.score import dynamics_only, without_markings
 
+        from instruct_tokenizer import style_levels as S
+
         on = self.decode is not None
+        levels = S.levels_of(score_tokens)  # --style: each plan moved by what pianists of that level do
         # a score whose only markings are dynamic levels (a score MIDI's velocities) is a plain score to the
         # tempo and articulation plans, whose marked scores always came with the MusicXML's other markings
         timing = without_markings(score_tokens) if dynamics_only(score_tokens) else score_tokens
         tempo = self.tempo_plan_of(timing)
+        if tempo is not None and S.asked(levels):
+            tempo = (S.styled_tempo(tempo[0], levels, weights=_group_spans_q(timing)), tempo[1])
         # the articulation plan's key-down bound in seconds reads the tempo plan's curve where it is on
         local_tempo = {} if tempo is None else {"group_log_factor": tempo[0]}
         if tempo is not None:  # each Tempo token plays the gap that ends at its group: the plan over that gap
             from .tempo_plan import gap_factors
 
             tempo = (gap_factors(tempo[0], timing), tempo[1])
-        out = {"tempo_plan": tempo,
-               "velocity_plan": note_plan_of(self.velocity_planner, on and self.decode.velocity_plan > 0, score_tokens),
-               "articulation_plan": note_plan_of(self.articulation_planner, on and self.decode.articulation_plan > 0,
-                                                 timing, **local_tempo)}
+        velocity = note_plan_of(self.velocity_planner, on and self.decode.velocity_plan > 0, score_tokens)
+        articulation = note_plan_of(self.articulation_planner, on and self.decode.articulation_plan > 0, timing,
+                                    **local_tempo)
+        if velocity is not None:
+            velocity = (S.styled_velocity(velocity[0], levels), velocity[1])
+        if articulation is not None:
+            articulation = (S.styled_articulation(articulation[0], levels), articulation[1])
+        out = {"tempo_plan": tempo, "velocity_plan": velocity, "articulation_plan": articulation}
         return {k: v for k, v in out.items() if v is not None}
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
@@ -452,6 +462,14 @@ class Renderer:
                       progress: bool = True) -> List[str]:
         """Whole-piece performance tokens: one pass when the piece fits, else stitched segments."""
         return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
+
+
+def _group_spans_q(score_tokens: Sequence[str]) -> np.ndarray:
+    """(G,) quarters from each onset group to the next (the last: 1), the groups' shares of the score time."""
+    from instruct_tokenizer.score import score_timeline
+
+    q = score_timeline(score_tokens).group_q.astype(np.float64)
+    return np.maximum(np.append(np.diff(q), 1.0), 1e-6)
 
 
 def note_plan_of(planner, on: bool, score_tokens: Sequence[str], **context):

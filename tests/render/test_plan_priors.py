@@ -309,3 +309,29 @@ def test_articulation_network_weight_scales_only_planned_art_logits():
     assert after[0, 0, vel] == logits[0, 0, vel]
     with pytest.raises(RenderError, match="--articulation-network"):
         Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), articulation_network=-0.5)
+
+
+@needs_release
+def test_style_levels_move_the_plans_by_their_offsets():
+    """``--style`` reaches the plans (``Renderer.plans_of``), not only the network's prefix: tempo=fast moves
+    every Tempo token's planned period by the fast offset (a shorter beat), dynamics=loud every planned
+    velocity by the loud offset, articulation=legato every planned key-down ratio by the legato offset; the
+    default prefix (every level mid) plans exactly as before."""
+    from instruct_tokenizer.encode import style_prefix
+    from instruct_tokenizer.style_levels import load_offsets
+
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT))
+    prefix, bars = split_bars(r.score_tokens(str(CHOPIN)))
+    body = [t for b in bars[:8] for t in b]
+    n_style = len(style_prefix({}))
+    assert prefix[:n_style] == style_prefix({})
+    rest = prefix[n_style:]
+    mid = r.plans_of(style_prefix({}) + rest + body)
+    asked = r.plans_of(style_prefix({"tempo": "fast", "dynamics": "loud", "articulation": "legato"}) + rest + body)
+    o = load_offsets()
+    assert asked["tempo_plan"][0] - mid["tempo_plan"][0] == pytest.approx(o["tempo"]["fast"]) and o["tempo"]["fast"] < 0
+    inside = mid["velocity_plan"][0] < 127 - o["dynamics"]["loud"]
+    assert (asked["velocity_plan"][0] - mid["velocity_plan"][0])[inside] == pytest.approx(o["dynamics"]["loud"])
+    assert asked["articulation_plan"][0] - mid["articulation_plan"][0] == pytest.approx(o["articulation"]["legato"])
+    plain = r.plans_of(prefix + body)
+    assert all(np.array_equal(plain[k][0], mid[k][0]) for k in mid)
