@@ -82,9 +82,9 @@ def styled_tempo(factors: np.ndarray, levels: Dict[str, str], weights: Optional[
     """(G,) a tempo plan's log factors over the notated tempo (ln s per quarter) for the ``tempo`` and
     ``rubato`` levels; ``weights``: each group's share of the score time, for the curve's mean. Unchanged
     (the same array) when both are ``mid``."""
-    o = offsets or load_offsets()
     if levels.get("tempo", "mid") == "mid" and levels.get("rubato", "mid") == "mid":
         return factors
+    o = offsets or load_offsets()
     out = np.asarray(factors, np.float64)
     if levels.get("rubato", "mid") != "mid":
         out = _scaled(out, o["rubato"][levels["rubato"]], weights)
@@ -95,9 +95,9 @@ def styled_velocity(velocity: np.ndarray, levels: Dict[str, str],
                     offsets: Optional[Dict[str, Dict[str, float]]] = None) -> np.ndarray:
     """(N,) a velocity plan's MIDI velocities for the ``dynamics`` and ``range`` levels, within 1-127.
     Unchanged (the same array) when both are ``mid``."""
-    o = offsets or load_offsets()
     if levels.get("dynamics", "mid") == "mid" and levels.get("range", "mid") == "mid":
         return velocity
+    o = offsets or load_offsets()
     out = np.asarray(velocity, np.float64)
     if levels.get("range", "mid") != "mid":
         out = _scaled(out, o["range"][levels["range"]])
@@ -108,6 +108,7 @@ def styled_articulation(log2_ratio: np.ndarray, levels: Dict[str, str],
                         offsets: Optional[Dict[str, Dict[str, float]]] = None) -> np.ndarray:
     """(N,) an articulation plan's log2 key-down ratios for the ``articulation`` level. Unchanged (the same
     array) at ``mid``."""
-    o = offsets or load_offsets()
     level = levels.get("articulation", "mid")
-    return log2_ratio if level == "mid" else np.asarray(log2_ratio, np.float64) + o["articulation"][level]
+    if level == "mid":
+        return log2_ratio
+    return np.asarray(log2_ratio, np.float64) + (offsets or load_offsets())["articulation"][level]

@@ -406,10 +406,10 @@ class Renderer:
         """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
         {"tempo_plan": (factors for each group's Tempo token, ``tempo_plan.gap_factors``, group_bar),
         "velocity_plan": (velocities, note_bar), "articulation_plan": (log2 ratios, note_bar)}
-        (:func:`segment_plans` cuts a segment's part)."""
-        from instruct_tokenizer.score import dynamics_only, without_markings
-
+        (:func:`segment_plans` cuts a segment's part). The score's ``--style`` levels (its instruct prefix) move
+        each plan by what pianists of that level do (``instruct_tokenizer.style_levels``; ``mid``: unchanged)."""
         from instruct_tokenizer import style_levels as S
+        from instruct_tokenizer.score import dynamics_only, without_markings
 
         on = self.decode is not None
         levels = S.levels_of(score_tokens)  # --style: each plan moved by what pianists of that level do
