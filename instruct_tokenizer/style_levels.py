@@ -112,3 +112,18 @@ def styled_articulation(log2_ratio: np.ndarray, levels: Dict[str, str],
     if level == "mid":
         return log2_ratio
     return np.asarray(log2_ratio, np.float64) + (offsets or load_offsets())["articulation"][level]
+
+
+def describe(levels: Dict[str, str], offsets: Optional[Dict[str, Dict[str, float]]] = None) -> Optional[str]:
+    """The render log's line on the asked levels and what each does to its plan, or None (all ``mid``):
+    ``style: tempo=fast (beat periods x0.95), dynamics=loud (velocity +2.7)``."""
+    levels = asked(levels)
+    if not levels:
+        return None
+    o = offsets or load_offsets()
+    what = {"tempo": lambda v: f"beat periods x{np.exp(v):.2f}", "rubato": lambda v: f"tempo curve x{np.exp(v):.2f}",
+            "dynamics": lambda v: f"velocity {v:+.1f}", "range": lambda v: f"velocity spread x{np.exp(v):.2f}",
+            "articulation": lambda v: f"key-downs x{2.0 ** v:.2f}"}
+    parts = [f"{key}={level} ({what[key](o[key][level])})" for key, level in levels.items()]
+    return "style: " + ", ".join(parts) + " (what the lowest or highest third of a piece's training pianists do)"
+

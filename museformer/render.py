@@ -485,6 +485,17 @@ def note_plan_of(planner, on: bool, score_tokens: Sequence[str], **context):
     return planner.predict(score_tokens, **context), tl.group_bar[tl.note_group]
 
 
+def style_line(renderer: "Renderer", tokens: Sequence[str]) -> Optional[str]:
+    """The render log's line on the ``--style`` levels asked (``style_levels.describe``), or None; where the
+    checkpoint holds no plan or every plan rule is off, only the network reads them (the line says so)."""
+    from instruct_tokenizer import style_levels as S
+
+    line = S.describe(S.levels_of(tokens))
+    if line and not renderer.plans_of(tokens):
+        line += "; no plan is on, so only the network reads them (small effect)"
+    return line
+
+
 def midi_dynamics_line(tokens: Sequence[str]) -> Optional[str]:
     """The render log's line on a score MIDI's dynamics read from its note velocities, or None (none read)."""
     levels = [value for kind, value in map(V.parse, tokens) if kind == V.DYN]
@@ -689,6 +700,9 @@ def render_file(args: argparse.Namespace) -> Tuple[List[Path], List[str]]:
             read = markings_line(tokens) if renderer.score_features.get("markings") else None
         if read:
             print(f"{name}{read}")
+        style = style_line(renderer, tokens)
+        if style:
+            print(f"{name}{style}")
         todo.append((tokens, paths))
     written = []
     for k in range(args.n):

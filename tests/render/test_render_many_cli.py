@@ -108,3 +108,16 @@ def test_the_markings_line_counts_what_a_score_gives_the_model():
               "Pitch_62 Mark_accent Slur_end Bar_None DynLevel_p Pos_0 Dyn_f Pitch_64 Mark_fermata").split()
     assert markings_line(tokens) == "markings: 2 dynamics, 1 hairpin, 1 tempo text, 1 slur, 2 articulations, 1 fermata"
     assert markings_line("Bar_None Pos_0 Pitch_60".split()).startswith("markings: none read")
+
+
+@needs_release
+def test_the_log_says_what_an_asked_style_does(folder, tmp_path, capsys):
+    """A style other than mid is one log line naming each asked level and what it does to its plan (a default
+    render prints none)."""
+    code, err = stderr_of(main, [folder / "a.mid", "-o", tmp_path / "a.mid", "--style", "tempo=fast,dynamics=loud"])
+    assert code == 0, err
+    style = [line for line in capsys.readouterr().out.splitlines() if line.startswith("style:")]
+    assert len(style) == 1
+    assert "tempo=fast (beat periods x0.95)" in style[0] and "dynamics=loud (velocity +2.7)" in style[0]
+    code, err = stderr_of(main, [folder / "a.mid", "-o", tmp_path / "b.mid"])
+    assert code == 0 and "style:" not in capsys.readouterr().out

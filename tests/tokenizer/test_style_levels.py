@@ -112,3 +112,10 @@ def test_fit_reads_each_piece_s_thirds_against_its_median(monkeypatch):
     ln2 = math.log(2.0)
     assert (o["rubato"]["low"], o["rubato"]["high"]) == (pytest.approx(-ln2, abs=1e-4), pytest.approx(ln2, abs=1e-4))
     assert o["articulation"]["staccato"] == pytest.approx(-0.2, abs=1e-4) and o["dynamics"]["mid"] == 0.0
+
+
+def test_describe_names_each_asked_level_and_its_effect():
+    assert S.describe(S.levels_of(style_prefix({}))) is None
+    line = S.describe({"tempo": "slow", "articulation": "staccato", "dynamics": "mid"}, offsets=OFFSETS)
+    assert line.startswith("style: tempo=slow (beat periods x1.05), articulation=staccato (key-downs x0.90)")
+    assert "dynamics" not in line
