@@ -3,18 +3,15 @@
 The instruct prefix (``ITempo_fast``, ``IDyn_loud``, ...) labels every training performance by corpus
 tertiles, and the network reads it; but the plans that steer the decoder (tempo, velocity, articulation)
 read the score alone, and once they were on a style moved a rendering by under 1 % (docs/experiments.md
-section 43). :func:`styled_plans` moves the plans themselves by what a pianist of that level does against
-the other pianists of the same piece (``scripts/fit_style.py``, stored in ``data/style_levels.json``):
+section 43). The ``styled_*`` functions move the plans themselves by what a pianist of that level does
+against the other pianists of the same piece (``scripts/fit_style.py``, stored in ``data/style_levels.json``;
+``mid`` leaves a plan as it is):
 
-========== ======================= =======================================================================
-key        plan                    how (``mid``: unchanged)
-========== ======================= =======================================================================
-tempo      tempo                   every group's log period (ln s per quarter) plus the level's offset
-rubato     tempo                   the curve's deviations from its mean times e^offset
-dynamics   velocity                every note's MIDI velocity plus the offset
-range      velocity                the deviations from the mean velocity times e^offset
-articulat. articulation            every note's log2 key-down ratio plus the offset
-========== ======================= =======================================================================
+- tempo (tempo plan): every group's log period over the notated tempo (ln s per quarter) plus the offset;
+- rubato (tempo plan): the curve's deviations from its time-weighted mean times e^offset;
+- dynamics (velocity plan): every note's MIDI velocity plus the offset (within 1-127);
+- range (velocity plan): the velocities' deviations from their mean times e^offset;
+- articulation (articulation plan): every note's log2 key-down ratio plus the offset.
 """
 from __future__ import annotations
 
@@ -42,7 +39,10 @@ class StyleLevelsError(Exception):
 @lru_cache(maxsize=4)
 def load_offsets(path: Path = STYLE_LEVELS_PATH) -> Dict[str, Dict[str, float]]:
     """{style key: {level: offset}} (units: :data:`MEASURES`); every key and level present, ``mid`` 0."""
-    offsets = json.loads(Path(path).read_text())["offsets"]
+    try:
+        offsets = json.loads(Path(path).read_text())["offsets"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StyleLevelsError(f"{path}: not a style levels file ({type(e).__name__}: {e})") from None
     for key, type_ in V.STYLE_KEYS.items():
         for level in V.INSTRUCT_LEVELS[type_]:
             value = offsets.get(key, {}).get(level)

@@ -71,7 +71,8 @@ def test_the_shipped_offsets_point_the_asked_way():
 
 
 @pytest.mark.parametrize("change, reason", [(lambda o: o["dynamics"].pop("loud"), "dynamics=loud"),
-                                            (lambda o: o["tempo"].update(mid=0.1), "mid level must be 0")])
+                                            (lambda o: o["tempo"].update(mid=0.1), "mid level must be 0"),
+                                            (lambda o: o.clear(), "no finite offset for tempo=slow")])
 def test_a_broken_offsets_file_names_the_file_and_the_fault(tmp_path, change, reason):
     offsets = json.loads(json.dumps(OFFSETS))
     change(offsets)
@@ -119,3 +120,13 @@ def test_describe_names_each_asked_level_and_its_effect():
     line = S.describe({"tempo": "slow", "articulation": "staccato", "dynamics": "mid"}, offsets=OFFSETS)
     assert line.startswith("style: tempo=slow (beat periods x1.05), articulation=staccato (key-downs x0.90)")
     assert "dynamics" not in line
+
+
+def test_a_file_that_is_not_a_style_levels_file_is_one_error(tmp_path):
+    path = tmp_path / "style_levels.json"
+    for text in ("{not json", json.dumps({"levels": {}})):
+        path.write_text(text)
+        S.load_offsets.cache_clear()
+        with pytest.raises(S.StyleLevelsError, match="not a style levels file"):
+            S.load_offsets(path)
+
