@@ -8,7 +8,7 @@ against the other pianists of the same piece (``scripts/fit_style.py``, stored i
 ``mid`` leaves a plan as it is):
 
 - tempo (tempo plan): every group's log period over the notated tempo (ln s per quarter) plus the offset;
-- rubato (tempo plan): the curve's deviations from its time-weighted mean times e^offset;
+- rubato (tempo plan): the curve's deviations from its mean times e^offset, at the same length;
 - dynamics (velocity plan): every note's MIDI velocity plus the offset (within 1-127);
 - range (velocity plan): the velocities' deviations from their mean times e^offset;
 - articulation (articulation plan): every note's log2 key-down ratio plus the offset.
@@ -77,17 +77,27 @@ def _scaled(values: np.ndarray, log_ratio: float, weights: Optional[np.ndarray] 
     return mean + float(np.exp(log_ratio)) * (values - mean)
 
 
-def styled_tempo(factors: np.ndarray, levels: Dict[str, str], weights: Optional[np.ndarray] = None,
+def _log_length(factors: np.ndarray, quarters: np.ndarray) -> float:
+    """ln of the time a curve of log factors plays ``quarters`` (per group) in, over its notated time."""
+    top = float(factors.max())
+    return top + float(np.log(np.sum(quarters * np.exp(factors - top))))
+
+
+def styled_tempo(factors: np.ndarray, levels: Dict[str, str], quarters: Optional[np.ndarray] = None,
                  offsets: Optional[Dict[str, Dict[str, float]]] = None) -> np.ndarray:
     """(G,) a tempo plan's log factors over the notated tempo (ln s per quarter) for the ``tempo`` and
-    ``rubato`` levels; ``weights``: each group's share of the score time, for the curve's mean. Unchanged
-    (the same array) when both are ``mid``."""
+    ``rubato`` levels. ``rubato`` scales the curve's deviations from its mean and keeps the length it
+    plays the score in (as ``museformer.tempo_plan.stretch`` does), ``quarters``: each group's quarters
+    to the next (default: one each); ``tempo`` then adds its offset. Unchanged (the same array) when both
+    are ``mid``."""
     if levels.get("tempo", "mid") == "mid" and levels.get("rubato", "mid") == "mid":
         return factors
     o = offsets or load_offsets()
     out = np.asarray(factors, np.float64)
-    if levels.get("rubato", "mid") != "mid":
-        out = _scaled(out, o["rubato"][levels["rubato"]], weights)
+    if levels.get("rubato", "mid") != "mid" and len(out):
+        q = np.ones(len(out)) if quarters is None else np.asarray(quarters, np.float64)
+        scaled = _scaled(out, o["rubato"][levels["rubato"]], q)
+        out = scaled - (_log_length(scaled, q) - _log_length(out, q))
     return out + o["tempo"][levels.get("tempo", "mid")]
 
 

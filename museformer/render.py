@@ -418,7 +418,7 @@ class Renderer:
         timing = without_markings(score_tokens) if dynamics_only(score_tokens) else score_tokens
         tempo = self.tempo_plan_of(timing)
         if tempo is not None and S.asked(levels):
-            tempo = (S.styled_tempo(tempo[0], levels, weights=_group_spans_q(timing)), tempo[1])
+            tempo = (S.styled_tempo(tempo[0], levels, quarters=_group_spans_q(timing)), tempo[1])
         # the articulation plan's key-down bound in seconds reads the tempo plan's curve where it is on
         local_tempo = {} if tempo is None else {"group_log_factor": tempo[0]}
         if tempo is not None:  # each Tempo token plays the gap that ends at its group: the plan over that gap
@@ -465,7 +465,7 @@ class Renderer:
 
 
 def _group_spans_q(score_tokens: Sequence[str]) -> np.ndarray:
-    """(G,) quarters from each onset group to the next (the last: 1), the groups' shares of the score time."""
+    """(G,) quarters from each onset group to the next (the last: 1)."""
     from instruct_tokenizer.score import score_timeline
 
     q = score_timeline(score_tokens).group_q.astype(np.float64)

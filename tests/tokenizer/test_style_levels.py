@@ -31,17 +31,21 @@ def test_mid_leaves_every_plan_as_it_is():
     assert S.styled_articulation(art, mid, offsets=OFFSETS) is art
 
 
-def test_tempo_shifts_the_level_and_rubato_scales_the_curve_about_its_mean():
+def test_tempo_shifts_the_level_and_rubato_scales_the_curve_at_the_same_length():
     curve = np.array([0.0, 0.2, -0.1, 0.5])
-    weights = np.array([1.0, 1.0, 2.0, 4.0])
+    quarters = np.array([1.0, 1.0, 2.0, 4.0])
+
+    def length(c):  # seconds over notated seconds
+        return np.sum(quarters * np.exp(c))
+
     fast = S.styled_tempo(curve, {"tempo": "fast"}, offsets=OFFSETS)
     assert fast == pytest.approx(curve - 0.05)  # a shorter beat period everywhere: faster
-    high = S.styled_tempo(curve, {"rubato": "high"}, weights=weights, offsets=OFFSETS)
-    mean = np.average(curve, weights=weights)
-    assert np.average(high, weights=weights) == pytest.approx(mean)
-    assert high - mean == pytest.approx(np.exp(0.2) * (curve - mean))
-    both = S.styled_tempo(curve, {"tempo": "slow", "rubato": "low"}, weights=weights, offsets=OFFSETS)
-    assert both - 0.05 == pytest.approx(mean + np.exp(-0.1) * (curve - mean))
+    high = S.styled_tempo(curve, {"rubato": "high"}, quarters=quarters, offsets=OFFSETS)
+    assert np.diff(high) == pytest.approx(np.exp(0.2) * np.diff(curve))  # deviations scaled
+    assert length(high) == pytest.approx(length(curve))  # the same length
+    both = S.styled_tempo(curve, {"tempo": "slow", "rubato": "low"}, quarters=quarters, offsets=OFFSETS)
+    assert np.diff(both) == pytest.approx(np.exp(-0.1) * np.diff(curve))
+    assert length(both) == pytest.approx(np.exp(0.05) * length(curve))  # 5 % longer: slower
 
 
 def test_dynamics_shift_range_scales_and_velocities_stay_midi():
