@@ -134,3 +134,21 @@ def test_bad_ranges_and_bases_are_one_line(renderer, score, base):
         P.render_bars(renderer, score, Sampling(), start=2, end=4)
     with pytest.raises(P.PassageError, match="does not fit"):
         P.render_bars(renderer, score, Sampling(), base=base[:-3], start=2, end=4)
+
+
+def test_a_passage_re_rendered_slower_is_slower(renderer, score, base):
+    """The page's "steer a passage" with a style: bars 3-6 re-rendered with tempo=slow take longer than the
+    same bars re-rendered at mid with the same seed (the style moves the tempo plan by about 5 %; when only
+    the network read it, the plans' priors outweighed it)."""
+    prefix, bars = split_bars(score)
+    n_style = len(style_prefix({}))
+
+    def passage_s(style):
+        restyled = style_prefix(style) + prefix[n_style:] + [t for b in bars for t in b]
+        tokens = P.render_bars(renderer, restyled, Sampling(seed=4), base=base, start=2, end=6)
+        perf = decode_performance(restyled, tokens)
+        tl = perf.timeline
+        first = [int((tl.group_bar == b).argmax()) for b in (2, 6)]  # the first onset group of bars 3 and 7
+        return perf.group_grid_s[first[1]] - perf.group_grid_s[first[0]]
+
+    assert passage_s({"tempo": "slow"}) / passage_s({}) > 1.02  # 1.054 when written
