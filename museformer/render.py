@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -409,7 +408,8 @@ class Renderer:
         (:func:`segment_plans` cuts a segment's part). The score's ``--style`` levels (its instruct prefix) move
         each plan by what pianists of that level do (``instruct_tokenizer.style_levels``; ``mid``: unchanged)."""
         from instruct_tokenizer import style_levels as S
-        from instruct_tokenizer.score import dynamics_only, without_markings
+        from instruct_tokenizer.score import dynamics_only, score_timeline, without_markings
+        from instruct_tokenizer.tempo_infer import group_spans_q
 
         on = self.decode is not None
         levels = S.levels_of(score_tokens)  # --style: each plan moved by what pianists of that level do
@@ -418,7 +418,7 @@ class Renderer:
         timing = without_markings(score_tokens) if dynamics_only(score_tokens) else score_tokens
         tempo = self.tempo_plan_of(timing)
         if tempo is not None and S.asked(levels):
-            tempo = (S.styled_tempo(tempo[0], levels, quarters=_group_spans_q(timing)), tempo[1])
+            tempo = (S.styled_tempo(tempo[0], levels, quarters=group_spans_q(score_timeline(timing).group_q)), tempo[1])
         # the articulation plan's key-down bound in seconds reads the tempo plan's curve where it is on
         local_tempo = {} if tempo is None else {"group_log_factor": tempo[0]}
         if tempo is not None:  # each Tempo token plays the gap that ends at its group: the plan over that gap
@@ -434,6 +434,14 @@ class Renderer:
             articulation = (S.styled_articulation(articulation[0], levels), articulation[1])
         out = {"tempo_plan": tempo, "velocity_plan": velocity, "articulation_plan": articulation}
         return {k: v for k, v in out.items() if v is not None}
+
+    def plans_on(self) -> bool:
+        """Whether :meth:`plans_of` gives any plan: a plan the checkpoint holds whose rule is on."""
+        if self.decode is None:
+            return False
+        return any(planner is not None and getattr(self.decode, rule) > 0
+                   for planner, rule in ((self.tempo_planner, "tempo_plan"), (self.velocity_planner, "velocity_plan"),
+                                         (self.articulation_planner, "articulation_plan")))
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
         """(factors, group_bar) of a whole score for the ``--tempo-plan`` rule: the plan model's log factor
@@ -464,14 +472,6 @@ class Renderer:
         return self.render_many([score_tokens], sampling, overlap_bars, 1, progress)[0]
 
 
-def _group_spans_q(score_tokens: Sequence[str]) -> np.ndarray:
-    """(G,) quarters from each onset group to the next (the last: 1)."""
-    from instruct_tokenizer.score import score_timeline
-
-    q = score_timeline(score_tokens).group_q.astype(np.float64)
-    return np.maximum(np.append(np.diff(q), 1.0), 1e-6)
-
-
 def note_plan_of(planner, on: bool, score_tokens: Sequence[str], **context):
     """(values, note_bar) of a whole score for a per-note plan rule (``--velocity-plan``: MIDI velocity;
     ``--articulation-plan``: log2 ratio; ``museformer.velocity_plan``) and each note's bar; None when the
@@ -491,7 +491,7 @@ def style_line(renderer: "Renderer", tokens: Sequence[str]) -> Optional[str]:
     from instruct_tokenizer import style_levels as S
 
     line = S.describe(S.levels_of(tokens))
-    if line and not renderer.plans_of(tokens):
+    if line and not renderer.plans_on():
         line += "; no plan is on, so only the network reads them (small effect)"
     return line
 

@@ -35,25 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fit_tempo import human_qpm  # noqa: E402
+from fit_tempo import human_qpm, performances  # noqa: E402
 from instruct_tokenizer import vocab as V  # noqa: E402
 from instruct_tokenizer.metrics import per_note_features  # noqa: E402
 from instruct_tokenizer.style_levels import MEASURES, STYLE_LEVELS_PATH  # noqa: E402
-
-
-def performances(tok_dir: Path, split: str) -> dict:
-    """source -> (piece key, whole score tokens without the prefix, whole perf tokens)."""
-    rows = [json.loads(x) for x in (tok_dir / "manifest.jsonl").read_text().splitlines()]
-    score = (tok_dir / f"{split}.score").read_text().splitlines()
-    perf = (tok_dir / f"{split}.perf").read_text().splitlines()
-    out: dict = {}
-    for m in rows:
-        if m["split"] != split or m.get("augment"):
-            continue
-        _, old_s, old_p = out.get(m["source"], (None, [], []))
-        out[m["source"]] = ((m["composer"], m["title"]), old_s + score[m["line"]].split()[len(m["prefix"]):],
-                            old_p + perf[m["line"]].split())
-    return out
 
 
 def measures(score: list, perf: list) -> dict:
@@ -74,7 +59,7 @@ def relative(values: list, kind: str) -> np.ndarray:
 
 
 def fit(items: dict, progress=None) -> dict:
-    """{style key: {level: offset}} and the counts, from :func:`performances`' items: per piece with three
+    """{style key: {level: offset}} and the counts, from ``fit_tempo.performances``' items: per piece with three
     performances or more, each measure's lowest and highest thirds of its performances against the piece's
     median (:func:`relative`); the low level's offset is the median over every piece's lowest third, the
     high level's over the highest thirds (``mid`` 0). ``progress``: wraps the items' iteration (tqdm)."""
