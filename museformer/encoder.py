@@ -87,13 +87,15 @@ class MuseformerEncoder(FairseqEncoder):
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None,
                 tempo_prior: Optional[Tensor] = None, dynamics_prior: Optional[Tensor] = None,
                 tempo_plan: Optional[Tensor] = None, velocity_plan: Optional[Tensor] = None,
-                articulation_plan: Optional[Tensor] = None, **kwargs) -> Dict:
+                articulation_plan: Optional[Tensor] = None, timing_plan: Optional[Tensor] = None, **kwargs) -> Dict:
         """``tempo_prior``, ``dynamics_prior``: (B, 4) states of the music before this segment
         (``DecodeRules.state_after``), where the decoding rules continue them; zeros when not given.
         ``tempo_plan``: (B, G) the tempo plan's log factor per onset group of the segment (NaN padding),
         for the ``--tempo-plan`` rule, ``velocity_plan``: (B, N) the velocity plan's MIDI velocity per score
         note of the segment (NaN padding), for ``--velocity-plan``, ``articulation_plan``: (B, N) the
-        articulation plan's log2 ratio per score note, for ``--articulation-plan``; none when not given."""
+        articulation plan's log2 ratio per score note, for ``--articulation-plan``, ``timing_plan``: (B, N) the
+        timing plan's onset (ms against the group's grid) per score note, for ``--timing-plan``; none when not
+        given."""
         valid = src_tokens.ne(self.dictionary.pad())
         bar = bar_indices(src_tokens, self.bar_idx)  # (B, T)
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding aware
@@ -113,7 +115,7 @@ class MuseformerEncoder(FairseqEncoder):
             out["decode"] = self.rules.prepare(src_tokens, valid, self.dictionary,
                                                {"tempo_prior": tempo_prior, "dynamics_prior": dynamics_prior,
                                                 "tempo_plan": tempo_plan, "velocity_plan": velocity_plan,
-                                                "articulation_plan": articulation_plan})
+                                                "articulation_plan": articulation_plan, "timing_plan": timing_plan})
         if self.anchors is not None:
             out["anchors"] = self.anchors(src_tokens, valid)  # (B, S + 1)
         return out

@@ -129,6 +129,7 @@ class Renderer:
         self.tempo_planner = None  # the checkpoint's tempo plan (tempo_plan.TempoPlan or TempoPlanEnsemble) or None
         self.velocity_planner = None  # its velocity plan model (museformer.velocity_plan.VelocityPlan) or None
         self.articulation_planner = None  # its articulation plan (museformer.velocity_plan.ArticulationPlan) or None
+        self.timing_planner = None  # its timing plan (museformer.velocity_plan.TimingPlan) or None
 
     @classmethod
     def from_checkpoint(cls, path: str, data: Optional[str] = None, attention_impl: Optional[str] = None,
@@ -176,7 +177,7 @@ class Renderer:
         renderer.rules, renderer.decode = rules, config
         plans = plan_models_of(state, path)
         renderer.tempo_planner, renderer.velocity_planner = plans["tempo_plan"], plans["velocity_plan"]
-        renderer.articulation_planner = plans["articulation_plan"]
+        renderer.articulation_planner, renderer.timing_planner = plans["articulation_plan"], plans["timing_plan"]
         renderer.max_positions = trained_positions  # segments are planned at the trained size
         return renderer
 
@@ -404,7 +405,8 @@ class Renderer:
     def plans_of(self, score_tokens: Sequence[str]) -> Dict[str, tuple]:
         """The whole score's plans for the plan rules that are on and whose model the checkpoint holds:
         {"tempo_plan": (factors for each group's Tempo token, ``tempo_plan.gap_factors``, group_bar),
-        "velocity_plan": (velocities, note_bar), "articulation_plan": (log2 ratios, note_bar)}
+        "velocity_plan": (velocities, note_bar), "articulation_plan": (log2 ratios, note_bar),
+        "timing_plan": (ms against the onset group's grid, note_bar)}
         (:func:`segment_plans` cuts a segment's part). The score's ``--style`` levels (its instruct prefix) move
         each plan by what pianists of that level do (``instruct_tokenizer.style_levels``; ``mid``: unchanged)."""
         from instruct_tokenizer import style_levels as S
@@ -432,7 +434,9 @@ class Renderer:
             velocity = (S.styled_velocity(velocity[0], levels), velocity[1])
         if articulation is not None:
             articulation = (S.styled_articulation(articulation[0], levels), articulation[1])
-        out = {"tempo_plan": tempo, "velocity_plan": velocity, "articulation_plan": articulation}
+        timing = note_plan_of(self.timing_planner, on and self.decode.timing_plan > 0, score_tokens)
+        out = {"tempo_plan": tempo, "velocity_plan": velocity, "articulation_plan": articulation,
+               "timing_plan": timing}
         return {k: v for k, v in out.items() if v is not None}
 
     def plans_on(self) -> bool:
@@ -441,7 +445,8 @@ class Renderer:
             return False
         return any(planner is not None and getattr(self.decode, rule) > 0
                    for planner, rule in ((self.tempo_planner, "tempo_plan"), (self.velocity_planner, "velocity_plan"),
-                                         (self.articulation_planner, "articulation_plan")))
+                                         (self.articulation_planner, "articulation_plan"),
+                                         (self.timing_planner, "timing_plan")))
 
     def tempo_plan_of(self, score_tokens: Sequence[str]):
         """(factors, group_bar) of a whole score for the ``--tempo-plan`` rule: the plan model's log factor
@@ -539,15 +544,15 @@ def segment_plans(plans: Dict[str, tuple], start: int, end: int) -> Dict[str, to
 
 
 def plan_models_of(state: dict, path: str) -> Dict[str, object]:
-    """The plans stored in a checkpoint: {"tempo_plan", "velocity_plan", "articulation_plan"} -> the plan
+    """The plans stored in a checkpoint: {"tempo_plan", "velocity_plan", "articulation_plan", "timing_plan"} -> the plan
     model (``museformer.tempo_plan``, ``museformer.velocity_plan``), None for a missing one. Raises
     RenderError naming the file for a plan that cannot be loaded."""
     from .tempo_plan import TempoPlanError, tempo_plan_from_state
-    from .velocity_plan import ArticulationPlan, VelocityPlan
+    from .velocity_plan import ArticulationPlan, TimingPlan, VelocityPlan
 
     out: Dict[str, object] = {}
     for entry, load in (("tempo_plan", tempo_plan_from_state), ("velocity_plan", VelocityPlan.from_state),
-                        ("articulation_plan", ArticulationPlan.from_state)):
+                        ("articulation_plan", ArticulationPlan.from_state), ("timing_plan", TimingPlan.from_state)):
         try:
             out[entry] = load(state[entry]) if entry in state else None
         except (TempoPlanError, KeyError, RuntimeError, TypeError) as e:

@@ -56,6 +56,7 @@ VELOCITY_CENTRE, VELOCITY_SCALE = 64.0, 20.0  # the network's output unit: (velo
 # the notated-length classes of the articulation plan's calibration (fit_length_offsets), upper edges in
 # quarters: up to a sixteenth (and grace notes), an eighth, a quarter, a half, a whole note, longer
 LENGTH_EDGES_Q = (0.3, 0.6, 1.1, 2.1, 4.1)
+TIMING_CLIP_MS = 400.0  # the timing plan's targets and predictions lie within +- this (ms)
 
 
 def note_features(tokens: Sequence[str], names: Sequence[str] = NOTE_FEATURE_NAMES) -> np.ndarray:
@@ -294,6 +295,44 @@ class ArticulationPlan(VelocityPlan):
         return plan
 
 
+class TimingPlan(VelocityPlan):
+    """The timing plan: the same network, predicting each note's onset against its onset group's grid in
+    milliseconds, as the ``Time`` token states it (``instruct_tokenizer.encode``: the grid runs through the
+    mean onset of the group's non-grace notes). What pianists agree on there: grace notes before the beat,
+    a chord's top note a little ahead, wide chords rolled from the bass; on the (n)ASAP test split one
+    pianist's timing follows another's with r 0.50 (the released network's sampled ``Time`` tokens: 0.01).
+    Trained on targets clipped to :data:`TIMING_CLIP_MS` (a fermata's or an alignment outlier's seconds
+    would dominate a squared error); not stretched (``spread`` 1: the decoder's own sampling adds the
+    spread, and a stretched grace note lands earlier than any pianist's)."""
+
+    TARGET: ClassVar[str] = "timing"
+    CENTRE: ClassVar[float] = 0.0
+    SCALE: ClassVar[float] = 50.0  # ms: the network's output unit
+    LOW: ClassVar[float] = -TIMING_CLIP_MS
+    HIGH: ClassVar[float] = TIMING_CLIP_MS
+
+    # planned only where the plan's onset is at least this far from the grid (ms; 0: every note); elsewhere NaN
+    min_ms: float = 0.0
+
+    def predict(self, tokens: Sequence[str]) -> np.ndarray:
+        """(N,) ms against the onset group's grid per score note; NaN (no plan) where under ``min_ms``."""
+        values = super().predict(tokens)
+        return np.where(np.abs(values) >= self.min_ms, values, np.nan)
+
+    def calibrate(self, train: List[dict], valid: List[dict], spread: Optional[float] = None) -> None:
+        """Spread 1 unless ``spread`` is given (see the class docstring), then the level (:func:`fit_level`)."""
+        super().calibrate(train, valid, 1.0 if spread is None else spread)
+
+    def state(self) -> dict:
+        return {**super().state(), "min_ms": float(self.min_ms)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TimingPlan":
+        plan = super().from_state(state)
+        plan.min_ms = float(state.get("min_ms", 0.0))
+        return plan
+
+
 def length_class(notes: np.ndarray) -> np.ndarray:
     """(N,) int: each note's notated-length class (0 .. len(LENGTH_EDGES_Q)), from the ``log_dur`` column of
     :func:`note_features` (log2 quarters; a grace note falls in the shortest class)."""
@@ -400,6 +439,12 @@ def fit_articulation(pieces: List[dict], valid: List[dict], **kw) -> Articulatio
     """:func:`fit_note_plan` of an :class:`ArticulationPlan` (each piece's ``articulation``: (N,) log2
     ratio, NaN for a note not played)."""
     return fit_note_plan(ArticulationPlan, pieces, valid, **kw)
+
+
+def fit_timing(pieces: List[dict], valid: List[dict], **kw) -> TimingPlan:
+    """:func:`fit_note_plan` of a :class:`TimingPlan` (each piece's ``timing``: (N,) ms against the group's
+    grid, within +- TIMING_CLIP_MS, NaN for a note not played)."""
+    return fit_note_plan(TimingPlan, pieces, valid, **kw)
 
 
 def fit_note_plan(kind: type, pieces: List[dict], valid: List[dict], epochs: int = 12, lr: float = 2e-3,

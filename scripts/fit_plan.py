@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fit the tempo, velocity or articulation plan (``museformer.tempo_plan``, ``museformer.velocity_plan``) on a tokenized build and store it in a release file.
+"""Fit the tempo, velocity, articulation or timing plan (``museformer.tempo_plan``, ``museformer.velocity_plan``) on a tokenized build and store it in a release file.
 
 Reads the build's manifest (``instruct-tokenize build``: the performances of each split), encodes every
 performance's score as ``instruct-render`` gives it to the model (MusicXML markings and notated tempo,
@@ -35,6 +35,9 @@ released: section 23);
 notated-length class, fitted on the validation pieces as a score MIDI gives them, with the plain spread
 (section 26); with ``--plain-offsets-only --into FILE`` only those offsets are fitted and stored, the rest of
 the stored plan kept (measured in section 33, not released);
+``--what timing`` fits the timing plan (each note's onset against its onset group's grid, ms: grace notes before
+the beat, rolled chords; ``velocity_plan.TimingPlan``, not stretched), stored to plan only the notes it puts at least
+``--timing-min-ms`` from the grid (section 44);
 ``--tempo-note-features`` (velocity, articulation) lets the plan read each note's notated length in seconds
 at the notated tempo and that tempo (``velocity_plan.TEMPO_NOTE_FEATURE_NAMES``; measured for the
 articulation plan, not released: section 27).
@@ -61,6 +64,7 @@ from instruct_tokenizer.decode import decode_performance  # noqa: E402
 from instruct_tokenizer.metrics import beat_log_tempo, per_note_features  # noqa: E402
 from instruct_tokenizer.score import PLAIN_VIEWS, plain_view as in_plain_view  # noqa: E402
 
+TIMING_MIN_MS = 25.0  # --timing-min-ms: chosen on the validation renderings (docs/experiments.md section 44)
 KINDS = ("marked", "plain")  # each training performance's score versions: with its markings, and without
 
 
@@ -76,7 +80,7 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
     from instruct_tokenizer.tempo_infer import apply_notated_tempo
     from museformer.eval_split import xml_score_info
     from museformer.tempo_plan import N_FEATURES, TEMPO_FEATURE_NAMES, group_features
-    from museformer.velocity_plan import NOTE_FEATURE_SETS, note_features
+    from museformer.velocity_plan import NOTE_FEATURE_SETS, TIMING_CLIP_MS, note_features
 
     try:
         marks, qpm = xml_score_info(row["source"], {"markings": True, "notated_tempo": True}, report=lambda s: None)
@@ -89,7 +93,9 @@ def performance_example(row: dict, plain_view: str = "markings-dropped") -> dict
                   "target_onset": np.log(perf.group_period_s),
                   "velocity": np.where(perf.played, perf.velocity, np.nan), "note_velocity": per_note["velocity"],
                   "key_down_s": np.where(perf.played, perf.offset_s - perf.onset_s, np.nan),
-                  "note_group": tl.note_group, "note_beat": per_note["beat_tempo"]}
+                  "note_group": tl.note_group, "note_beat": per_note["beat_tempo"],
+                  "timing": np.clip(per_note["timing"], -TIMING_CLIP_MS, TIMING_CLIP_MS),  # ms, NaN: not played
+                  "note_timing": per_note["timing"]}  # unclipped: what instruct-eval's timing r reads
         out = {"row": row}
         plain = apply_notated_tempo(in_plain_view(enc.score, plain_view))[0]  # no tempo word: the content estimate
         with np.errstate(divide="ignore", invalid="ignore"):  # grace notes: notated 0 in both
@@ -206,7 +212,7 @@ def note_rows(plan, examples: List[dict]) -> Dict[str, float]:
     from museformer.tempo_plan import pearson
 
     target = plan.TARGET
-    per_note = "note_velocity" if target == "velocity" else target
+    per_note = {"velocity": "note_velocity", "timing": "note_timing"}.get(target, target)
     out: Dict[str, float] = {"performances": len(examples)}
     for kind in ("marked", "plain"):
         rs, level_errors = [], []
@@ -294,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from museformer.tempo_plan import FEATURE_NAMES, TEMPO_FEATURE_NAMES, TempoPlanEnsemble, fit
     from museformer.tempo_plan import fit_spread as fit_tempo_spread
     from museformer.velocity_plan import (NOTE_FEATURE_NAMES, NOTE_FEATURE_SETS, fit_articulation, fit_length_offsets,
-                                          fit_spread, fit_velocity)
+                                          fit_spread, fit_timing, fit_velocity)
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tokens", help="an instruct-tokenize build folder (its manifest.jsonl names the performances)")
@@ -306,9 +312,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="tempo only: fit this many plans (seeds SEED, SEED+1, ...) and store their mean "
                         "(museformer.tempo_plan.TempoPlanEnsemble); default 1")
     p.add_argument("--workers", type=int, default=2, help="processes reading the performances (default 2)")
-    p.add_argument("--what", choices=("tempo", "velocity", "articulation"), default="tempo",
-                   help="the tempo plan (each onset group's beat tempo), the velocity plan (each note's velocity) or "
-                        "the articulation plan (each note's key-down time over its notated length at the local tempo)")
+    p.add_argument("--what", choices=("tempo", "velocity", "articulation", "timing"), default="tempo",
+                   help="the tempo plan (each onset group's beat tempo), the velocity plan (each note's velocity), "
+                        "the articulation plan (each note's key-down time over its notated length at the local tempo) "
+                        "or the timing plan (each note's onset against its onset group's grid, ms)")
     p.add_argument("--target", choices=("beat", "onset"), default="beat",
                    help="what the plan predicts per onset group: the beat's tempo (beat: instruct-eval's beat tempo, "
                         "smooth) or the group's own period (onset: what its Tempo token encodes); default beat")
@@ -345,6 +352,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="velocity or articulation: the plan reads what the notated tempo makes of each note too, its "
                         "notated length in seconds and the notated tempo at its bar (museformer.velocity_plan."
                         "TEMPO_NOTE_FEATURE_NAMES); default: lengths in quarters only (the base note features)")
+    p.add_argument("--timing-min-ms", type=float, default=TIMING_MIN_MS, metavar="MS",
+                   help="timing: store the plan so that it plans only the notes it puts at least MS from their onset "
+                        "group's grid (grace notes, rolled chords), leaving the others to the network "
+                        f"(velocity_plan.TimingPlan.min_ms; default {TIMING_MIN_MS:g}: docs/experiments.md section 44)")
     p.add_argument("--json", help="write the report here too")
     args = p.parse_args(argv)
     if args.members < 1 or (args.members > 1 and args.what != "tempo"):
@@ -365,6 +376,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return store_plain_offsets(args)
     if args.tempo_note_features and (args.what == "tempo" or args.calibrate):
         p.error("--tempo-note-features: only when fitting a velocity or articulation plan (no --calibrate)")
+    if args.timing_min_ms < 0:
+        p.error("--timing-min-ms: 0 or more milliseconds")
     if args.calibrate and args.members > 1:
         p.error("--calibrate keeps the stored plan: no --members")
     torch.set_num_threads(max(1, args.workers))
@@ -407,7 +420,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan.spread_plain = plain_spread(plan, fit_tempo_spread, train)
         rows = report_rows
     else:
-        fields = ("features", "notes", "note_group", args.what, "key_down_s")
+        fields = ("features", "notes", "note_group", args.what, "key_down_s") + (
+            ("note_timing",) if args.what == "timing" else ())
         plan = stored_plan(args.into, f"{args.what}_plan") if args.calibrate else None
         note_names = (plan.note_feature_names if plan else NOTE_FEATURE_SETS[-1] if args.tempo_note_features
                       else NOTE_FEATURE_NAMES)
@@ -415,7 +429,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         train = [{f: e[k][f] for f in fields} for e in split["train"] for k in KINDS]
         valid = [{f: e["marked"][f] for f in fields} for e in split["valid"]]
         if not args.calibrate:
-            fit_kind = fit_velocity if args.what == "velocity" else fit_articulation
+            fit_kind = {"velocity": fit_velocity, "articulation": fit_articulation, "timing": fit_timing}[args.what]
             plan = fit_kind(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=progress,
                             note_feature_names=note_names)
         if args.calibrate or args.spread is not None:  # a fit calibrates with the fitted spread
@@ -429,7 +443,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"articulation plan: offsets from the validation pieces {[round(x, 3) for x in before]}, with "
                   f"{args.cross_fit} folds of the training pieces {[round(x, 3) for x in plan.length_offsets]}",
                   file=sys.stderr)
-        plan.spread_plain = plain_spread(plan, fit_spread, train)
+        # the timing plan is not stretched (velocity_plan.TimingPlan), from a plain score either
+        plan.spread_plain = plain_spread(plan, fit_spread, train) if args.what != "timing" else None
+        if args.what == "timing":
+            plan.min_ms = args.timing_min_ms
         plan.length_offsets_plain = ()  # none: a score without markings takes length_offsets
         if args.plain_offsets != "none":
             plan.length_offsets_plain = fit_length_offsets(
@@ -443,7 +460,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{getattr(plan, 'max_key_down_s', 0.0):.2f} s", file=sys.stderr)
         rows = note_rows
     bar.close()
-    print(f"stored spread {plan.spread:.3f}, from a score without markings {plan.spread_plain:.3f}", file=sys.stderr)
+    print(f"stored spread {plan.spread:.3f}, from a score without markings {plan.spread_plain or plan.spread:.3f}",
+          file=sys.stderr)
     report = {"what": args.what, "train_performances": len(split["train"]), "fit_s": round(time.time() - start, 1),
               "valid": rows(plan, split["valid"]), "test": rows(plan, split["test"]),
               "test_2_per_piece": rows(plan, first_per_piece(split["test"], 2))}

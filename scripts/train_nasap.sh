@@ -47,8 +47,8 @@
 # folder holding fairseq-train and python (.venv/bin; scripts/gpu/device_run.sh points it elsewhere).
 # OVERSAMPLE=TOKEN:TIMES repeats the training examples whose score holds TOKEN (scripts/oversample_lines.py),
 # e.g. After_fermata:8: a warm-started model sees the rare token often enough to learn it.
-# PLANS=1 (default) fits the tempo, velocity and articulation plans on $TOK after the release (scripts/fit_plan.py,
-# about 50 minutes on 2 cores; the tempo plan is the mean of PLAN_MEMBERS=3 fits, seeds 0, 1, 2) and stores them in
+# PLANS=1 (default) fits the tempo, velocity, articulation and timing plans on $TOK after the release (scripts/fit_plan.py,
+# about 62 minutes on 2 cores; the tempo plan is the mean of PLAN_MEMBERS=3 fits, seeds 0, 1, 2) and stores them in
 # the release file; PLANS=0 skips them (the plan rules then do nothing). TEMPO_SPREAD (1.75, chosen on the validation
 # renderings, docs/experiments.md section 20) stretches the tempo plan's curve; TEMPO_SPREAD=fit keeps the fitted one.
 # TEMPO_PHRASE=1 (default, the release's) lets the tempo plan read where phrases end (fit_plan.py --phrase-features,
@@ -170,12 +170,13 @@ BEST="$OUT/ckpt/checkpoint_best_freerun.pt"
 [ -f "$BEST" ] || BEST="$OUT/ckpt/checkpoint_best.pt"
 [ -f "$BEST" ] || { echo "train_nasap: error: $OUT/ckpt/checkpoint_best.pt: no validated checkpoint to release" >&2; exit 1; }
 $BIN/python scripts/release_checkpoint.py "$BEST" "$OUT/instruct-museformer.pt" --data "$DATA_BIN"
-if [ "${PLANS:-1}" = 1 ] && [ -f "$TOK/manifest.jsonl" ]; then  # the tempo and velocity plans (docs/decoding.md)
+if [ "${PLANS:-1}" = 1 ] && [ -f "$TOK/manifest.jsonl" ]; then  # the plans (docs/decoding.md)
   $BIN/python scripts/fit_plan.py "$TOK" --what tempo --members "${PLAN_MEMBERS:-3}" --json "$OUT/plan_tempo.json" \
       $([ "${TEMPO_PHRASE:-1}" = 1 ] && echo --phrase-features) \
       $([ "${TEMPO_SPREAD:-1.75}" != fit ] && echo --spread "${TEMPO_SPREAD:-1.75}") --into "$OUT/instruct-museformer.pt"
   $BIN/python scripts/fit_plan.py "$TOK" --what velocity --json "$OUT/plan_velocity.json" --into "$OUT/instruct-museformer.pt"
   $BIN/python scripts/fit_plan.py "$TOK" --what articulation $([ "${ART_FOLDS:-0}" != 0 ] && echo --cross-fit "$ART_FOLDS") \
       --json "$OUT/plan_articulation.json" --into "$OUT/instruct-museformer.pt"
+  $BIN/python scripts/fit_plan.py "$TOK" --what timing --json "$OUT/plan_timing.json" --into "$OUT/instruct-museformer.pt"
 fi
 echo "released checkpoint: $BEST; release candidate: $OUT/instruct-museformer.pt"

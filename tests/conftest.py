@@ -12,7 +12,7 @@ DATA = REPO / "data"
 VIENNA = DATA / "vienna4x22"
 # a rule's own test turns the plans off (--tempo-plan 0 --velocity-plan 0 --articulation-plan 0, on by default): they would hold the
 # very drift or lift that the test plants to see the rule act
-NO_PLANS = {"tempo_plan": 0.0, "velocity_plan": 0.0, "articulation_plan": 0.0}
+NO_PLANS = {"tempo_plan": 0.0, "velocity_plan": 0.0, "articulation_plan": 0.0, "timing_plan": 0.0}
 # ../shared beside the clone (CI links it there as shipped: (n)ASAP packed); INSTRUCT_SHARED overrides
 SHARED = Path(os.environ.get("INSTRUCT_SHARED") or REPO.parent / "shared")
 BENCH = SHARED / "benchmarks" / "pianist_transformer_testset"

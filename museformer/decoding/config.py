@@ -70,6 +70,13 @@ ARTICULATION_PLAN_BINS = 10.0
 # duration JS rose (0.111 -> 0.120 at 0.25, seed 0) and the held share stayed: the default stays 1
 # (docs/experiments.md section 33).
 ARTICULATION_NETWORK = 1.0
+# Timing plan (--timing-plan): each note's Time probability times a Gaussian of this many ms around the timing
+# plan's onset for it against its onset group's grid (museformer.velocity_plan.TimingPlan), on the notes the plan
+# puts at least its min_ms (25) off the grid: grace notes, rolled chords. Chosen on the validation pieces (thresholds
+# 5, 10, 25 ms at 10 ms; 15 and 20 ms over a 10 ms threshold; every note at 10, 20, 40 ms): IOI JS 0.115 / 0.106 ->
+# 0.104 / 0.095 on two seeds, where planning every note set a chord's notes together (0.239 at 10 ms)
+# (docs/experiments.md section 44).
+TIMING_PLAN_MS = 10.0
 TEMPO_LEVEL = "mean"
 TEMPO_LEVELS = ("mean", "sample")
 
@@ -143,6 +150,12 @@ class DecodeConfig:
         "the local tempo, from the whole score: museformer.velocity_plan; the checkpoint must hold a plan; 0: off; "
         f"instruct-render's default {ARTICULATION_PLAN_BINS:g})", ARTICULATION_PLAN_BINS, 0.0, type=float,
         metavar="BINS")
+    timing_plan: float = _flag(
+        "--timing-plan", "multiply each note's timing distribution by a Gaussian of MS milliseconds around the "
+        "timing plan's onset for it against its onset group's grid (grace notes before the beat, a chord's "
+        "top note ahead, wide chords rolled; from the whole score: museformer.velocity_plan.TimingPlan; the "
+        f"checkpoint must hold one; 0: off; instruct-render's default {TIMING_PLAN_MS:g})", TIMING_PLAN_MS, 0.0,
+        type=float, metavar="MS")
     articulation_network: float = _flag(
         "--articulation-network", "where the articulation plan acts, multiply the network's Art logits by W "
         "before the plan's Gaussian (1: the network's distribution as trained; below 1 the key-downs spread "
@@ -204,7 +217,7 @@ class DecodeConfig:
                            ("fermata_hold", "--fermata-hold"), ("dynamics_band", "--dynamics-band"),
                            ("tempo_plan", "--tempo-plan"), ("velocity_plan", "--velocity-plan"),
                            ("articulation_plan", "--articulation-plan"),
-                           ("articulation_network", "--articulation-network")):
+                           ("articulation_network", "--articulation-network"), ("timing_plan", "--timing-plan")):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{flag}: must be >= 0")
         if self.tempo_level not in TEMPO_LEVELS:

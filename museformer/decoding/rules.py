@@ -11,7 +11,7 @@ Face's logits processors). Every rule has the same small interface:
 dictionaries, in this order (each rule sees what the ones before it left):
 
     grammar mask -> (tempo state) -> key-down floor -> tempo band -> tempo plan -> fermata hold
-    -> dynamics band -> velocity plan -> articulation plan
+    -> dynamics band -> velocity plan -> articulation plan -> timing plan
     -> expected value -> unisons once -> type temperature
 
 The bands and the hold come before the expected value, which then takes the mean under the adjusted
@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from instruct_tokenizer.vocab import ART, ART_STEP, VEL, VEL_STEP
+from instruct_tokenizer.vocab import ART, ART_STEP, TIME, VEL, VEL_STEP
 
 from ..constants import EOS_TYPE, MEAN, TEMPO_LEVEL_TYPE
 from .config import DecodeConfig
@@ -608,6 +608,14 @@ class ArticulationPlanPrior(NotePlanPrior):
         return super().__call__(logits, state, table, step)
 
 
+class TimingPlanPrior(NotePlanPrior):
+    """``--timing-plan``: at each ``Time`` slot, a Gaussian of ``sigma_ms`` milliseconds around the timing
+    plan's onset for that note against its onset group's grid (``museformer.velocity_plan.TimingPlan``; a
+    ``Time`` token's value is its deviation in ms, ``grammar.token_value``)."""
+
+    SLOT, PRIOR, FLAG = TIME, "timing_plan", "--timing-plan"
+
+
 class ExpectedValue(DecodeRule):
     """For the types set to "mean" (``--type-temperature Vel=mean``), only the token nearest the expected
     value stays choosable (``expected_value_choice``)."""
@@ -713,6 +721,8 @@ class DecodeRules:
         if config.articulation_plan > 0:
             rules.append(ArticulationPlanPrior(tables, config.articulation_plan,
                                                getattr(module, "note_values_at", None), config.articulation_network))
+        if config.timing_plan > 0:
+            rules.append(TimingPlanPrior(tables, config.timing_plan, getattr(module, "note_values_at", None)))
         type_temperature = parse_type_temperature(config.type_temperature)
         unknown = sorted(set(type_temperature) - set(tables.names))
         if unknown:

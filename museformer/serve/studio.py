@@ -32,7 +32,8 @@ from instruct_tokenizer import vocab as V
 from instruct_tokenizer.encode import split_bars, style_prefix
 from instruct_tokenizer.grammar import target_slots, unison_repeats
 from museformer.decoding.config import (ARTICULATION_PLAN_BINS, DYNAMICS_BAND_BINS, FERMATA_HOLD_BINS, MIN_KEY_DOWN_MS,
-                                        TEMPO_ANCHOR, TEMPO_BAND_BINS, TEMPO_PLAN_BINS, VELOCITY_PLAN_BINS)
+                                        TEMPO_ANCHOR, TEMPO_BAND_BINS, TEMPO_PLAN_BINS, TIMING_PLAN_MS,
+                                        VELOCITY_PLAN_BINS)
 from instruct_tokenizer.scorefile import MIDI_SUFFIXES, XML_SUFFIXES
 
 from . import passage as P
@@ -84,6 +85,7 @@ class Settings:
     tempo_plan: float = TEMPO_PLAN_BINS
     velocity_plan: float = VELOCITY_PLAN_BINS
     articulation_plan: float = ARTICULATION_PLAN_BINS
+    timing_plan: float = TIMING_PLAN_MS
     keep_unisons: bool = False
     allow_deletions: bool = False
 
@@ -122,7 +124,8 @@ class Settings:
                    dynamics_band=_number(d, "dynamics_band", DYNAMICS_BAND_BINS, 0.0, 64.0),
                    tempo_plan=_number(d, "tempo_plan", TEMPO_PLAN_BINS, 0.0, 160.0),
                    velocity_plan=_number(d, "velocity_plan", VELOCITY_PLAN_BINS, 0.0, 64.0),
-                   articulation_plan=_number(d, "articulation_plan", ARTICULATION_PLAN_BINS, 0.0, 275.0), **flags)
+                   articulation_plan=_number(d, "articulation_plan", ARTICULATION_PLAN_BINS, 0.0, 275.0),
+                   timing_plan=_number(d, "timing_plan", TIMING_PLAN_MS, 0.0, 500.0), **flags)
 
     def to_json(self) -> Dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -136,7 +139,7 @@ class Settings:
                     min_key_down_ms=self.min_key_down_ms, unisons_once=not self.keep_unisons,
                     tempo_band=self.tempo_band, tempo_anchor=self.tempo_anchor, fermata_hold=self.fermata_hold,
                     dynamics_band=self.dynamics_band, tempo_plan=self.tempo_plan, velocity_plan=self.velocity_plan,
-                    articulation_plan=self.articulation_plan)
+                    articulation_plan=self.articulation_plan, timing_plan=self.timing_plan)
 
     def sampling(self):
         from museformer.render import Sampling

@@ -120,6 +120,7 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
                                          "--calibrate"),
                                         (["--what", "velocity", "--calibrate"], "--calibrate"),
                                         (["--what", "tempo", "--spread", "0"], "--spread"),
+                                        (["--what", "timing", "--timing-min-ms", "-1"], "--timing-min-ms"),
                                         (["--what", "velocity", "--cross-fit", "3"], "--cross-fit"),
                                         (["--what", "articulation", "--cross-fit", "1"], "--cross-fit"),
                                         (["--what", "velocity", "--plain-offsets", "score-midi"], "--plain-offsets"),
@@ -167,6 +168,44 @@ def test_the_articulation_plan_learns_a_planted_rule_in_log2():
     buf.seek(0)
     again = ArticulationPlan.from_state(torch.load(buf, weights_only=True))
     assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]), pred, atol=1e-5)
+
+
+def test_the_timing_plan_learns_grace_notes_before_the_beat_unstretched():
+    """Pieces whose grace notes come 120 ms before their group's grid and whose top notes 15 ms: the timing
+    plan (same network, ms) learns it, keeps spread 1 (not stretched to the pianists' spread) and survives
+    the safe loader; its predictions stay within +- TIMING_CLIP_MS."""
+    from museformer.velocity_plan import TIMING_CLIP_MS, TimingPlan, fit_timing
+
+    def pieces(n, seed):
+        out = _synthetic(n, seed)
+        rng = np.random.default_rng(seed)
+        for p in out:
+            grace = rng.random(len(p["notes"])) < 0.2
+            p["notes"][:, _col("grace")] = grace
+            p["timing"] = np.where(grace, -120.0, 0.0) - 15.0 * p["notes"][:, _col("top")]
+            p["timing"][np.isnan(p.pop("velocity"))] = np.nan
+        return out
+
+    train, valid = pieces(48, 0), pieces(6, 1)
+    plan = fit_timing(train, valid, epochs=40, lr=1e-2, seed=0, batch=8, channels=16, levels=2, dropout=0.0)
+    assert isinstance(plan, TimingPlan) and plan.spread == 1.0
+    p = valid[0]
+    pred = plan.predict_features(p["features"], p["notes"], p["note_group"])
+    ok = np.isfinite(p["timing"])
+    grace = p["notes"][:, _col("grace")] > 0
+    assert np.abs(pred[ok] - p["timing"][ok]).mean() < 12.0 and np.abs(pred).max() <= TIMING_CLIP_MS
+    assert pred[grace].mean() < -90.0 and -40.0 < pred[~grace].mean() < 10.0
+    buf = io.BytesIO()
+    torch.save(plan.state(), buf)
+    buf.seek(0)
+    again = TimingPlan.from_state(torch.load(buf, weights_only=True))
+    assert np.allclose(again.predict_features(p["features"], p["notes"], p["note_group"]), pred, atol=1e-4)
+    every = plan.predict(_score())  # min_ms 0: every note planned
+    assert np.isfinite(every).all() and len(every) == 7
+    plan.min_ms = float(np.median(np.abs(every)))
+    some = TimingPlan.from_state(plan.state()).predict(_score())  # min_ms stored with the plan
+    assert np.array_equal(np.isnan(some), np.abs(every) < plan.min_ms) and 0 < np.isnan(some).sum() < 7
+    assert np.allclose(some[np.isfinite(some)], every[np.abs(every) >= plan.min_ms], atol=1e-4)
 
 
 def _with_lengths(notes, durations_q):

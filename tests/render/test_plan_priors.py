@@ -334,4 +334,57 @@ def test_style_levels_move_the_plans_by_their_offsets():
     assert (asked["velocity_plan"][0] - mid["velocity_plan"][0])[inside] == pytest.approx(o["dynamics"]["loud"])
     assert asked["articulation_plan"][0] - mid["articulation_plan"][0] == pytest.approx(o["articulation"]["legato"])
     plain = r.plans_of(prefix + body)
-    assert all(np.array_equal(plain[k][0], mid[k][0]) for k in mid)
+    assert all(np.array_equal(plain[k][0], mid[k][0], equal_nan=True) for k in mid)
+
+
+def _random_timing_plan(tokens, seed=0):
+    """An untrained timing plan whose onsets over ``tokens`` spread about 60 ms around -20 ms."""
+    from museformer.velocity_plan import TimingPlan
+
+    return _random_note_plan(TimingPlan, tokens, 60.0, -20.0 / TimingPlan.SCALE, seed)
+
+
+@needs_release
+def test_timing_prior_is_a_gaussian_in_ms():
+    """At a Time slot, a token d ms from the plan's onset loses d^2 / (2 sigma^2) against the one at the
+    centre (whatever the bins' widths there); a Vel token is untouched."""
+    from museformer.decoding.rules import TimingPlanPrior
+
+    r = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), timing_plan=10.0)
+    rule = r.rules.get(TimingPlanPrior)
+    d = r.tgt_dict
+    centre, near, far = (d.index(V.tok(V.TIME, ms)) for ms in (-30, -20, 40))
+    vel = d.index(V.tok(V.VEL, 30))
+    assert d.unk() not in (centre, near, far, vel)
+    logits = torch.zeros(1, 1, len(d))
+
+    class T(dict):
+        def acts(self, name, step, kind="finite"):
+            return True
+
+    out = rule(logits, {}, T({"timing_plan": torch.tensor([[-30.0]])}), 0)
+    assert float(out[0, 0, centre] - out[0, 0, near]) == pytest.approx(10.0 ** 2 / (2 * 10.0 ** 2), rel=1e-3)
+    assert float(out[0, 0, centre] - out[0, 0, far]) == pytest.approx(70.0 ** 2 / (2 * 10.0 ** 2), rel=1e-3)
+    assert float(out[0, 0, vel]) == 0.0
+
+
+@needs_release
+def test_rendering_follows_the_timing_plan(tmp_path):
+    """With a timing plan stored in the checkpoint and sigma 5 ms, the rendered onsets lie within a few ms
+    of the plan's against their groups' grid, across segments; at --timing-plan 0 they do not."""
+    from instruct_tokenizer.decode import decode_performance
+
+    toks, plan, planned, free = _planned_and_free(tmp_path, _random_timing_plan, "timing_plan",
+                                                  {"timing_plan": 5.0}, {"timing_plan": 0.0})
+    assert planned.timing_planner is not None and free.timing_planner is not None
+    want = plan.predict(toks)
+
+    def timing_ms(perf):
+        p = decode_performance(toks, perf)
+        return (p.onset_s - p.group_grid_s[p.timeline.note_group]) * 1000.0
+
+    perf = planned.render_tokens(toks, Sampling(seed=0), progress=False)
+    assert [token_type(t) for t in perf] == target_slots(toks)
+    near = np.abs(timing_ms(perf) - want)
+    far = np.abs(timing_ms(free.render_tokens(toks, Sampling(seed=0), progress=False)) - want)
+    assert np.median(near) <= 6.0 and np.median(far) > 2 * np.median(near), (np.median(near), np.median(far))

@@ -295,8 +295,10 @@ def test_plan_settings_reach_the_renderer():
     from museformer.serve.studio import Settings, StudioError
 
     assert Settings().rules()["tempo_plan"] == TEMPO_PLAN_BINS and Settings().rules()["velocity_plan"] == VELOCITY_PLAN_BINS
-    rules = Settings.from_json({"tempo_plan": 0, "velocity_plan": 6, "articulation_plan": 7}).rules()
-    assert (rules["tempo_plan"], rules["velocity_plan"], rules["articulation_plan"]) == (0.0, 6.0, 7.0)
+    rules = Settings.from_json({"tempo_plan": 0, "velocity_plan": 6, "articulation_plan": 7, "timing_plan": 9}).rules()
+    assert (rules["tempo_plan"], rules["velocity_plan"], rules["articulation_plan"], rules["timing_plan"]) == (0, 6, 7, 9)
+    with pytest.raises(StudioError, match="timing_plan"):
+        Settings.from_json({"timing_plan": -1})
     with pytest.raises(StudioError, match="articulation_plan"):
         Settings.from_json({"articulation_plan": -1})
     with pytest.raises(StudioError, match="velocity_plan"):

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const RULES = ["min_key_down_ms", "tempo_band", "tempo_anchor", "fermata_hold", "dynamics_band", "tempo_plan",
-               "velocity_plan", "articulation_plan"];
+               "velocity_plan", "articulation_plan", "timing_plan"];
 const state = { info: null, session: null, viewing: null, axis: null, busy: false };
 
 function say(text, isError) {
@@ -66,7 +66,7 @@ function settings() {
     min_key_down_ms: number("min_key_down_ms"), tempo_band: number("tempo_band"), tempo_anchor: $("tempo_anchor").value,
     fermata_hold: number("fermata_hold"), dynamics_band: number("dynamics_band"),
     tempo_plan: number("tempo_plan"), velocity_plan: number("velocity_plan"),
-    articulation_plan: number("articulation_plan"),
+    articulation_plan: number("articulation_plan"), timing_plan: number("timing_plan"),
     keep_unisons: $("keep_unisons").checked, allow_deletions: $("allow_deletions").checked,
   };
 }

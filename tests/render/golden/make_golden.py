@@ -43,7 +43,7 @@ def render_case(rel: str, bars: int, seed: int, type_temperature: str) -> list:
     # the goldens predate the plans (museformer.tempo_plan, museformer.velocity_plan): they check the other rules
     # and the dynamics band's default of then (4 bins; off by default since the velocity plan)
     renderer = Renderer.from_checkpoint(str(DEFAULT_CHECKPOINT), type_temperature=type_temperature, tempo_plan=0.0,
-                                        velocity_plan=0.0, articulation_plan=0.0, dynamics_band=4.0)
+                                        velocity_plan=0.0, articulation_plan=0.0, timing_plan=0.0, dynamics_band=4.0)
     renderer.max_positions = SEGMENT_TOKENS
     tokens = renderer.score_tokens(str(score_path(rel)))
     if renderer.tempo is not None and renderer.tempo.source != "mark":  # the goldens predate tempo_infer:
