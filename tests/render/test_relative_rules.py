@@ -26,7 +26,7 @@ from helpers import FakeTask, make_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 OFF = dict(min_key_down_ms=0.0, tempo_band=0.0, fermata_hold=0.0, dynamics_band=0.0, unisons_once=False,
-           tempo_level="sample", tempo_plan=0.0, velocity_plan=0.0, articulation_plan=0.0)
+           tempo_level="sample", tempo_plan=0.0, velocity_plan=0.0, articulation_plan=0.0, timing_plan=0.0)
 GROUP = ["Sus_None"] * 3 + ["Soft_None"]
 
 
