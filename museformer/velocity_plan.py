@@ -1,7 +1,8 @@
 """The per-note plans: small networks that read a whole score and predict each note's velocity (the
-velocity plan) or its key-down time (the articulation plan, :class:`ArticulationPlan`: the same network and
+velocity plan), its key-down time (the articulation plan, :class:`ArticulationPlan`: the same network and
 calibration, with log2(key-down / notated length at the local tempo) as its target, what an ``Art`` token
-states; the decoder is steered to it by ``--articulation-plan``).
+states; the decoder is steered to it by ``--articulation-plan``) or its onset against its onset group's grid
+(the timing plan, :class:`TimingPlan`: ms, what a ``Time`` token states; ``--timing-plan``).
 
 The tempo plan's companion (``museformer.tempo_plan``; the same non-causal trunk over the score's onset
 groups, about 500 groups of context either way), with a head per note: the group's context joined with
@@ -303,7 +304,9 @@ class TimingPlan(VelocityPlan):
     pianist's timing follows another's with r 0.50 (the released network's sampled ``Time`` tokens: 0.01).
     Trained on targets clipped to :data:`TIMING_CLIP_MS` (a fermata's or an alignment outlier's seconds
     would dominate a squared error); not stretched (``spread`` 1: the decoder's own sampling adds the
-    spread, and a stretched grace note lands earlier than any pianist's)."""
+    spread). From a score (:meth:`predict`) it plans only the notes it puts at least ``min_ms`` off the grid
+    (grace notes, rolled chords): planning every note sets a chord's notes together, closer than pianists play
+    them (docs/experiments.md section 44)."""
 
     TARGET: ClassVar[str] = "timing"
     CENTRE: ClassVar[float] = 0.0
