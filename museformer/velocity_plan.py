@@ -150,6 +150,7 @@ class VelocityPlan:
     SCALE: ClassVar[float] = VELOCITY_SCALE
     LOW: ClassVar[float] = 1.0  # the target's range
     HIGH: ClassVar[float] = 127.0
+    STORED_FLOATS: ClassVar[Tuple[str, ...]] = ()  # a subclass's own calibration fields the release file stores (0.0 if absent)
 
     net: VelocityNet
     group_mean: np.ndarray
@@ -219,7 +220,8 @@ class VelocityPlan:
                 "level": [float(x) for x in self.level],
                 "length_offsets": [float(x) for x in self.length_offsets],
                 "length_offsets_plain": [float(x) for x in self.length_offsets_plain],
-                "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+                "weights": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
+                **{name: float(getattr(self, name)) for name in self.STORED_FLOATS}}
 
     @classmethod
     def from_state(cls, state: dict) -> "VelocityPlan":
@@ -239,7 +241,8 @@ class VelocityPlan:
                    level=tuple(float(x) for x in state.get("level", (0.0, 1.0))),
                    length_offsets=tuple(float(x) for x in state.get("length_offsets", ())),
                    length_offsets_plain=tuple(float(x) for x in state.get("length_offsets_plain", ())),
-                   note_feature_names=note_names)
+                   note_feature_names=note_names,
+                   **{name: float(state.get(name, 0.0)) for name in cls.STORED_FLOATS})
 
 
 @dataclass
@@ -254,6 +257,7 @@ class ArticulationPlan(VelocityPlan):
     SCALE: ClassVar[float] = 1.0
     LOW: ClassVar[float] = V.ART_MIN
     HIGH: ClassVar[float] = V.ART_MAX
+    STORED_FLOATS: ClassVar[Tuple[str, ...]] = ("max_key_down_s",)
 
     # the longest key-down (seconds) the plan asks for, at the local tempo (bounded); 0: no bound (fit_max_key_down)
     max_key_down_s: float = 0.0
@@ -286,16 +290,8 @@ class ArticulationPlan(VelocityPlan):
         self.length_offsets = fit_length_offsets(self, valid)
         self.max_key_down_s = fit_max_key_down(train)
 
-    def state(self) -> dict:
-        return {**super().state(), "max_key_down_s": float(self.max_key_down_s)}
 
-    @classmethod
-    def from_state(cls, state: dict) -> "ArticulationPlan":
-        plan = super().from_state(state)
-        plan.max_key_down_s = float(state.get("max_key_down_s", 0.0))
-        return plan
-
-
+@dataclass
 class TimingPlan(VelocityPlan):
     """The timing plan: the same network, predicting each note's onset against its onset group's grid in
     milliseconds, as the ``Time`` token states it (``instruct_tokenizer.encode``: the grid runs through the
@@ -313,6 +309,7 @@ class TimingPlan(VelocityPlan):
     SCALE: ClassVar[float] = 50.0  # ms: the network's output unit
     LOW: ClassVar[float] = -TIMING_CLIP_MS
     HIGH: ClassVar[float] = TIMING_CLIP_MS
+    STORED_FLOATS: ClassVar[Tuple[str, ...]] = ("min_ms",)
 
     # planned only where the plan's onset is at least this far from the grid (ms; 0: every note); elsewhere NaN
     min_ms: float = 0.0
@@ -325,15 +322,6 @@ class TimingPlan(VelocityPlan):
     def calibrate(self, train: List[dict], valid: List[dict], spread: Optional[float] = None) -> None:
         """Spread 1 unless ``spread`` is given (see the class docstring), then the level (:func:`fit_level`)."""
         super().calibrate(train, valid, 1.0 if spread is None else spread)
-
-    def state(self) -> dict:
-        return {**super().state(), "min_ms": float(self.min_ms)}
-
-    @classmethod
-    def from_state(cls, state: dict) -> "TimingPlan":
-        plan = super().from_state(state)
-        plan.min_ms = float(state.get("min_ms", 0.0))
-        return plan
 
 
 def length_class(notes: np.ndarray) -> np.ndarray:
