@@ -62,6 +62,7 @@ PHRASE_FEATURE_NAMES = (
 TEMPO_FEATURE_NAMES = FEATURE_NAMES + PHRASE_FEATURE_NAMES
 FEATURE_SETS = (FEATURE_NAMES, TEMPO_FEATURE_NAMES)  # what group_features computes; a plan stores which it reads
 PHRASE_REST_Q = 0.25  # quarters of silence that end a phrase (a sixteenth rest or more)
+NORMALISED_FLOOR = 0.002  # normalised_mse: added to each performance's tempo variance, (log s per quarter)^2
 _SLUR_START, _SLUR_END = V.tok(V.SLUR, "start"), V.tok(V.SLUR, "end")
 _WEDGES = {V.tok(V.WEDGE, "cresc"): 0, V.tok(V.WEDGE, "dim"): 1, V.tok(V.WEDGE, "end"): None}
 
@@ -446,11 +447,15 @@ def tempo_plan_from_state(state: dict):
 
 
 def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-3, seed: int = 0,
-        batch: int = 16, progress=None, feature_names: Sequence[str] = FEATURE_NAMES, **net_kw) -> TempoPlan:
+        batch: int = 16, progress=None, feature_names: Sequence[str] = FEATURE_NAMES, loss: str = "mse",
+        **net_kw) -> TempoPlan:
     """Fit on ``pieces`` (each {"features": (G, F) the ``feature_names`` columns of :func:`group_features`,
     "target": (G,) log s per quarter, NaN where no performance says}): AdamW with a cosine learning-rate
-    decay over ``epochs``, batches of pieces of similar length (little padding), the centred squared error;
-    keep the epoch with the best mean per-piece correlation on ``valid``."""
+    decay over ``epochs``, batches of pieces of similar length (little padding), the loss named ``loss``
+    (:data:`LOSSES`: ``mse``, :func:`centred_mse`, or ``normalised``, :func:`normalised_mse`); keep the
+    epoch with the best mean per-piece correlation on ``valid``."""
+    if loss not in LOSSES:
+        raise TempoPlanError(f"unknown tempo plan loss {loss!r} (one of {', '.join(LOSSES)})")
     torch.manual_seed(seed)
     allx = np.concatenate([p["features"] for p in pieces])
     if allx.shape[1] != len(feature_names):
@@ -461,7 +466,7 @@ def fit(pieces: List[dict], valid: List[dict], epochs: int = 40, lr: float = 2e-
 
     def batch_loss(chunk: List[dict]) -> Tensor:
         x, y, m = _batch(chunk, mean, std)
-        return centred_mse(net(x, m), y, m)
+        return LOSSES[loss](net(x, m), y, m)
 
     def validate() -> float:
         return float(np.nanmean([pearson(plan.predict_features(p["features"]), p["target"]) for p in valid]))
@@ -539,6 +544,27 @@ def centred_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     p = pred * ok
     p = (p - p.sum(1, keepdim=True) / n) * ok
     return ((p - t) ** 2).sum() / ok.sum().clamp(min=1)
+
+
+def normalised_mse(pred: Tensor, target: Tensor, mask: Tensor, floor: float = NORMALISED_FLOOR) -> Tensor:
+    """Each row's (performance's) centred squared error (:func:`centred_mse`'s, its mean over the row's finite
+    groups) over the variance of its centred target plus ``floor``, averaged over the rows with 3 or more finite
+    groups: every performance weighs the same, a steady one as much as one with wide rubato, as in the
+    per-performance beat tempo r; unlike one minus r it keeps the curve at the pianists' scale (a row's
+    minimum is the prediction that equals its target). ``floor``: (log s per quarter)^2, a curve with a
+    standard deviation under about 0.045 is not weighed up beyond that (docs/experiments.md section 46)."""
+    ok = mask & torch.isfinite(target)
+    n = ok.sum(1).clamp(min=1)  # (B,)
+    t = torch.where(ok, target, torch.zeros_like(target))
+    t = (t - t.sum(1, keepdim=True) / n[:, None]) * ok  # (B, G) centred on the finite groups
+    p = pred * ok
+    p = (p - p.sum(1, keepdim=True) / n[:, None]) * ok  # (B, G)
+    row = ((p - t) ** 2).sum(1) / n / ((t * t).sum(1) / n + floor)  # (B,)
+    rows = ok.sum(1) >= 3
+    return row[rows].mean() if bool(rows.any()) else pred.sum() * 0.0
+
+
+LOSSES = {"mse": centred_mse, "normalised": normalised_mse}  # fit's loss names
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -311,6 +311,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--members", type=int, default=1,
                    help="tempo only: fit this many plans (seeds SEED, SEED+1, ...) and store their mean "
                         "(museformer.tempo_plan.TempoPlanEnsemble); default 1")
+    p.add_argument("--loss", choices=("mse", "normalised"), default="mse",
+                   help="tempo only: what each member minimises: mse, the centred squared error summed over all "
+                        "onset groups (long and rubato-rich performances weigh most; the release's plan), or "
+                        "normalised, each performance's squared error over its pianist's tempo variance, "
+                        "averaged over performances (each weighs the same, as in the beat tempo r; "
+                        "docs/experiments.md section 46); default mse")
     p.add_argument("--workers", type=int, default=2, help="processes reading the performances (default 2)")
     p.add_argument("--what", choices=("tempo", "velocity", "articulation", "timing"), default="tempo",
                    help="the tempo plan (each onset group's beat tempo), the velocity plan (each note's velocity), "
@@ -366,6 +372,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--spread: a positive factor")
     if args.phrase_features and (args.what != "tempo" or args.calibrate):
         p.error("--phrase-features: only when fitting a tempo plan (--what tempo, no --calibrate)")
+    if args.loss != "mse" and (args.what != "tempo" or args.calibrate):
+        p.error("--loss: only when fitting a tempo plan (--what tempo, no --calibrate)")
     if args.cross_fit and (args.what != "articulation" or args.cross_fit < 2):
         p.error("--cross-fit: 2 folds or more, only with --what articulation")
     if args.plain_offsets != "none" and args.what != "articulation":
@@ -410,7 +418,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             members = getattr(plan, "members", [plan])
         else:
             members = [fit(train, valid, epochs=args.epochs, lr=args.lr, seed=args.seed + k, progress=progress,
-                           feature_names=names) for k in range(args.members)]
+                           feature_names=names, loss=args.loss) for k in range(args.members)]
             plan = members[0] if args.members == 1 else TempoPlanEnsemble(members)
         if args.spread is None:
             plan.spread = fit_tempo_spread(plan, train)

@@ -8,7 +8,7 @@ import torch
 
 from instruct_tokenizer import vocab as V
 from museformer.tempo_plan import (FEATURE_NAMES, N_FEATURES, PlanNet, TempoPlan, TempoPlanEnsemble, TempoPlanError,
-                                   centred_mse, fit, fit_spread, group_features, tempo_plan_from_state)
+                                   centred_mse, fit, fit_spread, normalised_mse, group_features, tempo_plan_from_state)
 
 
 def _score(bars=6, fermata_bar=None, qpm_change_bar=None, word=None):
@@ -80,6 +80,25 @@ def test_centred_mse_ignores_the_level():
     assert float(centred_mse(torch.zeros(1, 4), target, mask)) == pytest.approx(2 / 3)
 
 
+def test_normalised_mse_weighs_each_performance_the_same_and_keeps_the_scale():
+    nan = float("nan")
+    steady = torch.tensor([[0.0, 0.1, 0.2, nan]])  # variance 2/300 (log units)
+    rubato = torch.tensor([[0.0, 1.0, 2.0, nan]])  # variance 2/3
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    flat = torch.zeros(1, 4)
+    # a flat curve misses each curve by its own variance: the same loss for both, up to the floor
+    assert float(normalised_mse(flat, steady, mask, floor=0.0)) == pytest.approx(1.0)
+    assert float(normalised_mse(flat, rubato, mask, floor=0.0)) == pytest.approx(1.0)
+    assert float(centred_mse(flat, rubato, mask)) == pytest.approx(100 * float(centred_mse(flat, steady, mask)))
+    assert float(normalised_mse(flat, steady, mask)) == pytest.approx((2 / 300) / (2 / 300 + 0.002))
+    # the level is not its business; twice the curve is not as good as the curve (unlike 1 - r)
+    assert float(normalised_mse(rubato.nan_to_num(0.0) + 3.0, rubato, mask)) < 1e-9
+    assert float(normalised_mse(2 * rubato.nan_to_num(0.0), rubato, mask, floor=0.0)) == pytest.approx(1.0)
+    both = torch.cat([steady, torch.tensor([[1.0, nan, nan, 2.0]])])  # the second row: two groups, left out
+    assert float(normalised_mse(torch.zeros(2, 4), both, torch.ones(2, 4, dtype=torch.bool), floor=0.0)) == \
+        pytest.approx(1.0)
+
+
 def _synthetic(n, seed):
     """Pieces whose tempo slows by 0.5 (log) at fermatas and follows the notated tempo: a plan must
     learn both from the features."""
@@ -107,6 +126,15 @@ def test_fit_learns_a_planted_curve_and_survives_the_safe_loader():
     state["feature_names"] = state["feature_names"][:-1]
     with pytest.raises(TempoPlanError, match="other features"):
         TempoPlan.from_state(state)
+
+
+def test_fit_with_the_normalised_loss_learns_the_curve_and_rejects_an_unknown_loss():
+    train, valid = _synthetic(64, 0), _synthetic(8, 1)
+    plan = fit(train, valid, epochs=30, lr=3e-3, seed=0, channels=16, levels=2, dropout=0.0, loss="normalised")
+    r = [np.corrcoef(plan.predict_features(p["features"]), p["target"])[0, 1] for p in valid]
+    assert np.mean(r) > 0.9, r
+    with pytest.raises(TempoPlanError, match="unknown tempo plan loss"):
+        fit(train, valid, epochs=1, loss="huber")
 
 
 def _plan(seed):

@@ -121,6 +121,7 @@ def test_fit_level_removes_the_bias_and_shrinks_an_unreliable_level():
                                         (["--what", "velocity", "--calibrate"], "--calibrate"),
                                         (["--what", "tempo", "--spread", "0"], "--spread"),
                                         (["--what", "timing", "--timing-min-ms", "-1"], "--timing-min-ms"),
+                                        (["--what", "velocity", "--loss", "normalised"], "--loss"),
                                         (["--what", "velocity", "--cross-fit", "3"], "--cross-fit"),
                                         (["--what", "articulation", "--cross-fit", "1"], "--cross-fit"),
                                         (["--what", "velocity", "--plain-offsets", "score-midi"], "--plain-offsets"),
