@@ -534,15 +534,22 @@ def _batch(pieces: List[dict], mean: np.ndarray, std: np.ndarray):
     return x, y, m
 
 
+def _centred(pred: Tensor, target: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The prediction and the target, each row centred on its groups where the target is finite (zero
+    elsewhere), and those groups: (p (B, G), t (B, G), ok (B, G) bool)."""
+    ok = mask & torch.isfinite(target)
+    n = ok.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+    t = torch.where(ok, target, torch.zeros_like(target))
+    t = (t - t.sum(1, keepdim=True) / n) * ok  # (B, G)
+    p = pred * ok
+    p = (p - p.sum(1, keepdim=True) / n) * ok  # (B, G)
+    return p, t, ok
+
+
 def centred_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error between the prediction and the target, each centred on the groups where the
     target is finite (the level is not the plan's business)."""
-    ok = mask & torch.isfinite(target)
-    t = torch.where(ok, target, torch.zeros_like(target))
-    n = ok.sum(1, keepdim=True).clamp(min=1)
-    t = (t - t.sum(1, keepdim=True) / n) * ok
-    p = pred * ok
-    p = (p - p.sum(1, keepdim=True) / n) * ok
+    p, t, ok = _centred(pred, target, mask)
     return ((p - t) ** 2).sum() / ok.sum().clamp(min=1)
 
 
@@ -553,12 +560,8 @@ def normalised_mse(pred: Tensor, target: Tensor, mask: Tensor, floor: float = NO
     per-performance beat tempo r; unlike one minus r it keeps the curve at the pianists' scale (a row's
     minimum is the prediction that equals its target). ``floor``: (log s per quarter)^2, a curve with a
     standard deviation under about 0.045 is not weighed up beyond that (docs/experiments.md section 46)."""
-    ok = mask & torch.isfinite(target)
+    p, t, ok = _centred(pred, target, mask)
     n = ok.sum(1).clamp(min=1)  # (B,)
-    t = torch.where(ok, target, torch.zeros_like(target))
-    t = (t - t.sum(1, keepdim=True) / n[:, None]) * ok  # (B, G) centred on the finite groups
-    p = pred * ok
-    p = (p - p.sum(1, keepdim=True) / n[:, None]) * ok  # (B, G)
     row = ((p - t) ** 2).sum(1) / n / ((t * t).sum(1) / n + floor)  # (B,)
     rows = ok.sum(1) >= 3
     return row[rows].mean() if bool(rows.any()) else pred.sum() * 0.0
